@@ -1,0 +1,295 @@
+"""`nowcast`: the command-line interface of the nowcasting pipeline.
+
+Each command parses its options, builds the stage's config dataclass, calls the stage
+function in `pipeline` and prints the result. No logic of its own; heavy imports
+(ray, mlflow, dask, zarr, torch) happen inside the commands so `nowcast --help` is instant.
+"""
+from __future__ import annotations
+
+import sys
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Callable, Optional
+
+import typer
+
+app = typer.Typer(
+    name="nowcast",
+    help="Precipitation nowcasting at scale: radar archive -> Zarr (Dask) -> TrajGRU (Ray Train) -> MLflow registry.\n\n"
+    "Start with `nowcast demo`, which runs every stage on a small synthetic archive.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+_state = {"debug": False}
+
+TRACKING_HELP = "MLflow tracking URI (server URL or sqlite:///file.db). Default: sqlite:///<cwd>/mlflow.db."
+RAY_HELP = "Address of an existing Ray cluster (e.g. ray://head:10001 or head:6379). Default: start a local one."
+
+
+def _package_version() -> str:
+    try:
+        return version("nowcast")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"nowcast {_package_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
+    show_version: bool = typer.Option(
+        False, "--version", callback=_version_callback, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Global options."""
+    _state["debug"] = debug
+
+
+def _fail(message: str, exit_code: int) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(exit_code)
+
+
+def _run(stage: Callable, *args, **kwargs):
+    """Call a pipeline stage; turn user errors into one line and an exit code (tracebacks only with --debug)."""
+    from pipeline.errors import NowcastError
+
+    try:
+        return stage(*args, **kwargs)
+    except NowcastError as exc:
+        if _state["debug"]:
+            raise
+        _fail(str(exc), exc.exit_code)
+    except KeyboardInterrupt:
+        _fail("interrupted; re-run the same command to resume where it stopped", 130)
+    except Exception as exc:  # an unexpected failure: one line, and how to see more
+        if _state["debug"]:
+            raise
+        _fail(f"{type(exc).__name__}: {exc} (re-run with `nowcast --debug ...` for the traceback)", 1)
+
+
+def _print_table(rows: list[tuple[str, str]], title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, show_header=False)
+    for key, value in rows:
+        table.add_row(key, value)
+    Console().print(table)
+
+
+@app.command()
+def synth(
+    out_dir: Path = typer.Argument(..., help="Folder to write the archive into (HKO-7 layout)."),
+    days: int = typer.Option(4, help="Number of days to simulate."),
+    frames_per_day: int = typer.Option(240, help="Frames per day at the 6-minute cadence (240 = a full day)."),
+    size: int = typer.Option(480, help="Image size in pixels (square)."),
+    start: str = typer.Option("2015-06-01", help="First day, YYYY-MM-DD (UTC)."),
+    seed: int = typer.Option(0, help="Random seed (same seed, same bytes)."),
+    missing_rate: float = typer.Option(0.01, help="Fraction of frames randomly missing."),
+    workers: Optional[int] = typer.Option(None, help="Processes to use (default: all cores)."),
+) -> None:
+    """Write a synthetic radar archive in the HKO-7 layout (PNG frames, zlib masks, day lists).
+
+    Example: nowcast synth archive/ --days 4 --size 480
+    """
+    from pipeline.synth import SynthConfig, synth_archive
+
+    cfg = SynthConfig(
+        out_dir=out_dir, start=start, days=days, frames_per_day=frames_per_day, size_px=size,
+        seed=seed, missing_frame_rate=missing_rate, workers=workers,
+    )
+    result = _run(synth_archive, cfg)
+    typer.echo(f"wrote {result.n_frames} frames over {result.n_days} days to {result.out_dir} in {result.seconds:.1f} s")
+
+
+@app.command()
+def ingest(
+    archive: Path = typer.Argument(..., help="Archive root holding radarPNG/ and radarPNG_mask/ (HKO-7 layout)."),
+    store: Path = typer.Argument(..., help="Zarr store to create or extend (e.g. data/hko7.zarr)."),
+    scheduler: Optional[str] = typer.Option(
+        None, envvar="DASK_SCHEDULER_ADDRESS", help="Address of an existing Dask scheduler (tcp://host:8786). "
+        "Default: a local cluster."
+    ),
+    workers: Optional[int] = typer.Option(None, help="Local Dask worker processes (default: all cores)."),
+) -> None:
+    """Turn a radar archive into a chunked, compressed Zarr v3 store of frames, masks and clip catalogs.
+
+    Resumable and idempotent: re-run after an interruption, or after new days arrive, to finish or append.
+
+    Example: nowcast ingest archive/ data/store.zarr --scheduler tcp://10.0.0.5:8786
+    """
+    from pipeline.ingest import IngestConfig, ingest as run_ingest
+
+    cfg = IngestConfig(archive=archive, store=store, scheduler=scheduler, workers=workers)
+    result = _run(run_ingest, cfg)
+    typer.echo(
+        f"{result.n_frames} frames in {store} ({result.n_new_frames} new) at {result.frames_per_s:.0f} frames/s; "
+        f"{result.n_bad} bad files"
+    )
+    if result.n_bad:
+        typer.echo("bad files (treated as missing frames; full list in the store's attributes):")
+        for item in list(result.bad_files)[:10]:
+            typer.echo(f"  {item}")
+
+
+@app.command()
+def info(store: Path = typer.Argument(..., help="A Zarr store written by `nowcast ingest`.")) -> None:
+    """Summarise a store: frames, time span, gaps, splits and clip counts, bad-file counts.
+
+    Example: nowcast info data/store.zarr
+    """
+    from pipeline.store import describe_store
+
+    summary = _run(describe_store, store)
+    _print_table([(str(k), str(v)) for k, v in summary.items()], title=str(store))
+
+
+@app.command()
+def train(
+    store: Path = typer.Argument(..., help="Zarr store written by `nowcast ingest`."),
+    preset: str = typer.Option("tiny", help="Model preset: hko7 | mnist++ | tiny."),
+    cell: str = typer.Option("trajgru", help="Recurrent cell: trajgru | convgru | convlstm."),
+    workers: int = typer.Option(2, help="Ray Train workers (data-parallel)."),
+    gpu: bool = typer.Option(False, "--gpu", help="One GPU per worker (NCCL, bf16 autocast)."),
+    steps: Optional[int] = typer.Option(None, help="Training iterations (hko7 default: 100000)."),
+    batch_size: Optional[int] = typer.Option(None, help="Global batch size (hko7 default: 4)."),
+    lr: Optional[float] = typer.Option(None, help="Adam learning rate (hko7 default: 1e-4)."),
+    checkpoint_every: Optional[int] = typer.Option(None, help="Checkpoint every N steps."),
+    val_every: Optional[int] = typer.Option(None, help="Validate every N steps."),
+    run_name: Optional[str] = typer.Option(None, help="Ray run name; re-running the same name resumes it."),
+    storage_path: Optional[Path] = typer.Option(None, help="Ray storage for checkpoints (shared on a cluster)."),
+    config: Optional[Path] = typer.Option(None, help="YAML/JSON file of TrainConfig overrides."),
+    register_as: Optional[str] = typer.Option(None, help="Register the model under this name in the MLflow registry."),
+    experiment: str = typer.Option("nowcast", help="MLflow experiment name."),
+    tracking_uri: Optional[str] = typer.Option(None, envvar="MLFLOW_TRACKING_URI", help=TRACKING_HELP),
+    ray_address: Optional[str] = typer.Option(None, envvar="RAY_ADDRESS", help=RAY_HELP),
+) -> None:
+    """Train a nowcasting model with Ray Train (data-parallel), tracked in MLflow.
+
+    Example: nowcast train data/store.zarr --preset tiny --workers 2 --steps 300 --register-as nowcast-tiny
+    """
+    from pipeline.train import TrainConfig, load_config_file, train as run_train
+
+    overrides = _run(load_config_file, config) if config else {}
+    options = dict(
+        steps=steps, batch_size=batch_size, lr=lr, checkpoint_every=checkpoint_every, val_every=val_every,
+        run_name=run_name, storage_path=storage_path, register_as=register_as,
+    )
+    overrides.update({k: v for k, v in options.items() if v is not None})
+    cfg = _run(
+        TrainConfig, store=store, preset=preset, cell=cell, workers=workers, use_gpu=gpu,
+        experiment=experiment, tracking_uri=tracking_uri, ray_address=ray_address, **overrides,
+    )
+    result = _run(run_train, cfg)
+    rows = [("run id", str(result.run_id)), ("final step", str(result.final_step)),
+            ("checkpoint", str(result.checkpoint_path)), ("model", str(result.model_uri))]
+    if result.registered_version is not None:
+        rows.append(("registered version", f"{register_as or cfg.register_as} v{result.registered_version}"))
+        rows.append(("champion", "yes" if result.promoted else "no (did not beat the current champion)"))
+    _print_table(rows, title="training finished")
+
+
+@app.command()
+def evaluate(
+    store: Path = typer.Argument(..., help="Zarr store written by `nowcast ingest`."),
+    model: str = typer.Option(
+        ..., "--model", help="models:/NAME@ALIAS, models:/NAME/VERSION, a checkpoint path, persistence or optical-flow."
+    ),
+    split: str = typer.Option("test", help="Split to score (train | valid | test)."),
+    workers: int = typer.Option(0, help="Score in parallel on N Ray workers (0: in this process)."),
+    batch_size: int = typer.Option(4, help="Clips per forward pass."),
+    max_clips: Optional[int] = typer.Option(None, help="Score only the first N clips (quick checks)."),
+    out_json: Optional[Path] = typer.Option(None, help="Write the scores as JSON here."),
+    tracking_uri: Optional[str] = typer.Option(None, envvar="MLFLOW_TRACKING_URI", help=TRACKING_HELP),
+    ray_address: Optional[str] = typer.Option(None, envvar="RAY_ADDRESS", help=RAY_HELP),
+) -> None:
+    """Score a model (or a baseline) with the HKO-7 fixed protocol: sequential clips, 5 -> 20 frames.
+
+    Example: nowcast evaluate data/store.zarr --model models:/nowcast-tiny@champion
+    """
+    from pipeline.evaluate import EvaluateConfig, evaluate as run_evaluate
+
+    cfg = EvaluateConfig(
+        store=store, model_uri=model, split=split, workers=workers, batch_size=batch_size, max_clips=max_clips,
+        out_json=out_json, tracking_uri=tracking_uri, ray_address=ray_address,
+    )
+    result = _run(run_evaluate, cfg)
+    typer.echo(result.table)
+    typer.echo(f"{result.n_clips} clips; scores written to {result.json_path}")
+
+
+@app.command()
+def predict(
+    model: str = typer.Option(..., "--model", help="models:/NAME@ALIAS, models:/NAME/VERSION or a checkpoint path."),
+    out_dir: Path = typer.Option(Path("forecast"), help="Folder for the forecast frames and GIF."),
+    store: Optional[Path] = typer.Option(None, help="Take the input frames from this store..."),
+    time: Optional[str] = typer.Option(None, help="...ending at this time (ISO 8601 UTC, e.g. 2015-06-04T12:00)."),
+    inputs: Optional[list[Path]] = typer.Option(None, "--input", help="Or: the input PNG frames (HKO-7 encoding), oldest first; repeat the option."),
+    fmt: str = typer.Option("png", "--format", help="png (frames + GIF) or zarr (an array)."),
+    tracking_uri: Optional[str] = typer.Option(None, envvar="MLFLOW_TRACKING_URI", help=TRACKING_HELP),
+) -> None:
+    """Forecast the next frames (20 for hko7) from the last input frames (5 for hko7).
+
+    Example: nowcast predict --model models:/nowcast-tiny@champion --store data/store.zarr --time 2015-06-04T12:00
+    """
+    from pipeline.predict import PredictConfig, predict as run_predict
+
+    cfg = PredictConfig(
+        model_uri=model, out_dir=out_dir, store=store, time=time, input_pngs=inputs or None, format=fmt,
+        tracking_uri=tracking_uri,
+    )
+    result = _run(run_predict, cfg)
+    typer.echo(f"wrote {len(result.paths)} forecast file(s) to {out_dir}")
+    if result.gif_path:
+        typer.echo(f"animation: {result.gif_path}")
+
+
+@app.command()
+def promote(
+    name: str = typer.Argument(..., help="Registered model name."),
+    model_version: str = typer.Argument(..., metavar="VERSION", help="Version number to point the alias at."),
+    alias: str = typer.Option("champion", help="Alias to set."),
+    tracking_uri: Optional[str] = typer.Option(None, envvar="MLFLOW_TRACKING_URI", help=TRACKING_HELP),
+) -> None:
+    """Point a registry alias (default: champion) at a model version by hand.
+
+    Example: nowcast promote nowcast-tiny 3 --alias champion
+    """
+    from pipeline.tracking import promote as run_promote
+
+    _run(run_promote, name, model_version, alias=alias, tracking_uri=tracking_uri)
+    typer.echo(f"models:/{name}@{alias} -> version {model_version}")
+
+
+@app.command()
+def demo(
+    workdir: Path = typer.Option(Path("nowcast-demo"), help="Working directory for the archive, store, runs and outputs."),
+    steps: Optional[int] = typer.Option(None, help="Training steps (default sized to finish in minutes on 2 cores)."),
+    workers: int = typer.Option(2, help="Ray Train workers."),
+    tracking_uri: Optional[str] = typer.Option(None, envvar="MLFLOW_TRACKING_URI", help=TRACKING_HELP),
+    ray_address: Optional[str] = typer.Option(None, envvar="RAY_ADDRESS", help=RAY_HELP),
+) -> None:
+    """Run the whole pipeline on a small synthetic archive: synth, ingest, train (Ray), evaluate vs baselines,
+    register as champion (MLflow), forecast GIF. Safe to re-run.
+
+    Example: nowcast demo --workdir nowcast-demo
+    """
+    from pipeline.demo import DemoConfig, run_demo
+
+    overrides = {"steps": steps} if steps is not None else {}
+    cfg = DemoConfig(workdir=workdir, workers=workers, tracking_uri=tracking_uri, ray_address=ray_address, **overrides)
+    result = _run(run_demo, cfg)
+    typer.echo(result.summary)
+
+
+if __name__ == "__main__":
+    sys.exit(app())
