@@ -53,20 +53,20 @@ def balanced_weights(truth_pixel):
     Same kind and shape as ``truth_pixel``: float32 weights in {1, 2, 5, 10, 30}
     (1 below 2 mm/h, 2 in [2, 5), 5 in [5, 10), 10 in [10, 30), 30 at >= 30 mm/h).
     A torch input gives a tensor on the same device. The mask is *not* applied here.
+    Comparisons run in float32 (float64 for float64 input), thresholds rounded to that precision.
     """
     thresholds = _balance_thresholds_pixel()
     if isinstance(truth_pixel, torch.Tensor):
-        truth = truth_pixel.float()
-        weights = torch.full_like(truth, BALANCE_WEIGHTS[0])
-        for i, threshold in enumerate(thresholds):
-            step = BALANCE_WEIGHTS[i + 1] - BALANCE_WEIGHTS[i]
-            weights = weights + step * (truth >= float(threshold)).float()
-        return weights
+        truth = truth_pixel if truth_pixel.dtype == torch.float64 else truth_pixel.float()
+        bounds = torch.as_tensor(thresholds, dtype=truth.dtype, device=truth.device)
+        table = torch.as_tensor(BALANCE_WEIGHTS, dtype=torch.float32, device=truth.device)
+        # bin = number of thresholds <= value, i.e. the ">=" rule of the original code
+        return table[torch.bucketize(truth, bounds, right=True)]
     truth = np.asarray(truth_pixel)
-    weights = np.full(truth.shape, BALANCE_WEIGHTS[0], dtype=np.float32)
-    for i, threshold in enumerate(thresholds):
-        weights += np.float32(BALANCE_WEIGHTS[i + 1] - BALANCE_WEIGHTS[i]) * (truth >= threshold)
-    return weights
+    if truth.dtype != np.float64:
+        truth = truth.astype(np.float32)
+    bins = np.searchsorted(thresholds.astype(truth.dtype), truth, side="right")
+    return np.asarray(BALANCE_WEIGHTS, dtype=np.float32)[bins]
 
 
 def lead_time_weights(seq_len: int, weight_max: float = DEFAULT_LEAD_TIME_WEIGHT_MAX) -> torch.Tensor:
@@ -146,10 +146,10 @@ class BalancedLoss(nn.Module):
         if mask is not None:
             weights = weights * mask.to(device=weights.device, dtype=torch.float32)
         diff = pred32 - truth32
-        sse = (weights * diff.square()).sum(dim=(2, 3, 4))  # (S, B)
-        sae = (weights * diff.abs()).sum(dim=(2, 3, 4))  # (S, B)
+        # one fused per-pixel term: w * (mse_weight * d^2 + mae_weight * |d|), summed per frame
+        per_pixel = weights * (self.mse_weight * diff.square() + self.mae_weight * diff.abs())
+        per_frame = per_pixel.sum(dim=(2, 3, 4))  # (S, B)
         if self.lead_time_weighting:
-            w_t = lead_time_weights(pred.shape[0], self.lead_time_weight_max).to(sse.device)
-            sse = sse * w_t[:, None]
-            sae = sae * w_t[:, None]
-        return self.scale * (self.mse_weight * sse.mean() + self.mae_weight * sae.mean())
+            w_t = lead_time_weights(pred.shape[0], self.lead_time_weight_max).to(per_frame.device)
+            per_frame = per_frame * w_t[:, None]
+        return self.scale * per_frame.mean()

@@ -1,0 +1,220 @@
+"""Clip rules of the HKO-7 benchmark and split helpers.
+
+A *clip* is ``seq_len`` consecutive slots at the archive cadence (``interval``) starting at a
+start time. A clip is *valid* when no run of more than ``max_consecutive_missing`` consecutive
+slots is absent, and not every slot is absent (the rule of ``HKOIterator._is_valid_clip``).
+
+- :func:`valid_clip_starts`: every existing timestamp whose clip is valid (the random-sampling
+  population used for training).
+- :func:`sequent_clips`: the start times picked by the HKO-7 sequential iterator (evaluation).
+
+Times are numpy ``datetime64`` arrays of the timestamps that exist, in any order and any unit;
+results are sorted ``datetime64`` arrays in the finer of the input's and ``interval``'s units.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+
+DEFAULT_INTERVAL = np.timedelta64(6, "m")
+SEQ_LEN = 25
+STRIDE = 5
+MAX_CONSECUTIVE_MISSING = 2
+
+
+def _normalise(times: np.ndarray, interval: np.timedelta64) -> tuple[np.ndarray, np.dtype, int]:
+    """datetime64 array (any order/unit) -> (sorted unique int64 ticks, datetime dtype, interval ticks).
+
+    The common unit is the finer of the times' unit and the interval's unit.
+    """
+    times = np.asarray(times)
+    if times.dtype.kind != "M":
+        raise TypeError(f"times must be a numpy datetime64 array, got dtype {times.dtype}")
+    interval = np.timedelta64(interval)
+    if np.isnat(interval) or interval <= np.timedelta64(0, "s"):
+        raise ValueError(f"interval must be a positive timedelta64, got {interval!r}")
+    if times.size and np.isnat(times).any():
+        raise ValueError("times contains NaT")
+    common = (np.datetime64(0, np.datetime_data(times.dtype)[0]) + interval).dtype
+    ticks = np.unique(times.astype(common).astype(np.int64))
+    unit = np.datetime_data(common)[0]
+    step = int(interval.astype(f"m8[{unit}]").astype(np.int64))
+    return ticks, common, step
+
+
+def _check_rule(seq_len: int, max_consecutive_missing: int) -> None:
+    if seq_len < 1:
+        raise ValueError(f"seq_len must be >= 1, got {seq_len}")
+    if max_consecutive_missing < 0:
+        raise ValueError(f"max_consecutive_missing must be >= 0, got {max_consecutive_missing}")
+
+
+def _slot_presence(ticks: np.ndarray, starts: np.ndarray, seq_len: int, step: int) -> np.ndarray:
+    """(N,) start ticks -> (N, seq_len) bool: does slot ``start + k*step`` exist in sorted ``ticks``."""
+    slots = starts[:, None] + step * np.arange(seq_len, dtype=np.int64)[None, :]
+    idx = np.searchsorted(ticks, slots)
+    idx_clipped = np.minimum(idx, max(len(ticks) - 1, 0))
+    return (idx < len(ticks)) & (ticks[idx_clipped] == slots) if len(ticks) else np.zeros(slots.shape, bool)
+
+
+def _valid_rows(present: np.ndarray, max_consecutive_missing: int) -> np.ndarray:
+    """(N, S) slot presence -> (N,) bool: longest absent run <= max and not all absent."""
+    n, seq_len = present.shape
+    run = np.zeros(n, dtype=np.int64)
+    longest = np.zeros(n, dtype=np.int64)
+    for k in range(seq_len):
+        run = np.where(present[:, k], 0, run + 1)
+        np.maximum(longest, run, out=longest)
+    return (longest <= max_consecutive_missing) & (longest < seq_len)
+
+
+def valid_clip_starts(
+    times: np.ndarray,
+    seq_len: int = SEQ_LEN,
+    max_consecutive_missing: int = MAX_CONSECUTIVE_MISSING,
+    interval: np.timedelta64 = DEFAULT_INTERVAL,
+) -> np.ndarray:
+    """Every existing timestamp whose clip of ``seq_len`` slots is valid.
+
+    Parameters
+    ----------
+    times : (N,) datetime64, the timestamps that exist (any order, any unit; duplicates ignored).
+    seq_len : slots per clip (25 in HKO-7: 5 in + 20 out).
+    max_consecutive_missing : longest allowed run of absent slots.
+    interval : the cadence (6 minutes in HKO-7).
+
+    Returns
+    -------
+    (M,) sorted datetime64 starts, M <= N.
+    """
+    _check_rule(seq_len, max_consecutive_missing)
+    ticks, dtype, step = _normalise(times, interval)
+    out = np.empty(0, dtype=np.int64)
+    if ticks.size:
+        chunks = []
+        for lo in range(0, ticks.size, 65536):  # bounded memory: (65536, seq_len) bools per pass
+            starts = ticks[lo:lo + 65536]
+            ok = _valid_rows(_slot_presence(ticks, starts, seq_len, step), max_consecutive_missing)
+            chunks.append(starts[ok])
+        out = np.concatenate(chunks)
+    return out.astype(dtype)
+
+
+def sequent_clips(
+    times: np.ndarray,
+    seq_len: int = SEQ_LEN,
+    stride: int = STRIDE,
+    max_consecutive_missing: int = MAX_CONSECUTIVE_MISSING,
+    interval: np.timedelta64 = DEFAULT_INTERVAL,
+) -> np.ndarray:
+    """Start times of the evaluation clips, as the HKO-7 sequential iterator picks them.
+
+    Start at the first timestamp. While the start is not after the last timestamp: if the clip at
+    the start is valid, take it and advance the start by ``stride`` slots (the new start need not
+    exist); otherwise jump to the first existing timestamp strictly after the current start.
+
+    Parameters
+    ----------
+    times : (N,) datetime64 existing timestamps (any order/unit).
+    seq_len, max_consecutive_missing, interval : the clip rule (see :func:`valid_clip_starts`).
+    stride : slots between consecutive taken clips.
+
+    Returns
+    -------
+    (M,) ascending datetime64 clip starts (in the finer of the times' and interval's units).
+    """
+    _check_rule(seq_len, max_consecutive_missing)
+    if stride < 1:
+        raise ValueError(f"stride must be >= 1, got {stride}")
+    ticks, dtype, step = _normalise(times, interval)
+    if ticks.size == 0:
+        return np.empty(0, dtype=dtype)
+    existing = set(ticks.tolist())
+    offsets = [step * k for k in range(seq_len)]
+    last = int(ticks[-1])
+    start = int(ticks[0])
+    picked: list[int] = []
+    while start <= last:
+        if _clip_is_valid(existing, start, offsets, max_consecutive_missing):
+            picked.append(start)
+            start += stride * step
+        else:
+            nxt = int(np.searchsorted(ticks, start, side="right"))
+            if nxt >= ticks.size:
+                break
+            start = int(ticks[nxt])
+    return np.asarray(picked, dtype=np.int64).astype(dtype)
+
+
+def _clip_is_valid(existing: set, start: int, offsets: list[int], max_consecutive_missing: int) -> bool:
+    """One clip's validity (scalar version of :func:`_valid_rows`)."""
+    run = 0
+    for off in offsets:
+        if start + off in existing:
+            run = 0
+        else:
+            run += 1
+            if run > max_consecutive_missing or run >= len(offsets):
+                return False
+    return True
+
+
+# ----------------------------------------------------------------------------------------- splits
+
+def select_days(times: np.ndarray, days: Iterable) -> np.ndarray:
+    """(N,) datetime64 times -> (N,) bool: is the (UTC) calendar day of each time in ``days``.
+
+    ``days``: anything ``np.datetime64(..., 'D')`` accepts (datetime64, 'YYYY-MM-DD' strings).
+    """
+    times = np.asarray(times)
+    day_set = np.unique(np.asarray([np.datetime64(d, "D") for d in days], dtype="datetime64[D]"))
+    return np.isin(times.astype("datetime64[D]"), day_set)
+
+
+def select_range(times: np.ndarray, start=None, end=None) -> np.ndarray:
+    """(N,) datetime64 -> (N,) bool: ``start <= t < end`` (either bound may be None = open).
+
+    Bounds accept datetime64 or ISO strings; a date-only ``end`` such as '2015-06-30' is exclusive,
+    so pass the next day to include a whole last day.
+    """
+    times = np.asarray(times)
+    sel = np.ones(times.shape, dtype=bool)
+    if start is not None:
+        sel &= times >= np.datetime64(start)
+    if end is not None:
+        sel &= times < np.datetime64(end)
+    return sel
+
+
+def split_days_by_fraction(
+    days: Iterable, valid_fraction: float = 0.1, test_fraction: float = 0.1
+) -> dict[str, np.ndarray]:
+    """Split sorted distinct days chronologically: the last ``test_fraction`` of days -> test, the
+    ``valid_fraction`` before them -> valid, the rest -> train (each non-empty fraction gets >= 1 day
+    while train keeps >= 1 day).
+
+    Returns {"train"|"valid"|"test": datetime64[D] array}.
+    """
+    d = np.unique(np.asarray([np.datetime64(x, "D") for x in days], dtype="datetime64[D]"))
+    n = d.size
+
+    def take(frac: float, avail: int) -> int:
+        if frac <= 0 or avail <= 1:
+            return 0
+        return min(max(1, int(round(frac * n))), avail - 1)
+
+    n_test = take(test_fraction, n)
+    n_valid = take(valid_fraction, n - n_test)
+    n_train = n - n_test - n_valid
+    return {"train": d[:n_train], "valid": d[n_train:n_train + n_valid], "test": d[n_train + n_valid:]}
+
+
+def select_split(times: np.ndarray, spec) -> np.ndarray:
+    """(N,) datetime64 -> (N,) bool for a split spec: a list of days, or a mapping/tuple range
+    ``{"start": ..., "end": ...}`` / ``(start, end)`` (end exclusive)."""
+    if isinstance(spec, Mapping):
+        return select_range(times, spec.get("start"), spec.get("end"))
+    if isinstance(spec, tuple) and len(spec) == 2 and not isinstance(spec[0], (list, np.ndarray)):
+        return select_range(times, spec[0], spec[1])
+    return select_days(times, spec)

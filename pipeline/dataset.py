@@ -1,0 +1,93 @@
+"""PyTorch access to the store: clip starts from the catalog, a map-style clip Dataset, and sharding.
+
+Typical use::
+
+    starts_s = shard(clip_starts(store, "train", "random"), rank, world_size)
+    loader = DataLoader(ClipDataset(store, starts_s), batch_size=4, shuffle=True, num_workers=2)
+    for frames, masks in loader:           # (B, S, 1, H, W) each
+        frames = frames.transpose(0, 1)    # -> (S, B, 1, H, W)
+
+The dataset opens the store lazily in each process (DataLoader workers and Ray workers each open
+their own), so it pickles cheaply and never shares zarr handles across processes.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from pipeline import store as st
+from pipeline.errors import NowcastError
+
+
+def clip_starts(store_path: str | Path, split: str, protocol: str = "random") -> np.ndarray:
+    """Clip starts (int64 epoch seconds, ascending) of ``split`` from the store's catalog.
+
+    protocol : "random" (every valid start: the training population) or "sequent" (the HKO-7
+    sequential evaluation clips).
+    """
+    return st.read_catalog(st.open_store(store_path), split, protocol)
+
+
+def shard(starts_s: np.ndarray, rank: int, world_size: int) -> np.ndarray:
+    """Deterministic disjoint share of ``starts_s`` for ``rank`` of ``world_size``: every
+    ``world_size``-th element from ``rank`` (sizes differ by at most one; the union is the input)."""
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise NowcastError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}", exit_code=2)
+    return np.asarray(starts_s)[rank::world_size]
+
+
+class ClipDataset:
+    """Map-style dataset: item i -> clip starting at ``starts_s[i]``.
+
+    Returns (frames, masks), both torch float32 (seq_len, 1, H, W): frames are pixel/255 in [0, 1],
+    masks 1 for valid pixels; absent slots are zero with mask 0.
+
+    store_path : the store (made absolute, so it works in Ray workers that change directory).
+    starts_s : (N,) int64 epoch seconds of clip starts.
+    seq_len : slots per clip at the store's cadence (``interval_s`` attribute).
+    """
+
+    def __init__(self, store_path: str | Path, starts_s, seq_len: int = 25):
+        self.store_path = str(Path(store_path).resolve())
+        self.starts_s = np.asarray(starts_s, dtype=np.int64).ravel()
+        if seq_len < 1:
+            raise NowcastError(f"seq_len must be >= 1, got {seq_len}", exit_code=2)
+        self.seq_len = int(seq_len)
+        self._reader = None
+        self._pid = None
+
+    def __len__(self) -> int:
+        return int(self.starts_s.size)
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_reader"], state["_pid"] = None, None
+        return state
+
+    @property
+    def reader(self) -> st.StoreReader:
+        """This process's reader (opened on first use, reopened after a fork)."""
+        if self._reader is None or self._pid != os.getpid():
+            self._reader = st.StoreReader(st.open_store(self.store_path))
+            self._pid = os.getpid()
+        return self._reader
+
+    def slot_times_s(self, i: int) -> np.ndarray:
+        """(seq_len,) int64 epoch seconds of item i's slots."""
+        return self.starts_s[i] + self.reader.interval_s * np.arange(self.seq_len, dtype=np.int64)
+
+    def read_numpy(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Item i as numpy: frames uint8 (seq_len, H, W), masks bool (seq_len, H, W)."""
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"clip index {i} out of range for {len(self)} clips")
+        return self.reader.read(self.slot_times_s(i))
+
+    def __getitem__(self, i: int):
+        import torch
+
+        frames, masks = self.read_numpy(int(i))
+        x = torch.from_numpy(frames).unsqueeze(1).to(torch.float32).div_(255.0)
+        m = torch.from_numpy(masks).unsqueeze(1).to(torch.float32)
+        return x, m

@@ -1,0 +1,530 @@
+"""Dask stage: an HKO-7-layout radar archive -> the Zarr v3 store (see pipeline.store).
+
+How it runs
+-----------
+1. Scan ``radarPNG/`` and ``radarPNG_mask/``; file names that do not parse are reported as bad.
+2. Plan the time axis: the stored times plus every new frame time after the last stored time
+   (frames older than the store's last time are skipped with a warning: ingest into a fresh store
+   to include them). The axis is cut into *units* = whole shards (or whole chunks when unsharded),
+   so no two tasks ever write the same shard/chunk file.
+3. One Dask task per unit decodes that unit's frames and masks and writes the whole region
+   ``frames[i0:i1]``, ``masks[i0:i1]`` directly; then it writes a done marker (an empty Zarr group
+   ``_ingest/units/u<N>`` whose attributes list the unit's bad files). A bad frame or mask makes the
+   whole slot zeros / mask False (never a half-written frame).
+4. Finalise in the driver: ``present``, the bad-file report (attrs + a JSON report file), the clip
+   catalog per split, and ``ingest_state = "complete"``.
+
+Re-running is idempotent: units with a marker are skipped, so a run killed with ``kill -9`` resumes
+where it stopped and ends byte-identical to an uninterrupted run; on a grown archive only the new
+frames (and the last, partial unit) are written.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import re
+import time
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pipeline import catalog as cat
+from pipeline import hko7
+from pipeline import store as st
+from pipeline.errors import NowcastError
+
+log = logging.getLogger("nowcast.ingest")
+SPLITS = ("train", "valid", "test")
+_MAX_LISTED = 1000  # bad files listed in the store attrs (all of them go to the report file)
+
+
+class IngestWarning(UserWarning):
+    """Non-fatal ingest problems (frames without masks, skipped old frames)."""
+
+
+@dataclass
+class IngestConfig:
+    """What to ingest and how.
+
+    archive : HKO-7-layout root (radarPNG/, radarPNG_mask/, optional <split>_days.txt).
+    store : output Zarr v3 store path (created, resumed or appended to).
+    scheduler : address of an existing dask.distributed scheduler; None -> env DASK_SCHEDULER_ADDRESS,
+        else a LocalCluster of ``workers`` single-threaded processes.
+    workers : local worker processes (None = CPU cores; 0 = run in this process without Dask).
+    splits : {split: [days] | (start, end) | {"start":..., "end":...}}; None -> the archive's
+        <split>_days.txt files, else chronological fractions (valid_fraction, test_fraction of days).
+    chunk_frames, shard_frames, compressor, level : the store layout (new stores only).
+    seq_len, stride, max_consecutive_missing : the clip catalog rule (HKO-7: 25, 5, 2).
+    report_path : JSON report (default ``<store>.ingest_report.json`` next to the store).
+    """
+
+    archive: str | Path
+    store: str | Path
+    scheduler: str | None = None
+    workers: int | None = None
+    splits: dict | None = None
+    valid_fraction: float = 0.1
+    test_fraction: float = 0.1
+    chunk_frames: int = st.StoreLayout.chunk_frames
+    shard_frames: int | None = st.StoreLayout.shard_frames
+    compressor: str = st.StoreLayout.compressor
+    level: int = st.StoreLayout.level
+    seq_len: int = cat.SEQ_LEN
+    stride: int = cat.STRIDE
+    max_consecutive_missing: int = cat.MAX_CONSECUTIVE_MISSING
+    report_path: str | Path | None = None
+
+
+@dataclass
+class IngestResult:
+    """Outcome of :func:`ingest`. ``bad_files``: [{"path", "reason"}] (paths relative to the archive)."""
+
+    n_frames: int
+    n_new_frames: int
+    n_bad: int
+    bad_files: list
+    seconds: float
+    frames_per_s: float
+    store: str = ""
+    report_path: str = ""
+    n_units_written: int = 0
+    n_units_skipped: int = 0
+    n_without_mask: int = 0
+    n_skipped_old: int = 0
+    clips: dict = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------------------ scan
+
+@dataclass
+class ArchiveScan:
+    """Frame/mask files by time (epoch s, paths relative to the archive) and unparseable files."""
+
+    frames: dict
+    masks: dict
+    bad: list
+
+
+def _walk(root: Path, sub: str):
+    base = root / sub
+    for dirpath, dirnames, filenames in os.walk(base):
+        dirnames.sort()
+        for name in sorted(filenames):
+            if not name.startswith("."):
+                yield Path(dirpath, name).relative_to(root).as_posix()
+
+
+def scan_archive(root: str | Path) -> ArchiveScan:
+    """List ``radarPNG/**.png`` and ``radarPNG_mask/**.mask`` by time; report names that do not parse
+    and duplicate times (the file at the canonical HKO-7 path wins)."""
+    root = Path(root)
+    if not (root / hko7.FRAME_DIR).is_dir():
+        raise NowcastError(f"{root} is not an HKO-7 archive (no {hko7.FRAME_DIR}/ folder); "
+                           "pass the archive root, e.g. one made by `nowcast synth`")
+    bad: list[dict] = []
+    found: dict[str, dict[int, str]] = {"frames": {}, "masks": {}}
+    for kind, sub, suffix, canon in (("frames", hko7.FRAME_DIR, hko7.FRAME_SUFFIX, hko7.frame_path),
+                                     ("masks", hko7.MASK_DIR, hko7.MASK_SUFFIX, hko7.mask_path)):
+        for rel in _walk(root, sub):
+            t = hko7.parse_time_s(rel) if rel.endswith(suffix) else None
+            if t is None:
+                bad.append({"path": rel, "reason": f"file name does not parse as RADyymmddHHMM00{suffix}"})
+                continue
+            prev = found[kind].get(t)
+            if prev is not None:
+                keep_new = Path(rel) == canon(Path("."), t)
+                dup = prev if keep_new else rel
+                bad.append({"path": dup, "reason": "duplicate time (another file has the same time)"})
+                if not keep_new:
+                    continue
+            found[kind][t] = rel
+    return ArchiveScan(found["frames"], found["masks"], bad)
+
+
+def _frame_shape(root: Path, rels: list[str]) -> tuple[int, int]:
+    """Most common (H, W) in the PNG headers of up to 64 frames spread over the archive."""
+    from PIL import Image
+
+    sizes = Counter()
+    for rel in [rels[i] for i in np.unique(np.linspace(0, len(rels) - 1, 64).astype(int))]:
+        try:
+            with Image.open(root / rel) as img:
+                sizes[(img.height, img.width)] += 1
+        except Exception:  # noqa: BLE001 - a bad file is reported later by its unit
+            continue
+    if not sizes:
+        raise NowcastError(f"no readable PNG frame found in {root / hko7.FRAME_DIR}: nothing to ingest")
+    return sizes.most_common(1)[0][0]
+
+
+# ------------------------------------------------------------------------------------------ units
+
+def _unit_name(unit: int) -> str:
+    return f"{st.UNITS_GROUP}/u{unit:08d}"
+
+
+def _reason(exc: Exception) -> str:
+    """A deterministic one-line reason (no object addresses), so reruns write identical reports."""
+    return re.sub(r" at 0x[0-9a-fA-F]+", "", str(exc)).replace("\n", " ")
+
+
+def _decode_slot(root: Path, frame_rel: str, mask_rel: str | None, shape: tuple[int, int]):
+    """-> (frame u8 (H,W), mask bool (H,W), bad entry or None). A bad slot gives (None, None, entry)."""
+    try:
+        frame = hko7.decode_frame((root / frame_rel).read_bytes(), shape)
+    except (hko7.FrameDecodeError, OSError) as exc:
+        return None, None, {"path": frame_rel, "reason": _reason(exc)}
+    if mask_rel is None:
+        return frame, np.ones(shape, dtype=bool), None
+    try:
+        mask = hko7.decode_mask((root / mask_rel).read_bytes(), shape)
+    except (hko7.FrameDecodeError, OSError) as exc:
+        return None, None, {"path": mask_rel, "reason": f"unreadable mask: {_reason(exc)}"}
+    return frame, mask, None
+
+
+def ingest_unit(store_path: str, archive: str, unit: int, i0: int, slots: list) -> dict:
+    """Decode one unit's frames and write rows ``[i0, i0 + len(slots))`` of frames/masks, then its marker.
+
+    slots : per row (frame_rel | None, mask_rel | None); frame_rel None = keep the stored row (a frame
+        already in the store whose file left the archive). Runs on a Dask worker; returns the marker dict.
+    """
+    import zarr
+
+    group = zarr.open_group(store_path, mode="r+")
+    frames_arr, masks_arr = group[st.FRAMES], group[st.MASKS]
+    shape = tuple(frames_arr.shape[1:])
+    n = len(slots)
+    frames = np.zeros((n,) + shape, dtype=np.uint8)
+    masks = np.zeros((n,) + shape, dtype=bool)
+    bad, no_mask, kept = [], [], []
+    root = Path(archive)
+    for j, (frame_rel, mask_rel) in enumerate(slots):
+        if frame_rel is None:
+            kept.append(j)
+            continue
+        frame, mask, problem = _decode_slot(root, frame_rel, mask_rel, shape)
+        if problem is not None:
+            bad.append({**problem, "row": i0 + j})
+            continue
+        frames[j], masks[j] = frame, mask
+        if mask_rel is None:
+            no_mask.append(frame_rel)
+    if kept:
+        rows = np.asarray(kept) + i0
+        frames[kept] = frames_arr.oindex[rows]
+        masks[kept] = masks_arr.oindex[rows]
+        present = np.asarray(group[st.PRESENT][:], dtype=bool)
+        bad += [{"path": f"row {r}", "reason": "kept from the store (file gone); was unusable", "row": int(r)}
+                for r in rows if r >= present.size or not present[r]]
+    frames_arr[i0:i0 + n] = frames
+    masks_arr[i0:i0 + n] = masks
+    marker = {"i0": int(i0), "n": int(n), "bad": bad, "no_mask": no_mask}
+    group.create_group(_unit_name(unit), attributes=marker, overwrite=True)
+    return marker
+
+
+@dataclass
+class _Plan:
+    time_s: np.ndarray           # (T,) the full axis after this run
+    n_committed: int             # rows already finalised by an earlier run
+    slots: list                  # (T,) (frame_rel | None, mask_rel | None)
+    unit_frames: int
+    n_skipped_old: int
+
+    @property
+    def n_units(self) -> int:
+        return -(-len(self.time_s) // self.unit_frames)
+
+    def unit_slots(self, unit: int) -> tuple[int, list]:
+        i0 = unit * self.unit_frames
+        return i0, self.slots[i0:i0 + self.unit_frames]
+
+
+def _plan(scan: ArchiveScan, group, root: Path) -> _Plan:
+    """Stored rows + new frames after the last stored time -> the axis and per-row sources."""
+    layout = st.StoreLayout(**group.attrs["layout"])
+    old_time = np.asarray(group[st.TIME][:], dtype=np.int64)
+    n_committed = min(int(group.attrs.get("n_committed", 0)), old_time.size)
+    kept_time = old_time[:n_committed]
+    last = kept_time[-1] if n_committed else None
+    new_times = sorted(t for t in scan.frames if last is None or t > last)
+    n_skipped_old = sum(1 for t in scan.frames if last is not None and t <= last) - int(
+        np.isin(kept_time, np.fromiter(scan.frames, np.int64, len(scan.frames))).sum())
+    time_s = np.concatenate([kept_time, np.asarray(new_times, dtype=np.int64)])
+    slots = []
+    for t in time_s.tolist():
+        frame_rel = scan.frames.get(t)
+        slots.append((frame_rel, scan.masks.get(t) if frame_rel else None))
+    return _Plan(time_s, n_committed, slots, layout.unit_frames, max(n_skipped_old, 0))
+
+
+def _apply_plan(group, plan: _Plan) -> list[int]:
+    """Resize the arrays to the planned axis, drop stale markers; -> the units still to write."""
+    old_time = np.asarray(group[st.TIME][:], dtype=np.int64)
+    first_dirty = plan.n_committed // plan.unit_frames  # the partial last unit is rewritten
+    same_axis = old_time.size == plan.time_s.size and np.array_equal(old_time, plan.time_s)
+    done = _done_units(group)
+    if not same_axis:
+        group.attrs.update({"ingest_state": st.STATE_IN_PROGRESS})
+        for unit in sorted(u for u in done if u >= first_dirty):
+            del group[_unit_name(unit)]
+        done = {u for u in done if u < first_dirty}
+        shape = (plan.time_s.size,) + tuple(group[st.FRAMES].shape[1:])
+        group[st.FRAMES].resize(shape)
+        group[st.MASKS].resize(shape)
+        st.write_vector(group, st.TIME, plan.time_s)
+    return [u for u in range(plan.n_units) if u not in done]
+
+
+def _done_units(group) -> set[int]:
+    units = group.require_group(st.UNITS_GROUP)
+    return {int(name[1:]) for name in units.group_keys()}
+
+
+# ------------------------------------------------------------------------------------------ dask
+
+def _run_local(todo, plan, store_path, archive, progress) -> None:
+    for unit in _progress_iter(todo, progress):
+        i0, slots = plan.unit_slots(unit)
+        ingest_unit(store_path, archive, unit, i0, slots)
+
+
+def _progress_iter(items, progress: bool):
+    if not progress:
+        yield from items
+        return
+    from rich.progress import Progress
+
+    with Progress(transient=False) as bar:
+        task = bar.add_task("ingest (units)", total=len(items))
+        for item in items:
+            yield item
+            bar.advance(task)
+
+
+def _client(cfg: IngestConfig):
+    """-> (client, cluster or None): the given scheduler, DASK_SCHEDULER_ADDRESS, or a LocalCluster."""
+    from dask.distributed import Client, LocalCluster
+
+    address = cfg.scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS")
+    if address:
+        try:
+            return Client(address, timeout="20s"), None
+        except OSError as exc:
+            raise NowcastError(f"cannot reach the Dask scheduler at {address}: {exc}; check the address "
+                               "(or omit --scheduler for a local cluster)") from exc
+    n = cfg.workers or os.cpu_count() or 1
+    cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
+                           silence_logs=logging.ERROR)
+    return Client(cluster), cluster
+
+
+def _run_dask(todo, plan, store_path, archive, cfg, progress) -> None:
+    """Submit one task per unit with a bounded window (bounded memory) and wait for all."""
+    from dask.distributed import as_completed
+
+    client, cluster = _client(cfg)
+    try:
+        n_workers = max(1, len(client.scheduler_info().get("workers", {})))
+        window = 4 * n_workers
+        pending = iter(todo)
+
+        def submit(unit):
+            i0, slots = plan.unit_slots(unit)
+            return client.submit(ingest_unit, store_path, archive, unit, i0, slots, pure=False)
+
+        running = as_completed([submit(u) for u in itertools.islice(pending, window)])
+        for fut in _progress_iter_dynamic(running, len(todo), progress):
+            fut.result()  # re-raises a worker's error (e.g. store not writable)
+            nxt = next(pending, None)
+            if nxt is not None:
+                running.add(submit(nxt))
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def _progress_iter_dynamic(iterator, total: int, progress: bool):
+    if not progress:
+        yield from iterator
+        return
+    from rich.progress import Progress
+
+    with Progress(transient=False) as bar:
+        task = bar.add_task("ingest (units)", total=total)
+        for item in iterator:
+            yield item
+            bar.advance(task)
+
+
+# ------------------------------------------------------------------------------------------ finalise
+
+def _resolve_splits(cfg: IngestConfig, root: Path, times_s: np.ndarray) -> dict:
+    """-> {split: JSON-able spec}: explicit, the archive's day lists, or chronological fractions."""
+    if cfg.splits is not None:
+        return {name: _jsonable_spec(spec) for name, spec in cfg.splits.items()}
+    lists = {s: root / f"{s}_days.txt" for s in SPLITS}
+    if any(p.exists() for p in lists.values()):
+        return {s: [str(d) for d in hko7.read_day_list(p)] for s, p in lists.items() if p.exists()}
+    days = np.unique(times_s.astype("datetime64[s]").astype("datetime64[D]"))
+    parts = cat.split_days_by_fraction(days, cfg.valid_fraction, cfg.test_fraction)
+    return {s: [str(d) for d in parts[s]] for s in SPLITS}
+
+
+def _jsonable_spec(spec):
+    if isinstance(spec, dict):
+        return {k: (None if v is None else str(np.datetime64(v))) for k, v in spec.items()}
+    if isinstance(spec, tuple) and len(spec) == 2 and not isinstance(spec[0], (list, np.ndarray)):
+        return {"start": None if spec[0] is None else str(np.datetime64(spec[0])),
+                "end": None if spec[1] is None else str(np.datetime64(spec[1]))}
+    return [str(np.datetime64(d, "D")) for d in spec]
+
+
+def _write_catalogs(group, splits: dict, good_time_s: np.ndarray, cfg: IngestConfig, interval_s: int) -> dict:
+    times = good_time_s.astype("datetime64[s]")
+    interval = np.timedelta64(interval_s, "s")
+    rule = {"seq_len": cfg.seq_len, "stride": cfg.stride, "max_consecutive_missing": cfg.max_consecutive_missing,
+            "interval_s": interval_s}
+    counts = {}
+    for name, spec in splits.items():
+        sub_times = times[cat.select_split(times, spec)]
+        rnd = cat.valid_clip_starts(sub_times, cfg.seq_len, cfg.max_consecutive_missing, interval)
+        seq = cat.sequent_clips(sub_times, cfg.seq_len, cfg.stride, cfg.max_consecutive_missing, interval)
+        st.write_catalog(group, name, rnd.astype("datetime64[s]").astype(np.int64),
+                         seq.astype("datetime64[s]").astype(np.int64), rule)
+        counts[name] = {"random_clips": int(rnd.size), "sequent_clips": int(seq.size), "frames": int(sub_times.size)}
+    return counts
+
+
+def _collect_markers(group, n_units: int) -> tuple[list, list]:
+    bad, no_mask = [], []
+    missing = sorted(set(range(n_units)) - _done_units(group))
+    if missing:
+        raise NowcastError(f"{len(missing)} unit(s) of the store were not written (first: {missing[0]}); "
+                           "re-run `nowcast ingest` to finish them")
+    for unit in range(n_units):
+        attrs = group[_unit_name(unit)].attrs
+        bad += list(attrs.get("bad", []))
+        no_mask += list(attrs.get("no_mask", []))
+    return bad, no_mask
+
+
+def _finalise(group, plan: _Plan, scan: ArchiveScan, cfg: IngestConfig, root: Path, report_path: Path) -> dict:
+    unit_bad, no_mask = _collect_markers(group, plan.n_units)
+    present = np.ones(plan.time_s.size, dtype=bool)
+    rows = np.asarray([b["row"] for b in unit_bad], dtype=np.int64)
+    present[rows] = False
+    if not present.any():
+        raise NowcastError(f"none of the {plan.time_s.size} frames in {root} could be decoded "
+                           f"(bad files: {len(unit_bad) + len(scan.bad)}, e.g. {unit_bad[0]['path']}: "
+                           f"{unit_bad[0]['reason']}); check the archive")
+    st.write_vector(group, st.PRESENT, present)
+    bad = sorted([{"path": b["path"], "reason": b["reason"]} for b in unit_bad] + scan.bad, key=lambda b: b["path"])
+    splits = _resolve_splits(cfg, root, plan.time_s[present])
+    interval_s = int(group.attrs.get("interval_s", hko7.INTERVAL_S))
+    counts = _write_catalogs(group, splits, plan.time_s[present], cfg, interval_s)
+    report = {"archive": str(root), "store": str(Path(cfg.store).resolve()), "n_frames": int(plan.time_s.size),
+              "n_present": int(present.sum()), "bad_files": bad, "frames_without_mask": sorted(no_mask),
+              "skipped_older_than_store": plan.n_skipped_old, "clips": counts}
+    report_path.write_text(json.dumps(report, indent=1) + "\n")
+    group.attrs.update({
+        "n_frames": int(plan.time_s.size), "n_present": int(present.sum()), "n_committed": int(plan.time_s.size),
+        "time_start_s": int(plan.time_s[0]) if plan.time_s.size else None,
+        "time_end_s": int(plan.time_s[-1]) if plan.time_s.size else None,
+        "bad_files": {"count": len(bad), "files": bad[:_MAX_LISTED], "truncated": len(bad) > _MAX_LISTED},
+        "frames_without_mask": {"count": len(no_mask), "files": sorted(no_mask)[:_MAX_LISTED]},
+        "splits": splits,
+        "catalog_rule": {"seq_len": cfg.seq_len, "stride": cfg.stride,
+                         "max_consecutive_missing": cfg.max_consecutive_missing},
+        "ingest_state": st.STATE_COMPLETE,
+    })
+    return {"bad": bad, "no_mask": no_mask, "clips": counts, "present": present}
+
+
+# ------------------------------------------------------------------------------------------ entry
+
+def _remove_partial_files(store_path: Path) -> None:
+    """Delete temp files an interrupted zarr write may have left (``*.partial``)."""
+    if store_path.is_dir():
+        for p in store_path.rglob("*.partial"):
+            p.unlink(missing_ok=True)
+
+
+def _open_or_create(cfg: IngestConfig, root: Path, scan: ArchiveScan):
+    import zarr
+
+    store_path = Path(cfg.store)
+    if store_path.exists():
+        try:
+            group = zarr.open_group(str(store_path), mode="r+")
+        except Exception as exc:  # noqa: BLE001
+            raise NowcastError(f"{store_path} exists but is not a Zarr store ({exc}); "
+                               "choose another store path or delete it") from exc
+        if "layout" not in group.attrs or st.FRAMES not in group:
+            raise NowcastError(f"{store_path} is not a nowcast store; choose another store path or delete it")
+        return group
+    height, width = _frame_shape(root, [scan.frames[t] for t in sorted(scan.frames)])
+    layout = st.StoreLayout(cfg.chunk_frames, cfg.shard_frames, cfg.compressor, cfg.level)
+    attrs = {"source": {"format": "HKO-7", "archive": str(root)}, "pixel_encoding": st.PIXEL_ENCODING,
+             "interval_s": hko7.INTERVAL_S, "ingest_version": st.INGEST_VERSION, "n_committed": 0}
+    try:
+        store_path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise NowcastError(f"cannot create {store_path.parent}: {exc}; choose a writable location") from exc
+    return st.create_store(store_path, height, width, layout, attrs)
+
+
+def ingest(cfg: IngestConfig, progress: bool = True) -> IngestResult:
+    """Ingest (or resume, or append to) ``cfg.store`` from ``cfg.archive``. See the module docstring.
+
+    Raises NowcastError when the archive holds no usable frame or the store cannot be written.
+    """
+    t0 = time.perf_counter()
+    root = Path(cfg.archive).resolve()
+    store_path = Path(cfg.store).resolve()
+    scan = scan_archive(root)
+    if not scan.frames:
+        raise NowcastError(f"no frame files named like RADyymmddHHMM00.png under {root / hko7.FRAME_DIR}: "
+                           "nothing to ingest")
+    _remove_partial_files(store_path)
+    group = _open_or_create(cfg, root, scan)
+    plan = _plan(scan, group, root)
+    todo = _apply_plan(group, plan)
+    n_new = plan.time_s.size - plan.n_committed
+    try:
+        if cfg.workers == 0 and not (cfg.scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS")):
+            _run_local(todo, plan, str(store_path), str(root), progress)
+        elif todo:
+            _run_dask(todo, plan, str(store_path), str(root), cfg, progress)
+    except OSError as exc:
+        raise NowcastError(f"cannot write the store {store_path}: {exc}; choose a writable location") from exc
+    report_path = Path(cfg.report_path) if cfg.report_path else store_path.with_name(
+        store_path.name + ".ingest_report.json")
+    final = _finalise(group, plan, scan, cfg, root, report_path)
+    _warn(final["no_mask"], plan.n_skipped_old, final["bad"])
+    seconds = time.perf_counter() - t0
+    written = sum(min(plan.unit_frames, plan.time_s.size - u * plan.unit_frames) for u in todo)
+    return IngestResult(
+        n_frames=int(plan.time_s.size), n_new_frames=int(n_new), n_bad=len(final["bad"]), bad_files=final["bad"],
+        seconds=seconds, frames_per_s=written / seconds if seconds > 0 else 0.0, store=str(store_path),
+        report_path=str(report_path), n_units_written=len(todo), n_units_skipped=plan.n_units - len(todo),
+        n_without_mask=len(final["no_mask"]), n_skipped_old=plan.n_skipped_old, clips=final["clips"])
+
+
+def _warn(no_mask: list, n_skipped_old: int, bad: list) -> None:
+    if no_mask:
+        warnings.warn(f"{len(no_mask)} frame(s) have no mask file and got an all-valid mask "
+                      f"(first: {no_mask[0]})", IngestWarning, stacklevel=3)
+    if n_skipped_old:
+        warnings.warn(f"{n_skipped_old} frame(s) are older than the store's last time and were not added; "
+                      "ingest into a new store to include them", IngestWarning, stacklevel=3)
+    if bad:
+        log.warning("%d bad input file(s) treated as missing (first: %s: %s)", len(bad), bad[0]["path"],
+                    bad[0]["reason"])

@@ -1,0 +1,262 @@
+"""``nowcast predict``: forecast the next frames from the last observed ones.
+
+Inputs, either
+* a store and a time: the ``in_len`` frames ending at the last store frame at or before the time
+  (consecutive slots at the store's interval; every one must be present), or
+* ``in_len`` PNG frames in HKO-7 encoding (8-bit grayscale, ``pixel = round(255 * (dBZ + 10) / 70)``),
+  oldest first. When their names are HKO-7 names (``RADyymmddHHMM00.png``) the forecast times are known.
+
+Outputs in ``out_dir``:
+* ``format="png"``: ``out_len`` frames in HKO-7 encoding, named ``RADyymmddHHMM00.png`` by forecast
+  time (``forecast_01.png`` ... when the time is unknown);
+* ``format="zarr"``: a Zarr v3 group ``forecast.zarr`` with ``forecast`` uint8 (out_len, H, W),
+  ``lead_time_s`` int64 (out_len,) and, when known, ``time`` int64 (out_len,) epoch seconds;
+* both: ``forecast.gif``, the observed frames then the forecast (beside the observation when the
+  store holds it), colour scale in mm/h.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from pipeline.errors import NowcastError
+
+FORMATS = ("png", "zarr")
+
+
+@dataclass
+class PredictConfig:
+    """What to forecast from and where to write it.
+
+    model_uri : ``models:/NAME@ALIAS``, ``models:/NAME/VERSION``, a checkpoint path, ``persistence``
+        or ``optical-flow``.
+    out_dir : output folder (created).
+    store, time : input frames from this store ending at ``time`` (ISO 8601 UTC, e.g.
+        ``2015-06-04T12:00``, or epoch seconds); time None = the store's last frame.
+    input_pngs : or: ``in_len`` HKO-7 PNG paths, oldest first.
+    format : "png" or "zarr".
+    gif : also write ``forecast.gif``.
+    """
+
+    model_uri: str
+    out_dir: str | Path
+    store: str | Path | None = None
+    time: str | int | None = None
+    input_pngs: Sequence[str | Path] | None = None
+    format: str = "png"
+    tracking_uri: str | None = None
+    device: str = "cpu"
+    gif: bool = True
+
+
+@dataclass
+class PredictResult:
+    """paths : the forecast PNGs (or the zarr group); gif_path : the animation (or None);
+    forecast_times_s : out_len epoch seconds, or None when the input times are unknown."""
+
+    paths: list[Path]
+    gif_path: Path | None
+    forecast_times_s: list[int] | None
+    input_times_s: list[int] | None = None
+    forecast: np.ndarray | None = field(default=None, repr=False)  # (out_len, H, W) float pixel
+
+
+@dataclass
+class _Inputs:
+    frames_u8: np.ndarray            # (in_len, H, W)
+    last_time_s: int | None          # time of the last input frame
+    interval_s: int
+    truth_u8: np.ndarray | None = None   # (out_len, H, W) when the store holds the forecast period
+    truth_masks: np.ndarray | None = None
+    input_times_s: list[int] | None = None
+    input_masks: np.ndarray | None = None   # (in_len, H, W) bool, True = valid
+
+
+# --------------------------------------------------------------------------- time parsing
+def parse_time_s(value: str | int | float) -> int:
+    """ISO 8601 (UTC; a trailing ``Z`` or ``+00:00`` allowed) or epoch seconds -> int epoch seconds."""
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, float):
+        return int(value)
+    text = str(value).strip()
+    if re.fullmatch(r"[+-]?\d+", text):
+        return int(text)
+    text = re.sub(r"(Z|[+-]00:?00)$", "", text).replace(" ", "T")
+    try:
+        return int(np.datetime64(text, "s").astype(np.int64))
+    except ValueError as exc:
+        raise NowcastError(f"cannot read the time {value!r}: use ISO 8601 UTC such as 2015-06-04T12:00 "
+                           "or epoch seconds", exit_code=2) from exc
+
+
+def _iso(time_s: int) -> str:
+    return str(np.datetime64(int(time_s), "s")) + "Z"
+
+
+# --------------------------------------------------------------------------- inputs
+def _inputs_from_store(store: str | Path, time_value, in_len: int, out_len: int) -> _Inputs:
+    """The in_len frames ending at the last store frame at or before ``time_value``."""
+    from pipeline import hko7
+    from pipeline.store import StoreReader, open_store
+
+    group = open_store(store)
+    reader = StoreReader(group)
+    times = reader.time_s
+    interval_s = int(group.attrs.get("interval_s", hko7.INTERVAL_S))
+    if times.size == 0:
+        raise NowcastError(f"the store {store} holds no frames; ingest an archive into it first")
+    span = f"the store covers {_iso(times[0])} to {_iso(times[-1])}"
+    t = int(times[-1]) if time_value is None else parse_time_s(time_value)
+    first_ok = int(times[0]) + (in_len - 1) * interval_s
+    if t < first_ok or t > int(times[-1]) + interval_s:
+        raise NowcastError(f"time {_iso(t)} is outside the store: {span}; pick a time from {_iso(first_ok)} "
+                           f"to {_iso(times[-1])} (the forecast needs the {in_len} frames before it)")
+    last = int(times[np.searchsorted(times, t, side="right") - 1])
+    if t - last >= interval_s:
+        raise NowcastError(f"the store has no frame in the {interval_s // 60} min up to {_iso(t)} (the last "
+                           f"earlier frame is at {_iso(last)}; {span}); pick a time with data")
+    input_times = last - interval_s * np.arange(in_len - 1, -1, -1, dtype=np.int64)
+    present = np.isin(input_times, times)
+    if "present" in group:
+        idx = np.searchsorted(times, input_times).clip(0, times.size - 1)
+        present &= np.asarray(group["present"][:], dtype=bool)[idx]
+    if not present.all():
+        missing = ", ".join(_iso(x) for x in input_times[~present])
+        raise NowcastError(f"input frame(s) {missing} are missing from the store ({span}); pick another "
+                           f"time whose {in_len} preceding frames every {interval_s // 60} min exist")
+    frames, input_masks = reader.read(input_times)
+    truth_times = last + interval_s * np.arange(1, out_len + 1, dtype=np.int64)
+    truth = masks = None
+    if np.isin(truth_times, times).all():
+        truth, masks = reader.read(truth_times)
+    return _Inputs(frames, last, interval_s, truth, masks, [int(x) for x in input_times], input_masks)
+
+
+def _inputs_from_pngs(paths: Sequence[str | Path], in_len: int) -> _Inputs:
+    """Decode ``in_len`` HKO-7 PNGs (oldest first); times from their names when all parse."""
+    from pipeline import hko7
+
+    paths = [Path(p) for p in paths]
+    if len(paths) != in_len:
+        raise NowcastError(f"the model takes {in_len} input frames but {len(paths)} PNG(s) were given; "
+                           f"pass exactly {in_len}, oldest first", exit_code=2)
+    frames = []
+    for p in paths:
+        if not p.is_file():
+            raise NowcastError(f"input frame {p} does not exist", exit_code=2)
+        try:
+            frames.append(hko7.decode_frame(p.read_bytes()))
+        except hko7.FrameDecodeError as exc:
+            raise NowcastError(f"cannot use input frame {p}: {exc}; inputs must be 8-bit grayscale PNGs in "
+                               "HKO-7 encoding (pixel = round(255 * (dBZ + 10) / 70))") from exc
+    shapes = {f.shape for f in frames}
+    if len(shapes) != 1:
+        raise NowcastError(f"the input frames differ in size ({sorted(shapes)}); give frames of one size")
+    times = [hko7.parse_time_s(p) for p in paths]
+    if any(t is None for t in times):
+        return _Inputs(np.stack(frames), None, hko7.INTERVAL_S)
+    steps = set(np.diff(times).tolist())
+    if len(steps) > 1 or (steps and steps.pop() <= 0):
+        raise NowcastError("the input PNGs are not consecutive frames in time order (their names give times "
+                           f"{', '.join(_iso(t) for t in times)}); pass {in_len} frames one interval apart, "
+                           "oldest first")
+    interval_s = int(times[1] - times[0]) if len(times) > 1 else hko7.INTERVAL_S
+    return _Inputs(np.stack(frames), int(times[-1]), interval_s, input_times_s=[int(t) for t in times])
+
+
+# --------------------------------------------------------------------------- outputs
+def _write_zarr(out_dir: Path, forecast_u8: np.ndarray, times_s: list[int] | None, interval_s: int,
+                attrs: dict) -> Path:
+    """A Zarr v3 group with ``forecast`` (out_len, H, W) uint8, ``lead_time_s`` and (when known) ``time``."""
+    import zarr
+
+    path = out_dir / "forecast.zarr"
+    group = zarr.open_group(str(path), mode="w", zarr_format=3)
+    n, h, w = forecast_u8.shape
+    arr = group.create_array("forecast", shape=(n, h, w), dtype="uint8", chunks=(1, h, w))
+    arr[:] = forecast_u8
+    lead = group.create_array("lead_time_s", shape=(n,), dtype="int64")
+    lead[:] = interval_s * np.arange(1, n + 1, dtype=np.int64)
+    if times_s is not None:
+        tarr = group.create_array("time", shape=(n,), dtype="int64")
+        tarr[:] = np.asarray(times_s, dtype=np.int64)
+    group.attrs.update(attrs)
+    return path
+
+
+def _gif_mask(inputs: _Inputs) -> np.ndarray | None:
+    """Valid-pixel mask for the GIF: per frame when the truth is shown, else the last input's."""
+    if inputs.input_masks is None:
+        return None
+    if inputs.truth_masks is not None:
+        return np.concatenate([inputs.input_masks, inputs.truth_masks])
+    return inputs.input_masks[-1]
+
+
+def _run_forecaster(forecaster, frames_u8: np.ndarray) -> np.ndarray:
+    """(in_len, H, W) uint8 -> (out_len, H, W) float pixel values clamped to [0, 1]."""
+    import torch
+
+    x = torch.from_numpy(frames_u8.astype(np.float32) / 255.0)[:, None, None]  # (in_len, 1, 1, H, W)
+    with torch.no_grad():
+        y = forecaster(x)
+    return y[:, 0, 0].float().clamp(0.0, 1.0).cpu().numpy()
+
+
+def predict(cfg: PredictConfig) -> PredictResult:
+    """Forecast ``out_len`` frames after the inputs and write them (see the module doc).
+
+    Raises NowcastError for missing/ambiguous inputs, a wrong number of PNGs, frames whose size
+    differs from the model's, a time outside the store, or an unknown format/model.
+    """
+    from pipeline import viz
+    from pipeline.evaluate import check_frame_size
+    from pipeline.tracking import load_forecaster
+
+    if cfg.format not in FORMATS:
+        raise NowcastError(f"unknown format {cfg.format!r}: use png or zarr", exit_code=2)
+    if (cfg.store is None) == (not cfg.input_pngs):
+        raise NowcastError("give the inputs either as a store (--store, optionally --time) or as PNG frames "
+                           "(--input, repeated), not both and not neither", exit_code=2)
+    if cfg.input_pngs and cfg.time is not None:
+        raise NowcastError("--time applies to --store inputs only; PNG inputs carry their times in their names",
+                           exit_code=2)
+    forecaster = load_forecaster(cfg.model_uri, tracking_uri=cfg.tracking_uri, device=cfg.device)
+    in_len, out_len = int(forecaster.in_len), int(forecaster.out_len)
+    if cfg.store is not None:
+        inputs = _inputs_from_store(cfg.store, cfg.time, in_len, out_len)
+        where = f"the store {cfg.store}"
+    else:
+        inputs = _inputs_from_pngs(cfg.input_pngs, in_len)
+        where = "the input PNGs"
+    check_frame_size(forecaster, inputs.frames_u8.shape[1:], where)
+
+    forecast = _run_forecaster(forecaster, inputs.frames_u8)
+    times = None
+    if inputs.last_time_s is not None:
+        times = [int(inputs.last_time_s + inputs.interval_s * (k + 1)) for k in range(out_len)]
+    out_dir = Path(cfg.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.format == "png":
+        paths = viz.save_frames_png(forecast, out_dir, times_s=times)
+    else:
+        attrs = {"model_uri": str(cfg.model_uri), "model_name": forecaster.name, "interval_s": inputs.interval_s,
+                 "pixel_encoding": "uint8 pixel = round(255 * (dBZ + 10) / 70)",
+                 "issued_after_s": inputs.last_time_s}
+        paths = [_write_zarr(out_dir, viz.pixel_to_u8(forecast), times, inputs.interval_s, attrs)]
+    gif_path = None
+    if cfg.gif:
+        truth = None if inputs.truth_u8 is None else inputs.truth_u8.astype(np.float32) / 255.0
+        when = f" after {_iso(inputs.last_time_s)}" if inputs.last_time_s is not None else ""
+        gif_path = viz.forecast_gif(inputs.frames_u8.astype(np.float32) / 255.0, truth, forecast,
+                                    out_dir / "forecast.gif", interval_min=inputs.interval_s / 60.0,
+                                    title=f"{forecaster.name}{when}", mask=_gif_mask(inputs))
+    return PredictResult(paths, gif_path, times, inputs.input_times_s, forecast)
+
+
+__all__ = ["PredictConfig", "PredictResult", "predict", "parse_time_s"]

@@ -1,0 +1,274 @@
+"""The Zarr v3 store of radar sequences: layout, open/validate, describe, and frame reads.
+
+Layout (a Zarr v3 group)::
+
+    frames   uint8 (T, H, W)   pixel = round(255 * (dBZ + 10) / 70); 0 where a slot is unusable
+    masks    bool  (T, H, W)   True = valid pixel; all False where a slot is unusable
+    time     int64 (T,)        seconds since the Unix epoch (UTC), strictly ascending
+    present  bool  (T,)        False for a slot whose input file was bad (stored as zeros / False)
+    catalog/<split>/random_starts_s   int64 (N,)  clip starts for random sampling (training)
+    catalog/<split>/sequent_starts_s  int64 (M,)  clip starts of the HKO-7 sequential protocol
+    _ingest/units/u<NNNNNNNN>         one empty group per written unit (its attrs: bad files)
+
+Group attributes: ``source``, ``pixel_encoding``, ``interval_s``, ``ingest_version``, ``layout``,
+``height``, ``width``, ``n_frames``, ``n_present``, ``bad_files`` (count + list),
+``frames_without_mask``, ``splits``, ``ingest_state`` ("complete" once usable).
+
+Chunking (see benchmarks/bench_dataset.py): the time axis is cut into chunks of ``chunk_frames``
+whole frames, grouped into shards of ``shard_frames`` frames (one file per shard), compressed with
+zstd. A random 25-frame clip then touches one or two shard files and ~25 small chunks.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.errors import NowcastError
+
+INGEST_VERSION = 1
+FRAMES, MASKS, TIME, PRESENT, CATALOG, INGEST_GROUP = "frames", "masks", "time", "present", "catalog", "_ingest"
+UNITS_GROUP = f"{INGEST_GROUP}/units"
+PIXEL_ENCODING = "uint8 pixel = round(255 * (dBZ + 10) / 70), i.e. dBZ = 70 * pixel / 255 - 10"
+STATE_COMPLETE = "complete"
+STATE_IN_PROGRESS = "in_progress"
+_VECTOR_CHUNK = 1 << 16  # entries per chunk of the 1-D arrays (time, present, catalogs)
+
+
+@dataclass(frozen=True)
+class StoreLayout:
+    """Chunking/compression of ``frames`` and ``masks`` along time.
+
+    chunk_frames : frames per (inner) chunk, each chunk holds whole (H, W) frames.
+    shard_frames : frames per shard file (a multiple of chunk_frames), or None for no sharding.
+    compressor : "zstd", "blosc-lz4", "blosc-zstd" or "none".
+    level : compression level.
+    """
+
+    chunk_frames: int = 1
+    shard_frames: int | None = 120
+    compressor: str = "zstd"
+    level: int = 1
+
+    def __post_init__(self):
+        if self.chunk_frames < 1:
+            raise NowcastError(f"chunk_frames must be >= 1, got {self.chunk_frames}", exit_code=2)
+        if self.shard_frames is not None and (
+            self.shard_frames < self.chunk_frames or self.shard_frames % self.chunk_frames
+        ):
+            raise NowcastError(
+                f"shard_frames ({self.shard_frames}) must be a multiple of chunk_frames ({self.chunk_frames})",
+                exit_code=2,
+            )
+        if self.compressor not in ("zstd", "blosc-lz4", "blosc-zstd", "none"):
+            raise NowcastError(
+                f"unknown compressor {self.compressor!r}: use zstd, blosc-lz4, blosc-zstd or none", exit_code=2
+            )
+
+    @property
+    def unit_frames(self) -> int:
+        """Frames per independently writable unit (a shard, or a chunk when unsharded)."""
+        return self.shard_frames or self.chunk_frames
+
+    def compressors(self):
+        """The zarr v3 compressor codecs for this layout."""
+        import zarr
+
+        if self.compressor == "none":
+            return None
+        if self.compressor == "zstd":
+            return zarr.codecs.ZstdCodec(level=self.level)
+        cname = self.compressor.split("-")[1]
+        return zarr.codecs.BloscCodec(cname=cname, clevel=self.level, shuffle="bitshuffle")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _frame_array_kwargs(layout: StoreLayout, height: int, width: int) -> dict:
+    kw = dict(chunks=(layout.chunk_frames, height, width), compressors=layout.compressors())
+    if layout.shard_frames:
+        kw["shards"] = (layout.shard_frames, height, width)
+    return kw
+
+
+def create_store(path: str | Path, height: int, width: int, layout: StoreLayout, attrs: dict):
+    """Create an empty store (T = 0) at ``path`` and return its zarr.Group (mode r+)."""
+    import zarr
+
+    try:
+        group = zarr.open_group(str(path), mode="w", zarr_format=3)
+    except OSError as exc:
+        raise NowcastError(f"cannot create the store at {path}: {exc}; choose a writable location") from exc
+    for name, dtype in ((FRAMES, "uint8"), (MASKS, "bool")):
+        group.create_array(name, shape=(0, height, width), dtype=dtype, fill_value=0 if dtype == "uint8" else False,
+                           **_frame_array_kwargs(layout, height, width))
+    group.create_array(TIME, shape=(0,), dtype="int64", chunks=(_VECTOR_CHUNK,), fill_value=0)
+    group.create_array(PRESENT, shape=(0,), dtype="bool", chunks=(_VECTOR_CHUNK,), fill_value=False)
+    group.require_group(UNITS_GROUP)
+    group.attrs.update({**attrs, "height": int(height), "width": int(width), "layout": layout.to_dict(),
+                        "ingest_state": STATE_IN_PROGRESS, "n_frames": 0, "n_present": 0})
+    return group
+
+
+def write_vector(group, name: str, values: np.ndarray) -> None:
+    """(Re)write a 1-D array of the group in full (resizing it to ``len(values)``)."""
+    values = np.asarray(values)
+    if name in group and group[name].dtype == values.dtype:
+        arr = group[name]
+        arr.resize(values.shape)
+    else:
+        arr = group.create_array(name, shape=values.shape, dtype=values.dtype, chunks=(_VECTOR_CHUNK,),
+                                 fill_value=0, overwrite=True)
+    if values.size:
+        arr[:] = values
+
+
+def open_store(path: str | Path, mode: str = "r", require_complete: bool = True):
+    """Open a nowcast store -> zarr.Group.
+
+    Raises NowcastError (with what to do) when ``path`` does not exist, is not a Zarr group, lacks
+    the frames/masks/time arrays, or (``require_complete``) its ingest has not finished.
+    """
+    import zarr
+
+    p = Path(path)
+    if not p.exists():
+        raise NowcastError(f"no store at {p}: create it with `nowcast ingest ARCHIVE {p}`")
+    try:
+        group = zarr.open_group(str(p), mode=mode)
+    except Exception as exc:  # zarr raises several types for non-stores
+        raise NowcastError(f"{p} is not a Zarr store ({exc}); point to the store made by `nowcast ingest`") from exc
+    missing = [n for n in (FRAMES, MASKS, TIME) if n not in group]
+    if missing:
+        raise NowcastError(f"{p} is a Zarr group but not a nowcast store (missing {', '.join(missing)}); "
+                           "create one with `nowcast ingest ARCHIVE STORE`")
+    if require_complete and group.attrs.get("ingest_state") != STATE_COMPLETE:
+        raise NowcastError(f"the ingest into {p} did not finish: re-run `nowcast ingest ARCHIVE {p}` "
+                           "(it resumes where it stopped)")
+    return group
+
+
+def read_catalog(group, split: str, protocol: str = "random") -> np.ndarray:
+    """Clip starts (int64 epoch s) of ``split`` for ``protocol`` "random" or "sequent"."""
+    if protocol not in ("random", "sequent"):
+        raise NowcastError(f"unknown protocol {protocol!r}: use 'random' or 'sequent'", exit_code=2)
+    splits = list_splits(group)
+    if split not in splits:
+        raise NowcastError(f"split {split!r} is not in the store's catalog (available: {', '.join(splits) or 'none'})",
+                           exit_code=2)
+    return np.asarray(group[f"{CATALOG}/{split}/{protocol}_starts_s"][:], dtype=np.int64)
+
+
+def list_splits(group) -> list[str]:
+    """Names of the splits that have a catalog in the store."""
+    return sorted(group.attrs.get("splits", {}).keys()) if CATALOG in group else []
+
+
+def write_catalog(group, split: str, random_starts_s: np.ndarray, sequent_starts_s: np.ndarray, rule: dict) -> None:
+    """Store one split's clip starts (int64 epoch s) and the clip rule (seq_len, stride, ...) as attrs."""
+    sub = group.require_group(f"{CATALOG}/{split}")
+    write_vector(sub, "random_starts_s", np.asarray(random_starts_s, dtype=np.int64))
+    write_vector(sub, "sequent_starts_s", np.asarray(sequent_starts_s, dtype=np.int64))
+    sub.attrs.update(rule)
+
+
+class StoreReader:
+    """Reads frames of a store by timestamp; caches the arrays and the time axis.
+
+    Use one per process (it holds open zarr arrays).
+    """
+
+    def __init__(self, group):
+        self.group = group
+        self.frames = group[FRAMES]
+        self.masks = group[MASKS]
+        self.time_s = np.asarray(group[TIME][:], dtype=np.int64)
+        self.height, self.width = self.frames.shape[1:]
+        self.interval_s = int(group.attrs.get("interval_s", 360))
+
+    def read(self, time_s) -> tuple[np.ndarray, np.ndarray]:
+        """(S,) epoch seconds -> (frames uint8 (S,H,W), masks bool (S,H,W)); absent -> 0 / False."""
+        t = np.asarray(time_s, dtype=np.int64).ravel()
+        frames = np.zeros((t.size, self.height, self.width), dtype=np.uint8)
+        masks = np.zeros((t.size, self.height, self.width), dtype=bool)
+        n = self.time_s.size
+        if n == 0 or t.size == 0:
+            return frames, masks
+        idx = np.searchsorted(self.time_s, t)
+        found = (idx < n) & (self.time_s[np.minimum(idx, n - 1)] == t)
+        if not found.any():
+            return frames, masks
+        rows = idx[found]
+        lo, hi = int(rows.min()), int(rows.max()) + 1
+        if hi - lo <= 2 * t.size:  # one contiguous read (the clip case)
+            frames[found] = self.frames[lo:hi][rows - lo]
+            masks[found] = self.masks[lo:hi][rows - lo]
+        else:
+            uniq, inv = np.unique(rows, return_inverse=True)
+            frames[found] = self.frames.oindex[uniq][inv]
+            masks[found] = self.masks.oindex[uniq][inv]
+        return frames, masks
+
+
+def read_frames(group, time_s) -> tuple[np.ndarray, np.ndarray]:
+    """Frames for arbitrary timestamps.
+
+    group : an open store (``open_store``); time_s : (S,) int64 epoch seconds (any order, repeats ok).
+    Returns frames uint8 (S, H, W) and masks bool (S, H, W); absent timestamps give zeros / False.
+    For many reads, keep a :class:`StoreReader` (it caches the time axis).
+    """
+    return StoreReader(group).read(time_s)
+
+
+def _du_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def describe_store(path: str | Path) -> dict:
+    """Summary of a store (JSON-able): frames, H, W, time span, gaps, splits with clip counts, bad counts."""
+    group = open_store(path)
+    attrs = dict(group.attrs)
+    time_s = np.asarray(group[TIME][:], dtype=np.int64)
+    present = np.asarray(group[PRESENT][:], dtype=bool) if PRESENT in group else np.ones(time_s.size, bool)
+    interval_s = int(attrs.get("interval_s", 360))
+    good = time_s[present]
+    steps = np.diff(good)
+    gaps = steps[steps > interval_s]
+    splits = {}
+    for split in list_splits(group):
+        sub = group[f"{CATALOG}/{split}"]
+        splits[split] = {"random_clips": int(sub["random_starts_s"].shape[0]),
+                         "sequent_clips": int(sub["sequent_starts_s"].shape[0])}
+    iso = lambda s: str(np.datetime64(int(s), "s")) + "Z"  # noqa: E731
+    return {
+        "path": str(Path(path).resolve()),
+        "frames": int(time_s.size),
+        "present_frames": int(present.sum()),
+        "height": int(group[FRAMES].shape[1]),
+        "width": int(group[FRAMES].shape[2]),
+        "interval_s": interval_s,
+        "time_start": iso(time_s[0]) if time_s.size else None,
+        "time_end": iso(time_s[-1]) if time_s.size else None,
+        "days": int(np.unique(good // 86400).size),
+        "gaps": int(gaps.size),
+        "missing_slots": int(((gaps // interval_s) - 1).sum()) if gaps.size else 0,
+        "splits": splits,
+        "bad_files": int(attrs.get("bad_files", {}).get("count", 0)),
+        "frames_without_mask": int(attrs.get("frames_without_mask", {}).get("count", 0)),
+        "layout": attrs.get("layout"),
+        "size_mb": round(_du_bytes(Path(path)) / 1e6, 3),
+    }
+
+
+def store_fingerprint(path: str | Path) -> dict:
+    """JSON-able identity of a store for experiment tracking: absolute path + ingest attributes."""
+    group = open_store(path)
+    attrs = dict(group.attrs)
+    keys = ("source", "ingest_version", "interval_s", "height", "width", "n_frames", "n_present", "layout",
+            "time_start_s", "time_end_s", "splits")
+    fp = {"path": str(Path(path).resolve())}
+    fp.update({k: attrs[k] for k in keys if k in attrs})
+    fp["bad_files"] = int(attrs.get("bad_files", {}).get("count", 0))
+    return fp

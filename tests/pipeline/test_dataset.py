@@ -1,0 +1,93 @@
+"""Clip dataset over the store: contents, absent slots, sharding, DataLoader workers."""
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+
+from pipeline import ingest as ing
+from pipeline.dataset import ClipDataset, clip_starts, shard
+from pipeline.errors import NowcastError
+
+IV = 360
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, archive_tools):
+    from types import SimpleNamespace
+
+    tmp = tmp_path_factory.mktemp("ds")
+    arch = archive_tools.build_archive(tmp / "archive", 60, size=32, missing=[10, 11, 40])
+    ing.ingest(ing.IngestConfig(arch.root, tmp / "s.zarr", workers=0, chunk_frames=1, shard_frames=8,
+                                splits={"train": ("2015-06-01", None)}), progress=False)
+    return SimpleNamespace(path=tmp / "s.zarr", arch=arch)
+
+
+def expected_clip(arch, start_s, seq_len):
+    frames = np.zeros((seq_len, 1, arch.size, arch.size), np.float32)
+    masks = np.zeros_like(frames)
+    for k in range(seq_len):
+        t = start_s + k * IV
+        if t in arch.frames:
+            frames[k, 0] = arch.frames[t] / 255.0
+            masks[k, 0] = arch.masks[t]
+    return frames, masks
+
+
+def test_items_match_archive(store):
+    starts = clip_starts(store.path, "train", "random")
+    assert starts.dtype == np.int64 and starts.size > 0 and np.all(np.diff(starts) > 0)
+    ds = ClipDataset(store.path, starts, seq_len=25)
+    assert len(ds) == starts.size
+    for i in (0, len(ds) // 2, len(ds) - 1):
+        x, m = ds[i]
+        assert x.shape == (25, 1, 32, 32) and str(x.dtype) == "torch.float32" and str(m.dtype) == "torch.float32"
+        want_x, want_m = expected_clip(store.arch, int(starts[i]), 25)
+        np.testing.assert_allclose(x.numpy(), want_x, rtol=0, atol=1e-7)
+        np.testing.assert_array_equal(m.numpy(), want_m)
+        assert 0.0 <= float(x.min()) and float(x.max()) <= 1.0
+    # a clip over the gap: absent slots are zero with mask 0
+    gap_start = int(store.arch.times_s()[5])
+    x, m = ClipDataset(store.path, [gap_start])[0]
+    assert float(x[5].abs().sum()) == 0 and float(m[5].sum()) == 0 and float(m[4].sum()) > 0
+    seq = clip_starts(store.path, "train", "sequent")
+    assert seq.size > 0 and np.isin(seq, starts).sum() >= 1
+    with pytest.raises(NowcastError):
+        clip_starts(store.path, "test")
+
+
+def test_shard_is_disjoint_and_complete():
+    starts = np.arange(103, dtype=np.int64) * IV
+    for world in (1, 2, 3, 4, 7):
+        parts = [shard(starts, r, world) for r in range(world)]
+        assert sum(p.size for p in parts) == starts.size
+        assert np.array_equal(np.sort(np.concatenate(parts)), starts)
+        assert max(p.size for p in parts) - min(p.size for p in parts) <= 1
+        assert all(np.array_equal(shard(starts, r, world), parts[r]) for r in range(world))  # deterministic
+    with pytest.raises(NowcastError):
+        shard(starts, 2, 2)
+
+
+def test_pickles_without_open_handles(store):
+    ds = ClipDataset(store.path, clip_starts(store.path, "train"))
+    _ = ds[0]
+    assert ds._reader is not None
+    clone = pickle.loads(pickle.dumps(ds))
+    assert clone._reader is None
+    np.testing.assert_array_equal(clone[1][0].numpy(), ds[1][0].numpy())
+
+
+@pytest.mark.parametrize("ctx", ["fork", pytest.param("spawn", marks=pytest.mark.slow)])
+def test_dataloader_workers(store, ctx):
+    import torch
+    from torch.utils.data import DataLoader
+
+    starts = clip_starts(store.path, "train")
+    ds = ClipDataset(store.path, starts, seq_len=25)
+    _ = ds[0]  # the parent has a reader open: workers must open their own
+    loader = DataLoader(ds, batch_size=4, num_workers=2, multiprocessing_context=ctx, shuffle=False)
+    got = torch.cat([x for x, _ in loader])
+    assert got.shape == (starts.size, 25, 1, 32, 32)
+    for i in (0, starts.size - 1):
+        np.testing.assert_allclose(got[i].numpy(), expected_clip(store.arch, int(starts[i]), 25)[0], atol=1e-7)

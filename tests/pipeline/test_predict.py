@@ -1,0 +1,235 @@
+"""Tests for pipeline.predict: inputs from a store or from PNGs, PNG/zarr/GIF outputs, errors.
+
+Persistence repeats the last input frame, and the HKO-7 encoding round-trips exactly
+(u8 -> u8/255 -> round(255 p)), so every forecast PNG must equal the last input frame bit for bit.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline import hko7
+from pipeline.errors import NowcastError
+
+SIZE = 48
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Path:
+    from pipeline.ingest import IngestConfig, ingest
+    from pipeline.synth import SynthConfig, synth_archive
+
+    root = tmp_path_factory.mktemp("pred")
+    synth_archive(SynthConfig(out_dir=root / "archive", days=1, frames_per_day=40, size_px=SIZE, seed=5,
+                              workers=1, missing_frame_rate=0.0), progress=False)
+    ingest(IngestConfig(archive=root / "archive", store=root / "store.zarr", workers=0), progress=False)
+    return root / "store.zarr"
+
+
+def _store_arrays(store: Path):
+    import zarr
+
+    g = zarr.open_group(str(store), mode="r")
+    return np.asarray(g["time"][:], np.int64), g["frames"][:]
+
+
+def _cfg(model="persistence", **kw):
+    from pipeline.predict import PredictConfig
+
+    return PredictConfig(model_uri=model, **kw)
+
+
+def _gif_n_frames(path: Path) -> int:
+    with Image.open(path) as img:
+        return img.n_frames
+
+
+def test_predict_from_store_at_time(store, tmp_path):
+    from pipeline.predict import predict
+
+    times, frames = _store_arrays(store)
+    k = 10
+    t = int(times[k])
+    iso = str(np.datetime64(t, "s"))  # e.g. 2015-06-01T01:00:00
+    res = predict(_cfg(out_dir=tmp_path / "out", store=store, time=iso))
+    assert res.input_times_s == [int(x) for x in times[k - 4:k + 1]]
+    assert res.forecast_times_s == [t + 360 * (j + 1) for j in range(20)]
+    assert [p.name for p in res.paths] == [hko7.file_stem(x) + ".png" for x in res.forecast_times_s]
+    for p in res.paths:
+        assert np.array_equal(hko7.decode_frame(p.read_bytes()), frames[k])
+    # the store holds the forecast period -> GIF shows truth beside the forecast: 5 + 20 frames
+    assert res.gif_path.exists() and _gif_n_frames(res.gif_path) == 25
+
+
+def test_time_between_frames_uses_the_frame_before(store, tmp_path):
+    from pipeline.predict import predict
+
+    times, frames = _store_arrays(store)
+    res = predict(_cfg(out_dir=tmp_path, store=store, time=int(times[7]) + 200, gif=False))
+    assert res.input_times_s[-1] == int(times[7]) and res.gif_path is None
+    assert np.array_equal(hko7.decode_frame(res.paths[0].read_bytes()), frames[7])
+
+
+def test_default_time_is_the_last_frame(store, tmp_path):
+    from pipeline.predict import predict
+
+    times, _ = _store_arrays(store)
+    res = predict(_cfg(out_dir=tmp_path, store=store, format="zarr", gif=False))
+    assert res.input_times_s[-1] == int(times[-1])
+
+
+def _write_pngs(folder: Path, frames: np.ndarray, times=None) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, f in enumerate(frames):
+        name = hko7.file_stem(times[i]) if times is not None else f"input_{i}"
+        p = folder / f"{name}.png"
+        p.write_bytes(hko7.encode_frame(f))
+        paths.append(p)
+    return paths
+
+
+def test_predict_from_hko7_named_pngs(tmp_path):
+    from pipeline.predict import predict
+
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (5, 32, 40), dtype=np.uint8)
+    t0 = int(np.datetime64("2015-07-01T10:00", "s").astype(np.int64))
+    pngs = _write_pngs(tmp_path / "in", frames, [t0 + 360 * i for i in range(5)])
+    res = predict(_cfg(out_dir=tmp_path / "out", input_pngs=pngs))
+    assert res.forecast_times_s[0] == t0 + 5 * 360
+    assert res.paths[0].name == "RAD150701103000.png"
+    assert len(res.paths) == 20
+    assert all(np.array_equal(hko7.decode_frame(p.read_bytes()), frames[-1]) for p in res.paths)
+    assert _gif_n_frames(res.gif_path) == 25
+
+
+def test_predict_from_unnamed_pngs(tmp_path):
+    from pipeline.predict import predict
+
+    frames = np.full((5, 16, 16), 77, np.uint8)
+    res = predict(_cfg(out_dir=tmp_path / "out", input_pngs=_write_pngs(tmp_path / "in", frames)))
+    assert res.forecast_times_s is None
+    assert [p.name for p in res.paths][:2] == ["forecast_01.png", "forecast_02.png"]
+
+
+def test_zarr_output(store, tmp_path):
+    import zarr
+
+    from pipeline.predict import predict
+
+    times, frames = _store_arrays(store)
+    res = predict(_cfg(out_dir=tmp_path, store=store, time=int(times[12]), format="zarr"))
+    (path,) = res.paths
+    g = zarr.open_group(str(path), mode="r")
+    assert g.metadata.zarr_format == 3
+    fc = g["forecast"][:]
+    assert fc.dtype == np.uint8 and fc.shape == (20, SIZE, SIZE)
+    assert np.array_equal(fc, np.repeat(frames[12][None], 20, axis=0))
+    assert g["time"].dtype == np.int64 and g["time"][:].tolist() == res.forecast_times_s
+    assert g["lead_time_s"][:].tolist() == [360 * (j + 1) for j in range(20)]
+    assert g.attrs["model_uri"] == "persistence"
+    assert res.gif_path.exists()
+
+
+def test_optical_flow_forecast_is_written(store, tmp_path):
+    from pipeline.predict import predict
+
+    res = predict(_cfg("optical-flow", out_dir=tmp_path, store=store, time=int(_store_arrays(store)[0][20]),
+                       gif=False))
+    assert len(res.paths) == 20 and res.forecast.shape == (20, SIZE, SIZE)
+    assert 0.0 <= res.forecast.min() and res.forecast.max() <= 1.0
+
+
+def test_parse_time():
+    from pipeline.predict import parse_time_s
+
+    t = int(np.datetime64("2015-06-04T12:00", "s").astype(np.int64))
+    for value in ("2015-06-04T12:00", "2015-06-04T12:00:00Z", "2015-06-04 12:00", "2015-06-04T12:00+00:00",
+                  str(t), t):
+        assert parse_time_s(value) == t
+    with pytest.raises(NowcastError):
+        parse_time_s("yesterday")
+
+
+def test_bad_inputs_raise(store, tmp_path):
+    from pipeline.predict import predict
+
+    times, _ = _store_arrays(store)
+    frames = np.zeros((5, 16, 16), np.uint8)
+    pngs = _write_pngs(tmp_path / "in", frames)
+    cases = [
+        _cfg(out_dir=tmp_path),                                              # no inputs
+        _cfg(out_dir=tmp_path, store=store, input_pngs=pngs),                # both
+        _cfg(out_dir=tmp_path, input_pngs=pngs[:3]),                         # wrong count
+        _cfg(out_dir=tmp_path, input_pngs=pngs[:4] + [tmp_path / "x.png"]),  # missing file
+        _cfg(out_dir=tmp_path, store=store, time=int(times[2])),             # not 5 frames before it
+        _cfg(out_dir=tmp_path, store=store, time="2016-01-01T00:00"),        # after the store
+        _cfg(out_dir=tmp_path, store=tmp_path / "nope.zarr"),               # no store
+        _cfg(out_dir=tmp_path, store=store, format="tiff"),                  # format
+        _cfg(out_dir=tmp_path, input_pngs=pngs, time="2015-06-01T00:00"),    # time with PNGs
+    ]
+    for cfg in cases:
+        with pytest.raises(NowcastError):
+            predict(cfg)
+
+
+def test_bad_pngs_raise(tmp_path):
+    from pipeline.predict import predict
+
+    frames = np.zeros((5, 16, 16), np.uint8)
+    pngs = _write_pngs(tmp_path / "a", frames)
+    pngs[2].write_bytes(b"not a png")
+    with pytest.raises(NowcastError, match="HKO-7 encoding"):
+        predict(_cfg(out_dir=tmp_path, input_pngs=pngs))
+    # an RGB image is not an HKO-7 frame
+    rgb = _write_pngs(tmp_path / "b", frames)
+    Image.new("RGB", (16, 16)).save(rgb[0])
+    with pytest.raises(NowcastError):
+        predict(_cfg(out_dir=tmp_path, input_pngs=rgb))
+    # sizes differ
+    mixed = _write_pngs(tmp_path / "c", frames)
+    mixed[1].write_bytes(hko7.encode_frame(np.zeros((8, 8), np.uint8)))
+    with pytest.raises(NowcastError, match="differ in size"):
+        predict(_cfg(out_dir=tmp_path, input_pngs=mixed))
+    # HKO-7 names out of order
+    t0 = int(np.datetime64("2015-07-01T10:00", "s").astype(np.int64))
+    shuffled = _write_pngs(tmp_path / "d", frames, [t0 + 360 * i for i in (0, 2, 1, 3, 4)])
+    with pytest.raises(NowcastError, match="consecutive"):
+        predict(_cfg(out_dir=tmp_path, input_pngs=shuffled))
+
+
+def test_missing_input_frame_raises(tmp_path, hand_archive):
+    from pipeline.ingest import IngestConfig, ingest
+    from pipeline.predict import predict
+
+    arch = hand_archive(12, size=16, missing=(8,), day_lists={"test": ["2015-06-01"]})
+    ingest(IngestConfig(archive=arch.root, store=tmp_path / "s.zarr", workers=0), progress=False)
+    t_last = int(np.datetime64("2015-06-01T00:00", "s").astype(np.int64)) + 10 * 360
+    with pytest.raises(NowcastError, match="missing"):
+        predict(_cfg(out_dir=tmp_path / "o", store=tmp_path / "s.zarr", time=t_last))
+    # a time inside the gap: no frame in the 6 min up to it
+    with pytest.raises(NowcastError, match="no frame"):
+        predict(_cfg(out_dir=tmp_path / "o", store=tmp_path / "s.zarr", time=t_last - 2 * 360 + 60))
+    # frames 2..6 exist: fine
+    res = predict(_cfg(out_dir=tmp_path / "o", store=tmp_path / "s.zarr", time=t_last - 4 * 360, gif=False))
+    assert len(res.paths) == 20
+
+
+def test_checkpoint_size_must_match_inputs(tmp_path):
+    from pipeline.predict import predict
+    from pipeline.tracking import save_model_files
+    from trajgru import build_model
+
+    ckpt = tmp_path / "ckpt"
+    save_model_files(build_model("tiny", height=32, width=32), ckpt)
+    pngs = _write_pngs(tmp_path / "in", np.zeros((5, 16, 16), np.uint8))
+    with pytest.raises(NowcastError, match="32x32"):
+        predict(_cfg(str(ckpt), out_dir=tmp_path / "o", input_pngs=pngs))
+    ok = _write_pngs(tmp_path / "in32", np.full((5, 32, 32), 40, np.uint8))
+    res = predict(_cfg(str(ckpt), out_dir=tmp_path / "o", input_pngs=ok, gif=False))
+    assert len(res.paths) == 20 and json.loads((ckpt / "model_config.json").read_text())["height"] == 32

@@ -1,0 +1,207 @@
+"""pipeline.tracking: URIs, model logging/registration, the champion alias, forecaster loading."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline import tracking
+from pipeline.errors import NowcastError
+from tests.pipeline._ray_fixtures import mlflow_server
+
+
+def tiny_model(seed: int = 0):
+    from trajgru.model import build_model
+
+    torch.manual_seed(seed)
+    return build_model("tiny", "convgru", height=16, width=16, in_len=2, out_len=3).eval()
+
+
+@pytest.fixture
+def sqlite_uri(tmp_path, monkeypatch):
+    """A fresh SQLite tracking store, set as the active MLflow tracking URI."""
+    import mlflow
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    yield uri
+    mlflow.set_tracking_uri("")
+
+
+# ------------------------------------------------------------------ resolve_tracking_uri
+def test_resolve_tracking_uri_default_is_absolute_sqlite_in_cwd(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert tracking.resolve_tracking_uri(None) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+
+
+def test_resolve_tracking_uri_env_and_relative_paths(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
+    assert tracking.resolve_tracking_uri(None) == "http://127.0.0.1:5999"
+    # an explicit URI wins over the environment
+    assert tracking.resolve_tracking_uri("sqlite:///sub/x.db") == f"sqlite:///{tmp_path.resolve()}/sub/x.db"
+    assert tracking.resolve_tracking_uri("sqlite:////abs/y.db") == "sqlite:////abs/y.db"
+    assert tracking.resolve_tracking_uri("runs_dir") == (tmp_path.resolve() / "runs_dir").as_uri()
+
+
+def test_unreachable_server_fails_fast_with_advice():
+    t0 = time.monotonic()
+    with pytest.raises(NowcastError, match="not reachable.*mlflow server"):
+        tracking.setup_experiment("http://127.0.0.1:9", "x")  # port 9 (discard): nothing listens
+    assert time.monotonic() - t0 < 10
+
+
+# ------------------------------------------------------------------ champion alias
+def _version_with_score(client, name: str, score: float | None) -> str:
+    """A registered version of ``name`` whose run has ``score`` as its champion metric."""
+    exp = client.get_experiment_by_name("champ") or None
+    exp_id = exp.experiment_id if exp else client.create_experiment("champ")
+    run = client.create_run(exp_id)
+    if score is not None:
+        client.log_metric(run.info.run_id, tracking.CHAMPION_METRIC, score)
+    client.set_terminated(run.info.run_id)
+    try:
+        client.create_registered_model(name)
+    except Exception:  # noqa: BLE001 (already exists)
+        pass
+    mv = client.create_model_version(name, f"runs:/{run.info.run_id}/model", run_id=run.info.run_id)
+    return mv.version
+
+
+def _champion(client, name):
+    return client.get_model_version_by_alias(name, "champion").version
+
+
+def test_champion_alias_moves_only_on_improvement(sqlite_uri):
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    v1 = _version_with_score(client, "m", 0.30)
+    assert tracking.promote_if_better("m", v1, 0.30) is True          # first version: champion
+    assert _champion(client, "m") == v1
+    v2 = _version_with_score(client, "m", 0.20)
+    assert tracking.promote_if_better("m", v2, 0.20) is False         # worse: stays v1
+    assert _champion(client, "m") == v1
+    v3 = _version_with_score(client, "m", 0.30)
+    assert tracking.promote_if_better("m", v3, 0.30) is False         # tie: stays v1
+    v4 = _version_with_score(client, "m", float("nan"))
+    assert tracking.promote_if_better("m", v4, float("nan")) is False  # NaN never wins
+    v5 = _version_with_score(client, "m", 0.45)
+    assert tracking.promote_if_better("m", v5, 0.45) is True          # better: moves
+    assert _champion(client, "m") == v5
+    # the comparison reads the champion's *run metric*, not the caller's memory
+    assert tracking.version_score("m", v5) == pytest.approx(0.45)
+    # manual promotion moves it back whatever the scores
+    tracking.promote("m", v2)
+    assert _champion(client, "m") == v2
+    v6 = _version_with_score(client, "m", 0.25)
+    assert tracking.promote_if_better("m", v6, 0.25) is True          # 0.25 > v2's 0.20
+    assert _champion(client, "m") == v6
+
+
+def test_first_version_becomes_champion_even_without_score(sqlite_uri):
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    v1 = _version_with_score(client, "n", None)
+    assert tracking.promote_if_better("n", v1, float("nan")) is True
+    v2 = _version_with_score(client, "n", 0.01)
+    assert tracking.promote_if_better("n", v2, 0.01) is True          # champion without metric = -inf
+
+
+def test_promote_unknown_version_is_a_nowcast_error(sqlite_uri):
+    with pytest.raises(NowcastError, match="cannot set alias"):
+        tracking.promote("nope", 3)
+
+
+# ------------------------------------------------------------------ forecasters
+def test_baseline_forecasters():
+    x = torch.rand(5, 2, 1, 16, 16)
+    f = tracking.load_forecaster("persistence")
+    assert (f.in_len, f.out_len, f.run_id, f.model_config) == (5, 20, None, None)
+    y = f(x)
+    assert y.shape == (20, 2, 1, 16, 16)
+    assert torch.equal(y, x[-1:].expand(20, -1, -1, -1, -1))
+    g = tracking.load_forecaster("optical-flow", out_len=4)
+    assert g(x).shape == (4, 2, 1, 16, 16)
+    with pytest.raises(NowcastError, match="needs 5 input frames"):
+        f(x[:3])
+
+
+@pytest.mark.parametrize("uri", ["nonsense", "models:/x", "/no/such/checkpoint"])
+def test_unknown_uri_is_a_nowcast_error(uri):
+    with pytest.raises(NowcastError, match="models:/NAME@ALIAS"):
+        tracking.load_forecaster(uri)
+
+
+def test_checkpoint_dir_round_trip(tmp_path):
+    model = tiny_model()
+    tracking.save_model_files(model, tmp_path / "ckpt")
+    x = torch.rand(2, 3, 1, 16, 16)
+    for uri in (tmp_path / "ckpt", tmp_path / "ckpt" / tracking.MODEL_STATE_FILE, tmp_path):
+        # a directory with checkpoint_* subdirectories picks the latest one
+        if uri == tmp_path:
+            (tmp_path / "ckpt").rename(tmp_path / "checkpoint_2020")
+        f = tracking.load_forecaster(str(uri))
+        assert (f.in_len, f.out_len) == (2, 3)
+        assert f.model_config == model.config.to_dict()
+        with torch.no_grad():
+            assert torch.allclose(f(x), model(x))
+
+
+def test_log_register_and_load_registered_model(sqlite_uri):
+    import mlflow
+
+    model = tiny_model(seed=1)
+    example = np.random.default_rng(0).random((2, 2, 1, 16, 16), dtype=np.float32)
+    mlflow.set_experiment("logtest")
+    with mlflow.start_run() as run:
+        mlflow.log_metric(tracking.CHAMPION_METRIC, 0.1)
+        logged = tracking.log_and_register_model(model, example, "reg")
+    assert logged.registered_version == 1
+    assert logged.serialization_format == "pt2"   # torch.export works for the recurrent model
+    assert tracking.promote_if_better("reg", 1, 0.1)
+    x = torch.rand(2, 3, 1, 16, 16)
+    with torch.no_grad():
+        expected = model(x)
+    for uri in ("models:/reg@champion", "models:/reg/1"):
+        f = tracking.load_forecaster(uri, tracking_uri=sqlite_uri)
+        assert f.run_id == run.info.run_id
+        assert (f.in_len, f.out_len) == (2, 3)
+        assert torch.allclose(f(x), expected, atol=1e-6)
+    # MLflow's own loader reads the pt2 export, with a batch size other than the example's
+    native = mlflow.pytorch.load_model("models:/reg/1")
+    assert torch.allclose(native(x), expected, atol=1e-5)
+    with pytest.raises(NowcastError, match="not found"):
+        tracking.load_forecaster("models:/reg/7", tracking_uri=sqlite_uri)
+
+
+@pytest.mark.slow
+def test_register_and_champion_against_real_mlflow_server(tmp_path):
+    import mlflow
+
+    with mlflow_server(tmp_path / "server") as uri:
+        exp_id = tracking.setup_experiment(uri, "server-test")
+        assert mlflow.get_tracking_uri() == uri
+        model = tiny_model(seed=2)
+        example = np.random.default_rng(1).random((2, 2, 1, 16, 16), dtype=np.float32)
+        versions = []
+        for score in (0.2, 0.1, 0.3):
+            with mlflow.start_run(experiment_id=exp_id):
+                mlflow.log_metric(tracking.CHAMPION_METRIC, score)
+                logged = tracking.log_and_register_model(model, example, "srv",
+                                                         serialization_format="pickle")
+            versions.append((logged.registered_version,
+                             tracking.promote_if_better("srv", logged.registered_version, score)))
+        assert versions == [(1, True), (2, False), (3, True)]
+        f = tracking.load_forecaster("models:/srv@champion", tracking_uri=uri)
+        assert f.name == "srv/3"
+        x = torch.rand(2, 1, 1, 16, 16)
+        with torch.no_grad():
+            assert torch.allclose(f(x), model(x), atol=1e-6)
+    mlflow.set_tracking_uri("")

@@ -1,0 +1,109 @@
+"""The `nowcast` CLI: help, version, and error paths (CliRunner and a real subprocess)."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+import cli
+
+runner = CliRunner()
+COMMANDS = ["synth", "ingest", "info", "train", "evaluate", "predict", "promote", "demo"]
+
+
+def test_help_lists_every_command():
+    result = runner.invoke(cli.app, ["--help"])
+    assert result.exit_code == 0
+    for name in COMMANDS:
+        assert name in result.output
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_every_command_help_has_an_example(name):
+    result = runner.invoke(cli.app, [name, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Example:" in result.output
+
+
+def test_version():
+    result = runner.invoke(cli.app, ["--version"])
+    assert result.exit_code == 0
+    assert result.output.startswith("nowcast ")
+
+
+def test_help_does_not_import_heavy_libraries():
+    code = (
+        "import sys, cli\n"
+        "from typer.testing import CliRunner\n"
+        "CliRunner().invoke(cli.app, ['--help'])\n"
+        "heavy = [m for m in ('ray', 'mlflow', 'dask', 'zarr', 'torch') if m in sys.modules]\n"
+        "print(','.join(heavy))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+
+
+def test_unknown_command_is_usage_error():
+    result = runner.invoke(cli.app, ["frobnicate"])
+    assert result.exit_code == 2
+
+
+def test_missing_store_is_one_clear_line(tmp_path):
+    result = runner.invoke(cli.app, ["info", str(tmp_path / "nope.zarr")])
+    assert result.exit_code != 0
+    assert "error:" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_folder_that_is_not_a_store(tmp_path):
+    (tmp_path / "plain").mkdir()
+    result = runner.invoke(cli.app, ["info", str(tmp_path / "plain")])
+    assert result.exit_code != 0
+    assert "error:" in result.output
+
+
+def test_unknown_model_uri(tmp_path):
+    result = runner.invoke(
+        cli.app, ["predict", "--model", "no-such-model", "--out-dir", str(tmp_path / "f"), "--store", str(tmp_path)]
+    )
+    assert result.exit_code != 0
+    assert "error:" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_ingest_of_missing_archive(tmp_path):
+    result = runner.invoke(cli.app, ["ingest", str(tmp_path / "no-archive"), str(tmp_path / "s.zarr")])
+    assert result.exit_code != 0
+    assert "error:" in result.output
+
+
+def test_bad_synth_settings_are_reported(tmp_path):
+    result = runner.invoke(cli.app, ["synth", str(tmp_path / "a"), "--days", "0"])
+    assert result.exit_code != 0
+    assert "error:" in result.output
+
+
+def test_subprocess_error_is_one_line_without_traceback(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "cli", "info", str(tmp_path / "missing.zarr")], capture_output=True, text=True
+    )
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_subprocess_debug_shows_traceback(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "cli", "--debug", "info", str(tmp_path / "missing.zarr")],
+        capture_output=True, text=True,
+    )
+    assert proc.returncode != 0
+    assert "Traceback" in proc.stderr
+
+
+def test_subprocess_unknown_option_exits_2():
+    proc = subprocess.run([sys.executable, "-m", "cli", "ingest", "--no-such-option"], capture_output=True, text=True)
+    assert proc.returncode == 2
