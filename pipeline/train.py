@@ -103,6 +103,7 @@ class TrainConfig:
     max_failures: int = 2
     num_dataloader_workers: int = 0
     system_metrics: bool = True
+    system_metrics_interval_s: float = 10.0
     model_format: str | None = None        # MLflow model: "pt2", "pickle", None = pt2 else pickle
     fail_at_step: int | None = None        # testing only
 
@@ -363,6 +364,7 @@ class _Rank0Logger:
                 import psutil  # noqa: F401
 
                 kwargs["log_system_metrics"] = True
+                mlflow.set_system_metrics_sampling_interval(cfg.system_metrics_interval_s)
             except ImportError:
                 pass
         mlflow.start_run(run_id=run_id, **kwargs)
@@ -692,6 +694,17 @@ def _mlflow_run(cfg: TrainConfig, model_config: dict) -> str:
     return run_id
 
 
+def raise_if_stopped(summary: dict, checkpoint_path: str | None, run_name: str) -> None:
+    """NowcastError if the workers stopped on a non-finite loss or left no checkpoint."""
+    if summary.get("status") == "non_finite":
+        raise NowcastError(
+            f"training stopped: {summary.get('message')}. Last good checkpoint: "
+            f"{checkpoint_path or 'none (the failure came before the first checkpoint)'}. Lower "
+            "--lr or --clip-norm, or check the store for corrupt frames; then re-run.")
+    if checkpoint_path is None:
+        raise NowcastError(f"run {run_name!r} produced no checkpoint; check --steps.")
+
+
 def _finish_model(cfg: TrainConfig, run_id: str, checkpoint_dir: str, summary: dict):
     """Log the final model into the run, register it and apply the champion rule."""
     import mlflow
@@ -778,13 +791,9 @@ def train(cfg: TrainConfig) -> TrainResult:
             "checkpoint.") from exc
     summary = result.return_value or {}
     ckpt_path = result.checkpoint.path if result.checkpoint is not None else None
-    if summary.get("status") == "non_finite":
+    if summary.get("status") != "ok" or ckpt_path is None:
         mlflow.MlflowClient().set_terminated(run_id, "FAILED")
-        raise NowcastError(
-            f"training stopped: {summary['message']}. Last checkpoint: {ckpt_path}. Lower --lr, "
-            "lower --clip-norm, or check the store for corrupt frames; then re-run.")
-    if ckpt_path is None:
-        raise NowcastError(f"run {cfg.run_name!r} produced no checkpoint; check --steps.")
+    raise_if_stopped(summary, ckpt_path, cfg.run_name)
     final_step = int(summary.get("final_step") or read_checkpoint_meta(ckpt_path)["step"])
     logged, promoted = _finish_model(cfg, run_id, ckpt_path, summary)
     return TrainResult(

@@ -8,7 +8,7 @@ The optical-flow baseline is the modern equivalent of the paper's ROVER baseline
 dense optical flow (OpenCV DIS by default, or Farneback) between the last input
 frames, filled in where there is no echo, and semi-Lagrangian backward advection
 of the last frame.
-OpenCV is imported inside :func:`optical_flow` only.
+OpenCV (cv2) is imported lazily, inside the functions that use it.
 """
 from __future__ import annotations
 

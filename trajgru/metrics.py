@@ -144,6 +144,8 @@ class SkillScores:
         mask : same kinds, broadcastable to ``truth`` (bool, or 0/1 numbers), optional
             Pixels where the mask is false (0) are ignored. None = every pixel counts.
 
+        Values are compared with the thresholds in float32 (float64 if either input is
+        float64; bf16/fp16 are widened first), thresholds rounded to that precision.
         Returns ``self``.
         """
         p = _to_thw(_as_tensor(pred, "pred"), "pred")

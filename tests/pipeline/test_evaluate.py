@@ -67,7 +67,9 @@ def _reference_persistence_scores(store: Path) -> dict:
     return ref.result()
 
 
-def _assert_same_scores(a: dict, b: dict, rtol: float = 1e-12):
+def _assert_same_scores(a: dict, b: dict, rtol: float = 1e-5):
+    """Counts and categorical scores exactly; error sums to float32 reduction accuracy (SkillScores
+    reduces each update in float32, so batching the clips differently changes the last bits)."""
     for key in ("tp", "fn", "fp", "tn"):
         assert np.array_equal(a[key], b[key]), key
     for key in ("csi", "hss", "pod", "far", "gss"):

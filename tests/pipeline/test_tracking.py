@@ -20,15 +20,19 @@ def tiny_model(seed: int = 0):
     return build_model("tiny", "convgru", height=16, width=16, in_len=2, out_len=3).eval()
 
 
+@pytest.fixture(scope="module")
+def _module_sqlite(tmp_path_factory):
+    """One SQLite tracking store per module (creating its tables takes seconds)."""
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
 @pytest.fixture
-def sqlite_uri(tmp_path, monkeypatch):
-    """A fresh SQLite tracking store, set as the active MLflow tracking URI."""
+def sqlite_uri(_module_sqlite):
+    """The module's SQLite store as the active MLflow tracking URI (tests use distinct names)."""
     import mlflow
 
-    monkeypatch.chdir(tmp_path)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    mlflow.set_tracking_uri(uri)
-    yield uri
+    mlflow.set_tracking_uri(_module_sqlite)
+    yield _module_sqlite
     mlflow.set_tracking_uri("")
 
 
@@ -117,6 +121,8 @@ def test_first_version_becomes_champion_even_without_score(sqlite_uri):
 def test_promote_unknown_version_is_a_nowcast_error(sqlite_uri):
     with pytest.raises(NowcastError, match="cannot set alias"):
         tracking.promote("nope", 3)
+    with pytest.raises(NowcastError, match="not found"):
+        tracking.load_forecaster("models:/nope@champion", tracking_uri=sqlite_uri)
 
 
 # ------------------------------------------------------------------ forecasters

@@ -57,6 +57,14 @@ def test_optical_flow_moves_blob(method, shift):
         assert pred.max() == pytest.approx(0.8, abs=0.05)  # advection keeps the peak
 
 
+@pytest.mark.parametrize("n_pairs", [1, 4, 10])
+def test_flow_averaged_over_pairs(n_pairs):
+    frames = moving_blob(shift=(2, 1), start=(20, 30))
+    out = optical_flow(as_inputs(frames[:5]), 4, n_pairs=n_pairs)  # n_pairs capped at in_len - 1 = 4
+    cy, cx = centroid(out[-1, 0, 0].numpy())
+    assert (cy, cx) == pytest.approx(centroid(frames[8]), abs=0.5)
+
+
 def test_estimate_flow_of_broad_translation():
     # a broad blob (sigma 15 px) shifted 4 rows / 6 columns per frame: the fill spreads the
     # echo's motion over the empty domain
@@ -112,6 +120,8 @@ def test_optical_flow_device_dtype_and_edge_cases():
         optical_flow(torch.zeros(4, 1, 16, 16), 2)
     with pytest.raises(ValueError, match="method"):
         optical_flow(x, 2, method="rover")
+    with pytest.raises(ValueError, match="n_pairs"):
+        optical_flow(x, 2, n_pairs=0)
     with pytest.raises(ValueError, match="out_len"):
         persistence(x, 0)
 

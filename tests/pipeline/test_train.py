@@ -1,0 +1,275 @@
+"""pipeline.train: pure helpers (fast) and Ray Train integration runs (slow, one shared cluster).
+
+The integration runs share one small synthetic store (32x32, in 3 -> out 3 frames), one local
+Ray cluster and one real ``mlflow server``. The uninterrupted 2-worker run is the reference:
+the interrupted-and-resumed run and the crashed-and-recovered run must end with bit-identical
+weights, which they can only do if every step 1..N was applied exactly once, in order, with
+the same batches.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline import train as tr
+from pipeline.errors import NowcastError
+from pipeline.tracking import CHAMPION_METRIC, MODEL_STATE_FILE
+from tests.pipeline._ray_fixtures import local_ray, make_store, mlflow_server
+
+
+# ====================================================================== pure helpers
+def test_lr_factor_matches_hand_table():
+    # HKO-7: 1e-4, x0.7 every 20k steps, floor 1e-6
+    table = {0: 1.0, 19_999: 1.0, 20_000: 0.7, 40_000: 0.49, 99_999: 0.7 ** 4, 100_000: 0.7 ** 5}
+    for step, want in table.items():
+        assert tr.lr_factor(step, 0.7, 20_000, 1e-4, 1e-6) == pytest.approx(want)
+    # 0.7**13 = 0.0097 < 1e-6/1e-4 = 0.01: clamped at the floor
+    assert tr.lr_factor(13 * 20_000, 0.7, 20_000, 1e-4, 1e-6) == pytest.approx(0.01)
+
+
+def test_batch_indices_cover_each_item_once_per_epoch_and_are_pure():
+    n, batch = 7, 3
+    stream = np.concatenate([tr.batch_indices(s, batch, n, seed=5, rank=1) for s in range(1, 15)])
+    # 14 steps * 3 = 42 samples = 6 epochs of 7 items: each epoch is a permutation
+    for e in range(6):
+        assert sorted(stream[e * n:(e + 1) * n]) == list(range(n))
+    # slow reference: the k-th sample is perm_{k // n}[k % n]
+    ref = [np.random.default_rng([5, 1, k // n]).permutation(n)[k % n] for k in range(42)]
+    assert stream.tolist() == ref
+    # different ranks / seeds give different orders; the same arguments the same batch
+    assert not np.array_equal(stream[:n], np.concatenate(
+        [tr.batch_indices(s, batch, n, seed=5, rank=0) for s in range(1, 15)])[:n])
+    assert np.array_equal(tr.batch_indices(9, batch, n, 5, 1), tr.batch_indices(9, batch, n, 5, 1))
+
+
+def test_step_batch_sampler_resumed_equals_tail_of_full():
+    full = list(tr.StepBatchSampler(10, 2, seed=1, rank=0, first_step=1, last_step=12))
+    resumed = list(tr.StepBatchSampler(10, 2, seed=1, rank=0, first_step=8, last_step=12))
+    assert len(full) == 12 and resumed == full[7:]
+    assert len(tr.StepBatchSampler(10, 2, 1, 0, first_step=13, last_step=12)) == 0
+
+
+def test_segments_record_and_expand():
+    seg: list = []
+    for s in (1, 2, 3):
+        tr.add_step(seg, s, new_attempt=s == 1)
+    tr.add_step(seg, 4, new_attempt=True)
+    tr.add_step(seg, 5, new_attempt=False)
+    assert seg == [[1, 3], [4, 5]]
+    assert tr.expand_segments(seg) == [1, 2, 3, 4, 5]
+    with pytest.raises(RuntimeError, match="does not follow"):
+        tr.add_step(seg, 7, new_attempt=False)
+
+
+def test_train_config_hko7_recipe_and_absolute_paths(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cfg = tr.TrainConfig(store="s.zarr", preset="hko7", workers=4).resolved()
+    assert (cfg.batch_size, cfg.lr, cfg.beta1, cfg.clip_norm) == (4, 1e-4, 0.5, 50.0)
+    assert (cfg.lr_decay, cfg.lr_decay_every, cfg.min_lr, cfg.steps) == (0.7, 20_000, 1e-6, 100_000)
+    assert cfg.store == str(tmp_path.resolve() / "s.zarr")
+    assert cfg.storage_path == str(tmp_path.resolve() / "ray_results")
+    assert cfg.tracking_uri == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    assert cfg.ray_address is None and cfg.run_name.startswith("hko7-trajgru-")
+    monkeypatch.setenv("RAY_ADDRESS", "head:6379")
+    assert tr.TrainConfig(store="s", steps=3, lr=0.5).resolved().ray_address == "head:6379"
+    with pytest.raises(NowcastError, match="multiple of --workers"):
+        tr.TrainConfig(store="s", workers=3, batch_size=4).resolved()
+    with pytest.raises(NowcastError, match="unknown preset"):
+        tr.TrainConfig(store="s", preset="big").resolved()
+
+
+def test_load_config_file_yaml_json_and_unknown_keys(tmp_path):
+    (tmp_path / "a.yaml").write_text("lr: 0.0002\nbatch-size: 8\nsteps: 10\n")
+    assert tr.load_config_file(tmp_path / "a.yaml") == {"lr": 0.0002, "batch_size": 8, "steps": 10}
+    (tmp_path / "b.json").write_text(json.dumps({"clip_norm": 10}))
+    assert tr.load_config_file(tmp_path / "b.json") == {"clip_norm": 10}
+    (tmp_path / "c.yaml").write_text("learning_rate: 1\n")
+    with pytest.raises(NowcastError, match="unknown option"):
+        tr.load_config_file(tmp_path / "c.yaml")
+    with pytest.raises(NowcastError, match="does not exist"):
+        tr.load_config_file(tmp_path / "none.yaml")
+
+
+def _tiny_setup(seed=0):
+    from trajgru.losses import BalancedLoss
+    from trajgru.model import build_model
+
+    torch.manual_seed(seed)
+    model = build_model("tiny", "convgru", height=16, width=16, in_len=2, out_len=2)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, betas=(0.5, 0.999))
+    x = torch.rand(4, 2, 1, 16, 16)
+    return model, opt, BalancedLoss(), x[:2], x[2:], torch.ones_like(x[2:])
+
+
+def test_train_step_updates_weights_on_finite_loss():
+    model, opt, loss_fn, inputs, truth, mask = _tiny_setup()
+    before = [p.detach().clone() for p in model.parameters()]
+    with torch.no_grad():
+        expected = float(loss_fn(model(inputs), truth, mask))
+    loss, gnorm = tr.train_step(model, opt, loss_fn, inputs, truth, mask, step=1, clip_norm=50.0)
+    assert loss == pytest.approx(expected, rel=1e-6)
+    assert math.isfinite(gnorm) and gnorm > 0
+    assert any(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
+
+
+@pytest.mark.parametrize("where", ["input", "truth"])
+def test_train_step_non_finite_loss_stops_before_the_update(where):
+    model, opt, loss_fn, inputs, truth, mask = _tiny_setup()
+    if where == "input":
+        inputs[0, 0, 0, 3, 3] = float("nan")
+    else:
+        truth[1, 1, 0, 2, 2] = float("inf")
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(tr.NonFiniteLoss) as info:
+        tr.train_step(model, opt, loss_fn, inputs, truth, mask, step=7, clip_norm=50.0)
+    assert info.value.step == 7
+    assert all(torch.equal(b, p) for b, p in zip(before, model.parameters()))   # weights untouched
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_non_finite_summary_becomes_a_nowcast_error():
+    summary = {"status": "non_finite", "message": "non-finite loss nan at step 7; last good (step 5)"}
+    with pytest.raises(NowcastError, match="step 7.*Last good checkpoint: /ck.*Lower --lr"):
+        tr.raise_if_stopped(summary, "/ck", "r")
+    with pytest.raises(NowcastError, match="no checkpoint"):
+        tr.raise_if_stopped({"status": "ok"}, None, "r")
+    tr.raise_if_stopped({"status": "ok"}, "/ck", "r")   # fine: no exception
+
+
+def test_validation_metrics_average_over_lead_times():
+    nan = float("nan")
+    result = {"thresholds": [0.5, 5.0],
+              "csi": [[0.5, 0.2], [0.3, nan], [0.1, 0.4]],
+              "hss": [[0.6, 0.1], [0.4, 0.3], [0.2, 0.2]],
+              "b_mse": [1.0, 2.0, 6.0], "b_mae": [3.0, 3.0, 3.0]}
+    m = tr.validation_metrics(result)
+    assert m["val_csi_0.5mm_h"] == pytest.approx(0.3)
+    assert m["val_csi_5mm_h"] == pytest.approx(0.3)          # NaN lead time skipped
+    assert m["val_hss_5mm_h"] == pytest.approx(0.2)
+    assert m["val_b_mse"] == pytest.approx(3.0) and m["val_b_mae"] == pytest.approx(3.0)
+    assert m[CHAMPION_METRIC] == pytest.approx(0.3)
+
+
+# ====================================================================== Ray integration
+STEPS = 6
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return make_store(tmp_path_factory.mktemp("train_store"))
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    with local_ray():
+        yield
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with mlflow_server(tmp_path_factory.mktemp("mlflow_server")) as uri:
+        yield uri
+
+
+def _cfg(store, tmp: Path, run_name: str, **kw) -> tr.TrainConfig:
+    base = dict(store=str(store), preset="tiny", cell="trajgru", workers=2, steps=STEPS,
+                batch_size=2, checkpoint_every=3, val_every=3, val_clips=4, log_every=1,
+                in_len=3, out_len=3, run_name=run_name, storage_path=str(tmp / "ray"),
+                tracking_uri=f"sqlite:///{tmp / 'mlflow.db'}", seed=0, model_format="pickle",
+                system_metrics=False, gif_clips=1)
+    base.update(kw)
+    return tr.TrainConfig(**base)
+
+
+def _weights(checkpoint_path) -> dict:
+    return torch.load(Path(checkpoint_path) / MODEL_STATE_FILE, weights_only=True)
+
+
+def _same_weights(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture(scope="module")
+def reference_run(store, ray_cluster, server, tmp_path_factory):
+    """The uninterrupted 2-worker run, tracked on the real MLflow server, registered (pt2)."""
+    tmp = tmp_path_factory.mktemp("reference")
+    cfg = _cfg(store, tmp, "reference", tracking_uri=server, register_as="nowcast-test",
+               model_format=None, system_metrics=True, system_metrics_interval_s=1.0)
+    return cfg, tr.train(cfg)
+
+
+@pytest.mark.slow
+def test_two_worker_run_logs_to_mlflow_server_and_registers(reference_run, server):
+    import mlflow
+
+    cfg, res = reference_run
+    assert res.final_step == STEPS and res.segments == [[1, STEPS]]
+    assert tr.expand_segments(res.segments) == list(range(1, STEPS + 1))
+    assert res.registered_version == 1 and res.promoted
+    client = mlflow.MlflowClient(server)
+    run = client.get_run(res.run_id)
+    params = run.data.params
+    assert params["lr"] == str(1e-3) and params["batch_size"] == "2" and params["workers"] == "2"
+    assert params["model.height"] == "32" and params["model.out_len"] == "3"
+    assert run.data.tags["code_version"] and run.data.tags[tr.RUN_NAME_TAG] == "reference"
+    assert [m.step for m in client.get_metric_history(res.run_id, "loss")] == list(range(1, STEPS + 1))
+    for key in ("lr", "grad_norm", "samples_per_s", "val_csi_5mm_h", "val_hss_0.5mm_h",
+                "val_b_mse", "val_b_mae", CHAMPION_METRIC):
+        assert key in run.data.metrics, key
+    assert [m.step for m in client.get_metric_history(res.run_id, CHAMPION_METRIC)] == [3, 6]
+    assert any(k.startswith("system/") for k in run.data.metrics), sorted(run.data.metrics)
+    # the champion score logged is the one computed from the returned validation scores
+    from trajgru.metrics import champion_score
+    assert run.data.metrics[CHAMPION_METRIC] == pytest.approx(champion_score(res.val_scores), nan_ok=True)
+    files = {f.path for f in client.list_artifacts(res.run_id)}
+    assert {"store_fingerprint.json", "model_config.json", "validation"} <= files
+    step6 = {Path(f.path).name for f in client.list_artifacts(res.run_id, "validation/step_6")}
+    assert "skill_vs_lead_step6.png" in step6 and "forecast_clip0_step6.gif" in step6
+    # registered version: the champion, loadable, equal to the final checkpoint
+    assert client.get_model_version_by_alias("nowcast-test", "champion").version == "1"
+    from pipeline.tracking import load_forecaster
+    f = load_forecaster("models:/nowcast-test@champion", tracking_uri=server)
+    g = load_forecaster(res.checkpoint_path)
+    x = torch.rand(3, 2, 1, 32, 32)
+    assert f.run_id == res.run_id and torch.allclose(f(x), g(x))
+    assert client.get_run(res.run_id).info.status == "FINISHED"
+
+
+@pytest.mark.slow
+def test_stop_and_resume_continues_exactly(store, ray_cluster, reference_run, tmp_path):
+    import mlflow
+
+    # the last worker dies at step 5 and no restart is allowed: the run stops after the
+    # step-3 checkpoint
+    with pytest.raises(NowcastError, match="Re-run with the same --run-name resume"):
+        tr.train(_cfg(store, tmp_path, "resume", fail_at_step=5, max_failures=0))
+    # the same run name resumes from step 3 and finishes
+    res = tr.train(_cfg(store, tmp_path, "resume"))
+    assert res.final_step == STEPS
+    assert res.segments == [[1, 3], [4, STEPS]]
+    assert tr.expand_segments(res.segments) == list(range(1, STEPS + 1))  # none twice, none skipped
+    assert _same_weights(_weights(res.checkpoint_path), _weights(reference_run[1].checkpoint_path))
+    # one MLflow run across both attempts, whose step metrics reach the last step
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("nowcast").experiment_id])
+    assert [r.info.run_id for r in runs] == [res.run_id]
+    assert max(m.step for m in client.get_metric_history(res.run_id, "loss")) == STEPS
+    # a third call has nothing left to do and keeps the final step
+    again = tr.train(_cfg(store, tmp_path, "resume"))
+    assert again.final_step == STEPS and again.segments == res.segments
+
+
+@pytest.mark.slow
+def test_worker_crash_is_recovered_from_last_checkpoint(store, ray_cluster, reference_run, tmp_path):
+    res = tr.train(_cfg(store, tmp_path, "crash", fail_at_step=5, max_failures=1))
+    assert (tmp_path / "ray" / "crash" / ".failed_at_5").exists()     # the crash did happen
+    assert res.final_step == STEPS
+    assert res.segments == [[1, 3], [4, STEPS]]                          # restarted after step 3
+    assert _same_weights(_weights(res.checkpoint_path), _weights(reference_run[1].checkpoint_path))
