@@ -76,6 +76,16 @@ def _run(stage: Callable, *args, **kwargs):
         _fail(f"{type(exc).__name__}: {exc} (re-run with `nowcast --debug ...` for the traceback)", 1)
 
 
+def _parse_splits(parse: Callable, texts: list[str]) -> list[tuple[str, object]]:
+    """Parse each ``--split`` text; a malformed one is a usage error (exit 2)."""
+    from pipeline.errors import NowcastError
+
+    try:
+        return [parse(text) for text in texts]
+    except ValueError as exc:
+        raise NowcastError(str(exc), exit_code=2) from exc
+
+
 def _print_table(rows: list[tuple[str, str]], title: str) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -103,7 +113,7 @@ def synth(
     """
     from pipeline.synth import SynthConfig, synth_archive
 
-    cfg = SynthConfig(
+    cfg = _run(SynthConfig,
         out_dir=out_dir, start=start, days=days, frames_per_day=frames_per_day, size_px=size,
         seed=seed, missing_frame_rate=missing_rate, workers=workers,
     )
@@ -120,6 +130,10 @@ def ingest(
         "Default: a local cluster."
     ),
     workers: Optional[int] = typer.Option(None, help="Local Dask worker processes (default: all cores)."),
+    split: Optional[list[str]] = typer.Option(
+        None, "--split", help="NAME=DAYLIST_FILE or NAME=START..END (repeat per split). Default: the archive's "
+        "<split>_days.txt files, else the last 10% of days for test and 10% before them for valid."
+    ),
 ) -> None:
     """Turn a radar archive into a chunked, compressed Zarr v3 store of frames, masks and clip catalogs.
 
@@ -127,9 +141,11 @@ def ingest(
 
     Example: nowcast ingest archive/ data/store.zarr --scheduler tcp://10.0.0.5:8786
     """
+    from pipeline.catalog import parse_split_option
     from pipeline.ingest import IngestConfig, ingest as run_ingest
 
-    cfg = IngestConfig(archive=archive, store=store, scheduler=scheduler, workers=workers)
+    splits = dict(_run(_parse_splits, parse_split_option, split)) if split else None
+    cfg = _run(IngestConfig, archive=archive, store=store, scheduler=scheduler, workers=workers, splits=splits)
     result = _run(run_ingest, cfg)
     typer.echo(
         f"{result.n_frames} frames in {store} ({result.n_new_frames} new) at {result.frames_per_s:.0f} frames/s; "
@@ -218,7 +234,7 @@ def evaluate(
     """
     from pipeline.evaluate import EvaluateConfig, evaluate as run_evaluate
 
-    cfg = EvaluateConfig(
+    cfg = _run(EvaluateConfig,
         store=store, model_uri=model, split=split, workers=workers, batch_size=batch_size, max_clips=max_clips,
         out_json=out_json, tracking_uri=tracking_uri, ray_address=ray_address,
     )
@@ -243,7 +259,7 @@ def predict(
     """
     from pipeline.predict import PredictConfig, predict as run_predict
 
-    cfg = PredictConfig(
+    cfg = _run(PredictConfig,
         model_uri=model, out_dir=out_dir, store=store, time=time, input_pngs=inputs or None, format=fmt,
         tracking_uri=tracking_uri,
     )
@@ -286,7 +302,7 @@ def demo(
     from pipeline.demo import DemoConfig, run_demo
 
     overrides = {"steps": steps} if steps is not None else {}
-    cfg = DemoConfig(workdir=workdir, workers=workers, tracking_uri=tracking_uri, ray_address=ray_address, **overrides)
+    cfg = _run(DemoConfig, workdir=workdir, workers=workers, tracking_uri=tracking_uri, ray_address=ray_address, **overrides)
     result = _run(run_demo, cfg)
     typer.echo(result.summary)
 

@@ -14,6 +14,7 @@ results are sorted ``datetime64`` arrays in the finer of the input's and ``inter
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 
 import numpy as np
 
@@ -218,3 +219,29 @@ def select_split(times: np.ndarray, spec) -> np.ndarray:
     if isinstance(spec, tuple) and len(spec) == 2 and not isinstance(spec[0], (list, np.ndarray)):
         return select_range(times, spec[0], spec[1])
     return select_days(times, spec)
+
+
+def parse_split_option(text: str) -> tuple[str, object]:
+    """Parse a command-line split: ``NAME=DAYLIST_FILE`` (HKO-7 ``YYYYMMDD, rain`` lines) or
+    ``NAME=START..END`` (ISO dates/times, END exclusive; either side may be empty).
+
+    Returns (name, spec) for :func:`select_split`: a list of datetime64[D] days or a (start, end) tuple.
+    Raises ValueError with the accepted forms when the text does not parse.
+    """
+    from pipeline.hko7 import read_day_list
+
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip() or not value.strip():
+        raise ValueError(f"split {text!r}: expected NAME=DAYLIST_FILE or NAME=START..END (e.g. test=2015-01-01..2016-01-01)")
+    name, value = name.strip(), value.strip()
+    if ".." in value:
+        start, _, end = value.partition("..")
+        try:
+            bounds = tuple(np.datetime64(b.strip()) if b.strip() else None for b in (start, end))
+        except ValueError as exc:
+            raise ValueError(f"split {text!r}: {exc}; dates look like 2015-06-01 or 2015-06-01T12:00") from exc
+        return name, bounds
+    path = Path(value)
+    if not path.is_file():
+        raise ValueError(f"split {text!r}: no day-list file {path} (or write a range as START..END)")
+    return name, read_day_list(path)

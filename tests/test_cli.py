@@ -107,3 +107,26 @@ def test_subprocess_debug_shows_traceback(tmp_path):
 def test_subprocess_unknown_option_exits_2():
     proc = subprocess.run([sys.executable, "-m", "cli", "ingest", "--no-such-option"], capture_output=True, text=True)
     assert proc.returncode == 2
+
+
+def test_parse_split_option_range_and_day_list(tmp_path):
+    import numpy as np
+
+    from pipeline.catalog import parse_split_option
+
+    name, spec = parse_split_option("test=2015-01-01..2016-01-01")
+    assert name == "test" and spec == (np.datetime64("2015-01-01"), np.datetime64("2016-01-01"))
+    assert parse_split_option("valid=..2015-03-01")[1] == (None, np.datetime64("2015-03-01"))
+    day_list = tmp_path / "days.txt"
+    day_list.write_text("20150602, 12.5\n20150601, 3.0\n")
+    name, spec = parse_split_option(f"train={day_list}")
+    assert name == "train" and spec == [np.datetime64("2015-06-01"), np.datetime64("2015-06-02")]
+    for bad in ("test", "=x", "test=", "test=2015-13-45..", f"test={tmp_path / 'missing.txt'}"):
+        with pytest.raises(ValueError):
+            parse_split_option(bad)
+
+
+def test_malformed_split_is_usage_error(tmp_path):
+    result = runner.invoke(cli.app, ["ingest", str(tmp_path), str(tmp_path / "s.zarr"), "--split", "nonsense"])
+    assert result.exit_code == 2
+    assert "NAME=" in result.output
