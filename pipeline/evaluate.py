@@ -322,6 +322,14 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(text)).strip("_.") or "model"
 
 
+def short_name(model_name: str) -> str:
+    """A file/run-name friendly model name: checkpoint paths shortened to their last two parts."""
+    name = str(model_name)
+    if name.startswith("/") or os.sep in name and Path(name).exists():
+        name = "_".join(Path(name).parts[-2:])
+    return _slug(name)
+
+
 def _starts_digest(starts_s: np.ndarray) -> dict:
     arr = np.ascontiguousarray(starts_s, dtype="<i8")
     return {
@@ -418,7 +426,7 @@ def log_evaluation_to_mlflow(*, tracking_uri: str | None, experiment: str, run_i
     created = False
     if run_id is None:
         experiment_id = setup_experiment(uri, experiment)
-        run = client.create_run(experiment_id, run_name=f"evaluate-{_slug(model_name)}",
+        run = client.create_run(experiment_id, run_name=f"evaluate-{short_name(model_name)}",
                                 tags={"nowcast.stage": "evaluate"})
         run_id, created = run.info.run_id, True
     now_ms = int(time.time() * 1000)
@@ -459,7 +467,7 @@ def _evaluate_loaded(cfg: EvaluateConfig, forecaster, starts_s: np.ndarray, in_l
     json_path = plot_path = None
     if write_files:
         json_path = Path(cfg.out_json) if cfg.out_json else (
-            Path.cwd() / f"evaluate-{_slug(forecaster.name)}-{cfg.split}.json")
+            Path.cwd() / f"evaluate-{short_name(forecaster.name)}-{cfg.split}.json")
         record = evaluation_record(skill, model_uri=str(cfg.model_uri), model_name=forecaster.name,
                                    run_id=forecaster.run_id, split=cfg.split, starts_s=starts_s, in_len=in_len,
                                    out_len=out_len, interval_s=interval_s, store=store, workers=cfg.workers,
@@ -568,7 +576,7 @@ def compare_models(store: str | Path, model_uris: Sequence[str], split: str = "t
     starts = evaluation_clip_starts(store, split, max_clips)
     results = []
     for uri in uris:
-        out_json = Path(out_dir) / f"evaluate-{_slug(uri)}-{split}.json" if out_dir else None
+        out_json = Path(out_dir) / f"evaluate-{short_name(loaded[uri].name)}-{split}.json" if out_dir else None
         cfg = EvaluateConfig(store=store, model_uri=uri, split=split, workers=workers, batch_size=batch_size,
                              max_clips=max_clips, out_json=out_json, tracking_uri=tracking_uri,
                              log_to_mlflow=log_to_mlflow, device=device, in_len=in_len, out_len=out_len,

@@ -509,6 +509,51 @@ def missing_slots(rng: np.random.Generator, n_slots: int, rate: float) -> np.nda
     return missing
 
 
+def interp_matrix(n_out: int, n_in: int, cubic: bool = False) -> np.ndarray:
+    """(n_out, n_in) float32 matrix that resamples a length-n_in signal to n_out samples.
+
+    Pixel-centre convention (output j sits at input coordinate ``(j + 0.5) * n_in / n_out - 0.5``) with the
+    edge value repeated beyond the ends; linear, or Keys cubic (a = -0.5). A 2-D image resizes as
+    ``M_rows @ img @ M_cols.T``. (Pure numpy on purpose: OpenCV's thread pool can deadlock in forked workers.)
+    """
+    src = (np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5
+    base = np.floor(src)
+    frac = src - base
+    out = np.zeros((n_out, n_in), np.float64)
+    rows = np.arange(n_out)
+    if cubic:
+        a = -0.5
+        taps = [-1, 0, 1, 2]
+        d = [1 + frac, frac, 1 - frac, 2 - frac]  # distances to the four taps
+        weights = [((a * x - 5 * a) * x + 8 * a) * x - 4 * a if i in (0, 3) else ((a + 2) * x - (a + 3)) * x * x + 1
+                   for i, x in enumerate(d)]
+    else:
+        taps, weights = [0, 1], [1 - frac, frac]
+    for tap, w in zip(taps, weights):
+        np.add.at(out, (rows, np.clip(base + tap, 0, n_in - 1).astype(np.int64)), w)
+    return out.astype(np.float32)
+
+
+def _reflect_index(i: np.ndarray, n: int) -> np.ndarray:
+    """Reflect integer indices into 0..n-1, edge pixel repeated (``cba|abcd|dcb``)."""
+    i = np.mod(i, 2 * n)
+    return np.where(i >= n, 2 * n - 1 - i, i)
+
+
+def bilinear_sample(img: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Sample (H, W) float32 ``img`` at pixel coordinates (x = column, y = row; centres at integers),
+    bilinear, reflecting beyond the borders -> array of x's shape, float32."""
+    h, w = img.shape
+    x0f, y0f = np.floor(x), np.floor(y)
+    fx, fy = (x - x0f).astype(np.float32), (y - y0f).astype(np.float32)
+    x0, y0 = x0f.astype(np.int64), y0f.astype(np.int64)
+    xa, xb = _reflect_index(x0, w), _reflect_index(x0 + 1, w)
+    ya, yb = _reflect_index(y0, h), _reflect_index(y0 + 1, h)
+    top = img[ya, xa] * (1 - fx) + img[ya, xb] * fx
+    bottom = img[yb, xa] * (1 - fx) + img[yb, xb] * fx
+    return top * (1 - fy) + bottom * fy
+
+
 class DaySimulator:
     """The weather of one day, frame by frame (state carries from frame to frame).
 
@@ -528,11 +573,19 @@ class DaySimulator:
         self.bands = _new_bands(rng, rng.poisson(BANDS_AT_EQUILIBRIUM * self.strat_activity), random_age=True)
         self.cells = _new_cells(rng, rng.poisson(CELLS_AT_EQUILIBRIUM * self.conv_activity * self._diurnal(0)),
                                 self.bands, random_age=True)
+        # texture lives on an n_tex grid (fine enough for its correlation length), upsampled for rendering
+        self.n_tex = min(size_px, 2 * TEXTURE_GRID)
+        n_noise = min(TEXTURE_GRID, self.n_tex)
+        self._noise_up = interp_matrix(self.n_tex, n_noise, cubic=True)
+        self._tex_up = interp_matrix(size_px, self.n_tex) if self.n_tex != size_px else None
+        self._wind_up = interp_matrix(self.n_tex, WIND_GRID)
+        self.n_smooth = max(8, size_px // BAND_GRID_DIVISOR)
+        self._smooth_up = interp_matrix(size_px, self.n_smooth)
+        yy, xx = np.mgrid[0:self.n_tex, 0:self.n_tex].astype(np.float32)
+        self._tex_x, self._tex_y = xx, yy
         self.texture = self._fresh_texture()
         self.cover = coverage_mask(size_px)
         self.clutter = clutter_mask(size_px, seed) if clutter is None else clutter
-        yy, xx = np.mgrid[0:size_px, 0:size_px].astype(np.float32)
-        self._grid_x, self._grid_y = xx, yy
 
     @staticmethod
     def _diurnal(t: float) -> float:
@@ -541,26 +594,20 @@ class DaySimulator:
         return 1.0 + 0.6 * math.cos(2 * math.pi * (hours - 6.5) / 24.0)
 
     def _fresh_texture(self) -> np.ndarray:
-        """Unit-variance Gaussian noise with correlation length ~ side / TEXTURE_GRID, (size, size) float32."""
-        import cv2
-
-        n = min(TEXTURE_GRID, self.size_px)
-        coarse = self.rng.standard_normal((n, n), dtype=np.float32)
-        fine = cv2.resize(coarse, (self.size_px, self.size_px), interpolation=cv2.INTER_CUBIC)
+        """Unit-variance Gaussian noise, correlation length ~ side / TEXTURE_GRID, (n_tex, n_tex) float32."""
+        m = self._noise_up
+        coarse = self.rng.standard_normal((m.shape[1], m.shape[1]), dtype=np.float32)
+        fine = m @ coarse @ m.T
         return fine / max(float(fine.std()), 1e-6)
 
     def step(self) -> None:
         """Advance the weather by one frame: advect and evolve objects and texture, births and deaths."""
-        import cv2
-
         t, rng, wind = self.t, self.rng, self.wind
-        # texture: semi-Lagrangian advection (back-trace) + AR(1) renewal
+        # texture: semi-Lagrangian advection (back-trace from each grid point) + AR(1) renewal
         u, v = wind.grid(WIND_GRID, t + 0.5)
-        size = self.size_px
-        u_px = cv2.resize(u * size, (size, size), interpolation=cv2.INTER_LINEAR)
-        v_px = cv2.resize(v * size, (size, size), interpolation=cv2.INTER_LINEAR)
-        moved = cv2.remap(self.texture, self._grid_x - u_px, self._grid_y - v_px, cv2.INTER_LINEAR,
-                          borderMode=cv2.BORDER_REFLECT)
+        m, n = self._wind_up, self.n_tex
+        u_px, v_px = (m @ u @ m.T) * n, (m @ v @ m.T) * n
+        moved = bilinear_sample(self.texture, self._tex_x - u_px, self._tex_y - v_px)
         moved /= max(float(moved.std()), 1e-6)
         rho = TEXTURE_MEMORY
         self.texture = rho * moved + math.sqrt(1 - rho * rho) * self._fresh_texture()
@@ -576,15 +623,12 @@ class DaySimulator:
 
     def rain_mm_h(self) -> np.ndarray:
         """True rain rate (size, size) float32 mm/h at the current frame (cells + bands, times texture)."""
-        import cv2
-
-        size = self.size_px
-        rain = _render_cells(self.cells, size)
-        nb = max(8, size // BAND_GRID_DIVISOR)
-        smooth = _render_bands(self.bands, nb) + _render_skirts(self.cells, nb)
-        rain += cv2.resize(smooth, (size, size), interpolation=cv2.INTER_LINEAR)
+        rain = _render_cells(self.cells, self.size_px)
+        smooth = _render_bands(self.bands, self.n_smooth) + _render_skirts(self.cells, self.n_smooth)
+        rain += self._smooth_up @ smooth @ self._smooth_up.T
+        texture = self.texture if self._tex_up is None else self._tex_up @ self.texture @ self._tex_up.T
         s = TEXTURE_SIGMA
-        rain *= np.exp(np.float32(s) * self.texture - np.float32(0.5 * s * s))
+        rain *= np.exp(np.float32(s) * texture - np.float32(0.5 * s * s))
         return rain
 
     def observe(self, rain_mm_h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -669,12 +713,6 @@ def _synth_day(args: tuple) -> tuple[str, int, float]:
     return str(np.datetime64(day, "D")), written, rain_mm
 
 
-def _worker_init() -> None:
-    import cv2
-
-    cv2.setNumThreads(1)  # parallelism is over days
-
-
 def split_days(days: list[np.datetime64]) -> dict[str, list[np.datetime64]]:
     """Chronological ~70/15/15 split into train/valid/test; each split gets >= 1 day when len(days) >= 3.
 
@@ -727,10 +765,10 @@ def synth_archive(cfg: SynthConfig, progress: bool = True) -> SynthResult:
             import multiprocessing
 
             # fork where available: no re-import of the caller's __main__ (works from any script or REPL) and
-            # no start-up cost; the parent does not touch cv2 on this path
+            # no start-up cost. The workers use numpy only (no OpenCV, whose thread pool can deadlock after fork).
             methods = multiprocessing.get_all_start_methods()
             ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-            with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init) as pool:
+            with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
                 futures = [pool.submit(_synth_day, (str(out_dir), cfg.seed, day, cfg.frames_per_day, cfg.size_px,
                                                     cfg.missing_frame_rate, None)) for day in days]
                 for fut in as_completed(futures):

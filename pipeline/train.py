@@ -288,9 +288,10 @@ def train_step(model, optimizer, loss_fn, inputs, truth, mask, *, step: int, cli
     loss = loss_fn(pred.float(), truth, mask)
     loss.backward()
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
-    stats = torch.stack([loss.detach().float(), grad_norm.detach().float()]).cpu()
+    stats = torch.stack([loss.detach().float(), grad_norm.detach().float()])
     if reduce_fn is not None:
-        stats = reduce_fn(stats)
+        stats = reduce_fn(stats)   # on the model's device (NCCL reduces CUDA tensors only)
+    stats = stats.cpu()
     loss_v, gnorm_v = float(stats[0]), float(stats[1])
     if not (math.isfinite(loss_v) and math.isfinite(gnorm_v)):
         optimizer.zero_grad(set_to_none=True)
@@ -473,7 +474,7 @@ def _log_validation_artifacts(result: dict, gifs: list, step: int, logger: _Rank
 
 
 def _all_mean_fn(world: int):
-    """Cross-rank mean of a small CPU float tensor (identity on one worker)."""
+    """Cross-rank mean of a small float tensor on the training device (identity on one worker)."""
     import torch.distributed as dist
 
     def reduce(t):
@@ -540,7 +541,7 @@ def train_loop_per_worker(config: dict) -> dict:
     import torch
     import ray.train
     import ray.train.torch
-    from ray.train import Checkpoint
+    from ray.train import Checkpoint, CheckpointConsistencyMode
     from torch.utils.data import DataLoader
 
     from pipeline.dataset import ClipDataset, clip_starts, shard
@@ -587,6 +588,9 @@ def train_loop_per_worker(config: dict) -> dict:
                                  config["run_id"], val_scores, champ)
                 ckpt = Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=ckpt)
+        # Wait until Ray Train has registered this checkpoint: a crash right after a report
+        # could otherwise lose it (reports are collected by the controller's periodic poll).
+        ray.train.get_all_reported_checkpoints(consistency_mode=CheckpointConsistencyMode.COMMITTED)
 
     status, message = "ok", ""
     t_window, n_window = time.perf_counter(), 0

@@ -273,11 +273,6 @@ def forecast_gif(
     return out
 
 
-def lead_times_min(n: int, interval_min: float = 6) -> list[float]:
-    """Lead times in minutes of n forecast frames: interval, 2 * interval, ..."""
-    return [(i + 1) * float(interval_min) for i in range(n)]
-
-
 __all__ = [
     "RAIN_LEVELS_MM_H",
     "rain_colormap",
@@ -285,5 +280,4 @@ __all__ = [
     "save_frames_png",
     "plot_skill_vs_lead",
     "forecast_gif",
-    "lead_times_min",
 ]

@@ -259,3 +259,13 @@ def test_ray_workers_equal_in_process(store, tmp_path):
     _assert_same_scores(par.scores, local.scores)
     if started_here:
         assert not ray.is_initialized()  # evaluate shuts down the Ray it started
+
+
+def test_default_json_path_and_short_names(store, tmp_path, monkeypatch):
+    from pipeline.evaluate import evaluate, short_name
+
+    monkeypatch.chdir(tmp_path)
+    res = evaluate(_cfg(store, "persistence", tmp_path, out_json=None, max_clips=1))
+    assert res.json_path == tmp_path / "evaluate-persistence-test.json" and res.json_path.exists()
+    assert short_name("nowcast-tiny/3") == "nowcast-tiny_3"
+    assert short_name("/runs/demo/checkpoint_000004") == "demo_checkpoint_000004"

@@ -198,10 +198,10 @@ def _same_weights(a: dict, b: dict) -> bool:
 
 @pytest.fixture(scope="module")
 def reference_run(store, ray_cluster, server, tmp_path_factory):
-    """The uninterrupted 2-worker run, tracked on the real MLflow server, registered (pt2)."""
+    """The uninterrupted 2-worker run, tracked on the real MLflow server, registered."""
     tmp = tmp_path_factory.mktemp("reference")
     cfg = _cfg(store, tmp, "reference", tracking_uri=server, register_as="nowcast-test",
-               model_format=None, system_metrics=True, system_metrics_interval_s=1.0)
+               system_metrics=True, system_metrics_interval_s=1.0)
     return cfg, tr.train(cfg)
 
 

@@ -304,3 +304,48 @@ def test_tiny_training_steps_reduce_the_loss():
         losses.append(loss.item())
     assert all(torch.isfinite(torch.tensor(losses)))
     assert losses[-1] < 0.5 * losses[0], losses
+
+
+# ------------------------------------------------------------------ CUDA (skipped without a GPU)
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("cell", CELLS)
+def test_cuda_forward_matches_cpu(cell):
+    model = build_model("tiny", cell, height=32, width=32, in_len=3, out_len=4)
+    for c in model.recurrent_cells():  # non-trivial flows
+        if isinstance(c, TrajGRUCell):
+            with torch.no_grad():
+                c.flow_out.weight.normal_(0, 0.05)
+    x = torch.rand(3, 2, 1, 32, 32)
+    with torch.no_grad():
+        ref = model(x)
+        out = model.cuda()(x.cuda()).cpu()
+    torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-3)
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_cuda_bf16_autocast_training_step():
+    model = build_model("tiny", height=64, width=64).cuda()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    x, y = torch.rand(5, 2, 1, 64, 64, device="cuda"), torch.rand(20, 2, 1, 64, 64, device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        loss = nn.functional.mse_loss(model(x).float(), y)
+    loss.backward()
+    opt.step()
+    assert torch.isfinite(loss) and all(torch.isfinite(p).all() for p in model.parameters())
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_compile_cells_matches_eager_cuda():
+    model = build_model("tiny", height=32, width=32, in_len=3, out_len=3).cuda()
+    x = torch.rand(3, 1, 1, 32, 32, device="cuda")
+    with torch.no_grad():
+        ref = model(x)
+        out = model.compile_cells()(x)
+    torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
