@@ -20,8 +20,8 @@ class DemoConfig:
     """Settings of the demo; the defaults finish in a few minutes on a 2-core machine."""
 
     workdir: Path = Path("nowcast-demo")
-    days: int = 6
-    frames_per_day: int = 120
+    days: int = 8
+    frames_per_day: int = 240
     size_px: int = 96
     seed: int = 0
     steps: int = 300

@@ -37,7 +37,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -468,7 +468,8 @@ def _render_skirts(cells: Population, n: int) -> np.ndarray:
     g = (np.arange(n) + 0.5) / n
     gx = np.exp(-0.5 * ((g[None, :] - cells.x[:, None]) / sigma[:, None]) ** 2)  # (N, n)
     gy = np.exp(-0.5 * ((g[None, :] - cells.y[:, None]) / sigma[:, None]) ** 2)
-    return ((SKIRT_INTENSITY * cells.peak_mm_h * env)[:, None] * gy).T.dot(gx).astype(np.float32)
+    weighted = (SKIRT_INTENSITY * cells.peak_mm_h * env)[:, None] * gy
+    return np.einsum("ki,kj->ij", weighted, gx).astype(np.float32)  # no BLAS threads (see resample_taps)
 
 
 def coverage_mask(size_px: int) -> np.ndarray:
@@ -509,29 +510,36 @@ def missing_slots(rng: np.random.Generator, n_slots: int, rate: float) -> np.nda
     return missing
 
 
-def interp_matrix(n_out: int, n_in: int, cubic: bool = False) -> np.ndarray:
-    """(n_out, n_in) float32 matrix that resamples a length-n_in signal to n_out samples.
+def resample_taps(n_out: int, n_in: int, cubic: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Taps to resample a length-n_in axis to n_out samples: (indices (K, n_out) int64, weights (K, n_out)
+    float32), ``out[j] = sum_k weights[k, j] * in[indices[k, j]]``.
 
-    Pixel-centre convention (output j sits at input coordinate ``(j + 0.5) * n_in / n_out - 0.5``) with the
-    edge value repeated beyond the ends; linear, or Keys cubic (a = -0.5). A 2-D image resizes as
-    ``M_rows @ img @ M_cols.T``. (Pure numpy on purpose: OpenCV's thread pool can deadlock in forked workers.)
+    Pixel-centre convention (output j sits at input coordinate ``(j + 0.5) * n_in / n_out - 0.5``, as
+    OpenCV's resize), the edge value repeated beyond the ends; linear (K = 2) or Keys cubic, a = -0.5 (K = 4).
+    Pure numpy gathers on purpose: no BLAS or OpenCV thread pools, which spin on a busy machine or deadlock
+    in forked workers.
     """
     src = (np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5
     base = np.floor(src)
     frac = src - base
-    out = np.zeros((n_out, n_in), np.float64)
-    rows = np.arange(n_out)
     if cubic:
         a = -0.5
-        taps = [-1, 0, 1, 2]
-        d = [1 + frac, frac, 1 - frac, 2 - frac]  # distances to the four taps
-        weights = [((a * x - 5 * a) * x + 8 * a) * x - 4 * a if i in (0, 3) else ((a + 2) * x - (a + 3)) * x * x + 1
-                   for i, x in enumerate(d)]
+        offsets = [-1, 0, 1, 2]
+        dist = [1 + frac, frac, 1 - frac, 2 - frac]
+        weights = [((a * d - 5 * a) * d + 8 * a) * d - 4 * a if k in (0, 3) else ((a + 2) * d - (a + 3)) * d * d + 1
+                   for k, d in enumerate(dist)]
     else:
-        taps, weights = [0, 1], [1 - frac, frac]
-    for tap, w in zip(taps, weights):
-        np.add.at(out, (rows, np.clip(base + tap, 0, n_in - 1).astype(np.int64)), w)
-    return out.astype(np.float32)
+        offsets, weights = [0, 1], [1 - frac, frac]
+    idx = np.stack([np.clip(base + o, 0, n_in - 1).astype(np.int64) for o in offsets])
+    return idx, np.stack(weights).astype(np.float32)
+
+
+def resize2d(img: np.ndarray, row_taps: tuple, col_taps: tuple) -> np.ndarray:
+    """Resize (h, w) float32 with taps from resample_taps for the rows and the columns -> (H, W) float32."""
+    idx, w = row_taps
+    tmp = sum(w[k][:, None] * img[idx[k], :] for k in range(len(idx)))
+    idx, w = col_taps
+    return sum(w[k][None, :] * tmp[:, idx[k]] for k in range(len(idx)))
 
 
 def _reflect_index(i: np.ndarray, n: int) -> np.ndarray:
@@ -576,11 +584,11 @@ class DaySimulator:
         # texture lives on an n_tex grid (fine enough for its correlation length), upsampled for rendering
         self.n_tex = min(size_px, 2 * TEXTURE_GRID)
         n_noise = min(TEXTURE_GRID, self.n_tex)
-        self._noise_up = interp_matrix(self.n_tex, n_noise, cubic=True)
-        self._tex_up = interp_matrix(size_px, self.n_tex) if self.n_tex != size_px else None
-        self._wind_up = interp_matrix(self.n_tex, WIND_GRID)
+        self._noise_up = resample_taps(self.n_tex, n_noise, cubic=True)
+        self._tex_up = resample_taps(size_px, self.n_tex) if self.n_tex != size_px else None
+        self._wind_up = resample_taps(self.n_tex, WIND_GRID)
         self.n_smooth = max(8, size_px // BAND_GRID_DIVISOR)
-        self._smooth_up = interp_matrix(size_px, self.n_smooth)
+        self._smooth_up = resample_taps(size_px, self.n_smooth)
         yy, xx = np.mgrid[0:self.n_tex, 0:self.n_tex].astype(np.float32)
         self._tex_x, self._tex_y = xx, yy
         self.texture = self._fresh_texture()
@@ -595,9 +603,9 @@ class DaySimulator:
 
     def _fresh_texture(self) -> np.ndarray:
         """Unit-variance Gaussian noise, correlation length ~ side / TEXTURE_GRID, (n_tex, n_tex) float32."""
-        m = self._noise_up
-        coarse = self.rng.standard_normal((m.shape[1], m.shape[1]), dtype=np.float32)
-        fine = m @ coarse @ m.T
+        n_noise = min(TEXTURE_GRID, self.n_tex)
+        coarse = self.rng.standard_normal((n_noise, n_noise), dtype=np.float32)
+        fine = resize2d(coarse, self._noise_up, self._noise_up)
         return fine / max(float(fine.std()), 1e-6)
 
     def step(self) -> None:
@@ -606,7 +614,7 @@ class DaySimulator:
         # texture: semi-Lagrangian advection (back-trace from each grid point) + AR(1) renewal
         u, v = wind.grid(WIND_GRID, t + 0.5)
         m, n = self._wind_up, self.n_tex
-        u_px, v_px = (m @ u @ m.T) * n, (m @ v @ m.T) * n
+        u_px, v_px = resize2d(u * n, m, m), resize2d(v * n, m, m)
         moved = bilinear_sample(self.texture, self._tex_x - u_px, self._tex_y - v_px)
         moved /= max(float(moved.std()), 1e-6)
         rho = TEXTURE_MEMORY
@@ -625,8 +633,8 @@ class DaySimulator:
         """True rain rate (size, size) float32 mm/h at the current frame (cells + bands, times texture)."""
         rain = _render_cells(self.cells, self.size_px)
         smooth = _render_bands(self.bands, self.n_smooth) + _render_skirts(self.cells, self.n_smooth)
-        rain += self._smooth_up @ smooth @ self._smooth_up.T
-        texture = self.texture if self._tex_up is None else self._tex_up @ self.texture @ self._tex_up.T
+        rain += resize2d(smooth, self._smooth_up, self._smooth_up)
+        texture = self.texture if self._tex_up is None else resize2d(self.texture, self._tex_up, self._tex_up)
         s = TEXTURE_SIGMA
         rain *= np.exp(np.float32(s) * texture - np.float32(0.5 * s * s))
         return rain
@@ -728,7 +736,8 @@ def split_days(days: list[np.datetime64]) -> dict[str, list[np.datetime64]]:
     return {"train": days[:n_train], "valid": days[n_train:n_train + n_valid], "test": days[n_train + n_valid:]}
 
 
-def _progress(enabled: bool, total: int):
+def _progress(enabled: bool):
+    """A rich progress bar over frames (disabled when ``enabled`` is False)."""
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                                TimeRemainingColumn)
 
@@ -753,7 +762,7 @@ def synth_archive(cfg: SynthConfig, progress: bool = True) -> SynthResult:
     workers = min(cfg.workers or os.cpu_count() or 1, cfg.days)
     total = cfg.days * cfg.frames_per_day
     results: dict[str, tuple[int, float]] = {}
-    with _progress(progress, total) as bar:
+    with _progress(progress) as bar:
         task = bar.add_task("synth", total=total)
         if workers == 1:
             for day in days:

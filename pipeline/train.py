@@ -2,7 +2,16 @@
 
 One code path from a laptop to a cluster: ``TorchTrainer`` with ``workers`` processes (CPU:
 gloo, GPU: NCCL + bf16 autocast) on a local Ray cluster, or on the one at ``ray_address`` /
-``RAY_ADDRESS``.
+``RAY_ADDRESS``. On a multi-node cluster the store, ``storage_path`` and a SQLite tracking
+file must be on a filesystem every node sees (or use an MLflow server); all paths handed to the
+workers are absolute.
+
+Example::
+
+    from pipeline.train import TrainConfig, train
+    res = train(TrainConfig(store="store.zarr", preset="tiny", workers=2, steps=200,
+                            run_name="tiny-1", register_as="nowcast"))
+    res.model_uri, res.registered_version, res.promoted
 
 Determinism and resumption
 --------------------------

@@ -421,3 +421,67 @@ def test_defaults_and_progress(tmp_path):
         == ("2015-06-01", 4, 240, 480, 0, 0.01, None)
     res = synth_archive(SynthConfig(tmp_path / "b", days=1, frames_per_day=3, size_px=16), progress=True)
     assert res.out_dir == (tmp_path / "b").absolute() and res.seconds > 0 and res.n_days == 1
+
+
+# --- resampling helpers against naive references -------------------------------------------------------------
+@pytest.mark.parametrize("n_out,n_in", [(20, 5), (7, 7), (5, 13)])
+def test_linear_resample_matches_np_interp(n_out, n_in):
+    signal = np.random.default_rng(0).normal(size=n_in)
+    idx, w = synth.resample_taps(n_out, n_in)
+    fast = (w * signal[idx]).sum(axis=0)
+    # np.interp on pixel-centre positions; it holds the end values beyond the ends
+    ref = np.interp((np.arange(n_out) + 0.5) / n_out, (np.arange(n_in) + 0.5) / n_in, signal)
+    np.testing.assert_allclose(fast, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_cubic_resample_matches_keys_kernel_and_keeps_constants():
+    n_in, n_out = 6, 17
+    signal = np.random.default_rng(1).normal(size=n_in)
+    idx, w = synth.resample_taps(n_out, n_in, cubic=True)
+    np.testing.assert_allclose(w.sum(axis=0), 1.0, atol=1e-6)
+
+    def keys(d, a=-0.5):
+        d = abs(d)
+        if d <= 1:
+            return (a + 2) * d ** 3 - (a + 3) * d ** 2 + 1
+        return a * d ** 3 - 5 * a * d ** 2 + 8 * a * d - 4 * a if d < 2 else 0.0
+
+    for j in range(n_out):
+        x = (j + 0.5) * n_in / n_out - 0.5
+        ref = sum(keys(x - i) * signal[min(max(i, 0), n_in - 1)] for i in range(math.floor(x) - 1, math.floor(x) + 3))
+        assert (w[:, j] * signal[idx[:, j]]).sum() == pytest.approx(ref, abs=1e-5)
+    img = np.random.default_rng(2).normal(size=(4, 5)).astype(np.float32)
+    rows, cols = synth.resample_taps(9, 4), synth.resample_taps(11, 5)
+    ref2 = np.array([[sum(rows[1][a, r] * cols[1][b, c] * img[rows[0][a, r], cols[0][b, c]]
+                          for a in range(2) for b in range(2)) for c in range(11)] for r in range(9)])
+    np.testing.assert_allclose(synth.resize2d(img, rows, cols), ref2, rtol=1e-5, atol=1e-6)
+
+
+def test_bilinear_sample_matches_naive_with_reflection():
+    rng = np.random.default_rng(3)
+    img = rng.normal(size=(5, 7)).astype(np.float32)
+    x = rng.uniform(-3, 9, (4, 6))
+    y = rng.uniform(-3, 7, (4, 6))
+
+    def reflect(i, n):  # cba|abcd|dcb, by repeated folding
+        while i < 0 or i >= n:
+            i = -1 - i if i < 0 else 2 * n - 1 - i
+        return i
+
+    fast = synth.bilinear_sample(img, x, y)
+    for (r, c), xv in np.ndenumerate(x):
+        yv = y[r, c]
+        x0, y0 = math.floor(xv), math.floor(yv)
+        fx, fy = xv - x0, yv - y0
+        val = sum(wy * wx * img[reflect(y0 + dy, 5), reflect(x0 + dx, 7)]
+                  for dy, wy in ((0, 1 - fy), (1, fy)) for dx, wx in ((0, 1 - fx), (1, fx)))
+        assert fast[r, c] == pytest.approx(val, abs=1e-5)
+
+
+@pytest.mark.timeout(120)
+def test_parallel_workers_after_opencv_use_in_parent(tmp_path):
+    """Forked workers must not inherit a dead OpenCV thread pool (the generator uses numpy only)."""
+    cv2 = pytest.importorskip("cv2")
+    cv2.GaussianBlur(np.zeros((600, 600), np.float32), (31, 31), 5)  # spin up OpenCV's threads here
+    res = _archive(tmp_path, days=2, frames_per_day=4, size_px=16, workers=2, missing_frame_rate=0.0)
+    assert res.n_frames == 8

@@ -178,11 +178,18 @@ def server(tmp_path_factory):
         yield uri
 
 
+@pytest.fixture(scope="module")
+def sqlite_uri(tmp_path_factory):
+    """One SQLite tracking file for the module's runs (creating the tables takes seconds)."""
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
 def _cfg(store, tmp: Path, run_name: str, **kw) -> tr.TrainConfig:
+    assert "tracking_uri" in kw, "never let a test default to ./mlflow.db"
     base = dict(store=str(store), preset="tiny", cell="trajgru", workers=2, steps=STEPS,
                 batch_size=2, checkpoint_every=3, val_every=3, val_clips=4, log_every=1,
                 in_len=3, out_len=3, run_name=run_name, storage_path=str(tmp / "ray"),
-                tracking_uri=f"sqlite:///{tmp / 'mlflow.db'}", seed=0, model_format="pickle",
+                seed=0, model_format="pickle",
                 system_metrics=False, gif_clips=1)
     base.update(kw)
     return tr.TrainConfig(**base)
@@ -243,32 +250,34 @@ def test_two_worker_run_logs_to_mlflow_server_and_registers(reference_run, serve
 
 
 @pytest.mark.slow
-def test_stop_and_resume_continues_exactly(store, ray_cluster, reference_run, tmp_path):
+def test_stop_and_resume_continues_exactly(store, ray_cluster, reference_run, sqlite_uri, tmp_path):
     import mlflow
 
     # the last worker dies at step 5 and no restart is allowed: the run stops after the
     # step-3 checkpoint
     with pytest.raises(NowcastError, match="Re-run with the same --run-name resume"):
-        tr.train(_cfg(store, tmp_path, "resume", fail_at_step=5, max_failures=0))
+        tr.train(_cfg(store, tmp_path, "resume", fail_at_step=5, max_failures=0,
+                     tracking_uri=sqlite_uri))
     # the same run name resumes from step 3 and finishes
-    res = tr.train(_cfg(store, tmp_path, "resume"))
+    res = tr.train(_cfg(store, tmp_path, "resume", tracking_uri=sqlite_uri))
     assert res.final_step == STEPS
     assert res.segments == [[1, 3], [4, STEPS]]
     assert tr.expand_segments(res.segments) == list(range(1, STEPS + 1))  # none twice, none skipped
     assert _same_weights(_weights(res.checkpoint_path), _weights(reference_run[1].checkpoint_path))
     # one MLflow run across both attempts, whose step metrics reach the last step
-    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    runs = client.search_runs([client.get_experiment_by_name("nowcast").experiment_id])
+    client = mlflow.MlflowClient(sqlite_uri)
+    runs = client.search_runs([client.get_experiment_by_name("nowcast").experiment_id],
+                              filter_string=f"tags.`{tr.RUN_NAME_TAG}` = 'resume'")
     assert [r.info.run_id for r in runs] == [res.run_id]
+    assert client.get_run(res.run_id).info.status == "FINISHED"
     assert max(m.step for m in client.get_metric_history(res.run_id, "loss")) == STEPS
-    # a third call has nothing left to do and keeps the final step
-    again = tr.train(_cfg(store, tmp_path, "resume"))
-    assert again.final_step == STEPS and again.segments == res.segments
 
 
 @pytest.mark.slow
-def test_worker_crash_is_recovered_from_last_checkpoint(store, ray_cluster, reference_run, tmp_path):
-    res = tr.train(_cfg(store, tmp_path, "crash", fail_at_step=5, max_failures=1))
+def test_worker_crash_is_recovered_from_last_checkpoint(store, ray_cluster, reference_run, sqlite_uri,
+                                                        tmp_path):
+    res = tr.train(_cfg(store, tmp_path, "crash", fail_at_step=5, max_failures=1,
+                        tracking_uri=sqlite_uri))
     assert (tmp_path / "ray" / "crash" / ".failed_at_5").exists()     # the crash did happen
     assert res.final_step == STEPS
     assert res.segments == [[1, 3], [4, STEPS]]                          # restarted after step 3
