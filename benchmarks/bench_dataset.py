@@ -1,14 +1,18 @@
 """Store layouts for the access pattern "25 consecutive frames at a random time", and clip throughput.
 
-    python benchmarks/bench_dataset.py [--frames 480] [--size 480] [--clips 60]
+    python benchmarks/bench_dataset.py [--frames 480] [--size 480] [--clips 60] [--loader-clips 200]
 
-For each layout (chunk frames / shard frames / compressor) it writes the same radar-like frames
-and masks, then prints store MB, ms per random 25-frame clip (StoreReader.read: frames + masks),
-and, for the default layout, ClipDataset clips/s (single process and DataLoader with 2 workers).
+For each layout (chunk frames / shard frames / compressor) it writes the same radar-like frames and
+masks the way the ingest does (whole shards), then prints: store MB, write CPU ms per frame, and the
+time for one random 25-frame clip -- ``StoreReader.read`` (uint8 frames + bool masks) and
+``ClipDataset[i]`` (float32 tensors) -- as CPU ms (robust on a loaded machine) and wall ms. The
+clips/s/core column is 1000 / ClipDataset CPU ms. Then, for the default layout, DataLoader clips/s
+with 0, 1 and 2 worker processes (batch 4), and the zarr-only read path for comparison.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import tempfile
 import time
@@ -19,15 +23,17 @@ import numpy as np
 from pipeline import hko7
 from pipeline import store as st
 
-LAYOUTS = [  # (chunk_frames, shard_frames, compressor)
-    (1, None, "zstd"),
-    (5, None, "zstd"),
-    (25, None, "zstd"),
-    (1, 120, "zstd"),
-    (5, 120, "zstd"),
-    (1, 240, "zstd"),
-    (1, 120, "blosc-lz4"),
-    (1, 120, "none"),
+LAYOUTS = [  # (chunk_frames, shard_frames, compressor, level)
+    (1, 120, "zstd", 1),
+    (5, 120, "zstd", 1),
+    (10, 120, "zstd", 1),
+    (25, 150, "zstd", 1),
+    (5, 240, "zstd", 1),
+    (5, 120, "zstd", -3),
+    (5, 120, "blosc-lz4", 1),
+    (5, 120, "none", 0),
+    (1, None, "zstd", 1),
+    (5, None, "zstd", 1),
 ]
 
 
@@ -54,40 +60,64 @@ def radar_frames(n: int, size: int = 480, seed: int = 0) -> tuple[np.ndarray, np
 
 
 def write_store(path: Path, frames, masks, layout: st.StoreLayout) -> None:
+    """A complete store holding ``frames``/``masks`` at the HKO-7 cadence, written whole shards at a time."""
     n, h, w = frames.shape
     g = st.create_store(path, h, w, layout, {"interval_s": hko7.INTERVAL_S})
     g[st.FRAMES].resize((n, h, w))
     g[st.MASKS].resize((n, h, w))
+    fa, ma = (g[k].with_config({"write_empty_chunks": True}) for k in (st.FRAMES, st.MASKS))  # as the ingest
     unit = layout.unit_frames
     for i0 in range(0, n, unit):  # whole shards / chunks, as the ingest writes them
-        g[st.FRAMES][i0:i0 + unit] = frames[i0:i0 + unit]
-        g[st.MASKS][i0:i0 + unit] = masks[i0:i0 + unit]
+        fa[i0:i0 + unit] = frames[i0:i0 + unit]
+        ma[i0:i0 + unit] = masks[i0:i0 + unit]
     t0 = int(np.datetime64("2015-06-01T00:00:00", "s").astype(np.int64))
     st.write_vector(g, st.TIME, t0 + hko7.INTERVAL_S * np.arange(n, dtype=np.int64))
     st.write_vector(g, st.PRESENT, np.ones(n, bool))
     g.attrs["ingest_state"] = st.STATE_COMPLETE
 
 
-def clip_read_ms(path: Path, n_clips: int, seq_len: int = 25, seed: int = 1) -> float:
-    reader = st.StoreReader(st.open_store(path))
-    rng = np.random.default_rng(seed)
-    starts = reader.time_s[rng.integers(0, reader.time_s.size - seq_len, n_clips)]
-    reader.read(starts[0] + hko7.INTERVAL_S * np.arange(seq_len))  # warm-up
-    t = time.perf_counter()
-    for s in starts:
-        reader.read(s + hko7.INTERVAL_S * np.arange(seq_len))
-    return (time.perf_counter() - t) / n_clips * 1e3
+def _timed(fn, items, repeats: int = 3) -> tuple[float, float]:
+    """-> (best CPU ms, best wall ms) per item of ``fn(item)`` over ``repeats`` passes."""
+    fn(items[0])  # warm-up
+    cpu = wall = float("inf")
+    for _ in range(repeats):
+        c, w = time.process_time(), time.perf_counter()
+        for it in items:
+            fn(it)
+        cpu = min(cpu, (time.process_time() - c) / len(items) * 1e3)
+        wall = min(wall, (time.perf_counter() - w) / len(items) * 1e3)
+    return cpu, wall
 
 
-def dataset_clips_per_s(path: Path, n_clips: int, workers: int) -> float:
+def random_starts(path: Path, n_clips: int, seq_len: int = 25, seed: int = 1) -> np.ndarray:
+    time_s = np.asarray(st.open_store(path)[st.TIME][:])
+    return time_s[np.random.default_rng(seed).integers(0, time_s.size - seq_len, n_clips)]
+
+
+def clip_costs(path: Path, n_clips: int, fast: bool = True) -> dict:
+    """CPU/wall ms per random 25-frame clip: StoreReader.read and ClipDataset.__getitem__."""
+    from pipeline.dataset import ClipDataset
+
+    starts = random_starts(path, n_clips)
+    reader = st.StoreReader(st.open_store(path), fast=fast)
+    read_cpu, read_wall = _timed(lambda s: reader.read(s + hko7.INTERVAL_S * np.arange(25)), list(starts))
+    ds = ClipDataset(path, starts)
+    ds._reader, ds._pid = reader, os.getpid()
+    item_cpu, item_wall = _timed(ds.__getitem__, list(range(len(ds))))
+    return {"read_cpu": read_cpu, "read_wall": read_wall, "item_cpu": item_cpu, "item_wall": item_wall,
+            "fast": reader.uses_fast_path}
+
+
+def dataset_clips_per_s(path: Path, n_clips: int, workers: int, batch_size: int = 4) -> float:
+    """Clips/s through a DataLoader (shuffled random starts), including worker start-up."""
+    import torch
     from torch.utils.data import DataLoader
 
     from pipeline.dataset import ClipDataset
 
-    reader = st.StoreReader(st.open_store(path))
-    starts = np.random.default_rng(2).choice(reader.time_s[:-25], n_clips)
-    ds = ClipDataset(path, starts)
-    loader = DataLoader(ds, batch_size=4, num_workers=workers, shuffle=False)
+    ds = ClipDataset(path, random_starts(path, n_clips, seed=2))
+    loader = DataLoader(ds, batch_size=batch_size, num_workers=workers, shuffle=True,
+                        generator=torch.Generator().manual_seed(0), persistent_workers=False)
     t = time.perf_counter()
     n = sum(x.shape[0] for x, _ in loader)
     return n / (time.perf_counter() - t)
@@ -97,30 +127,42 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--frames", type=int, default=480)
     ap.add_argument("--size", type=int, default=480)
-    ap.add_argument("--clips", type=int, default=60)
+    ap.add_argument("--clips", type=int, default=60, help="random clips timed per layout")
+    ap.add_argument("--loader-clips", type=int, default=200, help="clips through the DataLoader")
     args = ap.parse_args()
     frames, masks = radar_frames(args.frames, args.size)
     png_mb = sum(len(hko7.encode_frame(f)) for f in frames[:20]) / 20 * args.frames / 1e6
-    print(f"{args.frames} frames {args.size}x{args.size}; the same frames as PNG: {png_mb:.1f} MB")
+    print(f"{args.frames} frames {args.size}x{args.size}; the same frames as PNG: {png_mb:.1f} MB; "
+          f"os.cpu_count()={os.cpu_count()}, load average {os.getloadavg()[0]:.1f}")
     tmp = Path(tempfile.mkdtemp(prefix="bench_dataset_"))
+    default = st.StoreLayout()
     try:
-        print("| chunk frames | shard frames | compressor | files | store MB | random 25-frame clip ms |")
-        print("|---|---|---|---|---|---|")
-        for chunk, shard, comp in LAYOUTS:
-            path = tmp / f"c{chunk}_s{shard}_{comp}.zarr"
-            t = time.perf_counter()
-            write_store(path, frames, masks, st.StoreLayout(chunk, shard, comp, 1))
-            write_s = time.perf_counter() - t
+        print("| chunk frames | shard frames | compressor | files | store MB | write CPU ms/frame "
+              "| clip read CPU ms (wall) | ClipDataset item CPU ms (wall) | clips/s/core |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for chunk, shard, comp, level in LAYOUTS:
+            layout = st.StoreLayout(chunk, shard, comp, level)
+            path = tmp / f"c{chunk}_s{shard}_{comp}{level}.zarr"
+            c = time.process_time()
+            write_store(path, frames, masks, layout)
+            write_ms = (time.process_time() - c) / args.frames * 1e3
             files = sum(1 for p in path.rglob("*") if p.is_file())
             mb = sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 1e6
-            ms = clip_read_ms(path, args.clips)
-            print(f"| {chunk} | {shard or '-'} | {comp} | {files} | {mb:.1f} | {ms:.1f} |  (write {write_s:.1f} s)")
-        default = st.StoreLayout()
+            r = clip_costs(path, args.clips)
+            mark = " (default)" if layout == default else ""
+            comp_txt = f"{comp} {level}" if comp != "none" else comp
+            print(f"| {chunk} | {shard or '-'} | {comp_txt}{mark} | {files} | {mb:.1f} | {write_ms:.2f} "
+                  f"| {r['read_cpu']:.1f} ({r['read_wall']:.1f}) | {r['item_cpu']:.1f} ({r['item_wall']:.1f}) "
+                  f"| {1e3 / r['item_cpu']:.0f} |" + ("" if r["fast"] else " zarr path"))
         path = tmp / "default.zarr"
         write_store(path, frames, masks, default)
-        for workers in (0, 2):
-            cps = dataset_clips_per_s(path, args.clips, workers)
-            print(f"ClipDataset default layout {default.to_dict()}: {cps:.1f} clips/s (DataLoader workers={workers})")
+        z = clip_costs(path, args.clips, fast=False)
+        print(f"default layout read through zarr only (no shard-file reader): read {z['read_cpu']:.1f} ms CPU "
+              f"({z['read_wall']:.1f} wall), item {z['item_cpu']:.1f} ms CPU ({z['item_wall']:.1f} wall)")
+        for workers in (0, 1, 2):
+            cps = dataset_clips_per_s(path, args.loader_clips, workers)
+            print(f"DataLoader(ClipDataset, batch 4, num_workers={workers}), default layout "
+                  f"{default.to_dict()}: {cps:.1f} clips/s (wall, incl. worker start)")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -103,16 +103,17 @@ class ClipDataset:
     def __getitem__(self, i: int):
         """-> (frames, masks), torch float32 (seq_len, 1, H, W): pixel/255 in [0, 1] and 1 = valid.
 
-        One contiguous read per clip into reused buffers, then one numpy pass per output (the float
-        conversion is ~3 ms per 25x480x480 clip; torch's multi-threaded ``.to().div_()`` was slower
-        under load and in DataLoader workers).
+        One contiguous read per clip into reused buffers, then one numpy pass per output. The outputs
+        are numpy allocations wrapped by ``torch.from_numpy``: numpy asks the kernel for huge pages on
+        large arrays, while a fresh 23 MB ``torch.empty`` page-faults 4 KiB at a time (measured 2-3x
+        slower than the conversion itself; see benchmarks/bench_dataset.py).
         """
         import torch
 
         frames_u8, masks_b = self.read_numpy(int(i), *self._buffers())
         shape = (self.seq_len, 1) + frames_u8.shape[1:]
-        x = torch.empty(shape, dtype=torch.float32)
-        m = torch.empty(shape, dtype=torch.float32)
-        np.divide(frames_u8, np.float32(255.0), out=x.numpy()[:, 0], dtype=np.float32)  # == float32(p / 255)
-        np.copyto(m.numpy()[:, 0], masks_b.view(np.uint8), casting="unsafe")
-        return x, m
+        x = np.empty(shape, dtype=np.float32)
+        m = np.empty(shape, dtype=np.float32)
+        np.divide(frames_u8, np.float32(255.0), out=x[:, 0], dtype=np.float32)  # == float32(pixel / 255)
+        np.copyto(m[:, 0], masks_b.view(np.uint8), casting="unsafe")
+        return torch.from_numpy(x), torch.from_numpy(m)

@@ -97,6 +97,14 @@ class IngestResult:
     n_without_mask: int = 0
     n_skipped_old: int = 0
     clips: dict = field(default_factory=dict)
+    cluster_seconds: float = 0.0  # starting/connecting and closing the Dask cluster (part of ``seconds``)
+    write_seconds: float = 0.0    # decoding + writing the units (part of ``seconds``)
+
+    @property
+    def write_frames_per_s(self) -> float:
+        """Frames written per second of the unit phase (excludes scan, cluster start-up, catalog)."""
+        n = self.frames_per_s * self.seconds
+        return n / self.write_seconds if self.write_seconds > 0 else 0.0
 
 
 # ------------------------------------------------------------------------------------------ scan
@@ -327,11 +335,24 @@ def _client(cfg: IngestConfig):
     return Client(cluster), cluster
 
 
-def _run_dask(todo, plan, store_path, archive, cfg, progress) -> None:
-    """Submit one task per unit with a bounded window (bounded memory) and wait for all."""
+def _warm_up_worker() -> None:
+    """Import what :func:`ingest_unit` needs (zarr, numcodecs, Pillow) on a worker."""
+    import numcodecs  # noqa: F401
+    import zarr  # noqa: F401
+    from PIL import Image, PngImagePlugin  # noqa: F401
+
+
+def _run_dask(todo, plan, store_path, archive, cfg, progress) -> tuple[float, float]:
+    """Submit one task per unit with a bounded window (bounded memory) and wait for all.
+
+    Tasks return only the small marker dict. -> (cluster seconds: start/connect + close, unit seconds).
+    """
     from dask.distributed import as_completed
 
+    t0 = time.perf_counter()
     client, cluster = _client(cfg)
+    client.run(_warm_up_worker)  # imports count as start-up, not as the first units' time
+    t1 = time.perf_counter()
     try:
         n_workers = max(1, len(client.scheduler_info().get("workers", {})))
         window = 4 * n_workers
@@ -347,10 +368,12 @@ def _run_dask(todo, plan, store_path, archive, cfg, progress) -> None:
             nxt = next(pending, None)
             if nxt is not None:
                 running.add(submit(nxt))
+        t2 = time.perf_counter()
     finally:
         client.close()
         if cluster is not None:
             cluster.close()
+    return (t1 - t0) + (time.perf_counter() - t2), t2 - t1
 
 
 def _progress_iter_dynamic(iterator, total: int, progress: bool):
@@ -500,11 +523,14 @@ def ingest(cfg: IngestConfig, progress: bool = True) -> IngestResult:
     plan = _plan(scan, group, root)
     todo = _apply_plan(group, plan)
     n_new = plan.time_s.size - plan.n_committed
+    cluster_s = write_s = 0.0
     try:
         if cfg.workers == 0 and not (cfg.scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS")):
+            t_w = time.perf_counter()
             _run_local(todo, plan, str(store_path), str(root), progress)
+            write_s = time.perf_counter() - t_w
         elif todo:
-            _run_dask(todo, plan, str(store_path), str(root), cfg, progress)
+            cluster_s, write_s = _run_dask(todo, plan, str(store_path), str(root), cfg, progress)
     except OSError as exc:
         raise NowcastError(f"cannot write the store {store_path}: {exc}; choose a writable location") from exc
     report_path = Path(cfg.report_path) if cfg.report_path else store_path.with_name(
@@ -517,7 +543,8 @@ def ingest(cfg: IngestConfig, progress: bool = True) -> IngestResult:
         n_frames=int(plan.time_s.size), n_new_frames=int(n_new), n_bad=len(final["bad"]), bad_files=final["bad"],
         seconds=seconds, frames_per_s=written / seconds if seconds > 0 else 0.0, store=str(store_path),
         report_path=str(report_path), n_units_written=len(todo), n_units_skipped=plan.n_units - len(todo),
-        n_without_mask=len(final["no_mask"]), n_skipped_old=plan.n_skipped_old, clips=final["clips"])
+        n_without_mask=len(final["no_mask"]), n_skipped_old=plan.n_skipped_old, clips=final["clips"],
+        cluster_seconds=cluster_s, write_seconds=write_s)
 
 
 def _warn(no_mask: list, n_skipped_old: int, bad: list) -> None:

@@ -15,8 +15,10 @@ Group attributes: ``source``, ``pixel_encoding``, ``interval_s``, ``ingest_versi
 ``frames_without_mask``, ``splits``, ``ingest_state`` ("complete" once usable).
 
 Chunking (see benchmarks/bench_dataset.py): the time axis is cut into chunks of ``chunk_frames``
-whole frames, grouped into shards of ``shard_frames`` frames (one file per shard), compressed with
-zstd. A random 25-frame clip then touches one or two shard files and ~25 small chunks.
+whole frames (default 5), grouped into shards of ``shard_frames`` frames (default 120, one file per
+shard), compressed with zstd level 1 (about the size of the PNG archive). A random 25-frame clip then
+touches one or two shard files and 5-6 chunks; :class:`ShardFileReader` reads them with one
+``pread`` + one zstd decode per chunk, bypassing zarr-python's per-call overhead.
 """
 from __future__ import annotations
 
@@ -47,7 +49,7 @@ class StoreLayout:
     level : compression level.
     """
 
-    chunk_frames: int = 1
+    chunk_frames: int = 5
     shard_frames: int | None = 120
     compressor: str = "zstd"
     level: int = 1

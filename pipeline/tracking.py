@@ -123,8 +123,26 @@ def setup_experiment(tracking_uri: str | None, experiment: str) -> str:
     uri = resolve_tracking_uri(tracking_uri)
     check_tracking_reachable(uri)
     mlflow.set_tracking_uri(uri)
+    client = mlflow.MlflowClient()
+    if client.get_experiment_by_name(experiment) is None:
+        try:
+            client.create_experiment(experiment, artifact_location=_artifact_location(uri, experiment))
+        except Exception:  # noqa: BLE001 (created concurrently by another process)
+            if client.get_experiment_by_name(experiment) is None:
+                raise
     exp = mlflow.set_experiment(experiment)
     return exp.experiment_id
+
+
+def _artifact_location(tracking_uri: str, experiment: str) -> str | None:
+    """Artifact root for a new experiment: ``<db dir>/mlartifacts/<experiment>`` for a SQLite
+    store (MLflow's default, ``./mlruns``, depends on the current directory); None (the
+    server's or store's default) otherwise."""
+    if not tracking_uri.startswith("sqlite:///") or tracking_uri.endswith(":memory:"):
+        return None
+    db = Path(tracking_uri[len("sqlite:///"):])
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in experiment) or "experiment"
+    return (db.parent / "mlartifacts" / safe).as_uri()
 
 
 def code_version() -> str:

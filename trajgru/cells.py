@@ -107,9 +107,12 @@ class _SequenceCell(nn.Module):
             if state is None:
                 s, b, _, h, w = inputs.shape
                 state = self.zero_state(b, h, w, like=pre_all[0])
+        # unbind, not p[t]: the backward of S separate selects would write S full-size
+        # zero tensors; unbind's backward is a single stack.
+        per_step = None if pre_all is None else list(zip(*(p.unbind(0) for p in pre_all)))
         outputs = []
         for t in range(seq_len):
-            pre = None if pre_all is None else tuple(p[t] for p in pre_all)
+            pre = None if per_step is None else per_step[t]
             h_t, state = self.step(pre, state)
             outputs.append(h_t)
         return torch.stack(outputs, dim=0), state
@@ -140,15 +143,17 @@ def _gru_update(
     h' = leaky(i2h_h + r * h2h_h); h_t = u * h_prev + (1 - u) * h'.
     ``i2h`` (B, 3C, H, W) or None (no input), ``h2h`` (B, 3C, H, W), ``h_prev`` (B, C, H, W).
     """
+    # split / chunk rather than slicing: their backward is one concatenation, where each
+    # slice's backward would allocate a zero tensor of the full size.
     c = h_prev.shape[1]
-    h2h_ru, h2h_h = h2h[:, : 2 * c], h2h[:, 2 * c :]
+    h2h_ru, h2h_h = h2h.split((2 * c, c), dim=1)
     if i2h is None:
         ru = torch.sigmoid(h2h_ru)
         cand_pre = None
     else:
-        ru = torch.sigmoid(i2h[:, : 2 * c] + h2h_ru)
-        cand_pre = i2h[:, 2 * c :]
-    r, u = ru[:, :c], ru[:, c:]
+        i2h_ru, cand_pre = i2h.split((2 * c, c), dim=1)
+        ru = torch.sigmoid(i2h_ru + h2h_ru)
+    r, u = ru.chunk(2, dim=1)
     cand = r * h2h_h if cand_pre is None else torch.addcmul(cand_pre, r, h2h_h)
     cand = F.leaky_relu(cand, slope)
     # u * h_prev + (1 - u) * cand  ==  cand + u * (h_prev - cand)

@@ -91,3 +91,44 @@ def test_dataloader_workers(store, ctx):
     assert got.shape == (starts.size, 25, 1, 32, 32)
     for i in (0, starts.size - 1):
         np.testing.assert_allclose(got[i].numpy(), expected_clip(store.arch, int(starts[i]), 25)[0], atol=1e-7)
+
+
+def _store_with_every_pixel_value(path):
+    """A complete 4-frame store of 8x8 frames holding the pixel values 0..255 once each."""
+    from pipeline import hko7
+    from pipeline import store as st
+
+    g = st.create_store(path, 8, 8, st.StoreLayout(chunk_frames=2, shard_frames=4), {"interval_s": IV})
+    frames = np.arange(256, dtype=np.uint8).reshape(4, 8, 8)
+    masks = (frames % 3).astype(bool)
+    g[st.FRAMES].resize((4, 8, 8))
+    g[st.MASKS].resize((4, 8, 8))
+    g[st.FRAMES][:] = frames
+    g[st.MASKS][:] = masks
+    t0 = int(np.datetime64("2015-06-01T00:00:00", "s").astype(np.int64))
+    st.write_vector(g, st.TIME, t0 + hko7.INTERVAL_S * np.arange(4, dtype=np.int64))
+    st.write_vector(g, st.PRESENT, np.ones(4, bool))
+    g.attrs["ingest_state"] = st.STATE_COMPLETE
+    return t0, frames, masks
+
+
+def test_float_conversion_is_exact_and_items_do_not_alias(store, tmp_path):
+    """frames == float32(pixel / 255) bit for bit for all 256 values, masks exactly 0/1, absent slots
+    0; an item keeps its values after later items reuse the per-process read buffers."""
+    t0, frames, masks = _store_with_every_pixel_value(tmp_path / "all.zarr")
+    ds = ClipDataset(tmp_path / "all.zarr", [t0, t0 + 2 * IV], seq_len=4)
+    x, m = ds[0]
+    assert x.shape == (4, 1, 8, 8)
+    want = np.array([float(v) / 255.0 for v in range(256)], dtype=np.float32).reshape(4, 1, 8, 8)  # slow reference
+    np.testing.assert_array_equal(x.numpy(), want)
+    np.testing.assert_array_equal(m.numpy(), masks[:, None].astype(np.float32))
+    x2, m2 = ds[1]  # slots 2, 3 present; 4, 5 absent
+    np.testing.assert_array_equal(x2[:2].numpy(), want[2:])
+    assert not x2[2:].any() and not m2[2:].any()
+    keep = x.clone()
+    assert bool((x == keep).all()) and not bool((x == x2).all())
+    ds2 = ClipDataset(store.path, clip_starts(store.path, "train"))
+    a0 = ds2[0][0].clone()
+    first = ds2[0][0]
+    _ = ds2[len(ds2) - 1]
+    assert bool((first == a0).all())

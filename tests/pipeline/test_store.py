@@ -91,3 +91,80 @@ def test_layout_validation():
         st.StoreLayout(compressor="lzma")
     assert st.StoreLayout(chunk_frames=5, shard_frames=None).unit_frames == 5
     assert st.StoreLayout(chunk_frames=1, shard_frames=120).unit_frames == 120
+
+
+def _zarr_array(path, data, chunk, shard, compressor, level=1, write_empty=True):
+    """A (T, H, W) zarr v3 array holding ``data`` with the store's codecs, written shard by shard."""
+    import zarr
+
+    layout = st.StoreLayout(chunk, shard, compressor, level)
+    kw = st._frame_array_kwargs(layout, *data.shape[1:])
+    arr = zarr.create_array(str(path), shape=data.shape, dtype=data.dtype, fill_value=0, **kw)
+    arr = arr.with_config({"write_empty_chunks": write_empty})
+    unit = layout.unit_frames
+    for i0 in range(0, data.shape[0], unit):
+        arr[i0:i0 + unit] = data[i0:i0 + unit]
+    return zarr.open_array(str(path), mode="r")
+
+
+@pytest.mark.parametrize("chunk, shard, compressor", [(1, 4, "zstd"), (2, 6, "zstd"), (5, 10, "blosc-lz4"),
+                                                      (3, 9, "none"), (4, 8, "blosc-zstd")])
+@pytest.mark.parametrize("dtype", ["uint8", "bool"])
+def test_shard_file_reader_matches_zarr(tmp_path, chunk, shard, compressor, dtype):
+    """The direct shard-file reader returns exactly what zarr returns, for every row range, including
+    chunks never written (all fill value), a shard file that is missing and a partial last shard."""
+    rng = np.random.default_rng(3)
+    n = 2 * shard + chunk + 1  # a partial last shard and a partial last chunk
+    data = rng.integers(0, 256, (n, 6, 5)).astype(np.uint8)
+    if dtype == "bool":
+        data = data > 100
+    data[chunk:2 * chunk] = 0  # an all-fill chunk: not stored when write_empty_chunks is False
+    arr = _zarr_array(tmp_path / "a.zarr", data, chunk, shard, compressor, write_empty=False)
+    reader = st.ShardFileReader.for_array(arr)
+    assert reader is not None
+    ranges = [(lo, hi) for lo in range(0, n, 1) for hi in (lo, lo + 1, lo + chunk + 1, n) if hi <= n]
+    for lo, hi in ranges:
+        out = np.empty((hi - lo, 6, 5), dtype=data.dtype)
+        reader.read(lo, hi, out)
+        np.testing.assert_array_equal(out, arr[lo:hi])
+        np.testing.assert_array_equal(out, data[lo:hi])
+    import shutil
+    shutil.rmtree(tmp_path / "a.zarr" / "c" / "1")  # shard 1 missing -> fill value, as zarr reads it
+    out = np.empty((n, 6, 5), dtype=data.dtype)
+    reader.read(0, n, out)
+    np.testing.assert_array_equal(out, arr[:])
+    assert not out[shard:2 * shard].any()
+    with pytest.raises(ValueError):
+        reader.read(0, n + 1, np.empty((n + 1, 6, 5), dtype=data.dtype))
+
+
+def test_shard_file_reader_declines_other_layouts(tmp_path):
+    data = np.arange(4 * 3 * 3, dtype=np.uint8).reshape(4, 3, 3)
+    unsharded = _zarr_array(tmp_path / "u.zarr", data, 2, None, "zstd")
+    assert st.ShardFileReader.for_array(unsharded) is None
+    import zarr
+
+    partial_frames = zarr.create_array(str(tmp_path / "p.zarr"), shape=(4, 4, 4), dtype="uint8", chunks=(1, 2, 4),
+                                       shards=(2, 4, 4))
+    assert st.ShardFileReader.for_array(partial_frames) is None
+    wide = zarr.create_array(str(tmp_path / "w.zarr"), shape=(4, 4, 4), dtype="int16", chunks=(1, 4, 4),
+                             shards=(2, 4, 4))
+    assert st.ShardFileReader.for_array(wide) is None
+
+
+def test_store_reader_fast_and_zarr_paths_agree(small_store):
+    """StoreReader with and without the shard-file reader: same bytes for clips, gaps and scattered times."""
+    path, arch = small_store
+    g = st.open_store(path)
+    fast, slow = st.StoreReader(g), st.StoreReader(g, fast=False)
+    assert fast.uses_fast_path and not slow.uses_fast_path
+    t = arch.times_s()
+    queries = [t[0] + IV * np.arange(25), t[2] + IV * np.arange(10), np.array([t[-1], t[0], t[5]]),
+               t[7:20], np.array([t[0] - IV])]
+    for q in queries:
+        for a, b in zip(fast.read(q), slow.read(q)):
+            np.testing.assert_array_equal(a, b)
+    f_out, m_out = np.full((3, 64, 64), 7, np.uint8), np.ones((3, 64, 64), bool)  # stale buffer contents
+    f, m = fast.read(np.array([t[0], t[0] - IV, t[1]]), f_out, m_out)
+    assert f is f_out and m is m_out and not f[1].any() and not m[1].any()
+    np.testing.assert_array_equal(f[2], arch.frames[int(t[1])])

@@ -63,8 +63,9 @@ def test_unreachable_server_fails_fast_with_advice():
 # ------------------------------------------------------------------ champion alias
 def _version_with_score(client, name: str, score: float | None) -> str:
     """A registered version of ``name`` whose run has ``score`` as its champion metric."""
-    exp = client.get_experiment_by_name("champ") or None
-    exp_id = exp.experiment_id if exp else client.create_experiment("champ")
+    import mlflow
+
+    exp_id = tracking.setup_experiment(mlflow.get_tracking_uri(), "champ")
     run = client.create_run(exp_id)
     if score is not None:
         client.log_metric(run.info.run_id, tracking.CHAMPION_METRIC, score)
@@ -165,8 +166,11 @@ def test_log_register_and_load_registered_model(sqlite_uri):
 
     model = tiny_model(seed=1)
     example = np.random.default_rng(0).random((2, 2, 1, 16, 16), dtype=np.float32)
-    mlflow.set_experiment("logtest")
-    with mlflow.start_run() as run:
+    exp_id = tracking.setup_experiment(sqlite_uri, "logtest")
+    # artifacts next to the SQLite file, not in ./mlruns of whatever the current directory is
+    location = mlflow.MlflowClient().get_experiment(exp_id).artifact_location
+    assert location == (Path(sqlite_uri[len("sqlite:///"):]).parent / "mlartifacts" / "logtest").as_uri()
+    with mlflow.start_run(experiment_id=exp_id) as run:
         mlflow.log_metric(tracking.CHAMPION_METRIC, 0.1)
         logged = tracking.log_and_register_model(model, example, "reg")
     assert logged.registered_version == 1

@@ -270,6 +270,10 @@ def test_stop_and_resume_continues_exactly(store, ray_cluster, reference_run, sq
                               filter_string=f"tags.`{tr.RUN_NAME_TAG}` = 'resume'")
     assert [r.info.run_id for r in runs] == [res.run_id]
     assert client.get_run(res.run_id).info.status == "FINISHED"
+    # artifacts live next to the SQLite file (absolute), not in a worker's current directory
+    db_dir = Path(sqlite_uri[len("sqlite:///"):]).parent
+    assert client.get_experiment_by_name("nowcast").artifact_location.startswith(db_dir.as_uri())
+    assert {f.path for f in client.list_artifacts(res.run_id)} >= {"store_fingerprint.json", "validation"}
     assert max(m.step for m in client.get_metric_history(res.run_id, "loss")) == STEPS
 
 
