@@ -108,8 +108,16 @@ def clip_costs(path: Path, n_clips: int, fast: bool = True) -> dict:
             "fast": reader.uses_fast_path}
 
 
-def dataset_clips_per_s(path: Path, n_clips: int, workers: int, batch_size: int = 4) -> float:
-    """Clips/s through a DataLoader (shuffled random starts), including worker start-up."""
+def _cpu_s_self_and_children() -> float:
+    import resource
+
+    return sum(u.ru_utime + u.ru_stime for u in (resource.getrusage(resource.RUSAGE_SELF),
+                                                  resource.getrusage(resource.RUSAGE_CHILDREN)))
+
+
+def dataset_clips_per_s(path: Path, n_clips: int, workers: int, batch_size: int = 4) -> tuple[float, float]:
+    """-> (clips/s wall incl. worker start-up, CPU ms per clip of this process + its finished workers),
+    through a DataLoader with default collation (shuffled random starts)."""
     import torch
     from torch.utils.data import DataLoader
 
@@ -118,9 +126,13 @@ def dataset_clips_per_s(path: Path, n_clips: int, workers: int, batch_size: int 
     ds = ClipDataset(path, random_starts(path, n_clips, seed=2))
     loader = DataLoader(ds, batch_size=batch_size, num_workers=workers, shuffle=True,
                         generator=torch.Generator().manual_seed(0), persistent_workers=False)
-    t = time.perf_counter()
-    n = sum(x.shape[0] for x, _ in loader)
-    return n / (time.perf_counter() - t)
+    c, t = _cpu_s_self_and_children(), time.perf_counter()
+    n = 0
+    for x, _ in loader:
+        n += x.shape[0]
+    wall = time.perf_counter() - t
+    del loader  # workers exit and are reaped: their CPU time lands in RUSAGE_CHILDREN
+    return n / wall, (_cpu_s_self_and_children() - c) / n * 1e3
 
 
 def main() -> None:
@@ -160,9 +172,10 @@ def main() -> None:
         print(f"default layout read through zarr only (no shard-file reader): read {z['read_cpu']:.1f} ms CPU "
               f"({z['read_wall']:.1f} wall), item {z['item_cpu']:.1f} ms CPU ({z['item_wall']:.1f} wall)")
         for workers in (0, 1, 2):
-            cps = dataset_clips_per_s(path, args.loader_clips, workers)
-            print(f"DataLoader(ClipDataset, batch 4, num_workers={workers}), default layout "
-                  f"{default.to_dict()}: {cps:.1f} clips/s (wall, incl. worker start)")
+            cps, cpu_ms = dataset_clips_per_s(path, args.loader_clips, workers)
+            print(f"DataLoader(ClipDataset, batch 4, default collation, num_workers={workers}), default layout: "
+                  f"{cps:.1f} clips/s wall (incl. worker start); {cpu_ms:.1f} CPU ms per clip "
+                  f"= {1e3 / cpu_ms:.0f} clips/s per core")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
