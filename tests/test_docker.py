@@ -13,9 +13,11 @@ import os
 import re
 import secrets
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -89,8 +91,9 @@ def test_every_cli_command_the_containers_run_exists():
 def ray_head(workdir: Path, env: dict):
     """`ray start --head --block` on 127.0.0.1 with token auth; yields its address; stops it on exit."""
     port = free_port()
+    temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # Ray's socket paths must stay under 107 bytes
     cmd = ["ray", "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
-           "--num-cpus=2", "--include-dashboard=false", f"--temp-dir={workdir / 'ray'}"]
+           "--num-cpus=2", "--include-dashboard=false", f"--temp-dir={temp_dir}"]
     log = open(workdir / "ray-head.log", "wb")
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     address = f"127.0.0.1:{port}"
@@ -106,6 +109,7 @@ def ray_head(workdir: Path, env: dict):
             os.killpg(proc.pid, signal.SIGTERM)
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=30)
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 @pytest.mark.slow

@@ -57,7 +57,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Small network for tests, the demo and CPU-only training (total stride 8: 96 -> 24 -> 12).
     "tiny": dict(
         in_len=5, out_len=20, height=96, width=96, coord_channels=True,
-        first_conv=(8, 6, 4, 1), last_deconv=(8, 6, 4, 1),
+        first_conv=(8, 6, 4, 1), last_deconv=(4, 6, 4, 1), final_channels=4,
         downsample=((3, 2, 1),), upsample=((4, 2, 1),),
         filters=(16, 32), n_flows=(5, 5), h2h_kernel=(3, 3),
         flow_channels=16,
