@@ -7,7 +7,9 @@ masks the way the ingest does (whole shards), then prints: store MB, write CPU m
 time for one random 25-frame clip -- ``StoreReader.read`` (uint8 frames + bool masks) and
 ``ClipDataset[i]`` (float32 tensors) -- as CPU ms (robust on a loaded machine) and wall ms. The
 clips/s/core column is 1000 / ClipDataset CPU ms. Then, for the default layout, DataLoader clips/s
-with 0, 1 and 2 worker processes (batch 4), and the zarr-only read path for comparison.
+with 0, 1 and 2 worker processes (batch 4), item by item with the default collation (the old path)
+and batched (``ClipDataset.__getitems__`` + ``collate_clips``), and the zarr-only read path.
+``--loader-only`` skips the layout table.
 """
 from __future__ import annotations
 
@@ -115,24 +117,53 @@ def _cpu_s_self_and_children() -> float:
                                                   resource.getrusage(resource.RUSAGE_CHILDREN)))
 
 
-def dataset_clips_per_s(path: Path, n_clips: int, workers: int, batch_size: int = 4) -> tuple[float, float]:
+class _PerItemDataset:
+    """ClipDataset without ``__getitems__``: the DataLoader fetches item by item (the old path)."""
+
+    def __init__(self, ds):
+        self.ds = ds
+
+    def __len__(self):
+        return len(self.ds)
+
+    def __getitem__(self, i):
+        return self.ds[i]
+
+
+def dataset_clips_per_s(path: Path, n_clips: int, workers: int, batch_size: int = 4,
+                        batched: bool = True) -> tuple[float, float]:
     """-> (clips/s wall incl. worker start-up, CPU ms per clip of this process + its finished workers),
-    through a DataLoader with default collation (shuffled random starts)."""
+    through a DataLoader (shuffled random starts). batched: ``ClipDataset.__getitems__`` +
+    ``collate_clips``; else item by item + the default collation (stacking)."""
     import torch
     from torch.utils.data import DataLoader
 
-    from pipeline.dataset import ClipDataset
+    from pipeline.dataset import ClipDataset, collate_clips
 
     ds = ClipDataset(path, random_starts(path, n_clips, seed=2))
-    loader = DataLoader(ds, batch_size=batch_size, num_workers=workers, shuffle=True,
-                        generator=torch.Generator().manual_seed(0), persistent_workers=False)
+    kw = dict(collate_fn=collate_clips) if batched else {}
+    loader = DataLoader(ds if batched else _PerItemDataset(ds), batch_size=batch_size, num_workers=workers,
+                        shuffle=True, generator=torch.Generator().manual_seed(0), persistent_workers=False, **kw)
     c, t = _cpu_s_self_and_children(), time.perf_counter()
     n = 0
-    for x, _ in loader:
+    for x, m in loader:
         n += x.shape[0]
+        float(x[:, -1, 0, 0, 0].sum() + m[:, -1, 0, 0, 0].sum())  # touch the batch, as a consumer would
     wall = time.perf_counter() - t
     del loader  # workers exit and are reaped: their CPU time lands in RUSAGE_CHILDREN
     return n / wall, (_cpu_s_self_and_children() - c) / n * 1e3
+
+
+def loader_table(path: Path, n_clips: int, batch_size: int = 4) -> None:
+    """DataLoader clips/s, old (per item + default collation) vs new (batched), 0/1/2 workers."""
+    print(f"| DataLoader (batch {batch_size}) | num_workers | clips/s (wall, incl. worker start) "
+          "| CPU ms per clip (all processes) | clips/s per core of CPU |")
+    print("|---|---|---|---|---|")
+    for workers in (0, 1, 2):
+        for batched in (False, True):
+            cps, cpu_ms = dataset_clips_per_s(path, n_clips, workers, batch_size, batched)
+            name = "__getitems__ + collate_clips" if batched else "per item + default collation"
+            print(f"| {name} | {workers} | {cps:.1f} | {cpu_ms:.1f} | {1e3 / cpu_ms:.0f} |", flush=True)
 
 
 def main() -> None:
@@ -141,6 +172,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=480)
     ap.add_argument("--clips", type=int, default=60, help="random clips timed per layout")
     ap.add_argument("--loader-clips", type=int, default=200, help="clips through the DataLoader")
+    ap.add_argument("--loader-only", action="store_true", help="skip the layout table")
     args = ap.parse_args()
     frames, masks = radar_frames(args.frames, args.size)
     png_mb = sum(len(hko7.encode_frame(f)) for f in frames[:20]) / 20 * args.frames / 1e6
@@ -149,10 +181,11 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench_dataset_"))
     default = st.StoreLayout()
     try:
-        print("| chunk frames | shard frames | compressor | files | store MB | write CPU ms/frame "
-              "| clip read CPU ms (wall) | ClipDataset item CPU ms (wall) | clips/s/core |")
-        print("|---|---|---|---|---|---|---|---|---|")
-        for chunk, shard, comp, level in LAYOUTS:
+        if not args.loader_only:
+            print("| chunk frames | shard frames | compressor | files | store MB | write CPU ms/frame "
+                  "| clip read CPU ms (wall) | ClipDataset item CPU ms (wall) | clips/s/core |")
+            print("|---|---|---|---|---|---|---|---|---|")
+        for chunk, shard, comp, level in ([] if args.loader_only else LAYOUTS):
             layout = st.StoreLayout(chunk, shard, comp, level)
             path = tmp / f"c{chunk}_s{shard}_{comp}{level}.zarr"
             c = time.process_time()
@@ -168,14 +201,11 @@ def main() -> None:
                   f"| {1e3 / r['item_cpu']:.0f} |" + ("" if r["fast"] else " zarr path"))
         path = tmp / "default.zarr"
         write_store(path, frames, masks, default)
-        z = clip_costs(path, args.clips, fast=False)
-        print(f"default layout read through zarr only (no shard-file reader): read {z['read_cpu']:.1f} ms CPU "
-              f"({z['read_wall']:.1f} wall), item {z['item_cpu']:.1f} ms CPU ({z['item_wall']:.1f} wall)")
-        for workers in (0, 1, 2):
-            cps, cpu_ms = dataset_clips_per_s(path, args.loader_clips, workers)
-            print(f"DataLoader(ClipDataset, batch 4, default collation, num_workers={workers}), default layout: "
-                  f"{cps:.1f} clips/s wall (incl. worker start); {cpu_ms:.1f} CPU ms per clip "
-                  f"= {1e3 / cpu_ms:.0f} clips/s per core")
+        if not args.loader_only:
+            z = clip_costs(path, args.clips, fast=False)
+            print(f"default layout read through zarr only (no shard-file reader): read {z['read_cpu']:.1f} ms CPU "
+                  f"({z['read_wall']:.1f} wall), item {z['item_cpu']:.1f} ms CPU ({z['item_wall']:.1f} wall)")
+        loader_table(path, args.loader_clips)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

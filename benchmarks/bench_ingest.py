@@ -20,6 +20,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -126,6 +127,22 @@ def breakdown(root: Path, tmp: Path) -> None:
           f"(the ceiling for 'ingest / decode rate' with this output)")
 
 
+def task_report(res: "ing.IngestResult") -> str:
+    """Inside the Dask workers: are the units running in parallel, and at what CPU share?"""
+    st_ = res.task_stats
+    if not st_:
+        return "no unit tasks ran"
+    n = sum(t["n"] for t in st_)
+    cpu = sum(t["cpu_s"] for t in st_)
+    busy = sum(t["end_s"] - t["start_s"] for t in st_)
+    span = max(t["end_s"] for t in st_) - min(t["start_s"] for t in st_)
+    pids = Counter(t["pid"] for t in st_)
+    return (f"{len(st_)} unit tasks on {len(pids)} worker process(es) {sorted(pids.values())}: task CPU "
+            f"{cpu / n * 1e3:.2f} ms/frame, task wall {busy / n * 1e3:.2f} ms/frame (CPU/wall in tasks "
+            f"{cpu / busy:.0%}: the rest is waiting for a core or I/O); tasks in flight on average "
+            f"{busy / span:.2f}; first start -> last end {span:.2f} s of a {res.write_seconds:.2f} s unit phase")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--frames", type=int, default=1200)
@@ -133,6 +150,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=None)
     ap.add_argument("--units", type=int, default=4, help="units timed per compressor in the per-core table")
     ap.add_argument("--tmp", default=None, help="scratch folder (default: a temp dir)")
+    ap.add_argument("--skip-table", action="store_true", help="skip the per-core table and breakdown")
     args = ap.parse_args()
     cores = args.workers or os.cpu_count()
     tmp = Path(tempfile.mkdtemp(prefix="bench_ingest_", dir=args.tmp))
@@ -141,8 +159,9 @@ def main() -> None:
         make_archive(tmp / "archive", args.frames, args.size)
         print(f"archive: {args.frames} frames {args.size}x{args.size} in {time.perf_counter() - t:.1f} s; "
               f"os.cpu_count()={os.cpu_count()}, load average {os.getloadavg()[0]:.1f}")
-        per_core_table(tmp / "archive", tmp, args.units)
-        breakdown(tmp / "archive", tmp)
+        if not args.skip_table:
+            per_core_table(tmp / "archive", tmp, args.units)
+            breakdown(tmp / "archive", tmp)
         rate = decode_rate(tmp / "archive")
         res = ing.ingest(ing.IngestConfig(tmp / "archive", tmp / "store.zarr", workers=cores), progress=False)
         rate_after = decode_rate(tmp / "archive")
@@ -155,6 +174,7 @@ def main() -> None:
               f"= {res.frames_per_s / ref:.0%} of cores x decode rate")
         print(f"ingest, unit phase only (decode + write, excl. cluster start-up): {res.write_seconds:.1f} s, "
               f"{res.write_frames_per_s:.0f} frames/s = {res.write_frames_per_s / ref:.0%} of cores x decode rate")
+        print(task_report(res))
         t = time.perf_counter()
         again = ing.ingest(ing.IngestConfig(tmp / "archive", tmp / "store.zarr", workers=cores), progress=False)
         print(f"re-run on the finished store: {time.perf_counter() - t:.1f} s, units written {again.n_units_written}")

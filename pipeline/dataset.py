@@ -3,17 +3,26 @@
 Typical use::
 
     starts_s = shard(clip_starts(store, "train", "random"), rank, world_size)
-    loader = DataLoader(ClipDataset(store, starts_s), batch_size=4, shuffle=True, num_workers=2)
+    loader = DataLoader(ClipDataset(store, starts_s), batch_size=4, shuffle=True, num_workers=2,
+                        collate_fn=collate_clips)
     for frames, masks in loader:           # (B, S, 1, H, W) each
         frames = frames.transpose(0, 1)    # -> (S, B, 1, H, W)
 
 The dataset opens the store lazily in each process (DataLoader workers and Ray workers each open
 their own), so it pickles cheaply and never shares zarr handles across processes.
+
+Batched fetch: a DataLoader with automatic batching calls ``ClipDataset.__getitems__(indices)``,
+which reads the whole batch into one (B, S, 1, H, W) float32 pair; :func:`collate_clips` hands that
+pair on without copying. The default collation also works (it stacks the per-item views: same
+values, one extra copy). Why: the default collation's ``torch.stack`` into a freshly allocated
+92 MB tensor per array and batch of 4 page-faults 4 KiB at a time and cost more than reading and
+decoding the clips (benchmarks/bench_dataset.py).
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -117,3 +126,64 @@ class ClipDataset:
         np.divide(frames_u8, np.float32(255.0), out=x[:, 0], dtype=np.float32)  # == float32(pixel / 255)
         np.copyto(m[:, 0], masks_b.view(np.uint8), casting="unsafe")
         return torch.from_numpy(x), torch.from_numpy(m)
+
+    def __getitems__(self, indices: Sequence[int]) -> "ClipBatch":
+        """Batched fetch (called by ``DataLoader`` with automatic batching) -> :class:`ClipBatch`.
+
+        Reads clips ``indices`` (B of them) into one frames and one masks tensor, float32
+        (B, seq_len, 1, H, W), values identical to ``__getitem__``. Inside a DataLoader worker the
+        two tensors are allocated in shared memory, so sending them to the main process copies
+        nothing; in the main process they are numpy allocations (huge pages, see ``__getitem__``).
+        """
+        idx = [int(i) for i in indices]
+        for i in idx:
+            if not -len(self) <= i < len(self):
+                raise IndexError(f"clip index {i} out of range for {len(self)} clips")
+        reader = self.reader
+        shape = (len(idx), self.seq_len, 1, reader.height, reader.width)
+        frames, masks = _batch_tensor(shape), _batch_tensor(shape)
+        x, m = frames.numpy(), masks.numpy()
+        frames_u8, masks_b = self._buffers()
+        for b, i in enumerate(idx):
+            reader.read(self.slot_times_s(i), frames_u8, masks_b)
+            np.divide(frames_u8, np.float32(255.0), out=x[b, :, 0], dtype=np.float32)  # == float32(pixel / 255)
+            np.copyto(m[b, :, 0], masks_b.view(np.uint8), casting="unsafe")
+        return ClipBatch(frames, masks)
+
+
+def _batch_tensor(shape: tuple):
+    """An uninitialised float32 tensor of ``shape``: in shared memory inside a DataLoader worker
+    (what the worker would copy it into anyway), else wrapping a numpy allocation."""
+    import torch
+    from torch.utils.data import get_worker_info
+
+    if get_worker_info() is None:
+        return torch.from_numpy(np.empty(shape, dtype=np.float32))
+    storage = torch.UntypedStorage._new_shared(int(np.prod(shape)) * 4)
+    return torch.empty(0, dtype=torch.float32).set_(storage).view(shape)
+
+
+class ClipBatch(list):
+    """What ``ClipDataset.__getitems__`` returns: a list of B (frames, masks) items -- views into
+    ``.frames`` and ``.masks``, float32 (B, seq_len, 1, H, W) -- so that any collation works;
+    :func:`collate_clips` returns ``(.frames, .masks)`` without copying."""
+
+    def __init__(self, frames, masks):
+        super().__init__(zip(frames.unbind(0), masks.unbind(0)))
+        self.frames, self.masks = frames, masks
+
+
+def collate_clips(batch):
+    """``collate_fn`` for a DataLoader over :class:`ClipDataset` -> (frames, masks) float32 (B, S, 1, H, W).
+
+    batch : a :class:`ClipBatch` (passed on as is: no copy) or a list of (frames, masks) items of
+    (S, 1, H, W) each (stacked, as the default collation does).
+    """
+    import torch
+
+    if isinstance(batch, ClipBatch):
+        return batch.frames, batch.masks
+    if not len(batch):
+        raise ValueError("collate_clips got an empty batch")
+    frames, masks = zip(*batch)
+    return torch.stack(frames), torch.stack(masks)

@@ -210,11 +210,11 @@ def _batches(store: Path, starts_s: np.ndarray, seq_len: int, batch_size: int):
     """Yield (frames, masks) torch float32 (seq_len, B, 1, H, W) over the clips, in order."""
     import torch
 
-    from pipeline.dataset import ClipDataset
+    from pipeline.dataset import ClipDataset, collate_clips
 
     dataset = ClipDataset(str(store), np.asarray(starts_s, dtype=np.int64), seq_len=seq_len)
     loader = torch.utils.data.DataLoader(dataset, batch_size=max(1, int(batch_size)), shuffle=False,
-                                         num_workers=0)
+                                         num_workers=0, collate_fn=collate_clips)
     for frames, masks in loader:
         yield frames.transpose(0, 1), masks.transpose(0, 1)
 

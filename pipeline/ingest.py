@@ -99,6 +99,7 @@ class IngestResult:
     clips: dict = field(default_factory=dict)
     cluster_seconds: float = 0.0  # starting/connecting and closing the Dask cluster (part of ``seconds``)
     write_seconds: float = 0.0    # decoding + writing the units (part of ``seconds``)
+    task_stats: list = field(default_factory=list)  # per written unit: see :func:`_timed_unit`
 
     @property
     def write_frames_per_s(self) -> float:
@@ -239,6 +240,15 @@ def ingest_unit(store_path: str, archive: str, unit: int, i0: int, slots: list) 
     return marker
 
 
+def _timed_unit(store_path: str, archive: str, unit: int, i0: int, slots: list) -> dict:
+    """:func:`ingest_unit` plus where and how long it ran -> {"unit", "n", "pid", "start_s", "end_s"
+    (wall clock, time.time), "cpu_s" (CPU seconds of the task's process during the task)}."""
+    start_s, cpu0 = time.time(), time.process_time()
+    ingest_unit(store_path, archive, unit, i0, slots)
+    return {"unit": int(unit), "n": len(slots), "pid": os.getpid(), "start_s": start_s, "end_s": time.time(),
+            "cpu_s": time.process_time() - cpu0}
+
+
 @dataclass
 class _Plan:
     time_s: np.ndarray           # (T,) the full axis after this run
@@ -299,10 +309,12 @@ def _done_units(group) -> set[int]:
 
 # ------------------------------------------------------------------------------------------ dask
 
-def _run_local(todo, plan, store_path, archive, progress) -> None:
+def _run_local(todo, plan, store_path, archive, progress) -> list[dict]:
+    stats = []
     for unit in _progress_iter(todo, progress):
         i0, slots = plan.unit_slots(unit)
-        ingest_unit(store_path, archive, unit, i0, slots)
+        stats.append(_timed_unit(store_path, archive, unit, i0, slots))
+    return stats
 
 
 def _progress_iter(items, progress: bool):
@@ -342,10 +354,11 @@ def _warm_up_worker() -> None:
     from PIL import Image, PngImagePlugin  # noqa: F401
 
 
-def _run_dask(todo, plan, store_path, archive, cfg, progress) -> tuple[float, float]:
+def _run_dask(todo, plan, store_path, archive, cfg, progress) -> tuple[float, float, list]:
     """Submit one task per unit with a bounded window (bounded memory) and wait for all.
 
-    Tasks return only the small marker dict. -> (cluster seconds: start/connect + close, unit seconds).
+    Tasks return only a small timing dict. -> (cluster seconds: start/connect + close, unit seconds,
+    per-unit stats of :func:`_timed_unit`).
     """
     from dask.distributed import as_completed
 
@@ -357,14 +370,15 @@ def _run_dask(todo, plan, store_path, archive, cfg, progress) -> tuple[float, fl
         n_workers = max(1, len(client.scheduler_info().get("workers", {})))
         window = 4 * n_workers
         pending = iter(todo)
+        stats = []
 
         def submit(unit):
             i0, slots = plan.unit_slots(unit)
-            return client.submit(ingest_unit, store_path, archive, unit, i0, slots, pure=False)
+            return client.submit(_timed_unit, store_path, archive, unit, i0, slots, pure=False)
 
         running = as_completed([submit(u) for u in itertools.islice(pending, window)])
         for fut in _progress_iter_dynamic(running, len(todo), progress):
-            fut.result()  # re-raises a worker's error (e.g. store not writable)
+            stats.append(fut.result())  # re-raises a worker's error (e.g. store not writable)
             nxt = next(pending, None)
             if nxt is not None:
                 running.add(submit(nxt))
@@ -373,7 +387,7 @@ def _run_dask(todo, plan, store_path, archive, cfg, progress) -> tuple[float, fl
         client.close()
         if cluster is not None:
             cluster.close()
-    return (t1 - t0) + (time.perf_counter() - t2), t2 - t1
+    return (t1 - t0) + (time.perf_counter() - t2), t2 - t1, stats
 
 
 def _progress_iter_dynamic(iterator, total: int, progress: bool):
@@ -524,13 +538,14 @@ def ingest(cfg: IngestConfig, progress: bool = True) -> IngestResult:
     todo = _apply_plan(group, plan)
     n_new = plan.time_s.size - plan.n_committed
     cluster_s = write_s = 0.0
+    stats = []
     try:
         if cfg.workers == 0 and not (cfg.scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS")):
             t_w = time.perf_counter()
-            _run_local(todo, plan, str(store_path), str(root), progress)
+            stats = _run_local(todo, plan, str(store_path), str(root), progress)
             write_s = time.perf_counter() - t_w
         elif todo:
-            cluster_s, write_s = _run_dask(todo, plan, str(store_path), str(root), cfg, progress)
+            cluster_s, write_s, stats = _run_dask(todo, plan, str(store_path), str(root), cfg, progress)
     except OSError as exc:
         raise NowcastError(f"cannot write the store {store_path}: {exc}; choose a writable location") from exc
     report_path = Path(cfg.report_path) if cfg.report_path else store_path.with_name(
@@ -544,7 +559,7 @@ def ingest(cfg: IngestConfig, progress: bool = True) -> IngestResult:
         seconds=seconds, frames_per_s=written / seconds if seconds > 0 else 0.0, store=str(store_path),
         report_path=str(report_path), n_units_written=len(todo), n_units_skipped=plan.n_units - len(todo),
         n_without_mask=len(final["no_mask"]), n_skipped_old=plan.n_skipped_old, clips=final["clips"],
-        cluster_seconds=cluster_s, write_seconds=write_s)
+        cluster_seconds=cluster_s, write_seconds=write_s, task_stats=stats)
 
 
 def _warn(no_mask: list, n_skipped_old: int, bad: list) -> None:

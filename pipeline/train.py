@@ -423,7 +423,7 @@ def _validate(model, cfg: TrainConfig, starts_s: np.ndarray, in_len: int, out_le
     import torch.distributed as dist
     from torch.utils.data import DataLoader
 
-    from pipeline.dataset import ClipDataset, shard
+    from pipeline.dataset import ClipDataset, collate_clips, shard
     from trajgru.metrics import SkillScores, champion_score
 
     module = getattr(model, "module", model)
@@ -433,7 +433,7 @@ def _validate(model, cfg: TrainConfig, starts_s: np.ndarray, in_len: int, out_le
     gifs = []
     if len(mine):
         loader = DataLoader(ClipDataset(cfg.store, mine, seq_len=in_len + out_len),
-                            batch_size=max(1, cfg.batch_size // cfg.workers))
+                            batch_size=max(1, cfg.batch_size // cfg.workers), collate_fn=collate_clips)
         with torch.no_grad():
             for frames, masks in loader:
                 inputs, truth, mask = split_clip(frames.to(device), masks.to(device), in_len, out_len)
@@ -553,7 +553,7 @@ def train_loop_per_worker(config: dict) -> dict:
     from ray.train import Checkpoint, CheckpointConsistencyMode
     from torch.utils.data import DataLoader
 
-    from pipeline.dataset import ClipDataset, clip_starts, shard
+    from pipeline.dataset import ClipDataset, clip_starts, collate_clips, shard
     from trajgru.losses import BalancedLoss
 
     cfg = TrainConfig(**config["cfg"])
@@ -580,6 +580,7 @@ def train_loop_per_worker(config: dict) -> dict:
         ClipDataset(cfg.store, train_starts, seq_len=in_len + out_len),
         batch_sampler=StepBatchSampler(len(train_starts), per_worker, cfg.seed, rank, start + 1, cfg.steps),
         num_workers=cfg.num_dataloader_workers,
+        collate_fn=collate_clips,
     )
     loader = ray.train.torch.prepare_data_loader(loader, add_dist_sampler=False)
     loss_fn = BalancedLoss(cfg.mse_weight, cfg.mae_weight)

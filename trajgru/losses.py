@@ -61,7 +61,7 @@ def balanced_weights(truth_pixel):
         bounds = torch.as_tensor(thresholds, dtype=truth.dtype, device=truth.device)
         table = torch.as_tensor(BALANCE_WEIGHTS, dtype=torch.float32, device=truth.device)
         # bin = number of thresholds <= value, i.e. the ">=" rule of the original code
-        return table[torch.bucketize(truth, bounds, right=True)]
+        return table[torch.bucketize(truth.contiguous(), bounds, right=True)]
     truth = np.asarray(truth_pixel)
     if truth.dtype != np.float64:
         truth = truth.astype(np.float32)

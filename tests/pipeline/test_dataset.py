@@ -132,3 +132,71 @@ def test_float_conversion_is_exact_and_items_do_not_alias(store, tmp_path):
     first = ds2[0][0]
     _ = ds2[len(ds2) - 1]
     assert bool((first == a0).all())
+
+
+def test_getitems_equals_per_item_stacking(store):
+    """The batched fetch gives bit-identical values to stacking __getitem__ items, incl. clips over
+    the gaps (absent slots 0, mask 0), negative and repeated indices; items are views of the batch."""
+    import torch
+
+    from pipeline.dataset import ClipBatch, collate_clips
+
+    starts = clip_starts(store.path, "train")
+    gap = [int(store.arch.times_s()[k]) for k in (3, 5, 9, 30)]  # clips over slots 10, 11 and/or 40
+    ds = ClipDataset(store.path, np.concatenate([starts, gap]), seq_len=25)
+    idx = [len(ds) - 1, 0, len(ds) - 3, -2, 0, 7]
+    batch = ds.__getitems__(idx)
+    assert isinstance(batch, ClipBatch) and len(batch) == len(idx)
+    frames, masks = collate_clips(batch)
+    assert frames.shape == masks.shape == (len(idx), 25, 1, 32, 32)
+    assert frames.dtype == masks.dtype == torch.float32
+    want_x = torch.stack([ds[i][0] for i in idx])
+    want_m = torch.stack([ds[i][1] for i in idx])
+    assert torch.equal(frames, want_x) and torch.equal(masks, want_m)
+    for b, i in enumerate(idx):  # against the independent expectation from the archive files
+        ex, em = expected_clip(store.arch, int(ds.starts_s[i]), 25)
+        np.testing.assert_allclose(frames[b].numpy(), ex, rtol=0, atol=1e-7)
+        np.testing.assert_array_equal(masks[b].numpy(), em)
+    gap_rows = [b for b, i in enumerate(idx) if int(ds.starts_s[i]) in gap]
+    assert gap_rows and all(float(masks[b].flatten(1).sum(1).min()) == 0 for b in gap_rows)
+    assert batch[1][0].data_ptr() == frames[1].data_ptr()  # items are views, no copy
+    with pytest.raises(IndexError):
+        ds.__getitems__([0, len(ds)])
+
+
+def test_collate_clips_falls_back_to_stacking(store):
+    import torch
+    from torch.utils.data import default_collate
+
+    from pipeline.dataset import collate_clips
+
+    ds = ClipDataset(store.path, clip_starts(store.path, "train")[:3], seq_len=5)
+    items = [ds[i] for i in range(3)]
+    frames, masks = collate_clips(items)
+    want = default_collate(items)
+    assert torch.equal(frames, want[0]) and torch.equal(masks, want[1]) and frames.shape == (3, 5, 1, 32, 32)
+    # the default collation still works on the batched fetch (it stacks the per-item views)
+    got = default_collate(ds.__getitems__([2, 0]))
+    assert torch.equal(got[0], torch.stack([ds[2][0], ds[0][0]])) and torch.equal(got[1], torch.stack([ds[2][1], ds[0][1]]))
+    with pytest.raises(ValueError):
+        collate_clips([])
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_dataloader_collate_clips_matches_default(store, workers):
+    """DataLoader with __getitems__ + collate_clips (in-process and in worker processes, where the
+    batch is allocated in shared memory) == the default per-item path, batch for batch."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from pipeline.dataset import collate_clips
+
+    starts = clip_starts(store.path, "train")
+    ds = ClipDataset(store.path, np.concatenate([starts[:9], store.arch.times_s()[[5, 31]]]), seq_len=25)
+    got = list(DataLoader(ds, batch_size=4, num_workers=workers, collate_fn=collate_clips))
+    want = [(torch.stack([ds[i][0] for i in range(b, min(b + 4, len(ds)))]),
+             torch.stack([ds[i][1] for i in range(b, min(b + 4, len(ds)))])) for b in range(0, len(ds), 4)]
+    assert len(got) == len(want) == 3
+    for (gx, gm), (wx, wm) in zip(got, want):
+        assert torch.equal(gx, wx) and torch.equal(gm, wm)
+        assert gx.is_shared() == (workers > 0)
