@@ -10,6 +10,9 @@
 3. The real thing: ``ingest`` on a LocalCluster of ``workers`` processes (default: all cores), reported
    against cores x single-core decode rate (wall clock, decode rate measured in the same run),
    including and excluding the cluster start-up.
+   Then, from inside the workers (per-unit task timings): task CPU ms/frame, CPU/wall share in the
+   tasks (below 100% = waiting for a core or I/O) and how many tasks ran at once.
+   ``--skip-table`` skips step 2.
 Target: ingest frames/s >= 0.8 x cores x decode rate.
 """
 from __future__ import annotations

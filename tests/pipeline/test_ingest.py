@@ -284,3 +284,62 @@ def test_ingest_default_local_cluster_via_env(hand_archive, tmp_path, monkeypatc
     res = run(arch.root, tmp_path / "s.zarr", workers=2, chunk_frames=2, shard_frames=4)
     assert res.n_units_written == 6 and res.frames_per_s > 0
     assert_store_matches(tmp_path / "s.zarr", arch)
+
+
+def test_mask_cache_reuses_only_identical_bytes():
+    """_MaskCache.decode == hko7.decode_mask for every input; equal bytes hit, other bytes decode;
+    a bad file raises and leaves the cache as it was."""
+    rng = np.random.default_rng(3)
+    a, b = rng.random((6, 5)) > 0.5, rng.random((6, 5)) > 0.5
+    da, db = hko7.encode_mask(a), hko7.encode_mask(b)
+    cache = ing._MaskCache()
+    seq = [da, bytes(bytearray(da)), db, da, da, b"not zlib", da]
+    hits = []
+    for data in seq:
+        if data == b"not zlib":
+            with pytest.raises(hko7.FrameDecodeError):
+                cache.decode(data, (6, 5))
+            continue
+        before = cache.hits
+        got = cache.decode(data, (6, 5))
+        np.testing.assert_array_equal(got, a if data == da else b)
+        hits.append(cache.hits - before)
+    assert hits == [0, 1, 0, 0, 1, 1]  # a copy of equal bytes hits; a change of bytes decodes
+    with pytest.raises(hko7.FrameDecodeError):  # same bytes, other shape: decoded (and rejected), no hit
+        cache.decode(da, (3, 5))
+
+
+def test_repeated_masks_ingest_exactly(tmp_path, archive_tools):
+    """Runs of byte-identical masks (as in HKO-7), a changed mask, and a corrupt mask between two
+    identical ones: every slot reads back as its own file says; the corrupt slot is missing."""
+    root = tmp_path / "archive"
+    arch = archive_tools.build_archive(root, 12, size=16)
+    times = arch.times_s().tolist()
+    shared = archive_tools.mask_pixels(times[0], 16)
+    other = ~shared
+    for k, t in enumerate(times):
+        m = other if k in (4, 5) else shared
+        hko7.mask_path(root, t).write_bytes(hko7.encode_mask(m))
+        arch.masks[t] = m
+    hko7.mask_path(root, times[8]).write_bytes(b"\x78\x9c broken")
+    del arch.frames[times[8]], arch.masks[times[8]]
+    res = run(root, tmp_path / "s.zarr", chunk_frames=2, shard_frames=12)
+    assert res.n_bad == 1 and res.bad_files[0]["path"].endswith(".mask")
+    assert_store_matches(tmp_path / "s.zarr", arch, bad_times={times[8]})
+
+
+@pytest.mark.slow
+def test_local_cluster_workers_get_the_malloc_settings(monkeypatch):
+    """The LocalCluster's workers run with WORKER_MALLOC_ENV (not Dask's MALLOC_TRIM_THRESHOLD_=65536,
+    which made every large buffer page-fault), even when the driver's environment has Dask's value."""
+    monkeypatch.delenv("DASK_SCHEDULER_ADDRESS", raising=False)
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")
+    client, cluster = ing._client(ing.IngestConfig("unused", "unused", workers=1))
+    try:
+        envs = client.run(lambda: {k: os.environ.get(k) for k in ing.WORKER_MALLOC_ENV})
+    finally:
+        client.close()
+        cluster.close()
+    assert list(envs.values()) == [ing.WORKER_MALLOC_ENV]
+    assert os.environ["MALLOC_TRIM_THRESHOLD_"] == "65536"  # the driver's environment is restored
+    assert ing.WORKER_MALLOC_ENV["MALLOC_TRIM_THRESHOLD_"] != "65536"
