@@ -220,21 +220,28 @@ def _batches(store: Path, starts_s: np.ndarray, seq_len: int, batch_size: int):
 
 
 def score_clips(forecaster, store: str | Path, starts_s: np.ndarray, in_len: int, out_len: int,
-                batch_size: int = 4, thresholds_mm_h: Sequence[float] = DEFAULT_THRESHOLDS_MM_H):
+                batch_size: int = 4, thresholds_mm_h: Sequence[float] = DEFAULT_THRESHOLDS_MM_H,
+                progress: bool = False):
     """Score ``forecaster`` on the clips starting at ``starts_s`` (int64 epoch s) in this process.
 
     Inputs are frames [0, in_len), truth frames [in_len, in_len + out_len) with their masks.
-    Returns a :class:`trajgru.metrics.SkillScores` (seq_len = out_len).
+    ``progress`` shows a bar over the batches. Returns a :class:`trajgru.metrics.SkillScores`
+    (seq_len = out_len).
     """
     import torch
+    from rich.progress import track
 
     from trajgru.metrics import SkillScores
 
     skill = SkillScores(out_len, thresholds_mm_h)
     if len(starts_s) == 0:
         return skill
+    batches = _batches(Path(store), starts_s, in_len + out_len, batch_size)
+    n_batches = -(-len(starts_s) // max(1, int(batch_size)))
+    if progress:
+        batches = track(batches, total=n_batches, description=f"evaluate {forecaster.name}", transient=True)
     with torch.no_grad():
-        for frames, masks in _batches(Path(store), starts_s, in_len + out_len, batch_size):
+        for frames, masks in batches:
             pred = forecaster(frames[:in_len])
             if pred.shape[0] < out_len or tuple(pred.shape[1:]) != tuple(frames.shape[1:]):
                 raise NowcastError(
@@ -458,7 +465,8 @@ def _evaluate_loaded(cfg: EvaluateConfig, forecaster, starts_s: np.ndarray, in_l
         skill = score_clips_ray(cfg.model_uri, store, starts_s, in_len, out_len, cfg.workers, cfg.batch_size,
                                 cfg.tracking_uri, cfg.device, cfg.thresholds_mm_h, cfg.ray_address)
     else:
-        skill = score_clips(forecaster, store, starts_s, in_len, out_len, cfg.batch_size, cfg.thresholds_mm_h)
+        skill = score_clips(forecaster, store, starts_s, in_len, out_len, cfg.batch_size, cfg.thresholds_mm_h,
+                            progress=True)
     seconds = time.perf_counter() - t0
     result = skill.result()
     header = f"{forecaster.name} on the {cfg.split} split ({len(starts_s)} clips, {in_len} -> {out_len} frames)"
