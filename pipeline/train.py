@@ -547,7 +547,6 @@ def train_loop_per_worker(config: dict) -> dict:
     Returns (rank 0's value is ``Result.return_value``) ``{"status": "ok" | "non_finite",
     "final_step", "segments", "val_scores", "champion_score", "message"}``.
     """
-    import torch
     import ray.train
     import ray.train.torch
     from ray.train import Checkpoint, CheckpointConsistencyMode

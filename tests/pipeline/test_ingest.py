@@ -257,7 +257,7 @@ def test_day_lists_define_splits(hand_archive, tmp_path):
         want_seq = cat.sequent_clips(good[sel], interval=np.timedelta64(IV, "s")).astype(np.int64)
         np.testing.assert_array_equal(st.read_catalog(g, split, "sequent"), want_seq)
         assert res.clips[split]["sequent_clips"] == want_seq.size > 0
-    assert g[f"catalog/test"].attrs["seq_len"] == 25 and g["catalog/test"].attrs["max_consecutive_missing"] == 2
+    assert g["catalog/test"].attrs["seq_len"] == 25 and g["catalog/test"].attrs["max_consecutive_missing"] == 2
 
 
 @pytest.mark.slow

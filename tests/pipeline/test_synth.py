@@ -1,7 +1,6 @@
 """Tests for pipeline.synth: layout, codecs, masks, determinism, missing frames, day lists, weather."""
 from __future__ import annotations
 
-import io
 import math
 import re
 import zlib

@@ -13,17 +13,6 @@ from trajgru.warp import warp
 SLOPE = 0.2
 
 
-@pytest.fixture(autouse=True)
-def _seed_and_one_thread():
-    """Seeded; one intra-op thread: these tensors are tiny, and on a shared 2-core runner
-    two OpenMP threads fighting other processes make each op 10x slower."""
-    torch.manual_seed(0)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def randomise_flow_head(cell: TrajGRUCell, scale: float = 0.05) -> None:
     """Give the (zero-initialised) flow output conv random weights so warps are non-trivial."""
     with torch.no_grad():
