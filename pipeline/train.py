@@ -261,6 +261,19 @@ def expand_segments(segments: list[list[int]]) -> list[int]:
     return [s for a, b in segments for s in range(a, b + 1)]
 
 
+def worker_print(*parts, **kwargs) -> None:
+    """Print from a Ray Train worker once.
+
+    Ray Train V2 patches ``print`` to tee into its logger whenever ``sys.stdout`` is wrapped
+    (MLflow wraps it), which shows every line twice on the driver; writing to the process's
+    real stdout is forwarded once.
+    """
+    import sys
+
+    kwargs.pop("file", None)
+    print(*parts, file=sys.__stdout__, **kwargs)
+
+
 class NonFiniteLoss(RuntimeError):
     """The loss or the gradient norm became NaN/inf at a step."""
 
@@ -537,7 +550,7 @@ def _maybe_fail(cfg: TrainConfig, step: int, rank: int, world: int) -> None:
         return
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.touch()
-    print(f"[train] fail_at_step={step}: rank {rank} exits abruptly (test hook)", flush=True)
+    worker_print(f"[train] fail_at_step={step}: rank {rank} exits abruptly (test hook)", flush=True)
     os._exit(17)
 
 
@@ -585,7 +598,7 @@ def train_loop_per_worker(config: dict) -> dict:
     loss_fn = BalancedLoss(cfg.mse_weight, cfg.mae_weight)
     reduce_fn = _all_mean_fn(world)
     if rank == 0:
-        print(f"[train] {'resuming after' if start else 'starting at'} step {start} of {cfg.steps}; "
+        worker_print(f"[train] {'resuming after' if start else 'starting at'} step {start} of {cfg.steps}; "
               f"{world} worker(s), global batch {cfg.batch_size}, {len(train_starts)} train clips "
               f"on rank 0, {len(val_starts)} validation clips", flush=True)
 
@@ -630,7 +643,7 @@ def train_loop_per_worker(config: dict) -> dict:
             logger.metrics({"loss": loss, "lr": lr, "grad_norm": gnorm, "samples_per_s": sps}, step)
             if rank == 0:
                 eta = (cfg.steps - step) * cfg.batch_size / max(sps, 1e-9)
-                print(f"[train] step {step}/{cfg.steps}  loss {loss:.5f}  lr {lr:.2e}  "
+                worker_print(f"[train] step {step}/{cfg.steps}  loss {loss:.5f}  lr {lr:.2e}  "
                       f"{sps:.2f} samples/s  ETA {_format_eta(eta)}", flush=True)
             t_window, n_window = time.perf_counter(), 0
         if (cfg.val_every and step % cfg.val_every == 0) or step == cfg.steps:
@@ -640,7 +653,7 @@ def train_loop_per_worker(config: dict) -> dict:
             checkpoint_and_report(step, {"step": step, "loss": loss})
             last_ckpt_step = step
     if status == "ok" and start >= cfg.steps and rank == 0:
-        print(f"[train] already at step {start}: nothing to train", flush=True)
+        worker_print(f"[train] already at step {start}: nothing to train", flush=True)
     logger.end("FINISHED" if status == "ok" else "FAILED")
     return {"status": status, "final_step": segments[-1][1] if segments else start,
             "segments": segments, "val_scores": val_scores, "champion_score": champ,
