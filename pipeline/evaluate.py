@@ -33,6 +33,7 @@ from typing import Sequence
 import numpy as np
 
 from pipeline.errors import NowcastError
+from pipeline.raycluster import connect_ray
 
 DEFAULT_THRESHOLDS_MM_H = (0.5, 2.0, 5.0, 10.0, 30.0)
 PROTOCOL = "sequent"
@@ -270,22 +271,6 @@ def _worker_runtime_env() -> dict:
     return {"env_vars": {"PYTHONPATH": os.pathsep.join(paths)}}
 
 
-def _ensure_ray(address: str | None) -> bool:
-    """Connect to / start Ray unless already initialised. Returns True if this call started it."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    address = address or os.environ.get("RAY_ADDRESS") or None
-    try:
-        ray.init(address=address, include_dashboard=False, log_to_driver=True,
-                 configure_logging=False)
-    except ConnectionError as exc:
-        raise NowcastError(f"cannot connect to the Ray cluster at {address}: {exc}. Check --ray-address / "
-                           "RAY_ADDRESS, or unset both to start a local Ray") from exc
-    return True
-
-
 def score_clips_ray(model_uri: str, store: str | Path, starts_s: np.ndarray, in_len: int, out_len: int,
                     workers: int, batch_size: int = 4, tracking_uri: str | None = None, device: str = "cpu",
                     thresholds_mm_h: Sequence[float] = DEFAULT_THRESHOLDS_MM_H,
@@ -306,7 +291,7 @@ def score_clips_ray(model_uri: str, store: str | Path, starts_s: np.ndarray, in_
         from pipeline.tracking import resolve_tracking_uri
 
         tracking_uri = resolve_tracking_uri(tracking_uri)
-    started = _ensure_ray(ray_address)
+    started = connect_ray(ray_address, include_dashboard=False, configure_logging=False)
     try:
         task = ray.remote(num_cpus=1, max_retries=1)(_score_slice).options(runtime_env=_worker_runtime_env())
         refs = []

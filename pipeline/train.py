@@ -52,6 +52,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import NowcastError
+from pipeline.raycluster import connect_ray
 
 RUN_NAME_TAG = "nowcast.run_name"
 STATE_FILE = "train_state.pt"
@@ -661,24 +662,6 @@ def train_loop_per_worker(config: dict) -> dict:
 
 
 # --------------------------------------------------------------------------- driver side
-def _init_ray(cfg: TrainConfig) -> None:
-    """Connect to ``cfg.ray_address`` or start a local cluster (no-op if already connected)."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    try:
-        if cfg.ray_address:
-            ray.init(address=cfg.ray_address, log_to_driver=True)
-        else:
-            ray.init(log_to_driver=True)
-    except Exception as exc:  # noqa: BLE001 (ConnectionError and friends)
-        raise NowcastError(
-            f"cannot connect to Ray at {cfg.ray_address or 'a new local cluster'}: {exc}. Check "
-            "--ray-address / RAY_ADDRESS (e.g. ray://head:10001 or head:6379), or unset it."
-        ) from exc
-
-
 def _check_store(cfg: TrainConfig) -> tuple[int, int]:
     """The store's frame (H, W); NowcastError if height/width overrides disagree."""
     from pipeline.store import open_store
@@ -791,7 +774,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     cfg = dataclasses.replace(cfg, height=height, width=width)
     model_config = _model_config(cfg, height, width)
     run_id = _mlflow_run(cfg, model_config)
-    _init_ray(cfg)
+    connect_ray(cfg.ray_address)
 
     import mlflow
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
