@@ -2,8 +2,26 @@
 from __future__ import annotations
 
 import os
+import socket
 
 from pipeline.errors import NowcastError
+
+_ADVICE = ("Check --ray-address / RAY_ADDRESS (e.g. head:6379 on a cluster node, or ray://head:10001), "
+           "or unset both to start a local Ray")
+
+
+def check_ray_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Fail fast (NowcastError) when ``address`` (``host:port`` or ``ray://host:port``) accepts no TCP
+    connection within ``timeout_s``: ``ray.init`` itself waits minutes for an absent cluster.
+    ``auto`` and addresses without a port are left to Ray."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        return
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            pass
+    except OSError as exc:
+        raise NowcastError(f"no Ray cluster answers at {address} ({exc}). {_ADVICE}") from exc
 
 
 def connect_ray(address: str | None, **init_kwargs) -> bool:
@@ -17,12 +35,12 @@ def connect_ray(address: str | None, **init_kwargs) -> bool:
     if ray.is_initialized():
         return False
     address = address or os.environ.get("RAY_ADDRESS") or None
+    if address:
+        check_ray_reachable(address)
     try:
         ray.init(address=address, log_to_driver=True, **init_kwargs)
     except Exception as exc:  # noqa: BLE001 (ConnectionError, RuntimeError, ... depending on the failure)
         raise NowcastError(
-            f"cannot connect to Ray at {address or 'a new local cluster'}: {exc}. Check --ray-address / "
-            "RAY_ADDRESS (e.g. head:6379 on a cluster node, or ray://head:10001), or unset both to start "
-            "a local Ray"
+            f"cannot connect to Ray at {address or 'a new local cluster'}: {exc}. {_ADVICE}"
         ) from exc
     return True
