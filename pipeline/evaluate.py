@@ -332,19 +332,11 @@ def _starts_digest(starts_s: np.ndarray) -> dict:
     }
 
 
-def _store_fingerprint(store: Path) -> dict:
-    try:
-        from pipeline.store import store_fingerprint
-
-        return store_fingerprint(store)
-    except ImportError:  # pragma: no cover (older store module)
-        return {"path": str(Path(store).resolve())}
-
-
 def evaluation_record(skill, *, model_uri: str, model_name: str, run_id: str | None, split: str,
                       starts_s: np.ndarray, in_len: int, out_len: int, interval_s: int, store: Path,
                       workers: int, seconds: float) -> dict:
     """The JSON document written by :func:`evaluate` (scores + what was scored)."""
+    from pipeline.store import store_fingerprint
     from trajgru.metrics import champion_score
 
     result = skill.result()
@@ -363,7 +355,7 @@ def evaluation_record(skill, *, model_uri: str, model_name: str, run_id: str | N
         "out_len": int(out_len),
         "interval_s": int(interval_s),
         "clip_starts": _starts_digest(starts_s),
-        "store": _store_fingerprint(store),
+        "store": store_fingerprint(store),
         "champion_score": None if math.isnan(champ) else champ,
         "workers": int(workers),
         "seconds": round(float(seconds), 3),
@@ -383,16 +375,18 @@ def mlflow_metrics(result: dict, split: str, interval_s: int) -> tuple[dict, lis
     """Summary metrics ``{split}_csi_{thr}``, ``{split}_hss_{thr}`` (average over lead times),
     ``{split}_mse|mae|b_mse|b_mae`` (average over lead times), and per-lead curves
     ``{split}_csi_{thr}_by_lead`` with step = lead time in minutes. NaN values are left out."""
+    from trajgru.metrics import nanmean
+
     summary: dict[str, float] = {}
     curves: list[tuple[str, float, int]] = []
     lead_min = [int((t + 1) * interval_s // 60) for t in range(np.asarray(result["csi"]).shape[0])]
     for k, thr in enumerate(np.asarray(result["thresholds"], dtype=float)):
         for name in ("csi", "hss"):
             col = np.asarray(result[name], dtype=float)[:, k]
-            summary[f"{split}_{name}_{thr:g}"] = float(_nanmean(col))
+            summary[f"{split}_{name}_{thr:g}"] = float(nanmean(col))
             curves += [(f"{split}_{name}_{thr:g}_by_lead", float(v), m) for v, m in zip(col, lead_min)]
     for name in ("mse", "mae", "b_mse", "b_mae"):
-        summary[f"{split}_{name}"] = float(_nanmean(np.asarray(result[name], dtype=float)))
+        summary[f"{split}_{name}"] = float(nanmean(np.asarray(result[name], dtype=float)))
     summary = {k: v for k, v in summary.items() if math.isfinite(v)}
     curves = [c for c in curves if math.isfinite(c[1])]
     return summary, curves
@@ -505,13 +499,6 @@ def evaluate(cfg: EvaluateConfig) -> EvaluateResult:
     return _evaluate_loaded(cfg, forecaster, starts, in_len, out_len)
 
 
-def _nanmean(x) -> float:
-    """Mean ignoring NaNs; NaN (no warning) when every value is NaN."""
-    x = np.asarray(x, dtype=float)
-    ok = np.isfinite(x)
-    return float(x[ok].mean()) if ok.any() else float("nan")
-
-
 def _fmt(x: float) -> str:
     return "—" if x is None or not math.isfinite(float(x)) else f"{float(x):.4f}"
 
@@ -521,6 +508,8 @@ def render_comparison(results: Sequence[EvaluateResult], title: str = "", width:
     times, CSI at the last lead time at 5 mm/h when present, B-MSE and B-MAE averaged over lead times."""
     from rich.console import Console
     from rich.table import Table
+
+    from trajgru.metrics import nanmean
 
     thresholds = np.asarray(results[0].scores["thresholds"], dtype=float)
     table = Table(title=title or None)
@@ -534,8 +523,8 @@ def render_comparison(results: Sequence[EvaluateResult], title: str = "", width:
         cells = [res.model_name or res.model_uri]
         for name in ("csi", "hss"):
             arr = np.asarray(res.scores[name], dtype=float)
-            cells += [_fmt(_nanmean(arr[:, k])) for k in range(arr.shape[1])]
-        cells += [f"{float(_nanmean(np.asarray(res.scores[n], dtype=float))):.1f}" for n in ("b_mse", "b_mae")]
+            cells += [_fmt(nanmean(arr[:, k])) for k in range(arr.shape[1])]
+        cells += [f"{float(nanmean(np.asarray(res.scores[n], dtype=float))):.1f}" for n in ("b_mse", "b_mae")]
         table.add_row(*cells)
     buf = io.StringIO()
     Console(file=buf, width=width, color_system=None, force_terminal=False).print(table)

@@ -34,6 +34,11 @@ def file_stem(time_s: int) -> str:
     return f"RAD{t.year % 100:02d}{t.month:02d}{t.day:02d}{t.hour:02d}{t.minute:02d}00"
 
 
+def iso_utc(time_s: int) -> str:
+    """Epoch seconds -> ``YYYY-MM-DDTHH:MM:SSZ`` (UTC), for messages and summaries."""
+    return str(np.datetime64(int(time_s), "s")) + "Z"
+
+
 def _day_dir(time_s: int) -> str:
     t = np.datetime64(int(time_s), "s").astype(object)
     return f"{t.year:04d}/{t.month:02d}/{t.day:02d}"

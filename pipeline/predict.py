@@ -24,6 +24,7 @@ from typing import Sequence
 import numpy as np
 
 from pipeline.errors import NowcastError
+from pipeline.hko7 import iso_utc
 
 FORMATS = ("png", "zarr")
 
@@ -94,10 +95,6 @@ def parse_time_s(value: str | int | float) -> int:
                            "or epoch seconds", exit_code=2) from exc
 
 
-def _iso(time_s: int) -> str:
-    return str(np.datetime64(int(time_s), "s")) + "Z"
-
-
 # --------------------------------------------------------------------------- inputs
 def _inputs_from_store(store: str | Path, time_value, in_len: int, out_len: int) -> _Inputs:
     """The in_len frames ending at the last store frame at or before ``time_value``."""
@@ -110,23 +107,23 @@ def _inputs_from_store(store: str | Path, time_value, in_len: int, out_len: int)
     interval_s = int(group.attrs.get("interval_s", hko7.INTERVAL_S))
     if times.size == 0:
         raise NowcastError(f"the store {store} holds no frames; ingest an archive into it first")
-    span = f"the store covers {_iso(times[0])} to {_iso(times[-1])}"
+    span = f"the store covers {iso_utc(times[0])} to {iso_utc(times[-1])}"
     t = int(times[-1]) if time_value is None else parse_time_s(time_value)
     first_ok = int(times[0]) + (in_len - 1) * interval_s
     if t < first_ok or t > int(times[-1]) + interval_s:
-        raise NowcastError(f"time {_iso(t)} is outside the store: {span}; pick a time from {_iso(first_ok)} "
-                           f"to {_iso(times[-1])} (the forecast needs the {in_len} frames before it)")
+        raise NowcastError(f"time {iso_utc(t)} is outside the store: {span}; pick a time from {iso_utc(first_ok)} "
+                           f"to {iso_utc(times[-1])} (the forecast needs the {in_len} frames before it)")
     last = int(times[np.searchsorted(times, t, side="right") - 1])
     if t - last >= interval_s:
-        raise NowcastError(f"the store has no frame in the {interval_s // 60} min up to {_iso(t)} (the last "
-                           f"earlier frame is at {_iso(last)}; {span}); pick a time with data")
+        raise NowcastError(f"the store has no frame in the {interval_s // 60} min up to {iso_utc(t)} (the last "
+                           f"earlier frame is at {iso_utc(last)}; {span}); pick a time with data")
     input_times = last - interval_s * np.arange(in_len - 1, -1, -1, dtype=np.int64)
     present = np.isin(input_times, times)
     if "present" in group:
         idx = np.searchsorted(times, input_times).clip(0, times.size - 1)
         present &= np.asarray(group["present"][:], dtype=bool)[idx]
     if not present.all():
-        missing = ", ".join(_iso(x) for x in input_times[~present])
+        missing = ", ".join(iso_utc(x) for x in input_times[~present])
         raise NowcastError(f"input frame(s) {missing} are missing from the store ({span}); pick another "
                            f"time whose {in_len} preceding frames every {interval_s // 60} min exist")
     frames, input_masks = reader.read(input_times)
@@ -163,7 +160,7 @@ def _inputs_from_pngs(paths: Sequence[str | Path], in_len: int) -> _Inputs:
     steps = set(np.diff(times).tolist())
     if len(steps) > 1 or (steps and steps.pop() <= 0):
         raise NowcastError("the input PNGs are not consecutive frames in time order (their names give times "
-                           f"{', '.join(_iso(t) for t in times)}); pass {in_len} frames one interval apart, "
+                           f"{', '.join(iso_utc(t) for t in times)}); pass {in_len} frames one interval apart, "
                            "oldest first")
     interval_s = int(times[1] - times[0]) if len(times) > 1 else hko7.INTERVAL_S
     return _Inputs(np.stack(frames), int(times[-1]), interval_s, input_times_s=[int(t) for t in times])
@@ -252,7 +249,7 @@ def predict(cfg: PredictConfig) -> PredictResult:
     gif_path = None
     if cfg.gif:
         truth = None if inputs.truth_u8 is None else inputs.truth_u8.astype(np.float32) / 255.0
-        when = f" after {_iso(inputs.last_time_s)}" if inputs.last_time_s is not None else ""
+        when = f" after {iso_utc(inputs.last_time_s)}" if inputs.last_time_s is not None else ""
         gif_path = viz.forecast_gif(inputs.frames_u8.astype(np.float32) / 255.0, truth, forecast,
                                     out_dir / "forecast.gif", interval_min=inputs.interval_s / 60.0,
                                     title=f"{forecaster.name}{when}", mask=_gif_mask(inputs))

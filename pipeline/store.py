@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import NowcastError
+from pipeline.hko7 import iso_utc
 
 INGEST_VERSION = 1
 FRAMES, MASKS, TIME, PRESENT, CATALOG, INGEST_GROUP = "frames", "masks", "time", "present", "catalog", "_ingest"
@@ -400,7 +401,6 @@ def describe_store(path: str | Path) -> dict:
         sub = group[f"{CATALOG}/{split}"]
         splits[split] = {"random_clips": int(sub["random_starts_s"].shape[0]),
                          "sequent_clips": int(sub["sequent_starts_s"].shape[0])}
-    iso = lambda s: str(np.datetime64(int(s), "s")) + "Z"  # noqa: E731
     return {
         "path": str(Path(path).resolve()),
         "frames": int(time_s.size),
@@ -408,8 +408,8 @@ def describe_store(path: str | Path) -> dict:
         "height": int(group[FRAMES].shape[1]),
         "width": int(group[FRAMES].shape[2]),
         "interval_s": interval_s,
-        "time_start": iso(time_s[0]) if time_s.size else None,
-        "time_end": iso(time_s[-1]) if time_s.size else None,
+        "time_start": iso_utc(time_s[0]) if time_s.size else None,
+        "time_end": iso_utc(time_s[-1]) if time_s.size else None,
         "days": int(np.unique(good // 86400).size),
         "gaps": int(gaps.size),
         "missing_slots": int(((gaps // interval_s) - 1).sum()) if gaps.size else 0,

@@ -411,18 +411,16 @@ def validation_metrics(result: dict) -> dict[str, float]:
     """Flat MLflow metrics from ``SkillScores.result()``: CSI/HSS per threshold averaged over
     lead times (``val_csi_5mm_h`` ...), mean B-MSE/B-MAE, and the champion score."""
     from pipeline.tracking import CHAMPION_METRIC
-    from trajgru.metrics import champion_score
+    from trajgru.metrics import champion_score, nanmean
 
     out: dict[str, float] = {}
     for key in ("csi", "hss"):
         arr = np.asarray(result[key], dtype=np.float64)
         for j, thr in enumerate(result["thresholds"]):
-            col = arr[:, j]
-            col = col[np.isfinite(col)]
-            out[f"val_{key}_{thr:g}mm_h"] = float(col.mean()) if col.size else float("nan")
+            out[f"val_{key}_{thr:g}mm_h"] = float(nanmean(arr[:, j]))
     for key in ("b_mse", "b_mae", "mse", "mae"):
         if key in result:
-            out[f"val_{key}"] = float(np.nanmean(np.asarray(result[key], dtype=np.float64)))
+            out[f"val_{key}"] = float(nanmean(np.asarray(result[key], dtype=np.float64)))
     out[CHAMPION_METRIC] = float(champion_score(result))
     return out
 

@@ -89,8 +89,8 @@ def scores_from_counts(tp, fn, fp, tn) -> dict[str, np.ndarray]:
     }
 
 
-def _nanmean(x: np.ndarray, axis=None):
-    """Mean ignoring NaNs; all-NaN slices give NaN without a warning."""
+def nanmean(x: np.ndarray, axis=None):
+    """Mean ignoring NaNs (undefined scores); all-NaN slices give NaN without a warning."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         return np.nanmean(x, axis=axis)
@@ -273,13 +273,13 @@ class SkillScores:
             cells = []
             for name in ("csi", "hss", "pod", "far"):
                 col = res[name][:, k]
-                cells.append(f"{_fmt(_nanmean(col))} {_fmt(col[-1])}")
+                cells.append(f"{_fmt(nanmean(col))} {_fmt(col[-1])}")
             lines.append(f"{thr:>7g} mm/h | " + " | ".join(cells))
         lines.append("")
         lines.append(f"{'error':>12} | {'avg':>10} {'last':>10}")
         for name, label in (("mse", "MSE"), ("mae", "MAE"), ("b_mse", "B-MSE"), ("b_mae", "B-MAE")):
             col = res[name]
-            lines.append(f"{label:>12} | {_fmt_g(_nanmean(col))} {_fmt_g(col[-1])}")
+            lines.append(f"{label:>12} | {_fmt_g(nanmean(col))} {_fmt_g(col[-1])}")
         return "\n".join(lines)
 
 
@@ -318,4 +318,4 @@ def champion_score(result: dict) -> float:
         raise ValueError(f"champion score needs the {CHAMPION_THRESHOLD_MM_H:g} mm/h threshold; "
                          f"scores were computed for {thresholds.tolist()} mm/h")
     csi = np.asarray(result["csi"], dtype=np.float64)
-    return float(_nanmean(csi[:, hits[0]]))
+    return float(nanmean(csi[:, hits[0]]))
