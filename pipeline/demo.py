@@ -7,9 +7,8 @@ MLflow run and the new version takes the `champion` alias only if it beats the c
 """
 from __future__ import annotations
 
-import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.errors import NowcastError
@@ -49,18 +48,15 @@ class DemoResult:
 
 def _synth_if_needed(cfg: DemoConfig, archive: Path) -> None:
     """Synthesise the archive unless one with the same settings is already there."""
-    from pipeline.synth import SynthConfig, synth_archive
+    from pipeline.synth import SynthConfig, archive_matches, synth_archive
 
     synth_cfg = SynthConfig(
         out_dir=archive, days=cfg.days, frames_per_day=cfg.frames_per_day, size_px=cfg.size_px, seed=cfg.seed
     )
-    stamp = archive / ".nowcast-synth.json"
-    wanted = json.dumps({k: str(v) for k, v in asdict(synth_cfg).items()}, sort_keys=True)
-    if stamp.exists() and stamp.read_text() == wanted:
+    if archive_matches(synth_cfg):
         print(f"[demo] archive {archive} already synthesised; keeping it")
         return
     synth_archive(synth_cfg)
-    stamp.write_text(wanted)
 
 
 def _demo_forecast_time(store: Path) -> int:

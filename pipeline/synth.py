@@ -745,6 +745,26 @@ def _progress(enabled: bool):
                     TimeElapsedColumn(), TimeRemainingColumn(), disable=not enabled, transient=False)
 
 
+CONFIG_FILE = "synth_config.json"
+
+
+def _settings(cfg: SynthConfig) -> dict:
+    """The settings that determine the archive's bytes (not out_dir or workers), as written to CONFIG_FILE."""
+    meta = {k: v for k, v in asdict(cfg).items() if k not in ("out_dir", "workers")}
+    meta["synth_version"] = SYNTH_VERSION
+    return meta
+
+
+def archive_matches(cfg: SynthConfig) -> bool:
+    """True when ``cfg.out_dir`` holds a finished archive written with the same settings."""
+    path = Path(cfg.out_dir) / CONFIG_FILE
+    try:
+        written = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return all(written.get(k) == v for k, v in _settings(cfg).items())
+
+
 def synth_archive(cfg: SynthConfig, progress: bool = True) -> SynthResult:
     """Simulate ``cfg.days`` days and write them as an HKO-7 archive under ``cfg.out_dir``.
 
@@ -758,6 +778,8 @@ def synth_archive(cfg: SynthConfig, progress: bool = True) -> SynthResult:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise NowcastError(f"synth: cannot create {out_dir}: {exc}; choose a writable directory") from exc
+    # written last, so its presence means a finished archive (see archive_matches)
+    (out_dir / CONFIG_FILE).unlink(missing_ok=True)
     days = [cfg.start_day + i for i in range(cfg.days)]
     workers = min(cfg.workers or os.cpu_count() or 1, cfg.days)
     total = cfg.days * cfg.frames_per_day
@@ -789,9 +811,9 @@ def synth_archive(cfg: SynthConfig, progress: bool = True) -> SynthResult:
         hko7.write_day_list(out_dir / f"{split}_days.txt",
                             [(d, rain_by_day[str(d)]) for d in split_list])
     n_frames = sum(n for n, _ in results.values())
-    meta = {k: v for k, v in asdict(cfg).items() if k not in ("out_dir", "workers")}  # bytes independent of both
-    meta.update(synth_version=SYNTH_VERSION, n_frames=n_frames, interval_s=hko7.INTERVAL_S,
+    meta = _settings(cfg)
+    meta.update(n_frames=n_frames, interval_s=hko7.INTERVAL_S,
                 pixel_encoding="pixel = round(255 * (dBZ + 10) / 70)", zr_relation="Z = 58.53 R^1.56")
-    (out_dir / "synth_config.json").write_text(json.dumps(meta, indent=2) + "\n")
+    (out_dir / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     return SynthResult(out_dir=out_dir, n_frames=n_frames, n_days=cfg.days,
                        seconds=time.perf_counter() - t_start, day_rain_mm=rain_by_day)

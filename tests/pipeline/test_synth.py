@@ -1,6 +1,7 @@
 """Tests for pipeline.synth: layout, codecs, masks, determinism, missing frames, day lists, weather."""
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 import zlib
@@ -484,3 +485,15 @@ def test_parallel_workers_after_opencv_use_in_parent(tmp_path):
     cv2.GaussianBlur(np.zeros((600, 600), np.float32), (31, 31), 5)  # spin up OpenCV's threads here
     res = _archive(tmp_path, days=2, frames_per_day=4, size_px=16, workers=2, missing_frame_rate=0.0)
     assert res.n_frames == 8
+
+
+def test_archive_matches_only_a_finished_archive_with_the_same_settings(tmp_path):
+    cfg = SynthConfig(out_dir=tmp_path / "a", days=1, frames_per_day=3, size_px=32, workers=1)
+    assert not synth.archive_matches(cfg)
+    synth_archive(cfg, progress=False)
+    assert synth.archive_matches(cfg)
+    assert synth.archive_matches(dataclasses.replace(cfg, workers=2))      # workers do not change the bytes
+    assert not synth.archive_matches(dataclasses.replace(cfg, seed=1))
+    assert not synth.archive_matches(dataclasses.replace(cfg, size_px=48))
+    (tmp_path / "a" / synth.CONFIG_FILE).write_text("{not json")
+    assert not synth.archive_matches(cfg)
