@@ -188,14 +188,18 @@ def train_recipe(args) -> dict:
 
     t0 = time.perf_counter()
     total = recipe.get("steps")
-    if total is None:  # calibrate: steps that fit the time budget at the measured speed
-        for s in range(1, 21):
+    if total is None:  # calibrate: steps that fit the time budget at the speed of steps 11-30
+        for s in range(1, 31):
+            if s == 11:
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                t_cal = time.perf_counter()
             one_step(s, 10**9)
         if device.type == "cuda":
             torch.cuda.synchronize()
-        per_step = (time.perf_counter() - t0) / 20
-        total = max(100, int(minutes * 60 * 0.85 / per_step))
-        start = 21
+        per_step = (time.perf_counter() - t_cal) / 20
+        total = max(100, int((minutes * 60 - (time.perf_counter() - t0)) * 0.8 / per_step))
+        start = 31
     if max_steps:
         total = min(total, max_steps)
     else:
