@@ -61,13 +61,13 @@ def _synth_if_needed(cfg: DemoConfig, archive: Path) -> None:
 
 def _demo_forecast_time(store: Path) -> int:
     """Epoch seconds of a test-split clip start + 4 frames (the last input frame of the first test clip)."""
-    from pipeline.dataset import clip_starts
-    from pipeline.hko7 import INTERVAL_S
+    from pipeline.store import Store
 
-    starts = clip_starts(store, "test", "sequent")
+    store = Store.open(store)
+    starts = store.clip_starts("test", "sequent")
     if len(starts) == 0:
-        raise NowcastError(f"the store {store} has no test clips; delete the demo folder and re-run")
-    return int(starts[len(starts) // 2]) + 4 * INTERVAL_S
+        raise NowcastError(f"the store {store.path} has no test clips; delete the demo folder and re-run")
+    return int(starts[len(starts) // 2]) + 4 * store.interval_s
 
 
 def run_demo(cfg: DemoConfig) -> DemoResult:

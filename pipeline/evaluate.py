@@ -178,10 +178,9 @@ def _store_frame_size(store: Path) -> tuple[int, int]:
 
 
 def _store_interval_s(store: Path) -> int:
-    from pipeline import hko7
-    from pipeline.store import open_store
+    from pipeline.store import Store
 
-    return int(open_store(store).attrs.get("interval_s", hko7.INTERVAL_S))
+    return Store.open(store).interval_s
 
 
 def evaluation_clip_starts(store: str | Path, split: str, max_clips: int | None = None) -> np.ndarray:
@@ -189,9 +188,9 @@ def evaluation_clip_starts(store: str | Path, split: str, max_clips: int | None 
 
     Raises NowcastError when the split has no clips.
     """
-    from pipeline.dataset import clip_starts
+    from pipeline.store import Store
 
-    starts = np.sort(np.asarray(clip_starts(Path(store), split, PROTOCOL), dtype=np.int64))
+    starts = np.sort(np.asarray(Store.open(store).clip_starts(split, PROTOCOL), dtype=np.int64))
     if max_clips is not None:
         if int(max_clips) < 1:
             raise NowcastError(f"max_clips must be >= 1, got {max_clips}", exit_code=2)
@@ -212,8 +211,9 @@ def _batches(store: Path, starts_s: np.ndarray, seq_len: int, batch_size: int):
     import torch
 
     from pipeline.dataset import ClipDataset, collate_clips
+    from pipeline.store import Store
 
-    dataset = ClipDataset(str(store), np.asarray(starts_s, dtype=np.int64), seq_len=seq_len)
+    dataset = ClipDataset(Store.open(store), np.asarray(starts_s, dtype=np.int64), seq_len=seq_len)
     loader = torch.utils.data.DataLoader(dataset, batch_size=max(1, int(batch_size)), shuffle=False,
                                          num_workers=0, collate_fn=collate_clips)
     for frames, masks in loader:
@@ -282,7 +282,7 @@ def score_clips_ray(model_uri: str, store: str | Path, starts_s: np.ndarray, in_
     """
     import ray
 
-    from pipeline.dataset import shard
+    from pipeline.dataset import rank_slice as shard
     from trajgru.metrics import SkillScores
 
     store_abs = str(Path(store).resolve())
@@ -336,7 +336,7 @@ def evaluation_record(skill, *, model_uri: str, model_name: str, run_id: str | N
                       starts_s: np.ndarray, in_len: int, out_len: int, interval_s: int, store: Path,
                       workers: int, seconds: float) -> dict:
     """The JSON document written by :func:`evaluate` (scores + what was scored)."""
-    from pipeline.store import store_fingerprint
+    from pipeline.store import Store
     from trajgru.metrics import champion_score
 
     result = skill.result()
@@ -355,7 +355,7 @@ def evaluation_record(skill, *, model_uri: str, model_name: str, run_id: str | N
         "out_len": int(out_len),
         "interval_s": int(interval_s),
         "clip_starts": _starts_digest(starts_s),
-        "store": store_fingerprint(store),
+        "store": Store.open(store).fingerprint(),
         "champion_score": None if math.isnan(champ) else champ,
         "workers": int(workers),
         "seconds": round(float(seconds), 3),

@@ -24,7 +24,9 @@ from typing import Sequence
 import numpy as np
 
 from pipeline.errors import NowcastError
-from pipeline.hko7 import iso_utc
+from pipeline.catalog import INTERVAL_S
+from pipeline.sources import hko7
+from pipeline.times import iso_utc
 
 FORMATS = ("png", "zarr")
 
@@ -98,13 +100,12 @@ def parse_time_s(value: str | int | float) -> int:
 # --------------------------------------------------------------------------- inputs
 def _inputs_from_store(store: str | Path, time_value, in_len: int, out_len: int) -> _Inputs:
     """The in_len frames ending at the last store frame at or before ``time_value``."""
-    from pipeline import hko7
     from pipeline.store import StoreReader, open_store
 
     group = open_store(store)
     reader = StoreReader(group)
     times = reader.time_s
-    interval_s = int(group.attrs.get("interval_s", hko7.INTERVAL_S))
+    interval_s = int(group.attrs.get("interval_s", INTERVAL_S))
     if times.size == 0:
         raise NowcastError(f"the store {store} holds no frames; ingest an archive into it first")
     span = f"the store covers {iso_utc(times[0])} to {iso_utc(times[-1])}"
@@ -136,8 +137,6 @@ def _inputs_from_store(store: str | Path, time_value, in_len: int, out_len: int)
 
 def _inputs_from_pngs(paths: Sequence[str | Path], in_len: int) -> _Inputs:
     """Decode ``in_len`` HKO-7 PNGs (oldest first); times from their names when all parse."""
-    from pipeline import hko7
-
     paths = [Path(p) for p in paths]
     if len(paths) != in_len:
         raise NowcastError(f"the model takes {in_len} input frames but {len(paths)} PNG(s) were given; "
@@ -154,15 +153,15 @@ def _inputs_from_pngs(paths: Sequence[str | Path], in_len: int) -> _Inputs:
     shapes = {f.shape for f in frames}
     if len(shapes) != 1:
         raise NowcastError(f"the input frames differ in size ({sorted(shapes)}); give frames of one size")
-    times = [hko7.parse_time_s(p) for p in paths]
+    times = [hko7.time_from_name(p) for p in paths]
     if any(t is None for t in times):
-        return _Inputs(np.stack(frames), None, hko7.INTERVAL_S)
+        return _Inputs(np.stack(frames), None, INTERVAL_S)
     steps = set(np.diff(times).tolist())
     if len(steps) > 1 or (steps and steps.pop() <= 0):
         raise NowcastError("the input PNGs are not consecutive frames in time order (their names give times "
                            f"{', '.join(iso_utc(t) for t in times)}); pass {in_len} frames one interval apart, "
                            "oldest first")
-    interval_s = int(times[1] - times[0]) if len(times) > 1 else hko7.INTERVAL_S
+    interval_s = int(times[1] - times[0]) if len(times) > 1 else INTERVAL_S
     return _Inputs(np.stack(frames), int(times[-1]), interval_s, input_times_s=[int(t) for t in times])
 
 

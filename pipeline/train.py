@@ -435,16 +435,17 @@ def _validate(model, cfg: TrainConfig, starts_s: np.ndarray, in_len: int, out_le
     import torch.distributed as dist
     from torch.utils.data import DataLoader
 
-    from pipeline.dataset import ClipDataset, collate_clips, shard
+    from pipeline.dataset import ClipDataset, collate_clips, rank_slice
+    from pipeline.store import Store
     from trajgru.metrics import SkillScores, champion_score
 
     module = getattr(model, "module", model)
     module.eval()
-    mine = shard(starts_s, rank, world)
+    mine = rank_slice(starts_s, rank, world)
     scores = SkillScores(out_len)
     gifs = []
     if len(mine):
-        loader = DataLoader(ClipDataset(cfg.store, mine, seq_len=in_len + out_len),
+        loader = DataLoader(ClipDataset(Store.open(cfg.store), mine, seq_len=in_len + out_len),
                             batch_size=max(1, cfg.batch_size // cfg.workers), collate_fn=collate_clips)
         with torch.no_grad():
             for frames, masks in loader:
@@ -564,7 +565,8 @@ def train_loop_per_worker(config: dict) -> dict:
     from ray.train import Checkpoint, CheckpointConsistencyMode
     from torch.utils.data import DataLoader
 
-    from pipeline.dataset import ClipDataset, clip_starts, collate_clips, shard
+    from pipeline.dataset import ClipDataset, collate_clips, rank_slice
+    from pipeline.store import Store
     from trajgru.losses import BalancedLoss
 
     cfg = TrainConfig(**config["cfg"])
@@ -586,9 +588,9 @@ def train_loop_per_worker(config: dict) -> dict:
     if len(train_starts) == 0:
         raise RuntimeError(f"rank {rank} has no training clips: the store's train split is too "
                            f"small for {world} workers")
-    val_starts = clip_starts(cfg.store, "valid", "sequent")[: cfg.val_clips]
+    val_starts = Store.open(cfg.store).clip_starts("valid", "sequent")[: cfg.val_clips]
     loader = DataLoader(
-        ClipDataset(cfg.store, train_starts, seq_len=in_len + out_len),
+        ClipDataset(Store.open(cfg.store), train_starts, seq_len=in_len + out_len),
         batch_sampler=StepBatchSampler(len(train_starts), per_worker, cfg.seed, rank, start + 1, cfg.steps),
         num_workers=cfg.num_dataloader_workers,
         collate_fn=collate_clips,
@@ -678,7 +680,7 @@ def _mlflow_run(cfg: TrainConfig, model_config: dict) -> str:
     """Find the MLflow run of ``cfg.run_name`` (resume) or create it and log its parameters."""
     import mlflow
 
-    from pipeline.store import store_fingerprint
+    from pipeline.store import Store
     from pipeline.tracking import code_version, setup_experiment
 
     exp_id = setup_experiment(cfg.tracking_uri, cfg.experiment)
@@ -694,7 +696,7 @@ def _mlflow_run(cfg: TrainConfig, model_config: dict) -> str:
     with mlflow.start_run(run_id=run_id):
         mlflow.log_params({k: json.dumps(v) if isinstance(v, (list, dict)) else v
                            for k, v in params.items()})
-        mlflow.log_dict(store_fingerprint(cfg.store), "store_fingerprint.json")
+        mlflow.log_dict(Store.open(cfg.store).fingerprint(), "store_fingerprint.json")
         mlflow.log_dict(model_config, "model_config.json")
         mlflow.set_tags({"code_version": code_version(), "store": cfg.store})
     # start_run/end_run marked it FINISHED; rank 0 reopens it as RUNNING.
@@ -716,7 +718,9 @@ def _finish_model(cfg: TrainConfig, run_id: str, checkpoint_dir: str, summary: d
     """Log the final model into the run, register it and apply the champion rule."""
     import mlflow
 
-    from pipeline.dataset import ClipDataset, clip_starts
+    from pipeline.dataset import ClipDataset
+    from pipeline.store import Store
+    clip_starts = lambda store, split, protocol: Store.open(store).clip_starts(split, protocol)  # noqa: E731
     from pipeline.tracking import load_model_files, log_and_register_model, promote_if_better
 
     model, mcfg = load_model_files(checkpoint_dir)
@@ -741,7 +745,7 @@ def _input_example(cfg: TrainConfig, mcfg: dict, ClipDataset, clip_starts) -> np
     for split in ("valid", "train"):
         starts = clip_starts(cfg.store, split, "sequent" if split == "valid" else "random")
         if len(starts):
-            ds = ClipDataset(cfg.store, starts[:2], seq_len=in_len)
+            ds = ClipDataset(Store.open(cfg.store), starts[:2], seq_len=in_len)
             clips = [ds[i][0].numpy() for i in range(len(ds))]
             while len(clips) < 2:
                 clips.append(clips[0])

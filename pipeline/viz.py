@@ -12,6 +12,8 @@ from typing import Sequence
 
 import numpy as np
 
+from pipeline.sources import hko7
+
 #: Rain-rate bin edges in mm/h for the colour scale (as in the HKO-7 paper's figures).
 RAIN_LEVELS_MM_H = (0.5, 2.0, 5.0, 10.0, 30.0, 50.0)
 #: One colour per bin [0.5, 2), [2, 5), ... [30, 50), and one for >= 50 mm/h.
@@ -76,8 +78,6 @@ def save_frames_png(
 
     Returns the S paths in frame order.
     """
-    from pipeline import hko7
-
     frames = np.asarray(frames_pixel)
     if frames.ndim != 3:
         raise ValueError(f"frames_pixel must be (S, H, W), got shape {frames.shape}")

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import hko7
+from pipeline.sources import hko7
 from pipeline.errors import NowcastError
 
 SIZE = 48
