@@ -42,8 +42,8 @@ from dask.distributed import Client, LocalCluster, as_completed
 from pipeline import catalog as cat
 from pipeline import store as st
 from pipeline.errors import NowcastError
-from pipeline.progress import progress_bar, track
-from pipeline.sources import FrameRef, Listing, Source, detect_format, get_source
+from pipeline.progress import track
+from pipeline.sources import Listing, Source, detect_format, get_source
 
 log = logging.getLogger("nowcast.ingest")
 _MAX_LISTED = 1000  # bad files listed in the store attrs (all of them go to the report file)
@@ -285,9 +285,9 @@ def _environ(values: dict):
 
 
 def _warm_up_worker() -> None:
-    """Import what :func:`ingest_unit` needs on a worker (this module imports zarr, numcodecs and
-    the sources' decoders)."""
-    import pipeline.ingest  # noqa: F401
+    """Nothing to do: unpickling this function on a worker imports this module, and with it what
+    :func:`ingest_unit` needs (zarr, numcodecs, the sources' decoders), so those imports count as
+    start-up rather than as the first units' time."""
 
 
 def _run_dask(todo, plan, store_path, source, archive, cfg, progress) -> tuple[float, float, list]:

@@ -1,9 +1,13 @@
-"""Connecting the driver to Ray: one place for train and evaluate."""
+"""Connecting the driver to Ray, and shipping this source tree to Ray workers: one place for train and evaluate."""
 from __future__ import annotations
 
 import os
 import socket
 
+import ray
+
+import pipeline
+import trajgru
 from pipeline.errors import NowcastError
 
 _ADVICE = ("Check --ray-address / RAY_ADDRESS (e.g. head:6379 on a cluster node, or ray://head:10001), "
@@ -30,8 +34,6 @@ def connect_ray(address: str | None, **init_kwargs) -> bool:
     No-op when Ray is already initialised. ``init_kwargs`` go to ``ray.init``. Returns True if this
     call initialised Ray (the caller may then shut it down). An unreachable cluster raises NowcastError.
     """
-    import ray
-
     if ray.is_initialized():
         return False
     address = address or os.environ.get("RAY_ADDRESS") or None
@@ -44,3 +46,10 @@ def connect_ray(address: str | None, **init_kwargs) -> bool:
             f"cannot connect to Ray at {address or 'a new local cluster'}: {exc}. {_ADVICE}"
         ) from exc
     return True
+
+
+def code_runtime_env() -> dict:
+    """A Ray ``runtime_env`` that ships the driver's ``pipeline`` and ``trajgru`` packages to the workers
+    (``py_modules``), so that Ray tasks run the same code as the driver on any cluster, whatever is
+    installed on its nodes."""
+    return {"py_modules": [pipeline, trajgru]}

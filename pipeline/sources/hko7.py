@@ -18,7 +18,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, PngImagePlugin  # noqa: F401 (the PNG decoder, loaded with the module, not at the first frame)
 
 from pipeline.errors import NowcastError
 from pipeline.sources.base import Frame, FrameRef, Listing, Source, one_line, sample_frames, walk_files
