@@ -11,10 +11,12 @@ How it runs
    (frames older than the store's last time are skipped with a warning: ingest into a fresh store
    to include them). The axis is cut into *units* = whole shards (or whole chunks when unsharded),
    so no two tasks ever write the same shard/chunk file.
-3. One Dask task per unit reads (``Source.read_frames``) that unit's frames and masks and writes the whole region
-   ``frames[i0:i1]``, ``masks[i0:i1]`` directly; then it writes a done marker (an empty Zarr group
+3. One Dask task per unit reads that unit's frames and masks (``Source.read_frames``) and writes the
+   whole region ``frames[i0:i1]``, ``masks[i0:i1]`` directly; then it writes a done marker (an empty Zarr group
    ``_ingest/units/u<N>`` whose attributes list the unit's bad files). A bad frame or mask makes the
    whole slot zeros / mask False (never a half-written frame).
+   The store's cadence (``interval_s``) is derived from the listed frame times when the store is
+   created (``store.infer_interval_s``).
 4. Finalise in the driver: ``present``, the bad-file report (attrs + a JSON report file), the clip
    catalog per split, and ``ingest_state = "complete"``.
 
@@ -41,7 +43,7 @@ from dask.distributed import Client, LocalCluster, as_completed
 
 from pipeline import catalog as cat
 from pipeline import store as st
-from pipeline.errors import NowcastError
+from pipeline.errors import NowcastError, check
 from pipeline.progress import track
 from pipeline.sources import Listing, Source, detect_format, get_source
 
@@ -86,6 +88,11 @@ class IngestConfig:
     max_consecutive_missing: int = cat.MAX_CONSECUTIVE_MISSING
     report_path: str | Path | None = None
     source: str | None = None
+
+    def __post_init__(self):
+        check(self.workers is None or self.workers >= 0, f"workers must be >= 0 (0: no Dask), got {self.workers}")
+        for name in ("valid_fraction", "test_fraction"):
+            check(0 <= getattr(self, name) < 1, f"{name} must be in [0, 1), got {getattr(self, name)}")
 
 
 @dataclass

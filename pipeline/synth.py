@@ -46,7 +46,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import catalog as cat
-from pipeline.errors import NowcastError
+from pipeline.errors import NowcastError, check
 from pipeline.progress import progress_bar
 from pipeline.sources import hko7
 from pipeline.sources.base import PIXEL_ENCODING, dbz_to_u8
@@ -106,7 +106,7 @@ class SynthConfig:
     workers: int | None = None
 
     def __post_init__(self):
-        _validate(self)
+        _check_config(self)
 
     @property
     def start_day(self) -> np.datetime64:
@@ -133,41 +133,34 @@ def _is_int(x) -> bool:
     return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
 
 
-def _validate(cfg: SynthConfig) -> None:
-    """Raise NowcastError (exit code 2) naming the bad option and the accepted range."""
+def _check_config(cfg: SynthConfig) -> None:
+    """Check every option (NowcastError, exit code 2, naming the option and the accepted range)."""
+    def ok(condition: bool, msg: str) -> None:
+        check(condition, f"synth: {msg}")
 
-    def bad(msg: str):
-        raise NowcastError(f"synth: {msg}", exit_code=2)
-
-    if not isinstance(cfg.out_dir, (str, os.PathLike)) or str(cfg.out_dir) == "":
-        bad(f"out_dir must be a directory path, got {cfg.out_dir!r}")
-    if Path(cfg.out_dir).exists() and not Path(cfg.out_dir).is_dir():
-        bad(f"out_dir {cfg.out_dir} exists and is not a directory; choose another path")
+    ok(isinstance(cfg.out_dir, (str, os.PathLike)) and str(cfg.out_dir) != "",
+       f"out_dir must be a directory path, got {cfg.out_dir!r}")
+    ok(not Path(cfg.out_dir).exists() or Path(cfg.out_dir).is_dir(),
+       f"out_dir {cfg.out_dir} exists and is not a directory; choose another path")
     try:
         day = np.datetime64(str(cfg.start), "D")
-        if len(str(cfg.start)) != 10:
-            raise ValueError
     except ValueError:
-        bad(f"start must be a date YYYY-MM-DD, got {cfg.start!r}")
+        day = None
+    ok(day is not None and len(str(cfg.start)) == 10, f"start must be a date YYYY-MM-DD, got {cfg.start!r}")
     year = day.astype(object).year
-    if not 2000 <= year <= 2099:
-        bad(f"start year must be 2000-2099 (HKO-7 file names have two-digit years), got {cfg.start}")
-    if not _is_int(cfg.days) or cfg.days < 1:
-        bad(f"days must be an integer >= 1, got {cfg.days!r}")
+    ok(2000 <= year <= 2099, f"start year must be 2000-2099 (HKO-7 file names have two-digit years), got {cfg.start}")
+    ok(_is_int(cfg.days) and cfg.days >= 1, f"days must be an integer >= 1, got {cfg.days!r}")
     last_year = (day + int(cfg.days) - 1).astype(object).year
-    if last_year > 2099:
-        bad(f"the last day falls in {last_year}; keep the archive within 2000-2099")
-    if not _is_int(cfg.frames_per_day) or not 1 <= cfg.frames_per_day <= SLOTS_PER_DAY:
-        bad(f"frames_per_day must be an integer in 1..{SLOTS_PER_DAY} (6-minute slots), got {cfg.frames_per_day!r}")
-    if not _is_int(cfg.size_px) or not 16 <= cfg.size_px <= 4096:
-        bad(f"size_px must be an integer in 16..4096, got {cfg.size_px!r}")
-    if not _is_int(cfg.seed) or cfg.seed < 0:
-        bad(f"seed must be a non-negative integer, got {cfg.seed!r}")
+    ok(last_year <= 2099, f"the last day falls in {last_year}; keep the archive within 2000-2099")
+    ok(_is_int(cfg.frames_per_day) and 1 <= cfg.frames_per_day <= SLOTS_PER_DAY,
+       f"frames_per_day must be an integer in 1..{SLOTS_PER_DAY} (6-minute slots), got {cfg.frames_per_day!r}")
+    ok(_is_int(cfg.size_px) and 16 <= cfg.size_px <= 4096, f"size_px must be an integer in 16..4096, got {cfg.size_px!r}")
+    ok(_is_int(cfg.seed) and cfg.seed >= 0, f"seed must be a non-negative integer, got {cfg.seed!r}")
     rate = cfg.missing_frame_rate
-    if isinstance(rate, bool) or not isinstance(rate, (int, float, np.floating)) or not 0.0 <= rate <= 0.5:
-        bad(f"missing_frame_rate must be a number in [0, 0.5], got {rate!r}")
-    if cfg.workers is not None and (not _is_int(cfg.workers) or cfg.workers < 1):
-        bad(f"workers must be an integer >= 1 (or None for all cores), got {cfg.workers!r}")
+    ok(not isinstance(rate, bool) and isinstance(rate, (int, float, np.floating)) and 0.0 <= rate <= 0.5,
+       f"missing_frame_rate must be a number in [0, 0.5], got {rate!r}")
+    ok(cfg.workers is None or (_is_int(cfg.workers) and cfg.workers >= 1),
+       f"workers must be an integer >= 1 (or None for all cores), got {cfg.workers!r}")
 
 
 # --- random streams ---------------------------------------------------------------------------------------
