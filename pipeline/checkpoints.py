@@ -18,7 +18,6 @@ import random
 from pathlib import Path
 
 import numpy as np
-import ray.train
 import torch
 
 from pipeline.errors import NowcastError
@@ -84,6 +83,11 @@ def save(out_dir: Path | str, model, train_state: dict, meta: dict) -> None:
     (out_dir / META_FILE).write_text(json.dumps(meta))
 
 
+def load(checkpoint_dir: Path | str) -> tuple[dict, dict, dict]:
+    """A whole checkpoint -> (model state_dict, train_state, meta); every file read weights-only."""
+    return load_model_state(checkpoint_dir), load_train_state(checkpoint_dir), read_meta(checkpoint_dir)
+
+
 def load_train_state(checkpoint_dir: Path | str) -> dict:
     """The ``train_state.pt`` of a checkpoint (CPU tensors; weights-only)."""
     return torch.load(Path(checkpoint_dir) / TRAIN_STATE_FILE, map_location="cpu", weights_only=True)
@@ -111,6 +115,8 @@ def find(path: Path | str) -> Path:
         path = path.parent
     if is_model_dir(path):
         return path
+    import ray.train  # here, not at the top: only a Ray run directory needs it, and it takes seconds to import
+
     try:
         latest = ray.train.Result.from_path(str(path)).checkpoint
     except Exception:  # noqa: BLE001 (RuntimeError / OSError: not a Ray Train run directory)

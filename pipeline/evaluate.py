@@ -41,7 +41,7 @@ from pipeline.dataset import ClipDataset, collate_clips, rank_slice
 from pipeline.errors import NowcastError, check
 from pipeline.forecasters import Forecaster, absolute_uri, baseline_name, load_forecaster
 from pipeline.progress import track
-from pipeline.raycluster import code_runtime_env, connect_ray
+from pipeline.raycluster import connect_ray
 from pipeline.store import Store
 from trajgru.metrics import DEFAULT_THRESHOLDS_MM_H, SkillScores, champion_score, nanmean
 
@@ -213,16 +213,16 @@ def score_clips_ray(model_uri: str, store: Store, starts_s: np.ndarray, in_len: 
                     ray_address: str | None = None) -> SkillScores:
     """Score on ``workers`` Ray tasks, each a disjoint slice (``pipeline.dataset.rank_slice``); merged.
 
-    The store travels as its absolute path, checkpoint paths and the tracking URI are made absolute,
-    and the tasks run this source tree's code (``raycluster.code_runtime_env``). A Ray started here is
-    shut down at the end; an already initialised Ray is reused and left running.
+    The store travels as its absolute path, checkpoint paths and the tracking URI are made absolute;
+    a Ray started here ships this source tree to the tasks (``raycluster.connect_ray``) and is shut
+    down at the end; an already initialised Ray is reused and left running.
     """
     uri = absolute_uri(model_uri)
     if uri.startswith("models:/"):
         tracking_uri = tracking.resolve_tracking_uri(tracking_uri)
     started = connect_ray(ray_address, include_dashboard=False, configure_logging=False)
     try:
-        task = ray.remote(num_cpus=1, max_retries=1)(_score_slice).options(runtime_env=code_runtime_env())
+        task = ray.remote(num_cpus=1, max_retries=1)(_score_slice)
         refs = []
         for rank in range(int(workers)):
             part = rank_slice(np.asarray(starts_s, np.int64), rank, int(workers))

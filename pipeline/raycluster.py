@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import socket
+from pathlib import Path
 
 import ray
 
@@ -31,8 +32,9 @@ def check_ray_reachable(address: str, timeout_s: float = 5.0) -> None:
 def connect_ray(address: str | None, **init_kwargs) -> bool:
     """Connect to the Ray cluster at ``address`` (else env ``RAY_ADDRESS``), or start a local one.
 
-    No-op when Ray is already initialised. ``init_kwargs`` go to ``ray.init``. Returns True if this
-    call initialised Ray (the caller may then shut it down). An unreachable cluster raises NowcastError.
+    No-op when Ray is already initialised. The job runs this source tree's code on every worker
+    (:func:`code_runtime_env`). ``init_kwargs`` go to ``ray.init``. Returns True if this call
+    initialised Ray (the caller may then shut it down). An unreachable cluster raises NowcastError.
     """
     if ray.is_initialized():
         return False
@@ -40,7 +42,7 @@ def connect_ray(address: str | None, **init_kwargs) -> bool:
     if address:
         check_ray_reachable(address)
     try:
-        ray.init(address=address, log_to_driver=True, **init_kwargs)
+        ray.init(address=address, log_to_driver=True, runtime_env=code_runtime_env(), **init_kwargs)
     except Exception as exc:  # noqa: BLE001 (ConnectionError, RuntimeError, ... depending on the failure)
         raise NowcastError(
             f"cannot connect to Ray at {address or 'a new local cluster'}: {exc}. {_ADVICE}"
@@ -49,7 +51,7 @@ def connect_ray(address: str | None, **init_kwargs) -> bool:
 
 
 def code_runtime_env() -> dict:
-    """A Ray ``runtime_env`` that ships the driver's ``pipeline`` and ``trajgru`` packages to the workers
-    (``py_modules``), so that Ray tasks run the same code as the driver on any cluster, whatever is
-    installed on its nodes."""
-    return {"py_modules": [pipeline, trajgru]}
+    """The job-level Ray ``runtime_env`` of :func:`connect_ray`: it ships the driver's ``pipeline`` and
+    ``trajgru`` packages to the workers (``py_modules``), so Ray tasks and Ray Train workers run the
+    driver's code on any cluster, whatever is installed on its nodes."""
+    return {"py_modules": [str(Path(package.__file__).resolve().parent) for package in (pipeline, trajgru)]}

@@ -42,7 +42,7 @@ from zarr.codecs.sharding import ShardingCodecIndexLocation
 from zarr.storage import LocalStore
 
 from pipeline.catalog import INTERVAL_S
-from pipeline.errors import NowcastError
+from pipeline.errors import NowcastError, check
 from pipeline.sources.base import PIXEL_ENCODING
 from pipeline.times import iso_utc
 
@@ -52,6 +52,7 @@ INGEST_VERSION = 1
 FRAMES, MASKS, TIME, PRESENT, CATALOG, INGEST_GROUP = "frames", "masks", "time", "present", "catalog", "_ingest"
 UNITS_GROUP = f"{INGEST_GROUP}/units"
 PROTOCOLS = ("random", "sequent")
+COMPRESSORS = ("zstd", "blosc-lz4", "blosc-zstd", "none")
 STATE_COMPLETE = "complete"
 STATE_IN_PROGRESS = "in_progress"
 _VECTOR_CHUNK = 1 << 16  # entries per chunk of the 1-D arrays (time, present, catalogs)
@@ -73,19 +74,12 @@ class StoreLayout:
     level: int = 1
 
     def __post_init__(self):
-        if self.chunk_frames < 1:
-            raise NowcastError(f"chunk_frames must be >= 1, got {self.chunk_frames}", exit_code=2)
-        if self.shard_frames is not None and (
-            self.shard_frames < self.chunk_frames or self.shard_frames % self.chunk_frames
-        ):
-            raise NowcastError(
-                f"shard_frames ({self.shard_frames}) must be a multiple of chunk_frames ({self.chunk_frames})",
-                exit_code=2,
-            )
-        if self.compressor not in ("zstd", "blosc-lz4", "blosc-zstd", "none"):
-            raise NowcastError(
-                f"unknown compressor {self.compressor!r}: use zstd, blosc-lz4, blosc-zstd or none", exit_code=2
-            )
+        check(self.chunk_frames >= 1, f"chunk_frames must be >= 1, got {self.chunk_frames}")
+        check(self.shard_frames is None or (self.shard_frames >= self.chunk_frames
+                                            and self.shard_frames % self.chunk_frames == 0),
+              f"shard_frames ({self.shard_frames}) must be a multiple of chunk_frames ({self.chunk_frames})")
+        check(self.compressor in COMPRESSORS,
+              f"unknown compressor {self.compressor!r}: use zstd, blosc-lz4, blosc-zstd or none")
 
     @property
     def unit_frames(self) -> int:

@@ -383,9 +383,8 @@ def _build_and_restore(cfg: TrainConfig):
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d:
-            model.load_state_dict(checkpoints.load_model_state(d))
-            train_state = checkpoints.load_train_state(d)
-            meta = checkpoints.read_meta(d)
+            model_state, train_state, meta = checkpoints.load(d)
+        model.load_state_dict(model_state)
     model_config = model.config.to_dict()
     model = ray.train.torch.prepare_model(model)
     optimizer, scheduler = _optimizer_and_schedule(cfg, model)
