@@ -45,7 +45,7 @@ from pipeline import catalog as cat
 from pipeline import store as st
 from pipeline.errors import NowcastError, check
 from pipeline.progress import track
-from pipeline.sources import Listing, Source, detect_format, get_source
+from pipeline.sources import PIXEL_ENCODING, Listing, Source, detect_format, get_source
 
 log = logging.getLogger("nowcast.ingest")
 _MAX_LISTED = 1000  # bad files listed in the store attrs (all of them go to the report file)
@@ -438,7 +438,7 @@ def _open_or_create(cfg: IngestConfig, root: Path, source: Source, listing: List
         return group
     height, width = source.frame_shape(root, listing)
     layout = st.StoreLayout(cfg.chunk_frames, cfg.shard_frames, cfg.compressor, cfg.level)
-    attrs = {"source": {"format": source.title, "archive": str(root)}, "pixel_encoding": st.PIXEL_ENCODING,
+    attrs = {"source": {"format": source.title, "archive": str(root)}, "pixel_encoding": PIXEL_ENCODING,
              "interval_s": st.infer_interval_s(listing.times_s()), "ingest_version": st.INGEST_VERSION,
              "n_committed": 0}
     try:

@@ -43,7 +43,6 @@ from zarr.storage import LocalStore
 
 from pipeline.catalog import INTERVAL_S
 from pipeline.errors import NowcastError, check
-from pipeline.sources.base import PIXEL_ENCODING
 from pipeline.times import iso_utc
 
 log = logging.getLogger("nowcast.store")
