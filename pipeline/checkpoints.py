@@ -14,6 +14,7 @@ checkpoint never unpickles code, whoever wrote it.
 from __future__ import annotations
 
 import json
+import pickle
 import random
 from pathlib import Path
 
@@ -89,8 +90,17 @@ def load(checkpoint_dir: Path | str) -> tuple[dict, dict, dict]:
 
 
 def load_train_state(checkpoint_dir: Path | str) -> dict:
-    """The ``train_state.pt`` of a checkpoint (CPU tensors; weights-only)."""
-    return torch.load(Path(checkpoint_dir) / TRAIN_STATE_FILE, map_location="cpu", weights_only=True)
+    """The ``train_state.pt`` of a checkpoint (CPU tensors; weights-only).
+
+    NowcastError when the file holds anything else (a checkpoint of a nowcast before this format,
+    which stored numpy RNG state, or not a checkpoint at all): it is never unpickled.
+    """
+    path = Path(checkpoint_dir) / TRAIN_STATE_FILE
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise NowcastError(f"{path} holds more than tensors and plain values, so it is not loaded (a checkpoint "
+                           "of an older nowcast?); start a new run with another --run-name") from exc
 
 
 def read_meta(checkpoint_dir: Path | str) -> dict:

@@ -53,8 +53,9 @@ def test_checkpoint_round_trip_is_weights_only(tmp_path):
 def test_a_pickled_object_in_a_checkpoint_is_refused(tmp_path):
     """Loading never unpickles code: a train_state.pt holding an arbitrary object fails to load."""
     torch.save({"step": 1, "evil": PurePosixPath("any/class")}, tmp_path / checkpoints.TRAIN_STATE_FILE)
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises(NowcastError, match="not loaded") as err:
         checkpoints.load_train_state(tmp_path)
+    assert isinstance(err.value.__cause__, pickle.UnpicklingError)
 
 
 def test_rng_state_restores_every_generator():
