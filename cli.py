@@ -163,9 +163,9 @@ def info(store: Path = typer.Argument(..., help="A Zarr store written by `nowcas
 
     Example: nowcast info data/store.zarr
     """
-    from pipeline.store import describe_store
+    from pipeline.store import Store
 
-    summary = _run(describe_store, store)
+    summary = _run(lambda: Store.open(store).describe())
     _print_table([(str(k), str(v)) for k, v in summary.items()], title=str(store))
 
 

@@ -22,8 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import hko7
 from pipeline import store as st
+from pipeline.catalog import INTERVAL_S
+from pipeline.dataset import ClipDataset, collate_clips
+from pipeline.sources import dbz_to_u8, hko7
+from pipeline.store import Store
 
 LAYOUTS = [  # (chunk_frames, shard_frames, compressor, level)
     (1, 120, "zstd", 1),
@@ -56,7 +59,7 @@ def radar_frames(n: int, size: int = 480, seed: int = 0) -> tuple[np.ndarray, np
         moved = np.roll(field, (i // 2, i), axis=(0, 1)) * (1 + 0.1 * np.sin(i / 20))
         echo = moved > 0.7
         dbz = np.where(echo, 10 + 20 * moved + rng.normal(0, 1.5, (size, size)), -10)
-        frames[i] = np.where(disc, hko7.dbz_to_u8(dbz), 0)
+        frames[i] = np.where(disc, dbz_to_u8(dbz), 0)
         masks[i] = disc & (rng.random((size, size)) > 0.001)
     return frames, masks
 
@@ -64,7 +67,7 @@ def radar_frames(n: int, size: int = 480, seed: int = 0) -> tuple[np.ndarray, np
 def write_store(path: Path, frames, masks, layout: st.StoreLayout) -> None:
     """A complete store holding ``frames``/``masks`` at the HKO-7 cadence, written whole shards at a time."""
     n, h, w = frames.shape
-    g = st.create_store(path, h, w, layout, {"interval_s": hko7.INTERVAL_S})
+    g = st.create_store(path, h, w, layout, {"interval_s": INTERVAL_S})
     g[st.FRAMES].resize((n, h, w))
     g[st.MASKS].resize((n, h, w))
     fa, ma = (g[k].with_config({"write_empty_chunks": True}) for k in (st.FRAMES, st.MASKS))  # as the ingest
@@ -73,7 +76,7 @@ def write_store(path: Path, frames, masks, layout: st.StoreLayout) -> None:
         fa[i0:i0 + unit] = frames[i0:i0 + unit]
         ma[i0:i0 + unit] = masks[i0:i0 + unit]
     t0 = int(np.datetime64("2015-06-01T00:00:00", "s").astype(np.int64))
-    st.write_vector(g, st.TIME, t0 + hko7.INTERVAL_S * np.arange(n, dtype=np.int64))
+    st.write_vector(g, st.TIME, t0 + INTERVAL_S * np.arange(n, dtype=np.int64))
     st.write_vector(g, st.PRESENT, np.ones(n, bool))
     g.attrs["ingest_state"] = st.STATE_COMPLETE
 
@@ -98,12 +101,11 @@ def random_starts(path: Path, n_clips: int, seq_len: int = 25, seed: int = 1) ->
 
 def clip_costs(path: Path, n_clips: int, fast: bool = True) -> dict:
     """CPU/wall ms per random 25-frame clip: StoreReader.read and ClipDataset.__getitem__."""
-    from pipeline.dataset import ClipDataset
 
     starts = random_starts(path, n_clips)
     reader = st.StoreReader(st.open_store(path), fast=fast)
-    read_cpu, read_wall = _timed(lambda s: reader.read(s + hko7.INTERVAL_S * np.arange(25)), list(starts))
-    ds = ClipDataset(path, starts)
+    read_cpu, read_wall = _timed(lambda s: reader.read(s + INTERVAL_S * np.arange(25)), list(starts))
+    ds = ClipDataset(Store.open(path), starts)
     ds._reader, ds._pid = reader, os.getpid()
     item_cpu, item_wall = _timed(ds.__getitem__, list(range(len(ds))))
     return {"read_cpu": read_cpu, "read_wall": read_wall, "item_cpu": item_cpu, "item_wall": item_wall,
@@ -138,9 +140,8 @@ def dataset_clips_per_s(path: Path, n_clips: int, workers: int, batch_size: int 
     import torch
     from torch.utils.data import DataLoader
 
-    from pipeline.dataset import ClipDataset, collate_clips
 
-    ds = ClipDataset(path, random_starts(path, n_clips, seed=2))
+    ds = ClipDataset(Store.open(path), random_starts(path, n_clips, seed=2))
     kw = dict(collate_fn=collate_clips) if batched else {}
     loader = DataLoader(ds if batched else _PerItemDataset(ds), batch_size=batch_size, num_workers=workers,
                         shuffle=True, generator=torch.Generator().manual_seed(0), persistent_workers=False, **kw)

@@ -32,9 +32,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_dataset import radar_frames  # noqa: E402
 
-from pipeline import hko7  # noqa: E402
 from pipeline import ingest as ing  # noqa: E402
 from pipeline import store as st  # noqa: E402
+from pipeline.catalog import INTERVAL_S  # noqa: E402
+from pipeline.sources import get_source, hko7  # noqa: E402
 
 T0_S = int(np.datetime64("2015-06-01T00:00:00", "s").astype(np.int64))
 COMPRESSORS = [("zstd", 1), ("zstd", -3), ("blosc-lz4", 1), ("none", 0)]
@@ -44,7 +45,7 @@ def _write_day(args) -> int:
     root, k0, n, size, seed = args
     frames, masks = radar_frames(n, size, seed)
     for i in range(n):
-        t = T0_S + (k0 + i) * hko7.INTERVAL_S
+        t = T0_S + (k0 + i) * INTERVAL_S
         for path, data in ((hko7.frame_path(root, t), hko7.encode_frame(frames[i])),
                            (hko7.mask_path(root, t), hko7.encode_mask(masks[i]))):
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -78,9 +79,10 @@ def _prepared_store(root: Path, store: Path, compressor: str, level: int):
     """An empty store sized for the archive (as `ingest` leaves it before the units run) and its plan."""
     shutil.rmtree(store, ignore_errors=True)
     cfg = ing.IngestConfig(root, store, workers=0, compressor=compressor, level=level)
-    scan = ing.scan_archive(root)
-    group = ing._open_or_create(cfg, root, scan)
-    plan = ing._plan(scan, group, root)
+    source = get_source("hko7")
+    listing = source.list_frames(root)
+    group = ing._open_or_create(cfg, root, source, listing)
+    plan = ing._plan(listing, group)
     ing._apply_plan(group, plan)
     return plan
 
@@ -97,9 +99,9 @@ def per_core_table(root: Path, tmp: Path, n_units: int) -> None:
         n = 0
         for u in range(min(n_units, plan.n_units)):
             i0, slots = plan.unit_slots(u)
-            blobs = [(root / f).read_bytes() for f, _ in slots]
+            blobs = [(root / ref.path).read_bytes() for ref in slots]
             dec += _cpu(lambda: [hko7.decode_frame(b) for b in blobs])
-            unit += _cpu(lambda: ing.ingest_unit(str(store), str(root), u, i0, slots))
+            unit += _cpu(lambda: ing.ingest_unit(str(store), get_source("hko7"), str(root), u, i0, slots))
             n += len(slots)
         mb = sum(p.stat().st_size for p in (store / st.FRAMES).rglob("*") if p.is_file())
         mb += sum(p.stat().st_size for p in (store / st.MASKS).rglob("*") if p.is_file())
@@ -113,7 +115,8 @@ def breakdown(root: Path, tmp: Path) -> None:
     i0, slots = plan.unit_slots(0)
     shape = tuple(st.open_store(tmp / "breakdown.zarr", require_complete=False)[st.FRAMES].shape[1:])
     reads = {}
-    t_read = _cpu(lambda: reads.update({f: ((root / f).read_bytes(), (root / m).read_bytes()) for f, m in slots}))
+    t_read = _cpu(lambda: reads.update({ref.path: ((root / ref.path).read_bytes(), (root / ref.mask_path).read_bytes())
+                                        for ref in slots}))
     frames = np.stack([hko7.decode_frame(b, shape) for b, _ in reads.values()])
     masks = np.stack([hko7.decode_mask(m, shape) for _, m in reads.values()])
     t_png = _cpu(lambda: [hko7.decode_frame(b, shape) for b, _ in reads.values()])

@@ -1,4 +1,4 @@
-"""Clip rules of the HKO-7 benchmark and split helpers.
+"""Clip rules of the HKO-7 benchmark, splits, and day lists.
 
 A *clip* is ``seq_len`` consecutive slots at the archive cadence (``interval``) starting at a
 start time. A clip is *valid* when no run of more than ``max_consecutive_missing`` consecutive
@@ -10,18 +10,31 @@ slots is absent, and not every slot is absent (the rule of ``HKOIterator._is_val
 
 Times are numpy ``datetime64`` arrays of the timestamps that exist, in any order and any unit;
 results are sorted ``datetime64`` arrays in the finer of the input's and ``interval``'s units.
+
+Splits: a split is a list of days or a time range (:func:`select_split`); without one, days are
+split chronologically by fraction (:func:`split_days_by_fraction`, the one split rule). Day lists are
+the HKO-7 benchmark's text files, one ``YYYYMMDD, <daily rain mm>`` line per day
+(:func:`read_day_list`, :func:`write_day_list`).
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
 
+#: The HKO-7 benchmark's cadence: the default of the clip functions below and the cadence of
+#: synthetic archives. A store's own cadence is read from its data (``pipeline.store.Store.interval_s``).
 DEFAULT_INTERVAL = np.timedelta64(6, "m")
+INTERVAL_S = int(DEFAULT_INTERVAL / np.timedelta64(1, "s"))  # 360
 SEQ_LEN = 25
 STRIDE = 5
 MAX_CONSECUTIVE_MISSING = 2
+SPLITS = ("train", "valid", "test")
+#: Fractions of the days that :func:`split_days_by_fraction` gives to valid and test by default.
+VALID_FRACTION = 0.1
+TEST_FRACTION = 0.1
 
 
 def _normalise(times: np.ndarray, interval: np.timedelta64) -> tuple[np.ndarray, np.dtype, int]:
@@ -189,7 +202,7 @@ def select_range(times: np.ndarray, start=None, end=None) -> np.ndarray:
 
 
 def split_days_by_fraction(
-    days: Iterable, valid_fraction: float = 0.1, test_fraction: float = 0.1
+    days: Iterable, valid_fraction: float = VALID_FRACTION, test_fraction: float = TEST_FRACTION
 ) -> dict[str, np.ndarray]:
     """Split sorted distinct days chronologically: the last ``test_fraction`` of days -> test, the
     ``valid_fraction`` before them -> valid, the rest -> train (each non-empty fraction gets >= 1 day
@@ -228,8 +241,6 @@ def parse_split_option(text: str) -> tuple[str, object]:
     Returns (name, spec) for :func:`select_split`: a list of datetime64[D] days or a (start, end) tuple.
     Raises ValueError with the accepted forms when the text does not parse.
     """
-    from pipeline.hko7 import read_day_list
-
     name, sep, value = text.partition("=")
     if not sep or not name.strip() or not value.strip():
         raise ValueError(f"split {text!r}: expected NAME=DAYLIST_FILE or NAME=START..END (e.g. test=2015-01-01..2016-01-01)")
@@ -245,3 +256,25 @@ def parse_split_option(text: str) -> tuple[str, object]:
     if not path.is_file():
         raise ValueError(f"split {text!r}: no day-list file {path} (or write a range as START..END)")
     return name, read_day_list(path)
+
+
+# ----------------------------------------------------------------------------------------- day lists
+
+def read_day_list(path: str | Path) -> list[np.datetime64]:
+    """Read a day list (``YYYYMMDD, <daily rain mm>`` per line; the rain column is optional; ``#``
+    comments and blank lines are skipped) -> sorted datetime64[D] days. ValueError for a bad line."""
+    days = []
+    for line_no, line in enumerate(Path(path).read_text().splitlines(), 1):
+        text = line.split(",")[0].strip()
+        if not text or text.startswith("#"):
+            continue
+        if not re.fullmatch(r"\d{8}", text):
+            raise ValueError(f"{path}:{line_no}: expected YYYYMMDD, got {text!r}")
+        days.append(np.datetime64(f"{text[:4]}-{text[4:6]}-{text[6:]}", "D"))
+    return sorted(days)
+
+
+def write_day_list(path: str | Path, days_rain_mm: list[tuple[np.datetime64, float]]) -> None:
+    """Write a day list: one ``YYYYMMDD, <daily rain mm>`` line per (day, rain in mm) pair."""
+    lines = [f"{str(np.datetime64(d, 'D')).replace('-', '')}, {rain:.1f}" for d, rain in days_rain_mm]
+    Path(path).write_text("\n".join(lines) + "\n")

@@ -1,15 +1,17 @@
-"""PyTorch access to the store: clip starts from the catalog, a map-style clip Dataset, and sharding.
+"""PyTorch access to the store: a map-style clip Dataset over a :class:`~pipeline.store.Store`, and
+each rank's slice of the clips.
 
 Typical use::
 
-    starts_s = shard(clip_starts(store, "train", "random"), rank, world_size)
+    store = Store.open("store.zarr")
+    starts_s = rank_slice(store.clip_starts("train", "random"), rank, world_size)
     loader = DataLoader(ClipDataset(store, starts_s), batch_size=4, shuffle=True, num_workers=2,
                         collate_fn=collate_clips)
     for frames, masks in loader:           # (B, S, 1, H, W) each
         frames = frames.transpose(0, 1)    # -> (S, B, 1, H, W)
 
-The dataset opens the store lazily in each process (DataLoader workers and Ray workers each open
-their own), so it pickles cheaply and never shares zarr handles across processes.
+The dataset reads through the store's per-process reader (``Store.reader()``); the Store pickles as
+its path, so DataLoader workers and Ray workers each open their own and never share zarr handles.
 
 Batched fetch: a DataLoader with automatic batching calls ``ClipDataset.__getitems__(indices)``,
 which reads the whole batch into one (B, S, 1, H, W) float32 pair; :func:`collate_clips` hands that
@@ -21,25 +23,17 @@ decoding the clips (benchmarks/bench_dataset.py).
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import torch
+from torch.utils.data import get_worker_info
 
-from pipeline import store as st
 from pipeline.errors import NowcastError
+from pipeline.store import Store, StoreReader
 
 
-def clip_starts(store_path: str | Path, split: str, protocol: str = "random") -> np.ndarray:
-    """Clip starts (int64 epoch seconds, ascending) of ``split`` from the store's catalog.
-
-    protocol : "random" (every valid start: the training population) or "sequent" (the HKO-7
-    sequential evaluation clips).
-    """
-    return st.read_catalog(st.open_store(store_path), split, protocol)
-
-
-def shard(starts_s: np.ndarray, rank: int, world_size: int) -> np.ndarray:
+def rank_slice(starts_s: np.ndarray, rank: int, world_size: int) -> np.ndarray:
     """Deterministic disjoint share of ``starts_s`` for ``rank`` of ``world_size``: every
     ``world_size``-th element from ``rank`` (sizes differ by at most one; the union is the input)."""
     if world_size < 1 or not 0 <= rank < world_size:
@@ -53,19 +47,17 @@ class ClipDataset:
     Returns (frames, masks), both torch float32 (seq_len, 1, H, W): frames are pixel/255 in [0, 1],
     masks 1 for valid pixels; absent slots are zero with mask 0.
 
-    store_path : the store (made absolute, so it works in Ray workers that change directory).
+    store : the open store (pickles as its path).
     starts_s : (N,) int64 epoch seconds of clip starts.
-    seq_len : slots per clip at the store's cadence (``interval_s`` attribute).
+    seq_len : slots per clip at the store's cadence (``Store.interval_s``).
     """
 
-    def __init__(self, store_path: str | Path, starts_s, seq_len: int = 25):
-        self.store_path = str(Path(store_path).resolve())
+    def __init__(self, store: Store, starts_s, seq_len: int = 25):
+        self.store = store
         self.starts_s = np.asarray(starts_s, dtype=np.int64).ravel()
         if seq_len < 1:
             raise NowcastError(f"seq_len must be >= 1, got {seq_len}", exit_code=2)
         self.seq_len = int(seq_len)
-        self._reader = None
-        self._pid = None
         self._bufs = None
         self._bufs_pid = None
 
@@ -74,20 +66,17 @@ class ClipDataset:
 
     def __getstate__(self):
         state = self.__dict__.copy()
-        state["_reader"], state["_pid"], state["_bufs"], state["_bufs_pid"] = None, None, None, None
+        state["_bufs"], state["_bufs_pid"] = None, None
         return state
 
     @property
-    def reader(self) -> st.StoreReader:
-        """This process's reader (opened on first use, reopened after a fork)."""
-        if self._reader is None or self._pid != os.getpid():
-            self._reader = st.StoreReader(st.open_store(self.store_path))
-            self._pid = os.getpid()
-        return self._reader
+    def reader(self) -> StoreReader:
+        """This process's reader (``Store.reader()``: opened on first use, reopened after a fork)."""
+        return self.store.reader()
 
     def slot_times_s(self, i: int) -> np.ndarray:
         """(seq_len,) int64 epoch seconds of item i's slots."""
-        return self.starts_s[i] + self.reader.interval_s * np.arange(self.seq_len, dtype=np.int64)
+        return self.store.slot_times_s(self.starts_s[i], self.seq_len)
 
     def read_numpy(self, i: int, frames_out: np.ndarray | None = None,
                    masks_out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -117,8 +106,6 @@ class ClipDataset:
         large arrays, while a fresh 23 MB ``torch.empty`` page-faults 4 KiB at a time (measured 2-3x
         slower than the conversion itself; see benchmarks/bench_dataset.py).
         """
-        import torch
-
         frames_u8, masks_b = self.read_numpy(int(i), *self._buffers())
         shape = (self.seq_len, 1) + frames_u8.shape[1:]
         x = np.empty(shape, dtype=np.float32)
@@ -154,9 +141,6 @@ class ClipDataset:
 def _batch_tensor(shape: tuple):
     """An uninitialised float32 tensor of ``shape``: in shared memory inside a DataLoader worker
     (what the worker would copy it into anyway), else wrapping a numpy allocation."""
-    import torch
-    from torch.utils.data import get_worker_info
-
     if get_worker_info() is None:
         return torch.from_numpy(np.empty(shape, dtype=np.float32))
     storage = torch.UntypedStorage._new_shared(int(np.prod(shape)) * 4)
@@ -179,8 +163,6 @@ def collate_clips(batch):
     batch : a :class:`ClipBatch` (passed on as is: no copy) or a list of (frames, masks) items of
     (S, 1, H, W) each (stacked, as the default collation does).
     """
-    import torch
-
     if isinstance(batch, ClipBatch):
         return batch.frames, batch.masks
     if not len(batch):

@@ -12,6 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.errors import NowcastError
+from pipeline.evaluate import compare
+from pipeline.ingest import IngestConfig, ingest
+from pipeline.predict import PredictConfig, predict
+from pipeline.store import Store
+from pipeline.synth import SynthConfig, archive_matches, synth_archive
+from pipeline.tracking import resolve_tracking_uri
+from pipeline.train import TrainConfig, train
 
 
 @dataclass
@@ -48,8 +55,6 @@ class DemoResult:
 
 def _synth_if_needed(cfg: DemoConfig, archive: Path) -> None:
     """Synthesise the archive unless one with the same settings is already there."""
-    from pipeline.synth import SynthConfig, archive_matches, synth_archive
-
     synth_cfg = SynthConfig(
         out_dir=archive, days=cfg.days, frames_per_day=cfg.frames_per_day, size_px=cfg.size_px, seed=cfg.seed
     )
@@ -59,25 +64,16 @@ def _synth_if_needed(cfg: DemoConfig, archive: Path) -> None:
     synth_archive(synth_cfg)
 
 
-def _demo_forecast_time(store: Path) -> int:
-    """Epoch seconds of a test-split clip start + 4 frames (the last input frame of the first test clip)."""
-    from pipeline.dataset import clip_starts
-    from pipeline.hko7 import INTERVAL_S
-
-    starts = clip_starts(store, "test", "sequent")
+def _demo_forecast_time(store: Store) -> int:
+    """Epoch seconds of the middle test clip's start + 4 frames (the last input frame of that clip)."""
+    starts = store.clip_starts("test", "sequent")
     if len(starts) == 0:
-        raise NowcastError(f"the store {store} has no test clips; delete the demo folder and re-run")
-    return int(starts[len(starts) // 2]) + 4 * INTERVAL_S
+        raise NowcastError(f"the store {store.path} has no test clips; delete the demo folder and re-run")
+    return int(starts[len(starts) // 2]) + 4 * store.interval_s
 
 
 def run_demo(cfg: DemoConfig) -> DemoResult:
     """Run every stage; return where things are and a printable summary."""
-    from pipeline.evaluate import compare
-    from pipeline.ingest import IngestConfig, ingest
-    from pipeline.predict import PredictConfig, predict
-    from pipeline.tracking import resolve_tracking_uri
-    from pipeline.train import TrainConfig, train
-
     t0 = time.perf_counter()
     workdir = Path(cfg.workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -107,7 +103,7 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
     forecast = predict(
         PredictConfig(
             model_uri=f"models:/{cfg.model_name}@champion", out_dir=workdir / "forecast", store=store,
-            time=str(_demo_forecast_time(store)), tracking_uri=tracking_uri,
+            time=str(_demo_forecast_time(Store.open(store))), tracking_uri=tracking_uri,
         )
     )
     summary = _summary(workdir, store, model_uri, trained, forecast.gif_path, table, tracking_uri,

@@ -3,7 +3,7 @@
 Protocol
 --------
 * Clips: the split's *sequential* clip starts recorded in the store's catalog
-  (``pipeline.dataset.clip_starts(store, split, "sequent")``: 25-frame clips, stride 5,
+  (``Store.clip_starts(split, "sequent")``: 25-frame clips, stride 5,
   at most 2 consecutive missing frames), in time order, optionally only the first ``max_clips``.
 * Per clip: the first ``in_len`` frames (5) are the input, the next ``out_len`` frames (20) the
   truth. Absent frames are zeros with mask 0; truth pixels whose mask is false are not scored.
@@ -11,7 +11,7 @@ Protocol
 * Scores: :class:`trajgru.metrics.SkillScores` pooled over every clip (contingency counts summed
   before any ratio), CSI/HSS/POD/FAR/GSS per lead time and threshold (0.5, 2, 5, 10, 30 mm/h),
   MSE/MAE/B-MSE/B-MAE per lead time.
-* Data-parallel: ``workers=N > 0`` splits the clips with ``pipeline.dataset.shard`` over N Ray
+* Data-parallel: ``workers=N > 0`` splits the clips with ``pipeline.dataset.rank_slice`` over N Ray
   tasks; each loads the forecaster, scores its slice, and the accumulators are merged (pooled
   counts are exactly those of the in-process run).
 
@@ -31,13 +31,21 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import ray
+import torch
+from rich.console import Console
+from rich.table import Table
 
-from pipeline.errors import NowcastError
+from pipeline import tracking, viz
+from pipeline.dataset import ClipDataset, collate_clips, rank_slice
+from pipeline.errors import NowcastError, check
+from pipeline.forecasters import Forecaster, absolute_uri, baseline_name, load_forecaster
+from pipeline.progress import track
 from pipeline.raycluster import connect_ray
+from pipeline.store import Store
+from trajgru.metrics import DEFAULT_THRESHOLDS_MM_H, SkillScores, champion_score, nanmean
 
-DEFAULT_THRESHOLDS_MM_H = (0.5, 2.0, 5.0, 10.0, 30.0)
 PROTOCOL = "sequent"
-BASELINE_URIS = ("persistence", "optical-flow", "optical_flow")
 
 
 @dataclass
@@ -77,6 +85,11 @@ class EvaluateConfig:
     thresholds_mm_h: tuple[float, ...] = DEFAULT_THRESHOLDS_MM_H
     interval_s: int | None = None  # None: the store's interval (HKO-7: 360 s)
 
+    def __post_init__(self):
+        check(int(self.workers) >= 0, f"workers must be >= 0, got {self.workers}")
+        check(int(self.batch_size) >= 1, f"batch_size must be >= 1, got {self.batch_size}")
+        check(self.max_clips is None or int(self.max_clips) >= 1, f"max_clips must be >= 1, got {self.max_clips}")
+
 
 @dataclass
 class EvaluateResult:
@@ -112,28 +125,12 @@ class CompareResult:
 
 
 # --------------------------------------------------------------------------- inputs
-def _absolute_model_uri(uri: str) -> str:
-    """Checkpoint paths -> absolute (Ray workers change directory); other URIs unchanged."""
-    uri = str(uri).strip()
-    if uri in BASELINE_URIS or "://" in uri or uri.startswith("models:/"):
-        return uri
-    path = Path(uri).expanduser()
-    return str(path.resolve()) if path.exists() else uri
+def _load(model_uri: str, tracking_uri: str | None, device: str, in_len: int | None,
+          out_len: int | None) -> Forecaster:
+    return load_forecaster(model_uri, tracking_uri=tracking_uri, device=device, in_len=in_len, out_len=out_len)
 
 
-def _load_forecaster(model_uri: str, tracking_uri: str | None, device: str, in_len: int | None,
-                     out_len: int | None):
-    from pipeline.tracking import load_forecaster
-
-    kwargs = {}
-    if in_len is not None:
-        kwargs["in_len"] = int(in_len)
-    if out_len is not None:
-        kwargs["out_len"] = int(out_len)
-    return load_forecaster(model_uri, tracking_uri=tracking_uri, device=device, **kwargs)
-
-
-def _lengths(forecaster, in_len: int | None, out_len: int | None) -> tuple[int, int]:
+def _lengths(forecaster: Forecaster, in_len: int | None, out_len: int | None) -> tuple[int, int]:
     """(in_len, out_len) to evaluate with; NowcastError if the model cannot produce them."""
     n_in = int(in_len or forecaster.in_len)
     n_out = int(out_len or forecaster.out_len)
@@ -148,57 +145,15 @@ def _lengths(forecaster, in_len: int | None, out_len: int | None) -> tuple[int, 
     return n_in, n_out
 
 
-def model_frame_size(forecaster) -> tuple[int, int] | None:
-    """(H, W) the forecaster was built for, or None when it takes any size (baselines)."""
-    config = getattr(forecaster, "model_config", None)
-    if not config:
-        return None
-    get = config.get if isinstance(config, dict) else (lambda k: getattr(config, k, None))
-    h, w = get("height"), get("width")
-    return (int(h), int(w)) if h is not None and w is not None else None
-
-
-def check_frame_size(forecaster, store_hw: tuple[int, int], where: str) -> None:
-    """NowcastError when the model's frame size differs from the data's."""
-    model_hw = model_frame_size(forecaster)
-    if model_hw is not None and tuple(model_hw) != tuple(store_hw):
-        raise NowcastError(
-            f"{forecaster.name} was trained on {model_hw[0]}x{model_hw[1]} frames but {where} holds "
-            f"{store_hw[0]}x{store_hw[1]} frames; evaluate it on a store ingested at the model's size "
-            "or train a model on this store"
-        )
-
-
-def _store_frame_size(store: Path) -> tuple[int, int]:
-    from pipeline.store import open_store
-
-    group = open_store(store)
-    shape = group["frames"].shape
-    return int(shape[1]), int(shape[2])
-
-
-def _store_interval_s(store: Path) -> int:
-    from pipeline import hko7
-    from pipeline.store import open_store
-
-    return int(open_store(store).attrs.get("interval_s", hko7.INTERVAL_S))
-
-
-def evaluation_clip_starts(store: str | Path, split: str, max_clips: int | None = None) -> np.ndarray:
-    """The HKO-7 sequential clip starts (int64 epoch s) of ``split``, first ``max_clips`` of them.
+def _protocol_clips(store: Store, split: str, max_clips: int | None = None) -> np.ndarray:
+    """The HKO-7 sequential clip starts (int64 epoch s) of ``split``, the first ``max_clips`` of them.
 
     Raises NowcastError when the split has no clips.
     """
-    from pipeline.dataset import clip_starts
-
-    starts = np.sort(np.asarray(clip_starts(Path(store), split, PROTOCOL), dtype=np.int64))
-    if max_clips is not None:
-        if int(max_clips) < 1:
-            raise NowcastError(f"max_clips must be >= 1, got {max_clips}", exit_code=2)
-        starts = starts[: int(max_clips)]
+    starts = store.clip_starts(split, PROTOCOL)[: None if max_clips is None else int(max_clips)]
     if starts.size == 0:
         raise NowcastError(
-            f"the {split!r} split of {store} has no evaluation clips (25 frames with at most 2 "
+            f"the {split!r} split of {store.path} has no evaluation clips (25 frames with at most 2 "
             "consecutive missing). Check `nowcast info` for the split's days; re-ingest with days "
             f"listed for {split!r} (a `{split}_days.txt` day list) or from a longer archive, or "
             "evaluate another split with --split"
@@ -207,40 +162,30 @@ def evaluation_clip_starts(store: str | Path, split: str, max_clips: int | None 
 
 
 # --------------------------------------------------------------------------- scoring
-def _batches(store: Path, starts_s: np.ndarray, seq_len: int, batch_size: int):
+def _batches(store: Store, starts_s: np.ndarray, seq_len: int, batch_size: int):
     """Yield (frames, masks) torch float32 (seq_len, B, 1, H, W) over the clips, in order."""
-    import torch
-
-    from pipeline.dataset import ClipDataset, collate_clips
-
-    dataset = ClipDataset(str(store), np.asarray(starts_s, dtype=np.int64), seq_len=seq_len)
+    dataset = ClipDataset(store, np.asarray(starts_s, dtype=np.int64), seq_len=seq_len)
     loader = torch.utils.data.DataLoader(dataset, batch_size=max(1, int(batch_size)), shuffle=False,
                                          num_workers=0, collate_fn=collate_clips)
     for frames, masks in loader:
         yield frames.transpose(0, 1), masks.transpose(0, 1)
 
 
-def score_clips(forecaster, store: str | Path, starts_s: np.ndarray, in_len: int, out_len: int,
+def score_clips(forecaster: Forecaster, store: Store, starts_s: np.ndarray, in_len: int, out_len: int,
                 batch_size: int = 4, thresholds_mm_h: Sequence[float] = DEFAULT_THRESHOLDS_MM_H,
-                progress: bool = False):
+                progress: bool = False) -> SkillScores:
     """Score ``forecaster`` on the clips starting at ``starts_s`` (int64 epoch s) in this process.
 
     Inputs are frames [0, in_len), truth frames [in_len, in_len + out_len) with their masks.
     ``progress`` shows a bar over the batches. Returns a :class:`trajgru.metrics.SkillScores`
     (seq_len = out_len).
     """
-    import torch
-    from rich.progress import track
-
-    from trajgru.metrics import SkillScores
-
     skill = SkillScores(out_len, thresholds_mm_h)
     if len(starts_s) == 0:
         return skill
-    batches = _batches(Path(store), starts_s, in_len + out_len, batch_size)
     n_batches = -(-len(starts_s) // max(1, int(batch_size)))
-    if progress:
-        batches = track(batches, total=n_batches, description=f"evaluate {forecaster.name}", transient=True)
+    batches = track(_batches(store, starts_s, in_len + out_len, batch_size), f"evaluate {forecaster.name}",
+                    total=n_batches, enabled=progress, transient=True)
     with torch.no_grad():
         for frames, masks in batches:
             pred = forecaster(frames[:in_len])
@@ -254,51 +199,35 @@ def score_clips(forecaster, store: str | Path, starts_s: np.ndarray, in_len: int
     return skill
 
 
-def _score_slice(store: str, starts_s: np.ndarray, model_uri: str, tracking_uri: str | None, device: str,
-                 in_len: int, out_len: int, batch_size: int, thresholds_mm_h: tuple):
+def _score_slice(store: Store, starts_s: np.ndarray, model_uri: str, tracking_uri: str | None, device: str,
+                 in_len: int, out_len: int, batch_size: int, thresholds_mm_h: tuple) -> SkillScores:
     """One Ray task: load the forecaster and score a slice of clips -> SkillScores."""
-    import torch
-
     torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1") or 1)))
-    forecaster = _load_forecaster(model_uri, tracking_uri, device, in_len, out_len)
+    forecaster = _load(model_uri, tracking_uri, device, in_len, out_len)
     return score_clips(forecaster, store, starts_s, in_len, out_len, batch_size, thresholds_mm_h)
 
 
-def _worker_runtime_env() -> dict:
-    """Make this source tree importable in Ray workers started for these tasks."""
-    root = str(Path(__file__).resolve().parent.parent)
-    paths = [root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != root]
-    return {"env_vars": {"PYTHONPATH": os.pathsep.join(paths)}}
-
-
-def score_clips_ray(model_uri: str, store: str | Path, starts_s: np.ndarray, in_len: int, out_len: int,
+def score_clips_ray(model_uri: str, store: Store, starts_s: np.ndarray, in_len: int, out_len: int,
                     workers: int, batch_size: int = 4, tracking_uri: str | None = None, device: str = "cpu",
                     thresholds_mm_h: Sequence[float] = DEFAULT_THRESHOLDS_MM_H,
-                    ray_address: str | None = None):
-    """Score on ``workers`` Ray tasks, each a disjoint slice (``pipeline.dataset.shard``); merged SkillScores.
+                    ray_address: str | None = None) -> SkillScores:
+    """Score on ``workers`` Ray tasks, each a disjoint slice (``pipeline.dataset.rank_slice``); merged.
 
-    Every path and the tracking URI are made absolute for the workers. A Ray started here is shut
+    The store travels as its absolute path, checkpoint paths and the tracking URI are made absolute;
+    a Ray started here ships this source tree to the tasks (``raycluster.connect_ray``) and is shut
     down at the end; an already initialised Ray is reused and left running.
     """
-    import ray
-
-    from pipeline.dataset import shard
-    from trajgru.metrics import SkillScores
-
-    store_abs = str(Path(store).resolve())
-    uri = _absolute_model_uri(model_uri)
+    uri = absolute_uri(model_uri)
     if uri.startswith("models:/"):
-        from pipeline.tracking import resolve_tracking_uri
-
-        tracking_uri = resolve_tracking_uri(tracking_uri)
+        tracking_uri = tracking.resolve_tracking_uri(tracking_uri)
     started = connect_ray(ray_address, include_dashboard=False, configure_logging=False)
     try:
-        task = ray.remote(num_cpus=1, max_retries=1)(_score_slice).options(runtime_env=_worker_runtime_env())
+        task = ray.remote(num_cpus=1, max_retries=1)(_score_slice)
         refs = []
         for rank in range(int(workers)):
-            part = np.asarray(shard(np.asarray(starts_s, np.int64), rank, int(workers)), dtype=np.int64)
+            part = rank_slice(np.asarray(starts_s, np.int64), rank, int(workers))
             if part.size:
-                refs.append(task.remote(store_abs, part, uri, tracking_uri, device, in_len, out_len,
+                refs.append(task.remote(store, part, uri, tracking_uri, device, in_len, out_len,
                                         batch_size, tuple(thresholds_mm_h)))
         merged = SkillScores(out_len, thresholds_mm_h)
         for part_scores in ray.get(refs):
@@ -333,12 +262,9 @@ def _starts_digest(starts_s: np.ndarray) -> dict:
 
 
 def evaluation_record(skill, *, model_uri: str, model_name: str, run_id: str | None, split: str,
-                      starts_s: np.ndarray, in_len: int, out_len: int, interval_s: int, store: Path,
+                      starts_s: np.ndarray, in_len: int, out_len: int, interval_s: int, store: Store,
                       workers: int, seconds: float) -> dict:
     """The JSON document written by :func:`evaluate` (scores + what was scored)."""
-    from pipeline.store import store_fingerprint
-    from trajgru.metrics import champion_score
-
     result = skill.result()
     try:
         champ = champion_score(result)
@@ -355,7 +281,7 @@ def evaluation_record(skill, *, model_uri: str, model_name: str, run_id: str | N
         "out_len": int(out_len),
         "interval_s": int(interval_s),
         "clip_starts": _starts_digest(starts_s),
-        "store": store_fingerprint(store),
+        "store": store.fingerprint(),
         "champion_score": None if math.isnan(champ) else champ,
         "workers": int(workers),
         "seconds": round(float(seconds), 3),
@@ -375,8 +301,6 @@ def mlflow_metrics(result: dict, split: str, interval_s: int) -> tuple[dict, lis
     """Summary metrics ``{split}_csi_{thr}``, ``{split}_hss_{thr}`` (average over lead times),
     ``{split}_mse|mae|b_mse|b_mae`` (average over lead times), and per-lead curves
     ``{split}_csi_{thr}_by_lead`` with step = lead time in minutes. NaN values are left out."""
-    from trajgru.metrics import nanmean
-
     summary: dict[str, float] = {}
     curves: list[tuple[str, float, int]] = []
     lead_min = [int((t + 1) * interval_s // 60) for t in range(np.asarray(result["csi"]).shape[0])]
@@ -395,50 +319,24 @@ def mlflow_metrics(result: dict, split: str, interval_s: int) -> tuple[dict, lis
 def log_evaluation_to_mlflow(*, tracking_uri: str | None, experiment: str, run_id: str | None,
                              model_name: str, split: str, result: dict, interval_s: int, n_clips: int,
                              files: Sequence[Path]) -> str:
-    """Log metrics, tags and ``files`` (artifacts under ``evaluation/<split>``) to MLflow.
+    """Log the metrics of :func:`mlflow_metrics`, tags and ``files`` (artifacts under ``evaluation/<split>``).
 
     Under ``run_id`` when given (the model's training run), else a new run ``evaluate-<model>``
-    in ``experiment``. Returns the run id. Uses MlflowClient, so an active fluent run is untouched.
+    in ``experiment``. Returns the run id.
     """
-    from mlflow.entities import Metric, RunTag
-
-    from mlflow import MlflowClient
-
-    from pipeline.tracking import check_tracking_reachable, resolve_tracking_uri, setup_experiment
-
-    uri = resolve_tracking_uri(tracking_uri)
-    check_tracking_reachable(uri)
-    client = MlflowClient(uri)
-    created = False
-    if run_id is None:
-        experiment_id = setup_experiment(uri, experiment)
-        run = client.create_run(experiment_id, run_name=f"evaluate-{short_name(model_name)}",
-                                tags={"nowcast.stage": "evaluate"})
-        run_id, created = run.info.run_id, True
-    now_ms = int(time.time() * 1000)
     summary, curves = mlflow_metrics(result, split, interval_s)
-    metrics = [Metric(k, v, now_ms, 0) for k, v in summary.items()]
-    metrics += [Metric(k, v, now_ms, step) for k, v, step in curves]
-    tags = [RunTag(f"eval.{split}.n_clips", str(n_clips)), RunTag(f"eval.{split}.model", model_name)]
-    try:
-        for i in range(0, len(metrics), 900):
-            client.log_batch(run_id, metrics=metrics[i:i + 900], tags=tags if i == 0 else [])
-        for path in files:
-            client.log_artifact(run_id, str(path), artifact_path=f"evaluation/{split}")
-    finally:
-        if created:
-            client.set_terminated(run_id)
-    return run_id
+    return tracking.log_to_run(
+        tracking_uri=tracking_uri, run_id=run_id, experiment=experiment, run_name=f"evaluate-{short_name(model_name)}",
+        new_run_tags={"nowcast.stage": "evaluate"}, metrics=[(k, v, 0) for k, v in summary.items()] + curves,
+        tags={f"eval.{split}.n_clips": str(n_clips), f"eval.{split}.model": model_name}, files=files,
+        artifact_path=f"evaluation/{split}")
 
 
 # --------------------------------------------------------------------------- entry points
-def _evaluate_loaded(cfg: EvaluateConfig, forecaster, starts_s: np.ndarray, in_len: int, out_len: int,
-                     write_files: bool = True) -> EvaluateResult:
+def _evaluate_loaded(cfg: EvaluateConfig, store: Store, forecaster: Forecaster, starts_s: np.ndarray, in_len: int,
+                     out_len: int, write_files: bool = True) -> EvaluateResult:
     """Score an already loaded forecaster on given clips, then write JSON/plot and log to MLflow."""
-    from pipeline import viz
-
-    store = Path(cfg.store)
-    interval_s = int(cfg.interval_s or _store_interval_s(store))
+    interval_s = int(cfg.interval_s or store.interval_s)
     t0 = time.perf_counter()
     if int(cfg.workers) > 0:
         skill = score_clips_ray(cfg.model_uri, store, starts_s, in_len, out_len, cfg.workers, cfg.batch_size,
@@ -473,18 +371,13 @@ def _evaluate_loaded(cfg: EvaluateConfig, forecaster, starts_s: np.ndarray, in_l
                           cfg.split, in_len, out_len, plot_path, run_id, seconds, skill)
 
 
-def _prepare(cfg: EvaluateConfig):
-    """Load the forecaster and check it against the store -> (forecaster, in_len, out_len)."""
-    store = Path(cfg.store)
-    if int(cfg.workers) < 0:
-        raise NowcastError(f"workers must be >= 0, got {cfg.workers}", exit_code=2)
-    if int(cfg.batch_size) < 1:
-        raise NowcastError(f"batch_size must be >= 1, got {cfg.batch_size}", exit_code=2)
-    hw = _store_frame_size(store)  # NowcastError if the store is missing
-    forecaster = _load_forecaster(cfg.model_uri, cfg.tracking_uri, cfg.device, cfg.in_len, cfg.out_len)
+def _prepare(cfg: EvaluateConfig) -> tuple[Store, Forecaster, int, int]:
+    """Open the store, load the forecaster and check one against the other -> (store, forecaster, in_len, out_len)."""
+    store = Store.open(cfg.store)  # NowcastError if the store is missing
+    forecaster = _load(cfg.model_uri, cfg.tracking_uri, cfg.device, cfg.in_len, cfg.out_len)
     in_len, out_len = _lengths(forecaster, cfg.in_len, cfg.out_len)
-    check_frame_size(forecaster, hw, f"the store {store}")
-    return forecaster, in_len, out_len
+    forecaster.check_frame_size(store.frame_size, f"the store {cfg.store}")
+    return store, forecaster, in_len, out_len
 
 
 def evaluate(cfg: EvaluateConfig) -> EvaluateResult:
@@ -494,9 +387,9 @@ def evaluate(cfg: EvaluateConfig) -> EvaluateResult:
     Raises NowcastError for a missing store, a split without clips, a model whose frame size
     differs from the store's, or an unknown model URI.
     """
-    forecaster, in_len, out_len = _prepare(cfg)
-    starts = evaluation_clip_starts(cfg.store, cfg.split, cfg.max_clips)
-    return _evaluate_loaded(cfg, forecaster, starts, in_len, out_len)
+    store, forecaster, in_len, out_len = _prepare(cfg)
+    starts = _protocol_clips(store, cfg.split, cfg.max_clips)
+    return _evaluate_loaded(cfg, store, forecaster, starts, in_len, out_len)
 
 
 def _fmt(x: float) -> str:
@@ -506,11 +399,6 @@ def _fmt(x: float) -> str:
 def render_comparison(results: Sequence[EvaluateResult], title: str = "", width: int = 160) -> str:
     """rich Table (as plain text): one row per model; CSI and HSS per threshold averaged over lead
     times, CSI at the last lead time at 5 mm/h when present, B-MSE and B-MAE averaged over lead times."""
-    from rich.console import Console
-    from rich.table import Table
-
-    from trajgru.metrics import nanmean
-
     thresholds = np.asarray(results[0].scores["thresholds"], dtype=float)
     table = Table(title=title or None)
     table.add_column("model", no_wrap=True)
@@ -541,21 +429,20 @@ def compare_models(store: str | Path, model_uris: Sequence[str], split: str = "t
     The lengths come from the first model that is not a baseline (else the first URI); baselines
     adapt to them. ``out_dir``: write each model's JSON + plot there (None = no files).
     """
-    if not model_uris:
-        raise NowcastError("give at least one model to compare", exit_code=2)
-    store = Path(store)
-    hw = _store_frame_size(store)
+    check(bool(model_uris), "give at least one model to compare")
+    check(max_clips is None or int(max_clips) >= 1, f"max_clips must be >= 1, got {max_clips}")
+    handle = Store.open(store)
     uris = [str(u).strip() for u in model_uris]
-    trained = [u for u in uris if u not in BASELINE_URIS]
+    trained = [u for u in uris if baseline_name(u) is None]
     lead = trained[0] if trained else uris[0]
-    loaded = {lead: _load_forecaster(lead, tracking_uri, device, None, None)}
+    loaded = {lead: _load(lead, tracking_uri, device, None, None)}
     in_len, out_len = loaded[lead].in_len, loaded[lead].out_len
     for uri in uris:
         if uri not in loaded:
-            loaded[uri] = _load_forecaster(uri, tracking_uri, device, in_len, out_len)
+            loaded[uri] = _load(uri, tracking_uri, device, in_len, out_len)
         _lengths(loaded[uri], in_len, out_len)
-        check_frame_size(loaded[uri], hw, f"the store {store}")
-    starts = evaluation_clip_starts(store, split, max_clips)
+        loaded[uri].check_frame_size(handle.frame_size, f"the store {store}")
+    starts = _protocol_clips(handle, split, max_clips)
     results = []
     for uri in uris:
         out_json = Path(out_dir) / f"evaluate-{short_name(loaded[uri].name)}-{split}.json" if out_dir else None
@@ -563,7 +450,7 @@ def compare_models(store: str | Path, model_uris: Sequence[str], split: str = "t
                              max_clips=max_clips, out_json=out_json, tracking_uri=tracking_uri,
                              log_to_mlflow=log_to_mlflow, device=device, in_len=in_len, out_len=out_len,
                              ray_address=ray_address, experiment=experiment)
-        results.append(_evaluate_loaded(cfg, loaded[uri], starts, in_len, out_len,
+        results.append(_evaluate_loaded(cfg, handle, loaded[uri], starts, in_len, out_len,
                                         write_files=out_dir is not None))
     title = f"HKO-7 skill on the {split} split: {len(starts)} clips, {in_len} -> {out_len} frames (avg over lead times)"
     return CompareResult(results, render_comparison(results, title), int(len(starts)))
@@ -584,6 +471,5 @@ __all__ = [
     "compare_models",
     "score_clips",
     "score_clips_ray",
-    "evaluation_clip_starts",
     "render_comparison",
 ]

@@ -1,16 +1,22 @@
-"""Dask stage: an HKO-7-layout radar archive -> the Zarr v3 store (see pipeline.store).
+"""Dask stage: a radar archive -> the Zarr v3 store (see pipeline.store).
+
+Ingest knows archives only through the source interface (``pipeline.sources``): the format is
+detected (or named in ``IngestConfig.source``), the source lists the frames with their times, and
+each Dask task asks the source for its frames. A new archive format needs no change here.
 
 How it runs
 -----------
-1. Scan ``radarPNG/`` and ``radarPNG_mask/``; file names that do not parse are reported as bad.
+1. List the archive's frames (``Source.list_frames``); files that cannot be listed are reported as bad.
 2. Plan the time axis: the stored times plus every new frame time after the last stored time
    (frames older than the store's last time are skipped with a warning: ingest into a fresh store
    to include them). The axis is cut into *units* = whole shards (or whole chunks when unsharded),
    so no two tasks ever write the same shard/chunk file.
-3. One Dask task per unit decodes that unit's frames and masks and writes the whole region
-   ``frames[i0:i1]``, ``masks[i0:i1]`` directly; then it writes a done marker (an empty Zarr group
+3. One Dask task per unit reads that unit's frames and masks (``Source.read_frames``) and writes the
+   whole region ``frames[i0:i1]``, ``masks[i0:i1]`` directly; then it writes a done marker (an empty Zarr group
    ``_ingest/units/u<N>`` whose attributes list the unit's bad files). A bad frame or mask makes the
    whole slot zeros / mask False (never a half-written frame).
+   The store's cadence (``interval_s``) is derived from the listed frame times when the store is
+   created (``store.infer_interval_s``).
 4. Finalise in the driver: ``present``, the bad-file report (attrs + a JSON report file), the clip
    catalog per split, and ``ingest_state = "complete"``.
 
@@ -25,22 +31,23 @@ import itertools
 import json
 import logging
 import os
-import re
 import time
 import warnings
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import dask
 import numpy as np
+import zarr
+from dask.distributed import Client, LocalCluster, as_completed
 
 from pipeline import catalog as cat
-from pipeline import hko7
 from pipeline import store as st
-from pipeline.errors import NowcastError
+from pipeline.errors import NowcastError, check
+from pipeline.progress import track
+from pipeline.sources import PIXEL_ENCODING, Listing, Source, detect_format, get_source
 
 log = logging.getLogger("nowcast.ingest")
-SPLITS = ("train", "valid", "test")
 _MAX_LISTED = 1000  # bad files listed in the store attrs (all of them go to the report file)
 
 
@@ -52,7 +59,7 @@ class IngestWarning(UserWarning):
 class IngestConfig:
     """What to ingest and how.
 
-    archive : HKO-7-layout root (radarPNG/, radarPNG_mask/, optional <split>_days.txt).
+    archive : archive root (any format of ``pipeline.sources``; optional <split>_days.txt day lists).
     store : output Zarr v3 store path (created, resumed or appended to).
     scheduler : address of an existing dask.distributed scheduler; None -> env DASK_SCHEDULER_ADDRESS,
         else a LocalCluster of ``workers`` single-threaded processes.
@@ -62,6 +69,7 @@ class IngestConfig:
     chunk_frames, shard_frames, compressor, level : the store layout (new stores only).
     seq_len, stride, max_consecutive_missing : the clip catalog rule (HKO-7: 25, 5, 2).
     report_path : JSON report (default ``<store>.ingest_report.json`` next to the store).
+    source : archive format, a name of ``pipeline.sources.SOURCES``; None = detected from the archive.
     """
 
     archive: str | Path
@@ -69,8 +77,8 @@ class IngestConfig:
     scheduler: str | None = None
     workers: int | None = None
     splits: dict | None = None
-    valid_fraction: float = 0.1
-    test_fraction: float = 0.1
+    valid_fraction: float = cat.VALID_FRACTION
+    test_fraction: float = cat.TEST_FRACTION
     chunk_frames: int = st.StoreLayout.chunk_frames
     shard_frames: int | None = st.StoreLayout.shard_frames
     compressor: str = st.StoreLayout.compressor
@@ -79,6 +87,12 @@ class IngestConfig:
     stride: int = cat.STRIDE
     max_consecutive_missing: int = cat.MAX_CONSECUTIVE_MISSING
     report_path: str | Path | None = None
+    source: str | None = None
+
+    def __post_init__(self):
+        check(self.workers is None or self.workers >= 0, f"workers must be >= 0 (0: no Dask), got {self.workers}")
+        for name in ("valid_fraction", "test_fraction"):
+            check(0 <= getattr(self, name) < 1, f"{name} must be in [0, 1), got {getattr(self, name)}")
 
 
 @dataclass
@@ -109,130 +123,18 @@ class IngestResult:
         return n / self.write_seconds if self.write_seconds > 0 else 0.0
 
 
-# ------------------------------------------------------------------------------------------ scan
-
-@dataclass
-class ArchiveScan:
-    """Frame/mask files by time (epoch s, paths relative to the archive) and unparseable files."""
-
-    frames: dict
-    masks: dict
-    bad: list
-
-
-def _walk(root: Path, sub: str):
-    base = root / sub
-    for dirpath, dirnames, filenames in os.walk(base):
-        dirnames.sort()
-        for name in sorted(filenames):
-            if not name.startswith("."):
-                yield Path(dirpath, name).relative_to(root).as_posix()
-
-
-def scan_archive(root: str | Path) -> ArchiveScan:
-    """List ``radarPNG/**.png`` and ``radarPNG_mask/**.mask`` by time; report names that do not parse
-    and duplicate times (the file at the canonical HKO-7 path wins)."""
-    root = Path(root)
-    if not (root / hko7.FRAME_DIR).is_dir():
-        raise NowcastError(f"{root} is not an HKO-7 archive (no {hko7.FRAME_DIR}/ folder); "
-                           "pass the archive root, e.g. one made by `nowcast synth`")
-    bad: list[dict] = []
-    found: dict[str, dict[int, str]] = {"frames": {}, "masks": {}}
-    for kind, sub, suffix, canon in (("frames", hko7.FRAME_DIR, hko7.FRAME_SUFFIX, hko7.frame_path),
-                                     ("masks", hko7.MASK_DIR, hko7.MASK_SUFFIX, hko7.mask_path)):
-        for rel in _walk(root, sub):
-            t = hko7.parse_time_s(rel) if rel.endswith(suffix) else None
-            if t is None:
-                bad.append({"path": rel, "reason": f"file name does not parse as RADyymmddHHMM00{suffix}"})
-                continue
-            prev = found[kind].get(t)
-            if prev is not None:
-                keep_new = Path(rel) == canon(Path("."), t)
-                dup = prev if keep_new else rel
-                bad.append({"path": dup, "reason": "duplicate time (another file has the same time)"})
-                if not keep_new:
-                    continue
-            found[kind][t] = rel
-    return ArchiveScan(found["frames"], found["masks"], bad)
-
-
-def _frame_shape(root: Path, rels: list[str]) -> tuple[int, int]:
-    """Most common (H, W) in the PNG headers of up to 64 frames spread over the archive."""
-    from PIL import Image
-
-    sizes = Counter()
-    for rel in [rels[i] for i in np.unique(np.linspace(0, len(rels) - 1, 64).astype(int))]:
-        try:
-            with Image.open(root / rel) as img:
-                sizes[(img.height, img.width)] += 1
-        except Exception:  # noqa: BLE001 - a bad file is reported later by its unit
-            continue
-    if not sizes:
-        raise NowcastError(f"no readable PNG frame found in {root / hko7.FRAME_DIR}: nothing to ingest")
-    return sizes.most_common(1)[0][0]
-
-
 # ------------------------------------------------------------------------------------------ units
 
 def _unit_name(unit: int) -> str:
     return f"{st.UNITS_GROUP}/u{unit:08d}"
 
 
-def _reason(exc: Exception) -> str:
-    """A deterministic one-line reason (no object addresses), so reruns write identical reports."""
-    return re.sub(r" at 0x[0-9a-fA-F]+", "", str(exc)).replace("\n", " ")
+def ingest_unit(store_path: str, source: Source, archive: str, unit: int, i0: int, slots: list) -> dict:
+    """Read one unit's frames and write rows ``[i0, i0 + len(slots))`` of frames/masks, then its marker.
 
-
-class _MaskCache:
-    """The last decoded mask and its compressed bytes. HKO-7 masks are often byte-identical from one
-    frame to the next (the radar's coverage changes rarely): equal bytes decode to the same mask, so
-    the unzip is skipped. Compares the bytes themselves, never the file names."""
-
-    def __init__(self):
-        self.data: bytes | None = None
-        self.mask: np.ndarray | None = None
-        self.hits = 0
-
-    def decode(self, data: bytes, shape: tuple[int, int]) -> np.ndarray:
-        """``hko7.decode_mask(data, shape)``, reusing the previous result for identical bytes.
-        The returned array is shared with the cache: callers copy it (e.g. into the unit array)."""
-        if self.data is not None and self.mask is not None and self.mask.shape == tuple(shape) and data == self.data:
-            self.hits += 1
-            return self.mask
-        mask = hko7.decode_mask(data, shape)  # raises before the cache changes: a bad file is never cached
-        self.data, self.mask = data, mask
-        return mask
-
-
-def _decode_slot(root: Path, frame_rel: str, mask_rel: str | None, shape: tuple[int, int],
-                 mask_cache: _MaskCache | None = None):
-    """-> (frame u8 (H,W), mask bool (H,W), bad entry or None). A bad slot gives (None, None, entry).
-
-    mask_cache : reuse the previous slot's decoded mask when its file holds the same bytes (the
-    returned mask may then be the cache's array: copy it, do not modify it).
+    slots : per row a FrameRef, or None = keep the stored row (a frame already in the store whose file
+        left the archive). Runs on a Dask worker; returns the marker dict.
     """
-    try:
-        frame = hko7.decode_frame((root / frame_rel).read_bytes(), shape)
-    except (hko7.FrameDecodeError, OSError) as exc:
-        return None, None, {"path": frame_rel, "reason": _reason(exc)}
-    if mask_rel is None:
-        return frame, np.ones(shape, dtype=bool), None
-    try:
-        data = (root / mask_rel).read_bytes()
-        mask = mask_cache.decode(data, shape) if mask_cache is not None else hko7.decode_mask(data, shape)
-    except (hko7.FrameDecodeError, OSError) as exc:
-        return None, None, {"path": mask_rel, "reason": f"unreadable mask: {_reason(exc)}"}
-    return frame, mask, None
-
-
-def ingest_unit(store_path: str, archive: str, unit: int, i0: int, slots: list) -> dict:
-    """Decode one unit's frames and write rows ``[i0, i0 + len(slots))`` of frames/masks, then its marker.
-
-    slots : per row (frame_rel | None, mask_rel | None); frame_rel None = keep the stored row (a frame
-        already in the store whose file left the archive). Runs on a Dask worker; returns the marker dict.
-    """
-    import zarr
-
     group = zarr.open_group(store_path, mode="r+")
     # write_empty_chunks=True: zarr's default (False) compares every chunk with the fill value before
     # writing it (np.array_equal), which cost more than the zstd compression itself (~3 ms per frame).
@@ -241,20 +143,20 @@ def ingest_unit(store_path: str, archive: str, unit: int, i0: int, slots: list) 
     n = len(slots)
     frames = np.zeros((n,) + shape, dtype=np.uint8)
     masks = np.zeros((n,) + shape, dtype=bool)
-    bad, no_mask, kept = [], [], []
-    root = Path(archive)
-    mask_cache = _MaskCache()
-    for j, (frame_rel, mask_rel) in enumerate(slots):
-        if frame_rel is None:
-            kept.append(j)
+    bad, no_mask = [], []
+    rows = [j for j, ref in enumerate(slots) if ref is not None]
+    kept = [j for j, ref in enumerate(slots) if ref is None]
+    for j, frame in zip(rows, source.read_frames(Path(archive), [slots[j] for j in rows], shape)):
+        ref = slots[j]
+        if not frame.ok:
+            bad.append({"path": frame.bad_path or ref.path, "reason": frame.reason, "row": i0 + j})
             continue
-        frame, mask, problem = _decode_slot(root, frame_rel, mask_rel, shape, mask_cache)
-        if problem is not None:
-            bad.append({**problem, "row": i0 + j})
-            continue
-        frames[j], masks[j] = frame, mask
-        if mask_rel is None:
-            no_mask.append(frame_rel)
+        frames[j] = frame.pixels
+        if frame.mask is None:
+            masks[j] = True
+            no_mask.append(ref.path)
+        else:
+            masks[j] = frame.mask
     if kept:
         rows = np.asarray(kept) + i0
         frames[kept] = frames_arr.oindex[rows]
@@ -269,11 +171,11 @@ def ingest_unit(store_path: str, archive: str, unit: int, i0: int, slots: list) 
     return marker
 
 
-def _timed_unit(store_path: str, archive: str, unit: int, i0: int, slots: list) -> dict:
+def _timed_unit(store_path: str, source: Source, archive: str, unit: int, i0: int, slots: list) -> dict:
     """:func:`ingest_unit` plus where and how long it ran -> {"unit", "n", "pid", "start_s", "end_s"
     (wall clock, time.time), "cpu_s" (CPU seconds of the task's process during the task)}."""
     start_s, cpu0 = time.time(), time.process_time()
-    ingest_unit(store_path, archive, unit, i0, slots)
+    ingest_unit(store_path, source, archive, unit, i0, slots)
     return {"unit": int(unit), "n": len(slots), "pid": os.getpid(), "start_s": start_s, "end_s": time.time(),
             "cpu_s": time.process_time() - cpu0}
 
@@ -282,7 +184,7 @@ def _timed_unit(store_path: str, archive: str, unit: int, i0: int, slots: list) 
 class _Plan:
     time_s: np.ndarray           # (T,) the full axis after this run
     n_committed: int             # rows already finalised by an earlier run
-    slots: list                  # (T,) (frame_rel | None, mask_rel | None)
+    slots: list                  # (T,) FrameRef | None (None: keep the stored row)
     unit_frames: int
     n_skipped_old: int
 
@@ -295,21 +197,19 @@ class _Plan:
         return i0, self.slots[i0:i0 + self.unit_frames]
 
 
-def _plan(scan: ArchiveScan, group, root: Path) -> _Plan:
-    """Stored rows + new frames after the last stored time -> the axis and per-row sources."""
+def _plan(listing: Listing, group) -> _Plan:
+    """Stored rows + new frames after the last stored time -> the axis and per-row frames."""
     layout = st.StoreLayout(**group.attrs["layout"])
     old_time = np.asarray(group[st.TIME][:], dtype=np.int64)
     n_committed = min(int(group.attrs.get("n_committed", 0)), old_time.size)
     kept_time = old_time[:n_committed]
     last = kept_time[-1] if n_committed else None
-    new_times = sorted(t for t in scan.frames if last is None or t > last)
-    n_skipped_old = sum(1 for t in scan.frames if last is not None and t <= last) - int(
-        np.isin(kept_time, np.fromiter(scan.frames, np.int64, len(scan.frames))).sum())
-    time_s = np.concatenate([kept_time, np.asarray(new_times, dtype=np.int64)])
-    slots = []
-    for t in time_s.tolist():
-        frame_rel = scan.frames.get(t)
-        slots.append((frame_rel, scan.masks.get(t) if frame_rel else None))
+    listed = listing.times_s()
+    new_times = listed if last is None else listed[listed > last]
+    n_skipped_old = (0 if last is None else int((listed <= last).sum())) - int(np.isin(kept_time, listed).sum())
+    time_s = np.concatenate([kept_time, new_times])
+    by_time = {ref.time_s: ref for ref in listing.frames}
+    slots = [by_time.get(t) for t in time_s.tolist()]
     return _Plan(time_s, n_committed, slots, layout.unit_frames, max(n_skipped_old, 0))
 
 
@@ -338,25 +238,12 @@ def _done_units(group) -> set[int]:
 
 # ------------------------------------------------------------------------------------------ dask
 
-def _run_local(todo, plan, store_path, archive, progress) -> list[dict]:
+def _run_local(todo, plan, store_path, source, archive, progress) -> list[dict]:
     stats = []
-    for unit in _progress_iter(todo, progress):
+    for unit in track(todo, "ingest (units)", enabled=progress):
         i0, slots = plan.unit_slots(unit)
-        stats.append(_timed_unit(store_path, archive, unit, i0, slots))
+        stats.append(_timed_unit(store_path, source, archive, unit, i0, slots))
     return stats
-
-
-def _progress_iter(items, progress: bool):
-    if not progress:
-        yield from items
-        return
-    from rich.progress import Progress
-
-    with Progress(transient=False) as bar:
-        task = bar.add_task("ingest (units)", total=len(items))
-        for item in items:
-            yield item
-            bar.advance(task)
 
 
 # glibc malloc settings for the local cluster's workers. Dask's nanny starts workers with
@@ -371,8 +258,6 @@ WORKER_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRES
 
 def _client(cfg: IngestConfig):
     """-> (client, cluster or None): the given scheduler, DASK_SCHEDULER_ADDRESS, or a LocalCluster."""
-    from dask.distributed import Client, LocalCluster
-
     address = cfg.scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS")
     if address:
         try:
@@ -380,8 +265,6 @@ def _client(cfg: IngestConfig):
         except OSError as exc:
             raise NowcastError(f"cannot reach the Dask scheduler at {address}: {exc}; check the address "
                                "(or omit --scheduler for a local cluster)") from exc
-    import dask
-
     n = cfg.workers or os.cpu_count() or 1
     environ = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}), **WORKER_MALLOC_ENV}
     # The nanny lets this process's environment override the config (and writes its values into this
@@ -409,20 +292,17 @@ def _environ(values: dict):
 
 
 def _warm_up_worker() -> None:
-    """Import what :func:`ingest_unit` needs (zarr, numcodecs, Pillow) on a worker."""
-    import numcodecs  # noqa: F401
-    import zarr  # noqa: F401
-    from PIL import Image, PngImagePlugin  # noqa: F401
+    """Nothing to do: unpickling this function on a worker imports this module, and with it what
+    :func:`ingest_unit` needs (zarr, numcodecs, the sources' decoders), so those imports count as
+    start-up rather than as the first units' time."""
 
 
-def _run_dask(todo, plan, store_path, archive, cfg, progress) -> tuple[float, float, list]:
+def _run_dask(todo, plan, store_path, source, archive, cfg, progress) -> tuple[float, float, list]:
     """Submit one task per unit with a bounded window (bounded memory) and wait for all.
 
     Tasks return only a small timing dict. -> (cluster seconds: start/connect + close, unit seconds,
     per-unit stats of :func:`_timed_unit`).
     """
-    from dask.distributed import as_completed
-
     t0 = time.perf_counter()
     client, cluster = _client(cfg)
     client.run(_warm_up_worker)  # imports count as start-up, not as the first units' time
@@ -435,10 +315,10 @@ def _run_dask(todo, plan, store_path, archive, cfg, progress) -> tuple[float, fl
 
         def submit(unit):
             i0, slots = plan.unit_slots(unit)
-            return client.submit(_timed_unit, store_path, archive, unit, i0, slots, pure=False)
+            return client.submit(_timed_unit, store_path, source, archive, unit, i0, slots, pure=False)
 
         running = as_completed([submit(u) for u in itertools.islice(pending, window)])
-        for fut in _progress_iter_dynamic(running, len(todo), progress):
+        for fut in track(running, "ingest (units)", total=len(todo), enabled=progress):
             stats.append(fut.result())  # re-raises a worker's error (e.g. store not writable)
             nxt = next(pending, None)
             if nxt is not None:
@@ -451,31 +331,18 @@ def _run_dask(todo, plan, store_path, archive, cfg, progress) -> tuple[float, fl
     return (t1 - t0) + (time.perf_counter() - t2), t2 - t1, stats
 
 
-def _progress_iter_dynamic(iterator, total: int, progress: bool):
-    if not progress:
-        yield from iterator
-        return
-    from rich.progress import Progress
-
-    with Progress(transient=False) as bar:
-        task = bar.add_task("ingest (units)", total=total)
-        for item in iterator:
-            yield item
-            bar.advance(task)
-
-
 # ------------------------------------------------------------------------------------------ finalise
 
 def _resolve_splits(cfg: IngestConfig, root: Path, times_s: np.ndarray) -> dict:
     """-> {split: JSON-able spec}: explicit, the archive's day lists, or chronological fractions."""
     if cfg.splits is not None:
         return {name: _jsonable_spec(spec) for name, spec in cfg.splits.items()}
-    lists = {s: root / f"{s}_days.txt" for s in SPLITS}
+    lists = {s: root / f"{s}_days.txt" for s in cat.SPLITS}
     if any(p.exists() for p in lists.values()):
-        return {s: [str(d) for d in hko7.read_day_list(p)] for s, p in lists.items() if p.exists()}
+        return {s: [str(d) for d in cat.read_day_list(p)] for s, p in lists.items() if p.exists()}
     days = np.unique(times_s.astype("datetime64[s]").astype("datetime64[D]"))
     parts = cat.split_days_by_fraction(days, cfg.valid_fraction, cfg.test_fraction)
-    return {s: [str(d) for d in parts[s]] for s in SPLITS}
+    return {s: [str(d) for d in parts[s]] for s in cat.SPLITS}
 
 
 def _jsonable_spec(spec):
@@ -516,19 +383,20 @@ def _collect_markers(group, n_units: int) -> tuple[list, list]:
     return bad, no_mask
 
 
-def _finalise(group, plan: _Plan, scan: ArchiveScan, cfg: IngestConfig, root: Path, report_path: Path) -> dict:
+def _finalise(group, plan: _Plan, listing: Listing, cfg: IngestConfig, root: Path, report_path: Path) -> dict:
     unit_bad, no_mask = _collect_markers(group, plan.n_units)
     present = np.ones(plan.time_s.size, dtype=bool)
     rows = np.asarray([b["row"] for b in unit_bad], dtype=np.int64)
     present[rows] = False
     if not present.any():
         raise NowcastError(f"none of the {plan.time_s.size} frames in {root} could be decoded "
-                           f"(bad files: {len(unit_bad) + len(scan.bad)}, e.g. {unit_bad[0]['path']}: "
+                           f"(bad files: {len(unit_bad) + len(listing.bad)}, e.g. {unit_bad[0]['path']}: "
                            f"{unit_bad[0]['reason']}); check the archive")
     st.write_vector(group, st.PRESENT, present)
-    bad = sorted([{"path": b["path"], "reason": b["reason"]} for b in unit_bad] + scan.bad, key=lambda b: b["path"])
+    bad = sorted([{"path": b["path"], "reason": b["reason"]} for b in unit_bad] + listing.bad,
+                 key=lambda b: b["path"])
     splits = _resolve_splits(cfg, root, plan.time_s[present])
-    interval_s = int(group.attrs.get("interval_s", hko7.INTERVAL_S))
+    interval_s = int(group.attrs["interval_s"])
     counts = _write_catalogs(group, splits, plan.time_s[present], cfg, interval_s)
     report = {"archive": str(root), "store": str(Path(cfg.store).resolve()), "n_frames": int(plan.time_s.size),
               "n_present": int(present.sum()), "bad_files": bad, "frames_without_mask": sorted(no_mask),
@@ -557,9 +425,7 @@ def _remove_partial_files(store_path: Path) -> None:
             p.unlink(missing_ok=True)
 
 
-def _open_or_create(cfg: IngestConfig, root: Path, scan: ArchiveScan):
-    import zarr
-
+def _open_or_create(cfg: IngestConfig, root: Path, source: Source, listing: Listing):
     store_path = Path(cfg.store)
     if store_path.exists():
         try:
@@ -570,10 +436,11 @@ def _open_or_create(cfg: IngestConfig, root: Path, scan: ArchiveScan):
         if "layout" not in group.attrs or st.FRAMES not in group:
             raise NowcastError(f"{store_path} is not a nowcast store; choose another store path or delete it")
         return group
-    height, width = _frame_shape(root, [scan.frames[t] for t in sorted(scan.frames)])
+    height, width = source.frame_shape(root, listing)
     layout = st.StoreLayout(cfg.chunk_frames, cfg.shard_frames, cfg.compressor, cfg.level)
-    attrs = {"source": {"format": "HKO-7", "archive": str(root)}, "pixel_encoding": st.PIXEL_ENCODING,
-             "interval_s": hko7.INTERVAL_S, "ingest_version": st.INGEST_VERSION, "n_committed": 0}
+    attrs = {"source": {"format": source.title, "archive": str(root)}, "pixel_encoding": PIXEL_ENCODING,
+             "interval_s": st.infer_interval_s(listing.times_s()), "ingest_version": st.INGEST_VERSION,
+             "n_committed": 0}
     try:
         store_path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -589,13 +456,13 @@ def ingest(cfg: IngestConfig, progress: bool = True) -> IngestResult:
     t0 = time.perf_counter()
     root = Path(cfg.archive).resolve()
     store_path = Path(cfg.store).resolve()
-    scan = scan_archive(root)
-    if not scan.frames:
-        raise NowcastError(f"no frame files named like RADyymmddHHMM00.png under {root / hko7.FRAME_DIR}: "
-                           "nothing to ingest")
+    source = get_source(cfg.source) if cfg.source else detect_format(root)
+    listing = source.list_frames(root)
+    if not listing.frames:
+        raise NowcastError(f"no {source.title} frame files found under {root}: nothing to ingest")
     _remove_partial_files(store_path)
-    group = _open_or_create(cfg, root, scan)
-    plan = _plan(scan, group, root)
+    group = _open_or_create(cfg, root, source, listing)
+    plan = _plan(listing, group)
     todo = _apply_plan(group, plan)
     n_new = plan.time_s.size - plan.n_committed
     cluster_s = write_s = 0.0
@@ -603,15 +470,15 @@ def ingest(cfg: IngestConfig, progress: bool = True) -> IngestResult:
     try:
         if cfg.workers == 0 and not (cfg.scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS")):
             t_w = time.perf_counter()
-            stats = _run_local(todo, plan, str(store_path), str(root), progress)
+            stats = _run_local(todo, plan, str(store_path), source, str(root), progress)
             write_s = time.perf_counter() - t_w
         elif todo:
-            cluster_s, write_s, stats = _run_dask(todo, plan, str(store_path), str(root), cfg, progress)
+            cluster_s, write_s, stats = _run_dask(todo, plan, str(store_path), source, str(root), cfg, progress)
     except OSError as exc:
         raise NowcastError(f"cannot write the store {store_path}: {exc}; choose a writable location") from exc
     report_path = Path(cfg.report_path) if cfg.report_path else store_path.with_name(
         store_path.name + ".ingest_report.json")
-    final = _finalise(group, plan, scan, cfg, root, report_path)
+    final = _finalise(group, plan, listing, cfg, root, report_path)
     _warn(final["no_mask"], plan.n_skipped_old, final["bad"])
     seconds = time.perf_counter() - t0
     written = sum(min(plan.unit_frames, plan.time_s.size - u * plan.unit_frames) for u in todo)

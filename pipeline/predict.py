@@ -16,15 +16,21 @@ Outputs in ``out_dir``:
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import torch
+import zarr
 
-from pipeline.errors import NowcastError
-from pipeline.hko7 import iso_utc
+from pipeline import viz
+from pipeline.catalog import INTERVAL_S
+from pipeline.errors import NowcastError, check
+from pipeline.forecasters import Forecaster, load_forecaster
+from pipeline.sources import PIXEL_ENCODING, hko7
+from pipeline.store import Store
+from pipeline.times import iso_utc, parse_time_s
 
 FORMATS = ("png", "zarr")
 
@@ -53,6 +59,14 @@ class PredictConfig:
     device: str = "cpu"
     gif: bool = True
 
+    def __post_init__(self):
+        check(self.format in FORMATS, f"unknown format {self.format!r}: use png or zarr")
+        check((self.store is None) != (not self.input_pngs),
+              "give the inputs either as a store (--store, optionally --time) or as PNG frames "
+              "(--input, repeated), not both and not neither")
+        check(not (self.input_pngs and self.time is not None),
+              "--time applies to --store inputs only; PNG inputs carry their times in their names")
+
 
 @dataclass
 class PredictResult:
@@ -77,36 +91,14 @@ class _Inputs:
     input_masks: np.ndarray | None = None   # (in_len, H, W) bool, True = valid
 
 
-# --------------------------------------------------------------------------- time parsing
-def parse_time_s(value: str | int | float) -> int:
-    """ISO 8601 (UTC; a trailing ``Z`` or ``+00:00`` allowed) or epoch seconds -> int epoch seconds."""
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    if isinstance(value, float):
-        return int(value)
-    text = str(value).strip()
-    if re.fullmatch(r"[+-]?\d+", text):
-        return int(text)
-    text = re.sub(r"(Z|[+-]00:?00)$", "", text).replace(" ", "T")
-    try:
-        return int(np.datetime64(text, "s").astype(np.int64))
-    except ValueError as exc:
-        raise NowcastError(f"cannot read the time {value!r}: use ISO 8601 UTC such as 2015-06-04T12:00 "
-                           "or epoch seconds", exit_code=2) from exc
-
-
 # --------------------------------------------------------------------------- inputs
-def _inputs_from_store(store: str | Path, time_value, in_len: int, out_len: int) -> _Inputs:
+def _inputs_from_store(store: Store, time_value, in_len: int, out_len: int) -> _Inputs:
     """The in_len frames ending at the last store frame at or before ``time_value``."""
-    from pipeline import hko7
-    from pipeline.store import StoreReader, open_store
-
-    group = open_store(store)
-    reader = StoreReader(group)
+    reader = store.reader()
     times = reader.time_s
-    interval_s = int(group.attrs.get("interval_s", hko7.INTERVAL_S))
+    interval_s = store.interval_s
     if times.size == 0:
-        raise NowcastError(f"the store {store} holds no frames; ingest an archive into it first")
+        raise NowcastError(f"the store {store.path} holds no frames; ingest an archive into it first")
     span = f"the store covers {iso_utc(times[0])} to {iso_utc(times[-1])}"
     t = int(times[-1]) if time_value is None else parse_time_s(time_value)
     first_ok = int(times[0]) + (in_len - 1) * interval_s
@@ -118,10 +110,8 @@ def _inputs_from_store(store: str | Path, time_value, in_len: int, out_len: int)
         raise NowcastError(f"the store has no frame in the {interval_s // 60} min up to {iso_utc(t)} (the last "
                            f"earlier frame is at {iso_utc(last)}; {span}); pick a time with data")
     input_times = last - interval_s * np.arange(in_len - 1, -1, -1, dtype=np.int64)
-    present = np.isin(input_times, times)
-    if "present" in group:
-        idx = np.searchsorted(times, input_times).clip(0, times.size - 1)
-        present &= np.asarray(group["present"][:], dtype=bool)[idx]
+    idx = np.searchsorted(times, input_times).clip(0, times.size - 1)
+    present = np.isin(input_times, times) & store.present[idx]
     if not present.all():
         missing = ", ".join(iso_utc(x) for x in input_times[~present])
         raise NowcastError(f"input frame(s) {missing} are missing from the store ({span}); pick another "
@@ -135,9 +125,8 @@ def _inputs_from_store(store: str | Path, time_value, in_len: int, out_len: int)
 
 
 def _inputs_from_pngs(paths: Sequence[str | Path], in_len: int) -> _Inputs:
-    """Decode ``in_len`` HKO-7 PNGs (oldest first); times from their names when all parse."""
-    from pipeline import hko7
-
+    """Decode ``in_len`` HKO-7 PNGs (oldest first); times from their names when all parse (else the
+    HKO-7 cadence, ``catalog.INTERVAL_S``, labels the lead times)."""
     paths = [Path(p) for p in paths]
     if len(paths) != in_len:
         raise NowcastError(f"the model takes {in_len} input frames but {len(paths)} PNG(s) were given; "
@@ -154,15 +143,15 @@ def _inputs_from_pngs(paths: Sequence[str | Path], in_len: int) -> _Inputs:
     shapes = {f.shape for f in frames}
     if len(shapes) != 1:
         raise NowcastError(f"the input frames differ in size ({sorted(shapes)}); give frames of one size")
-    times = [hko7.parse_time_s(p) for p in paths]
+    times = [hko7.time_from_name(p) for p in paths]
     if any(t is None for t in times):
-        return _Inputs(np.stack(frames), None, hko7.INTERVAL_S)
+        return _Inputs(np.stack(frames), None, INTERVAL_S)
     steps = set(np.diff(times).tolist())
     if len(steps) > 1 or (steps and steps.pop() <= 0):
         raise NowcastError("the input PNGs are not consecutive frames in time order (their names give times "
                            f"{', '.join(iso_utc(t) for t in times)}); pass {in_len} frames one interval apart, "
                            "oldest first")
-    interval_s = int(times[1] - times[0]) if len(times) > 1 else hko7.INTERVAL_S
+    interval_s = int(times[1] - times[0]) if len(times) > 1 else INTERVAL_S
     return _Inputs(np.stack(frames), int(times[-1]), interval_s, input_times_s=[int(t) for t in times])
 
 
@@ -170,8 +159,6 @@ def _inputs_from_pngs(paths: Sequence[str | Path], in_len: int) -> _Inputs:
 def _write_zarr(out_dir: Path, forecast_u8: np.ndarray, times_s: list[int] | None, interval_s: int,
                 attrs: dict) -> Path:
     """A Zarr v3 group with ``forecast`` (out_len, H, W) uint8, ``lead_time_s`` and (when known) ``time``."""
-    import zarr
-
     path = out_dir / "forecast.zarr"
     group = zarr.open_group(str(path), mode="w", zarr_format=3)
     n, h, w = forecast_u8.shape
@@ -195,10 +182,8 @@ def _gif_mask(inputs: _Inputs) -> np.ndarray | None:
     return inputs.input_masks[-1]
 
 
-def _run_forecaster(forecaster, frames_u8: np.ndarray) -> np.ndarray:
+def _run_forecaster(forecaster: Forecaster, frames_u8: np.ndarray) -> np.ndarray:
     """(in_len, H, W) uint8 -> (out_len, H, W) float pixel values clamped to [0, 1]."""
-    import torch
-
     x = torch.from_numpy(frames_u8.astype(np.float32) / 255.0)[:, None, None]  # (in_len, 1, 1, H, W)
     with torch.no_grad():
         y = forecaster(x)
@@ -211,27 +196,15 @@ def predict(cfg: PredictConfig) -> PredictResult:
     Raises NowcastError for missing/ambiguous inputs, a wrong number of PNGs, frames whose size
     differs from the model's, a time outside the store, or an unknown format/model.
     """
-    from pipeline import viz
-    from pipeline.evaluate import check_frame_size
-    from pipeline.tracking import load_forecaster
-
-    if cfg.format not in FORMATS:
-        raise NowcastError(f"unknown format {cfg.format!r}: use png or zarr", exit_code=2)
-    if (cfg.store is None) == (not cfg.input_pngs):
-        raise NowcastError("give the inputs either as a store (--store, optionally --time) or as PNG frames "
-                           "(--input, repeated), not both and not neither", exit_code=2)
-    if cfg.input_pngs and cfg.time is not None:
-        raise NowcastError("--time applies to --store inputs only; PNG inputs carry their times in their names",
-                           exit_code=2)
     forecaster = load_forecaster(cfg.model_uri, tracking_uri=cfg.tracking_uri, device=cfg.device)
     in_len, out_len = int(forecaster.in_len), int(forecaster.out_len)
     if cfg.store is not None:
-        inputs = _inputs_from_store(cfg.store, cfg.time, in_len, out_len)
+        inputs = _inputs_from_store(Store.open(cfg.store), cfg.time, in_len, out_len)
         where = f"the store {cfg.store}"
     else:
         inputs = _inputs_from_pngs(cfg.input_pngs, in_len)
         where = "the input PNGs"
-    check_frame_size(forecaster, inputs.frames_u8.shape[1:], where)
+    forecaster.check_frame_size(inputs.frames_u8.shape[1:], where)
 
     forecast = _run_forecaster(forecaster, inputs.frames_u8)
     times = None
@@ -243,7 +216,7 @@ def predict(cfg: PredictConfig) -> PredictResult:
         paths = viz.save_frames_png(forecast, out_dir, times_s=times)
     else:
         attrs = {"model_uri": str(cfg.model_uri), "model_name": forecaster.name, "interval_s": inputs.interval_s,
-                 "pixel_encoding": "uint8 pixel = round(255 * (dBZ + 10) / 70)",
+                 "pixel_encoding": PIXEL_ENCODING,
                  "issued_after_s": inputs.last_time_s}
         paths = [_write_zarr(out_dir, viz.pixel_to_u8(forecast), times, inputs.interval_s, attrs)]
     gif_path = None
@@ -256,4 +229,4 @@ def predict(cfg: PredictConfig) -> PredictResult:
     return PredictResult(paths, gif_path, times, inputs.input_times_s, forecast)
 
 
-__all__ = ["PredictConfig", "PredictResult", "predict", "parse_time_s"]
+__all__ = ["PredictConfig", "PredictResult", "predict"]

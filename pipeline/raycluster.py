@@ -1,9 +1,14 @@
-"""Connecting the driver to Ray: one place for train and evaluate."""
+"""Connecting the driver to Ray, and shipping this source tree to Ray workers: one place for train and evaluate."""
 from __future__ import annotations
 
 import os
 import socket
+from pathlib import Path
 
+import ray
+
+import pipeline
+import trajgru
 from pipeline.errors import NowcastError
 
 _ADVICE = ("Check --ray-address / RAY_ADDRESS (e.g. head:6379 on a cluster node, or ray://head:10001), "
@@ -27,20 +32,26 @@ def check_ray_reachable(address: str, timeout_s: float = 5.0) -> None:
 def connect_ray(address: str | None, **init_kwargs) -> bool:
     """Connect to the Ray cluster at ``address`` (else env ``RAY_ADDRESS``), or start a local one.
 
-    No-op when Ray is already initialised. ``init_kwargs`` go to ``ray.init``. Returns True if this
-    call initialised Ray (the caller may then shut it down). An unreachable cluster raises NowcastError.
+    No-op when Ray is already initialised. The job runs this source tree's code on every worker
+    (:func:`code_runtime_env`). ``init_kwargs`` go to ``ray.init``. Returns True if this call
+    initialised Ray (the caller may then shut it down). An unreachable cluster raises NowcastError.
     """
-    import ray
-
     if ray.is_initialized():
         return False
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address:
         check_ray_reachable(address)
     try:
-        ray.init(address=address, log_to_driver=True, **init_kwargs)
+        ray.init(address=address, log_to_driver=True, runtime_env=code_runtime_env(), **init_kwargs)
     except Exception as exc:  # noqa: BLE001 (ConnectionError, RuntimeError, ... depending on the failure)
         raise NowcastError(
             f"cannot connect to Ray at {address or 'a new local cluster'}: {exc}. {_ADVICE}"
         ) from exc
     return True
+
+
+def code_runtime_env() -> dict:
+    """The job-level Ray ``runtime_env`` of :func:`connect_ray`: it ships the driver's ``pipeline`` and
+    ``trajgru`` packages to the workers (``py_modules``), so Ray tasks and Ray Train workers run the
+    driver's code on any cluster, whatever is installed on its nodes."""
+    return {"py_modules": [str(Path(package.__file__).resolve().parent) for package in (pipeline, trajgru)]}

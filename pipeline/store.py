@@ -1,4 +1,8 @@
-"""The Zarr v3 store of radar sequences: layout, open/validate, describe, and frame reads.
+"""The Zarr v3 store of radar sequences: layout, the :class:`Store` handle, and frame reads.
+
+Every stage after ingest opens the store once as a :class:`Store` (``Store.open(path)``): it validates
+the store and is the one owner of its rules -- path, cadence (``interval_s``), frame size, splits,
+clip starts and the frame reader. A Store pickles as its path, so Ray and DataLoader workers reopen it.
 
 Layout (a Zarr v3 group)::
 
@@ -10,7 +14,8 @@ Layout (a Zarr v3 group)::
     catalog/<split>/sequent_starts_s  int64 (M,)  clip starts of the HKO-7 sequential protocol
     _ingest/units/u<NNNNNNNN>         one empty group per written unit (its attrs: bad files)
 
-Group attributes: ``source``, ``pixel_encoding``, ``interval_s``, ``ingest_version``, ``layout``,
+Group attributes: ``source``, ``pixel_encoding``, ``interval_s`` (the cadence, from the data: see
+:func:`infer_interval_s`), ``ingest_version``, ``layout``,
 ``height``, ``width``, ``n_frames``, ``n_present``, ``bad_files`` (count + list),
 ``frames_without_mask``, ``splits``, ``ingest_state`` ("complete" once usable).
 
@@ -22,19 +27,31 @@ touches one or two shard files and 5-6 chunks; :class:`ShardFileReader` reads th
 """
 from __future__ import annotations
 
+import logging
 import os
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import google_crc32c
+import numcodecs
 import numpy as np
+import zarr
+from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, ShardingCodec, ZstdCodec
+from zarr.codecs.sharding import ShardingCodecIndexLocation
+from zarr.storage import LocalStore
 
-from pipeline.errors import NowcastError
-from pipeline.hko7 import iso_utc
+from pipeline.catalog import INTERVAL_S
+from pipeline.errors import NowcastError, check
+from pipeline.times import iso_utc
+
+log = logging.getLogger("nowcast.store")
 
 INGEST_VERSION = 1
 FRAMES, MASKS, TIME, PRESENT, CATALOG, INGEST_GROUP = "frames", "masks", "time", "present", "catalog", "_ingest"
 UNITS_GROUP = f"{INGEST_GROUP}/units"
-PIXEL_ENCODING = "uint8 pixel = round(255 * (dBZ + 10) / 70), i.e. dBZ = 70 * pixel / 255 - 10"
+PROTOCOLS = ("random", "sequent")
+COMPRESSORS = ("zstd", "blosc-lz4", "blosc-zstd", "none")
 STATE_COMPLETE = "complete"
 STATE_IN_PROGRESS = "in_progress"
 _VECTOR_CHUNK = 1 << 16  # entries per chunk of the 1-D arrays (time, present, catalogs)
@@ -56,19 +73,12 @@ class StoreLayout:
     level: int = 1
 
     def __post_init__(self):
-        if self.chunk_frames < 1:
-            raise NowcastError(f"chunk_frames must be >= 1, got {self.chunk_frames}", exit_code=2)
-        if self.shard_frames is not None and (
-            self.shard_frames < self.chunk_frames or self.shard_frames % self.chunk_frames
-        ):
-            raise NowcastError(
-                f"shard_frames ({self.shard_frames}) must be a multiple of chunk_frames ({self.chunk_frames})",
-                exit_code=2,
-            )
-        if self.compressor not in ("zstd", "blosc-lz4", "blosc-zstd", "none"):
-            raise NowcastError(
-                f"unknown compressor {self.compressor!r}: use zstd, blosc-lz4, blosc-zstd or none", exit_code=2
-            )
+        check(self.chunk_frames >= 1, f"chunk_frames must be >= 1, got {self.chunk_frames}")
+        check(self.shard_frames is None or (self.shard_frames >= self.chunk_frames
+                                            and self.shard_frames % self.chunk_frames == 0),
+              f"shard_frames ({self.shard_frames}) must be a multiple of chunk_frames ({self.chunk_frames})")
+        check(self.compressor in COMPRESSORS,
+              f"unknown compressor {self.compressor!r}: use zstd, blosc-lz4, blosc-zstd or none")
 
     @property
     def unit_frames(self) -> int:
@@ -77,14 +87,12 @@ class StoreLayout:
 
     def compressors(self):
         """The zarr v3 compressor codecs for this layout."""
-        import zarr
-
         if self.compressor == "none":
             return None
         if self.compressor == "zstd":
-            return zarr.codecs.ZstdCodec(level=self.level)
+            return ZstdCodec(level=self.level)
         cname = self.compressor.split("-")[1]
-        return zarr.codecs.BloscCodec(cname=cname, clevel=self.level, shuffle="bitshuffle")
+        return BloscCodec(cname=cname, clevel=self.level, shuffle="bitshuffle")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -99,8 +107,6 @@ def _frame_array_kwargs(layout: StoreLayout, height: int, width: int) -> dict:
 
 def create_store(path: str | Path, height: int, width: int, layout: StoreLayout, attrs: dict):
     """Create an empty store (T = 0) at ``path`` and return its zarr.Group (mode r+)."""
-    import zarr
-
     try:
         group = zarr.open_group(str(path), mode="w", zarr_format=3)
     except OSError as exc:
@@ -129,14 +135,27 @@ def write_vector(group, name: str, values: np.ndarray) -> None:
         arr[:] = values
 
 
+def infer_interval_s(time_s: np.ndarray) -> int:
+    """The cadence of a time axis, in seconds: the most common step between consecutive distinct times
+    (the smallest such step on a tie), so gaps and outages do not change it. With fewer than two
+    times there is no step: the HKO-7 cadence (``pipeline.catalog.INTERVAL_S``, 360 s).
+
+    This is the one rule for a store's cadence: ingest records it as the ``interval_s`` attribute.
+    """
+    steps = np.diff(np.unique(np.asarray(time_s, dtype=np.int64)))
+    if steps.size == 0:
+        return INTERVAL_S
+    counts = Counter(steps.tolist())
+    best = max(counts.values())
+    return int(min(step for step, n in counts.items() if n == best))
+
+
 def open_store(path: str | Path, mode: str = "r", require_complete: bool = True):
-    """Open a nowcast store -> zarr.Group.
+    """Open a nowcast store -> zarr.Group (see :class:`Store` for the validated handle stages use).
 
     Raises NowcastError (with what to do) when ``path`` does not exist, is not a Zarr group, lacks
     the frames/masks/time arrays, or (``require_complete``) its ingest has not finished.
     """
-    import zarr
-
     p = Path(path)
     if not p.exists():
         raise NowcastError(f"no store at {p}: create it with `nowcast ingest ARCHIVE {p}`")
@@ -156,7 +175,7 @@ def open_store(path: str | Path, mode: str = "r", require_complete: bool = True)
 
 def read_catalog(group, split: str, protocol: str = "random") -> np.ndarray:
     """Clip starts (int64 epoch s) of ``split`` for ``protocol`` "random" or "sequent"."""
-    if protocol not in ("random", "sequent"):
+    if protocol not in PROTOCOLS:
         raise NowcastError(f"unknown protocol {protocol!r}: use 'random' or 'sequent'", exit_code=2)
     splits = list_splits(group)
     if split not in splits:
@@ -204,11 +223,6 @@ class ShardFileReader:
     @classmethod
     def for_array(cls, arr) -> "ShardFileReader | None":
         """A reader for ``arr`` (a zarr.Array) if it has the simple layout above, else None."""
-        import numcodecs
-        from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, ShardingCodec, ZstdCodec
-        from zarr.codecs.sharding import ShardingCodecIndexLocation
-        from zarr.storage import LocalStore
-
         meta = arr.metadata
         codecs = getattr(meta, "codecs", ())
         if (not isinstance(arr.store, LocalStore) or len(codecs) != 1 or not isinstance(codecs[0], ShardingCodec)
@@ -257,10 +271,7 @@ class ShardFileReader:
             out[...] = self.fill_value
             return
         try:
-            n_index = 16 * self.chunks_per_shard
-            size = os.fstat(fd).st_size
-            index = np.frombuffer(os.pread(fd, n_index, size - n_index - 4), dtype="<u8")
-            index = index.reshape(self.chunks_per_shard, 2)
+            index = self._read_index(fd, shard)
             cf = self.chunk_frames
             for c in range(r0 // cf, -(-r1 // cf)):
                 a, b = max(r0, c * cf), min(r1, (c + 1) * cf)
@@ -280,6 +291,18 @@ class ShardFileReader:
                     dest[...] = chunk[a - c * cf:b - c * cf]
         finally:
             os.close(fd)
+
+    def _read_index(self, fd: int, shard: int) -> np.ndarray:
+        """The shard's chunk index, (chunks_per_shard, 2) uint64 (offset, nbytes), after checking its
+        crc32c (ValueError when the index is damaged or the file too short)."""
+        n_index = 16 * self.chunks_per_shard
+        size = os.fstat(fd).st_size
+        if size < n_index + 4:
+            raise ValueError(f"shard {shard} is shorter than its index")
+        raw = os.pread(fd, n_index + 4, size - n_index - 4)
+        if len(raw) != n_index + 4 or google_crc32c.value(raw[:n_index]) != int.from_bytes(raw[n_index:], "little"):
+            raise ValueError(f"shard {shard}: the index checksum does not match (damaged file)")
+        return np.frombuffer(raw, dtype="<u8", count=2 * self.chunks_per_shard).reshape(self.chunks_per_shard, 2)
 
     def _decode(self, data: bytes, dest: np.ndarray) -> None:
         flat = dest.reshape(-1).view(np.uint8)
@@ -304,10 +327,13 @@ class StoreReader:
         self.masks = group[MASKS]
         self.time_s = np.asarray(group[TIME][:], dtype=np.int64)
         self.height, self.width = self.frames.shape[1:]
-        self.interval_s = int(group.attrs.get("interval_s", 360))
         self._fast = {}
         if fast:
             self._fast = {FRAMES: ShardFileReader.for_array(self.frames), MASKS: ShardFileReader.for_array(self.masks)}
+            for name, reader in self._fast.items():
+                if reader is None:
+                    log.info("%s/%s: not the sharded layout of the fast shard reader; reading through zarr",
+                             self.frames.store, name)
 
     @property
     def uses_fast_path(self) -> bool:
@@ -332,8 +358,9 @@ class StoreReader:
                 try:
                     fast.read(lo, hi, out)
                     continue
-                except (OSError, ValueError, RuntimeError):  # let zarr read it (and report real damage)
-                    pass
+                except (OSError, ValueError, RuntimeError) as exc:  # let zarr read it (and report real damage)
+                    log.warning("%s rows [%d, %d): the shard reader failed (%s); reading through zarr",
+                                name, lo, hi, exc)
             out[...] = arr[lo:hi]
 
     def read(self, time_s, frames_out: np.ndarray | None = None, masks_out: np.ndarray | None = None):
@@ -382,52 +409,124 @@ def read_frames(group, time_s) -> tuple[np.ndarray, np.ndarray]:
     return StoreReader(group).read(time_s)
 
 
+
 def _du_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
-def describe_store(path: str | Path) -> dict:
-    """Summary of a store (JSON-able): frames, H, W, time span, gaps, splits with clip counts, bad counts."""
-    group = open_store(path)
-    attrs = dict(group.attrs)
-    time_s = np.asarray(group[TIME][:], dtype=np.int64)
-    present = np.asarray(group[PRESENT][:], dtype=bool) if PRESENT in group else np.ones(time_s.size, bool)
-    interval_s = int(attrs.get("interval_s", 360))
-    good = time_s[present]
-    steps = np.diff(good)
-    gaps = steps[steps > interval_s]
-    splits = {}
-    for split in list_splits(group):
-        sub = group[f"{CATALOG}/{split}"]
-        splits[split] = {"random_clips": int(sub["random_starts_s"].shape[0]),
-                         "sequent_clips": int(sub["sequent_starts_s"].shape[0])}
-    return {
-        "path": str(Path(path).resolve()),
-        "frames": int(time_s.size),
-        "present_frames": int(present.sum()),
-        "height": int(group[FRAMES].shape[1]),
-        "width": int(group[FRAMES].shape[2]),
-        "interval_s": interval_s,
-        "time_start": iso_utc(time_s[0]) if time_s.size else None,
-        "time_end": iso_utc(time_s[-1]) if time_s.size else None,
-        "days": int(np.unique(good // 86400).size),
-        "gaps": int(gaps.size),
-        "missing_slots": int(((gaps // interval_s) - 1).sum()) if gaps.size else 0,
-        "splits": splits,
-        "bad_files": int(attrs.get("bad_files", {}).get("count", 0)),
-        "frames_without_mask": int(attrs.get("frames_without_mask", {}).get("count", 0)),
-        "layout": attrs.get("layout"),
-        "size_mb": round(_du_bytes(Path(path)) / 1e6, 3),
-    }
+class Store:
+    """An open, validated store: the one owner of the store's rules. Use :meth:`open`.
 
+    Attributes
+    ----------
+    path : Path, absolute (Ray workers change directory).
+    group : the read-only zarr.Group.
+    attrs : dict, the group's attributes as opened.
+    interval_s : int, the cadence in seconds (the ``interval_s`` attribute ingest derived from the data).
+    frame_size : (H, W) in pixels.
+    splits : names of the splits with a clip catalog.
 
-def store_fingerprint(path: str | Path) -> dict:
-    """JSON-able identity of a store for experiment tracking: absolute path + ingest attributes."""
-    group = open_store(path)
-    attrs = dict(group.attrs)
-    keys = ("source", "ingest_version", "interval_s", "height", "width", "n_frames", "n_present", "layout",
-            "time_start_s", "time_end_s", "splits")
-    fp = {"path": str(Path(path).resolve())}
-    fp.update({k: attrs[k] for k in keys if k in attrs})
-    fp["bad_files"] = int(attrs.get("bad_files", {}).get("count", 0))
-    return fp
+    Pickles as its path (and ``require_complete``): unpickling reopens and revalidates it, so a Ray or
+    DataLoader worker gets its own handles.
+    """
+
+    def __init__(self, path: Path, group, require_complete: bool = True):
+        self.path = Path(path)
+        self.group = group
+        self.require_complete = require_complete
+        self.attrs = dict(group.attrs)
+        try:
+            self.interval_s = int(self.attrs["interval_s"])
+        except (KeyError, TypeError, ValueError):
+            raise NowcastError(f"{self.path} records no cadence (interval_s); re-ingest it with "
+                               f"`nowcast ingest ARCHIVE {self.path}`") from None
+        if self.interval_s <= 0:
+            raise NowcastError(f"{self.path} records a cadence of {self.interval_s} s; re-ingest it")
+        _, height, width = group[FRAMES].shape
+        self.frame_size = (int(height), int(width))
+        self.splits = list_splits(group)
+        self._pid = os.getpid()  # the process that opened ``group``
+        self._reader: StoreReader | None = None
+        self._reader_pid: int | None = None
+
+    @classmethod
+    def open(cls, path: str | Path, require_complete: bool = True) -> "Store":
+        """Open and validate the store at ``path`` (see :func:`open_store` for the errors)."""
+        path = Path(path).expanduser().resolve()
+        return cls(path, open_store(path, require_complete=require_complete), require_complete)
+
+    def __reduce__(self):
+        return (Store.open, (str(self.path), self.require_complete))
+
+    def __repr__(self) -> str:
+        return f"Store({str(self.path)!r})"
+
+    @property
+    def time_s(self) -> np.ndarray:
+        """(T,) int64 epoch seconds of the rows (the reader's cached copy)."""
+        return self.reader().time_s
+
+    @property
+    def present(self) -> np.ndarray:
+        """(T,) bool: False for a row whose input file was bad."""
+        if PRESENT not in self.group:
+            return np.ones(self.time_s.size, dtype=bool)
+        return np.asarray(self.group[PRESENT][:], dtype=bool)
+
+    def clip_starts(self, split: str, protocol: str = "random") -> np.ndarray:
+        """Clip starts (int64 epoch seconds, ascending) of ``split`` from the catalog.
+
+        protocol : "random" (every valid start: the training population) or "sequent" (the HKO-7
+        sequential evaluation clips). NowcastError (exit code 2) for an unknown split or protocol.
+        """
+        return read_catalog(self.group, split, protocol)
+
+    def slot_times_s(self, start_s: int, n: int) -> np.ndarray:
+        """(n,) int64 epoch seconds of the n consecutive slots from ``start_s`` at the store's cadence."""
+        return int(start_s) + self.interval_s * np.arange(n, dtype=np.int64)
+
+    def reader(self) -> StoreReader:
+        """This process's :class:`StoreReader` (opened on first use, reopened after a fork)."""
+        if self._reader is None or self._reader_pid != os.getpid():
+            group = self.group if os.getpid() == self._pid else open_store(self.path, require_complete=False)
+            self._reader, self._reader_pid = StoreReader(group), os.getpid()
+        return self._reader
+
+    def describe(self) -> dict:
+        """Summary (JSON-able): frames, H, W, time span, gaps, splits with clip counts, bad counts."""
+        time_s, present = self.time_s, self.present
+        good = time_s[present]
+        steps = np.diff(good)
+        gaps = steps[steps > self.interval_s]
+        splits = {}
+        for split in self.splits:
+            sub = self.group[f"{CATALOG}/{split}"]
+            splits[split] = {"random_clips": int(sub["random_starts_s"].shape[0]),
+                             "sequent_clips": int(sub["sequent_starts_s"].shape[0])}
+        return {
+            "path": str(self.path),
+            "frames": int(time_s.size),
+            "present_frames": int(present.sum()),
+            "height": self.frame_size[0],
+            "width": self.frame_size[1],
+            "interval_s": self.interval_s,
+            "time_start": iso_utc(time_s[0]) if time_s.size else None,
+            "time_end": iso_utc(time_s[-1]) if time_s.size else None,
+            "days": int(np.unique(good // 86400).size),
+            "gaps": int(gaps.size),
+            "missing_slots": int(((gaps // self.interval_s) - 1).sum()) if gaps.size else 0,
+            "splits": splits,
+            "bad_files": int(self.attrs.get("bad_files", {}).get("count", 0)),
+            "frames_without_mask": int(self.attrs.get("frames_without_mask", {}).get("count", 0)),
+            "layout": self.attrs.get("layout"),
+            "size_mb": round(_du_bytes(self.path) / 1e6, 3),
+        }
+
+    def fingerprint(self) -> dict:
+        """JSON-able identity of the store for experiment tracking: absolute path + ingest attributes."""
+        keys = ("source", "ingest_version", "interval_s", "height", "width", "n_frames", "n_present", "layout",
+                "time_start_s", "time_end_s", "splits")
+        fp = {"path": str(self.path)}
+        fp.update({k: self.attrs[k] for k in keys if k in self.attrs})
+        fp["bad_files"] = int(self.attrs.get("bad_files", {}).get("count", 0))
+        return fp

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing
 import os
 import time
 from collections.abc import Iterator
@@ -44,14 +45,19 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import hko7
-from pipeline.errors import NowcastError
-from trajgru.units import rainfall_to_dbz
+from pipeline import catalog as cat
+from pipeline.errors import NowcastError, check
+from pipeline.progress import progress_bar
+from pipeline.sources import hko7
+from pipeline.sources.base import PIXEL_ENCODING, dbz_to_u8
+from trajgru.units import ZR_A, ZR_B, rainfall_to_dbz
 
 SYNTH_VERSION = 1
-SLOTS_PER_DAY = 86400 // hko7.INTERVAL_S  # 240
-SPLIT_NAMES = ("train", "valid", "test")
-SPLIT_FRACTIONS = (0.70, 0.15, 0.15)
+INTERVAL_S = cat.INTERVAL_S  # the HKO-7 cadence: one frame every 6 minutes
+SLOTS_PER_DAY = 86400 // INTERVAL_S  # 240
+#: The day lists split the days chronologically ~70/15/15 (``catalog.split_days_by_fraction``).
+VALID_FRACTION = 0.15
+TEST_FRACTION = 0.15
 
 # --- physical parameters (domain units per frame unless stated) ---------------------------------------
 COVERAGE_RADIUS = 0.48  # radar range as a fraction of the image side
@@ -100,7 +106,7 @@ class SynthConfig:
     workers: int | None = None
 
     def __post_init__(self):
-        _validate(self)
+        _check_config(self)
 
     @property
     def start_day(self) -> np.datetime64:
@@ -127,41 +133,34 @@ def _is_int(x) -> bool:
     return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
 
 
-def _validate(cfg: SynthConfig) -> None:
-    """Raise NowcastError (exit code 2) naming the bad option and the accepted range."""
+def _check_config(cfg: SynthConfig) -> None:
+    """Check every option (NowcastError, exit code 2, naming the option and the accepted range)."""
+    def ok(condition: bool, msg: str) -> None:
+        check(condition, f"synth: {msg}")
 
-    def bad(msg: str):
-        raise NowcastError(f"synth: {msg}", exit_code=2)
-
-    if not isinstance(cfg.out_dir, (str, os.PathLike)) or str(cfg.out_dir) == "":
-        bad(f"out_dir must be a directory path, got {cfg.out_dir!r}")
-    if Path(cfg.out_dir).exists() and not Path(cfg.out_dir).is_dir():
-        bad(f"out_dir {cfg.out_dir} exists and is not a directory; choose another path")
+    ok(isinstance(cfg.out_dir, (str, os.PathLike)) and str(cfg.out_dir) != "",
+       f"out_dir must be a directory path, got {cfg.out_dir!r}")
+    ok(not Path(cfg.out_dir).exists() or Path(cfg.out_dir).is_dir(),
+       f"out_dir {cfg.out_dir} exists and is not a directory; choose another path")
     try:
         day = np.datetime64(str(cfg.start), "D")
-        if len(str(cfg.start)) != 10:
-            raise ValueError
     except ValueError:
-        bad(f"start must be a date YYYY-MM-DD, got {cfg.start!r}")
+        day = None
+    ok(day is not None and len(str(cfg.start)) == 10, f"start must be a date YYYY-MM-DD, got {cfg.start!r}")
     year = day.astype(object).year
-    if not 2000 <= year <= 2099:
-        bad(f"start year must be 2000-2099 (HKO-7 file names have two-digit years), got {cfg.start}")
-    if not _is_int(cfg.days) or cfg.days < 1:
-        bad(f"days must be an integer >= 1, got {cfg.days!r}")
+    ok(2000 <= year <= 2099, f"start year must be 2000-2099 (HKO-7 file names have two-digit years), got {cfg.start}")
+    ok(_is_int(cfg.days) and cfg.days >= 1, f"days must be an integer >= 1, got {cfg.days!r}")
     last_year = (day + int(cfg.days) - 1).astype(object).year
-    if last_year > 2099:
-        bad(f"the last day falls in {last_year}; keep the archive within 2000-2099")
-    if not _is_int(cfg.frames_per_day) or not 1 <= cfg.frames_per_day <= SLOTS_PER_DAY:
-        bad(f"frames_per_day must be an integer in 1..{SLOTS_PER_DAY} (6-minute slots), got {cfg.frames_per_day!r}")
-    if not _is_int(cfg.size_px) or not 16 <= cfg.size_px <= 4096:
-        bad(f"size_px must be an integer in 16..4096, got {cfg.size_px!r}")
-    if not _is_int(cfg.seed) or cfg.seed < 0:
-        bad(f"seed must be a non-negative integer, got {cfg.seed!r}")
+    ok(last_year <= 2099, f"the last day falls in {last_year}; keep the archive within 2000-2099")
+    ok(_is_int(cfg.frames_per_day) and 1 <= cfg.frames_per_day <= SLOTS_PER_DAY,
+       f"frames_per_day must be an integer in 1..{SLOTS_PER_DAY} (6-minute slots), got {cfg.frames_per_day!r}")
+    ok(_is_int(cfg.size_px) and 16 <= cfg.size_px <= 4096, f"size_px must be an integer in 16..4096, got {cfg.size_px!r}")
+    ok(_is_int(cfg.seed) and cfg.seed >= 0, f"seed must be a non-negative integer, got {cfg.seed!r}")
     rate = cfg.missing_frame_rate
-    if isinstance(rate, bool) or not isinstance(rate, (int, float, np.floating)) or not 0.0 <= rate <= 0.5:
-        bad(f"missing_frame_rate must be a number in [0, 0.5], got {rate!r}")
-    if cfg.workers is not None and (not _is_int(cfg.workers) or cfg.workers < 1):
-        bad(f"workers must be an integer >= 1 (or None for all cores), got {cfg.workers!r}")
+    ok(not isinstance(rate, bool) and isinstance(rate, (int, float, np.floating)) and 0.0 <= rate <= 0.5,
+       f"missing_frame_rate must be a number in [0, 0.5], got {rate!r}")
+    ok(cfg.workers is None or (_is_int(cfg.workers) and cfg.workers >= 1),
+       f"workers must be an integer >= 1 (or None for all cores), got {cfg.workers!r}")
 
 
 # --- random streams ---------------------------------------------------------------------------------------
@@ -598,7 +597,7 @@ class DaySimulator:
     @staticmethod
     def _diurnal(t: float) -> float:
         """Convective birth-rate factor: peaks mid-afternoon in Hong Kong (~06-07 UTC)."""
-        hours = t * hko7.INTERVAL_S / 3600.0
+        hours = t * INTERVAL_S / 3600.0
         return 1.0 + 0.6 * math.cos(2 * math.pi * (hours - 6.5) / 24.0)
 
     def _fresh_texture(self) -> np.ndarray:
@@ -690,12 +689,12 @@ def simulate_day(seed: int, day: np.datetime64 | str, frames_per_day: int, size_
             sim.step()
         rain = sim.rain_mm_h()
         dbz, mask = sim.observe(rain)
-        yield SynthFrame(t0 + k * hko7.INTERVAL_S, dbz, mask, bool(missing[k]), float(rain[sim.cover].mean()))
+        yield SynthFrame(t0 + k * INTERVAL_S, dbz, mask, bool(missing[k]), float(rain[sim.cover].mean()))
 
 
 def stored_pixels(frame: SynthFrame) -> np.ndarray:
-    """The uint8 image written for a frame: hko7.dbz_to_u8 of its dBZ (0 outside the coverage)."""
-    return hko7.dbz_to_u8(frame.dbz)
+    """The uint8 image written for a frame: ``dbz_to_u8`` of its dBZ (0 outside the coverage)."""
+    return dbz_to_u8(frame.dbz)
 
 
 def _synth_day(args: tuple) -> tuple[str, int, float]:
@@ -706,7 +705,7 @@ def _synth_day(args: tuple) -> tuple[str, int, float]:
     written, rain_mm = 0, 0.0
     made_dirs = False
     for frame in simulate_day(seed, day, frames_per_day, size_px, rate, clutter):
-        rain_mm += frame.mean_rain_mm_h * hko7.INTERVAL_S / 3600.0
+        rain_mm += frame.mean_rain_mm_h * INTERVAL_S / 3600.0
         if not frame.missing:
             fpath, mpath = hko7.frame_path(out_dir, frame.time_s), hko7.mask_path(out_dir, frame.time_s)
             if not made_dirs:
@@ -719,30 +718,6 @@ def _synth_day(args: tuple) -> tuple[str, int, float]:
         if on_frame is not None:
             on_frame()
     return str(np.datetime64(day, "D")), written, rain_mm
-
-
-def split_days(days: list[np.datetime64]) -> dict[str, list[np.datetime64]]:
-    """Chronological ~70/15/15 split into train/valid/test; each split gets >= 1 day when len(days) >= 3.
-
-    With 1 day: all train; with 2: one train, one test.
-    """
-    n = len(days)
-    if n >= 3:
-        n_valid = max(1, round(SPLIT_FRACTIONS[1] * n))
-        n_test = max(1, round(SPLIT_FRACTIONS[2] * n))
-    else:
-        n_valid, n_test = 0, n - 1
-    n_train = n - n_valid - n_test
-    return {"train": days[:n_train], "valid": days[n_train:n_train + n_valid], "test": days[n_train + n_valid:]}
-
-
-def _progress(enabled: bool):
-    """A rich progress bar over frames (disabled when ``enabled`` is False)."""
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                               TimeRemainingColumn)
-
-    return Progress(TextColumn("synth"), BarColumn(), MofNCompleteColumn(), TextColumn("frames"),
-                    TimeElapsedColumn(), TimeRemainingColumn(), disable=not enabled, transient=False)
 
 
 CONFIG_FILE = "synth_config.json"
@@ -784,17 +759,14 @@ def synth_archive(cfg: SynthConfig, progress: bool = True) -> SynthResult:
     workers = min(cfg.workers or os.cpu_count() or 1, cfg.days)
     total = cfg.days * cfg.frames_per_day
     results: dict[str, tuple[int, float]] = {}
-    with _progress(progress) as bar:
-        task = bar.add_task("synth", total=total)
+    with progress_bar("synth (frames)", total, enabled=progress) as advance:
         if workers == 1:
             for day in days:
                 args = (str(out_dir), cfg.seed, day, cfg.frames_per_day, cfg.size_px, cfg.missing_frame_rate,
-                        lambda: bar.advance(task))
+                        advance)
                 name, n, rain = _synth_day(args)
                 results[name] = (n, rain)
         else:
-            import multiprocessing
-
             # fork where available: no re-import of the caller's __main__ (works from any script or REPL) and
             # no start-up cost. The workers use numpy only (no OpenCV, whose thread pool can deadlock after fork).
             methods = multiprocessing.get_all_start_methods()
@@ -805,15 +777,14 @@ def synth_archive(cfg: SynthConfig, progress: bool = True) -> SynthResult:
                 for fut in as_completed(futures):
                     name, n, rain = fut.result()
                     results[name] = (n, rain)
-                    bar.advance(task, cfg.frames_per_day)
+                    advance(cfg.frames_per_day)
     rain_by_day = {name: rain for name, (_, rain) in sorted(results.items())}
-    for split, split_list in split_days(days).items():
-        hko7.write_day_list(out_dir / f"{split}_days.txt",
-                            [(d, rain_by_day[str(d)]) for d in split_list])
+    for split, split_days in cat.split_days_by_fraction(days, VALID_FRACTION, TEST_FRACTION).items():
+        cat.write_day_list(out_dir / f"{split}_days.txt", [(d, rain_by_day[str(d)]) for d in split_days])
     n_frames = sum(n for n, _ in results.values())
     meta = _settings(cfg)
-    meta.update(n_frames=n_frames, interval_s=hko7.INTERVAL_S,
-                pixel_encoding="pixel = round(255 * (dBZ + 10) / 70)", zr_relation="Z = 58.53 R^1.56")
+    meta.update(n_frames=n_frames, interval_s=INTERVAL_S, pixel_encoding=PIXEL_ENCODING,
+                zr_relation=f"Z = {ZR_A} R^{ZR_B}")
     (out_dir / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     return SynthResult(out_dir=out_dir, n_frames=n_frames, n_days=cfg.days,
                        seconds=time.perf_counter() - t_start, day_rain_mm=rain_by_day)

@@ -1,27 +1,10 @@
-"""MLflow tracking, model registry, the ``champion`` alias, and loading forecasters.
+"""MLflow, and only MLflow: the tracking URI, experiments and runs, logging, model registration and
+the ``champion`` alias.
 
-A *forecaster* is anything that maps radar inputs to forecasts: a trained model from the
-MLflow registry or a training checkpoint, or a baseline (persistence, optical flow).
-:func:`load_forecaster` turns any of these URIs into the same callable object::
-
-    models:/NAME@ALIAS      registered model by alias (e.g. models:/nowcast@champion)
-    models:/NAME/VERSION    registered model by version number
-    /path/to/checkpoint     a checkpoint directory written by ``nowcast train`` (or its
-                            model_state.pt, or a Ray run directory: its latest checkpoint)
-    persistence             last observed frame repeated
-    optical-flow            optical-flow extrapolation
-
-Model files
------------
-A trained model is stored as two plain files, both in Ray checkpoints and inside the logged
-MLflow model (as ``extra_files``):
-
-- ``model_config.json``: ``model.config.to_dict()`` (rebuilt with ``trajgru.model_from_config``)
-- ``model_state.pt``: the ``state_dict`` (tensors only; loaded with ``weights_only=True``)
-
-so loading never unpickles code. The MLflow model itself is saved in the ``pt2``
-(``torch.export``) format when the export succeeds, else ``pickle`` (see
-:func:`log_and_register_model`).
+Logged models carry the model files of ``pipeline.checkpoints`` as ``extra_files``
+(:func:`log_and_register_model`); :func:`registered_model_files` finds them again for a
+``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` URI. The MLflow model itself is saved in the
+``pt2`` (``torch.export``) format when the export succeeds, else ``pickle``.
 
 Champion criterion
 ------------------
@@ -38,11 +21,23 @@ import math
 import os
 import subprocess
 import tempfile
+import time
+import urllib.error
+import urllib.request
 import warnings
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib.metadata import version as package_version
 from pathlib import Path
-from typing import Any, Callable
 
+import mlflow
+import numpy as np
+import torch
+from mlflow.entities import Metric, RunTag
+from mlflow.models import ModelSignature
+from mlflow.types import Schema, TensorSpec
+
+from pipeline import checkpoints
 from pipeline.errors import NowcastError
 
 log = logging.getLogger(__name__)
@@ -50,16 +45,9 @@ log = logging.getLogger(__name__)
 CHAMPION_ALIAS = "champion"
 #: Run metric holding a version's validation score (mean CSI at >= 5 mm/h; higher is better).
 CHAMPION_METRIC = "val_champion_score"
+#: Tag holding the name a run was started under (``nowcast train --run-name``): resuming finds the run by it.
+RUN_NAME_TAG = "nowcast.run_name"
 DEFAULT_DB_NAME = "mlflow.db"
-MODEL_CONFIG_FILE = "model_config.json"
-MODEL_STATE_FILE = "model_state.pt"
-BASELINE_IN_LEN = 5
-BASELINE_OUT_LEN = 20
-
-_URI_HELP = (
-    "use models:/NAME@ALIAS, models:/NAME/VERSION, a checkpoint directory written by "
-    "`nowcast train`, 'persistence' or 'optical-flow'"
-)
 
 
 # --------------------------------------------------------------------------- tracking URI
@@ -95,9 +83,6 @@ def check_tracking_reachable(tracking_uri: str, timeout_s: float = 5.0) -> None:
     """
     if not tracking_uri.startswith(("http://", "https://")):
         return
-    import urllib.error
-    import urllib.request
-
     url = tracking_uri.rstrip("/") + "/health"
     try:
         with urllib.request.urlopen(url, timeout=timeout_s) as resp:  # noqa: S310 (user URI)
@@ -118,8 +103,6 @@ def setup_experiment(tracking_uri: str | None, experiment: str) -> str:
 
     Returns the experiment id. Raises NowcastError if a server is unreachable.
     """
-    import mlflow
-
     uri = resolve_tracking_uri(tracking_uri)
     check_tracking_reachable(uri)
     mlflow.set_tracking_uri(uri)
@@ -159,16 +142,12 @@ def code_version() -> str:
     except (OSError, subprocess.SubprocessError):
         pass
     try:
-        from importlib.metadata import version
-
-        return f"nowcast {version('nowcast')}"
+        return f"nowcast {package_version('nowcast')}"
     except Exception:  # noqa: BLE001 (not installed)
         return "unknown"
 
 
 def _client(tracking_uri: str | None = None):
-    import mlflow
-
     if tracking_uri is not None:
         uri = resolve_tracking_uri(tracking_uri)
         check_tracking_reachable(uri)
@@ -176,41 +155,93 @@ def _client(tracking_uri: str | None = None):
     return mlflow.MlflowClient()
 
 
-# --------------------------------------------------------------------------- model files
-def save_model_files(model, out_dir: Path | str) -> tuple[Path, Path]:
-    """Write ``model_config.json`` and ``model_state.pt`` for an EncoderForecaster.
+# --------------------------------------------------------------------------- runs
+def find_or_create_run(tracking_uri: str, experiment: str, run_name: str) -> tuple[str, bool]:
+    """The run started under ``run_name`` (tag :data:`RUN_NAME_TAG`; the newest if several), or a new
+    one. Returns ``(run_id, created)``."""
+    exp_id = setup_experiment(tracking_uri, experiment)
+    client = mlflow.MlflowClient()
+    found = client.search_runs([exp_id], filter_string=f"tags.`{RUN_NAME_TAG}` = '{run_name}'",
+                               max_results=1, order_by=["attributes.start_time DESC"])
+    if found:
+        return found[0].info.run_id, False
+    run = client.create_run(exp_id, run_name=run_name, tags={RUN_NAME_TAG: run_name})
+    return run.info.run_id, True
 
-    ``model`` may be wrapped (DDP): its ``.module`` is used. Tensors are moved to the CPU.
-    Returns the two paths.
+
+def log_run_setup(run_id: str, params: dict, dicts: dict[str, dict], tags: dict[str, str]) -> None:
+    """Log parameters (lists and dicts as JSON), JSON artifacts ``{file name: dict}`` and tags into a run.
+
+    The run is left FINISHED (the fluent API ends it); :class:`RunLogger` reopens it as RUNNING.
     """
-    import torch
-
-    module = getattr(model, "module", model)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    config_path = out_dir / MODEL_CONFIG_FILE
-    state_path = out_dir / MODEL_STATE_FILE
-    config_path.write_text(json.dumps(module.config.to_dict(), indent=1, sort_keys=True))
-    state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
-    torch.save(state, state_path)
-    return config_path, state_path
+    with mlflow.start_run(run_id=run_id):
+        mlflow.log_params({k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in params.items()})
+        for name, value in dicts.items():
+            mlflow.log_dict(value, name)
+        mlflow.set_tags(tags)
 
 
-def load_model_files(model_dir: Path | str, device: str = "cpu"):
-    """Rebuild a model from ``model_config.json`` + ``model_state.pt`` in ``model_dir``.
+def set_run_status(run_id: str, status: str) -> None:
+    """Mark a run FINISHED / FAILED / KILLED."""
+    mlflow.MlflowClient().set_terminated(run_id, status)
 
-    Returns ``(model in eval mode on device, config dict)``.
+
+class RunLogger:
+    """Logging into an existing run from one process (a Ray worker); a no-op when not ``active``
+    (the other ranks). Starts the run (RUNNING) on construction, ends it with :meth:`end`."""
+
+    def __init__(self, tracking_uri: str, run_id: str, active: bool, system_metrics: bool = False,
+                 system_metrics_interval_s: float = 10.0):
+        self.active, self.run_id = active, run_id
+        if not active:
+            return
+        mlflow.set_tracking_uri(tracking_uri)
+        kwargs = {}
+        if system_metrics:
+            kwargs["log_system_metrics"] = True
+            mlflow.set_system_metrics_sampling_interval(system_metrics_interval_s)
+        mlflow.start_run(run_id=run_id, **kwargs)
+
+    def metrics(self, values: dict[str, float], step: int) -> None:
+        """Log the finite values among ``values`` at ``step``."""
+        if self.active:
+            clean = {k: float(v) for k, v in values.items() if v is not None and math.isfinite(float(v))}
+            mlflow.log_metrics(clean, step=step)
+
+    def artifacts(self, local_dir: Path, artifact_path: str) -> None:
+        if self.active:
+            mlflow.log_artifacts(str(local_dir), artifact_path)
+
+    def end(self, status: str = "FINISHED") -> None:
+        if self.active:
+            mlflow.end_run(status)
+
+
+def log_to_run(*, tracking_uri: str | None, run_id: str | None, experiment: str, run_name: str,
+               new_run_tags: dict[str, str], metrics: Sequence[tuple[str, float, int]], tags: dict[str, str],
+               files: Sequence[Path], artifact_path: str) -> str:
+    """Log ``metrics`` ((key, value, step) triples), ``tags`` and ``files`` (under ``artifact_path``).
+
+    Into ``run_id`` when given, else into a new run ``run_name`` (tags ``new_run_tags``) of ``experiment``,
+    which is ended afterwards. Uses MlflowClient, so an active fluent run is untouched. Returns the run id.
     """
-    import torch
-
-    from trajgru import model_from_config
-
-    model_dir = Path(model_dir)
-    config = json.loads((model_dir / MODEL_CONFIG_FILE).read_text())
-    model = model_from_config(config)
-    state = torch.load(model_dir / MODEL_STATE_FILE, map_location="cpu", weights_only=True)
-    model.load_state_dict(state)
-    return model.to(device).eval(), config
+    uri = resolve_tracking_uri(tracking_uri)
+    check_tracking_reachable(uri)
+    client = mlflow.MlflowClient(uri)
+    created = False
+    if run_id is None:
+        experiment_id = setup_experiment(uri, experiment)
+        run_id, created = client.create_run(experiment_id, run_name=run_name, tags=new_run_tags).info.run_id, True
+    now_ms = int(time.time() * 1000)
+    try:
+        client.log_batch(run_id, metrics=[Metric(k, float(v), now_ms, int(step)) for k, v, step in metrics],
+                         tags=[RunTag(k, str(v)) for k, v in tags.items()])  # log_batch splits large batches
+        for path in files:
+            client.log_artifact(run_id, str(path), artifact_path=artifact_path)
+    finally:
+        if created:
+            client.set_terminated(run_id)
+    return run_id
 
 
 # --------------------------------------------------------------------------- logging models
@@ -226,10 +257,6 @@ class LoggedModel:
 
 def _signature(in_shape: tuple[int, ...], out_shape: tuple[int, ...]):
     """Tensor signature (S, B, 1, H, W) float32 with a variable batch dimension."""
-    import numpy as np
-    from mlflow.models import ModelSignature
-    from mlflow.types import Schema, TensorSpec
-
     def spec(shape):
         s = list(shape)
         s[1] = -1
@@ -244,11 +271,7 @@ def _pip_requirements() -> list[str]:
     Given explicitly because MLflow's inference runs the model in a subprocess (~20 s on a
     2-core machine) and would pin ``torch`` with a local label such as ``+cpu``.
     """
-    import mlflow
-    import numpy
-    import torch
-
-    return [f"torch=={torch.__version__.split('+')[0]}", f"numpy=={numpy.__version__}",
+    return [f"torch=={torch.__version__.split('+')[0]}", f"numpy=={np.__version__}",
             f"mlflow=={mlflow.__version__}"]
 
 
@@ -259,8 +282,11 @@ def log_and_register_model(
     *,
     name: str = "model",
     serialization_format: str | None = None,
+    run_id: str | None = None,
+    tracking_uri: str | None = None,
 ) -> LoggedModel:
-    """Log ``model`` to the active MLflow run and optionally register it.
+    """Log ``model`` to the active MLflow run (or to run ``run_id`` at ``tracking_uri``) and optionally
+    register it.
 
     Parameters
     ----------
@@ -273,12 +299,14 @@ def log_and_register_model(
 
     The signature is inferred from the example and the model's output on it, with the batch
     dimension marked variable. ``model_config.json`` + ``model_state.pt`` are attached as
-    ``extra_files``; :func:`load_forecaster` uses them.
+    ``extra_files``; :func:`registered_model_files` finds them.
     """
-    import mlflow
-    import numpy as np
-    import torch
-
+    if run_id is not None:
+        if tracking_uri is not None:
+            mlflow.set_tracking_uri(tracking_uri)
+        with mlflow.start_run(run_id=run_id):
+            return log_and_register_model(model, input_example, register_as, name=name,
+                                          serialization_format=serialization_format)
     module = getattr(model, "module", model).cpu().eval()
     example = np.ascontiguousarray(input_example, dtype=np.float32)
     with torch.no_grad():
@@ -286,7 +314,7 @@ def log_and_register_model(
     signature = _signature(example.shape, out.shape)
     formats = [serialization_format] if serialization_format else ["pt2", "pickle"]
     with tempfile.TemporaryDirectory() as tmp:
-        extra = [str(p) for p in save_model_files(module, tmp)]
+        extra = [str(p) for p in checkpoints.save_model_files(module, tmp)]
         last_exc: Exception | None = None
         for fmt in formats:
             try:
@@ -374,63 +402,13 @@ def promote_if_better(name: str, version: int | str, score: float,
     return True
 
 
-# --------------------------------------------------------------------------- forecasters
-@dataclass
-class Forecaster:
-    """A callable from radar inputs to forecasts, whatever produced it.
+# --------------------------------------------------------------------------- registered models
+def parse_models_uri(uri: str) -> tuple[str, str | None, str | None]:
+    """``models:/NAME@ALIAS`` -> (NAME, None, ALIAS); ``models:/NAME/VERSION`` -> (NAME, VERSION, None).
 
-    ``forecaster(inputs)``: inputs torch float (in_len, B, 1, H, W) pixel values in [0, 1] ->
-    forecast (out_len, B, 1, H, W) on ``device`` (inputs are moved there), computed under
-    ``torch.no_grad``. Model outputs are not clamped (clamp when writing frames).
+    NowcastError (exit code 2) for anything else.
     """
-
-    fn: Callable[[Any], Any]
-    in_len: int
-    out_len: int
-    name: str
-    run_id: str | None = None
-    model_config: dict | None = None
-    device: str = "cpu"
-    module: Any = field(default=None, repr=False)   # the nn.Module for trained models
-
-    def __call__(self, inputs):
-        import torch
-
-        if inputs.shape[0] != self.in_len:
-            raise NowcastError(
-                f"{self.name} needs {self.in_len} input frames, got {inputs.shape[0]}"
-            )
-        with torch.no_grad():
-            return self.fn(inputs.to(self.device))
-
-
-def _baseline(uri: str, device: str, in_len: int, out_len: int) -> Forecaster:
-    from trajgru import baselines
-
-    fn = baselines.persistence if uri == "persistence" else baselines.optical_flow
-    return Forecaster(lambda x: fn(x, out_len), in_len, out_len, uri, device=device)
-
-
-def _model_forecaster(model, config: dict, name: str, run_id: str | None, device: str) -> Forecaster:
-    return Forecaster(model, int(config["in_len"]), int(config["out_len"]), name, run_id,
-                      config, device, module=model)
-
-
-def _find_checkpoint_dir(path: Path) -> Path:
-    """The directory holding the model files for a checkpoint path (see module doc)."""
-    if path.is_file():
-        path = path.parent
-    if (path / MODEL_CONFIG_FILE).exists():
-        return path
-    ckpts = sorted(p for p in path.glob("checkpoint_*") if (p / MODEL_CONFIG_FILE).exists())
-    if ckpts:
-        return ckpts[-1]
-    raise NowcastError(f"{path} holds no {MODEL_CONFIG_FILE}: it is not a checkpoint; {_URI_HELP}")
-
-
-def _parse_models_uri(uri: str) -> tuple[str, str | None, str | None]:
-    """``models:/NAME@ALIAS`` -> (NAME, None, ALIAS); ``models:/NAME/VERSION`` -> (NAME, VERSION, None)."""
-    rest = uri[len("models:/"):].strip("/")
+    rest = uri[len("models:/"):].strip("/") if uri.startswith("models:/") else ""
     if "@" in rest:
         name, alias = rest.rsplit("@", 1)
         if name and alias:
@@ -439,17 +417,20 @@ def _parse_models_uri(uri: str) -> tuple[str, str | None, str | None]:
         name, version = rest.rsplit("/", 1)
         if name and version.isdigit():
             return name, version, None
-    raise NowcastError(f"malformed model URI {uri!r}: {_URI_HELP}", exit_code=2)
+    raise NowcastError(f"malformed model URI {uri!r}: use models:/NAME@ALIAS or models:/NAME/VERSION", exit_code=2)
 
 
-def _registry_forecaster(uri: str, tracking_uri: str | None, device: str) -> Forecaster:
-    import mlflow
+def registered_model_files(uri: str, tracking_uri: str | None = None) -> tuple[Path, str, str | None]:
+    """Download the model files of a registered version -> (local model directory, ``NAME/VERSION``,
+    the run that logged it).
 
-    name, version, alias = _parse_models_uri(uri)
+    Raises NowcastError for a malformed URI, an unknown name/version/alias, an unreachable tracking
+    server, or a model that was not logged by :func:`log_and_register_model`.
+    """
+    name, version, alias = parse_models_uri(uri)
     client = _client(tracking_uri or resolve_tracking_uri(None))
     try:
-        mv = (client.get_model_version_by_alias(name, alias) if alias
-              else client.get_model_version(name, version))
+        mv = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
     except Exception as exc:  # noqa: BLE001
         raise NowcastError(
             f"model {uri} not found at tracking URI {mlflow.get_tracking_uri()} ({exc}). "
@@ -458,37 +439,9 @@ def _registry_forecaster(uri: str, tracking_uri: str | None, device: str) -> For
         ) from exc
     local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{mv.version}"))
     extra = local / "extra_files"
-    if not (extra / MODEL_CONFIG_FILE).exists():
+    if not checkpoints.is_model_dir(extra):
         raise NowcastError(
-            f"{uri} was not logged by nowcast (no extra_files/{MODEL_CONFIG_FILE}); "
+            f"{uri} was not logged by nowcast (no extra_files/{checkpoints.MODEL_CONFIG_FILE}); "
             "log models with pipeline.tracking.log_and_register_model."
         )
-    model, config = load_model_files(extra, device)
-    return _model_forecaster(model, config, f"{name}/{mv.version}", mv.run_id, device)
-
-
-def load_forecaster(uri: str, tracking_uri: str | None = None, device: str = "cpu",
-                    in_len: int = BASELINE_IN_LEN, out_len: int = BASELINE_OUT_LEN) -> Forecaster:
-    """A :class:`Forecaster` for ``uri`` (see the module doc for the forms).
-
-    ``in_len``/``out_len`` apply to the baselines only (a trained model has its own).
-    Raises NowcastError for unknown URIs, missing checkpoints, unknown registered models or
-    an unreachable tracking server.
-    """
-    uri = str(uri).strip()
-    if uri in ("persistence", "optical-flow", "optical_flow"):
-        return _baseline("persistence" if uri == "persistence" else "optical-flow",
-                         device, in_len, out_len)
-    if uri.startswith("models:/"):
-        return _registry_forecaster(uri, tracking_uri, device)
-    path = Path(uri).expanduser()
-    if path.exists():
-        ckpt = _find_checkpoint_dir(path.resolve())
-        model, config = load_model_files(ckpt, device)
-        run_id = None
-        meta = ckpt / "meta.json"
-        if meta.exists():
-            run_id = json.loads(meta.read_text()).get("mlflow_run_id")
-        return _model_forecaster(model, config, str(ckpt), run_id, device)
-    raise NowcastError(f"unknown model {uri!r} (no such file or directory); {_URI_HELP}",
-                       exit_code=2)
+    return extra, f"{name}/{mv.version}", mv.run_id

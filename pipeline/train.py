@@ -16,13 +16,15 @@ Example::
 Determinism and resumption
 --------------------------
 Step ``s`` (1-based) of rank ``r`` trains on a batch fixed by ``(seed, s, r)`` alone
-(:func:`batch_indices`: a per-epoch permutation of the rank's shard of the training clips), so
+(:func:`batch_indices`: a per-epoch permutation of the rank's slice of the training clips), so
 a run restored from a checkpoint taken after step ``k`` continues with exactly the batches of
 steps ``k+1, k+2, ...``. A checkpoint (every ``checkpoint_every`` steps and at the end) holds
 the model, optimizer, scheduler, step, RNG states, the MLflow run id, the last validation
 scores and ``segments``: one ``[first_step, last_step]`` pair per worker-group attempt whose
 steps survive in this checkpoint's lineage. Expanded, the segments must be exactly
 ``1..final_step``: the record that no step was trained twice or skipped.
+
+Checkpoints use the format of ``pipeline.checkpoints`` (read weights-only).
 
 Re-running with the same ``run_name`` and ``storage_path`` resumes from the latest checkpoint
 (Ray Train V2 restores its checkpoint manager from storage); ``max_failures`` restarts a
@@ -42,7 +44,7 @@ import dataclasses
 import json
 import math
 import os
-import random
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -50,13 +52,24 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+import yaml
+from ray.train import (Checkpoint, CheckpointConfig, CheckpointConsistencyMode, FailureConfig, RunConfig,
+                       ScalingConfig)
+from ray.train.torch import TorchTrainer
+from torch.utils.data import DataLoader
 
-from pipeline.errors import NowcastError
+from pipeline import checkpoints, tracking, viz
+from pipeline.dataset import ClipDataset, collate_clips, rank_slice
+from pipeline.errors import NowcastError, check
 from pipeline.raycluster import connect_ray
-
-RUN_NAME_TAG = "nowcast.run_name"
-STATE_FILE = "train_state.pt"
-META_FILE = "meta.json"
+from pipeline.store import Store
+from trajgru.losses import BalancedLoss
+from trajgru.metrics import SkillScores, champion_score, nanmean
+from trajgru.model import build_model
 
 #: Preset-dependent defaults for the fields left None in TrainConfig. "hko7" is the paper's
 #: recipe (Shi et al. 2017): global batch 4, Adam lr 1e-4 (beta1 0.5), clip 50, lr x0.7 every
@@ -77,6 +90,8 @@ class TrainConfig:
 
     Paths may be relative here: :meth:`resolved` makes them absolute before Ray sees them.
     ``fail_at_step`` is for tests: the last rank kills its own process once, at that step.
+    Values are checked on construction (NowcastError, exit code 2); None fields are checked once
+    :meth:`resolved` fills them in.
     """
 
     store: str
@@ -117,11 +132,19 @@ class TrainConfig:
     model_format: str | None = None        # MLflow model: "pt2", "pickle", None = pt2 else pickle
     fail_at_step: int | None = None        # testing only
 
+    def __post_init__(self):
+        check(self.preset in RECIPES, f"unknown preset {self.preset!r}; choose one of {', '.join(RECIPES)}")
+        check(self.workers >= 1, f"--workers must be >= 1, got {self.workers}")
+        for name in ("steps", "batch_size", "checkpoint_every", "lr_decay_every", "log_every"):
+            value = getattr(self, name)
+            check(value is None or value >= 1, f"{name} must be >= 1, got {value}")
+        check(self.batch_size is None or self.batch_size % self.workers == 0,
+              f"global batch size {self.batch_size} must be a multiple of --workers {self.workers}")
+        check(self.lr is None or self.lr > 0, f"learning rate must be > 0, got {self.lr}")
+        check(0 < self.lr_decay <= 1, f"lr_decay must be in (0, 1], got {self.lr_decay}")
+
     def resolved(self) -> "TrainConfig":
-        """A copy with preset defaults filled in, absolute paths and a run name; validated."""
-        if self.preset not in RECIPES:
-            raise NowcastError(f"unknown preset {self.preset!r}; choose one of {', '.join(RECIPES)}",
-                               exit_code=2)
+        """A copy with preset defaults filled in, absolute paths and a run name (checked again)."""
         values = dataclasses.asdict(self)
         for key, default in RECIPES[self.preset].items():
             if values[key] is None:
@@ -129,31 +152,10 @@ class TrainConfig:
         values["store"] = str(Path(self.store).expanduser().resolve())
         values["storage_path"] = str(Path(self.storage_path or "ray_results").expanduser().resolve())
         values["ray_address"] = self.ray_address or os.environ.get("RAY_ADDRESS") or None
-        from pipeline.tracking import resolve_tracking_uri
-
-        values["tracking_uri"] = resolve_tracking_uri(self.tracking_uri)
+        values["tracking_uri"] = tracking.resolve_tracking_uri(self.tracking_uri)
         if not values["run_name"]:
             values["run_name"] = f"{self.preset}-{self.cell}-{time.strftime('%Y%m%d-%H%M%S')}"
-        cfg = TrainConfig(**values)
-        cfg.validate()
-        return cfg
-
-    def validate(self) -> None:
-        """NowcastError (exit code 2) for inconsistent values."""
-        def bad(msg):
-            raise NowcastError(msg, exit_code=2)
-
-        if self.workers < 1:
-            bad(f"--workers must be >= 1, got {self.workers}")
-        for name in ("steps", "batch_size", "checkpoint_every", "lr_decay_every", "log_every"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                bad(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.batch_size is not None and self.batch_size % self.workers:
-            bad(f"global batch size {self.batch_size} must be a multiple of --workers {self.workers}")
-        if self.lr is not None and not self.lr > 0:
-            bad(f"learning rate must be > 0, got {self.lr}")
-        if not 0 < self.lr_decay <= 1:
-            bad(f"lr_decay must be in (0, 1], got {self.lr_decay}")
+        return TrainConfig(**values)
 
     def model_overrides(self) -> dict[str, int]:
         """ModelConfig overrides given by this config (height, width, in_len, out_len)."""
@@ -186,12 +188,7 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         raise NowcastError(f"config file {path} does not exist", exit_code=2)
     text = path.read_text()
     try:
-        if path.suffix.lower() == ".json":
-            data = json.loads(text)
-        else:
-            import yaml
-
-            data = yaml.safe_load(text)
+        data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
     except Exception as exc:  # noqa: BLE001 (yaml/json errors)
         raise NowcastError(f"cannot parse config file {path}: {exc}", exit_code=2) from exc
     data = data or {}
@@ -214,7 +211,7 @@ def lr_factor(step: int, decay: float, every: int, base_lr: float, min_lr: float
 
 
 def batch_indices(step: int, batch: int, n_items: int, seed: int, rank: int) -> np.ndarray:
-    """Indices into a rank's shard (length ``n_items``) for training step ``step`` (1-based).
+    """Indices into a rank's slice (length ``n_items``) for training step ``step`` (1-based).
 
     Sample ``k = (step - 1) * batch + j`` of the rank's stream is item ``perm_e[k % n_items]``
     of epoch ``e = k // n_items``'s permutation, drawn from ``(seed, rank, e)``: a pure
@@ -222,7 +219,7 @@ def batch_indices(step: int, batch: int, n_items: int, seed: int, rank: int) -> 
     Every item is used once per epoch. Returns int64 (batch,).
     """
     if n_items < 1:
-        raise ValueError("the shard is empty")
+        raise ValueError("the rank's slice is empty")
     ks = (step - 1) * batch + np.arange(batch)
     out = np.empty(batch, dtype=np.int64)
     for epoch in np.unique(ks // n_items):
@@ -269,8 +266,6 @@ def worker_print(*parts, **kwargs) -> None:
     (MLflow wraps it), which shows every line twice on the driver; writing to the process's
     real stdout is forwarded once.
     """
-    import sys
-
     kwargs.pop("file", None)
     print(*parts, file=sys.__stdout__, **kwargs)
 
@@ -300,14 +295,8 @@ def train_step(model, optimizer, loss_fn, inputs, truth, mask, *, step: int, cli
     gradient norm is not finite, so the weights stay those of the last good step.
     ``autocast_device`` ("cuda") enables bf16 autocast for the forward pass.
     """
-    import torch
-
     optimizer.zero_grad(set_to_none=True)
-    if autocast_device:
-        with torch.autocast(autocast_device, dtype=torch.bfloat16):
-            pred = model(inputs)
-    else:
-        pred = model(inputs)
+    pred = _forward(model, inputs, autocast_device)
     loss = loss_fn(pred.float(), truth, mask)
     loss.backward()
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
@@ -330,89 +319,135 @@ def _format_eta(seconds: float) -> str:
     return f"{h:d}:{m:02d}:{s:02d}"
 
 
+def _forward(model, inputs, autocast_device: str | None):
+    """The model's forecast, under bf16 autocast on ``autocast_device`` when given."""
+    if autocast_device:
+        with torch.autocast(autocast_device, dtype=torch.bfloat16):
+            return model(inputs)
+    return model(inputs)
+
+
 # --------------------------------------------------------------------------- worker side
-def _rng_state() -> dict:
-    import torch
+@dataclass
+class WorkerContext:
+    """What the steps of one Ray Train worker share (built once per worker)."""
 
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+    cfg: TrainConfig
+    run_id: str                       # the MLflow run (created by the driver)
+    store: Store
+    rank: int
+    world: int
+    device: Any                       # torch.device
+    autocast_device: str | None       # "cuda" for bf16 autocast, else None
+    in_len: int
+    out_len: int
+    logger: tracking.RunLogger        # active on rank 0 only
 
-
-def _set_rng_state(state: dict) -> None:
-    import torch
-
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _save_checkpoint(out_dir: Path, model, optimizer, scheduler, step: int, segments, run_id,
-                     val_scores, champion: float | None) -> None:
-    """Write a checkpoint directory: model files + train_state.pt + meta.json."""
-    import torch
-
-    from pipeline.tracking import save_model_files
-
-    save_model_files(model, out_dir)
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "step": step, "rng": _rng_state()}, out_dir / STATE_FILE)
-    meta = {"step": step, "segments": segments, "mlflow_run_id": run_id,
-            "val_scores": val_scores, "champion_score": champion}
-    (out_dir / META_FILE).write_text(json.dumps(meta))
+    def say(self, text: str) -> None:
+        """Print a progress line from rank 0."""
+        if self.rank == 0:
+            worker_print(f"[train] {text}", flush=True)
 
 
-def read_checkpoint_meta(checkpoint_dir: str | Path) -> dict:
-    """The ``meta.json`` of a checkpoint: step, segments, mlflow_run_id, val_scores, champion_score."""
-    return json.loads((Path(checkpoint_dir) / META_FILE).read_text())
+@dataclass
+class TrainState:
+    """Where a run stands: restored from a checkpoint's meta.json, saved into the next one."""
+
+    step: int = 0
+    segments: list = field(default_factory=list)   # [[first, last] step per attempt] (see add_step)
+    val_scores: dict | None = None                 # SkillScores.to_json_dict() of the last validation
+    champion_score: float | None = None
+
+    @classmethod
+    def from_meta(cls, meta: dict | None) -> "TrainState":
+        if not meta:
+            return cls()
+        return cls(meta["step"], meta["segments"], meta["val_scores"], meta["champion_score"])
 
 
-class _Rank0Logger:
-    """MLflow logging from rank 0 into the driver-created run (no-op on other ranks)."""
+def _optimizer_and_schedule(cfg: TrainConfig, model):
+    """Adam and the step learning-rate schedule (:func:`lr_factor`) of the recipe."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, 0.999))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, cfg.lr_decay, cfg.lr_decay_every, cfg.lr, cfg.min_lr))
+    return optimizer, scheduler
 
-    def __init__(self, cfg: TrainConfig, run_id: str, active: bool):
-        self.active = active
-        self.run_id = run_id
-        if not active:
+
+def _build_and_restore(cfg: TrainConfig):
+    """Model (prepared for DDP), optimizer, scheduler and the state restored from Ray's latest
+    checkpoint (a fresh state when there is none) -> (model, model config dict, optimizer, scheduler,
+    TrainState)."""
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.preset, cfg.cell, **cfg.model_overrides())
+    train_state, meta = None, None
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            model_state, train_state, meta = checkpoints.load(d)
+        model.load_state_dict(model_state)
+    model_config = model.config.to_dict()
+    model = ray.train.torch.prepare_model(model)
+    optimizer, scheduler = _optimizer_and_schedule(cfg, model)
+    if train_state is not None:
+        optimizer.load_state_dict(train_state["optimizer"])
+        scheduler.load_state_dict(train_state["scheduler"])
+        checkpoints.set_rng_state(train_state["rng"])
+    return model, model_config, optimizer, scheduler, TrainState.from_meta(meta)
+
+
+def _worker_context(cfg: TrainConfig, run_id: str, model_config: dict) -> WorkerContext:
+    ctx = ray.train.get_context()
+    device = ray.train.torch.get_device()
+    rank = ctx.get_world_rank()
+    return WorkerContext(
+        cfg=cfg, run_id=run_id, store=Store.open(cfg.store), rank=rank, world=ctx.get_world_size(), device=device,
+        autocast_device="cuda" if cfg.use_gpu and device.type == "cuda" else None,
+        in_len=model_config["in_len"], out_len=model_config["out_len"],
+        logger=tracking.RunLogger(cfg.tracking_uri, run_id, active=rank == 0, system_metrics=cfg.system_metrics,
+                                  system_metrics_interval_s=cfg.system_metrics_interval_s))
+
+
+def _train_loader(ctx: WorkerContext, first_step: int) -> tuple[DataLoader, int]:
+    """This rank's batches for steps ``first_step..cfg.steps`` -> (loader, number of the rank's clips)."""
+    cfg = ctx.cfg
+    starts = rank_slice(ctx.store.clip_starts("train", "random"), ctx.rank, ctx.world)
+    if len(starts) == 0:
+        raise RuntimeError(f"rank {ctx.rank} has no training clips: the store's train split is too "
+                           f"small for {ctx.world} workers")
+    loader = DataLoader(
+        ClipDataset(ctx.store, starts, seq_len=ctx.in_len + ctx.out_len),
+        batch_sampler=StepBatchSampler(len(starts), cfg.batch_size // ctx.world, cfg.seed, ctx.rank, first_step,
+                                       cfg.steps),
+        num_workers=cfg.num_dataloader_workers,
+        collate_fn=collate_clips,
+    )
+    return ray.train.torch.prepare_data_loader(loader, add_dist_sampler=False), len(starts)
+
+
+class _StepLog:
+    """Step metrics (loss, lr, grad norm, samples/s over the steps since the last line) every
+    ``log_every`` steps and at the last step: to MLflow and, on rank 0, the console."""
+
+    def __init__(self, ctx: WorkerContext):
+        self.ctx = ctx
+        self.t0, self.n = time.perf_counter(), 0
+
+    def record(self, step: int, loss: float, lr: float, grad_norm: float) -> None:
+        cfg = self.ctx.cfg
+        self.n += 1
+        if step % cfg.log_every and step != cfg.steps:
             return
-        import mlflow
-
-        mlflow.set_tracking_uri(cfg.tracking_uri)
-        self.mlflow = mlflow
-        kwargs = {}
-        if cfg.system_metrics:
-            try:
-                import psutil  # noqa: F401
-
-                kwargs["log_system_metrics"] = True
-                mlflow.set_system_metrics_sampling_interval(cfg.system_metrics_interval_s)
-            except ImportError:
-                pass
-        mlflow.start_run(run_id=run_id, **kwargs)
-
-    def metrics(self, values: dict[str, float], step: int) -> None:
-        if self.active:
-            clean = {k: float(v) for k, v in values.items() if v is not None and math.isfinite(float(v))}
-            self.mlflow.log_metrics(clean, step=step)
-
-    def artifacts(self, local_dir: Path, artifact_path: str) -> None:
-        if self.active:
-            self.mlflow.log_artifacts(str(local_dir), artifact_path)
-
-    def end(self, status: str = "FINISHED") -> None:
-        if self.active:
-            self.mlflow.end_run(status)
+        sps = self.n * cfg.batch_size / max(time.perf_counter() - self.t0, 1e-9)
+        self.ctx.logger.metrics({"loss": loss, "lr": lr, "grad_norm": grad_norm, "samples_per_s": sps}, step)
+        eta = (cfg.steps - step) * cfg.batch_size / max(sps, 1e-9)
+        self.ctx.say(f"step {step}/{cfg.steps}  loss {loss:.5f}  lr {lr:.2e}  {sps:.2f} samples/s  "
+                     f"ETA {_format_eta(eta)}")
+        self.t0, self.n = time.perf_counter(), 0
 
 
 def validation_metrics(result: dict) -> dict[str, float]:
     """Flat MLflow metrics from ``SkillScores.result()``: CSI/HSS per threshold averaged over
     lead times (``val_csi_5mm_h`` ...), mean B-MSE/B-MAE, and the champion score."""
-    from pipeline.tracking import CHAMPION_METRIC
-    from trajgru.metrics import champion_score, nanmean
-
     out: dict[str, float] = {}
     for key in ("csi", "hss"):
         arr = np.asarray(result[key], dtype=np.float64)
@@ -421,83 +456,78 @@ def validation_metrics(result: dict) -> dict[str, float]:
     for key in ("b_mse", "b_mae", "mse", "mae"):
         if key in result:
             out[f"val_{key}"] = float(nanmean(np.asarray(result[key], dtype=np.float64)))
-    out[CHAMPION_METRIC] = float(champion_score(result))
+    out[tracking.CHAMPION_METRIC] = float(champion_score(result))
     return out
 
 
-def _validate(model, cfg: TrainConfig, starts_s: np.ndarray, in_len: int, out_len: int, device,
-              rank: int, world: int, step: int, logger: _Rank0Logger, autocast_device):
-    """Sequential-protocol validation on ``starts_s`` sharded over ranks; merged on rank 0.
+def _score_clips(module, ctx: WorkerContext, starts_s: np.ndarray) -> tuple[SkillScores, list]:
+    """Score ``module`` on this rank's validation clips -> (SkillScores, up to ``gif_clips`` (inputs,
+    truth, forecast) examples on rank 0)."""
+    scores, gifs = SkillScores(ctx.out_len), []
+    if not len(starts_s):
+        return scores, gifs
+    loader = DataLoader(ClipDataset(ctx.store, starts_s, seq_len=ctx.in_len + ctx.out_len),
+                        batch_size=max(1, ctx.cfg.batch_size // ctx.cfg.workers), collate_fn=collate_clips)
+    with torch.no_grad():
+        for frames, masks in loader:
+            inputs, truth, mask = split_clip(frames.to(ctx.device), masks.to(ctx.device), ctx.in_len, ctx.out_len)
+            pred = _forward(module, inputs, ctx.autocast_device).float().clamp(0, 1)
+            scores.update(pred, truth, mask)
+            for b in range(inputs.shape[1]):
+                if ctx.rank == 0 and len(gifs) < ctx.cfg.gif_clips:
+                    gifs.append((inputs[:, b, 0].cpu().numpy(), truth[:, b, 0].cpu().numpy(),
+                                 pred[:, b, 0].cpu().numpy()))
+    return scores, gifs
 
-    Returns ``(SkillScores.to_json_dict(), champion score)`` on every rank (broadcast).
+
+def _merge_over_ranks(scores: SkillScores, ctx: WorkerContext) -> SkillScores:
+    """Every rank's SkillScores merged (the pooled counts), on every rank."""
+    if ctx.world == 1 or not dist.is_initialized():
+        return scores
+    gathered = [None] * ctx.world
+    dist.all_gather_object(gathered, scores)
+    merged = SkillScores(ctx.out_len)
+    for other in gathered:
+        merged.merge(other)
+    return merged
+
+
+def score_validation(model, ctx: WorkerContext, starts_s: np.ndarray, step: int) -> tuple[dict | None, float]:
+    """Sequential-protocol validation on ``starts_s`` split over the ranks; merged, and logged by rank 0.
+
+    Returns ``(SkillScores.to_json_dict(), champion score)`` on every rank (``(None, nan)`` without clips).
     """
-    import torch
-    import torch.distributed as dist
-    from torch.utils.data import DataLoader
-
-    from pipeline.dataset import ClipDataset, collate_clips, shard
-    from trajgru.metrics import SkillScores, champion_score
-
     module = getattr(model, "module", model)
     module.eval()
-    mine = shard(starts_s, rank, world)
-    scores = SkillScores(out_len)
-    gifs = []
-    if len(mine):
-        loader = DataLoader(ClipDataset(cfg.store, mine, seq_len=in_len + out_len),
-                            batch_size=max(1, cfg.batch_size // cfg.workers), collate_fn=collate_clips)
-        with torch.no_grad():
-            for frames, masks in loader:
-                inputs, truth, mask = split_clip(frames.to(device), masks.to(device), in_len, out_len)
-                if autocast_device:
-                    with torch.autocast(autocast_device, dtype=torch.bfloat16):
-                        pred = module(inputs)
-                else:
-                    pred = module(inputs)
-                pred = pred.float().clamp(0, 1)
-                scores.update(pred, truth, mask)
-                for b in range(inputs.shape[1]):
-                    if rank == 0 and len(gifs) < cfg.gif_clips:
-                        gifs.append((inputs[:, b, 0].cpu().numpy(), truth[:, b, 0].cpu().numpy(),
-                                     pred[:, b, 0].cpu().numpy()))
+    scores, gifs = _score_clips(module, ctx, rank_slice(starts_s, ctx.rank, ctx.world))
     module.train()
-    if world > 1 and dist.is_initialized():
-        gathered = [None] * world
-        dist.all_gather_object(gathered, scores)
-        merged = SkillScores(out_len)
-        for other in gathered:
-            merged.merge(other)
-        scores = merged
+    scores = _merge_over_ranks(scores, ctx)
     if scores.n_sequences == 0:
         return None, float("nan")
     result = scores.result()
-    champ = float(champion_score(result))
-    if rank == 0:
-        logger.metrics(validation_metrics(result), step)
-        _log_validation_artifacts(result, gifs, step, logger)
-    return scores.to_json_dict(), champ
+    if ctx.rank == 0:
+        ctx.logger.metrics(validation_metrics(result), step)
+        _log_validation_artifacts(result, gifs, step, ctx)
+    return scores.to_json_dict(), float(champion_score(result))
 
 
-def _log_validation_artifacts(result: dict, gifs: list, step: int, logger: _Rank0Logger) -> None:
+def _log_validation_artifacts(result: dict, gifs: list, step: int, ctx: WorkerContext) -> None:
     """Skill-vs-lead PNG and forecast-vs-truth GIFs under artifacts ``validation/step_N``."""
-    if not logger.active:
+    if not ctx.logger.active:
         return
-    from pipeline import viz
-
+    interval_min = ctx.store.interval_s / 60.0
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        viz.plot_skill_vs_lead(result, tmp / f"skill_vs_lead_step{step}.png",
+        viz.plot_skill_vs_lead(result, tmp / f"skill_vs_lead_step{step}.png", interval_min=interval_min,
                                title=f"validation, step {step}")
         for i, (inputs, truth, pred) in enumerate(gifs):
-            viz.forecast_gif(inputs, truth, pred, tmp / f"forecast_clip{i}_step{step}.gif",
+            viz.forecast_gif(inputs, truth, pred, tmp / f"forecast_clip{i}_step{step}.gif", interval_min=interval_min,
                              title=f"validation clip {i}, step {step}")
-        logger.artifacts(tmp, f"validation/step_{step}")
+        ctx.logger.artifacts(tmp, f"validation/step_{step}")
 
 
 def _all_mean_fn(world: int):
     """Cross-rank mean of a small float tensor on the training device (identity on one worker)."""
-    import torch.distributed as dist
-
     def reduce(t):
         if world > 1 and dist.is_initialized():
             t = t.clone()
@@ -508,36 +538,27 @@ def _all_mean_fn(world: int):
     return reduce
 
 
-def _build_and_restore(cfg: TrainConfig, device):
-    """Model (prepared for DDP), optimizer, scheduler and restored training state."""
-    import torch
-    import ray.train
-    import ray.train.torch
+def checkpoint_payload(optimizer, scheduler, state: TrainState, run_id: str) -> tuple[dict, dict]:
+    """What a checkpoint holds besides the model -> (train_state for train_state.pt, meta for meta.json)."""
+    train_state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": state.step,
+                   "rng": checkpoints.rng_state()}
+    meta = {"step": state.step, "segments": state.segments, checkpoints.RUN_ID_KEY: run_id,
+            "val_scores": state.val_scores, "champion_score": state.champion_score}
+    return train_state, meta
 
-    from trajgru.model import build_model
 
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg.preset, cfg.cell, **cfg.model_overrides())
-    state, meta = None, None
-    ckpt = ray.train.get_checkpoint()
-    if ckpt is not None:
-        with ckpt.as_directory() as d:
-            from pipeline.tracking import MODEL_STATE_FILE
-
-            model.load_state_dict(torch.load(Path(d) / MODEL_STATE_FILE, map_location="cpu",
-                                             weights_only=True))
-            state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=False)
-            meta = read_checkpoint_meta(d)
-    model_config = model.config.to_dict()
-    model = ray.train.torch.prepare_model(model)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, 0.999))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, cfg.lr_decay, cfg.lr_decay_every, cfg.lr, cfg.min_lr))
-    if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        _set_rng_state(state["rng"])
-    return model, model_config, optimizer, scheduler, meta
+def _checkpoint_and_report(ctx: WorkerContext, model, optimizer, scheduler, state: TrainState,
+                           metrics: dict) -> None:
+    """Rank 0 writes a checkpoint; every rank reports ``metrics`` (with it) to Ray Train."""
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = None
+        if ctx.rank == 0:
+            checkpoints.save(tmp, model, *checkpoint_payload(optimizer, scheduler, state, ctx.run_id))
+            ckpt = Checkpoint.from_directory(tmp)
+        ray.train.report(metrics, checkpoint=ckpt)
+    # Wait until Ray Train has registered this checkpoint: a crash right after a report
+    # could otherwise lose it (reports are collected by the controller's periodic poll).
+    ray.train.get_all_reported_checkpoints(consistency_mode=CheckpointConsistencyMode.COMMITTED)
 
 
 def _maybe_fail(cfg: TrainConfig, step: int, rank: int, world: int) -> None:
@@ -553,151 +574,77 @@ def _maybe_fail(cfg: TrainConfig, step: int, rank: int, world: int) -> None:
     os._exit(17)
 
 
+def _due(every: int | None, step: int, last: int) -> bool:
+    """True every ``every`` steps (0/None: never) and at the last step."""
+    return bool(every) and step % every == 0 or step == last
+
+
 def train_loop_per_worker(config: dict) -> dict:
     """Ray Train worker function. ``config = {"cfg": resolved TrainConfig dict, "run_id": str}``.
 
     Returns (rank 0's value is ``Result.return_value``) ``{"status": "ok" | "non_finite",
     "final_step", "segments", "val_scores", "champion_score", "message"}``.
     """
-    import ray.train
-    import ray.train.torch
-    from ray.train import Checkpoint, CheckpointConsistencyMode
-    from torch.utils.data import DataLoader
-
-    from pipeline.dataset import ClipDataset, clip_starts, collate_clips, shard
-    from trajgru.losses import BalancedLoss
-
     cfg = TrainConfig(**config["cfg"])
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = ray.train.torch.get_device()
-    autocast_device = "cuda" if cfg.use_gpu and device.type == "cuda" else None
-
-    model, model_config, optimizer, scheduler, meta = _build_and_restore(cfg, device)
-    in_len, out_len = model_config["in_len"], model_config["out_len"]
-    start = meta["step"] if meta else 0
-    segments = meta["segments"] if meta else []
-    val_scores = meta["val_scores"] if meta else None
-    champ = meta["champion_score"] if meta else None
-    logger = _Rank0Logger(cfg, config["run_id"], active=rank == 0)
-    per_worker = cfg.batch_size // world
-
-    train_starts = shard(clip_starts(cfg.store, "train", "random"), rank, world)
-    if len(train_starts) == 0:
-        raise RuntimeError(f"rank {rank} has no training clips: the store's train split is too "
-                           f"small for {world} workers")
-    val_starts = clip_starts(cfg.store, "valid", "sequent")[: cfg.val_clips]
-    loader = DataLoader(
-        ClipDataset(cfg.store, train_starts, seq_len=in_len + out_len),
-        batch_sampler=StepBatchSampler(len(train_starts), per_worker, cfg.seed, rank, start + 1, cfg.steps),
-        num_workers=cfg.num_dataloader_workers,
-        collate_fn=collate_clips,
-    )
-    loader = ray.train.torch.prepare_data_loader(loader, add_dist_sampler=False)
-    loss_fn = BalancedLoss(cfg.mse_weight, cfg.mae_weight)
-    reduce_fn = _all_mean_fn(world)
-    if rank == 0:
-        worker_print(f"[train] {'resuming after' if start else 'starting at'} step {start} of {cfg.steps}; "
-              f"{world} worker(s), global batch {cfg.batch_size}, {len(train_starts)} train clips "
-              f"on rank 0, {len(val_starts)} validation clips", flush=True)
-
-    def checkpoint_and_report(step, metrics):
-        with tempfile.TemporaryDirectory() as tmp:
-            ckpt = None
-            if rank == 0:
-                _save_checkpoint(Path(tmp), model, optimizer, scheduler, step, segments,
-                                 config["run_id"], val_scores, champ)
-                ckpt = Checkpoint.from_directory(tmp)
-            ray.train.report(metrics, checkpoint=ckpt)
-        # Wait until Ray Train has registered this checkpoint: a crash right after a report
-        # could otherwise lose it (reports are collected by the controller's periodic poll).
-        ray.train.get_all_reported_checkpoints(consistency_mode=CheckpointConsistencyMode.COMMITTED)
-
-    status, message = "ok", ""
-    t_window, n_window = time.perf_counter(), 0
-    step = start
-    new_attempt = True
-    last_ckpt_step = start
+    model, model_config, optimizer, scheduler, state = _build_and_restore(cfg)
+    ctx = _worker_context(cfg, config["run_id"], model_config)
+    start = state.step
+    loader, n_clips = _train_loader(ctx, start + 1)
+    val_starts = ctx.store.clip_starts("valid", "sequent")[: cfg.val_clips]
+    loss_fn, reduce_fn, step_log = BalancedLoss(cfg.mse_weight, cfg.mae_weight), _all_mean_fn(ctx.world), _StepLog(ctx)
+    ctx.say(f"{'resuming after' if start else 'starting at'} step {start} of {cfg.steps}; {ctx.world} worker(s), "
+            f"global batch {cfg.batch_size}, {n_clips} train clips on rank 0, {len(val_starts)} validation clips")
+    status, message, new_attempt, last_ckpt_step = "ok", "", True, start
     for step, (frames, masks) in zip(range(start + 1, cfg.steps + 1), loader):
-        _maybe_fail(cfg, step, rank, world)
-        inputs, truth, mask = split_clip(frames, masks, in_len, out_len)
+        _maybe_fail(cfg, step, ctx.rank, ctx.world)
+        inputs, truth, mask = split_clip(frames, masks, ctx.in_len, ctx.out_len)
         try:
             loss, gnorm = train_step(model, optimizer, loss_fn, inputs, truth, mask, step=step,
-                                     clip_norm=cfg.clip_norm, autocast_device=autocast_device,
+                                     clip_norm=cfg.clip_norm, autocast_device=ctx.autocast_device,
                                      reduce_fn=reduce_fn)
         except NonFiniteLoss as exc:
             status = "non_finite"
-            message = (f"{exc}; the run stopped and its last good checkpoint (step "
-                       f"{last_ckpt_step}) is kept")
-            step -= 1
+            message = f"{exc}; the run stopped and its last good checkpoint (step {last_ckpt_step}) is kept"
             break
-        add_step(segments, step, new_attempt)
-        new_attempt = False
+        add_step(state.segments, step, new_attempt)
+        state.step, new_attempt = step, False
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
-        n_window += 1
-        if step % cfg.log_every == 0 or step == cfg.steps:
-            dt = time.perf_counter() - t_window
-            sps = n_window * cfg.batch_size / max(dt, 1e-9)
-            logger.metrics({"loss": loss, "lr": lr, "grad_norm": gnorm, "samples_per_s": sps}, step)
-            if rank == 0:
-                eta = (cfg.steps - step) * cfg.batch_size / max(sps, 1e-9)
-                worker_print(f"[train] step {step}/{cfg.steps}  loss {loss:.5f}  lr {lr:.2e}  "
-                      f"{sps:.2f} samples/s  ETA {_format_eta(eta)}", flush=True)
-            t_window, n_window = time.perf_counter(), 0
-        if (cfg.val_every and step % cfg.val_every == 0) or step == cfg.steps:
-            val_scores, champ = _validate(model, cfg, val_starts, in_len, out_len, device, rank,
-                                          world, step, logger, autocast_device)
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-            checkpoint_and_report(step, {"step": step, "loss": loss})
+        step_log.record(step, loss, lr, gnorm)
+        if _due(cfg.val_every, step, cfg.steps):
+            state.val_scores, state.champion_score = score_validation(model, ctx, val_starts, step)
+        if _due(cfg.checkpoint_every, step, cfg.steps):
+            _checkpoint_and_report(ctx, model, optimizer, scheduler, state, {"step": step, "loss": loss})
             last_ckpt_step = step
-    if status == "ok" and start >= cfg.steps and rank == 0:
-        worker_print(f"[train] already at step {start}: nothing to train", flush=True)
-    logger.end("FINISHED" if status == "ok" else "FAILED")
-    return {"status": status, "final_step": segments[-1][1] if segments else start,
-            "segments": segments, "val_scores": val_scores, "champion_score": champ,
+    if status == "ok" and start >= cfg.steps:
+        ctx.say(f"already at step {start}: nothing to train")
+    ctx.logger.end("FINISHED" if status == "ok" else "FAILED")
+    return {"status": status, "final_step": state.segments[-1][1] if state.segments else start,
+            "segments": state.segments, "val_scores": state.val_scores, "champion_score": state.champion_score,
             "message": message}
 
 
 # --------------------------------------------------------------------------- driver side
-def _check_store(cfg: TrainConfig) -> tuple[int, int]:
-    """The store's frame (H, W); NowcastError if height/width overrides disagree."""
-    from pipeline.store import open_store
-
-    group = open_store(cfg.store)
-    _, height, width = group["frames"].shape
+def _with_store_frame_size(cfg: TrainConfig, store: Store) -> TrainConfig:
+    """``cfg`` with the store's frame (H, W); NowcastError if --height/--width disagree with it."""
+    height, width = store.frame_size
     for name, want, have in (("height", cfg.height, height), ("width", cfg.width, width)):
         if want is not None and want != have:
             raise NowcastError(
                 f"--{name} {want} differs from the store's frames ({height}x{width}); "
                 "ingest a store at the size you want to train on, or drop the option.", exit_code=2)
-    return height, width
+    return dataclasses.replace(cfg, height=height, width=width)
 
 
-def _mlflow_run(cfg: TrainConfig, model_config: dict) -> str:
+def _mlflow_run(cfg: TrainConfig, model_config: dict, store: Store) -> str:
     """Find the MLflow run of ``cfg.run_name`` (resume) or create it and log its parameters."""
-    import mlflow
-
-    from pipeline.store import store_fingerprint
-    from pipeline.tracking import code_version, setup_experiment
-
-    exp_id = setup_experiment(cfg.tracking_uri, cfg.experiment)
-    client = mlflow.MlflowClient()
-    found = client.search_runs([exp_id], filter_string=f"tags.`{RUN_NAME_TAG}` = '{cfg.run_name}'",
-                               max_results=1, order_by=["attributes.start_time DESC"])
-    if found:
-        return found[0].info.run_id
-    run = client.create_run(exp_id, run_name=cfg.run_name, tags={RUN_NAME_TAG: cfg.run_name})
-    run_id = run.info.run_id
-    params = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "fail_at_step"}
-    params.update({f"model.{k}": v for k, v in model_config.items()})
-    with mlflow.start_run(run_id=run_id):
-        mlflow.log_params({k: json.dumps(v) if isinstance(v, (list, dict)) else v
-                           for k, v in params.items()})
-        mlflow.log_dict(store_fingerprint(cfg.store), "store_fingerprint.json")
-        mlflow.log_dict(model_config, "model_config.json")
-        mlflow.set_tags({"code_version": code_version(), "store": cfg.store})
-    # start_run/end_run marked it FINISHED; rank 0 reopens it as RUNNING.
+    run_id, created = tracking.find_or_create_run(cfg.tracking_uri, cfg.experiment, cfg.run_name)
+    if created:
+        params = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "fail_at_step"}
+        params.update({f"model.{k}": v for k, v in model_config.items()})
+        tracking.log_run_setup(run_id, params,
+                               {"store_fingerprint.json": store.fingerprint(), "model_config.json": model_config},
+                               {"code_version": tracking.code_version(), "store": cfg.store})
     return run_id
 
 
@@ -712,49 +659,39 @@ def raise_if_stopped(summary: dict, checkpoint_path: str | None, run_name: str) 
         raise NowcastError(f"run {run_name!r} produced no checkpoint; check --steps.")
 
 
-def _finish_model(cfg: TrainConfig, run_id: str, checkpoint_dir: str, summary: dict):
+def _input_example(store: Store, model_config: dict) -> np.ndarray:
+    """Two validation (or training) clips' inputs, float32 (in_len, 2, 1, H, W)."""
+    in_len = model_config["in_len"]
+    for split, protocol in (("valid", "sequent"), ("train", "random")):
+        starts = store.clip_starts(split, protocol)
+        if len(starts):
+            ds = ClipDataset(store, starts[:2], seq_len=in_len)
+            clips = [ds[i][0].numpy() for i in range(len(ds))]
+            while len(clips) < 2:
+                clips.append(clips[0])
+            return np.stack(clips, axis=1).astype(np.float32)
+    return np.zeros((in_len, 2, 1, model_config["height"], model_config["width"]), dtype=np.float32)
+
+
+def _finish_model(cfg: TrainConfig, store: Store, run_id: str, checkpoint_dir: str, summary: dict):
     """Log the final model into the run, register it and apply the champion rule."""
-    import mlflow
-
-    from pipeline.dataset import ClipDataset, clip_starts
-    from pipeline.tracking import load_model_files, log_and_register_model, promote_if_better
-
-    model, mcfg = load_model_files(checkpoint_dir)
-    example = _input_example(cfg, mcfg, ClipDataset, clip_starts)
-    mlflow.set_tracking_uri(cfg.tracking_uri)
-    with mlflow.start_run(run_id=run_id):
-        logged = log_and_register_model(model, example, cfg.register_as,
-                                        serialization_format=cfg.model_format)
+    model, model_config = checkpoints.load_model_files(checkpoint_dir)
+    logged = tracking.log_and_register_model(model, _input_example(store, model_config), cfg.register_as,
+                                             serialization_format=cfg.model_format, run_id=run_id,
+                                             tracking_uri=cfg.tracking_uri)
     promoted = False
     if logged.registered_version is not None:
         score = summary.get("champion_score")
         score = float("nan") if score is None else float(score)
-        promoted = promote_if_better(cfg.register_as, logged.registered_version, score)
+        promoted = tracking.promote_if_better(cfg.register_as, logged.registered_version, score)
         print(f"[train] registered {cfg.register_as} version {logged.registered_version}"
               f"{' (now champion)' if promoted else ''}", flush=True)
     return logged, promoted
 
 
-def _input_example(cfg: TrainConfig, mcfg: dict, ClipDataset, clip_starts) -> np.ndarray:
-    """Two validation (or training) clips' inputs, float32 (in_len, 2, 1, H, W)."""
-    in_len = mcfg["in_len"]
-    for split in ("valid", "train"):
-        starts = clip_starts(cfg.store, split, "sequent" if split == "valid" else "random")
-        if len(starts):
-            ds = ClipDataset(cfg.store, starts[:2], seq_len=in_len)
-            clips = [ds[i][0].numpy() for i in range(len(ds))]
-            while len(clips) < 2:
-                clips.append(clips[0])
-            return np.stack(clips, axis=1).astype(np.float32)
-    return np.zeros((in_len, 2, 1, mcfg["height"], mcfg["width"]), dtype=np.float32)
-
-
-def _model_config(cfg: TrainConfig, height: int, width: int) -> dict:
-    from trajgru.model import build_model
-
-    overrides = {**cfg.model_overrides(), "height": height, "width": width}
+def _model_config(cfg: TrainConfig) -> dict:
     try:
-        return build_model(cfg.preset, cfg.cell, **overrides).config.to_dict()
+        return build_model(cfg.preset, cfg.cell, **cfg.model_overrides()).config.to_dict()
     except ValueError as exc:
         raise NowcastError(f"cannot build the {cfg.preset} model: {exc}", exit_code=2) from exc
 
@@ -767,17 +704,10 @@ def train(cfg: TrainConfig) -> TrainResult:
     non-finite loss.
     """
     t0 = time.perf_counter()
-    cfg = cfg.resolved()
-    height, width = _check_store(cfg)
-    cfg = dataclasses.replace(cfg, height=height, width=width)
-    model_config = _model_config(cfg, height, width)
-    run_id = _mlflow_run(cfg, model_config)
+    store = Store.open(cfg.store)
+    cfg = _with_store_frame_size(cfg.resolved(), store)
+    run_id = _mlflow_run(cfg, _model_config(cfg), store)
     connect_ray(cfg.ray_address)
-
-    import mlflow
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"cfg": dataclasses.asdict(cfg), "run_id": run_id},
@@ -791,7 +721,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     try:
         result = trainer.fit()
     except Exception as exc:  # noqa: BLE001 (ray.train.TrainingFailedError and friends)
-        mlflow.MlflowClient().set_terminated(run_id, "FAILED")
+        tracking.set_run_status(run_id, "FAILED")
         raise NowcastError(
             f"training run {cfg.run_name!r} failed: {exc}\nRe-run with the same --run-name "
             f"{cfg.run_name} (and --storage-path {cfg.storage_path}) to resume from its last "
@@ -799,10 +729,10 @@ def train(cfg: TrainConfig) -> TrainResult:
     summary = result.return_value or {}
     ckpt_path = result.checkpoint.path if result.checkpoint is not None else None
     if summary.get("status") != "ok" or ckpt_path is None:
-        mlflow.MlflowClient().set_terminated(run_id, "FAILED")
+        tracking.set_run_status(run_id, "FAILED")
     raise_if_stopped(summary, ckpt_path, cfg.run_name)
-    final_step = int(summary.get("final_step") or read_checkpoint_meta(ckpt_path)["step"])
-    logged, promoted = _finish_model(cfg, run_id, ckpt_path, summary)
+    final_step = int(summary.get("final_step") or checkpoints.read_meta(ckpt_path)["step"])
+    logged, promoted = _finish_model(cfg, store, run_id, ckpt_path, summary)
     return TrainResult(
         run_id=run_id, final_step=final_step, checkpoint_path=ckpt_path,
         model_uri=logged.model_uri, registered_version=logged.registered_version,

@@ -1,7 +1,8 @@
 """Pictures a person would rather look at than read: skill-versus-lead-time plots, forecast GIFs,
 and forecast frames written back as HKO-7 encoded PNGs.
 
-matplotlib (Agg backend) and Pillow are imported inside the functions that need them.
+Figures are drawn with matplotlib's object-oriented API on the Agg canvas (no pyplot, so the
+process's matplotlib backend is left alone).
 Frames handed to this module are float pixel values in [0, 1] (HKO-7 encoding,
 ``dBZ = 70 * pixel - 10``); pictures show rain rate in mm/h.
 """
@@ -11,24 +12,27 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import BoundaryNorm, ListedColormap
+from matplotlib.figure import Figure
+from PIL import Image
+
+from pipeline.sources import hko7
+from trajgru.metrics import DEFAULT_THRESHOLDS_MM_H
+from trajgru.units import pixel_to_rainfall
 
 #: Rain-rate bin edges in mm/h for the colour scale (as in the HKO-7 paper's figures).
 RAIN_LEVELS_MM_H = (0.5, 2.0, 5.0, 10.0, 30.0, 50.0)
 #: One colour per bin [0.5, 2), [2, 5), ... [30, 50), and one for >= 50 mm/h.
 RAIN_COLORS = ("#9be7ff", "#3ca0ff", "#12c212", "#f4f400", "#ff9000", "#e00000", "#b000b0")
-#: Default skill thresholds in mm/h (HKO-7 protocol).
-DEFAULT_THRESHOLDS_MM_H = (0.5, 2.0, 5.0, 10.0, 30.0)
 _MASKED_COLOR = "#b0b0b0"
 
 
-def _pyplot():
-    """Import matplotlib with the non-interactive Agg backend and return pyplot."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
+def _figure(**kwargs) -> Figure:
+    """A matplotlib Figure drawn on its own Agg canvas."""
+    fig = Figure(**kwargs)
+    FigureCanvasAgg(fig)
+    return fig
 
 
 def rain_colormap(levels_mm_h: Sequence[float] = RAIN_LEVELS_MM_H):
@@ -38,8 +42,6 @@ def rain_colormap(levels_mm_h: Sequence[float] = RAIN_LEVELS_MM_H):
     ``levels_mm_h[0]`` are white (no rain), each bin ``[levels[i], levels[i+1])`` has one colour,
     values at or above the last level the last colour; masked pixels are grey.
     """
-    from matplotlib.colors import BoundaryNorm, ListedColormap
-
     levels = [float(v) for v in levels_mm_h]
     if len(levels) < 2 or any(b <= a for a, b in zip(levels, levels[1:])):
         raise ValueError(f"levels_mm_h must be at least two ascending values, got {levels_mm_h}")
@@ -76,8 +78,6 @@ def save_frames_png(
 
     Returns the S paths in frame order.
     """
-    from pipeline import hko7
-
     frames = np.asarray(frames_pixel)
     if frames.ndim != 3:
         raise ValueError(f"frames_pixel must be (S, H, W), got shape {frames.shape}")
@@ -130,31 +130,28 @@ def plot_skill_vs_lead(
     (T, n_thr) with lead time ``(t + 1) * interval_min`` minutes. Thresholds (mm/h) come from
     ``thresholds``, else ``result["thresholds"]``, else (0.5, 2, 5, 10, 30).
     """
-    plt = _pyplot()
     csi = _as_float_array(result["csi"])
     hss = _as_float_array(result["hss"])
     if csi.ndim != 2 or csi.shape != hss.shape:
         raise ValueError(f"csi and hss must both be (T, n_thr), got {csi.shape} and {hss.shape}")
     thr = _threshold_values(result, thresholds, csi.shape[1])
     lead_min = (np.arange(csi.shape[0]) + 1) * float(interval_min)
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharex=True)
-    try:
-        for ax, values, name in ((axes[0], csi, "CSI"), (axes[1], hss, "HSS")):
-            for j, t in enumerate(thr):
-                ax.plot(lead_min, values[:, j], marker="o", markersize=3, label=f"≥ {t:g} mm/h")
-            ax.set_xlabel("lead time (min)")
-            ax.set_ylabel(name)
-            ax.set_title(name)
-            ax.grid(True, alpha=0.3)
-        axes[0].legend(fontsize=8)
-        if title:
-            fig.suptitle(title)
-        fig.tight_layout()
-        out = Path(out_png)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(out, dpi=100)
-    finally:
-        plt.close(fig)
+    fig = _figure(figsize=(10, 4))
+    axes = fig.subplots(1, 2, sharex=True)
+    for ax, values, name in ((axes[0], csi, "CSI"), (axes[1], hss, "HSS")):
+        for j, t in enumerate(thr):
+            ax.plot(lead_min, values[:, j], marker="o", markersize=3, label=f"≥ {t:g} mm/h")
+        ax.set_xlabel("lead time (min)")
+        ax.set_ylabel(name)
+        ax.set_title(name)
+        ax.grid(True, alpha=0.3)
+    axes[0].legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    out = Path(out_png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
     return out
 
 
@@ -172,8 +169,6 @@ def _frame_masks(mask, n_frames: int, shape: tuple[int, int]) -> list[np.ndarray
 
 def _to_rain(frame_pixel: np.ndarray, valid: np.ndarray | None) -> np.ma.MaskedArray:
     """(H, W) pixel -> rain rate mm/h, masked where ``valid`` is False."""
-    from trajgru.units import pixel_to_rainfall
-
     rain = pixel_to_rainfall(np.clip(np.nan_to_num(np.asarray(frame_pixel, np.float64)), 0.0, 1.0))
     return np.ma.masked_array(rain, mask=None if valid is None else ~valid)
 
@@ -213,9 +208,6 @@ def forecast_gif(
 
     Returns the GIF path; the GIF has ``S_in + S_out`` frames labelled with their lead time.
     """
-    from PIL import Image
-
-    plt = _pyplot()
     inputs = np.asarray(inputs)
     forecast = np.asarray(forecast)
     if inputs.ndim != 3 or forecast.ndim != 3:
@@ -232,8 +224,8 @@ def forecast_gif(
     cmap, norm = rain_colormap()
 
     n_panels = 1 if truth is None else 2
-    fig, axes = plt.subplots(1, n_panels, figsize=(3.6 * n_panels + 0.9, 4.0), squeeze=False)
-    axes = axes[0]
+    fig = _figure(figsize=(3.6 * n_panels + 0.9, 4.0))
+    axes = fig.subplots(1, n_panels, squeeze=False)[0]
     blank = np.ma.masked_array(np.zeros(shape))
     images = []
     for ax in axes:
@@ -247,25 +239,22 @@ def forecast_gif(
         fig.suptitle(title, fontsize=10)
 
     pictures = []
-    try:
-        for k, (text, idx, phase) in enumerate(_gif_schedule(s_in, s_out, interval_min)):
-            valid = masks[k]
-            if phase == 0:
-                frames = [inputs[idx]] * n_panels
-                names = ["observed"] * n_panels
-            elif truth is None:
-                frames, names = [forecast[idx]], ["forecast"]
-            else:
-                frames, names = [truth[idx], forecast[idx]], ["observed", "forecast"]
-            for ax, im, frame, name in zip(axes, images, frames, names):
-                im.set_data(_to_rain(frame, valid))
-                ax.set_title(name, fontsize=10)
-            label.set_text(text)
-            fig.canvas.draw()
-            rgba = np.asarray(fig.canvas.buffer_rgba())
-            pictures.append(Image.fromarray(rgba[..., :3].copy(), mode="RGB"))
-    finally:
-        plt.close(fig)
+    for k, (text, idx, phase) in enumerate(_gif_schedule(s_in, s_out, interval_min)):
+        valid = masks[k]
+        if phase == 0:
+            frames = [inputs[idx]] * n_panels
+            names = ["observed"] * n_panels
+        elif truth is None:
+            frames, names = [forecast[idx]], ["forecast"]
+        else:
+            frames, names = [truth[idx], forecast[idx]], ["observed", "forecast"]
+        for ax, im, frame, name in zip(axes, images, frames, names):
+            im.set_data(_to_rain(frame, valid))
+            ax.set_title(name, fontsize=10)
+        label.set_text(text)
+        fig.canvas.draw()
+        rgba = np.asarray(fig.canvas.buffer_rgba())
+        pictures.append(Image.fromarray(rgba[..., :3].copy(), mode="RGB"))
     out = Path(out_gif)
     out.parent.mkdir(parents=True, exist_ok=True)
     pictures[0].save(out, save_all=True, append_images=pictures[1:], duration=int(frame_ms), loop=0,

@@ -1,4 +1,4 @@
-"""Fixtures that build tiny HKO-7 archives by hand with the pipeline.hko7 codecs."""
+"""Fixtures that build tiny HKO-7 archives by hand with the pipeline.sources.hko7 codecs."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import hko7
+from pipeline.catalog import INTERVAL_S, write_day_list
+from pipeline.sources import hko7
 
 T0_S = int(np.datetime64("2015-06-01T00:00:00", "s").astype(np.int64))
 
@@ -29,7 +30,7 @@ def frame_pixels(time_s: int, size: int) -> np.ndarray:
     """A deterministic (size, size) uint8 frame that differs for every time (a moving blob + noise)."""
     rng = np.random.default_rng(time_s % (2**32))
     y, x = np.mgrid[0:size, 0:size]
-    k = (time_s // hko7.INTERVAL_S) % 97
+    k = (time_s // INTERVAL_S) % 97
     blob = 200.0 * np.exp(-(((x - (k * 3) % size) ** 2 + (y - size / 2) ** 2) / (2 * (size / 6) ** 2)))
     return np.clip(blob + rng.integers(0, 30, (size, size)), 0, 255).astype(np.uint8)
 
@@ -66,9 +67,9 @@ def build_archive(root: Path, n_frames: int, size: int = 64, start_s: int = T0_S
     arch = HandArchive(Path(root), size=size)
     for k in range(n_frames):
         if k not in set(missing):
-            add_frame(arch, start_s + k * hko7.INTERVAL_S)
+            add_frame(arch, start_s + k * INTERVAL_S)
     for split, days in (day_lists or {}).items():
-        hko7.write_day_list(Path(root) / f"{split}_days.txt", [(np.datetime64(d, "D"), 1.0) for d in days])
+        write_day_list(Path(root) / f"{split}_days.txt", [(np.datetime64(d, "D"), 1.0) for d in days])
     return arch
 
 

@@ -1,4 +1,4 @@
-"""Clip dataset over the store: contents, absent slots, sharding, DataLoader workers."""
+"""Clip dataset over the store: contents, absent slots, rank slices, DataLoader workers."""
 from __future__ import annotations
 
 import pickle
@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from pipeline import ingest as ing
-from pipeline.dataset import ClipDataset, clip_starts, shard
+from pipeline.dataset import ClipDataset, rank_slice
+from pipeline.store import Store
 from pipeline.errors import NowcastError
 
 IV = 360
@@ -36,9 +37,9 @@ def expected_clip(arch, start_s, seq_len):
 
 
 def test_items_match_archive(store):
-    starts = clip_starts(store.path, "train", "random")
+    starts = Store.open(store.path).clip_starts("train", "random")
     assert starts.dtype == np.int64 and starts.size > 0 and np.all(np.diff(starts) > 0)
-    ds = ClipDataset(store.path, starts, seq_len=25)
+    ds = ClipDataset(Store.open(store.path), starts, seq_len=25)
     assert len(ds) == starts.size
     for i in (0, len(ds) // 2, len(ds) - 1):
         x, m = ds[i]
@@ -49,32 +50,32 @@ def test_items_match_archive(store):
         assert 0.0 <= float(x.min()) and float(x.max()) <= 1.0
     # a clip over the gap: absent slots are zero with mask 0
     gap_start = int(store.arch.times_s()[5])
-    x, m = ClipDataset(store.path, [gap_start])[0]
+    x, m = ClipDataset(Store.open(store.path), [gap_start])[0]
     assert float(x[5].abs().sum()) == 0 and float(m[5].sum()) == 0 and float(m[4].sum()) > 0
-    seq = clip_starts(store.path, "train", "sequent")
+    seq = Store.open(store.path).clip_starts("train", "sequent")
     assert seq.size > 0 and np.isin(seq, starts).sum() >= 1
     with pytest.raises(NowcastError):
-        clip_starts(store.path, "test")
+        Store.open(store.path).clip_starts("test")
 
 
-def test_shard_is_disjoint_and_complete():
+def test_rank_slice_is_disjoint_and_complete():
     starts = np.arange(103, dtype=np.int64) * IV
     for world in (1, 2, 3, 4, 7):
-        parts = [shard(starts, r, world) for r in range(world)]
+        parts = [rank_slice(starts, r, world) for r in range(world)]
         assert sum(p.size for p in parts) == starts.size
         assert np.array_equal(np.sort(np.concatenate(parts)), starts)
         assert max(p.size for p in parts) - min(p.size for p in parts) <= 1
-        assert all(np.array_equal(shard(starts, r, world), parts[r]) for r in range(world))  # deterministic
+        assert all(np.array_equal(rank_slice(starts, r, world), parts[r]) for r in range(world))  # deterministic
     with pytest.raises(NowcastError):
-        shard(starts, 2, 2)
+        rank_slice(starts, 2, 2)
 
 
 def test_pickles_without_open_handles(store):
-    ds = ClipDataset(store.path, clip_starts(store.path, "train"))
+    ds = ClipDataset(Store.open(store.path), Store.open(store.path).clip_starts("train"))
     _ = ds[0]
-    assert ds._reader is not None
+    assert ds.store._reader is not None
     clone = pickle.loads(pickle.dumps(ds))
-    assert clone._reader is None
+    assert clone.store._reader is None and clone._bufs is None
     np.testing.assert_array_equal(clone[1][0].numpy(), ds[1][0].numpy())
 
 
@@ -83,8 +84,8 @@ def test_dataloader_workers(store, ctx):
     import torch
     from torch.utils.data import DataLoader
 
-    starts = clip_starts(store.path, "train")
-    ds = ClipDataset(store.path, starts, seq_len=25)
+    starts = Store.open(store.path).clip_starts("train")
+    ds = ClipDataset(Store.open(store.path), starts, seq_len=25)
     _ = ds[0]  # the parent has a reader open: workers must open their own
     loader = DataLoader(ds, batch_size=4, num_workers=2, multiprocessing_context=ctx, shuffle=False)
     got = torch.cat([x for x, _ in loader])
@@ -95,7 +96,7 @@ def test_dataloader_workers(store, ctx):
 
 def _store_with_every_pixel_value(path):
     """A complete 4-frame store of 8x8 frames holding the pixel values 0..255 once each."""
-    from pipeline import hko7
+    from pipeline.catalog import INTERVAL_S
     from pipeline import store as st
 
     g = st.create_store(path, 8, 8, st.StoreLayout(chunk_frames=2, shard_frames=4), {"interval_s": IV})
@@ -106,7 +107,7 @@ def _store_with_every_pixel_value(path):
     g[st.FRAMES][:] = frames
     g[st.MASKS][:] = masks
     t0 = int(np.datetime64("2015-06-01T00:00:00", "s").astype(np.int64))
-    st.write_vector(g, st.TIME, t0 + hko7.INTERVAL_S * np.arange(4, dtype=np.int64))
+    st.write_vector(g, st.TIME, t0 + INTERVAL_S * np.arange(4, dtype=np.int64))
     st.write_vector(g, st.PRESENT, np.ones(4, bool))
     g.attrs["ingest_state"] = st.STATE_COMPLETE
     return t0, frames, masks
@@ -116,7 +117,7 @@ def test_float_conversion_is_exact_and_items_do_not_alias(store, tmp_path):
     """frames == float32(pixel / 255) bit for bit for all 256 values, masks exactly 0/1, absent slots
     0; an item keeps its values after later items reuse the per-process read buffers."""
     t0, frames, masks = _store_with_every_pixel_value(tmp_path / "all.zarr")
-    ds = ClipDataset(tmp_path / "all.zarr", [t0, t0 + 2 * IV], seq_len=4)
+    ds = ClipDataset(Store.open(tmp_path / "all.zarr"), [t0, t0 + 2 * IV], seq_len=4)
     x, m = ds[0]
     assert x.shape == (4, 1, 8, 8)
     want = np.array([float(v) / 255.0 for v in range(256)], dtype=np.float32).reshape(4, 1, 8, 8)  # slow reference
@@ -127,7 +128,7 @@ def test_float_conversion_is_exact_and_items_do_not_alias(store, tmp_path):
     assert not x2[2:].any() and not m2[2:].any()
     keep = x.clone()
     assert bool((x == keep).all()) and not bool((x == x2).all())
-    ds2 = ClipDataset(store.path, clip_starts(store.path, "train"))
+    ds2 = ClipDataset(Store.open(store.path), Store.open(store.path).clip_starts("train"))
     a0 = ds2[0][0].clone()
     first = ds2[0][0]
     _ = ds2[len(ds2) - 1]
@@ -141,9 +142,9 @@ def test_getitems_equals_per_item_stacking(store):
 
     from pipeline.dataset import ClipBatch, collate_clips
 
-    starts = clip_starts(store.path, "train")
+    starts = Store.open(store.path).clip_starts("train")
     gap = [int(store.arch.times_s()[k]) for k in (3, 5, 9, 30)]  # clips over slots 10, 11 and/or 40
-    ds = ClipDataset(store.path, np.concatenate([starts, gap]), seq_len=25)
+    ds = ClipDataset(Store.open(store.path), np.concatenate([starts, gap]), seq_len=25)
     idx = [len(ds) - 1, 0, len(ds) - 3, -2, 0, 7]
     batch = ds.__getitems__(idx)
     assert isinstance(batch, ClipBatch) and len(batch) == len(idx)
@@ -170,7 +171,7 @@ def test_collate_clips_falls_back_to_stacking(store):
 
     from pipeline.dataset import collate_clips
 
-    ds = ClipDataset(store.path, clip_starts(store.path, "train")[:3], seq_len=5)
+    ds = ClipDataset(Store.open(store.path), Store.open(store.path).clip_starts("train")[:3], seq_len=5)
     items = [ds[i] for i in range(3)]
     frames, masks = collate_clips(items)
     want = default_collate(items)
@@ -191,8 +192,8 @@ def test_dataloader_collate_clips_matches_default(store, workers):
 
     from pipeline.dataset import collate_clips
 
-    starts = clip_starts(store.path, "train")
-    ds = ClipDataset(store.path, np.concatenate([starts[:9], store.arch.times_s()[[5, 31]]]), seq_len=25)
+    starts = Store.open(store.path).clip_starts("train")
+    ds = ClipDataset(Store.open(store.path), np.concatenate([starts[:9], store.arch.times_s()[[5, 31]]]), seq_len=25)
     got = list(DataLoader(ds, batch_size=4, num_workers=workers, collate_fn=collate_clips))
     want = [(torch.stack([ds[i][0] for i in range(b, min(b + 4, len(ds)))]),
              torch.stack([ds[i][1] for i in range(b, min(b + 4, len(ds)))])) for b in range(0, len(ds), 4)]

@@ -160,7 +160,7 @@ def test_missing_store_and_unknown_model_raise(store, tmp_path):
 
 
 def _checkpoint(tmp_path: Path, size: int, run_id: str | None = None) -> Path:
-    from pipeline.tracking import save_model_files
+    from pipeline.checkpoints import save_model_files
     from trajgru import build_model
 
     torch.manual_seed(0)
@@ -181,7 +181,7 @@ def test_model_frame_size_must_match_store(store, tmp_path):
 def test_checkpoint_is_scored_like_its_module(store, tmp_path):
     """A checkpoint's scores equal scoring the rebuilt module by hand on the same clips."""
     from pipeline.evaluate import evaluate
-    from pipeline.tracking import load_model_files
+    from pipeline.checkpoints import load_model_files
 
     ckpt = _checkpoint(tmp_path, SIZE)
     res = evaluate(_cfg(store, str(ckpt), tmp_path, max_clips=2, batch_size=1))

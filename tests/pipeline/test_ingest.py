@@ -15,13 +15,14 @@ import numpy as np
 import pytest
 
 from pipeline import catalog as cat
-from pipeline import hko7
 from pipeline import ingest as ing
 from pipeline import store as st
+from pipeline.catalog import INTERVAL_S
 from pipeline.errors import NowcastError
+from pipeline.sources import hko7
 
 REPO = Path(__file__).resolve().parents[2]
-IV = hko7.INTERVAL_S
+IV = INTERVAL_S
 T0_S = int(np.datetime64("2015-06-01T00:00:00", "s").astype(np.int64))  # as in conftest
 
 
@@ -140,9 +141,9 @@ def test_units_are_whole_shards(hand_archive, tmp_path, monkeypatch):
     calls = []
     real = ing.ingest_unit
 
-    def spy(store_path, archive, unit, i0, slots):
+    def spy(store_path, source, archive, unit, i0, slots):
         calls.append((i0, len(slots)))
-        return real(store_path, archive, unit, i0, slots)
+        return real(store_path, source, archive, unit, i0, slots)
 
     monkeypatch.setattr(ing, "ingest_unit", spy)
     run(arch.root, tmp_path / "s.zarr", chunk_frames=3, shard_frames=12)
@@ -189,11 +190,12 @@ def _tree_bytes(root: Path) -> dict:
 KILL_SCRIPT = """
 import sys, time
 import pipeline.ingest as ing
-real = ing._decode_slot
+from pipeline.sources.hko7 import Hko7Source
+real = Hko7Source._read
 def slow(*a):
     time.sleep(0.04)
     return real(*a)
-ing._decode_slot = slow
+Hko7Source._read = slow
 ing.ingest(ing.IngestConfig(sys.argv[1], sys.argv[2], workers=0, chunk_frames=1, shard_frames=4), progress=False)
 """
 
@@ -284,29 +286,6 @@ def test_ingest_default_local_cluster_via_env(hand_archive, tmp_path, monkeypatc
     res = run(arch.root, tmp_path / "s.zarr", workers=2, chunk_frames=2, shard_frames=4)
     assert res.n_units_written == 6 and res.frames_per_s > 0
     assert_store_matches(tmp_path / "s.zarr", arch)
-
-
-def test_mask_cache_reuses_only_identical_bytes():
-    """_MaskCache.decode == hko7.decode_mask for every input; equal bytes hit, other bytes decode;
-    a bad file raises and leaves the cache as it was."""
-    rng = np.random.default_rng(3)
-    a, b = rng.random((6, 5)) > 0.5, rng.random((6, 5)) > 0.5
-    da, db = hko7.encode_mask(a), hko7.encode_mask(b)
-    cache = ing._MaskCache()
-    seq = [da, bytes(bytearray(da)), db, da, da, b"not zlib", da]
-    hits = []
-    for data in seq:
-        if data == b"not zlib":
-            with pytest.raises(hko7.FrameDecodeError):
-                cache.decode(data, (6, 5))
-            continue
-        before = cache.hits
-        got = cache.decode(data, (6, 5))
-        np.testing.assert_array_equal(got, a if data == da else b)
-        hits.append(cache.hits - before)
-    assert hits == [0, 1, 0, 0, 1, 1]  # a copy of equal bytes hits; a change of bytes decodes
-    with pytest.raises(hko7.FrameDecodeError):  # same bytes, other shape: decoded (and rejected), no hit
-        cache.decode(da, (3, 5))
 
 
 def test_repeated_masks_ingest_exactly(tmp_path, archive_tools):

@@ -54,11 +54,11 @@ def test_layout_and_attrs(small_store):
 
 def test_describe_and_fingerprint(small_store):
     path, arch = small_store
-    d = st.describe_store(path)
+    d = st.Store.open(path).describe()
     assert d["frames"] == 27 and d["present_frames"] == 27 and (d["height"], d["width"]) == (64, 64)
     assert d["gaps"] == 1 and d["missing_slots"] == 3 and d["time_start"] == "2015-06-01T00:00:00Z"
     assert set(d["splits"]) == {"train", "valid", "test"} and d["bad_files"] == 0
-    fp = st.store_fingerprint(path)
+    fp = st.Store.open(path).fingerprint()
     json.dumps(fp)
     assert fp["path"] == str(path.resolve()) and fp["ingest_version"] == st.INGEST_VERSION and fp["n_frames"] == 27
 
@@ -168,3 +168,68 @@ def test_store_reader_fast_and_zarr_paths_agree(small_store):
     f, m = fast.read(np.array([t[0], t[0] - IV, t[1]]), f_out, m_out)
     assert f is f_out and m is m_out and not f[1].any() and not m[1].any()
     np.testing.assert_array_equal(f[2], arch.frames[int(t[1])])
+
+
+def test_store_handle(small_store, tmp_path, monkeypatch):
+    """Store: opened and validated once, the owner of cadence, frame size, splits, clip starts and the
+    reader; pickles as its path (absolute, so a worker in another directory reopens the same store)."""
+    import pickle
+
+    path, arch = small_store
+    monkeypatch.chdir(path.parent)
+    store = st.Store.open(path.name)
+    assert store.path == path.resolve() and store.interval_s == IV and store.frame_size == (64, 64)
+    assert store.splits == ["test", "train", "valid"]
+    np.testing.assert_array_equal(store.clip_starts("train", "sequent"), st.read_catalog(store.group, "train", "sequent"))
+    np.testing.assert_array_equal(store.time_s, arch.times_s())
+    assert store.present.all() and store.reader() is store.reader()
+    np.testing.assert_array_equal(store.slot_times_s(int(store.time_s[0]), 3), store.time_s[0] + IV * np.arange(3))
+    monkeypatch.chdir(tmp_path)
+    clone = pickle.loads(pickle.dumps(store))
+    assert clone.path == store.path and clone._reader is None and len(pickle.dumps(store)) < 500
+    np.testing.assert_array_equal(clone.reader().read(store.time_s[:2])[0], store.reader().read(store.time_s[:2])[0])
+    with pytest.raises(NowcastError, match="split 'nope'"):
+        store.clip_starts("nope")
+    with pytest.raises(NowcastError, match="protocol"):
+        store.clip_starts("train", "shuffled")
+    with pytest.raises(NowcastError, match="nowcast ingest"):
+        st.Store.open(tmp_path / "missing.zarr")
+
+
+def test_infer_interval_s_is_the_most_common_step():
+    t = 1_000_000 + 360 * np.array([0, 1, 2, 3, 7, 8, 9, 30])
+    assert st.infer_interval_s(t) == 360
+    assert st.infer_interval_s(np.array([0, 300, 600, 1200, 1500, 2100])) == 300  # tie 300 vs 600: the smaller
+    assert st.infer_interval_s(np.array([5, 5, 65])) == 60  # repeats ignored
+    assert st.infer_interval_s(np.array([7])) == st.INTERVAL_S == 360  # no step: the HKO-7 cadence
+
+
+def test_shard_reader_checks_the_index_crc_and_store_reader_logs_the_fallback(small_store, tmp_path, caplog):
+    """A damaged shard index fails the crc32c check; StoreReader then reads through zarr and says so."""
+    import logging
+    import shutil
+
+    path, arch = small_store
+    copy = tmp_path / "copy.zarr"
+    shutil.copytree(path, copy)
+    g = st.open_store(copy)
+    reader = st.ShardFileReader.for_array(g[st.FRAMES])
+    shard = reader._shard_path(0)
+    data = bytearray(shard.read_bytes())
+    data[-5] ^= 0xFF  # a bit of the index (the last 4 bytes are its crc32c)
+    shard.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="checksum"):
+        reader.read(0, 2, np.empty((2, 64, 64), np.uint8))
+    store_reader = st.StoreReader(g)
+    with caplog.at_level(logging.WARNING, logger="nowcast.store"), pytest.raises(Exception):
+        store_reader.read(arch.times_s()[:2])  # zarr reports the damage too
+    assert "reading through zarr" in caplog.text and "checksum" in caplog.text
+
+
+def test_store_reader_logs_when_the_layout_is_not_the_fast_one(tmp_path, caplog):
+    import logging
+
+    g = st.create_store(tmp_path / "u.zarr", 4, 4, st.StoreLayout(chunk_frames=2, shard_frames=None), {"interval_s": IV})
+    with caplog.at_level(logging.INFO, logger="nowcast.store"):
+        reader = st.StoreReader(g)
+    assert not reader.uses_fast_path and "reading through zarr" in caplog.text

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import hko7
-from pipeline.errors import NowcastError
 from pipeline import synth
+from pipeline.catalog import read_day_list, split_days_by_fraction
+from pipeline.errors import NowcastError
+from pipeline.sources import dbz_to_u8, hko7
 from pipeline.synth import SynthConfig, synth_archive
 
 SIZE = 64
@@ -80,7 +81,7 @@ def test_layout_and_file_names(archive):
 
 def test_frame_times_use_six_minute_slots_from_midnight(tmp_path):
     _archive(tmp_path, days=1, frames_per_day=240, size_px=16, missing_frame_rate=0.0)
-    times = sorted(hko7.parse_time_s(p) for p in (tmp_path / "radarPNG").rglob("*.png"))
+    times = sorted(hko7.time_from_name(p) for p in (tmp_path / "radarPNG").rglob("*.png"))
     day0 = int(np.datetime64(START, "s").astype(np.int64))
     assert times == [day0 + 360 * k for k in range(240)]
     assert hko7.file_stem(times[-1]) == "RAD150601235400"
@@ -119,9 +120,9 @@ def test_masks_circular_coverage_and_clutter(archive):
         holes = circle & ~mask  # clutter / outliers inside the coverage
         assert 1 <= holes.sum() <= 0.03 * circle.sum()
         assert mask[SIZE // 2 - 3:SIZE // 2 + 3, SIZE // 2 - 3:SIZE // 2 + 3].sum() >= 30
-        png = _read_png(hko7.frame_path(root, hko7.parse_time_s(mpath)))
+        png = _read_png(hko7.frame_path(root, hko7.time_from_name(mpath)))
         assert (png[~circle] == 0).all()
-        assert (png[holes] >= hko7.dbz_to_u8(40.0)).all(), "clutter pixels carry high values"
+        assert (png[holes] >= dbz_to_u8(40.0)).all(), "clutter pixels carry high values"
     # the static clutter is the same in every frame
     common = np.logical_and.reduce([~_read_mask(p, (SIZE, SIZE)) & circle for p in paths])
     assert common.sum() >= 1
@@ -195,7 +196,7 @@ def test_missing_slots_statistics():
 # --- day lists ---------------------------------------------------------------------------------------------------
 def test_day_lists_partition_the_days(archive):
     root, res = archive
-    lists = {s: hko7.read_day_list(root / f"{s}_days.txt") for s in ("train", "valid", "test")}
+    lists = {s: read_day_list(root / f"{s}_days.txt") for s in ("train", "valid", "test")}
     all_days = [np.datetime64(START, "D") + i for i in range(DAYS)]
     assert sorted(sum(lists.values(), [])) == all_days
     assert all(len(v) >= 1 for v in lists.values())
@@ -209,8 +210,9 @@ def test_day_lists_partition_the_days(archive):
 
 @pytest.mark.parametrize("n", range(1, 25))
 def test_split_days_sizes(n):
+    """synth's ~70/15/15 day lists: the catalog's one split rule with synth's fractions."""
     days = [np.datetime64("2015-01-01") + i for i in range(n)]
-    parts = synth.split_days(days)
+    parts = {k: list(v) for k, v in split_days_by_fraction(days, synth.VALID_FRACTION, synth.TEST_FRACTION).items()}
     assert parts["train"] + parts["valid"] + parts["test"] == days
     if n >= 3:
         assert all(len(p) >= 1 for p in parts.values())
@@ -225,7 +227,7 @@ def test_intensities_cover_all_thresholds(tmp_path):
     _archive(root, days=2, frames_per_day=40, size_px=96, missing_frame_rate=0.0)
     rain = []
     for p in sorted((root / "radarPNG").rglob("*.png")):
-        mask = _read_mask(hko7.mask_path(root, hko7.parse_time_s(p)), (96, 96))
+        mask = _read_mask(hko7.mask_path(root, hko7.time_from_name(p)), (96, 96))
         rain.append(_rain_mm_h_naive(_read_png(p))[mask])
     rain = np.concatenate(rain)
     fractions = {th: float((rain >= th).mean()) for th in (0.5, 2, 5, 10, 30)}

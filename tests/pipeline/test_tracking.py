@@ -1,4 +1,4 @@
-"""pipeline.tracking: URIs, model logging/registration, the champion alias, forecaster loading."""
+"""pipeline.tracking: URIs, runs, model logging/registration (loaded back as forecasters), the champion alias."""
 from __future__ import annotations
 
 import time
@@ -10,6 +10,7 @@ import torch
 
 from pipeline import tracking
 from pipeline.errors import NowcastError
+from pipeline.forecasters import load_forecaster
 from tests.pipeline._ray_fixtures import mlflow_server
 
 
@@ -123,42 +124,7 @@ def test_promote_unknown_version_is_a_nowcast_error(sqlite_uri):
     with pytest.raises(NowcastError, match="cannot set alias"):
         tracking.promote("nope", 3)
     with pytest.raises(NowcastError, match="not found"):
-        tracking.load_forecaster("models:/nope@champion", tracking_uri=sqlite_uri)
-
-
-# ------------------------------------------------------------------ forecasters
-def test_baseline_forecasters():
-    x = torch.rand(5, 2, 1, 16, 16)
-    f = tracking.load_forecaster("persistence")
-    assert (f.in_len, f.out_len, f.run_id, f.model_config) == (5, 20, None, None)
-    y = f(x)
-    assert y.shape == (20, 2, 1, 16, 16)
-    assert torch.equal(y, x[-1:].expand(20, -1, -1, -1, -1))
-    g = tracking.load_forecaster("optical-flow", out_len=4)
-    assert g(x).shape == (4, 2, 1, 16, 16)
-    with pytest.raises(NowcastError, match="needs 5 input frames"):
-        f(x[:3])
-
-
-@pytest.mark.parametrize("uri", ["nonsense", "models:/x", "/no/such/checkpoint"])
-def test_unknown_uri_is_a_nowcast_error(uri):
-    with pytest.raises(NowcastError, match="models:/NAME@ALIAS"):
-        tracking.load_forecaster(uri)
-
-
-def test_checkpoint_dir_round_trip(tmp_path):
-    model = tiny_model()
-    tracking.save_model_files(model, tmp_path / "ckpt")
-    x = torch.rand(2, 3, 1, 16, 16)
-    for uri in (tmp_path / "ckpt", tmp_path / "ckpt" / tracking.MODEL_STATE_FILE, tmp_path):
-        # a directory with checkpoint_* subdirectories picks the latest one
-        if uri == tmp_path:
-            (tmp_path / "ckpt").rename(tmp_path / "checkpoint_2020")
-        f = tracking.load_forecaster(str(uri))
-        assert (f.in_len, f.out_len) == (2, 3)
-        assert f.model_config == model.config.to_dict()
-        with torch.no_grad():
-            assert torch.allclose(f(x), model(x))
+        load_forecaster("models:/nope@champion", tracking_uri=sqlite_uri)
 
 
 def test_log_register_and_load_registered_model(sqlite_uri):
@@ -180,7 +146,7 @@ def test_log_register_and_load_registered_model(sqlite_uri):
     with torch.no_grad():
         expected = model(x)
     for uri in ("models:/reg@champion", "models:/reg/1"):
-        f = tracking.load_forecaster(uri, tracking_uri=sqlite_uri)
+        f = load_forecaster(uri, tracking_uri=sqlite_uri)
         assert f.run_id == run.info.run_id
         assert (f.in_len, f.out_len) == (2, 3)
         assert torch.allclose(f(x), expected, atol=1e-6)
@@ -188,7 +154,7 @@ def test_log_register_and_load_registered_model(sqlite_uri):
     native = mlflow.pytorch.load_model("models:/reg/1")
     assert torch.allclose(native(x), expected, atol=1e-5)
     with pytest.raises(NowcastError, match="not found"):
-        tracking.load_forecaster("models:/reg/7", tracking_uri=sqlite_uri)
+        load_forecaster("models:/reg/7", tracking_uri=sqlite_uri)
 
 
 @pytest.mark.slow
@@ -209,7 +175,7 @@ def test_register_and_champion_against_real_mlflow_server(tmp_path):
             versions.append((logged.registered_version,
                              tracking.promote_if_better("srv", logged.registered_version, score)))
         assert versions == [(1, True), (2, False), (3, True)]
-        f = tracking.load_forecaster("models:/srv@champion", tracking_uri=uri)
+        f = load_forecaster("models:/srv@champion", tracking_uri=uri)
         assert f.name == "srv/3"
         x = torch.rand(2, 1, 1, 16, 16)
         with torch.no_grad():

@@ -18,7 +18,8 @@ import torch
 
 from pipeline import train as tr
 from pipeline.errors import NowcastError
-from pipeline.tracking import CHAMPION_METRIC, MODEL_STATE_FILE
+from pipeline.checkpoints import MODEL_STATE_FILE
+from pipeline.tracking import CHAMPION_METRIC, RUN_NAME_TAG
 from tests.pipeline._ray_fixtures import local_ray, make_store, mlflow_server
 
 
@@ -225,7 +226,7 @@ def test_two_worker_run_logs_to_mlflow_server_and_registers(reference_run, serve
     params = run.data.params
     assert params["lr"] == str(1e-3) and params["batch_size"] == "2" and params["workers"] == "2"
     assert params["model.height"] == "32" and params["model.out_len"] == "3"
-    assert run.data.tags["code_version"] and run.data.tags[tr.RUN_NAME_TAG] == "reference"
+    assert run.data.tags["code_version"] and run.data.tags[RUN_NAME_TAG] == "reference"
     assert [m.step for m in client.get_metric_history(res.run_id, "loss")] == list(range(1, STEPS + 1))
     for key in ("lr", "grad_norm", "samples_per_s", "val_csi_5mm_h", "val_hss_0.5mm_h",
                 "val_b_mse", "val_b_mae", CHAMPION_METRIC):
@@ -241,11 +242,14 @@ def test_two_worker_run_logs_to_mlflow_server_and_registers(reference_run, serve
     assert "skill_vs_lead_step6.png" in step6 and "forecast_clip0_step6.gif" in step6
     # registered version: the champion, loadable, equal to the final checkpoint
     assert client.get_model_version_by_alias("nowcast-test", "champion").version == "1"
-    from pipeline.tracking import load_forecaster
+    from pipeline.forecasters import load_forecaster
     f = load_forecaster("models:/nowcast-test@champion", tracking_uri=server)
     g = load_forecaster(res.checkpoint_path)
     x = torch.rand(3, 2, 1, 32, 32)
     assert f.run_id == res.run_id and torch.allclose(f(x), g(x))
+    # a Ray Train run directory loads its latest checkpoint (ray.train.Result.from_path)
+    run_dir = load_forecaster(str(Path(cfg.storage_path) / cfg.run_name))
+    assert run_dir.name == res.checkpoint_path and run_dir.run_id == res.run_id
     assert client.get_run(res.run_id).info.status == "FINISHED"
 
 
@@ -267,7 +271,7 @@ def test_stop_and_resume_continues_exactly(store, ray_cluster, reference_run, sq
     # one MLflow run across both attempts, whose step metrics reach the last step
     client = mlflow.MlflowClient(sqlite_uri)
     runs = client.search_runs([client.get_experiment_by_name("nowcast").experiment_id],
-                              filter_string=f"tags.`{tr.RUN_NAME_TAG}` = 'resume'")
+                              filter_string=f"tags.`{RUN_NAME_TAG}` = 'resume'")
     assert [r.info.run_id for r in runs] == [res.run_id]
     assert client.get_run(res.run_id).info.status == "FINISHED"
     # artifacts live next to the SQLite file (absolute), not in a worker's current directory

@@ -5,7 +5,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import hko7, viz
+from pipeline import viz
+from pipeline.catalog import INTERVAL_S
+from pipeline.sources import hko7
 from trajgru.units import rainfall_to_pixel
 
 
@@ -37,11 +39,11 @@ def test_save_frames_png_round_trip_with_times(tmp_path):
     u8 = rng.integers(0, 256, size=(3, 16, 24), dtype=np.uint8)
     frames = u8.astype(np.float32) / 255.0
     t0 = int(np.datetime64("2015-06-01T12:00:00", "s").astype(np.int64))
-    times = [t0 + k * hko7.INTERVAL_S for k in range(3)]
+    times = [t0 + k * INTERVAL_S for k in range(3)]
     paths = viz.save_frames_png(frames, tmp_path / "out", times_s=times)
     assert [p.name for p in paths] == ["RAD150601120000.png", "RAD150601120600.png", "RAD150601121200.png"]
     for p, t, expected in zip(paths, times, u8):
-        assert hko7.parse_time_s(p) == t
+        assert hko7.time_from_name(p) == t
         assert np.array_equal(hko7.decode_frame(p.read_bytes(), shape=(16, 24)), expected)
 
 

@@ -1,0 +1,163 @@
+"""The checkpoint format: what ``nowcast train`` writes, and how everything else reads it.
+
+A checkpoint is a directory::
+
+    model_config.json   model.config.to_dict()            (rebuilt with trajgru.model_from_config)
+    model_state.pt      the model's state_dict             (tensors only)
+    train_state.pt      optimizer, scheduler, step, RNG    (tensors and plain Python values only)
+    meta.json           step, segments, mlflow_run_id, val_scores, champion_score
+
+The two model files alone are a *model directory*: the logged MLflow model carries them as
+``extra_files``. Every ``.pt`` file is loaded with ``torch.load(weights_only=True)``: reading a
+checkpoint never unpickles code, whoever wrote it.
+"""
+from __future__ import annotations
+
+import json
+import pickle
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.errors import NowcastError
+from trajgru import model_from_config
+
+MODEL_CONFIG_FILE = "model_config.json"
+MODEL_STATE_FILE = "model_state.pt"
+TRAIN_STATE_FILE = "train_state.pt"
+META_FILE = "meta.json"
+#: The meta.json key of the MLflow run that trained the checkpoint.
+RUN_ID_KEY = "mlflow_run_id"
+
+
+# --------------------------------------------------------------------------- model files
+def save_model_files(model, out_dir: Path | str) -> tuple[Path, Path]:
+    """Write ``model_config.json`` and ``model_state.pt`` for an EncoderForecaster.
+
+    ``model`` may be wrapped (DDP): its ``.module`` is used. Tensors are moved to the CPU.
+    Returns the two paths.
+    """
+    module = getattr(model, "module", model)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config_path = out_dir / MODEL_CONFIG_FILE
+    state_path = out_dir / MODEL_STATE_FILE
+    config_path.write_text(json.dumps(module.config.to_dict(), indent=1, sort_keys=True))
+    torch.save({k: v.detach().cpu() for k, v in module.state_dict().items()}, state_path)
+    return config_path, state_path
+
+
+def load_model_state(model_dir: Path | str) -> dict:
+    """The ``state_dict`` in ``model_dir/model_state.pt`` (CPU tensors)."""
+    return torch.load(Path(model_dir) / MODEL_STATE_FILE, map_location="cpu", weights_only=True)
+
+
+def load_model_files(model_dir: Path | str, device: str = "cpu"):
+    """Rebuild a model from ``model_config.json`` + ``model_state.pt`` in ``model_dir``.
+
+    Returns ``(model in eval mode on device, config dict)``.
+    """
+    config = json.loads((Path(model_dir) / MODEL_CONFIG_FILE).read_text())
+    model = model_from_config(config)
+    model.load_state_dict(load_model_state(model_dir))
+    return model.to(device).eval(), config
+
+
+def is_model_dir(path: Path | str) -> bool:
+    """True when ``path`` holds the model files."""
+    return (Path(path) / MODEL_CONFIG_FILE).exists()
+
+
+# --------------------------------------------------------------------------- checkpoints
+def save(out_dir: Path | str, model, train_state: dict, meta: dict) -> None:
+    """Write a checkpoint directory: the model files, ``train_state.pt`` and ``meta.json``.
+
+    train_state : {"optimizer": state_dict, "scheduler": state_dict, "step": int, "rng": :func:`rng_state`}
+        (tensors and plain Python values, so that :func:`load_train_state` can read it weights-only).
+    meta : JSON-able; ``step``, ``segments``, :data:`RUN_ID_KEY`, ``val_scores``, ``champion_score``.
+    """
+    out_dir = Path(out_dir)
+    save_model_files(model, out_dir)
+    torch.save(train_state, out_dir / TRAIN_STATE_FILE)
+    (out_dir / META_FILE).write_text(json.dumps(meta))
+
+
+def load(checkpoint_dir: Path | str) -> tuple[dict, dict, dict]:
+    """A whole checkpoint -> (model state_dict, train_state, meta); every file read weights-only."""
+    return load_model_state(checkpoint_dir), load_train_state(checkpoint_dir), read_meta(checkpoint_dir)
+
+
+def load_train_state(checkpoint_dir: Path | str) -> dict:
+    """The ``train_state.pt`` of a checkpoint (CPU tensors; weights-only).
+
+    NowcastError when the file holds anything else (a checkpoint of a nowcast before this format,
+    which stored numpy RNG state, or not a checkpoint at all): it is never unpickled.
+    """
+    path = Path(checkpoint_dir) / TRAIN_STATE_FILE
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise NowcastError(f"{path} holds more than tensors and plain values, so it is not loaded (a checkpoint "
+                           "of an older nowcast?); start a new run with another --run-name") from exc
+
+
+def read_meta(checkpoint_dir: Path | str) -> dict:
+    """The ``meta.json`` of a checkpoint: step, segments, mlflow_run_id, val_scores, champion_score."""
+    return json.loads((Path(checkpoint_dir) / META_FILE).read_text())
+
+
+def run_id(checkpoint_dir: Path | str) -> str | None:
+    """The MLflow run that trained the checkpoint, or None when its meta.json does not say."""
+    meta = Path(checkpoint_dir) / META_FILE
+    return json.loads(meta.read_text()).get(RUN_ID_KEY) if meta.exists() else None
+
+
+def find(path: Path | str) -> Path:
+    """The checkpoint directory for ``path``: a checkpoint (or model) directory, a file inside one
+    (e.g. its model_state.pt), or a Ray Train run directory (its latest checkpoint).
+
+    Raises NowcastError when ``path`` is none of these.
+    """
+    path = Path(path)
+    if path.is_file():
+        path = path.parent
+    if is_model_dir(path):
+        return path
+    import ray.train  # here, not at the top: only a Ray run directory needs it, and it takes seconds to import
+
+    try:
+        latest = ray.train.Result.from_path(str(path)).checkpoint
+    except Exception:  # noqa: BLE001 (RuntimeError / OSError: not a Ray Train run directory)
+        latest = None
+    if latest is not None and is_model_dir(latest.path):
+        return Path(latest.path)
+    raise NowcastError(f"{path} holds no {MODEL_CONFIG_FILE}: it is neither a checkpoint written by "
+                       "`nowcast train` nor a Ray Train run directory with one")
+
+
+# --------------------------------------------------------------------------- RNG state
+def rng_state() -> dict:
+    """Python, numpy and torch (and CUDA) RNG states as tensors and plain values (weights-only safe)."""
+    np_state = np.random.get_state(legacy=False)
+    state = {
+        "python": random.getstate(),
+        "numpy": {**np_state, "state": {"key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+                                        "pos": int(np_state["state"]["pos"])}},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what :func:`rng_state` returned."""
+    random.setstate(state["python"])
+    np_state = dict(state["numpy"])
+    np_state["state"] = {"key": np_state["state"]["key"].numpy().astype(np.uint32), "pos": np_state["state"]["pos"]}
+    np.random.set_state(np_state)
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,0 +1,74 @@
+"""pipeline.checkpoints: the checkpoint format round trip, weights-only loading, RNG state."""
+from __future__ import annotations
+
+import json
+import pickle
+import random
+from pathlib import PurePosixPath
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline import checkpoints
+from pipeline.errors import NowcastError
+from trajgru.model import build_model
+
+
+def _model_and_optimizer():
+    torch.manual_seed(0)
+    model = build_model("tiny", "convgru", height=16, width=16, in_len=2, out_len=2)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, betas=(0.5, 0.999))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.7 ** (s // 2))
+    x = torch.rand(4, 2, 1, 16, 16)
+    model(x[:2]).square().mean().backward()
+    optimizer.step()
+    scheduler.step()
+    return model, optimizer, scheduler
+
+
+def test_checkpoint_round_trip_is_weights_only(tmp_path):
+    model, optimizer, scheduler = _model_and_optimizer()
+    train_state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": 7,
+                   "rng": checkpoints.rng_state()}
+    meta = {"step": 7, "segments": [[1, 7]], checkpoints.RUN_ID_KEY: "run-1", "val_scores": None,
+            "champion_score": 0.25}
+    checkpoints.save(tmp_path, model, train_state, meta)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [checkpoints.MODEL_CONFIG_FILE, checkpoints.MODEL_STATE_FILE, checkpoints.TRAIN_STATE_FILE,
+         checkpoints.META_FILE])
+    assert checkpoints.read_meta(tmp_path) == meta and checkpoints.run_id(tmp_path) == "run-1"
+    state = checkpoints.load_train_state(tmp_path)  # torch.load(weights_only=True) inside
+    assert state["step"] == 7 and state["scheduler"]["last_epoch"] == 1
+    fresh = build_model("tiny", "convgru", height=16, width=16, in_len=2, out_len=2)
+    opt2 = torch.optim.Adam(fresh.parameters(), lr=1e-3, betas=(0.5, 0.999))
+    opt2.load_state_dict(state["optimizer"])
+    loaded, config = checkpoints.load_model_files(tmp_path)
+    assert config == model.config.to_dict() and not loaded.training
+    for a, b in zip(loaded.state_dict().values(), model.state_dict().values()):
+        assert torch.equal(a, b)
+    assert checkpoints.find(tmp_path / checkpoints.MODEL_STATE_FILE) == tmp_path
+
+
+def test_a_pickled_object_in_a_checkpoint_is_refused(tmp_path):
+    """Loading never unpickles code: a train_state.pt holding an arbitrary object fails to load."""
+    torch.save({"step": 1, "evil": PurePosixPath("any/class")}, tmp_path / checkpoints.TRAIN_STATE_FILE)
+    with pytest.raises(NowcastError, match="not loaded") as err:
+        checkpoints.load_train_state(tmp_path)
+    assert isinstance(err.value.__cause__, pickle.UnpicklingError)
+
+
+def test_rng_state_restores_every_generator():
+    random.seed(1), np.random.seed(1), torch.manual_seed(1)
+    state = checkpoints.rng_state()
+    json.dumps(state["python"])  # plain values
+    first = (random.random(), np.random.rand(3).tolist(), np.random.randn(), torch.rand(2).tolist())
+    checkpoints.set_rng_state(state)
+    again = (random.random(), np.random.rand(3).tolist(), np.random.randn(), torch.rand(2).tolist())
+    assert first == again
+
+
+def test_find_refuses_what_is_not_a_checkpoint(tmp_path):
+    with pytest.raises(NowcastError, match="neither a checkpoint"):
+        checkpoints.find(tmp_path)
+    assert checkpoints.run_id(tmp_path) is None
