@@ -225,7 +225,11 @@ class Grid:
         ``crs_wkt`` (CF 1.7+).
         """
         attrs = self.crs.to_cf()
-        return str(attrs.get("grid_mapping_name", "crs")), attrs
+        name = str(attrs.get("grid_mapping_name", "crs"))
+        if name == "polar_stereographic" and "latitude_of_projection_origin" not in attrs:
+            # CF requires it (+90 or -90); pyproj leaves it out for variant B (standard_parallel).
+            attrs["latitude_of_projection_origin"] = 90.0 if attrs.get("standard_parallel", 90.0) >= 0 else -90.0
+        return name, attrs
 
 
 def _fmt(values) -> str:

@@ -228,5 +228,5 @@ def write_cf(path: Path, spec: CfSpec) -> Path:
         data = values if spec.time_dim else values[0]
         if spec.extra_dim:
             data = np.repeat(data[:, None], spec.extra_dim, axis=1)
-        var[:] = np.ma.masked_invalid(data)
+        var[:] = np.ma.masked_array(np.nan_to_num(data), mask=~np.isfinite(data))
     return path
