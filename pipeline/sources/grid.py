@@ -171,12 +171,14 @@ class Grid:
         ``tol_px`` pixels), else one line saying how it differs (a reason for a bad frame)."""
         if tuple(self.shape) != tuple(other.shape):
             return f"grid is {other.shape[0]}x{other.shape[1]} pixels, expected {self.shape[0]}x{self.shape[1]}"
-        mine = (self.x_left, self.y_top, self.x_step, self.y_step)
-        theirs = (other.x_left, other.y_top, other.x_step, other.y_step)
+        # all four edges within tol_px pixels: the origin and the pixel size (times the grid size)
+        mine = (self.x_left, self.y_top, self.x_right, self.y_bottom)
+        theirs = (other.x_left, other.y_top, other.x_right, other.y_bottom)
         step = min(self.x_step, self.y_step)
         if any(abs(a - b) > tol_px * step for a, b in zip(mine, theirs)):
             return ("grid origin or pixel size differs: x_left, y_top, x_step, y_step = "
-                    f"{_fmt(theirs)}, expected {_fmt(mine)}")
+                    f"{_fmt((other.x_left, other.y_top, other.x_step, other.y_step))}, expected "
+                    f"{_fmt((self.x_left, self.y_top, self.x_step, self.y_step))}")
         if not _same_projection(self, other, tol_px):
             return f"grid projection differs: {other.projdef or other.crs_wkt!r}, expected {self.projdef or self.crs_wkt!r}"
         return None
@@ -233,7 +235,7 @@ class Grid:
 
 
 def _fmt(values) -> str:
-    return "(" + ", ".join(f"{v:.6g}" for v in values) + ")"
+    return "(" + ", ".join(f"{v:.10g}" for v in values) + ")"
 
 
 def _proj4(crs: pyproj.CRS) -> str:
