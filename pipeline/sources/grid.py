@@ -473,26 +473,31 @@ class Cadence:
         return np.mod(np.asarray(times_s, dtype=np.int64), self.interval_s) == self.phase_s
 
 
-def infer_cadence(times_s: np.ndarray) -> Cadence:
-    """The cadence of an archive from its frame times.
+def infer_cadence(times_s: np.ndarray, interval_s: int | None = None) -> Cadence:
+    """The cadence of an archive from its frame times, and the times off it.
 
-    ``interval_s`` is the most common positive difference between consecutive distinct times (the
-    smallest one on a tie), so gaps and a few stray times do not change it; ``phase_s`` is the most
-    common ``time_s % interval_s``; the times with another phase are reported in ``off_times_s``.
+    ``interval_s`` (when not given) is the most common positive difference between consecutive
+    distinct times, the smallest one on a tie, so gaps and a few stray times do not change it (the
+    same rule as the store's ``interval_s``; pass that value to use it). ``phase_s`` is the most
+    common ``time_s % interval_s``; times with another phase are reported in ``off_times_s``.
 
     Parameters
     ----------
     times_s : int (N,) frame times, seconds since the epoch, any order, duplicates allowed.
+    interval_s : the cadence in seconds, if already known.
 
-    Raises NowcastError when fewer than two distinct times are given.
+    Raises NowcastError when ``interval_s`` is not given and fewer than two distinct times are.
     """
     times_s = np.unique(np.asarray(times_s, dtype=np.int64))
-    if times_s.size < 2:
-        raise NowcastError(f"the archive holds {times_s.size} frame time(s): at least two are needed to "
-                           "tell its cadence")
-    steps_s, counts = np.unique(np.diff(times_s), return_counts=True)
-    interval_s = int(steps_s[np.argmax(counts)])  # np.unique sorts: argmax takes the smallest on a tie
+    if interval_s is None:
+        if times_s.size < 2:
+            raise NowcastError(f"the archive holds {times_s.size} frame time(s): at least two are needed to "
+                               "tell its cadence")
+        steps_s, counts = np.unique(np.diff(times_s), return_counts=True)
+        interval_s = int(steps_s[np.argmax(counts)])  # np.unique sorts: argmax takes the smallest on a tie
+    if interval_s < 1:
+        raise ValueError(f"interval_s must be a positive number of seconds, got {interval_s}")
     phases_s, counts = np.unique(np.mod(times_s, interval_s), return_counts=True)
-    phase_s = int(phases_s[np.argmax(counts)])
+    phase_s = int(phases_s[np.argmax(counts)]) if phases_s.size else 0
     off = times_s[np.mod(times_s, interval_s) != phase_s]
-    return Cadence(interval_s, phase_s, off)
+    return Cadence(int(interval_s), phase_s, off)

@@ -238,6 +238,14 @@ def test_cadence_phase_and_tie():
     assert infer_cadence(np.array([0, 300, 600, 1200, 1800])).interval_s == 300   # 300 x2 vs 600 x2: smaller
 
 
-def test_cadence_needs_two_times():
+def test_cadence_needs_two_times_unless_the_interval_is_given():
     with pytest.raises(NowcastError, match="at least two"):
         infer_cadence(np.array([T0, T0]))
+    assert infer_cadence(np.array([T0]), interval_s=900).off_times_s.size == 0
+
+
+def test_cadence_with_a_known_interval_reports_off_times():
+    times = np.array([T0, T0 + 300, T0 + 600, T0 + 660])     # 5-min data checked against a 10-min store
+    cadence = infer_cadence(times, interval_s=600)
+    assert cadence.interval_s == 600 and cadence.phase_s == 0
+    assert cadence.off_times_s.tolist() == [T0 + 300, T0 + 660]
