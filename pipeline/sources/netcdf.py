@@ -34,6 +34,7 @@ Readers report a bad file as a reason string, never as an exception.
 """
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -363,14 +364,38 @@ def _grid_mapping_crs(ds: xr.Dataset, var: xr.DataArray, x_var: xr.DataArray) ->
         if name not in ds.variables:
             raise _Bad(f"{var.name}:grid_mapping names {name}, which is not in the file")
         try:
-            return pyproj.CRS.from_cf(dict(ds[name].attrs))
+            return _crs_from_cf(_hashable(dict(ds[name].attrs)))
         except Exception as exc:
             raise _Bad(f"cannot read the projection of grid mapping {name}: {reason_from(exc)}") from exc
     standard_name = str(x_var.attrs.get("standard_name", ""))
     units = _normalise_units(x_var.attrs.get("units", ""))
     if standard_name == "longitude" or units.startswith("degree"):
-        return pyproj.CRS("OGC:CRS84")
+        return _crs84()
     raise _Bad(f"variable {var.name} has no grid_mapping: cannot tell the projection of its x/y coordinates")
+
+
+def _hashable(attrs: dict[str, Any]) -> tuple:
+    """Attributes as a sorted tuple of (name, value) with arrays as tuples (a cache key)."""
+    return tuple(sorted((k, tuple(np.ravel(v).tolist()) if isinstance(v, np.ndarray) else v) for k, v in attrs.items()))
+
+
+@functools.lru_cache(maxsize=64)
+def _crs_from_cf(attrs: tuple) -> pyproj.CRS:
+    """``pyproj.CRS.from_cf`` of grid-mapping attributes (cached: an archive repeats one projection,
+    and building it costs milliseconds)."""
+    return pyproj.CRS.from_cf({k: list(v) if isinstance(v, tuple) else v for k, v in attrs})
+
+
+@functools.lru_cache(maxsize=1)
+def _crs84() -> pyproj.CRS:
+    """Longitude/latitude on WGS 84, x = longitude (CF's latitude_longitude without a grid mapping)."""
+    return pyproj.CRS("OGC:CRS84")
+
+
+@functools.lru_cache(maxsize=64)
+def _make_grid(crs: pyproj.CRS, shape: tuple[int, int], x_left: float, y_top: float, x_step: float,
+               y_step: float) -> Grid:
+    return Grid.from_crs(crs, shape, x_left, y_top, x_step, y_step)
 
 
 def _grid(ds: xr.Dataset, var: xr.DataArray, y_dim: str, x_dim: str) -> tuple[Grid, bool, bool]:
@@ -394,7 +419,8 @@ def _grid(ds: xr.Dataset, var: xr.DataArray, y_dim: str, x_dim: str) -> tuple[Gr
         centres[axis] = values
     x, y = centres["x"], centres["y"]
     x_step, y_step = abs(x[-1] - x[0]) / (x.size - 1), abs(y[-1] - y[0]) / (y.size - 1)
-    grid = Grid.from_crs(crs, (y.size, x.size), x.min() - x_step / 2, y.max() + y_step / 2, x_step, y_step)
+    grid = _make_grid(crs, (y.size, x.size), float(x.min() - x_step / 2), float(y.max() + y_step / 2),
+                      float(x_step), float(y_step))
     return grid, bool(y[-1] > y[0]), bool(x[-1] < x[0])
 
 

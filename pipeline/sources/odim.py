@@ -24,6 +24,7 @@ Every function here reports a bad file as a reason string, never as an exception
 """
 from __future__ import annotations
 
+import functools
 from datetime import datetime, timezone
 from os import PathLike
 from typing import Any
@@ -219,18 +220,27 @@ def _grid(f: h5py.File, dataset: h5py.Group) -> Grid:
     projdef = _text(where.get("projdef", b""))
     if not projdef:
         raise _Bad("where/projdef is missing: cannot place the grid")
+    return _grid_from_where(projdef, int(_required(where, "xsize")), int(_required(where, "ysize")),
+                            _number(where, "xscale", None), _number(where, "yscale", None),
+                            *(_required(where, key) for key in ("LL_lon", "LL_lat", "UR_lon", "UR_lat")))
+
+
+@functools.lru_cache(maxsize=64)
+def _grid_from_where(projdef: str, width: int, height: int, x_step: float | None, y_step: float | None,
+                     ll_lon: float, ll_lat: float, ur_lon: float, ur_lat: float) -> Grid:
+    """The grid of ``where`` attributes (cached: an archive repeats one grid, and building a pyproj
+    transformation costs tens of milliseconds)."""
     try:
         crs = pyproj.CRS.from_proj4(projdef) if projdef.lstrip().startswith("+") else pyproj.CRS(projdef)
     except pyproj.exceptions.CRSError as exc:
         raise _Bad(f"where/projdef {projdef!r} is not a projection: {reason_from(exc)}") from exc
-    width, height = int(_required(where, "xsize")), int(_required(where, "ysize"))
     if width < 1 or height < 1:
         raise _Bad(f"where/xsize, ysize = {width}, {height}: need positive sizes")
     to_xy = pyproj.Transformer.from_crs("OGC:CRS84", crs, always_xy=True)
-    x_left, y_bottom = to_xy.transform(_required(where, "LL_lon"), _required(where, "LL_lat"))
-    x_right, y_top = to_xy.transform(_required(where, "UR_lon"), _required(where, "UR_lat"))
-    x_step = _number(where, "xscale", (x_right - x_left) / width)
-    y_step = _number(where, "yscale", (y_top - y_bottom) / height)
+    x_left, y_bottom = to_xy.transform(ll_lon, ll_lat)
+    x_right, y_top = to_xy.transform(ur_lon, ur_lat)
+    x_step = (x_right - x_left) / width if x_step is None else x_step
+    y_step = (y_top - y_bottom) / height if y_step is None else y_step
     if not (np.isfinite([x_left, x_right, y_top, y_bottom]).all() and x_step > 0 and y_step > 0):
         raise _Bad("where: corner coordinates cannot be projected, or xscale/yscale is not positive")
     for axis, extent, size, step in (("x", x_right - x_left, width, x_step), ("y", y_top - y_bottom, height, y_step)):
