@@ -19,6 +19,8 @@ Conventions
 from __future__ import annotations
 
 import math
+import re
+import warnings
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -240,8 +242,6 @@ def _fmt(values) -> str:
 
 def _proj4(crs: pyproj.CRS) -> str:
     """A PROJ string for ``crs`` (informative), without pyproj's lossy-conversion warning."""
-    import warnings
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         return crs.to_proj4() or ""
@@ -342,8 +342,6 @@ class FileInfo:
 
 def reason_from(exc: BaseException) -> str:
     """A one-line reason from an exception (type and message, no object addresses)."""
-    import re
-
     text = re.sub(r" at 0x[0-9a-fA-F]+", "", str(exc)).replace("\n", " ").strip()
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
