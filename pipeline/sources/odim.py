@@ -1,0 +1,301 @@
+"""ODIM_H5 (OPERA Data Information Model, HDF5, v2.x) 2-D Cartesian products: composites (``COMP``)
+and single-radar images (``IMAGE``), read with h5py.
+
+What is read
+------------
+- ``/what/object`` must be ``COMP`` or ``IMAGE``; polar volumes, scans and profiles are refused.
+- The quantity: the first ``/datasetN/dataM`` (N, M ascending; ``qualityK`` groups ignored) whose
+  ``what/quantity`` is the requested one, or, with none requested, the first of
+  :data:`QUANTITIES` present (reflectivity first: the store keeps dBZ).
+- Values: ``value = offset + gain * raw`` with ``gain``/``offset``/``nodata``/``undetect`` from the
+  dataset-level ``what`` overridden by the data-level ``what`` (spec defaults gain 1, offset 0).
+  ``nodata`` (and non-finite raw values) -> not valid (mask False); ``undetect`` -> valid, no echo.
+- DBZH and TH are dBZ. RATE (mm/h) and ACRR (mm, divided by the accumulation period from the
+  ``startdate``/``starttime`` - ``enddate``/``endtime`` of the ``what`` groups, in hours) go to dBZ
+  through the Z-R relation (:class:`~pipeline.sources.grid.ZR`); negative rain rates count as 0.
+- Time: the product's nominal time, top-level ``/what/date`` + ``/what/time`` (UTC), never the file
+  name. The dataset-level start/end times serve only as the ACRR accumulation period.
+- Grid: ``/where/projdef`` (PROJ string), ``xsize``/``ysize`` (pixels), ``xscale``/``yscale``
+  (metres), and the outer corners ``LL_lon/LL_lat`` and ``UR_lon/UR_lat`` projected with
+  ``projdef``; a dataset-level ``where`` overrides the top-level one. Cartesian ODIM images are
+  stored north-up (the first row is the northern edge), as the store keeps them.
+
+Every function here reports a bad file as a reason string, never as an exception.
+"""
+from __future__ import annotations
+
+import functools
+from datetime import datetime, timezone
+from os import PathLike
+from typing import Any
+
+import h5py
+import numpy as np
+import pyproj
+
+from pipeline.sources.grid import ZR, FileInfo, Grid, RawFrame, reason_from
+
+#: Quantities that can be read, in the default order of preference.
+QUANTITIES = ("DBZH", "TH", "RATE", "ACRR")
+#: Quantities already in dBZ.
+DBZ_QUANTITIES = ("DBZH", "TH")
+#: ODIM ``what/object`` values of 2-D Cartesian products.
+CARTESIAN_OBJECTS = ("COMP", "IMAGE")
+#: How far (pixels) the corner coordinates may disagree with xsize * xscale.
+CORNER_TOLERANCE_PX = 1.0
+
+
+class _Bad(Exception):
+    """A file that cannot be used; the message is the reason."""
+
+
+def is_odim(path: str | PathLike) -> bool:
+    """True if ``path`` is an HDF5 file that declares ODIM_H5 (root ``Conventions`` ``ODIM_H5/...``,
+    or a ``/what/object`` attribute). A cheap check for format detection; never raises."""
+    try:
+        if not h5py.is_hdf5(path):
+            return False
+        with h5py.File(path, "r") as f:
+            conventions = _text(f.attrs.get("Conventions", b""))
+            return conventions.startswith("ODIM_H5") or ("what" in f and "object" in f["what"].attrs)
+    except Exception:
+        return False
+
+
+def scan_file(path: str | PathLike, quantity: str | None = None) -> FileInfo:
+    """The time, grid and quantity of an ODIM_H5 file, from its metadata (no pixel data is read).
+
+    Parameters
+    ----------
+    path : the file.
+    quantity : one of :data:`QUANTITIES`, or None for the first present in that order.
+
+    Returns
+    -------
+    FileInfo : one time (the nominal time), the grid, the quantity; or ``reason`` for a bad file.
+    """
+    try:
+        with h5py.File(path, "r") as f:
+            product = _Product(f, quantity)
+            return FileInfo((product.time_s,), product.grid, product.quantity)
+    except _Bad as exc:
+        return FileInfo.bad(str(exc))
+    except Exception as exc:
+        return FileInfo.bad(f"unreadable ODIM_H5 file: {reason_from(exc)}")
+
+
+def read_frame(path: str | PathLike, index: int = 0, *, quantity: str | None = None, zr: ZR = ZR()) -> RawFrame:
+    """Read the frame of an ODIM_H5 file as dBZ + validity mask.
+
+    Parameters
+    ----------
+    path : the file.
+    index : must be 0 (an ODIM_H5 product holds one nominal time).
+    quantity : one of :data:`QUANTITIES`, or None for the first present in that order.
+    zr : the Z-R relation for RATE and ACRR.
+
+    Returns
+    -------
+    RawFrame : ``dbz`` float32 (ysize, xsize) north-up (NaN = not valid, -inf = no echo), ``mask``
+        bool (ysize, xsize), the nominal time and the grid; or ``reason`` for a bad file. Never raises.
+    """
+    if index != 0:
+        return RawFrame.bad(f"an ODIM_H5 product holds one frame, asked for frame {index}")
+    try:
+        with h5py.File(path, "r") as f:
+            product = _Product(f, quantity)
+            try:
+                raw = np.asarray(product.data[()], dtype=np.float64)
+            except Exception as exc:
+                raise _Bad(f"cannot read {product.data.name}: {reason_from(exc)}") from exc
+    except _Bad as exc:
+        return RawFrame.bad(str(exc))
+    except Exception as exc:
+        return RawFrame.bad(f"unreadable ODIM_H5 file: {reason_from(exc)}")
+    dbz, mask = product.to_dbz(raw, zr)
+    return RawFrame(product.time_s, dbz, mask, product.grid, product.quantity)
+
+
+def read_file(path: str | PathLike, *, quantity: str | None = None, zr: ZR = ZR()) -> list[RawFrame]:
+    """Every frame of an ODIM_H5 file (one), as :func:`read_frame` returns it."""
+    return [read_frame(path, 0, quantity=quantity, zr=zr)]
+
+
+def scale(raw: np.ndarray, gain: float, offset: float, nodata: float | None,
+          undetect: float | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """ODIM raw values -> physical values.
+
+    Parameters
+    ----------
+    raw : (H, W) stored values.
+    gain, offset : ``value = offset + gain * raw``.
+    nodata : raw value of pixels void of data (never radiated), or None.
+    undetect : raw value of pixels radiated with nothing detected, or None.
+
+    Returns
+    -------
+    value : float64 (H, W) physical values, NaN where not valid.
+    valid : bool (H, W), False at ``nodata`` and non-finite raw values.
+    undetected : bool (H, W), True at ``undetect`` (valid, no echo).
+    """
+    raw = np.asarray(raw, dtype=np.float64)
+    valid = np.isfinite(raw)
+    if nodata is not None:
+        valid &= raw != nodata
+    undetected = valid & (raw == undetect) if undetect is not None else np.zeros(raw.shape, dtype=bool)
+    value = np.where(valid, offset + gain * raw, np.nan)
+    return value, valid, undetected
+
+
+class _Product:
+    """The metadata of the chosen quantity of an open ODIM_H5 file (raises _Bad with a reason)."""
+
+    def __init__(self, f: h5py.File, quantity: str | None):
+        if quantity is not None and quantity not in QUANTITIES:
+            raise _Bad(f"quantity {quantity!r} cannot be ingested; use one of {', '.join(QUANTITIES)}")
+        top_what = _attrs(f, "what")
+        obj = _text(top_what.get("object", b""))
+        if obj not in CARTESIAN_OBJECTS:
+            raise _Bad(f"what/object is {obj or 'missing'!r}: only 2-D Cartesian products "
+                       f"({', '.join(CARTESIAN_OBJECTS)}) can be ingested")
+        self.time_s = _datetime_s(top_what, "date", "time", "what")
+        dataset, data, self.quantity = _choose(f, quantity)
+        self.what = {**_attrs(dataset, "what"), **_attrs(data, "what")}
+        if "data" not in data or not isinstance(data["data"], h5py.Dataset):
+            raise _Bad(f"{data.name} holds no 'data' array")
+        self.data = data["data"]
+        if self.data.ndim != 2:
+            raise _Bad(f"{self.data.name} has shape {self.data.shape}: a 2-D Cartesian image is needed")
+        if not np.issubdtype(self.data.dtype, np.number):
+            raise _Bad(f"{self.data.name} holds {self.data.dtype}, not numbers")
+        self.grid = _grid(f, dataset)
+        if tuple(self.data.shape) != self.grid.shape:
+            raise _Bad(f"{self.data.name} is {self.data.shape[0]}x{self.data.shape[1]} but where/ysize x xsize "
+                       f"says {self.grid.shape[0]}x{self.grid.shape[1]}")
+        self.period_h = _accumulation_h(self.what) if self.quantity == "ACRR" else None
+
+    def to_dbz(self, raw: np.ndarray, zr: ZR) -> tuple[np.ndarray, np.ndarray]:
+        """Raw values -> (dBZ float32 (H, W) with NaN = not valid and -inf = no echo, mask bool (H, W))."""
+        value, valid, undetected = scale(raw, _number(self.what, "gain", 1.0), _number(self.what, "offset", 0.0),
+                                         _number(self.what, "nodata", None), _number(self.what, "undetect", None))
+        if self.quantity in DBZ_QUANTITIES:
+            dbz = value
+        else:
+            rain_mm_h = value / self.period_h if self.quantity == "ACRR" else value
+            dbz = zr.rain_to_dbz(np.where(valid, np.maximum(rain_mm_h, 0.0), np.nan))
+        dbz = np.where(undetected, -np.inf, dbz)
+        return dbz.astype(np.float32), valid
+
+
+def _choose(f: h5py.File, quantity: str | None) -> tuple[h5py.Group, h5py.Group, str]:
+    """(datasetN, dataM, quantity) of the quantity to read."""
+    found: list[tuple[h5py.Group, h5py.Group, str]] = []
+    for dataset in _numbered(f, "dataset"):
+        dataset_quantity = _text(_attrs(dataset, "what").get("quantity", b""))
+        for data in _numbered(dataset, "data"):
+            q = _text(_attrs(data, "what").get("quantity", b"")) or dataset_quantity
+            found.append((dataset, data, q))
+    wanted = (quantity,) if quantity else QUANTITIES
+    for q in wanted:
+        for dataset, data, found_q in found:
+            if found_q == q:
+                return dataset, data, q
+    held = sorted({q for _, _, q in found if q}) or ["nothing"]
+    raise _Bad(f"no {' or '.join(wanted)} data in the file (it holds {', '.join(held)})")
+
+
+def _numbered(group: h5py.Group, prefix: str) -> list[h5py.Group]:
+    """Subgroups ``prefix1``, ``prefix2``, ... of ``group`` in numeric order."""
+    items = []
+    for name, item in group.items():
+        suffix = name[len(prefix):]
+        if name.startswith(prefix) and suffix.isdigit() and isinstance(item, h5py.Group):
+            items.append((int(suffix), item))
+    return [item for _, item in sorted(items, key=lambda pair: pair[0])]
+
+
+def _grid(f: h5py.File, dataset: h5py.Group) -> Grid:
+    """The grid from ``/where`` (overridden by ``datasetN/where``)."""
+    where = {**_attrs(f, "where"), **_attrs(dataset, "where")}
+    projdef = _text(where.get("projdef", b""))
+    if not projdef:
+        raise _Bad("where/projdef is missing: cannot place the grid")
+    return _grid_from_where(projdef, int(_required(where, "xsize")), int(_required(where, "ysize")),
+                            _number(where, "xscale", None), _number(where, "yscale", None),
+                            *(_required(where, key) for key in ("LL_lon", "LL_lat", "UR_lon", "UR_lat")))
+
+
+@functools.lru_cache(maxsize=64)
+def _grid_from_where(projdef: str, width: int, height: int, x_step: float | None, y_step: float | None,
+                     ll_lon: float, ll_lat: float, ur_lon: float, ur_lat: float) -> Grid:
+    """The grid of ``where`` attributes (cached: an archive repeats one grid, and building a pyproj
+    transformation costs tens of milliseconds)."""
+    try:
+        crs = pyproj.CRS.from_proj4(projdef) if projdef.lstrip().startswith("+") else pyproj.CRS(projdef)
+    except pyproj.exceptions.CRSError as exc:
+        raise _Bad(f"where/projdef {projdef!r} is not a projection: {reason_from(exc)}") from exc
+    if width < 1 or height < 1:
+        raise _Bad(f"where/xsize, ysize = {width}, {height}: need positive sizes")
+    to_xy = pyproj.Transformer.from_crs("OGC:CRS84", crs, always_xy=True)
+    x_left, y_bottom = to_xy.transform(ll_lon, ll_lat)
+    x_right, y_top = to_xy.transform(ur_lon, ur_lat)
+    x_step = (x_right - x_left) / width if x_step is None else x_step
+    y_step = (y_top - y_bottom) / height if y_step is None else y_step
+    if not (np.isfinite([x_left, x_right, y_top, y_bottom]).all() and x_step > 0 and y_step > 0):
+        raise _Bad("where: corner coordinates cannot be projected, or xscale/yscale is not positive")
+    for axis, extent, size, step in (("x", x_right - x_left, width, x_step), ("y", y_top - y_bottom, height, y_step)):
+        if abs(extent - size * step) > CORNER_TOLERANCE_PX * step:
+            raise _Bad(f"where: the corners span {extent:.6g} in {axis} but {axis}size * {axis}scale = "
+                       f"{size * step:.6g}")
+    return Grid.from_crs(crs, (height, width), x_left, y_top, x_step, y_step, projdef=projdef)
+
+
+def _accumulation_h(what: dict[str, Any]) -> float:
+    """ACRR accumulation period in hours, from startdate/starttime to enddate/endtime."""
+    start_s = _datetime_s(what, "startdate", "starttime", "dataset what")
+    end_s = _datetime_s(what, "enddate", "endtime", "dataset what")
+    if end_s <= start_s:
+        raise _Bad(f"ACRR accumulation period ends {end_s - start_s} s after it starts: need a positive period")
+    return (end_s - start_s) / 3600.0
+
+
+def _datetime_s(what: dict[str, Any], date_key: str, time_key: str, where: str) -> int:
+    """``YYYYMMDD`` + ``HHmmss`` attributes -> epoch seconds (UTC)."""
+    date, time = _text(what.get(date_key, b"")), _text(what.get(time_key, b""))
+    try:
+        when = datetime.strptime(date + time, "%Y%m%d%H%M%S").replace(tzinfo=timezone.utc)
+    except ValueError:
+        raise _Bad(f"{where} {date_key}/{time_key} = {date!r}/{time!r}: need YYYYMMDD and HHmmss") from None
+    return int(when.timestamp())
+
+
+def _attrs(group: h5py.Group, name: str) -> dict[str, Any]:
+    """The attributes of ``group[name]`` as a dict ({} when there is no such group)."""
+    item = group.get(name)
+    return dict(item.attrs) if isinstance(item, h5py.Group) else {}
+
+
+def _text(value: Any) -> str:
+    """An HDF5 string attribute (fixed-length bytes, as ODIM writes them, or str) -> str."""
+    if isinstance(value, np.ndarray) and value.size == 1:
+        value = value.reshape(()).item()
+    if isinstance(value, (bytes, np.bytes_)):
+        return value.decode("ascii", errors="replace").rstrip("\x00").strip()
+    return str(value).strip()
+
+
+def _number(attrs: dict[str, Any], key: str, default):
+    """A numeric attribute as float, or ``default`` when absent."""
+    if key not in attrs:
+        return default
+    try:
+        return float(np.asarray(attrs[key]).reshape(()))
+    except (TypeError, ValueError):
+        raise _Bad(f"attribute {key} = {attrs[key]!r} is not a number") from None
+
+
+def _required(attrs: dict[str, Any], key: str) -> float:
+    value = _number(attrs, key, None)
+    if value is None:
+        raise _Bad(f"where/{key} is missing: cannot place the grid")
+    return value
