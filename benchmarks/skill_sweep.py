@@ -55,6 +55,8 @@ RECIPES = {
     "convlstm_wide_cos_aug": dict(cell="convlstm", model=dict(filters=(64, 96)), lr=1e-3,
                                   schedule="cosine", aug=True),
     "tiny_cos_aug_lr3e-3": dict(cell="trajgru", model={}, lr=3e-3, schedule="cosine", aug=True),
+    # what `nowcast demo` can afford on 2 CPU cores (run with --days 8 --seed 0, the demo's archive)
+    "demo_b8_600": dict(cell="trajgru", model={}, lr=2e-3, schedule="cosine", aug=True, batch=8, steps=600),
 }
 
 
@@ -80,7 +82,7 @@ def make_data(seed: int, days: int, size: int, start: str, path: Path) -> None:
         parts = list(pool.map(_simulate, [(seed, d, size) for d in day_list]))
     t0 = int(day_list[0].astype("datetime64[s]").astype(np.int64))
     n = days * synth.SLOTS_PER_DAY
-    split = synth.split_days(day_list)
+    split = catalog.split_days_by_fraction(day_list, synth.VALID_FRACTION, synth.TEST_FRACTION)
     np.savez(path, frames=np.concatenate([p[0] for p in parts]), masks=np.concatenate([p[1] for p in parts]),
              present=np.concatenate([p[2] for p in parts]), time_s=t0 + INTERVAL_S * np.arange(n, dtype=np.int64),
              **{f"days_{k}": np.asarray(v, dtype="datetime64[D]") for k, v in split.items()})
