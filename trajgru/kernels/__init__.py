@@ -4,13 +4,17 @@ Every kernel here has a portable PyTorch twin (``trajgru.warp``, ``trajgru.cells
 the reference it is tested against; the model uses a kernel only where :func:`use_triton`
 says so, and falls back to the portable code everywhere else.
 
-Triton is optional. Kernel bodies are plain Python functions; they are wrapped with
-``triton.jit`` on first launch (:func:`jit`), not at import, so that
+Triton is optional and imported lazily: not by ``import trajgru``, only by the first
+:func:`triton_available` query or kernel launch. Kernel bodies are plain Python functions
+wrapped with ``triton.jit`` on first launch (:func:`jit`), so that
 
-- importing ``trajgru`` never needs Triton, and
+- importing ``trajgru`` never needs (or imports) Triton, and
 - a test on a CPU-only machine can set ``TRITON_INTERPRET=1`` before the first launch and
-  run the very same kernels through Triton's interpreter on CPU tensors.
+  run the very same kernels through Triton's interpreter on CPU tensors. (Triton reads
+  the variable when it is imported as well, for its own library functions such as
+  ``tl.sum``; that is why the import waits.)
 
+Kernel modules name ``triton.language`` as the global ``tl``, bound by :func:`jit`.
 Kernels call no helper functions (a helper would have to be jitted as well): each one is
 self-contained.
 """
@@ -26,22 +30,33 @@ __all__ = ["triton_available", "interpreting", "use_triton", "jit", "BACKENDS"]
 #: ``backend`` arguments accepted by the fast-path functions.
 BACKENDS = ("auto", "triton", "torch")
 
-try:  # noqa: SIM105
-    import triton  # noqa: F401
-    import triton.language as tl  # noqa: F401
+#: placeholder for ``triton.language`` in kernel signatures (annotations are not evaluated)
+tl = None
 
-    _TRITON_IMPORT_ERROR: str | None = None
-except Exception as exc:  # ImportError, or a broken install
-    triton = None  # type: ignore[assignment]
-    tl = None  # type: ignore[assignment]
-    _TRITON_IMPORT_ERROR = f"{type(exc).__name__}: {exc}"
-
+_TRITON: list = []  # [module] once imported, [None, error] if the import failed
 _JITTED: dict[tuple[Callable, bool], object] = {}
 
 
+def _import_triton():
+    """``triton`` (imported on first call), or None if it cannot be imported."""
+    if not _TRITON:
+        try:
+            import triton
+            import triton.language  # noqa: F401
+
+            _TRITON.append(triton)
+        except Exception as exc:  # ImportError, or a broken install
+            _TRITON.extend([None, f"{type(exc).__name__}: {exc}"])
+    return _TRITON[0]
+
+
+def _import_error() -> str:
+    return _TRITON[1] if len(_TRITON) > 1 else ""
+
+
 def triton_available() -> bool:
-    """True if ``import triton`` works in this process."""
-    return triton is not None
+    """True if ``import triton`` works in this process (imports it on the first call)."""
+    return _import_triton() is not None
 
 
 def interpreting() -> bool:
@@ -62,21 +77,26 @@ def use_triton(backend: str, *tensors: torch.Tensor) -> bool:
         return False
     on_cuda = all(t.is_cuda for t in tensors)
     if backend == "auto":
-        return triton_available() and on_cuda
+        return on_cuda and triton_available()  # no Triton import for CPU tensors
     if not triton_available():
-        raise RuntimeError(f"backend='triton' but Triton cannot be imported ({_TRITON_IMPORT_ERROR})")
+        raise RuntimeError(f"backend='triton' but Triton cannot be imported ({_import_error()})")
     if not on_cuda and not interpreting():
         raise RuntimeError("backend='triton' on CPU tensors needs TRITON_INTERPRET=1 (Triton's interpreter)")
     return True
 
 
 def jit(fn: Callable):
-    """``triton.jit(fn)``, made once per function and interpreter mode (see module doc)."""
+    """``triton.jit(fn)``, made once per function and interpreter mode (see module doc).
+
+    Binds the global ``tl`` of ``fn``'s module to ``triton.language`` first.
+    """
     key = (fn, interpreting())
     kernel = _JITTED.get(key)
     if kernel is None:
+        triton = _import_triton()
         if triton is None:
-            raise RuntimeError(f"Triton is not available ({_TRITON_IMPORT_ERROR})")
+            raise RuntimeError(f"Triton is not available ({_import_error()})")
+        fn.__globals__["tl"] = triton.language
         kernel = triton.jit(fn)
         _JITTED[key] = kernel
     return kernel

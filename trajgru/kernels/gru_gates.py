@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import torch
 
-from . import jit, tl, use_triton
+from . import jit
+
+tl = None  # triton.language, bound by trajgru.kernels.jit at the first launch
 
 __all__ = ["gru_gates_triton"]
 

@@ -27,7 +27,9 @@ from __future__ import annotations
 import torch
 
 from ..warp import warp_stack
-from . import jit, next_pow2, tl, use_triton
+from . import jit, next_pow2, use_triton
+
+tl = None  # triton.language, bound by trajgru.kernels.jit at the first launch
 
 __all__ = ["warp_concat_triton", "warp_concat_torch", "warp_concat"]
 
