@@ -4,9 +4,10 @@ On a machine with CUDA the kernels run on the GPU. Without CUDA they run on the 
 through Triton's interpreter (``TRITON_INTERPRET=1``, set here before the first launch;
 the kernels are jitted lazily, see ``trajgru.kernels``). Without Triton the tests skip.
 
-References: the defining formula of the warp written densely (every output pixel against
-every input pixel with the bilinear hat weights) in float64, whose autograd gradient is
-the formula's own gradient; and the GRU equations transcribed from the paper in float64.
+References (``trajgru.kernels.reference``): the defining formula of the warp written densely
+(every output pixel against every input pixel with the bilinear hat weights) in float64,
+whose autograd gradient is the formula's own gradient; and the GRU equations transcribed
+from the paper in float64.
 """
 from __future__ import annotations
 
@@ -28,36 +29,13 @@ pytestmark = pytest.mark.skipif(
     reason="needs Triton (with CUDA, or TRITON_INTERPRET=1 on the CPU)",
 )
 
+from trajgru.kernels.reference import dense_warp_concat, gru_equations, kink_free_flows  # noqa: E402
+
 if kernels.triton_available():
     from trajgru.kernels.gru_gates import gru_gates_triton
     from trajgru.kernels.warp_concat import warp_concat, warp_concat_torch, warp_concat_triton
 
 DEVICE = torch.device("cuda" if HAS_CUDA else "cpu")
-
-
-def dense_warp_concat(h: torch.Tensor, flows: torch.Tensor, negate: bool) -> torch.Tensor:
-    """out[b,y,x,l*C+c] = sum_{m,n} h[b,c,m,n] relu(1-|y+sV-m|) relu(1-|x+sU-n|), float64."""
-    b_sz, c_sz, h_sz, w_sz = h.shape
-    n_flows = flows.shape[1] // 2
-    s = -1.0 if negate else 1.0
-    h64, f64 = h.double(), flows.double()
-    ys = torch.arange(h_sz, dtype=torch.float64, device=h.device)
-    xs = torch.arange(w_sz, dtype=torch.float64, device=h.device)
-    outs = []
-    for l in range(n_flows):
-        sy = ys.view(1, h_sz, 1) + s * f64[:, 2 * l + 1]  # (B, H, W)
-        sx = xs.view(1, 1, w_sz) + s * f64[:, 2 * l]
-        wy = (1 - (sy[..., None] - ys).abs()).clamp(min=0)  # (B, H, W, m)
-        wx = (1 - (sx[..., None] - xs).abs()).clamp(min=0)  # (B, H, W, n)
-        outs.append(torch.einsum("bcmn,byxm,byxn->byxc", h64, wy, wx))
-    return torch.cat(outs, dim=-1)
-
-
-def kink_free_flows(b, n_flows, h, w, scale, gen):
-    """Flows whose samples stay >= 0.05 px from integer positions (where the hat kinks)."""
-    f = (torch.rand(b, 2 * n_flows, h, w, generator=gen, dtype=torch.float64) * 2 - 1) * scale
-    frac = f - f.floor()
-    return f + (0.05 - frac).clamp(min=0) - (frac - 0.95).clamp(min=0)
 
 
 @pytest.fixture
@@ -171,16 +149,6 @@ def test_portable_warp_concat_gradcheck(gen):
 # ---------------------------------------------------------------- GRU gates
 
 
-def reference_gates(i2h, h2h, h, slope):
-    """The paper's equations, literally, in float64."""
-    c = h.shape[1]
-    i2h = torch.zeros_like(h2h) if i2h is None else i2h
-    r = torch.sigmoid(i2h[:, :c] + h2h[:, :c])
-    u = torch.sigmoid(i2h[:, c : 2 * c] + h2h[:, c : 2 * c])
-    cand = F.leaky_relu(i2h[:, 2 * c :] + r * h2h[:, 2 * c :], slope)
-    return u * h + (1 - u) * cand
-
-
 @pytest.mark.parametrize("has_i2h", [True, False])
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_gru_gates_forward_and_backward_match_equations(has_i2h, channels_last, gen):
@@ -192,7 +160,7 @@ def test_gru_gates_forward_and_backward_match_equations(has_i2h, channels_last, 
     g_out = torch.randn(b, c, h, w, generator=gen, dtype=torch.float64)
 
     refs = [t.clone().requires_grad_() for t in (i2h, h2h, h_prev) if t is not None]
-    ref_out = reference_gates(refs[0] if has_i2h else None, refs[-2], refs[-1], 0.2)
+    ref_out = gru_equations(refs[0] if has_i2h else None, refs[-2], refs[-1], 0.2)
     ref_grads = torch.autograd.grad(ref_out, refs, g_out)
 
     devs = [t.float().to(DEVICE).contiguous(memory_format=fmt).requires_grad_() for t in (i2h, h2h, h_prev) if t is not None]
@@ -213,7 +181,7 @@ def test_gru_gates_non_contiguous_slices_and_bf16(gen):
     i2h = pre.unbind(0)[2]
     out = gru_gates_triton(i2h, h2h, h_prev, 0.2)
     assert out.dtype == torch.bfloat16
-    expected = reference_gates(i2h.double(), h2h.double(), h_prev.double(), 0.2)
+    expected = gru_equations(i2h.double(), h2h.double(), h_prev.double(), 0.2)
     torch.testing.assert_close(out.double(), expected, atol=2e-2, rtol=1e-2)
     # the portable twin agrees on the same inputs
     torch.testing.assert_close(_gru_update(i2h.float(), h2h.float(), h_prev.float(), 0.2).double(), expected,
