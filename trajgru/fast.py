@@ -348,7 +348,8 @@ class CapturedForecaster:
     autocast_dtype : ``torch.bfloat16`` (default) or None.
 
     ``__call__(inputs)`` returns the forecast as a float32 tensor that the next call
-    overwrites (clone it to keep it).
+    overwrites (clone it to keep it). Inputs of another shape (e.g. a last, smaller batch)
+    run eagerly, with the same autocast.
     """
 
     def __init__(self, model: nn.Module, example_inputs: torch.Tensor, *,
@@ -390,10 +391,8 @@ class CapturedForecaster:
         self.graph = graph
 
     def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
-        if self.graph is None:
+        if self.graph is None or inputs.shape != self.static_inputs.shape:
             return self._run(inputs.to(self.device))
-        if inputs.shape != self.static_inputs.shape:
-            raise ValueError(f"captured for shape {tuple(self.static_inputs.shape)}, got {tuple(inputs.shape)}")
         self.static_inputs.copy_(inputs, non_blocking=True)
         self.graph.replay()
         return self.static_output
