@@ -330,7 +330,7 @@ def stage_checks(out: Path, quick: bool) -> int:
     def model_fp32():
         torch.manual_seed(0)
         plain = randomise_flows(build_model(preset, **model_kw)).to(dev)
-        fast = enable_fast_path(copy.deepcopy(plain), backend="triton" if not cuda else "auto", force=not cuda)
+        fast = enable_fast_path(copy.deepcopy(plain), backend="triton" if not cuda else "auto")
         cfg = plain.config
         x = torch.rand(cfg.in_len, 1, 1, cfg.height, cfg.width, device=dev)
         y = torch.rand(cfg.out_len, 1, 1, cfg.height, cfg.width, device=dev)

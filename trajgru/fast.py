@@ -1,14 +1,15 @@
 """The GPU fast path: fused kernels, channels-last, fused Adam, CUDA-graph captured steps.
 
 Everything here is opt-in and has a portable fallback: on a CPU every function returns a
-working object that runs the plain code.
+working object that runs portable PyTorch code (channels-last, eager steps).
 
 API
 ---
 ``enable_fast_path(model)`` / ``disable_fast_path(model)``
-    Switch a model (from :func:`trajgru.build_model`) to the fused Triton kernels (warp +
-    concat + GEMM, GRU gates) and channels-last activations. Call after ``model.to(device)``
-    and before building the optimizer. A no-op on the CPU unless forced.
+    Switch a model (from :func:`trajgru.build_model`) to channels-last activations and, on
+    CUDA, the fused Triton kernels (warp + concat + GEMM, GRU gates). Call after
+    ``model.to(device)`` and before building the optimizer. Portable: on the CPU only the
+    layout changes (which is faster there too).
 ``fast_path_status(model)``
     What is active, for logs.
 ``fused_adam(params, lr, betas)``
@@ -45,7 +46,15 @@ __all__ = [
 ]
 
 
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The EncoderForecaster inside a DistributedDataParallel (or similar ``.module``) wrapper."""
+    while not hasattr(model, "recurrent_cells") and isinstance(getattr(model, "module", None), nn.Module):
+        model = model.module
+    return model
+
+
 def _cells(model: nn.Module) -> list[nn.Module]:
+    model = _unwrap(model)
     if not hasattr(model, "recurrent_cells"):
         raise TypeError(f"expected a trajgru EncoderForecaster, got {type(model).__name__}")
     return list(model.recurrent_cells())
@@ -55,21 +64,21 @@ def _model_device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def enable_fast_path(
-    model: nn.Module, *, channels_last: bool | None = None, backend: str = "auto", force: bool = False
-) -> nn.Module:
+def enable_fast_path(model: nn.Module, *, channels_last: bool = True, backend: str = "auto") -> nn.Module:
     """Turn on the fast path of ``model`` in place and return it.
+
+    On CUDA: channels-last weights and activations, and the fused Triton kernels (warp +
+    concat + GEMM, GRU gates). On the CPU: channels-last only, which is portable and
+    measured faster there (oneDNN convolutions without layout reorders; see
+    ``benchmarks/bench_trajgru.py``); the kernels stay off.
 
     Parameters
     ----------
-    model : EncoderForecaster, already on its device
-    channels_last : convert the convolution weights (and so every activation) to
-        channels-last; default: True on CUDA, False elsewhere.
+    model : EncoderForecaster (or a ``.module`` wrapper of one), already on its device
+    channels_last : convert the convolution weights (and so every activation) to channels-last
     backend : "auto" (Triton kernels on CUDA tensors, plain code elsewhere), "triton"
         (kernels also on CPU tensors under ``TRITON_INTERPRET=1``; tests) or "torch"
-        (only the layout changes).
-    force : also switch the flags on when the model is not on CUDA (tests). Without it, a
-        CPU model is returned unchanged: the fast path is a no-op on the CPU.
+        (layout only).
 
     The parameters keep their names, shapes and values (only strides change), so state
     dicts and checkpoints are the same as the plain model's. Build the optimizer after
@@ -77,17 +86,12 @@ def enable_fast_path(
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    on_cuda = _model_device(model).type == "cuda"
-    if not on_cuda and not force:
-        return model
-    if channels_last is None:
-        channels_last = on_cuda
     if channels_last:
         model.to(memory_format=torch.channels_last)
     for cell in _cells(model):
         cell.fast_path = True
         cell.kernel_backend = backend
-    model.channels_last_activations = bool(channels_last)
+    _unwrap(model).channels_last_activations = bool(channels_last)
     return model
 
 
@@ -96,7 +100,7 @@ def disable_fast_path(model: nn.Module) -> nn.Module:
     for cell in _cells(model):
         cell.fast_path = False
         cell.kernel_backend = "auto"
-    model.channels_last_activations = False
+    _unwrap(model).channels_last_activations = False
     model.to(memory_format=torch.contiguous_format)
     return model
 
@@ -117,24 +121,22 @@ def fast_path_status(model: nn.Module) -> dict:
         triton_available=triton_available(),
         triton_interpreter=interpreting(),
         triton_kernels_active=bool(kernels),
-        channels_last=bool(getattr(model, "channels_last_activations", False)),
+        channels_last=bool(getattr(_unwrap(model), "channels_last_activations", False)),
     )
 
 
 def fused_adam(params, lr: float, betas: tuple[float, float] = (0.9, 0.999), **kwargs) -> torch.optim.Adam:
-    """Adam for the fast path.
+    """Adam for the fast path: ``fused=True`` on CUDA (one multi-tensor kernel for all
+    parameters), plain ``torch.optim.Adam(params, lr, betas)`` elsewhere.
 
-    On CUDA: ``fused=True`` (one multi-tensor kernel for all parameters),
-    ``capturable=True`` and a 0-dim device tensor ``lr`` (so a CUDA graph reads the
-    current learning rate; ``torch.optim.lr_scheduler`` updates it in place). Elsewhere:
-    plain ``torch.optim.Adam(params, lr, betas)``.
+    Same state-dict layout as the plain Adam. :class:`CapturedTrainStep` switches the groups
+    to ``capturable=True`` with a device-tensor ``lr`` when it captures (LR schedulers then
+    update that tensor in place).
     """
     params = list(params)
     devices = {p.device.type for p in params if isinstance(p, torch.Tensor)} or {"cpu"}
     if devices == {"cuda"}:
-        device = next(p.device for p in params if isinstance(p, torch.Tensor))
-        lr_t = torch.tensor(float(lr), dtype=torch.float32, device=device)
-        return torch.optim.Adam(params, lr=lr_t, betas=betas, fused=True, capturable=True, **kwargs)
+        return torch.optim.Adam(params, lr=lr, betas=betas, fused=True, **kwargs)
     return torch.optim.Adam(params, lr=lr, betas=betas, **kwargs)
 
 
@@ -201,7 +203,8 @@ class CapturedTrainStep:
     ----------
     model : nn.Module on the device (ideally with :func:`enable_fast_path`)
     optimizer : for capture, ``torch.optim.Adam(fused=True)`` (see :func:`fused_adam`); its
-        groups are switched to ``capturable=True`` and a tensor lr if they are not already.
+        groups are switched to ``capturable=True`` and a 0-dim device-tensor lr (schedulers
+        ``fill_`` it; ``state_dict()`` then holds that tensor).
     loss_fn : ``loss_fn(pred_float32, *batch[1:]) -> 0-dim tensor``; must itself be
         capturable (no host-device copies or syncs: e.g. constants already on the device).
     example_batch : tuple of device tensors with the shapes and dtypes of every batch.
@@ -269,8 +272,13 @@ class CapturedTrainStep:
         loss, norm = self._forward_backward(self.static_batch)
         bad = ~(torch.isfinite(loss) & torch.isfinite(norm))
         self.found_inf.copy_(bad.float())
-        self.optimizer.found_inf = self.found_inf
-        self.optimizer.step()
+        self.optimizer.found_inf = self.found_inf  # read by fused Adam: skip the update if 1
+        try:
+            self.optimizer.step()
+        finally:
+            # only the captured kernels may see it: a stale flag would silently skip every
+            # later eager step of this optimizer
+            del self.optimizer.found_inf
         self.static_loss, self.static_norm = loss, norm
         self.static_applied = 1.0 - self.found_inf
 

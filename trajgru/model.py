@@ -350,8 +350,8 @@ def build_model(
         any height/width divisible by 8).
     cell : "trajgru", "convgru" or "convlstm".
     device : move the model there (default: stay on the CPU).
-    fast_path : :func:`trajgru.fast.enable_fast_path` after the move (fused Triton kernels
-        and channels-last on CUDA; a no-op on the CPU). Same parameters either way.
+    fast_path : :func:`trajgru.fast.enable_fast_path` after the move (channels-last; plus the
+        fused Triton kernels on CUDA). Same parameters and state dict either way.
     **overrides : any :class:`ModelConfig` field, e.g. ``height=240, width=240, out_len=10``.
     """
     if preset not in PRESETS:
