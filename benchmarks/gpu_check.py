@@ -3,7 +3,7 @@
 Run from the repository root on the GPU machine (plain ``python3``; needs only torch,
 triton and numpy; pytest is used if present)::
 
-    PYTHONPATH=$PWD python3 benchmarks/gpu_check.py            # results in $OUT (or ./gpu_check_out)
+    PYTHONPATH=$PWD python3 benchmarks/gpu_check.py            # results in $OUT (or <tmp>/gpu_check_out)
     PYTHONPATH=$PWD python3 benchmarks/gpu_check.py --quick    # minutes on a CPU: every stage, tiny sizes
 
 Stages, each in its own subprocess with its own timeout (a crash, a hang or an illegal
@@ -37,6 +37,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -56,7 +57,8 @@ MIN_STAGE_S = 15
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default=os.environ.get("OUT") or str(ROOT / "gpu_check_out"))
+    p.add_argument("--out", default=os.environ.get("OUT") or os.path.join(tempfile.gettempdir(), "gpu_check_out"),
+                   help="results folder (default $OUT, else <tmp>/gpu_check_out)")
     p.add_argument("--quick", action="store_true", help="tiny sizes (CPU-friendly), every stage")
     p.add_argument("--budget-s", type=float, default=None,
                    help="overall wall budget in seconds (default 240; 900 with --quick)")
@@ -220,6 +222,10 @@ def stage_checks(out: Path, quick: bool) -> int:
 
     cuda = torch.cuda.is_available()
     dev = torch.device("cuda" if cuda else "cpu")
+    # fp32 means fp32 here: no TF32 in cuDNN convolutions (the plain path's 1x1 conv) or
+    # cuBLAS (the fast path's GEMM), or the two paths differ by TF32 rounding (~1e-3)
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
     checks = _Checks()
     gen = torch.Generator().manual_seed(0)
     small = quick and not cuda

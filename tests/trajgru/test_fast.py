@@ -32,6 +32,16 @@ needs_kernels = pytest.mark.skipif(
 DEVICE = torch.device("cuda" if HAS_CUDA else "cpu")
 
 
+@pytest.fixture(autouse=True)
+def _no_tf32():
+    """fp32 comparisons must be fp32 on GPUs too: cuDNN convolutions default to TF32, which
+    the plain path's 1x1 convolution would use and the fast path's cuBLAS GEMM would not."""
+    flags = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = flags
+
+
 def small_model(cell="trajgru", **kw):
     """tiny at 32x32, 2 -> 3 frames: feature maps 8x8 and 4x4 (interpreter-friendly)."""
     torch.manual_seed(0)
