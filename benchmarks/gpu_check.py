@@ -8,9 +8,10 @@ triton and numpy; pytest is used if present)::
 
 Stages, each in its own subprocess with its own timeout (a crash, a hang or an illegal
 memory access in one stage cannot stop the others), inside one overall budget
-(``--budget-s``, default 240 s; a stage that would start with less than 15 s left is
-skipped and says so). Expected on one H100: about 3-4 minutes, most of it Triton and
-cuDNN warm-up; the stages run in the order below, most valuable first:
+(``--budget-s``, default 200 s; a stage that would start with less than 15 s left is
+skipped and says so; a stage cut by its timeout keeps the rows it already wrote). Expected
+on one H100: about 3 minutes, much of it Triton compilation and cuDNN autotuning; the
+stages run in the order below, most valuable first:
 
 =========  ======================================================================  ==============
 stage      what                                                                    writes
@@ -19,8 +20,8 @@ env        nvidia-smi, Python / torch / triton / CUDA versions, device          
 checks     kernels vs the dense formula (fp32, bf16, gradients), gates, fast vs    checks.json
            plain model (fp32 tight, bf16 tolerance), captured train step and
            forecaster vs eager, repeatability, warp micro-benchmark
-bench      hko7 480x480: plain-fp32, plain-bf16, fast-bf16, graph-bf16 at batch    bench.txt,
-           4; the bf16 ones at batch 16; forecasts at batch 1 and 16               bench.json
+bench      hko7 480x480: plain-fp32, graph-bf16, fast-bf16, plain-bf16 at batch    bench.txt,
+           4 (forecast batch 1); graph-bf16, plain-bf16 at batch 16 (forecast 16)  bench.json
 numerics   300 training steps (tiny, 96x96 moving blobs): plain fp32 vs the fast   numerics.json
            path (bf16, CUDA graph); loss curves compared
 profile    torch.profiler of one fast-bf16 batch-4 step: top kernels               profile.txt
@@ -47,8 +48,8 @@ sys.path.insert(0, str(ROOT))
 
 STAGES = ("env", "checks", "bench", "numerics", "profile", "pytest")  # in order of value
 #: (full, quick) timeout per stage in seconds
-STAGE_TIMEOUT = {"env": (20, 20), "checks": (60, 300), "bench": (110, 300), "numerics": (45, 300),
-                 "profile": (30, 120), "pytest": (45, 240)}
+STAGE_TIMEOUT = {"env": (10, 20), "checks": (55, 300), "bench": (80, 300), "numerics": (35, 300),
+                 "profile": (20, 120), "pytest": (45, 240)}
 MIN_STAGE_S = 15
 
 
@@ -61,7 +62,7 @@ def main(argv=None) -> int:
                    help="results folder (default $OUT, else <tmp>/gpu_check_out)")
     p.add_argument("--quick", action="store_true", help="tiny sizes (CPU-friendly), every stage")
     p.add_argument("--budget-s", type=float, default=None,
-                   help="overall wall budget in seconds (default 240; 900 with --quick)")
+                   help="overall wall budget in seconds (default 200; 900 with --quick)")
     p.add_argument("--stages", default=",".join(STAGES), help=f"comma list of {', '.join(STAGES)}")
     p.add_argument("--stage", default=None, help=argparse.SUPPRESS)  # internal: run one stage here
     args = p.parse_args(argv)
@@ -71,7 +72,7 @@ def main(argv=None) -> int:
         return run_stage(args.stage, out, args.quick)
 
     if args.budget_s is None:
-        args.budget_s = 900.0 if args.quick else 240.0
+        args.budget_s = 900.0 if args.quick else 200.0
     start = time.monotonic()
     summary = []
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
@@ -177,10 +178,12 @@ def stage_env(out: Path, quick: bool) -> int:
 
 
 class _Checks:
-    """Named checks; each records ok / FAIL / ERROR and what it measured."""
+    """Named checks; each records ok / FAIL / ERROR and what it measured, and rewrites
+    ``path`` after every check (a timeout keeps the finished ones)."""
 
-    def __init__(self):
+    def __init__(self, path: Path, header: dict):
         self.results: list[dict] = []
+        self.path, self.header = path, header
 
     def run(self, name: str, fn) -> None:
         t0 = time.perf_counter()
@@ -193,6 +196,7 @@ class _Checks:
                        traceback=traceback.format_exc()[-2000:])
         rec["seconds"] = round(time.perf_counter() - t0, 2)
         self.results.append(rec)
+        self.path.write_text(json.dumps(dict(self.header, results=self.results), indent=1, default=str))
         print(f"{rec['status']:5s} {name} " + json.dumps({k: v for k, v in rec.items()
                                                            if k not in ('name', 'status', 'traceback')},
                                                           default=str), flush=True)
@@ -226,7 +230,7 @@ def stage_checks(out: Path, quick: bool) -> int:
     # cuBLAS (the fast path's GEMM), or the two paths differ by TF32 rounding (~1e-3)
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cuda.matmul.allow_tf32 = False
-    checks = _Checks()
+    checks = _Checks(out / "checks.json", dict(device=str(dev), interpreter=kernels.interpreting()))
     gen = torch.Generator().manual_seed(0)
     small = quick and not cuda
 
@@ -244,7 +248,9 @@ def stage_checks(out: Path, quick: bool) -> int:
         tol = 1e-5 if dtype == torch.float32 else 2e-2 + 8e-3 * float(ref.abs().max())
         return dict(ok=err <= tol and got.dtype == dtype, max_abs_err=err, tol=tol)
 
-    shapes = [(2, 5, 7, 9, 3), (1, 70, 6, 5, 2)] if small else [(2, 5, 7, 9, 3), (2, 64, 24, 24, 13), (1, 192, 16, 16, 9)]
+    # on the GPU: the channel counts of hko7 (64, 192) and L (13, 9), so that the kernels
+    # compiled here are the model's own variants (Triton caches them on disk for later stages)
+    shapes = [(2, 5, 7, 9, 3), (1, 70, 6, 5, 2)] if small else [(2, 64, 24, 24, 13), (1, 192, 16, 16, 9)]
     for shape in shapes:
         for dtype in (torch.float32, torch.bfloat16):
             checks.run(f"warp_concat fwd {shape} {str(dtype)[6:]} channels_last",
@@ -453,8 +459,6 @@ def stage_checks(out: Path, quick: bool) -> int:
 
     checks.run("warp+concat micro-benchmark, hko7 stage 0 shape, bf16", micro)
 
-    (out / "checks.json").write_text(json.dumps(dict(device=str(dev), interpreter=kernels.interpreting(),
-                                                     results=checks.results), indent=1, default=str))
     n_bad = sum(r["status"] != "ok" for r in checks.results)
     print(f"checks: {len(checks.results) - n_bad}/{len(checks.results)} ok")
     return 0
@@ -489,7 +493,8 @@ def stage_bench(out: Path, quick: bool) -> int:
                 "--device", "cuda" if torch.cuda.is_available() else "cpu"]
     else:
         argv = ["--preset", "hko7", "--device", "cuda", "--variants", "all", "--batches", "4,16",
-                "--forecast-batches", "1,16", "--steps", "5", "--warmup", "2"]
+                "--forecast-batches", "1,16", "--big-batch-variants", "graph-bf16,plain-bf16",
+                "--steps", "3", "--warmup", "2"]
     argv += ["--json-out", str(out / "bench.json")]
     # stream to bench.txt as rows arrive (a timeout keeps what was measured; bench.json is
     # rewritten after every row too)

@@ -85,10 +85,12 @@ def use_triton(backend: str, *tensors: torch.Tensor) -> bool:
     return True
 
 
-def jit(fn: Callable):
+def jit(fn: Callable, do_not_specialize: tuple[str, ...] = ()):
     """``triton.jit(fn)``, made once per function and interpreter mode (see module doc).
 
     Binds the global ``tl`` of ``fn``'s module to ``triton.language`` first.
+    ``do_not_specialize``: integer arguments (sizes) whose values should not each compile a
+    variant (Triton otherwise specialises on ``== 1`` and divisibility by 16).
     """
     key = (fn, interpreting())
     kernel = _JITTED.get(key)
@@ -97,7 +99,7 @@ def jit(fn: Callable):
         if triton is None:
             raise RuntimeError(f"Triton is not available ({_import_error()})")
         fn.__globals__["tl"] = triton.language
-        kernel = triton.jit(fn)
+        kernel = triton.jit(fn, do_not_specialize=list(do_not_specialize))
         _JITTED[key] = kernel
     return kernel
 

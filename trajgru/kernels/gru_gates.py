@@ -26,6 +26,7 @@ tl = None  # triton.language, bound by trajgru.kernels.jit at the first launch
 __all__ = ["gru_gates_triton"]
 
 BLOCK = 1024
+_GENERIC = ("n_elem", "H", "W")  # sizes that need no specialised variants
 
 
 def _gru_fwd_kernel(
@@ -161,7 +162,7 @@ def gru_gates_fwd(i2h, h2h, h, slope: float) -> torch.Tensor:
     _check(i2h, h2h, h)
     a = _common_args(i2h, h2h, h, slope)
     out = torch.empty_like(h)
-    jit(_gru_fwd_kernel)[a["grid"]](
+    jit(_gru_fwd_kernel, _GENERIC)[a["grid"]](
         h2h if i2h is None else i2h, h2h, h, out,
         a["n_elem"], a["C"], a["H"], a["W"], a["slope"], *a["strides"], *out.stride(), **a["meta"],
     )
@@ -178,7 +179,7 @@ def gru_gates_bwd(i2h, h2h, h, grad_out, slope: float):
         i2h is not None and g_i2h.stride() != i2h.stride()
     ):
         raise RuntimeError("gru_gates backward needs dense (non-overlapping) inputs")
-    jit(_gru_bwd_kernel)[a["grid"]](
+    jit(_gru_bwd_kernel, _GENERIC)[a["grid"]](
         h2h if i2h is None else i2h, h2h, h, grad_out,
         g_h2h if g_i2h is None else g_i2h, g_h2h, g_h,
         a["n_elem"], a["C"], a["H"], a["W"], a["slope"], *a["strides"], *grad_out.stride(), **a["meta"],

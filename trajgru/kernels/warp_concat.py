@@ -34,6 +34,9 @@ tl = None  # triton.language, bound by trajgru.kernels.jit at the first launch
 __all__ = ["warp_concat_triton", "warp_concat_torch", "warp_concat"]
 
 BLOCK_P = 64  # pixels per program
+# sizes that vary between layers but need no specialisation (fewer compiled variants);
+# C and the strides stay specialised (stride 1 and multiples of 16 enable vector accesses)
+_GENERIC = ("n_pix", "H", "W", "L")
 MAX_BLOCK_C = 64  # channels per inner iteration
 
 
@@ -208,7 +211,7 @@ def warp_concat_fwd(h: torch.Tensor, flows: torch.Tensor, negate: bool) -> torch
     n_pix = batch * height * width
     block_c, n_cblk = _launch_params(channels)
     grid = (-(-n_pix // BLOCK_P), n_flows)
-    jit(_warp_concat_fwd_kernel)[grid](
+    jit(_warp_concat_fwd_kernel, _GENERIC)[grid](
         h, flows, out, n_pix, height, width, channels, n_flows,
         *h.stride(), *flows.stride(),
         SIGN=-1.0 if negate else 1.0, BLOCK_P=BLOCK_P, BLOCK_C=block_c, N_CBLK=n_cblk,
@@ -226,7 +229,7 @@ def warp_concat_bwd(h, flows, grad_out, negate: bool) -> tuple[torch.Tensor, tor
     n_pix = batch * height * width
     block_c, n_cblk = _launch_params(channels)
     grid = (-(-n_pix // BLOCK_P), n_flows)
-    jit(_warp_concat_bwd_kernel)[grid](
+    jit(_warp_concat_bwd_kernel, _GENERIC)[grid](
         h, flows, grad_out, grad_h, grad_flows, n_pix, height, width, channels, n_flows,
         *h.stride(), *flows.stride(),
         SIGN=-1.0 if negate else 1.0, BLOCK_P=BLOCK_P, BLOCK_C=block_c, N_CBLK=n_cblk,
