@@ -26,7 +26,9 @@ tl = None  # triton.language, bound by trajgru.kernels.jit at the first launch
 __all__ = ["gru_gates_triton"]
 
 BLOCK = 1024
+NUM_WARPS = 8  # 4 elements per thread
 _GENERIC = ("n_elem", "H", "W")  # sizes that need no specialised variants
+_INT32_MAX = 2**31 - 1
 
 
 def _gru_fwd_kernel(
@@ -36,10 +38,12 @@ def _gru_fwd_kernel(
     g_sb, g_sc, g_sy, g_sx,
     h_sb, h_sc, h_sy, h_sx,
     o_sb, o_sc, o_sy, o_sx,
-    HAS_I2H: tl.constexpr, CHANNELS_LAST: tl.constexpr, BLOCK: tl.constexpr,
+    HAS_I2H: tl.constexpr, CHANNELS_LAST: tl.constexpr, BLOCK: tl.constexpr, WIDE: tl.constexpr,
 ):
-    """1-D grid over B*C*H*W elements of h."""
-    idx = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    """1-D grid over B*C*H*W elements of h. ``WIDE``: int64 offsets."""
+    idx = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    if WIDE:
+        idx = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = idx < n_elem
     if CHANNELS_LAST:
         c = idx % C
@@ -81,11 +85,13 @@ def _gru_bwd_kernel(
     g_sb, g_sc, g_sy, g_sx,
     h_sb, h_sc, h_sy, h_sx,
     o_sb, o_sc, o_sy, o_sx,
-    HAS_I2H: tl.constexpr, CHANNELS_LAST: tl.constexpr, BLOCK: tl.constexpr,
+    HAS_I2H: tl.constexpr, CHANNELS_LAST: tl.constexpr, BLOCK: tl.constexpr, WIDE: tl.constexpr,
 ):
     """1-D grid over B*C*H*W. gi2h / gh2h share the strides of i2h / h2h, gh those of h;
-    gout has strides o_*."""
-    idx = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    gout has strides o_*. ``WIDE``: int64 offsets."""
+    idx = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    if WIDE:
+        idx = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = idx < n_elem
     if CHANNELS_LAST:
         c = idx % C
@@ -147,12 +153,19 @@ def _check(i2h, h2h, h):
         raise ValueError(f"i2h {tuple(i2h.shape)} must have the shape of h2h {tuple(h2h.shape)}")
 
 
+def _needs_int64(*tensors) -> bool:
+    """True if some element offset may not fit in int32."""
+    return any(t is not None and (t.numel() > _INT32_MAX or max(t.stride()) * max(t.shape) > _INT32_MAX)
+               for t in tensors)
+
+
 def _common_args(i2h, h2h, h, slope):
     batch, channels, height, width = h.shape
     return dict(
         n_elem=h.numel(), C=channels, H=height, W=width, slope=float(slope),
         strides=(*(h2h.stride() if i2h is None else i2h.stride()), *h2h.stride(), *h.stride()),
-        meta=dict(HAS_I2H=i2h is not None, CHANNELS_LAST=_is_channels_last(h), BLOCK=BLOCK),
+        meta=dict(HAS_I2H=i2h is not None, CHANNELS_LAST=_is_channels_last(h), BLOCK=BLOCK,
+                  WIDE=_needs_int64(i2h, h2h, h), num_warps=NUM_WARPS),
         grid=(-(-h.numel() // BLOCK),),
     )
 

@@ -33,11 +33,10 @@ tl = None  # triton.language, bound by trajgru.kernels.jit at the first launch
 
 __all__ = ["warp_concat_triton", "warp_concat_torch", "warp_concat"]
 
-BLOCK_P = 64  # pixels per program
 # sizes that vary between layers but need no specialisation (fewer compiled variants);
 # C and the strides stay specialised (stride 1 and multiples of 16 enable vector accesses)
 _GENERIC = ("n_pix", "H", "W", "L")
-MAX_BLOCK_C = 64  # channels per inner iteration
+_INT32_MAX = 2**31 - 1
 
 
 def _warp_concat_fwd_kernel(
@@ -45,18 +44,20 @@ def _warp_concat_fwd_kernel(
     n_pix, H, W, C, L,
     h_sb, h_sc, h_sy, h_sx,
     f_sb, f_sc, f_sy, f_sx,
-    SIGN: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, N_CBLK: tl.constexpr,
+    SIGN: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, WIDE: tl.constexpr,
 ):
-    """Grid (cdiv(B*H*W, BLOCK_P), L). out: (B*H*W, L*C) contiguous."""
+    """Grid (cdiv(B*H*W, BLOCK_P), L). out: (B*H*W, L*C) contiguous. ``WIDE``: int64 offsets."""
     pid = tl.program_id(0)
     l = tl.program_id(1)
     p = pid * BLOCK_P + tl.arange(0, BLOCK_P)
     pmask = p < n_pix
+    if WIDE:
+        p = p.to(tl.int64)
     x = p % W
     t = p // W
     y = t % H
     b = t // H
-    f_off = b.to(tl.int64) * f_sb + y * f_sy + x * f_sx
+    f_off = b * f_sb + y * f_sy + x * f_sx
     u = tl.load(flow_ptr + f_off + (2 * l) * f_sc, mask=pmask, other=0.0).to(tl.float32)
     v = tl.load(flow_ptr + f_off + (2 * l + 1) * f_sc, mask=pmask, other=0.0).to(tl.float32)
     # sample position; clamped to [-2, size + 1]: beyond it every corner is outside anyway,
@@ -77,29 +78,29 @@ def _warp_concat_fwd_kernel(
     in_x1 = (x1 >= 0) & (x1 < W)
     in_y0 = (y0 >= 0) & (y0 < H)
     in_y1 = (y1 >= 0) & (y1 < H)
-    m00 = pmask & in_y0 & in_x0
-    m01 = pmask & in_y0 & in_x1
-    m10 = pmask & in_y1 & in_x0
-    m11 = pmask & in_y1 & in_x1
-    hb = b.to(tl.int64) * h_sb
-    o00 = hb + y0 * h_sy + x0 * h_sx
-    o01 = hb + y0 * h_sy + x1 * h_sx
-    o10 = hb + y1 * h_sy + x0 * h_sx
-    o11 = hb + y1 * h_sy + x1 * h_sx
+    m00 = (pmask & in_y0 & in_x0)[:, None]
+    m01 = (pmask & in_y0 & in_x1)[:, None]
+    m10 = (pmask & in_y1 & in_x0)[:, None]
+    m11 = (pmask & in_y1 & in_x1)[:, None]
+    hb = b * h_sb
+    o00 = (hb + y0 * h_sy + x0 * h_sx)[:, None]
+    o01 = (hb + y0 * h_sy + x1 * h_sx)[:, None]
+    o10 = (hb + y1 * h_sy + x0 * h_sx)[:, None]
+    o11 = (hb + y1 * h_sy + x1 * h_sx)[:, None]
     w00 = (wy0 * wx0)[:, None]
     w01 = (wy0 * wx1)[:, None]
     w10 = (wy1 * wx0)[:, None]
     w11 = (wy1 * wx1)[:, None]
-    out_row = p.to(tl.int64) * (L * C) + l * C
-    for cb in tl.static_range(N_CBLK):
-        c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
+    out_row = (p * (L * C) + l * C)[:, None]
+    for c0 in range(0, C, BLOCK_C):
+        c = c0 + tl.arange(0, BLOCK_C)
         cmask = (c < C)[None, :]
         coff = (c * h_sc)[None, :]
-        acc = w00 * tl.load(h_ptr + o00[:, None] + coff, mask=m00[:, None] & cmask, other=0.0).to(tl.float32)
-        acc += w01 * tl.load(h_ptr + o01[:, None] + coff, mask=m01[:, None] & cmask, other=0.0).to(tl.float32)
-        acc += w10 * tl.load(h_ptr + o10[:, None] + coff, mask=m10[:, None] & cmask, other=0.0).to(tl.float32)
-        acc += w11 * tl.load(h_ptr + o11[:, None] + coff, mask=m11[:, None] & cmask, other=0.0).to(tl.float32)
-        tl.store(out_ptr + out_row[:, None] + c[None, :], acc.to(out_ptr.dtype.element_ty),
+        acc = w00 * tl.load(h_ptr + (o00 + coff), mask=m00 & cmask, other=0.0).to(tl.float32)
+        acc += w01 * tl.load(h_ptr + (o01 + coff), mask=m01 & cmask, other=0.0).to(tl.float32)
+        acc += w10 * tl.load(h_ptr + (o10 + coff), mask=m10 & cmask, other=0.0).to(tl.float32)
+        acc += w11 * tl.load(h_ptr + (o11 + coff), mask=m11 & cmask, other=0.0).to(tl.float32)
+        tl.store(out_ptr + (out_row + c[None, :]), acc.to(out_ptr.dtype.element_ty),
                  mask=pmask[:, None] & cmask)
 
 
@@ -108,7 +109,7 @@ def _warp_concat_bwd_kernel(
     n_pix, H, W, C, L,
     h_sb, h_sc, h_sy, h_sx,
     f_sb, f_sc, f_sy, f_sx,
-    SIGN: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, N_CBLK: tl.constexpr,
+    SIGN: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, WIDE: tl.constexpr,
 ):
     """Grid (cdiv(B*H*W, BLOCK_P), L).
 
@@ -119,11 +120,13 @@ def _warp_concat_bwd_kernel(
     l = tl.program_id(1)
     p = pid * BLOCK_P + tl.arange(0, BLOCK_P)
     pmask = p < n_pix
+    if WIDE:
+        p = p.to(tl.int64)
     x = p % W
     t = p // W
     y = t % H
     b = t // H
-    f_off = b.to(tl.int64) * f_sb + y * f_sy + x * f_sx
+    f_off = b * f_sb + y * f_sy + x * f_sx
     u = tl.load(flow_ptr + f_off + (2 * l) * f_sc, mask=pmask, other=0.0).to(tl.float32)
     v = tl.load(flow_ptr + f_off + (2 * l + 1) * f_sc, mask=pmask, other=0.0).to(tl.float32)
     sx = tl.minimum(tl.maximum(x.to(tl.float32) + SIGN * u, -2.0), W + 1.0)
@@ -142,57 +145,62 @@ def _warp_concat_bwd_kernel(
     in_x1 = (x1 >= 0) & (x1 < W)
     in_y0 = (y0 >= 0) & (y0 < H)
     in_y1 = (y1 >= 0) & (y1 < H)
-    m00 = pmask & in_y0 & in_x0
-    m01 = pmask & in_y0 & in_x1
-    m10 = pmask & in_y1 & in_x0
-    m11 = pmask & in_y1 & in_x1
-    hb = b.to(tl.int64) * h_sb
-    o00 = hb + y0 * h_sy + x0 * h_sx
-    o01 = hb + y0 * h_sy + x1 * h_sx
-    o10 = hb + y1 * h_sy + x0 * h_sx
-    o11 = hb + y1 * h_sy + x1 * h_sx
+    m00 = (pmask & in_y0 & in_x0)[:, None]
+    m01 = (pmask & in_y0 & in_x1)[:, None]
+    m10 = (pmask & in_y1 & in_x0)[:, None]
+    m11 = (pmask & in_y1 & in_x1)[:, None]
+    hb = b * h_sb
+    o00 = (hb + y0 * h_sy + x0 * h_sx)[:, None]
+    o01 = (hb + y0 * h_sy + x1 * h_sx)[:, None]
+    o10 = (hb + y1 * h_sy + x0 * h_sx)[:, None]
+    o11 = (hb + y1 * h_sy + x1 * h_sx)[:, None]
     # float32 NHWC gradient buffer: element (b, m, n, c) at ((b*H + m)*W + n)*C + c
-    gb = b.to(tl.int64) * H
-    g00 = ((gb + y0) * W + x0) * C
-    g01 = ((gb + y0) * W + x1) * C
-    g10 = ((gb + y1) * W + x0) * C
-    g11 = ((gb + y1) * W + x1) * C
-    w00 = (wy0 * wx0)[:, None]
-    w01 = (wy0 * wx1)[:, None]
-    w10 = (wy1 * wx0)[:, None]
-    w11 = (wy1 * wx1)[:, None]
-    gout_row = p.to(tl.int64) * (L * C) + l * C
+    gb = b * H
+    g00 = (((gb + y0) * W + x0) * C)[:, None]
+    g01 = (((gb + y0) * W + x1) * C)[:, None]
+    g10 = (((gb + y1) * W + x0) * C)[:, None]
+    g11 = (((gb + y1) * W + x1) * C)[:, None]
+    gout_row = (p * (L * C) + l * C)[:, None]
     d_sx = tl.zeros([BLOCK_P], dtype=tl.float32)
     d_sy = tl.zeros([BLOCK_P], dtype=tl.float32)
-    for cb in tl.static_range(N_CBLK):
-        c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
+    for c0 in range(0, C, BLOCK_C):
+        c = c0 + tl.arange(0, BLOCK_C)
         cmask = (c < C)[None, :]
         coff = (c * h_sc)[None, :]
-        g = tl.load(gout_ptr + gout_row[:, None] + c[None, :], mask=pmask[:, None] & cmask,
-                    other=0.0).to(tl.float32)
-        v00 = tl.load(h_ptr + o00[:, None] + coff, mask=m00[:, None] & cmask, other=0.0).to(tl.float32)
-        v01 = tl.load(h_ptr + o01[:, None] + coff, mask=m01[:, None] & cmask, other=0.0).to(tl.float32)
-        v10 = tl.load(h_ptr + o10[:, None] + coff, mask=m10[:, None] & cmask, other=0.0).to(tl.float32)
-        v11 = tl.load(h_ptr + o11[:, None] + coff, mask=m11[:, None] & cmask, other=0.0).to(tl.float32)
+        cc = c[None, :]
+        g = tl.load(gout_ptr + (gout_row + cc), mask=pmask[:, None] & cmask, other=0.0).to(tl.float32)
+        v00 = tl.load(h_ptr + (o00 + coff), mask=m00 & cmask, other=0.0).to(tl.float32)
+        v01 = tl.load(h_ptr + (o01 + coff), mask=m01 & cmask, other=0.0).to(tl.float32)
+        v10 = tl.load(h_ptr + (o10 + coff), mask=m10 & cmask, other=0.0).to(tl.float32)
+        v11 = tl.load(h_ptr + (o11 + coff), mask=m11 & cmask, other=0.0).to(tl.float32)
         # d out / d sx = wy0 (v01 - v00) + wy1 (v11 - v10); d out / d sy likewise in x
         d_sx += tl.sum(g * (wy0[:, None] * (v01 - v00) + wy1[:, None] * (v11 - v10)), axis=1)
         d_sy += tl.sum(g * (wx0[:, None] * (v10 - v00) + wx1[:, None] * (v11 - v01)), axis=1)
-        cc = c[None, :]
-        tl.atomic_add(gh_ptr + g00[:, None] + cc, g * w00, mask=m00[:, None] & cmask)
-        tl.atomic_add(gh_ptr + g01[:, None] + cc, g * w01, mask=m01[:, None] & cmask)
-        tl.atomic_add(gh_ptr + g10[:, None] + cc, g * w10, mask=m10[:, None] & cmask)
-        tl.atomic_add(gh_ptr + g11[:, None] + cc, g * w11, mask=m11[:, None] & cmask)
+        tl.atomic_add(gh_ptr + (g00 + cc), g * (wy0 * wx0)[:, None], mask=m00 & cmask, sem="relaxed")
+        tl.atomic_add(gh_ptr + (g01 + cc), g * (wy0 * wx1)[:, None], mask=m01 & cmask, sem="relaxed")
+        tl.atomic_add(gh_ptr + (g10 + cc), g * (wy1 * wx0)[:, None], mask=m10 & cmask, sem="relaxed")
+        tl.atomic_add(gh_ptr + (g11 + cc), g * (wy1 * wx1)[:, None], mask=m11 & cmask, sem="relaxed")
     # d sx / d U = SIGN; the clamp's derivative is 0 where it acts, and there every corner
     # is outside (v = 0), so d_sx is already 0.
-    pix = y * W + x
-    gf = b.to(tl.int64) * (2 * L * H * W) + pix
+    gf = b * (2 * L * H * W) + y * W + x
     tl.store(gflow_ptr + gf + (2 * l) * (H * W), SIGN * d_sx, mask=pmask)
     tl.store(gflow_ptr + gf + (2 * l + 1) * (H * W), SIGN * d_sy, mask=pmask)
 
 
-def _launch_params(channels: int) -> tuple[int, int]:
-    block_c = min(next_pow2(channels), MAX_BLOCK_C)
-    return block_c, -(-channels // block_c)
+#: (BLOCK_P, BLOCK_C, num_warps) of the forward and backward kernels, chosen so that
+#: ptxas reports no register spills for sm_90 (see ``trajgru.kernels.compile_check``)
+FWD_CONFIG = (64, 32, 4)
+BWD_CONFIG = (32, 32, 4)
+
+
+def _block_c(channels: int, max_block: int) -> int:
+    return max(4, min(next_pow2(channels), max_block))
+
+
+def _needs_int64(*tensors: torch.Tensor) -> bool:
+    """True if some element offset may not fit in int32."""
+    return any(t.numel() > _INT32_MAX or max(t.stride(), default=0) * max(t.shape, default=0) > _INT32_MAX
+               for t in tensors)
 
 
 def _check(h: torch.Tensor, flows: torch.Tensor) -> int:
@@ -209,12 +217,13 @@ def warp_concat_fwd(h: torch.Tensor, flows: torch.Tensor, negate: bool) -> torch
     batch, channels, height, width = h.shape
     out = torch.empty(batch, height, width, n_flows * channels, device=h.device, dtype=h.dtype)
     n_pix = batch * height * width
-    block_c, n_cblk = _launch_params(channels)
-    grid = (-(-n_pix // BLOCK_P), n_flows)
+    block_p, block_c, warps = FWD_CONFIG
+    grid = (-(-n_pix // block_p), n_flows)
     jit(_warp_concat_fwd_kernel, _GENERIC)[grid](
         h, flows, out, n_pix, height, width, channels, n_flows,
         *h.stride(), *flows.stride(),
-        SIGN=-1.0 if negate else 1.0, BLOCK_P=BLOCK_P, BLOCK_C=block_c, N_CBLK=n_cblk,
+        SIGN=-1.0 if negate else 1.0, BLOCK_P=block_p, BLOCK_C=_block_c(channels, block_c),
+        WIDE=_needs_int64(h, flows, out), num_warps=warps,
     )
     return out
 
@@ -227,12 +236,13 @@ def warp_concat_bwd(h, flows, grad_out, negate: bool) -> tuple[torch.Tensor, tor
     grad_h = torch.zeros(batch, height, width, channels, device=h.device, dtype=torch.float32)
     grad_flows = torch.empty(batch, 2 * n_flows, height, width, device=h.device, dtype=torch.float32)
     n_pix = batch * height * width
-    block_c, n_cblk = _launch_params(channels)
-    grid = (-(-n_pix // BLOCK_P), n_flows)
+    block_p, block_c, warps = BWD_CONFIG
+    grid = (-(-n_pix // block_p), n_flows)
     jit(_warp_concat_bwd_kernel, _GENERIC)[grid](
         h, flows, grad_out, grad_h, grad_flows, n_pix, height, width, channels, n_flows,
         *h.stride(), *flows.stride(),
-        SIGN=-1.0 if negate else 1.0, BLOCK_P=BLOCK_P, BLOCK_C=block_c, N_CBLK=n_cblk,
+        SIGN=-1.0 if negate else 1.0, BLOCK_P=block_p, BLOCK_C=_block_c(channels, block_c),
+        WIDE=_needs_int64(h, flows, grad_out, grad_h, grad_flows), num_warps=warps,
     )
     return grad_h, grad_flows
 
