@@ -74,8 +74,16 @@ def _base_grid(
                 torch.full((), 2.0 / (height - 1), device=device, dtype=dtype),
             )
         )
-    _GRID_CACHE[key] = (base, scale)
+    if not _tracing(base):  # a fake tensor cached while tracing would poison every later call
+        _GRID_CACHE[key] = (base, scale)
     return base, scale
+
+
+def _tracing(t: torch.Tensor) -> bool:
+    """True while ``torch.export`` / ``torch.compile`` trace (``t`` is then a fake tensor)."""
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    return isinstance(t, FakeTensor) or torch.compiler.is_compiling() or torch.compiler.is_exporting()
 
 
 def _check_sizes(height: int, width: int) -> None:

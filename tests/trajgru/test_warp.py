@@ -238,3 +238,22 @@ def test_float64_zero_flow_is_exact(size, gen):
     assert base.dtype == scale.dtype == torch.float64
     cols = torch.arange(w, dtype=torch.float64)
     assert (base[0, :, 0] - (2 * cols / (w - 1) - 1)).abs().max().item() < 1e-15
+
+
+def test_export_does_not_poison_the_grid_cache():
+    """A torch.export trace in a fresh process used to cache its fake base grid, which then
+    broke every later eager call and export ("fake tensor in the constants list")."""
+
+    class Warp(torch.nn.Module):
+        def forward(self, x, flow):
+            return warp(x, flow)
+
+    clear_grid_cache()
+    x, flow = torch.randn(1, 2, 5, 6), torch.rand(1, 2, 5, 6)
+    torch.export.export(Warp(), (x, flow))
+    assert not warp_mod._GRID_CACHE or all(
+        type(t) is torch.Tensor for pair in warp_mod._GRID_CACHE.values() for t in pair
+    )
+    torch.testing.assert_close(warp(x, flow), naive_warp(x, flow).float(), atol=1e-5, rtol=1e-5)
+    ep = torch.export.export(Warp(), (x, flow))
+    torch.testing.assert_close(ep.module()(x, flow), warp(x, flow))
