@@ -28,6 +28,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .kernels import tracing
+
 __all__ = ["warp", "warp_stack", "sampling_grid", "clear_grid_cache"]
 
 # (height, width, device, dtype) -> (base grid (H, W, 2) in [-1, 1], scale (2,)), both of dtype
@@ -74,16 +76,10 @@ def _base_grid(
                 torch.full((), 2.0 / (height - 1), device=device, dtype=dtype),
             )
         )
-    if not _tracing(base):  # a fake tensor cached while tracing would poison every later call
+    if not tracing(base):  # a fake tensor cached while tracing would poison every later call
         _GRID_CACHE[key] = (base, scale)
     return base, scale
 
-
-def _tracing(t: torch.Tensor) -> bool:
-    """True while ``torch.export`` / ``torch.compile`` trace (``t`` is then a fake tensor)."""
-    from torch._subclasses.fake_tensor import FakeTensor
-
-    return isinstance(t, FakeTensor) or torch.compiler.is_compiling() or torch.compiler.is_exporting()
 
 
 def _check_sizes(height: int, width: int) -> None:

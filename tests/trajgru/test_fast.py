@@ -249,3 +249,14 @@ def test_captured_forecaster_matches_eager_on_gpu():
     with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
         ref = m(x2).float()
     torch.testing.assert_close(got, ref, atol=1e-2, rtol=1e-2)
+
+
+@needs_kernels
+def test_export_of_a_fast_path_model_traces_the_portable_code():
+    """torch.export (mlflow's pt2 logging) sees the plain math, never a Triton launch."""
+    plain = small_model().to(DEVICE)
+    fast = enable_fast_path(copy.deepcopy(plain), backend="triton" if not HAS_CUDA else "auto").eval()
+    x = torch.rand(2, 1, 1, 32, 32, device=DEVICE)
+    ep = torch.export.export(fast, (x,))
+    with torch.no_grad():
+        torch.testing.assert_close(ep.module()(x), plain(x), atol=1e-5, rtol=1e-5)

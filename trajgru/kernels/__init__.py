@@ -64,16 +64,26 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+def tracing(*tensors: torch.Tensor) -> bool:
+    """True while ``torch.export`` or ``torch.compile`` trace (tensors are then fake)."""
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    return (torch.compiler.is_compiling() or torch.compiler.is_exporting()
+            or any(isinstance(t, FakeTensor) for t in tensors))
+
+
 def use_triton(backend: str, *tensors: torch.Tensor) -> bool:
     """Whether a fast-path op with ``backend`` should launch its Triton kernel on ``tensors``.
 
     ``"torch"``: never. ``"auto"``: when Triton is importable and every tensor is on a CUDA
     device. ``"triton"``: always; raises if Triton is missing, or if a tensor is on the CPU
     without ``TRITON_INTERPRET=1`` (the interpreter is how the tests run kernels on CPUs).
+    Never while ``torch.export`` / ``torch.compile`` trace: they see the portable code (an
+    exported fast-path model is the plain math; ``torch.compile`` fuses it itself).
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if backend == "torch":
+    if backend == "torch" or tracing(*tensors):
         return False
     on_cuda = all(t.is_cuda for t in tensors)
     if backend == "auto":
