@@ -72,6 +72,9 @@ def _warp_concat_fwd_kernel(
     wy0 = 1.0 - wy1
     x0 = x0f.to(tl.int32)
     y0 = y0f.to(tl.int32)
+    if WIDE:
+        x0 = x0.to(tl.int64)
+        y0 = y0.to(tl.int64)
     x1 = x0 + 1
     y1 = y0 + 1
     in_x0 = (x0 >= 0) & (x0 < W)
@@ -139,6 +142,9 @@ def _warp_concat_bwd_kernel(
     wy0 = 1.0 - wy1
     x0 = x0f.to(tl.int32)
     y0 = y0f.to(tl.int32)
+    if WIDE:
+        x0 = x0.to(tl.int64)
+        y0 = y0.to(tl.int64)
     x1 = x0 + 1
     y1 = y0 + 1
     in_x0 = (x0 >= 0) & (x0 < W)
