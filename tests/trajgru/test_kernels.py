@@ -233,3 +233,24 @@ def test_kernels_compile_for_h100_without_register_spills():
     assert proc.returncode == 0, out[-4000:]
     assert "spilled" not in proc.stdout, proc.stdout
     assert proc.stdout.count("ok  ") == 16, proc.stdout
+
+
+def test_int64_offset_variants_agree(monkeypatch, gen):
+    """The WIDE (int64 offset) variants, used only for > 2**31-element tensors, compute the same."""
+    from trajgru.kernels import gru_gates as gg
+    from trajgru.kernels import warp_concat as wc
+
+    x = torch.randn(2, 5, 6, 7, generator=gen).to(DEVICE).contiguous(memory_format=torch.channels_last)
+    flows = ((torch.rand(2, 6, 6, 7, generator=gen) * 2 - 1) * 3).to(DEVICE)
+    h2h = torch.randn(2, 15, 6, 7, generator=gen).to(DEVICE)
+    results = []
+    for wide in (False, True):
+        monkeypatch.setattr(wc, "_needs_int64", lambda *t, w=wide: w)
+        monkeypatch.setattr(gg, "_needs_int64", lambda *t, w=wide: w)
+        xr, fr = x.clone().requires_grad_(), flows.clone().requires_grad_()
+        out = warp_concat_triton(xr, fr, True)
+        gates = gru_gates_triton(None, h2h, xr, 0.2)
+        (out.square().sum() + gates.sum()).backward()
+        results.append((out.detach(), gates.detach(), xr.grad, fr.grad))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
