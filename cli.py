@@ -178,6 +178,9 @@ def train(
         None, help="Training recipe: tiny | hko7 | hko7-paper | mnist++ (default: the preset's; see README)."),
     workers: int = typer.Option(2, help="Ray Train workers (data-parallel)."),
     gpu: bool = typer.Option(False, "--gpu", help="One GPU per worker (NCCL, bf16 autocast)."),
+    fast_path: bool = typer.Option(
+        True, "--fast-path/--no-fast-path",
+        help="trajgru's fast path: fused kernels + channels-last on a GPU, channels-last on the CPU (same weights)."),
     steps: Optional[int] = typer.Option(None, help="Training iterations (default: the recipe's; tiny 3000, hko7 100000)."),
     batch_size: Optional[int] = typer.Option(None, help="Global batch size (default: the recipe's; tiny 16, hko7 4)."),
     lr: Optional[float] = typer.Option(None, help="Peak Adam learning rate (default: the recipe's; tiny 1e-3, hko7 1e-4)."),
@@ -207,7 +210,7 @@ def train(
     )
     overrides.update({k: v for k, v in options.items() if v is not None})
     cfg = _run(
-        TrainConfig, store=store, preset=preset, cell=cell, workers=workers, use_gpu=gpu,
+        TrainConfig, store=store, preset=preset, cell=cell, workers=workers, use_gpu=gpu, fast_path=fast_path,
         experiment=experiment, tracking_uri=tracking_uri, ray_address=ray_address, **overrides,
     )
     result = _run(run_train, cfg)
@@ -232,6 +235,10 @@ def evaluate(
     batch_size: int = typer.Option(4, help="Clips per forward pass."),
     max_clips: Optional[int] = typer.Option(None, help="Score only the first N clips (quick checks)."),
     out_json: Optional[Path] = typer.Option(None, help="Write the scores as JSON here."),
+    device: str = typer.Option("auto", help="cpu | cuda | auto (a GPU when one is visible)."),
+    fast_path: bool = typer.Option(
+        True, "--fast-path/--no-fast-path",
+        help="trajgru's fast path: fused kernels + channels-last on a GPU, channels-last on the CPU (same weights)."),
     tracking_uri: Optional[str] = typer.Option(None, envvar="MLFLOW_TRACKING_URI", help=TRACKING_HELP),
     ray_address: Optional[str] = typer.Option(None, envvar="RAY_ADDRESS", help=RAY_HELP),
 ) -> None:
@@ -243,7 +250,7 @@ def evaluate(
 
     cfg = _run(EvaluateConfig,
         store=store, model_uri=model, split=split, workers=workers, batch_size=batch_size, max_clips=max_clips,
-        out_json=out_json, tracking_uri=tracking_uri, ray_address=ray_address,
+        out_json=out_json, tracking_uri=tracking_uri, ray_address=ray_address, device=device, fast_path=fast_path,
     )
     result = _run(run_evaluate, cfg)
     typer.echo(result.table)
@@ -258,6 +265,10 @@ def predict(
     time: Optional[str] = typer.Option(None, help="...ending at this time (ISO 8601 UTC, e.g. 2015-06-04T12:00)."),
     inputs: Optional[list[Path]] = typer.Option(None, "--input", help="Or: the input PNG frames (HKO-7 encoding), oldest first; repeat the option."),
     fmt: str = typer.Option("png", "--format", help="png (frames + GIF) or zarr (an array)."),
+    device: str = typer.Option("auto", help="cpu | cuda | auto (a GPU when one is visible)."),
+    fast_path: bool = typer.Option(
+        True, "--fast-path/--no-fast-path",
+        help="trajgru's fast path: fused kernels + channels-last on a GPU, channels-last on the CPU (same weights)."),
     tracking_uri: Optional[str] = typer.Option(None, envvar="MLFLOW_TRACKING_URI", help=TRACKING_HELP),
 ) -> None:
     """Forecast the next frames (20 for hko7) from the last input frames (5 for hko7).
@@ -268,7 +279,7 @@ def predict(
 
     cfg = _run(PredictConfig,
         model_uri=model, out_dir=out_dir, store=store, time=time, input_pngs=inputs or None, format=fmt,
-        tracking_uri=tracking_uri,
+        tracking_uri=tracking_uri, device=device, fast_path=fast_path,
     )
     result = _run(run_predict, cfg)
     typer.echo(f"wrote {len(result.paths)} forecast file(s) to {out_dir}")
