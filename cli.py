@@ -251,6 +251,7 @@ def predict(
     time: Optional[str] = typer.Option(None, help="...ending at this time (ISO 8601 UTC, e.g. 2015-06-04T12:00)."),
     inputs: Optional[list[Path]] = typer.Option(None, "--input", help="Or: the input PNG frames (HKO-7 encoding), oldest first; repeat the option."),
     fmt: str = typer.Option("png", "--format", help="png (frames + GIF) or zarr (an array)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the files of an earlier forecast in --out-dir."),
     tracking_uri: Optional[str] = typer.Option(None, envvar="MLFLOW_TRACKING_URI", help=TRACKING_HELP),
 ) -> None:
     """Forecast the next frames (20 for hko7) from the last input frames (5 for hko7).
@@ -261,7 +262,7 @@ def predict(
 
     cfg = _run(PredictConfig,
         model_uri=model, out_dir=out_dir, store=store, time=time, input_pngs=inputs or None, format=fmt,
-        tracking_uri=tracking_uri,
+        overwrite=overwrite, tracking_uri=tracking_uri,
     )
     result = _run(run_predict, cfg)
     typer.echo(f"wrote {len(result.paths)} forecast file(s) to {out_dir}")
