@@ -131,3 +131,19 @@ def test_pipeline_script_against_real_ray_head_and_mlflow_server(tmp_path):
     assert (data / "eval-champion.json").is_file() and (data / "eval-persistence.json").is_file()
     assert list((data / "forecast").glob("*.gif"))
     assert re.search(r"compose-test", proc.stdout + proc.stderr)
+
+
+def test_published_ports_bind_to_loopback_only():
+    """MLflow has no authentication in the compose file, and the dashboards are local tools."""
+    published = [(name, port) for name, service in _compose()["services"].items() for port in service.get("ports", [])]
+    assert {name for name, _ in published} >= {"mlflow", "ray-head", "dask-scheduler"}
+    for name, port in published:
+        assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} on every interface"
+
+
+def test_the_images_serve_the_dashboards_the_compose_file_publishes():
+    cpu = (DOCKER / "Dockerfile").read_text()
+    assert '"ray[default]==' in cpu and "bokeh" in cpu   # ray[train] alone serves no Ray dashboard
+    cuda = (DOCKER / "Dockerfile.cuda").read_text()
+    assert "FROM rayproject/ray:" in cuda and "bokeh" in cuda   # the Ray image comes with ray[default]
+    assert "RAY_AUTH_MODE: token" in (DOCKER / "docker-compose.yml").read_text()
