@@ -25,6 +25,34 @@ app = typer.Typer(
 
 _state = {"debug": False}
 
+#: How help shows an option's value: click's names, not Python types; flags show none.
+_METAVARS = {"int": "INTEGER", "float": "FLOAT", "str": "TEXT", "Path": "PATH"}
+
+
+class _Command(typer.core.TyperCommand):
+    """A command whose help shows ``INTEGER``/``TEXT``/``PATH`` placeholders and none for flags (Typer
+    itself shows Python types: ``<bool>``, ``<list[str]>``)."""
+
+    def get_params(self, ctx):
+        params = super().get_params(ctx)
+        for param in params:
+            if getattr(param, "is_flag", False):
+                param.metavar = ""
+                continue
+            bare = param.bare_type().removeprefix("list[").removesuffix("]")
+            value = _METAVARS.get(bare, bare.upper())
+            if param.param_type_name == "argument":
+                param.metavar = param.metavar or param.name.upper()
+                param.display_type_rich = lambda ctx, value=value: value   # Typer's own ignores metavar
+            elif param.metavar is None:
+                param.metavar = value
+        return params
+
+
+def command(**kwargs):
+    """``app.command`` with the help of :class:`_Command`."""
+    return app.command(cls=_Command, **kwargs)
+
 TRACKING_HELP = "MLflow tracking URI (server URL or sqlite:///file.db). Default: sqlite:///<cwd>/mlflow.db."
 RAY_HELP = "Address of an existing Ray cluster (e.g. ray://head:10001 or head:6379). Default: start a local one."
 
@@ -86,17 +114,31 @@ def _parse_splits(parse: Callable, texts: list[str]) -> list[tuple[str, object]]
         raise NowcastError(str(exc), exit_code=2) from exc
 
 
-def _print_table(rows: list[tuple[str, str]], title: str) -> None:
+def _cell(value) -> str:
+    """A table cell for a value: a mapping as one ``key: value`` line per item (nested mappings as
+    ``key value, ...``; underscores read as spaces), anything else as text."""
+    if isinstance(value, dict):
+        return "\n".join(f"{k}: {_cell_inline(v)}" for k, v in value.items()) or "(none)"
+    return str(value)
+
+
+def _cell_inline(value) -> str:
+    if isinstance(value, dict):
+        return ", ".join(f"{str(k).replace('_', ' ')} {v}" for k, v in value.items())
+    return str(value)
+
+
+def _print_table(rows: list[tuple[str, object]], title: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
     table = Table(title=title, show_header=False)
     for key, value in rows:
-        table.add_row(key, value)
+        table.add_row(str(key), _cell(value))
     Console().print(table)
 
 
-@app.command()
+@command()
 def synth(
     out_dir: Path = typer.Argument(..., help="Folder to write the archive into (HKO-7 layout)."),
     days: int = typer.Option(4, help="Number of days to simulate."),
@@ -121,7 +163,7 @@ def synth(
     typer.echo(f"wrote {result.n_frames} frames over {result.n_days} days to {result.out_dir} in {result.seconds:.1f} s")
 
 
-@app.command()
+@command()
 def ingest(
     archive: Path = typer.Argument(..., help="Archive root holding radarPNG/ and radarPNG_mask/ (HKO-7 layout)."),
     store: Path = typer.Argument(..., help="Zarr store to create or extend (e.g. data/hko7.zarr)."),
@@ -157,7 +199,7 @@ def ingest(
             typer.echo(f"  {item}")
 
 
-@app.command()
+@command()
 def info(store: Path = typer.Argument(..., help="A Zarr store written by `nowcast ingest`.")) -> None:
     """Summarise a store: frames, time span, gaps, splits and clip counts, bad-file counts.
 
@@ -166,10 +208,10 @@ def info(store: Path = typer.Argument(..., help="A Zarr store written by `nowcas
     from pipeline.store import Store
 
     summary = _run(lambda: Store.open(store).describe())
-    _print_table([(str(k), str(v)) for k, v in summary.items()], title=str(store))
+    _print_table(list(summary.items()), title=str(store))
 
 
-@app.command()
+@command()
 def train(
     store: Path = typer.Argument(..., help="Zarr store written by `nowcast ingest`."),
     preset: str = typer.Option("tiny", help="Model preset: hko7 | mnist++ | tiny."),
@@ -214,7 +256,7 @@ def train(
     _print_table(rows, title="training finished")
 
 
-@app.command()
+@command()
 def evaluate(
     store: Path = typer.Argument(..., help="Zarr store written by `nowcast ingest`."),
     model: str = typer.Option(
@@ -243,7 +285,7 @@ def evaluate(
     typer.echo(f"{result.n_clips} clips; scores written to {result.json_path}")
 
 
-@app.command()
+@command()
 def predict(
     model: str = typer.Option(..., "--model", help="models:/NAME@ALIAS, models:/NAME/VERSION or a checkpoint path."),
     out_dir: Path = typer.Option(Path("forecast"), help="Folder for the forecast frames and GIF."),
@@ -270,7 +312,7 @@ def predict(
         typer.echo(f"animation: {result.gif_path}")
 
 
-@app.command()
+@command()
 def promote(
     name: str = typer.Argument(..., help="Registered model name."),
     model_version: str = typer.Argument(..., metavar="VERSION", help="Version number to point the alias at."),
@@ -287,7 +329,7 @@ def promote(
     typer.echo(f"models:/{name}@{alias} -> version {model_version}")
 
 
-@app.command()
+@command()
 def demo(
     workdir: Path = typer.Option(Path("nowcast-demo"), help="Working directory for the archive, store, runs and outputs."),
     steps: Optional[int] = typer.Option(None, help="Training steps (default sized to finish in minutes on 2 cores)."),

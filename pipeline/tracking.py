@@ -156,12 +156,23 @@ def _client(tracking_uri: str | None = None):
 
 
 # --------------------------------------------------------------------------- runs
+def filter_value(text: str) -> str:
+    """``text`` quoted as a string value of an MLflow search filter (MLflow has no escapes: the quote
+    character must not occur inside); NowcastError when ``text`` holds both kinds of quote."""
+    text = str(text)
+    for quote in ("'", '"'):
+        if quote not in text:
+            return f"{quote}{text}{quote}"
+    raise NowcastError(f"{text!r} holds both kinds of quote and cannot be searched for in MLflow; rename it",
+                       exit_code=2)
+
+
 def find_or_create_run(tracking_uri: str, experiment: str, run_name: str) -> tuple[str, bool]:
     """The run started under ``run_name`` (tag :data:`RUN_NAME_TAG`; the newest if several), or a new
     one. Returns ``(run_id, created)``."""
     exp_id = setup_experiment(tracking_uri, experiment)
     client = mlflow.MlflowClient()
-    found = client.search_runs([exp_id], filter_string=f"tags.`{RUN_NAME_TAG}` = '{run_name}'",
+    found = client.search_runs([exp_id], filter_string=f"tags.`{RUN_NAME_TAG}` = {filter_value(run_name)}",
                                max_results=1, order_by=["attributes.start_time DESC"])
     if found:
         return found[0].info.run_id, False
