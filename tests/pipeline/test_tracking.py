@@ -181,3 +181,30 @@ def test_register_and_champion_against_real_mlflow_server(tmp_path):
         with torch.no_grad():
             assert torch.allclose(f(x), model(x), atol=1e-6)
     mlflow.set_tracking_uri("")
+
+
+# ------------------------------------------------------------------ issue 10 item 2: names and filters
+def test_run_names_with_quotes_are_found_not_injected(sqlite_uri):
+    """The search filter quotes the value; a quote in a name neither breaks nor widens the search."""
+    ids = {}
+    for name in ("quote-test-a'b", 'quote-test-a"b', "quote-test-a"):
+        ids[name], created = tracking.find_or_create_run(sqlite_uri, "quotes", name)
+        assert created
+    for name, run_id in ids.items():
+        assert tracking.find_or_create_run(sqlite_uri, "quotes", name) == (run_id, False)
+    # a name crafted to widen the filter matches nothing: a new run, not another's
+    injected = "x' OR tags.`nowcast.run_name` != '"
+    assert tracking.find_or_create_run(sqlite_uri, "quotes", injected)[0] not in ids.values()
+    with pytest.raises(NowcastError, match="both kinds of quote"):
+        tracking.filter_value("""a'b"c""")
+
+
+def test_check_name_refuses_paths_and_quotes():
+    from pipeline.errors import check_name
+
+    for good in ("tiny-1", "demo-20260101-120000", "a.b_c", "_x", None):
+        check_name(good, "--run-name")
+    for bad in ("../../x", "a/b", "..", ".hidden", "-x", "a'b", 'a"b', "a b", "", "x" * 101, "é"):
+        with pytest.raises(NowcastError, match="not a safe name") as exc:
+            check_name(bad, "--run-name")
+        assert exc.value.exit_code == 2
