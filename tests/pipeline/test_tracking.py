@@ -110,14 +110,48 @@ def test_champion_alias_moves_only_on_improvement(sqlite_uri):
     assert _champion(client, "m") == v6
 
 
-def test_first_version_becomes_champion_even_without_score(sqlite_uri):
+def test_a_version_without_a_validation_score_never_becomes_champion(sqlite_uri):
+    """Issue 10 item 12: an empty validation split gives no score; such a version is registered but
+    is not champion, not even as the first version; `nowcast promote` refuses it without --force."""
     import mlflow
 
     client = mlflow.MlflowClient()
     v1 = _version_with_score(client, "n", None)
-    assert tracking.promote_if_better("n", v1, float("nan")) is True
+    for score in (float("nan"), None):
+        assert tracking.promote_if_better("n", v1, score) is False
+    assert tracking.champion_version("n") is None
+    with pytest.raises(NowcastError, match="no validation score.*--force") as exc:
+        tracking.promote("n", v1)
+    assert exc.value.exit_code == 2 and tracking.champion_version("n") is None
+    tracking.promote("n", v1, alias="staging")                       # other aliases: no rule
+    tracking.promote("n", v1, force=True)
+    assert _champion(client, "n") == v1
     v2 = _version_with_score(client, "n", 0.01)
     assert tracking.promote_if_better("n", v2, 0.01) is True          # champion without metric = -inf
+
+
+def test_champion_score_of_runs_before_the_metric_rename_is_read(sqlite_uri):
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    v1 = _version_with_score(client, "legacy", None)
+    client.log_metric(client.get_model_version("legacy", v1).run_id, "val_champion_score", 0.5)
+    assert tracking.version_score("legacy", v1) == pytest.approx(0.5)
+    tracking.promote("legacy", v1)
+    v2 = _version_with_score(client, "legacy", 0.4)
+    assert tracking.promote_if_better("legacy", v2, 0.4) is False
+
+
+def test_skill_metric_names_are_one_scheme():
+    result = {"thresholds": [0.5, 5.0], "csi": [[0.2, float("nan")], [0.4, 0.3]], "hss": [[0.1, 0.1], [0.3, 0.1]],
+              "b_mse": [1.0, 3.0], "b_mae": [2.0, 2.0], "mse": [1, 1], "mae": [1, 1]}
+    for split in ("valid", "test"):
+        m = tracking.skill_metrics(result, split)
+        assert m[f"{split}_csi_0.5mm_h"] == pytest.approx(0.3) and m[f"{split}_csi_5mm_h"] == pytest.approx(0.3)
+        assert m[f"{split}_hss_5mm_h"] == pytest.approx(0.1) and m[f"{split}_b_mse"] == pytest.approx(2.0)
+    curves = tracking.skill_curves(result, "test", 360)
+    assert ("test_csi_5mm_h_by_lead", 0.3, 12) in curves and ("test_csi_5mm_h_by_lead", 0.3, 6) not in curves
+    assert tracking.CHAMPION_METRIC == "valid_champion_score"
 
 
 def test_promote_unknown_version_is_a_nowcast_error(sqlite_uri):
