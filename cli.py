@@ -266,8 +266,12 @@ def evaluate(
     workers: int = typer.Option(0, help="Score in parallel on N Ray workers (0: in this process)."),
     batch_size: int = typer.Option(4, help="Clips per forward pass."),
     max_clips: Optional[int] = typer.Option(None, help="Score only the first N clips (quick checks)."),
-    out_json: Optional[Path] = typer.Option(None, help="Write the scores as JSON here."),
-    tracking_uri: Optional[str] = typer.Option(None, envvar="MLFLOW_TRACKING_URI", help=TRACKING_HELP),
+    out_json: Optional[Path] = typer.Option(
+        None, help="Write the scores as JSON here (and a skill plot beside it). Default: <store>.evaluations/."),
+    no_log: bool = typer.Option(False, "--no-log", help="Do not log the scores to MLflow."),
+    tracking_uri: Optional[str] = typer.Option(
+        None, envvar="MLFLOW_TRACKING_URI", help="MLflow tracking URI to log into. Default: ./mlflow.db if it exists "
+        "(evaluate does not create one)."),
     ray_address: Optional[str] = typer.Option(None, envvar="RAY_ADDRESS", help=RAY_HELP),
 ) -> None:
     """Score a model (or a baseline) with the HKO-7 fixed protocol: sequential clips, 5 -> 20 frames.
@@ -278,11 +282,15 @@ def evaluate(
 
     cfg = _run(EvaluateConfig,
         store=store, model_uri=model, split=split, workers=workers, batch_size=batch_size, max_clips=max_clips,
-        out_json=out_json, tracking_uri=tracking_uri, ray_address=ray_address,
+        out_json=out_json, log_to_mlflow=not no_log, tracking_uri=tracking_uri, ray_address=ray_address,
     )
     result = _run(run_evaluate, cfg)
     typer.echo(result.table)
     typer.echo(f"{result.n_clips} clips; scores written to {result.json_path}")
+    if result.mlflow_run_id:
+        typer.echo(f"logged to MLflow run {result.mlflow_run_id}")
+    for note in result.notes:
+        typer.echo(f"note: {note}")
 
 
 @command()
