@@ -57,6 +57,9 @@ CHAMPION_SPLIT = "valid"
 CHAMPION_METRIC = f"{CHAMPION_SPLIT}_champion_score"
 #: Its name before the metric names were unified (read when a run has no CHAMPION_METRIC).
 _LEGACY_CHAMPION_METRIC = "val_champion_score"
+#: The run metric (at the step it came from) and the model-version tag holding the validation score of
+#: the registered weights: the best validation of the run.
+BEST_METRIC = f"best_{CHAMPION_METRIC}"
 #: Tag holding the name a run was started under (``nowcast train --run-name``): resuming finds the run by it.
 RUN_NAME_TAG = "nowcast.run_name"
 DEFAULT_DB_NAME = "mlflow.db"
@@ -448,12 +451,24 @@ def champion_version(name: str, alias: str = CHAMPION_ALIAS, tracking_uri: str |
         return None
 
 
+def tag_version_score(name: str, version: int | str, score: float, step: int | None,
+                      tracking_uri: str | None = None) -> None:
+    """Record on a model version the validation score of its weights and the step they come from."""
+    client = _client(tracking_uri)
+    client.set_model_version_tag(name, str(version), BEST_METRIC, str(score))
+    client.set_model_version_tag(name, str(version), "best_step", str(step))
+
+
 def version_score(name: str, version: int | str, metric_key: str = CHAMPION_METRIC,
                   tracking_uri: str | None = None) -> float | None:
-    """The ``metric_key`` value of the run that produced version ``version`` (None if absent; for
+    """The validation score of version ``version``: its :data:`BEST_METRIC` tag (the registered weights'
+    score), else the ``metric_key`` value of the run that produced it (None if absent; for
     :data:`CHAMPION_METRIC`, runs logged before the metric names were unified are read too)."""
     client = _client(tracking_uri)
     mv = client.get_model_version(name, str(version))
+    tagged = (mv.tags or {}).get(BEST_METRIC)
+    if tagged is not None:
+        return float(tagged)
     if not mv.run_id:
         return None
     metrics = client.get_run(mv.run_id).data.metrics
@@ -468,8 +483,8 @@ def promote_if_better(name: str, version: int | str, score: float | None,
     """Move ``alias`` to ``version`` if ``score`` beats the current champion's (higher wins).
 
     A ``score`` that is None or NaN (no validation clips, no rain in them) never takes the alias, not
-    even the first time. The champion's score is read from its run's ``metric_key``; a champion
-    without it counts as -inf; ties keep the current champion. Returns True if the alias moved.
+    even the first time. The champion's score is :func:`version_score`; a champion without one counts
+    as -inf; ties keep the current champion. Returns True if the alias moved.
     """
     client = _client(tracking_uri)
     if not _finite(score):
