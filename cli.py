@@ -128,6 +128,12 @@ def _cell_inline(value) -> str:
     return str(value)
 
 
+def _source(ctx: typer.Context, name: str) -> str | None:
+    """Where option ``name`` got its value: "COMMANDLINE", "ENVIRONMENT", "DEFAULT", ..."""
+    source = ctx.get_parameter_source(name)
+    return source.name if source is not None else None
+
+
 def _print_table(rows: list[tuple[str, object]], title: str) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -213,6 +219,7 @@ def info(store: Path = typer.Argument(..., help="A Zarr store written by `nowcas
 
 @command()
 def train(
+    ctx: typer.Context,
     store: Path = typer.Argument(..., help="Zarr store written by `nowcast ingest`."),
     preset: str = typer.Option("tiny", help="Model preset: hko7 | mnist++ | tiny."),
     cell: str = typer.Option("trajgru", help="Recurrent cell: trajgru | convgru | convlstm."),
@@ -232,26 +239,25 @@ def train(
     config: Optional[Path] = typer.Option(None, help="YAML/JSON file of TrainConfig overrides."),
     register_as: Optional[str] = typer.Option(None, help="Register the model under this name in the MLflow registry."),
     experiment: str = typer.Option("nowcast", help="MLflow experiment name."),
+    force: bool = typer.Option(False, "--force", help="Resume --run-name even on a store other than the one it "
+                               "started on."),
     tracking_uri: Optional[str] = typer.Option(None, envvar="MLFLOW_TRACKING_URI", help=TRACKING_HELP),
     ray_address: Optional[str] = typer.Option(None, envvar="RAY_ADDRESS", help=RAY_HELP),
 ) -> None:
     """Train a nowcasting model with Ray Train (data-parallel), tracked in MLflow.
 
+    Options on the command line win over the --config file, which wins over environment variables and
+    the defaults.
+
     Example: nowcast train data/store.zarr --preset tiny --workers 2 --steps 300 --register-as nowcast-tiny
     """
     from pipeline.train import TrainConfig, load_config_file, train as run_train
 
-    overrides = _run(load_config_file, config) if config else {}
-    options = dict(
-        recipe=recipe, steps=steps, batch_size=batch_size, lr=lr, checkpoint_every=checkpoint_every,
-        val_every=val_every, early_stop_patience=early_stop_patience, run_name=run_name,
-        storage_path=storage_path, register_as=register_as,
-    )
-    overrides.update({k: v for k, v in options.items() if v is not None})
-    cfg = _run(
-        TrainConfig, store=store, preset=preset, cell=cell, workers=workers, use_gpu=gpu,
-        experiment=experiment, tracking_uri=tracking_uri, ray_address=ray_address, **overrides,
-    )
+    names = {"gpu": "use_gpu"}   # option -> TrainConfig field, where they differ
+    given = {source: {names.get(k, k): v for k, v in ctx.params.items() if k != "config" and _source(ctx, k) == source}
+             for source in ("ENVIRONMENT", "COMMANDLINE")}
+    values = {**given["ENVIRONMENT"], **(_run(load_config_file, config) if config else {}), **given["COMMANDLINE"]}
+    cfg = _run(TrainConfig, **values)
     result = _run(run_train, cfg)
     rows = [("run id", str(result.run_id)),
             ("final step", f"{result.final_step}{' (stopped early)' if result.stopped_early else ''}"),
@@ -259,7 +265,8 @@ def train(
             ("checkpoint", str(result.checkpoint_path)), ("model", str(result.model_uri))]
     if result.registered_version is not None:
         rows.append(("registered version", f"{register_as or cfg.register_as} v{result.registered_version}"))
-        rows.append(("champion", "yes" if result.promoted else "no (did not beat the current champion)"))
+        rows.append(("champion", "yes" if result.promoted else "no (no validation score)" if result.best_step is None
+                     else "no (did not beat the current champion)"))
     _print_table(rows, title="training finished")
 
 
@@ -332,6 +339,7 @@ def promote(
     name: str = typer.Argument(..., help="Registered model name."),
     model_version: str = typer.Argument(..., metavar="VERSION", help="Version number to point the alias at."),
     alias: str = typer.Option("champion", help="Alias to set."),
+    force: bool = typer.Option(False, "--force", help="Make a version without a validation score champion anyway."),
     tracking_uri: Optional[str] = typer.Option(None, envvar="MLFLOW_TRACKING_URI", help=TRACKING_HELP),
 ) -> None:
     """Point a registry alias (default: champion) at a model version by hand.
@@ -340,7 +348,7 @@ def promote(
     """
     from pipeline.tracking import promote as run_promote
 
-    _run(run_promote, name, model_version, alias=alias, tracking_uri=tracking_uri)
+    _run(run_promote, name, model_version, alias=alias, tracking_uri=tracking_uri, force=force)
     typer.echo(f"models:/{name}@{alias} -> version {model_version}")
 
 

@@ -230,16 +230,28 @@ def set_run_status(run_id: str, status: str) -> None:
     mlflow.MlflowClient().set_terminated(run_id, status)
 
 
+def last_logged_step(run_id: str, keys: Sequence[str], tracking_uri: str | None = None) -> int:
+    """The highest step at which run ``run_id`` has any of the metrics ``keys`` (0 when none)."""
+    client = _client(tracking_uri)
+    return max((m.step for key in keys for m in client.get_metric_history(run_id, key)), default=0)
+
+
 class RunLogger:
     """Logging into an existing run from one process (a Ray worker); a no-op when not ``active``
-    (the other ranks). Starts the run (RUNNING) on construction, ends it with :meth:`end`."""
+    (the other ranks). Starts the run (RUNNING) on construction, ends it with :meth:`end`.
+
+    ``resume_keys``: metrics whose last logged step (:func:`last_logged_step`) marks what an earlier
+    attempt of the run already logged; metrics and artifacts of steps up to it are not logged again,
+    so a resumed run never logs a step twice.
+    """
 
     def __init__(self, tracking_uri: str, run_id: str, active: bool, system_metrics: bool = False,
-                 system_metrics_interval_s: float = 10.0):
-        self.active, self.run_id = active, run_id
+                 system_metrics_interval_s: float = 10.0, resume_keys: Sequence[str] = ()):
+        self.active, self.run_id, self.logged_through = active, run_id, 0
         if not active:
             return
         mlflow.set_tracking_uri(tracking_uri)
+        self.logged_through = last_logged_step(run_id, resume_keys) if resume_keys else 0
         kwargs = {}
         if system_metrics:
             kwargs["log_system_metrics"] = True
@@ -247,13 +259,15 @@ class RunLogger:
         mlflow.start_run(run_id=run_id, **kwargs)
 
     def metrics(self, values: dict[str, float], step: int) -> None:
-        """Log the finite values among ``values`` at ``step``."""
-        if self.active:
+        """Log the finite values among ``values`` at ``step`` (unless an earlier attempt logged that step)."""
+        if self.active and step > self.logged_through:
             clean = {k: float(v) for k, v in values.items() if v is not None and math.isfinite(float(v))}
             mlflow.log_metrics(clean, step=step)
 
-    def artifacts(self, local_dir: Path, artifact_path: str) -> None:
-        if self.active:
+    def artifacts(self, local_dir: Path, artifact_path: str, step: int | None = None) -> None:
+        """Log the files in ``local_dir`` under ``artifact_path`` (those of a ``step`` an earlier attempt
+        logged are skipped)."""
+        if self.active and (step is None or step > self.logged_through):
             mlflow.log_artifacts(str(local_dir), artifact_path)
 
     def end(self, status: str = "FINISHED") -> None:

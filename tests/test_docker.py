@@ -26,7 +26,7 @@ import yaml
 from typer.testing import CliRunner
 
 import cli
-from tests.pipeline._ray_fixtures import free_port, mlflow_server
+from tests.pipeline._ray_fixtures import free_port, mlflow_server, ray_head
 
 DOCKER = Path(__file__).resolve().parents[1] / "docker"
 SCRIPT = DOCKER / "run-pipeline.sh"
@@ -85,31 +85,6 @@ def test_every_cli_command_the_containers_run_exists():
             assert option in help_text, f"`nowcast {args[0]}` has no option {option}"
     programs = {c[0] for c in _compose_commands()}
     assert programs <= {"mlflow", "ray", "dask", "bash"}, programs
-
-
-@contextlib.contextmanager
-def ray_head(workdir: Path, env: dict):
-    """`ray start --head --block` on 127.0.0.1 with token auth; yields its address; stops it on exit."""
-    port = free_port()
-    temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # Ray's socket paths must stay under 107 bytes
-    cmd = ["ray", "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
-           "--num-cpus=2", "--include-dashboard=false", f"--temp-dir={temp_dir}"]
-    log = open(workdir / "ray-head.log", "wb")
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    address = f"127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while subprocess.run(["ray", "status", f"--address={address}"], env=env, capture_output=True).returncode:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("ray head did not start:\n" + (workdir / "ray-head.log").read_text()[-3000:])
-            time.sleep(1)
-        yield address
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=30)
-        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 @pytest.mark.slow

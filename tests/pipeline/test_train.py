@@ -199,13 +199,20 @@ def test_train_step_non_finite_loss_stops_before_the_update(where):
     assert all(p.grad is None for p in model.parameters())
 
 
-def test_non_finite_summary_becomes_a_nowcast_error():
-    summary = {"status": "non_finite", "message": "non-finite loss nan at step 7; last good (step 5)"}
-    with pytest.raises(NowcastError, match="step 7.*Last good checkpoint: /ck.*Lower --lr"):
-        tr.raise_if_stopped(summary, "/ck", "r")
+def test_non_finite_summary_becomes_a_nowcast_error(tmp_path):
+    """Issue 10 item 11: the message names the last good checkpoint once, with its step, and never
+    contradicts itself ("step 0 is kept ... none")."""
+    (tmp_path / "ck").mkdir()
+    (tmp_path / "ck" / "meta.json").write_text(json.dumps({"step": 5}))
+    summary = {"status": "non_finite", "message": "non-finite loss nan / grad norm nan at step 7"}
+    with pytest.raises(NowcastError, match=r"step 7; the last good checkpoint, .*ck \(step 5\), is kept.*Lower --lr"):
+        tr.raise_if_stopped(summary, str(tmp_path / "ck"), "r")
+    with pytest.raises(NowcastError) as exc:
+        tr.raise_if_stopped(summary, None, "r")
+    assert "there is no checkpoint yet" in str(exc.value) and "step 0" not in str(exc.value)
     with pytest.raises(NowcastError, match="no checkpoint"):
         tr.raise_if_stopped({"status": "ok"}, None, "r")
-    tr.raise_if_stopped({"status": "ok"}, "/ck", "r")   # fine: no exception
+    tr.raise_if_stopped({"status": "ok"}, str(tmp_path / "ck"), "r")   # fine: no exception
 
 
 def test_validation_metrics_average_over_lead_times():
@@ -215,10 +222,10 @@ def test_validation_metrics_average_over_lead_times():
               "hss": [[0.6, 0.1], [0.4, 0.3], [0.2, 0.2]],
               "b_mse": [1.0, 2.0, 6.0], "b_mae": [3.0, 3.0, 3.0]}
     m = tr.validation_metrics(result)
-    assert m["val_csi_0.5mm_h"] == pytest.approx(0.3)
-    assert m["val_csi_5mm_h"] == pytest.approx(0.3)          # NaN lead time skipped
-    assert m["val_hss_5mm_h"] == pytest.approx(0.2)
-    assert m["val_b_mse"] == pytest.approx(3.0) and m["val_b_mae"] == pytest.approx(3.0)
+    assert m["valid_csi_0.5mm_h"] == pytest.approx(0.3)      # the names of `nowcast evaluate --split valid`
+    assert m["valid_csi_5mm_h"] == pytest.approx(0.3)        # NaN lead time skipped
+    assert m["valid_hss_5mm_h"] == pytest.approx(0.2)
+    assert m["valid_b_mse"] == pytest.approx(3.0) and m["valid_b_mae"] == pytest.approx(3.0)
     assert m[CHAMPION_METRIC] == pytest.approx(0.3)
 
 
@@ -292,8 +299,8 @@ def test_two_worker_run_logs_to_mlflow_server_and_registers(reference_run, serve
     assert params["model.height"] == "32" and params["model.out_len"] == "3"
     assert run.data.tags["code_version"] and run.data.tags[RUN_NAME_TAG] == "reference"
     assert [m.step for m in client.get_metric_history(res.run_id, "loss")] == list(range(1, STEPS + 1))
-    for key in ("lr", "grad_norm", "samples_per_s", "val_csi_5mm_h", "val_hss_0.5mm_h",
-                "val_b_mse", "val_b_mae", CHAMPION_METRIC):
+    for key in ("lr", "grad_norm", "samples_per_s", "valid_csi_5mm_h", "valid_hss_0.5mm_h",
+                "valid_b_mse", "valid_b_mae", CHAMPION_METRIC):
         assert key in run.data.metrics, key
     assert [m.step for m in client.get_metric_history(res.run_id, CHAMPION_METRIC)] == [3, 6]
     assert any(k.startswith("system/") for k in run.data.metrics), sorted(run.data.metrics)
