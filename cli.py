@@ -227,6 +227,9 @@ def train(
         None, help="Training recipe: tiny | hko7 | hko7-paper | mnist++ (default: the preset's; see README)."),
     workers: int = typer.Option(2, help="Ray Train workers (data-parallel)."),
     gpu: bool = typer.Option(False, "--gpu", help="One GPU per worker (NCCL, bf16 autocast)."),
+    fast_path: bool = typer.Option(
+        True, "--fast-path/--no-fast-path",
+        help="trajgru's fast path: fused kernels + channels-last on a GPU, channels-last on the CPU (same weights)."),
     steps: Optional[int] = typer.Option(None, help="Training iterations (default: the recipe's; tiny 3000, hko7 100000)."),
     batch_size: Optional[int] = typer.Option(None, help="Global batch size (default: the recipe's; tiny 16, hko7 4)."),
     lr: Optional[float] = typer.Option(None, help="Peak Adam learning rate (default: the recipe's; tiny 1e-3, hko7 1e-4)."),
@@ -286,6 +289,10 @@ def evaluate(
     tracking_uri: Optional[str] = typer.Option(
         None, envvar="MLFLOW_TRACKING_URI", help="MLflow tracking URI to log into. Default: ./mlflow.db if it exists "
         "(evaluate does not create one)."),
+    device: str = typer.Option("auto", help="cpu | cuda | auto (a GPU when one is visible)."),
+    fast_path: bool = typer.Option(
+        True, "--fast-path/--no-fast-path",
+        help="trajgru's fast path: fused kernels + channels-last on a GPU, channels-last on the CPU (same weights)."),
     ray_address: Optional[str] = typer.Option(None, envvar="RAY_ADDRESS", help=RAY_HELP),
 ) -> None:
     """Score a model (or a baseline) with the HKO-7 fixed protocol: sequential clips, 5 -> 20 frames.
@@ -296,7 +303,8 @@ def evaluate(
 
     cfg = _run(EvaluateConfig,
         store=store, model_uri=model, split=split, workers=workers, batch_size=batch_size, max_clips=max_clips,
-        out_json=out_json, log_to_mlflow=not no_log, tracking_uri=tracking_uri, ray_address=ray_address,
+        out_json=out_json, log_to_mlflow=not no_log, tracking_uri=tracking_uri, ray_address=ray_address, device=device,
+        fast_path=fast_path,
     )
     result = _run(run_evaluate, cfg)
     typer.echo(result.table)
@@ -316,6 +324,10 @@ def predict(
     inputs: Optional[list[Path]] = typer.Option(None, "--input", help="Or: the input PNG frames (HKO-7 encoding), oldest first; repeat the option."),
     fmt: str = typer.Option("png", "--format", help="png (frames + GIF) or zarr (an array)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the files of an earlier forecast in --out-dir."),
+    device: str = typer.Option("auto", help="cpu | cuda | auto (a GPU when one is visible)."),
+    fast_path: bool = typer.Option(
+        True, "--fast-path/--no-fast-path",
+        help="trajgru's fast path: fused kernels + channels-last on a GPU, channels-last on the CPU (same weights)."),
     tracking_uri: Optional[str] = typer.Option(None, envvar="MLFLOW_TRACKING_URI", help=TRACKING_HELP),
 ) -> None:
     """Forecast the next frames (20 for hko7) from the last input frames (5 for hko7).
@@ -326,7 +338,7 @@ def predict(
 
     cfg = _run(PredictConfig,
         model_uri=model, out_dir=out_dir, store=store, time=time, input_pngs=inputs or None, format=fmt,
-        overwrite=overwrite, tracking_uri=tracking_uri,
+        overwrite=overwrite, tracking_uri=tracking_uri, device=device, fast_path=fast_path,
     )
     result = _run(run_predict, cfg)
     typer.echo(f"wrote {len(result.paths)} forecast file(s) to {out_dir}")

@@ -67,6 +67,7 @@ from pipeline.dataset import ClipDataset, augment_clips, collate_clips, rank_sli
 from pipeline.errors import NowcastError, check, check_name, check_types
 from pipeline.raycluster import DriverGone, DriverLink, connect_ray, ray_logs_dir
 from pipeline.store import Store
+from trajgru.fast import enable_fast_path, fused_adam
 from trajgru.losses import BalancedLoss
 from trajgru.metrics import SkillScores, champion_score, nanmean
 from trajgru.model import PRESETS, build_model
@@ -145,6 +146,7 @@ class TrainConfig:
     system_metrics: bool = True
     system_metrics_interval_s: float = 10.0
     model_format: str | None = None        # MLflow model: "pt2", "pickle", None = pt2 else pickle
+    fast_path: bool = True                 # trajgru.fast: fused kernels + channels-last (GPU), channels-last (CPU)
     force: bool = False                    # resume a run name on a store other than the one it started on
     fail_at_step: int | None = None        # testing only
 
@@ -448,8 +450,11 @@ class TrainState:
 
 
 def _optimizer_and_schedule(cfg: TrainConfig, model):
-    """Adam and the learning-rate schedule (:func:`lr_factor`) of the recipe."""
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, 0.999))
+    """Adam (fused on a GPU with the fast path) and the learning-rate schedule (:func:`lr_factor`) of the recipe."""
+    if cfg.fast_path:
+        optimizer = fused_adam(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, 0.999))
+    else:
+        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, 0.999))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(
         s, schedule=cfg.lr_schedule, total_steps=cfg.steps, warmup_steps=cfg.warmup_steps, base_lr=cfg.lr,
         min_lr=cfg.min_lr, decay=cfg.lr_decay, decay_every=cfg.lr_decay_every))
@@ -473,6 +478,8 @@ def _build_and_restore(cfg: TrainConfig, resume_from: str | None = None):
             best = checkpoints.load_best(d)
         model.load_state_dict(model_state)
     model_config = model.config.to_dict()
+    if cfg.fast_path:
+        enable_fast_path(model)   # before DDP wraps it: the layout of the parameters is DDP's bucket layout
     model = ray.train.torch.prepare_model(model)
     optimizer, scheduler = _optimizer_and_schedule(cfg, model)
     if train_state is not None:
