@@ -120,6 +120,7 @@ class EvaluateResult:
     skill: object = field(default=None, repr=False)  # the merged SkillScores (None when reused)
     notes: list[str] = field(default_factory=list)   # what the user should know (e.g. not logged)
     reused: bool = False                             # scores read back from an earlier JSON record
+    interval_s: int = 360                            # the cadence the lead times are counted in
 
 
 @dataclass
@@ -396,7 +397,7 @@ def _evaluate_loaded(cfg: EvaluateConfig, store: Store, forecaster: Forecaster, 
         json_path = plot_path = None
     return EvaluateResult(result, header + "\n" + skill.summary_table(), int(len(starts_s)), json_path,
                           str(cfg.model_uri), forecaster.name, cfg.split, in_len, out_len, plot_path, run_id,
-                          seconds, skill, notes)
+                          seconds, skill, notes, interval_s=interval_s)
 
 
 def _prepare(cfg: EvaluateConfig) -> tuple[Store, Forecaster, int, int]:
@@ -425,9 +426,28 @@ def _fmt(x: float) -> str:
     return "—" if x is None or not math.isfinite(float(x)) else f"{float(x):.4f}"
 
 
+def table_row(result: EvaluateResult) -> dict:
+    """The numbers of a comparison row, means over the lead times (NaN ignored; None when undefined):
+    ``{"csi": {"0.5": ..., "5": ...}, "hss": {...}, "b_mse", "b_mae", "csi5_by_lead", "n_clips", "interval_s"}``
+    (the row format of ``benchmarks/bench_skill.py`` results)."""
+    def mean(values) -> float | None:
+        value = float(nanmean(np.asarray(values, dtype=float)))
+        return value if math.isfinite(value) else None
+
+    scores = result.scores
+    thresholds = [float(t) for t in np.asarray(scores["thresholds"], dtype=float)]
+    csi, hss = np.asarray(scores["csi"], dtype=float), np.asarray(scores["hss"], dtype=float)
+    five = thresholds.index(5.0) if 5.0 in thresholds else None
+    return {"csi": {f"{t:g}": mean(csi[:, k]) for k, t in enumerate(thresholds)},
+            "hss": {f"{t:g}": mean(hss[:, k]) for k, t in enumerate(thresholds)},
+            "b_mse": mean(scores["b_mse"]), "b_mae": mean(scores["b_mae"]),
+            "csi5_by_lead": None if five is None else [None if math.isnan(v) else float(v) for v in csi[:, five]],
+            "n_clips": int(result.n_clips), "interval_s": int(result.interval_s)}
+
+
 def render_comparison(results: Sequence[EvaluateResult], title: str = "", width: int = 160) -> str:
-    """rich Table (as plain text): one row per model; CSI and HSS per threshold averaged over lead
-    times, CSI at the last lead time at 5 mm/h when present, B-MSE and B-MAE averaged over lead times."""
+    """rich Table (as plain text): one row per model (:func:`table_row`): CSI and HSS per threshold, B-MSE
+    and B-MAE, each the mean over lead times."""
     thresholds = np.asarray(results[0].scores["thresholds"], dtype=float)
     table = Table(title=title or None)
     table.add_column("model", no_wrap=True)
@@ -437,11 +457,10 @@ def render_comparison(results: Sequence[EvaluateResult], title: str = "", width:
     table.add_column("B-MSE", justify="right")
     table.add_column("B-MAE", justify="right")
     for res in results:
-        cells = [res.model_name or res.model_uri]
-        for name in ("csi", "hss"):
-            arr = np.asarray(res.scores[name], dtype=float)
-            cells += [_fmt(nanmean(arr[:, k])) for k in range(arr.shape[1])]
-        cells += [f"{float(nanmean(np.asarray(res.scores[n], dtype=float))):.1f}" for n in ("b_mse", "b_mae")]
+        row = table_row(res)
+        cells = [res.model_name or res.model_uri, *[_fmt(v) for v in row["csi"].values()],
+                 *[_fmt(v) for v in row["hss"].values()]]
+        cells += ["—" if row[n] is None else f"{row[n]:.1f}" for n in ("b_mse", "b_mae")]
         table.add_row(*cells)
     buf = io.StringIO()
     Console(file=buf, width=width, color_system=None, force_terminal=False).print(table)
@@ -455,7 +474,7 @@ def _reused_result(record: dict, path: Path, uri: str) -> EvaluateResult:
               f"from {path}")
     return EvaluateResult(scores, header, int(record["n_clips"]), path, uri, record["model_name"], record["split"],
                           int(record["in_len"]), int(record["out_len"]), path.with_name(path.stem + "_skill.png"),
-                          reused=True)
+                          reused=True, interval_s=int(record["interval_s"]))
 
 
 def compare_models(store: str | Path, model_uris: Sequence[str], split: str = "test", *,
