@@ -66,7 +66,7 @@ def _load_weights_only(path: Path):
 
 
 def load_model_state(model_dir: Path | str) -> dict:
-    """The ``state_dict`` in ``model_dir/model_state.pt`` (CPU tensors; weights-only, see :func:`_load_weights_only`)."""
+    """The ``state_dict`` in ``model_dir/model_state.pt`` (CPU tensors; weights-only: :func:`_load_weights_only`)."""
     return _load_weights_only(Path(model_dir) / MODEL_STATE_FILE)
 
 

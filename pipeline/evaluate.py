@@ -418,7 +418,7 @@ def evaluate(cfg: EvaluateConfig) -> EvaluateResult:
     """
     store, forecaster, in_len, out_len = _prepare(cfg)
     starts = _protocol_clips(store, cfg.split, cfg.max_clips)
-    out_json = Path(cfg.out_json) if cfg.out_json else default_out_dir(cfg.store) / json_name(forecaster.name, cfg.split)
+    out_json = Path(cfg.out_json or default_out_dir(cfg.store) / json_name(forecaster.name, cfg.split))
     return _evaluate_loaded(cfg, store, forecaster, starts, in_len, out_len, out_json)
 
 

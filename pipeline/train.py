@@ -470,8 +470,8 @@ def _build_and_restore(cfg: TrainConfig, resume_from: str | None = None):
     model = build_model(cfg.preset, cfg.cell, **cfg.model_overrides())
     train_state, meta, best = None, None, None
     ckpt = ray.train.get_checkpoint()
-    if ckpt is not None and resume_from is not None and not Path(ckpt.path).exists():
-        ckpt = Checkpoint.from_directory(resume_from)
+    if ckpt is not None and resume_from is not None and not checkpoints.is_model_dir(ckpt.path):
+        ckpt = Checkpoint.from_directory(resume_from)   # Ray's latest was emptied as damaged
     if ckpt is not None:
         with ckpt.as_directory() as d:
             model_state, train_state, meta = checkpoints.load(d)
@@ -812,7 +812,8 @@ def _finish_model(cfg: TrainConfig, store: Store, run_id: str, checkpoint_dir: s
     best_step = summary.get("best_step")
     score = summary.get("best_score")
     score = float("nan") if score is None else float(score)
-    logged_before = best_step and tracking.last_logged_step(run_id, [tracking.BEST_METRIC]) >= best_step
+    logged_before = best_step and tracking.last_logged_step(run_id, [tracking.BEST_METRIC],
+                                                            cfg.tracking_uri) >= best_step
     tracking.log_to_run(tracking_uri=cfg.tracking_uri, run_id=run_id, experiment=cfg.experiment,
                         run_name=cfg.run_name, new_run_tags={},
                         metrics=[(tracking.BEST_METRIC, score, best_step)] if best_step and not logged_before else [],
@@ -885,10 +886,11 @@ def check_run_store(cfg: TrainConfig, store: Store) -> None:
 def resume_point(cfg: TrainConfig) -> str | None:
     """Before Ray starts: check the checkpoint Ray would resume the run from.
 
-    A damaged latest checkpoint (:func:`pipeline.checkpoints.problem`) is moved aside into the run's
-    ``damaged/`` folder and the previous good checkpoint is returned (the workers resume from it; a
-    message says so). None when there is nothing to resume or the latest checkpoint is fine.
-    NowcastError when no checkpoint of the run is usable.
+    The files of a damaged (or missing) latest checkpoint (:func:`pipeline.checkpoints.problem`) are moved
+    aside into the run's ``damaged/`` folder, leaving its folder empty (Ray's run snapshot must still find
+    it), and the previous good checkpoint is returned: the workers resume from it, and a message says so.
+    None when there is nothing to resume or the latest checkpoint is fine. NowcastError when no
+    checkpoint of the run is usable.
     """
     run_dir = Path(cfg.storage_path) / cfg.run_name
     try:
@@ -897,21 +899,23 @@ def resume_point(cfg: TrainConfig) -> str | None:
         return None
     if latest is None:
         return None
-    reason = checkpoints.problem(latest.path) if Path(latest.path).exists() else "missing"
+    latest = Path(latest.path)
+    reason = checkpoints.problem(latest) if latest.exists() else "missing"
     if reason is None:
         return None
-    aside = run_dir / "damaged" / Path(latest.path).name
-    if reason != "missing":
-        aside.parent.mkdir(exist_ok=True)
-        os.replace(latest.path, aside)
+    aside = run_dir / "damaged" / latest.name
+    aside.mkdir(parents=True, exist_ok=True)
+    latest.mkdir(exist_ok=True)
+    for item in latest.iterdir():
+        os.replace(item, aside / item.name)
     good = [(checkpoints.read_meta(d)["step"], d) for d in sorted(run_dir.glob("checkpoint_*"))
             if d.is_dir() and checkpoints.problem(d) is None]
     if not good:
-        raise NowcastError(f"the latest checkpoint of run {cfg.run_name!r} is damaged ({reason}; moved to {aside}) "
-                           "and no earlier one is usable; start a new run with another --run-name")
+        raise NowcastError(f"the latest checkpoint of run {cfg.run_name!r} is damaged ({reason}; its files are in "
+                           f"{aside}) and no earlier one is usable; start a new run with another --run-name")
     step, previous = max(good)
-    print(f"[train] the latest checkpoint of {cfg.run_name} is damaged ({reason}); it is kept aside in {aside}; "
-          f"resuming from the previous good one, {previous} (step {step})", flush=True)
+    print(f"[train] the latest checkpoint of {cfg.run_name} is damaged ({reason}); its files are kept aside in "
+          f"{aside}; resuming from the previous good one, {previous} (step {step})", flush=True)
     return str(previous)
 
 
