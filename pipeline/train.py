@@ -883,33 +883,50 @@ def check_run_store(cfg: TrainConfig, store: Store) -> None:
     files.write_json(record, {"store": cfg.store, "store_fingerprint": identity})
 
 
-def resume_point(cfg: TrainConfig) -> str | None:
-    """Before Ray starts: check the checkpoint Ray would resume the run from.
+def _move_aside(checkpoint_dir: Path, folder: Path) -> Path:
+    """Move the files of a checkpoint into ``folder/<its name>`` (created); its own folder stays, empty."""
+    aside = folder / checkpoint_dir.name
+    aside.mkdir(parents=True, exist_ok=True)
+    checkpoint_dir.mkdir(exist_ok=True)
+    for item in checkpoint_dir.iterdir():
+        os.replace(item, aside / item.name)
+    return aside
 
-    The files of a damaged (or missing) latest checkpoint (:func:`pipeline.checkpoints.problem`) are moved
-    aside into the run's ``damaged/`` folder, leaving its folder empty (Ray's run snapshot must still find
-    it), and the previous good checkpoint is returned: the workers resume from it, and a message says so.
-    None when there is nothing to resume or the latest checkpoint is fine. NowcastError when no
-    checkpoint of the run is usable.
+
+def resume_point(cfg: TrainConfig) -> str | None:
+    """Before Ray starts: check the checkpoints Ray would resume the run from.
+
+    - A checkpoint folder that Ray's run snapshot does not list (written by an attempt whose driver died
+      before Ray registered it) is moved into the run's ``unregistered/`` folder, so it neither counts
+      nor lingers beside the ``num_to_keep`` that Ray manages.
+    - The files of a damaged (or missing) latest checkpoint (:func:`pipeline.checkpoints.problem`) are moved
+      into ``damaged/``, leaving its folder empty (the snapshot must still find it), and the previous good
+      checkpoint is returned: the workers resume from it, and a message says so.
+
+    Returns None when there is nothing to resume or the latest checkpoint is fine. NowcastError when no
+    checkpoint of the run is usable. Nothing is deleted.
     """
     run_dir = Path(cfg.storage_path) / cfg.run_name
     try:
-        latest = ray.train.Result.from_path(str(run_dir)).checkpoint
+        result = ray.train.Result.from_path(str(run_dir))
     except Exception:  # noqa: BLE001 (RuntimeError: no run there yet)
         return None
-    if latest is None:
+    tracked = {Path(ckpt.path).name for ckpt, _ in result.best_checkpoints or []}
+    for folder in sorted(run_dir.glob("checkpoint_*")):
+        if folder.is_dir() and folder.name not in tracked:
+            (run_dir / "unregistered").mkdir(exist_ok=True)
+            os.replace(folder, run_dir / "unregistered" / folder.name)
+            print(f"[train] {folder.name} was written after Ray last recorded the run (its driver died); moved "
+                  f"to {run_dir / 'unregistered'}", flush=True)
+    if result.checkpoint is None:
         return None
-    latest = Path(latest.path)
+    latest = Path(result.checkpoint.path)
     reason = checkpoints.problem(latest) if latest.exists() else "missing"
     if reason is None:
         return None
-    aside = run_dir / "damaged" / latest.name
-    aside.mkdir(parents=True, exist_ok=True)
-    latest.mkdir(exist_ok=True)
-    for item in latest.iterdir():
-        os.replace(item, aside / item.name)
-    good = [(checkpoints.read_meta(d)["step"], d) for d in sorted(run_dir.glob("checkpoint_*"))
-            if d.is_dir() and checkpoints.problem(d) is None]
+    aside = _move_aside(latest, run_dir / "damaged")
+    good = [(checkpoints.read_meta(run_dir / name)["step"], run_dir / name) for name in sorted(tracked)
+            if checkpoints.problem(run_dir / name) is None]
     if not good:
         raise NowcastError(f"the latest checkpoint of run {cfg.run_name!r} is damaged ({reason}; its files are in "
                            f"{aside}) and no earlier one is usable; start a new run with another --run-name")
