@@ -20,7 +20,7 @@ T = TypeVar("T")
 def _plain_lines(description: str, total: int) -> Iterator[Callable[[int], None]]:
     """``advance(n=1)`` that prints ``description: done/total`` at each tenth of ``total`` and at the end."""
     state = {"done": 0, "printed": 0}
-    step = max(1, total // 10)
+    step = max(1, -(-total // 10))   # about ten lines
 
     def advance(n: int = 1) -> None:
         state["done"] += n
