@@ -25,6 +25,34 @@ app = typer.Typer(
 
 _state = {"debug": False}
 
+#: How help shows an option's value: click's names, not Python types; flags show none.
+_METAVARS = {"int": "INTEGER", "float": "FLOAT", "str": "TEXT", "Path": "PATH"}
+
+
+class _Command(typer.core.TyperCommand):
+    """A command whose help shows ``INTEGER``/``TEXT``/``PATH`` placeholders and none for flags (Typer
+    itself shows Python types: ``<bool>``, ``<list[str]>``)."""
+
+    def get_params(self, ctx):
+        params = super().get_params(ctx)
+        for param in params:
+            if getattr(param, "is_flag", False):
+                param.metavar = ""
+                continue
+            bare = param.bare_type().removeprefix("list[").removesuffix("]")
+            value = _METAVARS.get(bare, bare.upper())
+            if param.param_type_name == "argument":
+                param.metavar = param.metavar or param.name.upper()
+                param.display_type_rich = lambda ctx, value=value: value   # Typer's own ignores metavar
+            elif param.metavar is None:
+                param.metavar = value
+        return params
+
+
+def command(**kwargs):
+    """``app.command`` with the help of :class:`_Command`."""
+    return app.command(cls=_Command, **kwargs)
+
 TRACKING_HELP = "MLflow tracking URI (server URL or sqlite:///file.db). Default: sqlite:///<cwd>/mlflow.db."
 RAY_HELP = "Address of an existing Ray cluster (e.g. ray://head:10001 or head:6379). Default: start a local one."
 
@@ -86,17 +114,37 @@ def _parse_splits(parse: Callable, texts: list[str]) -> list[tuple[str, object]]
         raise NowcastError(str(exc), exit_code=2) from exc
 
 
-def _print_table(rows: list[tuple[str, str]], title: str) -> None:
+def _cell(value) -> str:
+    """A table cell for a value: a mapping as one ``key: value`` line per item (nested mappings as
+    ``key value, ...``; underscores read as spaces), anything else as text."""
+    if isinstance(value, dict):
+        return "\n".join(f"{k}: {_cell_inline(v)}" for k, v in value.items()) or "(none)"
+    return str(value)
+
+
+def _cell_inline(value) -> str:
+    if isinstance(value, dict):
+        return ", ".join(f"{str(k).replace('_', ' ')} {v}" for k, v in value.items())
+    return str(value)
+
+
+def _source(ctx: typer.Context, name: str) -> str | None:
+    """Where option ``name`` got its value: "COMMANDLINE", "ENVIRONMENT", "DEFAULT", ..."""
+    source = ctx.get_parameter_source(name)
+    return source.name if source is not None else None
+
+
+def _print_table(rows: list[tuple[str, object]], title: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
     table = Table(title=title, show_header=False)
     for key, value in rows:
-        table.add_row(key, value)
+        table.add_row(str(key), _cell(value))
     Console().print(table)
 
 
-@app.command()
+@command()
 def synth(
     out_dir: Path = typer.Argument(..., help="Folder to write the archive into (HKO-7 layout)."),
     days: int = typer.Option(4, help="Number of days to simulate."),
@@ -121,7 +169,7 @@ def synth(
     typer.echo(f"wrote {result.n_frames} frames over {result.n_days} days to {result.out_dir} in {result.seconds:.1f} s")
 
 
-@app.command()
+@command()
 def ingest(
     archive: Path = typer.Argument(..., help="Archive root holding radarPNG/ and radarPNG_mask/ (HKO-7 layout)."),
     store: Path = typer.Argument(..., help="Zarr store to create or extend (e.g. data/hko7.zarr)."),
@@ -157,7 +205,7 @@ def ingest(
             typer.echo(f"  {item}")
 
 
-@app.command()
+@command()
 def info(store: Path = typer.Argument(..., help="A Zarr store written by `nowcast ingest`.")) -> None:
     """Summarise a store: frames, time span, gaps, splits and clip counts, bad-file counts.
 
@@ -166,11 +214,12 @@ def info(store: Path = typer.Argument(..., help="A Zarr store written by `nowcas
     from pipeline.store import Store
 
     summary = _run(lambda: Store.open(store).describe())
-    _print_table([(str(k), str(v)) for k, v in summary.items()], title=str(store))
+    _print_table(list(summary.items()), title=str(store))
 
 
-@app.command()
+@command()
 def train(
+    ctx: typer.Context,
     store: Path = typer.Argument(..., help="Zarr store written by `nowcast ingest`."),
     preset: str = typer.Option("tiny", help="Model preset: hko7 | mnist++ | tiny."),
     cell: str = typer.Option("trajgru", help="Recurrent cell: trajgru | convgru | convlstm."),
@@ -193,26 +242,25 @@ def train(
     config: Optional[Path] = typer.Option(None, help="YAML/JSON file of TrainConfig overrides."),
     register_as: Optional[str] = typer.Option(None, help="Register the model under this name in the MLflow registry."),
     experiment: str = typer.Option("nowcast", help="MLflow experiment name."),
+    force: bool = typer.Option(False, "--force", help="Resume --run-name even on a store other than the one it "
+                               "started on."),
     tracking_uri: Optional[str] = typer.Option(None, envvar="MLFLOW_TRACKING_URI", help=TRACKING_HELP),
     ray_address: Optional[str] = typer.Option(None, envvar="RAY_ADDRESS", help=RAY_HELP),
 ) -> None:
     """Train a nowcasting model with Ray Train (data-parallel), tracked in MLflow.
 
+    Options on the command line win over the --config file, which wins over environment variables and
+    the defaults.
+
     Example: nowcast train data/store.zarr --preset tiny --workers 2 --steps 300 --register-as nowcast-tiny
     """
     from pipeline.train import TrainConfig, load_config_file, train as run_train
 
-    overrides = _run(load_config_file, config) if config else {}
-    options = dict(
-        recipe=recipe, steps=steps, batch_size=batch_size, lr=lr, checkpoint_every=checkpoint_every,
-        val_every=val_every, early_stop_patience=early_stop_patience, run_name=run_name,
-        storage_path=storage_path, register_as=register_as,
-    )
-    overrides.update({k: v for k, v in options.items() if v is not None})
-    cfg = _run(
-        TrainConfig, store=store, preset=preset, cell=cell, workers=workers, use_gpu=gpu, fast_path=fast_path,
-        experiment=experiment, tracking_uri=tracking_uri, ray_address=ray_address, **overrides,
-    )
+    names = {"gpu": "use_gpu"}   # option -> TrainConfig field, where they differ
+    given = {source: {names.get(k, k): v for k, v in ctx.params.items() if k != "config" and _source(ctx, k) == source}
+             for source in ("ENVIRONMENT", "COMMANDLINE")}
+    values = {**given["ENVIRONMENT"], **(_run(load_config_file, config) if config else {}), **given["COMMANDLINE"]}
+    cfg = _run(TrainConfig, **values)
     result = _run(run_train, cfg)
     rows = [("run id", str(result.run_id)),
             ("final step", f"{result.final_step}{' (stopped early)' if result.stopped_early else ''}"),
@@ -220,11 +268,12 @@ def train(
             ("checkpoint", str(result.checkpoint_path)), ("model", str(result.model_uri))]
     if result.registered_version is not None:
         rows.append(("registered version", f"{register_as or cfg.register_as} v{result.registered_version}"))
-        rows.append(("champion", "yes" if result.promoted else "no (did not beat the current champion)"))
+        rows.append(("champion", "yes" if result.promoted else "no (no validation score)" if result.best_step is None
+                     else "no (did not beat the current champion)"))
     _print_table(rows, title="training finished")
 
 
-@app.command()
+@command()
 def evaluate(
     store: Path = typer.Argument(..., help="Zarr store written by `nowcast ingest`."),
     model: str = typer.Option(
@@ -234,12 +283,16 @@ def evaluate(
     workers: int = typer.Option(0, help="Score in parallel on N Ray workers (0: in this process)."),
     batch_size: int = typer.Option(4, help="Clips per forward pass."),
     max_clips: Optional[int] = typer.Option(None, help="Score only the first N clips (quick checks)."),
-    out_json: Optional[Path] = typer.Option(None, help="Write the scores as JSON here."),
+    out_json: Optional[Path] = typer.Option(
+        None, help="Write the scores as JSON here (and a skill plot beside it). Default: <store>.evaluations/."),
+    no_log: bool = typer.Option(False, "--no-log", help="Do not log the scores to MLflow."),
+    tracking_uri: Optional[str] = typer.Option(
+        None, envvar="MLFLOW_TRACKING_URI", help="MLflow tracking URI to log into. Default: ./mlflow.db if it exists "
+        "(evaluate does not create one)."),
     device: str = typer.Option("auto", help="cpu | cuda | auto (a GPU when one is visible)."),
     fast_path: bool = typer.Option(
         True, "--fast-path/--no-fast-path",
         help="trajgru's fast path: fused kernels + channels-last on a GPU, channels-last on the CPU (same weights)."),
-    tracking_uri: Optional[str] = typer.Option(None, envvar="MLFLOW_TRACKING_URI", help=TRACKING_HELP),
     ray_address: Optional[str] = typer.Option(None, envvar="RAY_ADDRESS", help=RAY_HELP),
 ) -> None:
     """Score a model (or a baseline) with the HKO-7 fixed protocol: sequential clips, 5 -> 20 frames.
@@ -250,14 +303,19 @@ def evaluate(
 
     cfg = _run(EvaluateConfig,
         store=store, model_uri=model, split=split, workers=workers, batch_size=batch_size, max_clips=max_clips,
-        out_json=out_json, tracking_uri=tracking_uri, ray_address=ray_address, device=device, fast_path=fast_path,
+        out_json=out_json, log_to_mlflow=not no_log, tracking_uri=tracking_uri, ray_address=ray_address, device=device,
+        fast_path=fast_path,
     )
     result = _run(run_evaluate, cfg)
     typer.echo(result.table)
     typer.echo(f"{result.n_clips} clips; scores written to {result.json_path}")
+    if result.mlflow_run_id:
+        typer.echo(f"logged to MLflow run {result.mlflow_run_id}")
+    for note in result.notes:
+        typer.echo(f"note: {note}")
 
 
-@app.command()
+@command()
 def predict(
     model: str = typer.Option(..., "--model", help="models:/NAME@ALIAS, models:/NAME/VERSION or a checkpoint path."),
     out_dir: Path = typer.Option(Path("forecast"), help="Folder for the forecast frames and GIF."),
@@ -265,6 +323,7 @@ def predict(
     time: Optional[str] = typer.Option(None, help="...ending at this time (ISO 8601 UTC, e.g. 2015-06-04T12:00)."),
     inputs: Optional[list[Path]] = typer.Option(None, "--input", help="Or: the input PNG frames (HKO-7 encoding), oldest first; repeat the option."),
     fmt: str = typer.Option("png", "--format", help="png (frames + GIF) or zarr (an array)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the files of an earlier forecast in --out-dir."),
     device: str = typer.Option("auto", help="cpu | cuda | auto (a GPU when one is visible)."),
     fast_path: bool = typer.Option(
         True, "--fast-path/--no-fast-path",
@@ -279,7 +338,7 @@ def predict(
 
     cfg = _run(PredictConfig,
         model_uri=model, out_dir=out_dir, store=store, time=time, input_pngs=inputs or None, format=fmt,
-        tracking_uri=tracking_uri, device=device, fast_path=fast_path,
+        overwrite=overwrite, tracking_uri=tracking_uri, device=device, fast_path=fast_path,
     )
     result = _run(run_predict, cfg)
     typer.echo(f"wrote {len(result.paths)} forecast file(s) to {out_dir}")
@@ -287,11 +346,12 @@ def predict(
         typer.echo(f"animation: {result.gif_path}")
 
 
-@app.command()
+@command()
 def promote(
     name: str = typer.Argument(..., help="Registered model name."),
     model_version: str = typer.Argument(..., metavar="VERSION", help="Version number to point the alias at."),
     alias: str = typer.Option("champion", help="Alias to set."),
+    force: bool = typer.Option(False, "--force", help="Make a version without a validation score champion anyway."),
     tracking_uri: Optional[str] = typer.Option(None, envvar="MLFLOW_TRACKING_URI", help=TRACKING_HELP),
 ) -> None:
     """Point a registry alias (default: champion) at a model version by hand.
@@ -300,11 +360,11 @@ def promote(
     """
     from pipeline.tracking import promote as run_promote
 
-    _run(run_promote, name, model_version, alias=alias, tracking_uri=tracking_uri)
+    _run(run_promote, name, model_version, alias=alias, tracking_uri=tracking_uri, force=force)
     typer.echo(f"models:/{name}@{alias} -> version {model_version}")
 
 
-@app.command()
+@command()
 def demo(
     workdir: Path = typer.Option(Path("nowcast-demo"), help="Working directory for the archive, store, runs and outputs."),
     steps: Optional[int] = typer.Option(None, help="Training steps (default sized to finish in minutes on 2 cores)."),

@@ -25,4 +25,4 @@ nowcast train "$DATA_DIR/store.zarr" --preset tiny --workers "$TRAIN_WORKERS" --
   --storage-path "$DATA_DIR/ray_results" --register-as "$MODEL_NAME"
 nowcast evaluate "$DATA_DIR/store.zarr" --model "models:/$MODEL_NAME@champion" --out-json "$DATA_DIR/eval-champion.json"
 nowcast evaluate "$DATA_DIR/store.zarr" --model persistence --out-json "$DATA_DIR/eval-persistence.json"
-nowcast predict --model "models:/$MODEL_NAME@champion" --store "$DATA_DIR/store.zarr" --out-dir "$DATA_DIR/forecast"
+nowcast predict --model "models:/$MODEL_NAME@champion" --store "$DATA_DIR/store.zarr" --out-dir "$DATA_DIR/forecast" --overwrite

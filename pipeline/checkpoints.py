@@ -54,9 +54,20 @@ def save_model_files(model, out_dir: Path | str) -> tuple[Path, Path]:
     return config_path, state_path
 
 
+def _load_weights_only(path: Path):
+    """``torch.load(path, weights_only=True)`` on the CPU; NowcastError when the file holds more than tensors
+    and plain values (a pickle that would run code, or an older nowcast's format): it is never unpickled."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise NowcastError(f"{path} holds more than tensors and plain values, so it is not loaded (a checkpoint "
+                           "of an older nowcast, or not written by nowcast at all); start a new run with another "
+                           "--run-name, or use checkpoints you trust") from exc
+
+
 def load_model_state(model_dir: Path | str) -> dict:
-    """The ``state_dict`` in ``model_dir/model_state.pt`` (CPU tensors)."""
-    return torch.load(Path(model_dir) / MODEL_STATE_FILE, map_location="cpu", weights_only=True)
+    """The ``state_dict`` in ``model_dir/model_state.pt`` (CPU tensors; weights-only: :func:`_load_weights_only`)."""
+    return _load_weights_only(Path(model_dir) / MODEL_STATE_FILE)
 
 
 def load_model_files(model_dir: Path | str, device: str = "cpu"):
@@ -120,17 +131,24 @@ def load(checkpoint_dir: Path | str) -> tuple[dict, dict, dict]:
 
 
 def load_train_state(checkpoint_dir: Path | str) -> dict:
-    """The ``train_state.pt`` of a checkpoint (CPU tensors; weights-only).
+    """The ``train_state.pt`` of a checkpoint (CPU tensors; weights-only, see :func:`_load_weights_only`)."""
+    return _load_weights_only(Path(checkpoint_dir) / TRAIN_STATE_FILE)
 
-    NowcastError when the file holds anything else (a checkpoint of a nowcast before this format,
-    which stored numpy RNG state, or not a checkpoint at all): it is never unpickled.
-    """
-    path = Path(checkpoint_dir) / TRAIN_STATE_FILE
+
+def problem(checkpoint_dir: Path | str) -> str | None:
+    """Why the checkpoint at ``checkpoint_dir`` cannot be resumed from (a missing, truncated or foreign
+    file; weights that do not fit its model config), or None when every file loads."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise NowcastError(f"{path} holds more than tensors and plain values, so it is not loaded (a checkpoint "
-                           "of an older nowcast?); start a new run with another --run-name") from exc
+        load_model_files(checkpoint_dir)
+        load_train_state(checkpoint_dir)
+        if not isinstance(read_meta(checkpoint_dir).get("step"), int):
+            return f"{META_FILE} holds no step"
+        if (Path(checkpoint_dir) / BEST_DIR).exists():
+            load_model_files(Path(checkpoint_dir) / BEST_DIR)
+            read_meta(Path(checkpoint_dir) / BEST_DIR)
+    except Exception as exc:  # noqa: BLE001 (OSError, RuntimeError from torch's zip reader, JSON, NowcastError ...)
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
+    return None
 
 
 def read_meta(checkpoint_dir: Path | str) -> dict:

@@ -3,22 +3,30 @@
 synth -> ingest (Dask) -> train the `tiny` TrajGRU (Ray Train, 2 CPU workers) with MLflow tracking and
 registration -> evaluate model vs persistence vs optical flow on the test split -> champion alias -> forecast GIF.
 Safe to re-run: the archive is kept when its settings match, ingest is idempotent, each run trains a fresh
-MLflow run and the new version takes the `champion` alias only if it beats the current one.
+MLflow run and the new version takes the `champion` alias only if it beats the current one; the baselines'
+test scores are computed once per store (``evaluation/``) and reused.
+
+Besides the printed table, the scores go to ``<workdir>/demo_results.json`` (:data:`RESULTS_FILE`): the
+settings, the minutes each stage took, and one row per model in the format of
+``benchmarks/bench_skill.py`` (``rows: {model: {csi: {threshold: mean}, hss: ..., b_mse, b_mae, ...}}``),
+from which the README's demo table is generated.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.errors import NowcastError
-from pipeline.evaluate import compare
+from pipeline import files
+from pipeline.errors import NowcastError, check, check_name, check_types
+from pipeline.evaluate import compare_models, table_row
 from pipeline.ingest import IngestConfig, ingest
 from pipeline.predict import PredictConfig, predict
 from pipeline.store import Store
 from pipeline.synth import SynthConfig, archive_matches, synth_archive
 from pipeline.tracking import resolve_tracking_uri
-from pipeline.train import RECIPES, TrainConfig, train
+from pipeline.train import TrainConfig, train
 
 
 @dataclass
@@ -37,6 +45,19 @@ class DemoConfig:
     tracking_uri: str | None = None
     ray_address: str | None = None
     max_eval_clips: int | None = None
+
+    def __post_init__(self):
+        """Every setting is checked here, before anything runs (usage errors, exit code 2)."""
+        check_types(self)
+        for name in ("days", "frames_per_day", "size_px", "steps", "batch_size", "workers", "max_eval_clips"):
+            value = getattr(self, name)
+            check(value is None or value >= 1, f"--{name.replace('_', '-')} must be >= 1, got {value}")
+        check(self.batch_size is None or self.batch_size % self.workers == 0,
+              f"the batch size {self.batch_size} must be a multiple of --workers {self.workers}")
+        check_name(self.model_name, "the model name")
+
+#: The demo's scores, beside its outputs (see the module doc).
+RESULTS_FILE = "demo_results.json"
 
 
 @dataclass
@@ -72,57 +93,79 @@ def _demo_forecast_time(store: Store) -> int:
     return int(starts[len(starts) // 2]) + 4 * store.interval_s
 
 
+def _train_config(cfg: DemoConfig, workdir: Path, store: Path, tracking_uri: str) -> TrainConfig:
+    return TrainConfig(
+        store=store, preset="tiny", recipe="tiny-demo", workers=cfg.workers, steps=cfg.steps,
+        batch_size=cfg.batch_size, height=cfg.size_px, width=cfg.size_px, run_name=f"demo-{time.strftime('%Y%m%d-%H%M%S')}",
+        storage_path=workdir / "ray_results", tracking_uri=tracking_uri, ray_address=cfg.ray_address,
+        register_as=cfg.model_name,
+    )
+
+
 def run_demo(cfg: DemoConfig) -> DemoResult:
     """Run every stage; return where things are and a printable summary."""
     t0 = time.perf_counter()
     workdir = Path(cfg.workdir).resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
     archive, store = workdir / "archive", workdir / "store.zarr"
     tracking_uri = cfg.tracking_uri or resolve_tracking_uri(f"sqlite:///{workdir / 'mlflow.db'}")
+    train_cfg = _train_config(cfg, workdir, store, tracking_uri)   # checked before any stage runs
+    steps = train_cfg.resolved().steps
+    workdir.mkdir(parents=True, exist_ok=True)
+    minutes = {}
+
+    def stage(name: str, started: float) -> float:
+        minutes[name] = round((time.perf_counter() - started) / 60, 2)
+        return time.perf_counter()
 
     print(f"[demo] 1/5 synthesising a radar archive in {archive}")
     _synth_if_needed(cfg, archive)
+    t = stage("synth", t0)
     print(f"[demo] 2/5 ingesting it into {store} (Dask)")
     ingest(IngestConfig(archive=archive, store=store))
-    print(f"[demo] 3/5 training the tiny TrajGRU on {cfg.workers} Ray workers for "
-          f"{cfg.steps or RECIPES['tiny-demo']['steps']} steps")
-    trained = train(
-        TrainConfig(
-            store=store, preset="tiny", recipe="tiny-demo", workers=cfg.workers, steps=cfg.steps,
-            batch_size=cfg.batch_size,
-            height=cfg.size_px, width=cfg.size_px, run_name=f"demo-{time.strftime('%Y%m%d-%H%M%S')}",
-            storage_path=workdir / "ray_results", tracking_uri=tracking_uri, ray_address=cfg.ray_address,
-            register_as=cfg.model_name,
-        )
-    )
+    t = stage("ingest", t)
+    print(f"[demo] 3/5 training the tiny TrajGRU on {cfg.workers} Ray workers for {steps} steps")
+    trained = train(train_cfg)
+    t = stage("train", t)
     model_uri = f"models:/{cfg.model_name}/{trained.registered_version}"
     print("[demo] 4/5 evaluating the model against persistence and optical flow on the test split")
-    table = compare(
-        store, [model_uri, "persistence", "optical-flow"], split="test", tracking_uri=tracking_uri,
-        max_clips=cfg.max_eval_clips,
-    )
+    compared = compare_models(store, [model_uri, "persistence", "optical-flow"], split="test",
+                              tracking_uri=tracking_uri, max_clips=cfg.max_eval_clips,
+                              out_dir=workdir / "evaluation", reuse_baselines=True)
+    t = stage("evaluate", t)
     print("[demo] 5/5 forecasting with the champion")
     forecast = predict(
         PredictConfig(
             model_uri=f"models:/{cfg.model_name}@champion", out_dir=workdir / "forecast", store=store,
-            time=str(_demo_forecast_time(Store.open(store))), tracking_uri=tracking_uri,
+            time=str(_demo_forecast_time(Store.open(store))), tracking_uri=tracking_uri, overwrite=True,
         )
     )
-    summary = _summary(workdir, store, model_uri, trained, forecast.gif_path, table, tracking_uri,
-                       time.perf_counter() - t0)
+    stage("predict", t)
+    results_path = files.write_json(workdir / RESULTS_FILE, {
+        "command": "nowcast demo", "settings": {k: str(v) if isinstance(v, Path) else v
+                                                for k, v in dataclasses.asdict(cfg).items()},
+        "steps": steps, "minutes": minutes, "split": "test", "n_clips": compared.n_clips,
+        "rows": {f"{cfg.model_name} ({steps} steps)" if r.model_uri == model_uri else r.model_name: table_row(r)
+                 for r in compared.results},
+    })
+    summary = _summary(workdir, store, model_uri, trained, forecast.gif_path, compared, tracking_uri,
+                       time.perf_counter() - t0, results_path)
     return DemoResult(workdir, store, model_uri, trained.registered_version, bool(trained.promoted),
-                      forecast.gif_path, table, summary)
+                      forecast.gif_path, compared.table, summary)
 
 
-def _summary(workdir, store, model_uri, trained, gif_path, table, tracking_uri, seconds) -> str:
+def _summary(workdir, store, model_uri, trained, gif_path, compared, tracking_uri, seconds, results_path) -> str:
     champion = "took the champion alias" if trained.promoted else "did not beat the current champion"
+    reused = [r.model_name for r in compared.results if r.reused]
     return "\n".join([
-        table,
+        compared.table,
+        *([f"(scores of {', '.join(reused)} reused from an earlier demo run on the same store and clips)"]
+          if reused else []),
         "",
         f"demo finished in {seconds / 60:.1f} min",
         f"  store:      {store}",
         f"  model:      {model_uri} ({champion})",
         f"  checkpoint: {trained.checkpoint_path}",
         f"  forecast:   {gif_path}",
+        f"  scores:     {results_path}",
         f"  MLflow UI:  mlflow ui --backend-store-uri {tracking_uri}",
     ])

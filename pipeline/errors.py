@@ -1,4 +1,16 @@
-"""The project's user-facing exception."""
+"""The project's user-facing exception, and the checks that raise it for bad options."""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+import typing
+
+#: Names that become folder names or MLflow names (``--run-name``, ``--register-as``): letters, digits,
+#: ``_ . -``, starting with a letter, digit or ``_``, at most 100 characters (no ``/``, no ``..`` alone,
+#: no quotes).
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}")
 
 
 class NowcastError(Exception):
@@ -18,3 +30,47 @@ def check(ok: bool, message: str) -> None:
     for each rule, and a broken rule is a usage error (NowcastError, exit code 2) with ``message``."""
     if not ok:
         raise NowcastError(message, exit_code=2)
+
+
+def check_name(value: str | None, option: str) -> None:
+    """Usage error (see :func:`check`) unless ``value`` is None or matches :data:`NAME_PATTERN`."""
+    check(value is None or (isinstance(value, str) and NAME_PATTERN.fullmatch(value) is not None),
+          f"{option} {value!r} is not a safe name: use letters, digits, '_', '.' and '-' (at most 100, "
+          "not starting with '.' or '-')")
+
+
+def check_types(config) -> None:
+    """Coerce or refuse every field of the dataclass ``config`` by its annotation, in place (usage errors
+    as in :func:`check`): ``int`` takes whole numbers (``3``, ``3.0``, ``"3"``; not ``2.5`` or ``True``),
+    ``float`` any finite number or numeric text (YAML reads ``1e-3`` as text), ``bool`` only booleans,
+    ``str`` text (a path becomes text); ``None`` only where the annotation allows it. Other annotations
+    are left alone."""
+    hints = typing.get_type_hints(type(config))
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        kinds = [k for k in typing.get_args(hints[f.name]) or (hints[f.name],) if k is not type(None)]
+        if value is None:
+            check(type(None) in typing.get_args(hints[f.name]), f"{f.name} must be set, got None")
+            continue
+        for kind in (int, float, bool, str):
+            if kind in kinds:
+                setattr(config, f.name, _coerce(f.name, value, kind))
+                break
+
+
+def _coerce(name: str, value, kind: type):
+    if kind is bool:
+        check(isinstance(value, bool), f"{name} must be true or false, got {value!r}")
+        return value
+    if kind is str:
+        check(isinstance(value, (str, os.PathLike)), f"{name} must be text, got {value!r}")
+        return os.fspath(value)
+    try:
+        number = float(value) if not isinstance(value, bool) else math.nan
+    except (TypeError, ValueError):
+        number = math.nan
+    check(math.isfinite(number), f"{name} must be a number, got {value!r}")
+    if kind is float:
+        return number
+    check(number.is_integer(), f"{name} must be a whole number, got {value!r}")
+    return int(number)

@@ -25,6 +25,7 @@ import json
 import math
 import os
 import re
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +37,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from pipeline import tracking, viz
+from pipeline import files, tracking, viz
 from pipeline.dataset import ClipDataset, collate_clips, rank_slice
 from pipeline.errors import NowcastError, check
 from pipeline.forecasters import Forecaster, absolute_uri, baseline_name, load_forecaster
@@ -60,10 +61,13 @@ class EvaluateConfig:
         ``RAY_ADDRESS`` joins a cluster, else a local Ray is started and shut down again).
     batch_size : clips per forward pass.
     max_clips : score only the first N sequential clips (quick checks); None = all.
-    out_json : where to write the scores as JSON; None = ``evaluate-<model>-<split>.json`` in the
-        current directory. A skill-versus-lead-time plot is written beside it (``*_skill.png``).
-    log_to_mlflow : log metrics + JSON + plot to MLflow, under the model's training run when it
-        has one, else a new run ``evaluate-<model>`` in ``experiment``.
+    out_json : where to write the scores as JSON; None = ``<model>-<split>.json`` in the folder
+        ``<store>.evaluations`` beside the store (:func:`default_out_dir`; never the current directory).
+        A skill-versus-lead-time plot is written beside it (``*_skill.png``).
+    log_to_mlflow : log metrics + JSON + plot to MLflow, under the model's training run when the
+        tracking store holds it, else a new run ``evaluate-<model>`` in ``experiment``. Nothing is
+        logged (and a note says so) when no tracking store is configured and ``./mlflow.db`` does not
+        exist: evaluate never creates a tracking store by default.
     in_len, out_len : default from the forecaster (5 and 20 for HKO-7); a trained model's
         in_len cannot change, out_len may be shorter than the model's (forecasts truncated).
     """
@@ -113,7 +117,10 @@ class EvaluateResult:
     plot_path: Path | None = None
     mlflow_run_id: str | None = None
     seconds: float = 0.0
-    skill: object = field(default=None, repr=False)  # the merged SkillScores
+    skill: object = field(default=None, repr=False)  # the merged SkillScores (None when reused)
+    notes: list[str] = field(default_factory=list)   # what the user should know (e.g. not logged)
+    reused: bool = False                             # scores read back from an earlier JSON record
+    interval_s: int = 360                            # the cadence the lead times are counted in
 
 
 @dataclass
@@ -253,6 +260,17 @@ def short_name(model_name: str) -> str:
     return _slug(name)
 
 
+def json_name(model_name: str, split: str) -> str:
+    """The file name of a model's scores on a split: ``<short model name>-<split>.json``."""
+    return f"{short_name(model_name)}-{_slug(split)}.json"
+
+
+def default_out_dir(store: str | Path) -> Path:
+    """Where evaluations of ``store`` go when no path is given: ``<store>.evaluations`` beside it."""
+    store = Path(store).expanduser().absolute()
+    return store.parent / f"{store.name}.evaluations"
+
+
 def _starts_digest(starts_s: np.ndarray) -> dict:
     arr = np.ascontiguousarray(starts_s, dtype="<i8")
     return {
@@ -292,52 +310,63 @@ def evaluation_record(skill, *, model_uri: str, model_name: str, run_id: str | N
     }
 
 
-def write_json(record: dict, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record, indent=1, allow_nan=False))
-    return path
+#: The fields of an evaluation record that must match for its scores to be reused.
+_SAME_EVALUATION = ("model_name", "split", "in_len", "out_len", "interval_s", "clip_starts", "store")
 
 
-def mlflow_metrics(result: dict, split: str, interval_s: int) -> tuple[dict, list[tuple[str, float, int]]]:
-    """Summary metrics ``{split}_csi_{thr}``, ``{split}_hss_{thr}`` (average over lead times),
-    ``{split}_mse|mae|b_mse|b_mae`` (average over lead times), and per-lead curves
-    ``{split}_csi_{thr}_by_lead`` with step = lead time in minutes. NaN values are left out."""
-    summary: dict[str, float] = {}
-    curves: list[tuple[str, float, int]] = []
-    lead_min = [int((t + 1) * interval_s // 60) for t in range(np.asarray(result["csi"]).shape[0])]
-    for k, thr in enumerate(np.asarray(result["thresholds"], dtype=float)):
-        for name in ("csi", "hss"):
-            col = np.asarray(result[name], dtype=float)[:, k]
-            summary[f"{split}_{name}_{thr:g}"] = float(nanmean(col))
-            curves += [(f"{split}_{name}_{thr:g}_by_lead", float(v), m) for v, m in zip(col, lead_min)]
-    for name in ("mse", "mae", "b_mse", "b_mae"):
-        summary[f"{split}_{name}"] = float(nanmean(np.asarray(result[name], dtype=float)))
-    summary = {k: v for k, v in summary.items() if math.isfinite(v)}
-    curves = [c for c in curves if math.isfinite(c[1])]
-    return summary, curves
+def reuse_record(path: Path, expected: dict) -> dict | None:
+    """The record at ``path`` when it scored what ``expected`` describes (same model name, split, clip
+    starts, lengths, cadence, store fingerprint and thresholds), else None (also for an unreadable file)."""
+    try:
+        record = json.loads(Path(path).read_text())
+        same = all(record[key] == expected[key] for key in _SAME_EVALUATION)
+        return record if same and record["scores"]["thresholds"] == expected["scores"]["thresholds"] else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
-def log_evaluation_to_mlflow(*, tracking_uri: str | None, experiment: str, run_id: str | None,
+def log_evaluation_to_mlflow(*, tracking_uri: str, experiment: str, run_id: str | None,
                              model_name: str, split: str, result: dict, interval_s: int, n_clips: int,
                              files: Sequence[Path]) -> str:
-    """Log the metrics of :func:`mlflow_metrics`, tags and ``files`` (artifacts under ``evaluation/<split>``).
+    """Log :func:`tracking.skill_metrics` (step 0), :func:`tracking.skill_curves`, tags and ``files``
+    (artifacts under ``evaluation/<split>``).
 
     Under ``run_id`` when given (the model's training run), else a new run ``evaluate-<model>``
     in ``experiment``. Returns the run id.
     """
-    summary, curves = mlflow_metrics(result, split, interval_s)
+    summary = tracking.skill_metrics(result, split)
     return tracking.log_to_run(
         tracking_uri=tracking_uri, run_id=run_id, experiment=experiment, run_name=f"evaluate-{short_name(model_name)}",
-        new_run_tags={"nowcast.stage": "evaluate"}, metrics=[(k, v, 0) for k, v in summary.items()] + curves,
+        new_run_tags={"nowcast.stage": "evaluate"},
+        metrics=[(k, v, 0) for k, v in summary.items()] + tracking.skill_curves(result, split, interval_s),
         tags={f"eval.{split}.n_clips": str(n_clips), f"eval.{split}.model": model_name}, files=files,
         artifact_path=f"evaluation/{split}")
 
 
+def _log(cfg: EvaluateConfig, forecaster: Forecaster, result: dict, interval_s: int, n_clips: int,
+         paths: Sequence[Path], notes: list[str]) -> str | None:
+    """Log an evaluation where :class:`EvaluateConfig` says; returns the run id (None when not logged,
+    with the reason appended to ``notes``)."""
+    uri = tracking.existing_tracking_uri(cfg.tracking_uri)
+    if uri is None:
+        notes.append("not logged to MLflow: no tracking store is configured and ./mlflow.db does not exist "
+                     "(pass --tracking-uri or set MLFLOW_TRACKING_URI to log; --no-log to skip silently)")
+        return None
+    run_id = forecaster.run_id
+    if run_id is not None and not tracking.run_exists(run_id, uri):
+        notes.append(f"the model's training run {run_id} is not in the tracking store {uri}; the evaluation "
+                     "is logged into a new run (pass the --tracking-uri it was trained with to log it there)")
+        run_id = None
+    return log_evaluation_to_mlflow(tracking_uri=uri, experiment=cfg.experiment, run_id=run_id,
+                                    model_name=forecaster.name, split=cfg.split, result=result,
+                                    interval_s=interval_s, n_clips=n_clips, files=paths)
+
+
 # --------------------------------------------------------------------------- entry points
 def _evaluate_loaded(cfg: EvaluateConfig, store: Store, forecaster: Forecaster, starts_s: np.ndarray, in_len: int,
-                     out_len: int, write_files: bool = True) -> EvaluateResult:
-    """Score an already loaded forecaster on given clips, then write JSON/plot and log to MLflow."""
+                     out_len: int, out_json: Path | None) -> EvaluateResult:
+    """Score an already loaded forecaster on given clips, write the JSON + skill plot to ``out_json``
+    (None: nowhere), and log both to MLflow when asked."""
     interval_s = int(cfg.interval_s or store.interval_s)
     t0 = time.perf_counter()
     if int(cfg.workers) > 0:
@@ -349,28 +378,26 @@ def _evaluate_loaded(cfg: EvaluateConfig, store: Store, forecaster: Forecaster, 
     seconds = time.perf_counter() - t0
     result = skill.result()
     header = f"{forecaster.name} on the {cfg.split} split ({len(starts_s)} clips, {in_len} -> {out_len} frames)"
-    table = header + "\n" + skill.summary_table()
-
-    json_path = plot_path = None
-    if write_files:
-        json_path = Path(cfg.out_json) if cfg.out_json else (
-            Path.cwd() / f"evaluate-{short_name(forecaster.name)}-{cfg.split}.json")
-        record = evaluation_record(skill, model_uri=str(cfg.model_uri), model_name=forecaster.name,
-                                   run_id=forecaster.run_id, split=cfg.split, starts_s=starts_s, in_len=in_len,
-                                   out_len=out_len, interval_s=interval_s, store=store, workers=cfg.workers,
-                                   seconds=seconds)
-        write_json(record, json_path)
-        plot_path = viz.plot_skill_vs_lead(result, json_path.with_name(json_path.stem + "_skill.png"),
-                                           interval_min=interval_s / 60.0,
-                                           title=f"{forecaster.name}, {cfg.split} split, {len(starts_s)} clips")
+    record = evaluation_record(skill, model_uri=str(cfg.model_uri), model_name=forecaster.name,
+                               run_id=forecaster.run_id, split=cfg.split, starts_s=starts_s, in_len=in_len,
+                               out_len=out_len, interval_s=interval_s, store=store, workers=cfg.workers,
+                               seconds=seconds)
+    notes: list[str] = []
     run_id = None
-    if cfg.log_to_mlflow:
-        run_id = log_evaluation_to_mlflow(
-            tracking_uri=cfg.tracking_uri, experiment=cfg.experiment, run_id=forecaster.run_id,
-            model_name=forecaster.name, split=cfg.split, result=result, interval_s=interval_s,
-            n_clips=len(starts_s), files=[p for p in (json_path, plot_path) if p is not None])
-    return EvaluateResult(result, table, int(len(starts_s)), json_path, str(cfg.model_uri), forecaster.name,
-                          cfg.split, in_len, out_len, plot_path, run_id, seconds, skill)
+    with tempfile.TemporaryDirectory() as tmp:
+        json_path = Path(out_json) if out_json else Path(tmp) / json_name(forecaster.name, cfg.split)
+        plot_path = json_path.with_name(json_path.stem + "_skill.png")
+        if out_json or cfg.log_to_mlflow:
+            files.write_json(json_path, record)
+            viz.plot_skill_vs_lead(result, plot_path, interval_min=interval_s / 60.0,
+                                   title=f"{forecaster.name}, {cfg.split} split, {len(starts_s)} clips")
+        if cfg.log_to_mlflow:
+            run_id = _log(cfg, forecaster, result, interval_s, len(starts_s), [json_path, plot_path], notes)
+    if not out_json:
+        json_path = plot_path = None
+    return EvaluateResult(result, header + "\n" + skill.summary_table(), int(len(starts_s)), json_path,
+                          str(cfg.model_uri), forecaster.name, cfg.split, in_len, out_len, plot_path, run_id,
+                          seconds, skill, notes, interval_s=interval_s)
 
 
 def _prepare(cfg: EvaluateConfig) -> tuple[Store, Forecaster, int, int]:
@@ -385,22 +412,42 @@ def _prepare(cfg: EvaluateConfig) -> tuple[Store, Forecaster, int, int]:
 def evaluate(cfg: EvaluateConfig) -> EvaluateResult:
     """Score ``cfg.model_uri`` on ``cfg.split`` of ``cfg.store`` with the HKO-7 fixed protocol.
 
-    Writes the JSON (and a skill plot beside it), logs to MLflow if asked, returns the scores.
-    Raises NowcastError for a missing store, a split without clips, a model whose frame size
-    differs from the store's, or an unknown model URI.
+    Writes the JSON (and a skill plot beside it; :attr:`EvaluateConfig.out_json`), logs to MLflow if
+    asked, returns the scores. Raises NowcastError for a missing store, a split without clips, a model
+    whose frame size differs from the store's, or an unknown model URI.
     """
     store, forecaster, in_len, out_len = _prepare(cfg)
     starts = _protocol_clips(store, cfg.split, cfg.max_clips)
-    return _evaluate_loaded(cfg, store, forecaster, starts, in_len, out_len)
+    out_json = Path(cfg.out_json or default_out_dir(cfg.store) / json_name(forecaster.name, cfg.split))
+    return _evaluate_loaded(cfg, store, forecaster, starts, in_len, out_len, out_json)
 
 
 def _fmt(x: float) -> str:
     return "—" if x is None or not math.isfinite(float(x)) else f"{float(x):.4f}"
 
 
+def table_row(result: EvaluateResult) -> dict:
+    """The numbers of a comparison row, means over the lead times (NaN ignored; None when undefined):
+    ``{"csi": {"0.5": ..., "5": ...}, "hss": {...}, "b_mse", "b_mae", "csi5_by_lead", "n_clips", "interval_s"}``
+    (the row format of ``benchmarks/bench_skill.py`` results)."""
+    def mean(values) -> float | None:
+        value = float(nanmean(np.asarray(values, dtype=float)))
+        return value if math.isfinite(value) else None
+
+    scores = result.scores
+    thresholds = [float(t) for t in np.asarray(scores["thresholds"], dtype=float)]
+    csi, hss = np.asarray(scores["csi"], dtype=float), np.asarray(scores["hss"], dtype=float)
+    five = thresholds.index(5.0) if 5.0 in thresholds else None
+    return {"csi": {f"{t:g}": mean(csi[:, k]) for k, t in enumerate(thresholds)},
+            "hss": {f"{t:g}": mean(hss[:, k]) for k, t in enumerate(thresholds)},
+            "b_mse": mean(scores["b_mse"]), "b_mae": mean(scores["b_mae"]),
+            "csi5_by_lead": None if five is None else [None if math.isnan(v) else float(v) for v in csi[:, five]],
+            "n_clips": int(result.n_clips), "interval_s": int(result.interval_s)}
+
+
 def render_comparison(results: Sequence[EvaluateResult], title: str = "", width: int = 160) -> str:
-    """rich Table (as plain text): one row per model; CSI and HSS per threshold averaged over lead
-    times, CSI at the last lead time at 5 mm/h when present, B-MSE and B-MAE averaged over lead times."""
+    """rich Table (as plain text): one row per model (:func:`table_row`): CSI and HSS per threshold, B-MSE
+    and B-MAE, each the mean over lead times."""
     thresholds = np.asarray(results[0].scores["thresholds"], dtype=float)
     table = Table(title=title or None)
     table.add_column("model", no_wrap=True)
@@ -410,26 +457,38 @@ def render_comparison(results: Sequence[EvaluateResult], title: str = "", width:
     table.add_column("B-MSE", justify="right")
     table.add_column("B-MAE", justify="right")
     for res in results:
-        cells = [res.model_name or res.model_uri]
-        for name in ("csi", "hss"):
-            arr = np.asarray(res.scores[name], dtype=float)
-            cells += [_fmt(nanmean(arr[:, k])) for k in range(arr.shape[1])]
-        cells += [f"{float(nanmean(np.asarray(res.scores[n], dtype=float))):.1f}" for n in ("b_mse", "b_mae")]
+        row = table_row(res)
+        cells = [res.model_name or res.model_uri, *[_fmt(v) for v in row["csi"].values()],
+                 *[_fmt(v) for v in row["hss"].values()]]
+        cells += ["—" if row[n] is None else f"{row[n]:.1f}" for n in ("b_mse", "b_mae")]
         table.add_row(*cells)
     buf = io.StringIO()
     Console(file=buf, width=width, color_system=None, force_terminal=False).print(table)
     return "\n".join(line.rstrip() for line in buf.getvalue().rstrip("\n").splitlines())
 
 
+def _reused_result(record: dict, path: Path, uri: str) -> EvaluateResult:
+    """An EvaluateResult from an earlier record (see :func:`reuse_record`)."""
+    scores = {k: np.asarray(v, dtype=float) if isinstance(v, list) else v for k, v in record["scores"].items()}
+    header = (f"{record['model_name']} on the {record['split']} split ({record['n_clips']} clips): scores reused "
+              f"from {path}")
+    return EvaluateResult(scores, header, int(record["n_clips"]), path, uri, record["model_name"], record["split"],
+                          int(record["in_len"]), int(record["out_len"]), path.with_name(path.stem + "_skill.png"),
+                          reused=True, interval_s=int(record["interval_s"]))
+
+
 def compare_models(store: str | Path, model_uris: Sequence[str], split: str = "test", *,
                    max_clips: int | None = None, workers: int = 0, batch_size: int = 4,
                    tracking_uri: str | None = None, device: str = "cpu", log_to_mlflow: bool = True,
                    out_dir: str | Path | None = None, ray_address: str | None = None,
-                   experiment: str = "nowcast-evaluate", fast_path: bool = True) -> CompareResult:
+                   experiment: str = "nowcast-evaluate", fast_path: bool = True,
+                   reuse_baselines: bool = False) -> CompareResult:
     """Score several models on identical clips (same starts, same in_len/out_len).
 
     The lengths come from the first model that is not a baseline (else the first URI); baselines
     adapt to them. ``out_dir``: write each model's JSON + plot there (None = no files).
+    ``reuse_baselines``: a baseline whose JSON in ``out_dir`` scored the same clips of the same store
+    (:func:`reuse_record`) is not scored or logged again; its scores are read back.
     """
     check(bool(model_uris), "give at least one model to compare")
     check(max_clips is None or int(max_clips) >= 1, f"max_clips must be >= 1, got {max_clips}")
@@ -447,13 +506,20 @@ def compare_models(store: str | Path, model_uris: Sequence[str], split: str = "t
     starts = _protocol_clips(handle, split, max_clips)
     results = []
     for uri in uris:
-        out_json = Path(out_dir) / f"evaluate-{short_name(loaded[uri].name)}-{split}.json" if out_dir else None
+        out_json = Path(out_dir) / json_name(loaded[uri].name, split) if out_dir else None
+        if reuse_baselines and out_json is not None and baseline_name(uri) is not None:
+            expected = evaluation_record(SkillScores(out_len), model_uri=uri, model_name=loaded[uri].name,
+                                         run_id=None, split=split, starts_s=starts, in_len=in_len, out_len=out_len,
+                                         interval_s=handle.interval_s, store=handle, workers=workers, seconds=0)
+            record = reuse_record(out_json, expected)
+            if record is not None:
+                results.append(_reused_result(record, out_json, uri))
+                continue
         cfg = EvaluateConfig(store=store, model_uri=uri, split=split, workers=workers, batch_size=batch_size,
                              max_clips=max_clips, out_json=out_json, tracking_uri=tracking_uri,
                              log_to_mlflow=log_to_mlflow, device=device, in_len=in_len, out_len=out_len,
                              ray_address=ray_address, experiment=experiment, fast_path=fast_path)
-        results.append(_evaluate_loaded(cfg, handle, loaded[uri], starts, in_len, out_len,
-                                        write_files=out_dir is not None))
+        results.append(_evaluate_loaded(cfg, handle, loaded[uri], starts, in_len, out_len, out_json))
     title = f"HKO-7 skill on the {split} split: {len(starts)} clips, {in_len} -> {out_len} frames (avg over lead times)"
     return CompareResult(results, render_comparison(results, title), int(len(starts)))
 

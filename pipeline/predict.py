@@ -6,13 +6,18 @@ Inputs, either
 * ``in_len`` PNG frames in HKO-7 encoding (8-bit grayscale, ``pixel = round(255 * (dBZ + 10) / 70)``),
   oldest first. When their names are HKO-7 names (``RADyymmddHHMM00.png``) the forecast times are known.
 
-Outputs in ``out_dir``:
+Outputs in ``out_dir`` (pixels outside the radar's coverage, where the last input frame's mask is
+false, are 0 in every format):
 * ``format="png"``: ``out_len`` frames in HKO-7 encoding, named ``RADyymmddHHMM00.png`` by forecast
   time (``forecast_01.png`` ... when the time is unknown);
 * ``format="zarr"``: a Zarr v3 group ``forecast.zarr`` with ``forecast`` uint8 (out_len, H, W),
   ``lead_time_s`` int64 (out_len,) and, when known, ``time`` int64 (out_len,) epoch seconds;
 * both: ``forecast.gif``, the observed frames then the forecast (beside the observation when the
   store holds it), colour scale in mm/h.
+
+Outputs are written in a private staging folder inside ``out_dir`` and renamed into place
+(``pipeline.files``): nothing is written through a symlink, an existing output is replaced only with
+``overwrite``, and a folder ``forecast.zarr`` is replaced only when ``predict`` wrote it.
 """
 from __future__ import annotations
 
@@ -24,7 +29,7 @@ import numpy as np
 import torch
 import zarr
 
-from pipeline import viz
+from pipeline import files, viz
 from pipeline.catalog import INTERVAL_S
 from pipeline.errors import NowcastError, check
 from pipeline.forecasters import Forecaster, load_forecaster
@@ -33,6 +38,10 @@ from pipeline.store import Store
 from pipeline.times import iso_utc, parse_time_s
 
 FORMATS = ("png", "zarr")
+ZARR_NAME = "forecast.zarr"
+GIF_NAME = "forecast.gif"
+#: Attribute that marks a Zarr group as a forecast written by ``predict`` (only such a folder is replaced).
+_ZARR_MARK = "nowcast_forecast"
 
 
 @dataclass
@@ -47,6 +56,8 @@ class PredictConfig:
     input_pngs : or: ``in_len`` HKO-7 PNG paths, oldest first.
     format : "png" or "zarr".
     gif : also write ``forecast.gif``.
+    overwrite : replace outputs of an earlier forecast (files, symlinks, a ``forecast.zarr`` that
+        ``predict`` wrote); without it an existing output is an error and nothing is written.
     """
 
     model_uri: str
@@ -59,6 +70,7 @@ class PredictConfig:
     device: str = "auto"                 # "auto": a GPU when one is visible
     fast_path: bool = True               # trajgru.fast.enable_fast_path for trained models
     gif: bool = True
+    overwrite: bool = False
 
     def __post_init__(self):
         check(self.format in FORMATS, f"unknown format {self.format!r}: use png or zarr")
@@ -67,6 +79,8 @@ class PredictConfig:
               "(--input, repeated), not both and not neither")
         check(not (self.input_pngs and self.time is not None),
               "--time applies to --store inputs only; PNG inputs carry their times in their names")
+        if self.time is not None:
+            self.time = parse_time_s(self.time)   # a malformed time fails here, before any model loads
 
 
 @dataclass
@@ -93,19 +107,30 @@ class _Inputs:
 
 
 # --------------------------------------------------------------------------- inputs
+def _check_time_in_store(store: Store, time_s: int | None, in_len: int = 1) -> None:
+    """NowcastError when the store is empty or ``time_s`` is outside what ``in_len`` input frames allow.
+
+    Called with ``in_len=1`` before the model is loaded (a quick check), and again with the model's."""
+    times = store.reader().time_s
+    if times.size == 0:
+        raise NowcastError(f"the store {store.path} holds no frames; ingest an archive into it first")
+    if time_s is None:
+        return
+    first_ok = int(times[0]) + (in_len - 1) * store.interval_s
+    if time_s < first_ok or time_s > int(times[-1]) + store.interval_s:
+        raise NowcastError(f"time {iso_utc(time_s)} is outside the store: the store covers {iso_utc(times[0])} to "
+                           f"{iso_utc(times[-1])}; pick a time from {iso_utc(first_ok)} to {iso_utc(times[-1])} "
+                           f"(the forecast needs the {in_len} frames before it)", exit_code=2)
+
+
 def _inputs_from_store(store: Store, time_value, in_len: int, out_len: int) -> _Inputs:
     """The in_len frames ending at the last store frame at or before ``time_value``."""
+    _check_time_in_store(store, None if time_value is None else parse_time_s(time_value), in_len)
     reader = store.reader()
     times = reader.time_s
     interval_s = store.interval_s
-    if times.size == 0:
-        raise NowcastError(f"the store {store.path} holds no frames; ingest an archive into it first")
     span = f"the store covers {iso_utc(times[0])} to {iso_utc(times[-1])}"
     t = int(times[-1]) if time_value is None else parse_time_s(time_value)
-    first_ok = int(times[0]) + (in_len - 1) * interval_s
-    if t < first_ok or t > int(times[-1]) + interval_s:
-        raise NowcastError(f"time {iso_utc(t)} is outside the store: {span}; pick a time from {iso_utc(first_ok)} "
-                           f"to {iso_utc(times[-1])} (the forecast needs the {in_len} frames before it)")
     last = int(times[np.searchsorted(times, t, side="right") - 1])
     if t - last >= interval_s:
         raise NowcastError(f"the store has no frame in the {interval_s // 60} min up to {iso_utc(t)} (the last "
@@ -160,8 +185,8 @@ def _inputs_from_pngs(paths: Sequence[str | Path], in_len: int) -> _Inputs:
 def _write_zarr(out_dir: Path, forecast_u8: np.ndarray, times_s: list[int] | None, interval_s: int,
                 attrs: dict) -> Path:
     """A Zarr v3 group with ``forecast`` (out_len, H, W) uint8, ``lead_time_s`` and (when known) ``time``."""
-    path = out_dir / "forecast.zarr"
-    group = zarr.open_group(str(path), mode="w", zarr_format=3)
+    path = out_dir / ZARR_NAME
+    group = zarr.open_group(str(path), mode="w-", zarr_format=3)
     n, h, w = forecast_u8.shape
     arr = group.create_array("forecast", shape=(n, h, w), dtype="uint8", chunks=(1, h, w))
     arr[:] = forecast_u8
@@ -170,8 +195,16 @@ def _write_zarr(out_dir: Path, forecast_u8: np.ndarray, times_s: list[int] | Non
     if times_s is not None:
         tarr = group.create_array("time", shape=(n,), dtype="int64")
         tarr[:] = np.asarray(times_s, dtype=np.int64)
-    group.attrs.update(attrs)
+    group.attrs.update({**attrs, _ZARR_MARK: True})
     return path
+
+
+def _is_forecast_zarr(path: Path) -> bool:
+    """True when ``path`` is a Zarr group that :func:`_write_zarr` wrote (the only folder ``predict`` replaces)."""
+    try:
+        return bool(zarr.open_group(str(path), mode="r").attrs.get(_ZARR_MARK))
+    except Exception:  # noqa: BLE001 (not a zarr group at all)
+        return False
 
 
 def _gif_mask(inputs: _Inputs) -> np.ndarray | None:
@@ -191,44 +224,58 @@ def _run_forecaster(forecaster: Forecaster, frames_u8: np.ndarray) -> np.ndarray
     return y[:, 0, 0].float().clamp(0.0, 1.0).cpu().numpy()
 
 
+def _output_names(cfg: PredictConfig, out_len: int, times: list[int] | None) -> list[str]:
+    names = viz.png_names(out_len, times) if cfg.format == "png" else [ZARR_NAME]
+    return names + ([GIF_NAME] if cfg.gif else [])
+
+
 def predict(cfg: PredictConfig) -> PredictResult:
     """Forecast ``out_len`` frames after the inputs and write them (see the module doc).
 
     Raises NowcastError for missing/ambiguous inputs, a wrong number of PNGs, frames whose size
-    differs from the model's, a time outside the store, or an unknown format/model.
+    differs from the model's, a time outside the store, an unknown format/model, or outputs that
+    exist already (without ``overwrite``).
     """
+    store = None
+    if cfg.store is not None:
+        store = Store.open(cfg.store)
+        _check_time_in_store(store, cfg.time)   # before the model loads (seconds)
     forecaster = load_forecaster(cfg.model_uri, tracking_uri=cfg.tracking_uri, device=cfg.device,
                                  fast_path=cfg.fast_path)
     in_len, out_len = int(forecaster.in_len), int(forecaster.out_len)
-    if cfg.store is not None:
-        inputs = _inputs_from_store(Store.open(cfg.store), cfg.time, in_len, out_len)
+    if store is not None:
+        inputs = _inputs_from_store(store, cfg.time, in_len, out_len)
         where = f"the store {cfg.store}"
     else:
         inputs = _inputs_from_pngs(cfg.input_pngs, in_len)
         where = "the input PNGs"
     forecaster.check_frame_size(inputs.frames_u8.shape[1:], where)
-
-    forecast = _run_forecaster(forecaster, inputs.frames_u8)
     times = None
     if inputs.last_time_s is not None:
         times = [int(inputs.last_time_s + inputs.interval_s * (k + 1)) for k in range(out_len)]
     out_dir = Path(cfg.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if cfg.format == "png":
-        paths = viz.save_frames_png(forecast, out_dir, times_s=times)
-    else:
-        attrs = {"model_uri": str(cfg.model_uri), "model_name": forecaster.name, "interval_s": inputs.interval_s,
-                 "pixel_encoding": PIXEL_ENCODING,
-                 "issued_after_s": inputs.last_time_s}
-        paths = [_write_zarr(out_dir, viz.pixel_to_u8(forecast), times, inputs.interval_s, attrs)]
-    gif_path = None
-    if cfg.gif:
-        truth = None if inputs.truth_u8 is None else inputs.truth_u8.astype(np.float32) / 255.0
-        when = f" after {iso_utc(inputs.last_time_s)}" if inputs.last_time_s is not None else ""
-        gif_path = viz.forecast_gif(inputs.frames_u8.astype(np.float32) / 255.0, truth, forecast,
-                                    out_dir / "forecast.gif", interval_min=inputs.interval_s / 60.0,
-                                    title=f"{forecaster.name}{when}", mask=_gif_mask(inputs))
-    return PredictResult(paths, gif_path, times, inputs.input_times_s, forecast)
+    names = _output_names(cfg, out_len, times)
+    files.check_free([out_dir / name for name in names], cfg.overwrite, _is_forecast_zarr)
+
+    forecast = _run_forecaster(forecaster, inputs.frames_u8)
+    if inputs.input_masks is not None:
+        forecast = np.where(inputs.input_masks[-1], forecast, 0.0).astype(forecast.dtype)
+    with files.staging_dir(out_dir) as tmp:
+        if cfg.format == "png":
+            viz.save_frames_png(forecast, tmp, times_s=times)
+        else:
+            attrs = {"model_uri": str(cfg.model_uri), "model_name": forecaster.name, "interval_s": inputs.interval_s,
+                     "pixel_encoding": PIXEL_ENCODING, "issued_after_s": inputs.last_time_s}
+            _write_zarr(tmp, viz.pixel_to_u8(forecast), times, inputs.interval_s, attrs)
+        if cfg.gif:
+            truth = None if inputs.truth_u8 is None else inputs.truth_u8.astype(np.float32) / 255.0
+            when = f" after {iso_utc(inputs.last_time_s)}" if inputs.last_time_s is not None else ""
+            viz.forecast_gif(inputs.frames_u8.astype(np.float32) / 255.0, truth, forecast, tmp / GIF_NAME,
+                             interval_min=inputs.interval_s / 60.0, title=f"{forecaster.name}{when}",
+                             mask=_gif_mask(inputs))
+        written = [files.publish(tmp / name, out_dir / name, cfg.overwrite, _is_forecast_zarr) for name in names]
+    gif_path = written.pop() if cfg.gif else None
+    return PredictResult(written, gif_path, times, inputs.input_times_s, forecast)
 
 
 __all__ = ["PredictConfig", "PredictResult", "predict"]

@@ -6,12 +6,19 @@ Logged models carry the model files of ``pipeline.checkpoints`` as ``extra_files
 ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` URI. The MLflow model itself is saved in the
 ``pt2`` (``torch.export``) format when the export succeeds, else ``pickle``.
 
+Metric names
+------------
+Skill scores have one naming, for training's validation and for ``nowcast evaluate`` alike
+(:func:`skill_metrics`, :func:`skill_curves`): ``{split}_csi_5mm_h``, ``{split}_hss_0.5mm_h``,
+``{split}_b_mse`` ... (means over lead times), and ``{split}_csi_5mm_h_by_lead`` (step = lead time
+in minutes), where ``split`` is the store's split name (``valid``, ``test``).
+
 Champion criterion
 ------------------
 A registered version carries the alias ``champion`` if its validation score, the metric
 :data:`CHAMPION_METRIC` of the run that produced it (= ``trajgru.metrics.champion_score``:
-mean CSI at the 5 mm/h threshold over lead times, higher is better), is strictly higher than
-the current champion's. The first version of a name always becomes champion.
+mean CSI at the 5 mm/h threshold over lead times on the ``valid`` split, higher is better), is
+strictly higher than the current champion's. A version without a finite score never takes the alias.
 """
 from __future__ import annotations
 
@@ -39,15 +46,20 @@ from mlflow.types import Schema, TensorSpec
 
 from pipeline import checkpoints
 from pipeline.errors import NowcastError
+from trajgru.metrics import nanmean
 
 log = logging.getLogger(__name__)
 
 CHAMPION_ALIAS = "champion"
+#: The split whose scores choose the champion.
+CHAMPION_SPLIT = "valid"
 #: Run metric holding a version's validation score (mean CSI at >= 5 mm/h; higher is better).
-CHAMPION_METRIC = "val_champion_score"
+CHAMPION_METRIC = f"{CHAMPION_SPLIT}_champion_score"
+#: Its name before the metric names were unified (read when a run has no CHAMPION_METRIC).
+_LEGACY_CHAMPION_METRIC = "val_champion_score"
 #: The run metric (at the step it came from) and the model-version tag holding the validation score of
 #: the registered weights: the best validation of the run.
-BEST_METRIC = "best_val_champion_score"
+BEST_METRIC = f"best_{CHAMPION_METRIC}"
 #: Tag holding the name a run was started under (``nowcast train --run-name``): resuming finds the run by it.
 RUN_NAME_TAG = "nowcast.run_name"
 DEFAULT_DB_NAME = "mlflow.db"
@@ -76,6 +88,15 @@ def resolve_tracking_uri(uri: str | None = None) -> str:
     if "://" not in uri:  # a bare directory path: MLflow's file store
         return Path(uri).expanduser().resolve().as_uri()
     return uri
+
+
+def existing_tracking_uri(uri: str | None = None) -> str | None:
+    """The tracking URI to read from without creating a store: ``uri`` or ``MLFLOW_TRACKING_URI``
+    (resolved) when given, else the default ``./mlflow.db`` only if that file exists, else None."""
+    if (uri or os.environ.get("MLFLOW_TRACKING_URI") or "").strip():
+        return resolve_tracking_uri(uri)
+    default = Path.cwd() / DEFAULT_DB_NAME
+    return resolve_tracking_uri(None) if default.is_file() else None
 
 
 def check_tracking_reachable(tracking_uri: str, timeout_s: float = 5.0) -> None:
@@ -159,17 +180,37 @@ def _client(tracking_uri: str | None = None):
 
 
 # --------------------------------------------------------------------------- runs
+def filter_value(text: str) -> str:
+    """``text`` quoted as a string value of an MLflow search filter (MLflow has no escapes: the quote
+    character must not occur inside); NowcastError when ``text`` holds both kinds of quote."""
+    text = str(text)
+    for quote in ("'", '"'):
+        if quote not in text:
+            return f"{quote}{text}{quote}"
+    raise NowcastError(f"{text!r} holds both kinds of quote and cannot be searched for in MLflow; rename it",
+                       exit_code=2)
+
+
 def find_or_create_run(tracking_uri: str, experiment: str, run_name: str) -> tuple[str, bool]:
     """The run started under ``run_name`` (tag :data:`RUN_NAME_TAG`; the newest if several), or a new
     one. Returns ``(run_id, created)``."""
     exp_id = setup_experiment(tracking_uri, experiment)
     client = mlflow.MlflowClient()
-    found = client.search_runs([exp_id], filter_string=f"tags.`{RUN_NAME_TAG}` = '{run_name}'",
+    found = client.search_runs([exp_id], filter_string=f"tags.`{RUN_NAME_TAG}` = {filter_value(run_name)}",
                                max_results=1, order_by=["attributes.start_time DESC"])
     if found:
         return found[0].info.run_id, False
     run = client.create_run(exp_id, run_name=run_name, tags={RUN_NAME_TAG: run_name})
     return run.info.run_id, True
+
+
+def run_exists(run_id: str, tracking_uri: str | None = None) -> bool:
+    """True when the tracking store at ``tracking_uri`` holds the run ``run_id``."""
+    try:
+        _client(tracking_uri).get_run(run_id)
+        return True
+    except Exception:  # noqa: BLE001 (MlflowException RESOURCE_DOES_NOT_EXIST)
+        return False
 
 
 def log_run_setup(run_id: str, params: dict, dicts: dict[str, dict], tags: dict[str, str]) -> None:
@@ -189,16 +230,28 @@ def set_run_status(run_id: str, status: str) -> None:
     mlflow.MlflowClient().set_terminated(run_id, status)
 
 
+def last_logged_step(run_id: str, keys: Sequence[str], tracking_uri: str | None = None) -> int:
+    """The highest step at which run ``run_id`` has any of the metrics ``keys`` (0 when none)."""
+    client = _client(tracking_uri)
+    return max((m.step for key in keys for m in client.get_metric_history(run_id, key)), default=0)
+
+
 class RunLogger:
     """Logging into an existing run from one process (a Ray worker); a no-op when not ``active``
-    (the other ranks). Starts the run (RUNNING) on construction, ends it with :meth:`end`."""
+    (the other ranks). Starts the run (RUNNING) on construction, ends it with :meth:`end`.
+
+    ``resume_keys``: metrics whose last logged step (:func:`last_logged_step`) marks what an earlier
+    attempt of the run already logged; metrics and artifacts of steps up to it are not logged again,
+    so a resumed run never logs a step twice.
+    """
 
     def __init__(self, tracking_uri: str, run_id: str, active: bool, system_metrics: bool = False,
-                 system_metrics_interval_s: float = 10.0):
-        self.active, self.run_id = active, run_id
+                 system_metrics_interval_s: float = 10.0, resume_keys: Sequence[str] = ()):
+        self.active, self.run_id, self.logged_through = active, run_id, 0
         if not active:
             return
         mlflow.set_tracking_uri(tracking_uri)
+        self.logged_through = last_logged_step(run_id, resume_keys) if resume_keys else 0
         kwargs = {}
         if system_metrics:
             kwargs["log_system_metrics"] = True
@@ -206,13 +259,15 @@ class RunLogger:
         mlflow.start_run(run_id=run_id, **kwargs)
 
     def metrics(self, values: dict[str, float], step: int) -> None:
-        """Log the finite values among ``values`` at ``step``."""
-        if self.active:
+        """Log the finite values among ``values`` at ``step`` (unless an earlier attempt logged that step)."""
+        if self.active and step > self.logged_through:
             clean = {k: float(v) for k, v in values.items() if v is not None and math.isfinite(float(v))}
             mlflow.log_metrics(clean, step=step)
 
-    def artifacts(self, local_dir: Path, artifact_path: str) -> None:
-        if self.active:
+    def artifacts(self, local_dir: Path, artifact_path: str, step: int | None = None) -> None:
+        """Log the files in ``local_dir`` under ``artifact_path`` (those of a ``step`` an earlier attempt
+        logged are skipped)."""
+        if self.active and (step is None or step > self.logged_through):
             mlflow.log_artifacts(str(local_dir), artifact_path)
 
     def end(self, status: str = "FINISHED") -> None:
@@ -245,6 +300,36 @@ def log_to_run(*, tracking_uri: str | None, run_id: str | None, experiment: str,
         if created:
             client.set_terminated(run_id)
     return run_id
+
+
+# --------------------------------------------------------------------------- metric names
+def skill_metrics(result: dict, split: str) -> dict[str, float]:
+    """MLflow metrics of ``SkillScores.result()`` on ``split``, the one naming (module doc): CSI and HSS per
+    threshold (``{split}_csi_5mm_h``), MSE, MAE, B-MSE and B-MAE (``{split}_b_mse``), each the mean over
+    lead times ignoring NaN. Values that are NaN (no event at any lead time) are left out."""
+    out: dict[str, float] = {}
+    thresholds = np.asarray(result["thresholds"], dtype=float)
+    for name in ("csi", "hss"):
+        scores = np.asarray(result[name], dtype=float)
+        for k, thr in enumerate(thresholds):
+            out[f"{split}_{name}_{thr:g}mm_h"] = nanmean(scores[:, k])
+    for name in ("mse", "mae", "b_mse", "b_mae"):
+        if name in result:
+            out[f"{split}_{name}"] = nanmean(np.asarray(result[name], dtype=float))
+    return {k: float(v) for k, v in out.items() if math.isfinite(v)}
+
+
+def skill_curves(result: dict, split: str, interval_s: int) -> list[tuple[str, float, int]]:
+    """CSI and HSS per threshold against lead time as ``(key, value, lead minutes)`` triples, keys
+    ``{split}_csi_5mm_h_by_lead``; NaN values left out."""
+    curves = []
+    for name in ("csi", "hss"):
+        scores = np.asarray(result[name], dtype=float)
+        lead_min = [int((t + 1) * interval_s // 60) for t in range(scores.shape[0])]
+        for k, thr in enumerate(np.asarray(result["thresholds"], dtype=float)):
+            curves += [(f"{split}_{name}_{thr:g}mm_h_by_lead", float(v), m) for v, m in zip(scores[:, k], lead_min)
+                       if math.isfinite(v)]
+    return curves
 
 
 # --------------------------------------------------------------------------- logging models
@@ -346,18 +431,29 @@ def log_and_register_model(
 
 
 # --------------------------------------------------------------------------- champion alias
+def _finite(score) -> bool:
+    return score is not None and math.isfinite(float(score))
+
+
 def promote(name: str, version: int | str, alias: str = CHAMPION_ALIAS,
-            tracking_uri: str | None = None) -> None:
-    """Give registered model ``name`` version ``version`` the alias (moves it if held)."""
+            tracking_uri: str | None = None, force: bool = False) -> None:
+    """Give registered model ``name`` version ``version`` the alias (moves it if held).
+
+    The ``champion`` alias goes only to a version with a validation score (:data:`CHAMPION_METRIC`
+    of its run), unless ``force``.
+    """
     client = _client(tracking_uri)
     try:
         client.get_model_version(name, str(version))
-        client.set_registered_model_alias(name, alias, str(version))
     except Exception as exc:  # noqa: BLE001 (MlflowException; keep message)
         raise NowcastError(
             f"cannot set alias {alias!r} on {name} version {version}: {exc}. Check the name "
             "and version (`mlflow models` UI or MlflowClient.search_model_versions)."
         ) from exc
+    if alias == CHAMPION_ALIAS and not force and not _finite(version_score(name, version)):
+        raise NowcastError(f"{name} version {version} has no validation score ({CHAMPION_METRIC} of its run), so "
+                           f"it does not become {alias}; pass --force to promote it anyway", exit_code=2)
+    client.set_registered_model_alias(name, alias, str(version))
 
 
 def champion_version(name: str, alias: str = CHAMPION_ALIAS, tracking_uri: str | None = None):
@@ -380,7 +476,8 @@ def tag_version_score(name: str, version: int | str, score: float, step: int | N
 def version_score(name: str, version: int | str, metric_key: str = CHAMPION_METRIC,
                   tracking_uri: str | None = None) -> float | None:
     """The validation score of version ``version``: its :data:`BEST_METRIC` tag (the registered weights'
-    score), else the ``metric_key`` value of the run that produced it (None if absent)."""
+    score), else the ``metric_key`` value of the run that produced it (None if absent; for
+    :data:`CHAMPION_METRIC`, runs logged before the metric names were unified are read too)."""
     client = _client(tracking_uri)
     mv = client.get_model_version(name, str(version))
     tagged = (mv.tags or {}).get(BEST_METRIC)
@@ -388,31 +485,36 @@ def version_score(name: str, version: int | str, metric_key: str = CHAMPION_METR
         return float(tagged)
     if not mv.run_id:
         return None
-    return client.get_run(mv.run_id).data.metrics.get(metric_key)
+    metrics = client.get_run(mv.run_id).data.metrics
+    if metric_key == CHAMPION_METRIC and metric_key not in metrics:
+        return metrics.get(_LEGACY_CHAMPION_METRIC)
+    return metrics.get(metric_key)
 
 
-def promote_if_better(name: str, version: int | str, score: float,
+def promote_if_better(name: str, version: int | str, score: float | None,
                       metric_key: str = CHAMPION_METRIC, alias: str = CHAMPION_ALIAS,
                       tracking_uri: str | None = None) -> bool:
     """Move ``alias`` to ``version`` if ``score`` beats the current champion's (higher wins).
 
-    The champion's score is read from its run's ``metric_key``. If no version holds the alias
-    the new version takes it whatever its score. A champion without the metric counts as
-    -inf; a NaN ``score`` never beats an existing champion; ties keep the current champion.
-    Returns True if the alias moved to ``version``.
+    A ``score`` that is None or NaN (no validation clips, no rain in them) never takes the alias, not
+    even the first time. The champion's score is :func:`version_score`; a champion without one counts
+    as -inf; ties keep the current champion. Returns True if the alias moved.
     """
     client = _client(tracking_uri)
+    if not _finite(score):
+        log.warning("%s v%s has no validation score: it does not become %s", name, version, alias)
+        return False
     current = champion_version(name, alias)
     if current is not None and str(current.version) == str(version):
         return False
     if current is not None:
         best = version_score(name, current.version, metric_key)
-        best = -math.inf if best is None or math.isnan(best) else best
-        if score is None or math.isnan(score) or not score > best:
+        best = best if _finite(best) else -math.inf
+        if not score > best:
             log.info("%s v%s (score %s) does not beat %s v%s (score %s)",
                      name, version, score, alias, current.version, best)
             return False
-    promote(name, version, alias)
+    client.set_registered_model_alias(name, alias, str(version))
     client.set_model_version_tag(name, str(version), metric_key, str(score))
     return True
 

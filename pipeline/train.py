@@ -62,10 +62,10 @@ from ray.train import (Checkpoint, CheckpointConfig, CheckpointConsistencyMode, 
 from ray.train.torch import TorchTrainer
 from torch.utils.data import DataLoader
 
-from pipeline import checkpoints, tracking, viz
+from pipeline import checkpoints, files, tracking, viz
 from pipeline.dataset import ClipDataset, augment_clips, collate_clips, rank_slice
-from pipeline.errors import NowcastError, check
-from pipeline.raycluster import connect_ray
+from pipeline.errors import NowcastError, check, check_name, check_types
+from pipeline.raycluster import DriverGone, DriverLink, connect_ray, ray_logs_dir
 from pipeline.store import Store
 from trajgru.fast import enable_fast_path, fused_adam
 from trajgru.losses import BalancedLoss
@@ -150,19 +150,31 @@ class TrainConfig:
     system_metrics_interval_s: float = 10.0
     model_format: str | None = None        # MLflow model: "pt2", "pickle", None = pt2 else pickle
     fast_path: bool = True                 # trajgru.fast: fused kernels + channels-last (GPU), channels-last (CPU)
+    force: bool = False                    # resume a run name on a store other than the one it started on
     fail_at_step: int | None = None        # testing only
 
     def __post_init__(self):
+        check_types(self)   # every field: its type, coerced (YAML's "1e-3" -> 0.001) or refused
         check(self.preset in PRESETS, f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
         check(self.recipe is None or self.recipe in RECIPES,
               f"unknown recipe {self.recipe!r}; choose one of {', '.join(RECIPES)}")
         check(self.workers >= 1, f"--workers must be >= 1, got {self.workers}")
-        for name in ("steps", "batch_size", "checkpoint_every", "lr_decay_every", "log_every"):
+        check_name(self.run_name, "--run-name")
+        check_name(self.register_as, "--register-as")
+        for name in ("steps", "batch_size", "checkpoint_every", "lr_decay_every", "log_every", "val_clips",
+                     "height", "width", "in_len", "out_len", "fail_at_step"):
             value = getattr(self, name)
             check(value is None or value >= 1, f"{name} must be >= 1, got {value}")
-        for name in ("warmup_steps", "early_stop_patience"):
+        for name in ("warmup_steps", "early_stop_patience", "val_every", "gif_clips", "max_failures",
+                     "num_dataloader_workers", "mse_weight", "mae_weight", "seed"):
             value = getattr(self, name)
             check(value is None or value >= 0, f"{name} must be >= 0, got {value}")
+        check(self.clip_norm > 0, f"clip_norm must be > 0, got {self.clip_norm}")
+        check(self.system_metrics_interval_s > 0,
+              f"system_metrics_interval_s must be > 0, got {self.system_metrics_interval_s}")
+        check(self.mse_weight + self.mae_weight > 0, "mse_weight and mae_weight cannot both be 0")
+        check(self.model_format in (None, "pt2", "pickle"),
+              f"model_format must be pt2 or pickle, got {self.model_format!r}")
         check(self.lr_schedule is None or self.lr_schedule in LR_SCHEDULES,
               f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
         check(self.beta1 is None or 0 <= self.beta1 < 1, f"beta1 must be in [0, 1), got {self.beta1}")
@@ -388,11 +400,16 @@ class WorkerContext:
     in_len: int
     out_len: int
     logger: tracking.RunLogger        # active on rank 0 only
+    link: DriverLink | None = None    # to the driver's terminal (None: print to this worker's stdout)
 
     def say(self, text: str) -> None:
-        """Print a progress line from rank 0."""
-        if self.rank == 0:
+        """Print a progress line from rank 0 on the driver (:class:`DriverGone` once the driver is gone)."""
+        if self.rank != 0:
+            return
+        if self.link is None:
             worker_print(f"[train] {text}", flush=True)
+        else:
+            self.link.say(f"[train] {text}")
 
 
 @dataclass
@@ -447,14 +464,17 @@ def _optimizer_and_schedule(cfg: TrainConfig, model):
     return optimizer, scheduler
 
 
-def _build_and_restore(cfg: TrainConfig):
+def _build_and_restore(cfg: TrainConfig, resume_from: str | None = None):
     """Model (prepared for DDP), optimizer, scheduler and the state restored from Ray's latest
-    checkpoint (a fresh state when there is none) -> (model, model config dict, optimizer, scheduler,
-    TrainState)."""
+    checkpoint, or from ``resume_from`` when the driver set Ray's latest aside as damaged
+    (:func:`resume_point`); a fresh state when there is none -> (model, model config dict, optimizer,
+    scheduler, TrainState)."""
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.preset, cfg.cell, **cfg.model_overrides())
     train_state, meta, best = None, None, None
     ckpt = ray.train.get_checkpoint()
+    if ckpt is not None and resume_from is not None and not checkpoints.is_model_dir(ckpt.path):
+        ckpt = Checkpoint.from_directory(resume_from)   # Ray's latest was emptied as damaged
     if ckpt is not None:
         with ckpt.as_directory() as d:
             model_state, train_state, meta = checkpoints.load(d)
@@ -472,7 +492,7 @@ def _build_and_restore(cfg: TrainConfig):
     return model, model_config, optimizer, scheduler, TrainState.restore(meta, best)
 
 
-def _worker_context(cfg: TrainConfig, run_id: str, model_config: dict) -> WorkerContext:
+def _worker_context(cfg: TrainConfig, run_id: str, model_config: dict, link: DriverLink | None) -> WorkerContext:
     ctx = ray.train.get_context()
     device = ray.train.torch.get_device()
     rank = ctx.get_world_rank()
@@ -481,7 +501,9 @@ def _worker_context(cfg: TrainConfig, run_id: str, model_config: dict) -> Worker
         autocast_device="cuda" if cfg.use_gpu and device.type == "cuda" else None,
         in_len=model_config["in_len"], out_len=model_config["out_len"],
         logger=tracking.RunLogger(cfg.tracking_uri, run_id, active=rank == 0, system_metrics=cfg.system_metrics,
-                                  system_metrics_interval_s=cfg.system_metrics_interval_s))
+                                  system_metrics_interval_s=cfg.system_metrics_interval_s,
+                                  resume_keys=("loss", tracking.CHAMPION_METRIC)),
+        link=link)
 
 
 def _train_loader(ctx: WorkerContext, first_step: int) -> tuple[DataLoader, int]:
@@ -523,18 +545,10 @@ class _StepLog:
 
 
 def validation_metrics(result: dict) -> dict[str, float]:
-    """Flat MLflow metrics from ``SkillScores.result()``: CSI/HSS per threshold averaged over
-    lead times (``val_csi_5mm_h`` ...), mean B-MSE/B-MAE, and the champion score."""
-    out: dict[str, float] = {}
-    for key in ("csi", "hss"):
-        arr = np.asarray(result[key], dtype=np.float64)
-        for j, thr in enumerate(result["thresholds"]):
-            out[f"val_{key}_{thr:g}mm_h"] = float(nanmean(arr[:, j]))
-    for key in ("b_mse", "b_mae", "mse", "mae"):
-        if key in result:
-            out[f"val_{key}"] = float(nanmean(np.asarray(result[key], dtype=np.float64)))
-    out[tracking.CHAMPION_METRIC] = float(champion_score(result))
-    return out
+    """MLflow metrics of a validation: :func:`pipeline.tracking.skill_metrics` on the ``valid`` split
+    (``valid_csi_5mm_h`` ..., the names ``nowcast evaluate`` uses) and the champion score."""
+    return {**tracking.skill_metrics(result, tracking.CHAMPION_SPLIT),
+            tracking.CHAMPION_METRIC: float(champion_score(result))}
 
 
 def _score_clips(module, ctx: WorkerContext, starts_s: np.ndarray) -> tuple[SkillScores, list]:
@@ -600,7 +614,7 @@ def _log_validation_artifacts(result: dict, gifs: list, step: int, ctx: WorkerCo
         for i, (inputs, truth, pred) in enumerate(gifs):
             viz.forecast_gif(inputs, truth, pred, tmp / f"forecast_clip{i}_step{step}.gif", interval_min=interval_min,
                              title=f"validation clip {i}, step {step}")
-        ctx.logger.artifacts(tmp, f"validation/step_{step}")
+        ctx.logger.artifacts(tmp, f"validation/step_{step}", step=step)
 
 
 def _all_mean_fn(world: int):
@@ -632,10 +646,13 @@ def checkpoint_payload(optimizer, scheduler, state: TrainState, run_id: str):
 
 def _checkpoint_and_report(ctx: WorkerContext, model, optimizer, scheduler, state: TrainState,
                            metrics: dict) -> None:
-    """Rank 0 writes a checkpoint; every rank reports ``metrics`` (with it) to Ray Train."""
+    """Rank 0 writes a checkpoint (only while the driver lives); every rank reports ``metrics`` (with it)
+    to Ray Train."""
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = None
         if ctx.rank == 0:
+            if ctx.link is not None:
+                ctx.link.check()
             checkpoints.save(tmp, model, *checkpoint_payload(optimizer, scheduler, state, ctx.run_id))
             ckpt = Checkpoint.from_directory(tmp)
         ray.train.report(metrics, checkpoint=ckpt)
@@ -680,8 +697,18 @@ def train_loop_per_worker(config: dict) -> dict:
     the best validated weights (the checkpoint's ``best/``).
     """
     cfg = TrainConfig(**config["cfg"])
-    model, model_config, optimizer, scheduler, state = _build_and_restore(cfg)
-    ctx = _worker_context(cfg, config["run_id"], model_config)
+    model, model_config, optimizer, scheduler, state = _build_and_restore(cfg, config.get("resume_from"))
+    ctx = _worker_context(cfg, config["run_id"], model_config, config.get("link"))
+    try:
+        return _train_steps(ctx, model, optimizer, scheduler, state)
+    except DriverGone:
+        ctx.logger.end("KILLED")   # the driver was killed: stop here, log and checkpoint nothing more
+        raise
+
+
+def _train_steps(ctx: WorkerContext, model, optimizer, scheduler, state: TrainState) -> dict:
+    """The training loop of :func:`train_loop_per_worker` from ``state.step`` on; returns its summary."""
+    cfg = ctx.cfg
     start = state.step
     loader, n_clips = _train_loader(ctx, start + 1)
     val_starts = validation_starts(ctx.store, cfg.val_clips)
@@ -693,7 +720,7 @@ def train_loop_per_worker(config: dict) -> dict:
         ctx.say(f"{'resuming after' if start else 'starting at'} step {start} of {cfg.steps}; {ctx.world} "
                 f"worker(s), global batch {cfg.batch_size}, {n_clips} train clips on rank 0, {len(val_starts)} "
                 "validation clips")
-    status, message, new_attempt, last_ckpt_step = "ok", "", True, start
+    status, message, new_attempt = "ok", "", True
     for step, (frames, masks) in zip(range(start + 1, cfg.steps + 1), loader):
         _maybe_fail(cfg, step, ctx.rank, ctx.world)
         if cfg.augment:
@@ -704,8 +731,7 @@ def train_loop_per_worker(config: dict) -> dict:
                                      clip_norm=cfg.clip_norm, autocast_device=ctx.autocast_device,
                                      reduce_fn=reduce_fn)
         except NonFiniteLoss as exc:
-            status = "non_finite"
-            message = f"{exc}; the run stopped and its last good checkpoint (step {last_ckpt_step}) is kept"
+            status, message = "non_finite", str(exc)
             break
         add_step(state.segments, step, new_attempt)
         state.step, new_attempt = step, False
@@ -718,7 +744,6 @@ def train_loop_per_worker(config: dict) -> dict:
             state.stopped_early = bool(cfg.early_stop_patience) and state.stale_validations >= cfg.early_stop_patience
         if _due(cfg.checkpoint_every, step, cfg.steps) or state.stopped_early:
             _checkpoint_and_report(ctx, model, optimizer, scheduler, state, {"step": step, "loss": loss})
-            last_ckpt_step = step
         if state.stopped_early:
             ctx.say(f"stopping early at step {step}: no better validation score in the last "
                     f"{cfg.early_stop_patience} validations (best: step {state.best_step})")
@@ -759,10 +784,11 @@ def _mlflow_run(cfg: TrainConfig, model_config: dict, store: Store) -> str:
 def raise_if_stopped(summary: dict, checkpoint_path: str | None, run_name: str) -> None:
     """NowcastError if the workers stopped on a non-finite loss or left no checkpoint."""
     if summary.get("status") == "non_finite":
+        kept = (f"the last good checkpoint, {checkpoint_path} (step {checkpoints.read_meta(checkpoint_path)['step']}), "
+                "is kept" if checkpoint_path else "there is no checkpoint yet (the failure came before the first one)")
         raise NowcastError(
-            f"training stopped: {summary.get('message')}. Last good checkpoint: "
-            f"{checkpoint_path or 'none (the failure came before the first checkpoint)'}. Lower "
-            "--lr or --clip-norm, or check the store for corrupt frames; then re-run.")
+            f"training stopped: {summary.get('message')}; {kept}. Lower --lr or --clip-norm, or check the store "
+            "for corrupt frames; then re-run.")
     if checkpoint_path is None:
         raise NowcastError(f"run {run_name!r} produced no checkpoint; check --steps.")
 
@@ -789,9 +815,11 @@ def _finish_model(cfg: TrainConfig, store: Store, run_id: str, checkpoint_dir: s
     best_step = summary.get("best_step")
     score = summary.get("best_score")
     score = float("nan") if score is None else float(score)
+    logged_before = best_step and tracking.last_logged_step(run_id, [tracking.BEST_METRIC],
+                                                            cfg.tracking_uri) >= best_step
     tracking.log_to_run(tracking_uri=cfg.tracking_uri, run_id=run_id, experiment=cfg.experiment,
                         run_name=cfg.run_name, new_run_tags={},
-                        metrics=[(tracking.BEST_METRIC, score, best_step)] if best_step else [],
+                        metrics=[(tracking.BEST_METRIC, score, best_step)] if best_step and not logged_before else [],
                         tags={"best_step": best_step if best_step else "none (never validated)"},
                         files=[], artifact_path="")
     logged = tracking.log_and_register_model(model, _input_example(store, model_config), cfg.register_as,
@@ -801,9 +829,11 @@ def _finish_model(cfg: TrainConfig, store: Store, run_id: str, checkpoint_dir: s
     if logged.registered_version is not None:
         tracking.tag_version_score(cfg.register_as, logged.registered_version, score, best_step)
         promoted = tracking.promote_if_better(cfg.register_as, logged.registered_version, score)
+        scored = (f"validation CSI >= 5 mm/h {score:.4f}" if math.isfinite(score) else
+                  "no validation score, so it cannot become champion")
         print(f"[train] registered {cfg.register_as} version {logged.registered_version}: the weights of step "
-              f"{best_step or summary.get('final_step')} (validation CSI >= 5 mm/h {score:.4f})"
-              f"{' (now champion)' if promoted else ''}", flush=True)
+              f"{best_step or summary.get('final_step')} ({scored}){' (now champion)' if promoted else ''}",
+              flush=True)
     return logged, promoted
 
 
@@ -814,21 +844,120 @@ def _model_config(cfg: TrainConfig) -> dict:
         raise NowcastError(f"cannot build the {cfg.preset} model: {exc}", exit_code=2) from exc
 
 
+#: A run's record beside its checkpoints: the store it trains on (:func:`check_run_store`).
+RUN_RECORD = "nowcast_run.json"
+
+
+def check_splits(cfg: TrainConfig, store: Store) -> None:
+    """Before Ray starts: NowcastError when the train split cannot give every worker a clip; a warning
+    when there is nothing to validate on (the model then gets no score and cannot become champion)."""
+    n_train = len(store.clip_starts("train", "random"))
+    if n_train < cfg.workers:
+        raise NowcastError(
+            f"the train split of {store.path} has {n_train} training clip(s) and {cfg.workers} worker(s) need at "
+            "least one each; check the splits with `nowcast info`, re-ingest with more days in train (--split), "
+            "or use fewer --workers", exit_code=2)
+    if not len(validation_starts(store, cfg.val_clips)):
+        print(f"[train] warning: the valid split of {store.path} has no clips: the model gets no validation score "
+              "and does not become champion", flush=True)
+
+
+def _store_identity(store: Store) -> dict:
+    """What must match for a run to resume on a store: its fingerprint without its path (a moved store is
+    the same data)."""
+    return {k: v for k, v in store.fingerprint().items() if k != "path"}
+
+
+def check_run_store(cfg: TrainConfig, store: Store) -> None:
+    """Before Ray starts: a run name resumes only on the store it started on (same fingerprint), unless
+    ``cfg.force``; records the store for the next resume (``<storage>/<run name>/nowcast_run.json``)."""
+    record = Path(cfg.storage_path) / cfg.run_name / RUN_RECORD
+    identity = _store_identity(store)
+    if record.exists():
+        started_on = json.loads(record.read_text())
+        if started_on.get("store_fingerprint") == identity:
+            return
+        if not cfg.force:
+            raise NowcastError(
+                f"run {cfg.run_name!r} started on another store ({started_on.get('store')}) or on this one before "
+                f"it changed, and {cfg.store} differs from it; resuming would train on different clips. Use "
+                "another --run-name for a new run, or --force to resume on this store anyway", exit_code=2)
+        print(f"[train] --force: resuming {cfg.run_name} on {cfg.store}, not the store it started on", flush=True)
+    files.write_json(record, {"store": cfg.store, "store_fingerprint": identity})
+
+
+def _move_aside(checkpoint_dir: Path, folder: Path) -> Path:
+    """Move the files of a checkpoint into ``folder/<its name>`` (created); its own folder stays, empty."""
+    aside = folder / checkpoint_dir.name
+    aside.mkdir(parents=True, exist_ok=True)
+    checkpoint_dir.mkdir(exist_ok=True)
+    for item in checkpoint_dir.iterdir():
+        os.replace(item, aside / item.name)
+    return aside
+
+
+def resume_point(cfg: TrainConfig) -> str | None:
+    """Before Ray starts: check the checkpoints Ray would resume the run from.
+
+    - A checkpoint folder that Ray's run snapshot does not list (written by an attempt whose driver died
+      before Ray registered it) is moved into the run's ``unregistered/`` folder, so it neither counts
+      nor lingers beside the ``num_to_keep`` that Ray manages.
+    - The files of a damaged (or missing) latest checkpoint (:func:`pipeline.checkpoints.problem`) are moved
+      into ``damaged/``, leaving its folder empty (the snapshot must still find it), and the previous good
+      checkpoint is returned: the workers resume from it, and a message says so.
+
+    Returns None when there is nothing to resume or the latest checkpoint is fine. NowcastError when no
+    checkpoint of the run is usable. Nothing is deleted.
+    """
+    run_dir = Path(cfg.storage_path) / cfg.run_name
+    try:
+        result = ray.train.Result.from_path(str(run_dir))
+    except Exception:  # noqa: BLE001 (RuntimeError: no run there yet)
+        return None
+    tracked = {Path(ckpt.path).name for ckpt, _ in result.best_checkpoints or []}
+    for folder in sorted(run_dir.glob("checkpoint_*")):
+        if folder.is_dir() and folder.name not in tracked:
+            (run_dir / "unregistered").mkdir(exist_ok=True)
+            os.replace(folder, run_dir / "unregistered" / folder.name)
+            print(f"[train] {folder.name} was written after Ray last recorded the run (its driver died); moved "
+                  f"to {run_dir / 'unregistered'}", flush=True)
+    if result.checkpoint is None:
+        return None
+    latest = Path(result.checkpoint.path)
+    reason = checkpoints.problem(latest) if latest.exists() else "missing"
+    if reason is None:
+        return None
+    aside = _move_aside(latest, run_dir / "damaged")
+    good = [(checkpoints.read_meta(run_dir / name)["step"], run_dir / name) for name in sorted(tracked)
+            if checkpoints.problem(run_dir / name) is None]
+    if not good:
+        raise NowcastError(f"the latest checkpoint of run {cfg.run_name!r} is damaged ({reason}; its files are in "
+                           f"{aside}) and no earlier one is usable; start a new run with another --run-name")
+    step, previous = max(good)
+    print(f"[train] the latest checkpoint of {cfg.run_name} is damaged ({reason}); its files are kept aside in "
+          f"{aside}; resuming from the previous good one, {previous} (step {step})", flush=True)
+    return str(previous)
+
+
 def train(cfg: TrainConfig) -> TrainResult:
     """Train (or resume) a model as configured; see the module docstring.
 
-    Raises NowcastError on bad options, a missing store, unreachable Ray/MLflow, a worker
-    failure beyond ``max_failures`` (re-run with the same run name to resume) or a
-    non-finite loss.
+    Raises NowcastError on bad options, a missing store, a train split too small for the workers, a
+    resume on another store (without ``force``), unreachable Ray/MLflow, a worker failure beyond
+    ``max_failures`` (re-run with the same run name to resume) or a non-finite loss.
     """
     t0 = time.perf_counter()
     store = Store.open(cfg.store)
     cfg = _with_store_frame_size(cfg.resolved(), store)
+    check_splits(cfg, store)
+    check_run_store(cfg, store)
+    resume_from = resume_point(cfg)
     run_id = _mlflow_run(cfg, _model_config(cfg), store)
     connect_ray(cfg.ray_address)
+    link = DriverLink.create()
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"cfg": dataclasses.asdict(cfg), "run_id": run_id},
+        train_loop_config={"cfg": dataclasses.asdict(cfg), "run_id": run_id, "link": link, "resume_from": resume_from},
         scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.use_gpu),
         run_config=RunConfig(
             name=cfg.run_name, storage_path=cfg.storage_path,
@@ -837,13 +966,14 @@ def train(cfg: TrainConfig) -> TrainResult:
         ),
     )
     try:
-        result = trainer.fit()
+        with link.printing():
+            result = trainer.fit()
     except Exception as exc:  # noqa: BLE001 (ray.train.TrainingFailedError and friends)
         tracking.set_run_status(run_id, "FAILED")
         raise NowcastError(
             f"training run {cfg.run_name!r} failed: {exc}\nRe-run with the same --run-name "
             f"{cfg.run_name} (and --storage-path {cfg.storage_path}) to resume from its last "
-            "checkpoint.") from exc
+            f"checkpoint; Ray's own logs are in {ray_logs_dir()}.") from exc
     summary = result.return_value or {}
     ckpt_path = result.checkpoint.path if result.checkpoint is not None else None
     if summary.get("status") != "ok" or ckpt_path is None:

@@ -8,6 +8,7 @@ Frames handed to this module are float pixel values in [0, 1] (HKO-7 encoding,
 """
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Sequence
 
@@ -17,6 +18,7 @@ from matplotlib.colors import BoundaryNorm, ListedColormap
 from matplotlib.figure import Figure
 from PIL import Image
 
+from pipeline import files
 from pipeline.sources import hko7
 from trajgru.metrics import DEFAULT_THRESHOLDS_MM_H
 from trajgru.units import pixel_to_rainfall
@@ -61,27 +63,9 @@ def pixel_to_u8(frames_pixel: np.ndarray) -> np.ndarray:
     return np.rint(255.0 * np.clip(p, 0.0, 1.0)).astype(np.uint8)
 
 
-def save_frames_png(
-    frames_pixel: np.ndarray,
-    out_dir: str | Path,
-    times_s: Sequence[int] | None = None,
-    names: Sequence[str] | None = None,
-) -> list[Path]:
-    """Write frames as HKO-7 encoded 8-bit grayscale PNGs.
-
-    Parameters
-    ----------
-    frames_pixel : (S, H, W) float pixel values (clamped to [0, 1], stored as ``round(255 * p)``).
-    out_dir : folder, created if needed.
-    times_s : S epoch seconds (UTC): files are named ``RADyymmddHHMM00.png`` (``hko7.file_stem``).
-    names : S file stems, used when ``times_s`` is None. With neither: ``forecast_01.png`` ...
-
-    Returns the S paths in frame order.
-    """
-    frames = np.asarray(frames_pixel)
-    if frames.ndim != 3:
-        raise ValueError(f"frames_pixel must be (S, H, W), got shape {frames.shape}")
-    n = frames.shape[0]
+def png_names(n: int, times_s: Sequence[int] | None = None, names: Sequence[str] | None = None) -> list[str]:
+    """The file names :func:`save_frames_png` gives ``n`` frames: ``RADyymmddHHMM00.png`` by time
+    (``hko7.file_stem``), else ``names`` (stems), else ``forecast_01.png`` ..."""
     if times_s is not None:
         stems = [hko7.file_stem(int(t)) for t in times_s]
     elif names is not None:
@@ -92,15 +76,33 @@ def save_frames_png(
         raise ValueError(f"{n} frames but {len(stems)} names/times")
     if len(set(stems)) != n:
         raise ValueError("file names must be distinct")
+    return [f"{stem}.png" for stem in stems]
+
+
+def save_frames_png(
+    frames_pixel: np.ndarray,
+    out_dir: str | Path,
+    times_s: Sequence[int] | None = None,
+    names: Sequence[str] | None = None,
+) -> list[Path]:
+    """Write frames as HKO-7 encoded 8-bit grayscale PNGs (each under a temporary name, then renamed:
+    never through a symlink).
+
+    Parameters
+    ----------
+    frames_pixel : (S, H, W) float pixel values (clamped to [0, 1], stored as ``round(255 * p)``).
+    out_dir : folder, created if needed.
+    times_s, names : the file names, see :func:`png_names`.
+
+    Returns the S paths in frame order.
+    """
+    frames = np.asarray(frames_pixel)
+    if frames.ndim != 3:
+        raise ValueError(f"frames_pixel must be (S, H, W), got shape {frames.shape}")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     u8 = pixel_to_u8(frames)
-    paths = []
-    for stem, frame in zip(stems, u8):
-        path = out / f"{stem}.png"
-        path.write_bytes(hko7.encode_frame(np.ascontiguousarray(frame)))
-        paths.append(path)
-    return paths
+    return [files.write_bytes(out / name, hko7.encode_frame(np.ascontiguousarray(frame)))
+            for name, frame in zip(png_names(frames.shape[0], times_s, names), u8)]
 
 
 def _threshold_values(result: dict, thresholds, n_thr: int) -> list[float]:
@@ -149,10 +151,9 @@ def plot_skill_vs_lead(
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    out = Path(out_png)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    return out
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    return files.write_bytes(out_png, buf.getvalue())
 
 
 def _frame_masks(mask, n_frames: int, shape: tuple[int, int]) -> list[np.ndarray | None]:
@@ -255,17 +256,17 @@ def forecast_gif(
         fig.canvas.draw()
         rgba = np.asarray(fig.canvas.buffer_rgba())
         pictures.append(Image.fromarray(rgba[..., :3].copy(), mode="RGB"))
-    out = Path(out_gif)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    pictures[0].save(out, save_all=True, append_images=pictures[1:], duration=int(frame_ms), loop=0,
-                     disposal=1)
-    return out
+    buf = io.BytesIO()
+    pictures[0].save(buf, format="GIF", save_all=True, append_images=pictures[1:], duration=int(frame_ms),
+                     loop=0, disposal=1)
+    return files.write_bytes(out_gif, buf.getvalue())
 
 
 __all__ = [
     "RAIN_LEVELS_MM_H",
     "rain_colormap",
     "pixel_to_u8",
+    "png_names",
     "save_frames_png",
     "plot_skill_vs_lead",
     "forecast_gif",

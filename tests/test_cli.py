@@ -130,3 +130,25 @@ def test_malformed_split_is_usage_error(tmp_path):
     result = runner.invoke(cli.app, ["ingest", str(tmp_path), str(tmp_path / "s.zarr"), "--split", "nonsense"])
     assert result.exit_code == 2
     assert "NAME=" in result.output
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_help_shows_no_python_types(name):
+    """Flags show no placeholder, values click's INTEGER/TEXT/PATH (not <bool>, <list[str]>, <int>)."""
+    result = runner.invoke(cli.app, [name, "--help"], terminal_width=200)
+    assert result.exit_code == 0
+    for python_type in ("<bool>", "<list[", "<int>", "<str>", "<float>", "<path>"):
+        assert python_type not in result.output, f"`nowcast {name} --help` shows {python_type}"
+
+
+def test_info_prints_splits_as_lines_not_a_python_dict(tmp_path):
+    from pipeline.ingest import IngestConfig, ingest
+    from pipeline.synth import SynthConfig, synth_archive
+
+    synth_archive(SynthConfig(out_dir=tmp_path / "a", days=3, frames_per_day=40, size_px=16, workers=1),
+                  progress=False)
+    ingest(IngestConfig(archive=tmp_path / "a", store=tmp_path / "s.zarr", workers=0), progress=False)
+    result = runner.invoke(cli.app, ["info", str(tmp_path / "s.zarr")], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "{" not in result.output and "'" not in result.output
+    assert "train: " in result.output and "sequent clips" in result.output

@@ -26,7 +26,7 @@ import yaml
 from typer.testing import CliRunner
 
 import cli
-from tests.pipeline._ray_fixtures import free_port, mlflow_server
+from tests.pipeline._ray_fixtures import free_port, mlflow_server, ray_head
 
 DOCKER = Path(__file__).resolve().parents[1] / "docker"
 SCRIPT = DOCKER / "run-pipeline.sh"
@@ -87,31 +87,6 @@ def test_every_cli_command_the_containers_run_exists():
     assert programs <= {"mlflow", "ray", "dask", "bash"}, programs
 
 
-@contextlib.contextmanager
-def ray_head(workdir: Path, env: dict):
-    """`ray start --head --block` on 127.0.0.1 with token auth; yields its address; stops it on exit."""
-    port = free_port()
-    temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # Ray's socket paths must stay under 107 bytes
-    cmd = ["ray", "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
-           "--num-cpus=2", "--include-dashboard=false", f"--temp-dir={temp_dir}"]
-    log = open(workdir / "ray-head.log", "wb")
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    address = f"127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while subprocess.run(["ray", "status", f"--address={address}"], env=env, capture_output=True).returncode:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("ray head did not start:\n" + (workdir / "ray-head.log").read_text()[-3000:])
-            time.sleep(1)
-        yield address
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=30)
-        shutil.rmtree(temp_dir, ignore_errors=True)
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_pipeline_script_against_real_ray_head_and_mlflow_server(tmp_path):
@@ -131,3 +106,19 @@ def test_pipeline_script_against_real_ray_head_and_mlflow_server(tmp_path):
     assert (data / "eval-champion.json").is_file() and (data / "eval-persistence.json").is_file()
     assert list((data / "forecast").glob("*.gif"))
     assert re.search(r"compose-test", proc.stdout + proc.stderr)
+
+
+def test_published_ports_bind_to_loopback_only():
+    """MLflow has no authentication in the compose file, and the dashboards are local tools."""
+    published = [(name, port) for name, service in _compose()["services"].items() for port in service.get("ports", [])]
+    assert {name for name, _ in published} >= {"mlflow", "ray-head", "dask-scheduler"}
+    for name, port in published:
+        assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} on every interface"
+
+
+def test_the_images_serve_the_dashboards_the_compose_file_publishes():
+    cpu = (DOCKER / "Dockerfile").read_text()
+    assert '"ray[default]==' in cpu and "bokeh" in cpu   # ray[train] alone serves no Ray dashboard
+    cuda = (DOCKER / "Dockerfile.cuda").read_text()
+    assert "FROM rayproject/ray:" in cuda and "bokeh" in cuda   # the Ray image comes with ray[default]
+    assert "RAY_AUTH_MODE: token" in (DOCKER / "docker-compose.yml").read_text()

@@ -1,13 +1,15 @@
 """Helpers shared by the train/tracking tests: a small synthetic store, a local Ray cluster,
-and a real ``mlflow server`` subprocess on a loopback port."""
+a real ``mlflow server`` subprocess on a loopback port, and a real ``ray start --head``."""
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -98,3 +100,28 @@ def local_ray(num_cpus: int = 4):
         yield
     finally:
         ray.shutdown()
+
+
+@contextlib.contextmanager
+def ray_head(workdir: Path, env: dict):
+    """`ray start --head --block` on 127.0.0.1 with token auth; yields its address; stops it on exit."""
+    port = free_port()
+    temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # Ray's socket paths must stay under 107 bytes
+    cmd = ["ray", "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
+           "--num-cpus=2", "--include-dashboard=false", f"--temp-dir={temp_dir}"]
+    log = open(workdir / "ray-head.log", "wb")
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    address = f"127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while subprocess.run(["ray", "status", f"--address={address}"], env=env, capture_output=True).returncode:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("ray head did not start:\n" + (workdir / "ray-head.log").read_text()[-3000:])
+            time.sleep(1)
+        yield address
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=30)
+        shutil.rmtree(temp_dir, ignore_errors=True)

@@ -95,3 +95,64 @@ def test_find_refuses_what_is_not_a_checkpoint(tmp_path):
     with pytest.raises(NowcastError, match="neither a checkpoint"):
         checkpoints.find(tmp_path)
     assert checkpoints.run_id(tmp_path) is None
+
+
+# ---------------------------------------------------------------- issue 10 items 1 and 9
+class _RunsCode:
+    """A pickle payload that would run a command when unpickled (it touches a marker file)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def _checkpoint(path, step=3):
+    model, optimizer, scheduler = _model_and_optimizer()
+    checkpoints.save(path, model, {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                                   "step": step, "rng": checkpoints.rng_state()},
+                     {"step": step, "segments": [[1, step]], checkpoints.RUN_ID_KEY: None, "val_scores": None,
+                      "champion_score": None})
+    return path
+
+
+@pytest.mark.parametrize("name", [checkpoints.TRAIN_STATE_FILE, checkpoints.MODEL_STATE_FILE])
+def test_a_checkpoint_file_that_would_run_code_is_refused_and_nothing_runs(tmp_path, name):
+    """Issue 10 item 1: a crafted train_state.pt / model_state.pt (a pickle whose loading calls os.system)
+    is refused by every reader (resume, forecasters, the CLI) with a one-line error; the command never runs."""
+    from typer.testing import CliRunner
+
+    import cli
+    from pipeline.forecasters import load_forecaster
+
+    marker = tmp_path / "code-ran"
+    ckpt = _checkpoint(tmp_path / "ckpt")
+    torch.save({"step": 3, "payload": _RunsCode(marker)}, ckpt / name)
+    with pytest.raises(NowcastError, match="not loaded"):
+        checkpoints.load(ckpt)
+    assert checkpoints.problem(ckpt) is not None
+    if name == checkpoints.MODEL_STATE_FILE:
+        with pytest.raises(NowcastError, match="not loaded"):
+            load_forecaster(str(ckpt))
+        result = CliRunner().invoke(cli.app, ["predict", "--model", str(ckpt), "--input", str(ckpt / name),
+                                              "--out-dir", str(tmp_path / "out")])
+        assert result.exit_code == 1 and "not loaded" in result.output and "Traceback" not in result.output
+    assert not marker.exists()
+
+
+def test_problem_names_what_is_damaged(tmp_path):
+    ckpt = _checkpoint(tmp_path / "ok")
+    assert checkpoints.problem(ckpt) is None
+    data = (ckpt / checkpoints.MODEL_STATE_FILE).read_bytes()
+    (ckpt / checkpoints.MODEL_STATE_FILE).write_bytes(data[: len(data) // 2])       # truncated
+    assert "RuntimeError" in checkpoints.problem(ckpt)
+    ckpt = _checkpoint(tmp_path / "no-meta")
+    (ckpt / checkpoints.META_FILE).unlink()
+    assert "FileNotFoundError" in checkpoints.problem(ckpt)
+    ckpt = _checkpoint(tmp_path / "wrong-model")
+    (ckpt / checkpoints.MODEL_CONFIG_FILE).write_text(json.dumps(            # weights of another model
+        build_model("tiny", "convlstm", height=16, width=16, in_len=2, out_len=2).config.to_dict()))
+    assert "state_dict" in checkpoints.problem(ckpt)

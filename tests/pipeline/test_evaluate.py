@@ -209,11 +209,11 @@ def test_logs_to_mlflow_new_run_and_model_run(store, tmp_path):
     assert run.info.run_name == "evaluate-persistence"
     assert run.info.status == "FINISHED"
     m = run.data.metrics
-    for thr in ("0.5", "2", "5", "10", "30"):
-        assert f"test_csi_{thr}" in m or np.all(np.isnan(res.scores["csi"][:, ["0.5", "2", "5", "10", "30"].index(thr)]))
+    for thr in ("0.5", "2", "5", "10", "30"):   # the names training uses for validation: {split}_csi_5mm_h
+        assert f"test_csi_{thr}mm_h" in m or np.all(np.isnan(res.scores["csi"][:, ["0.5", "2", "5", "10", "30"].index(thr)]))
     assert m["test_b_mse"] == pytest.approx(float(np.nanmean(res.scores["b_mse"])))
-    assert m["test_csi_0.5"] == pytest.approx(float(np.nanmean(res.scores["csi"][:, 0])))
-    history = client.get_metric_history(res.mlflow_run_id, "test_csi_0.5_by_lead")
+    assert m["test_csi_0.5mm_h"] == pytest.approx(float(np.nanmean(res.scores["csi"][:, 0])))
+    history = client.get_metric_history(res.mlflow_run_id, "test_csi_0.5mm_h_by_lead")
     assert sorted(h.step for h in history) == [6 * (k + 1) for k in range(20)]
     arts = {a.path for a in client.list_artifacts(res.mlflow_run_id, "evaluation/test")}
     assert arts == {f"evaluation/test/{res.json_path.name}", f"evaluation/test/{res.plot_path.name}"}
@@ -266,6 +266,89 @@ def test_default_json_path_and_short_names(store, tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     res = evaluate(_cfg(store, "persistence", tmp_path, out_json=None, max_clips=1))
-    assert res.json_path == tmp_path / "evaluate-persistence-test.json" and res.json_path.exists()
+    assert res.json_path == Path(f"{store}.evaluations") / "persistence-test.json" and res.json_path.exists()
     assert short_name("nowcast-tiny/3") == "nowcast-tiny_3"
     assert short_name("/runs/demo/checkpoint_000004") == "demo_checkpoint_000004"
+
+
+# ---------------------------------------------------------------- issue 10 item 16
+def test_evaluate_leaves_nothing_in_the_current_directory(store, tmp_path, monkeypatch):
+    """No JSON, plot, mlflow.db, mlruns/ or mlartifacts/ in the cwd; without a tracking store nothing
+    is logged, and a note says so."""
+    from pipeline.evaluate import evaluate
+
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    res = evaluate(_cfg(store, "persistence", tmp_path, out_json=None, log_to_mlflow=True, max_clips=1))
+    assert list(cwd.iterdir()) == []
+    assert res.mlflow_run_id is None and any("not logged to MLflow" in n for n in res.notes)
+    assert res.json_path.parent == Path(f"{store}.evaluations") and res.plot_path.exists()
+
+
+@pytest.mark.slow
+def test_checkpoint_from_another_directory_and_tracking_store(store, tmp_path, monkeypatch):
+    """`evaluate --model ../ckpt` from a directory whose ./mlflow.db does not hold the checkpoint's run:
+    logged into a new run with a note, instead of failing with "Run with id ... not found"."""
+    import mlflow
+
+    from pipeline.evaluate import evaluate
+
+    ckpt = _checkpoint(tmp_path / "elsewhere", SIZE, run_id="0123456789abcdef0123456789abcdef")
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    mlflow.MlflowClient(f"sqlite:///{here / 'mlflow.db'}").search_experiments()   # ./mlflow.db exists
+    res = evaluate(_cfg(store, "../elsewhere/ckpt48", tmp_path, log_to_mlflow=True, max_clips=1))
+    run = mlflow.MlflowClient(f"sqlite:///{here / 'mlflow.db'}").get_run(res.mlflow_run_id)
+    assert run.info.run_name == "evaluate-elsewhere_ckpt48" and "test_csi_0.5mm_h" in run.data.metrics
+    assert any("is not in the tracking store" in n for n in res.notes)
+
+
+@pytest.mark.slow
+def test_compare_logs_skill_plots_and_reuses_baseline_scores(store, tmp_path, monkeypatch):
+    import mlflow
+
+    from pipeline import evaluate as ev
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(uri)
+    first = ev.compare_models(store, ["persistence", "optical-flow"], max_clips=2, tracking_uri=uri)   # no out_dir
+    for res in first.results:   # the skill plot is logged even without local files
+        names = {a.path.rsplit("/", 1)[-1] for a in client.list_artifacts(res.mlflow_run_id, "evaluation/test")}
+        assert any(n.endswith("_skill.png") for n in names), names
+    out = tmp_path / "evaluation"
+    ev.compare_models(store, ["persistence", "optical-flow"], max_clips=2, tracking_uri=uri, out_dir=out,
+                      reuse_baselines=True)
+    n_runs = len(client.search_runs([e.experiment_id for e in client.search_experiments()]))
+
+    def no_scoring(*args, **kwargs):
+        raise AssertionError("a baseline was scored again")
+
+    monkeypatch.setattr(ev, "score_clips", no_scoring)
+    again = ev.compare_models(store, ["persistence", "optical-flow"], max_clips=2, tracking_uri=uri, out_dir=out,
+                              reuse_baselines=True)
+    assert all(r.reused for r in again.results) and again.table.splitlines()[1:] == first.table.splitlines()[1:]
+    assert len(client.search_runs([e.experiment_id for e in client.search_experiments()])) == n_runs
+    # other clips: scored again
+    monkeypatch.undo()
+    third = ev.compare_models(store, ["persistence"], max_clips=1, log_to_mlflow=False, out_dir=out,
+                              reuse_baselines=True)
+    assert not third.results[0].reused and third.n_clips == 1
+
+
+def test_cli_no_log(store, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    import cli
+
+    monkeypatch.chdir(tmp_path)
+    mlflow_db = tmp_path / "mlflow.db"
+    result = CliRunner().invoke(cli.app, ["evaluate", str(store), "--model", "persistence", "--max-clips", "1",
+                                          "--no-log", "--out-json", str(tmp_path / "p.json"),
+                                          "--tracking-uri", f"sqlite:///{mlflow_db}"])
+    assert result.exit_code == 0, result.output
+    assert not mlflow_db.exists() and "logged to MLflow" not in result.output and (tmp_path / "p.json").exists()
+    assert "evaluate persistence: 1/1" in result.output   # plain progress lines without a terminal

@@ -1,7 +1,7 @@
 """Tests for pipeline.predict: inputs from a store or from PNGs, PNG/zarr/GIF outputs, errors.
 
 Persistence repeats the last input frame, and the HKO-7 encoding round-trips exactly
-(u8 -> u8/255 -> round(255 p)), so every forecast PNG must equal the last input frame bit for bit.
+(u8 -> u8/255 -> round(255 p)), so every forecast PNG must equal the last input frame (0 outside its mask) bit for bit.
 """
 from __future__ import annotations
 
@@ -31,10 +31,11 @@ def store(tmp_path_factory) -> Path:
 
 
 def _store_arrays(store: Path):
+    """(time, frames) of the store, frames 0 outside their masks (as predict writes forecasts)."""
     import zarr
 
     g = zarr.open_group(str(store), mode="r")
-    return np.asarray(g["time"][:], np.int64), g["frames"][:]
+    return np.asarray(g["time"][:], np.int64), np.where(g["masks"][:], g["frames"][:], 0).astype(np.uint8)
 
 
 def _cfg(model="persistence", **kw):
@@ -222,3 +223,76 @@ def test_checkpoint_size_must_match_inputs(tmp_path):
     ok = _write_pngs(tmp_path / "in32", np.full((5, 32, 32), 40, np.uint8))
     res = predict(_cfg(str(ckpt), out_dir=tmp_path / "o", input_pngs=ok, gif=False))
     assert len(res.paths) == 20 and json.loads((ckpt / "model_config.json").read_text())["height"] == 32
+
+
+# ---------------------------------------------------------------- issue 10: safe outputs, masks, early checks
+def test_symlinks_in_out_dir_are_never_written_through(store, tmp_path):
+    from pipeline.predict import predict
+
+    times, _ = _store_arrays(store)
+    out, victim = tmp_path / "out", tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    out.mkdir()
+    name = hko7.file_stem(int(times[10]) + 360) + ".png"   # the first forecast frame's name
+    (out / name).symlink_to(victim)
+    (out / "forecast.gif").symlink_to(victim)
+    with pytest.raises(NowcastError, match="--overwrite"):
+        predict(_cfg(out_dir=out, store=store, time=int(times[10])))
+    assert victim.read_text() == "keep me" and (out / name).is_symlink()
+    assert sorted(p.name for p in out.iterdir()) == sorted([name, "forecast.gif"])   # nothing written
+    res = predict(_cfg(out_dir=out, store=store, time=int(times[10]), overwrite=True))
+    assert victim.read_text() == "keep me"
+    assert not (out / name).is_symlink() and not res.gif_path.is_symlink()
+    assert hko7.decode_frame((out / name).read_bytes()).shape == (SIZE, SIZE)
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]   # no staging folder left
+
+
+def test_existing_forecast_zarr_is_kept_unless_predict_wrote_it(store, tmp_path):
+    from pipeline.predict import predict
+
+    out = tmp_path / "out"
+    (out / "forecast.zarr").mkdir(parents=True)
+    (out / "forecast.zarr" / "notes.txt").write_text("user data")
+    for overwrite in (False, True):
+        with pytest.raises(NowcastError, match="forecast.zarr"):
+            predict(_cfg(out_dir=out, store=store, format="zarr", gif=False, overwrite=overwrite))
+        assert (out / "forecast.zarr" / "notes.txt").read_text() == "user data"
+    other = tmp_path / "other"
+    predict(_cfg(out_dir=other, store=store, format="zarr", gif=False))
+    with pytest.raises(NowcastError, match="--overwrite"):
+        predict(_cfg(out_dir=other, store=store, format="zarr", gif=False))
+    res = predict(_cfg(out_dir=other, store=store, format="zarr", gif=False, overwrite=True))
+    assert res.paths == [other / "forecast.zarr"] and sorted(p.name for p in other.iterdir()) == ["forecast.zarr"]
+
+
+def test_forecast_outside_radar_coverage_is_zero(tmp_path, hand_archive):
+    import zarr
+
+    from pipeline.ingest import IngestConfig, ingest
+    from pipeline.predict import predict
+
+    arch = hand_archive(12, size=16, day_lists={"test": ["2015-06-01"]})   # masks: a disc, noise everywhere
+    ingest(IngestConfig(archive=arch.root, store=tmp_path / "s.zarr", workers=0), progress=False)
+    t = int(arch.times_s()[8])
+    outside = ~arch.masks[t]
+    assert arch.frames[t][outside].max() > 0
+    res = predict(_cfg(out_dir=tmp_path / "png", store=tmp_path / "s.zarr", time=t, gif=False))
+    for p in res.paths:
+        frame = hko7.decode_frame(p.read_bytes())
+        assert frame[outside].max() == 0 and np.array_equal(frame[~outside], arch.frames[t][~outside])
+    res = predict(_cfg(out_dir=tmp_path / "z", store=tmp_path / "s.zarr", time=t, format="zarr", gif=False))
+    assert zarr.open_group(str(res.paths[0]), mode="r")["forecast"][:][:, outside].max() == 0
+
+
+def test_time_is_checked_before_the_model_loads(store, tmp_path, monkeypatch):
+    from pipeline import predict as pred
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded before the time was checked")
+
+    monkeypatch.setattr(pred, "load_forecaster", no_loading)
+    with pytest.raises(NowcastError, match="cannot read the time") as exc:
+        pred.PredictConfig(model_uri="models:/m@champion", out_dir=tmp_path, store=store, time="yesterday")
+    assert exc.value.exit_code == 2
+    with pytest.raises(NowcastError, match="outside the store"):
+        pred.predict(_cfg("models:/m@champion", out_dir=tmp_path, store=store, time="2016-01-01T00:00"))

@@ -13,3 +13,11 @@ def test_progress_bar_advances():
     with progress_bar("z", 10, enabled=False) as advance:
         advance()
         advance(9)
+
+
+def test_without_a_terminal_progress_is_plain_lines(capsys):
+    """Issue 10 item 16: piped output got blank lines from the live bar; now one plain line per tenth."""
+    assert list(track(range(25), "evaluate persistence")) == list(range(25))
+    lines = capsys.readouterr().out.splitlines()
+    assert lines and all(line.startswith("evaluate persistence: ") for line in lines)
+    assert lines[-1] == "evaluate persistence: 25/25" and len(lines) <= 13

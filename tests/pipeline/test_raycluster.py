@@ -51,3 +51,34 @@ def test_cli_train_on_unreachable_cluster_is_one_line(tmp_path):
     assert result.exit_code == 1
     assert "error: no Ray cluster answers" in result.output
     assert "Traceback" not in result.output
+
+
+@pytest.mark.slow
+def test_driver_link_relays_lines_and_reports_a_gone_driver(capsys):
+    import ray
+
+    from pipeline.raycluster import DriverGone, DriverLink
+
+    started = connect_ray(None, num_cpus=1, include_dashboard=False)
+    try:
+        link = DriverLink.create()
+
+        @ray.remote(num_cpus=0)
+        def worker(link):
+            link.say("[train] hello from a worker")
+            link.check()
+            return "ok"
+
+        with link.printing():
+            assert ray.get(worker.remote(link)) == "ok"
+        out = capsys.readouterr().out
+        assert "[train] hello from a worker" in out, out
+        assert not started or "[ray] started a local Ray; Ray's own logs: " in out, out
+        ray.kill(link.actor)   # what the driver's death does to the actor it owns (ray.kill is asynchronous)
+        with pytest.raises(DriverGone):
+            for _ in range(300):
+                link.check()
+                time.sleep(0.1)
+    finally:
+        if started:
+            ray.shutdown()

@@ -126,14 +126,48 @@ def test_version_score_is_the_registered_weights_score_not_the_runs_last(sqlite_
     assert tracking.promote_if_better("best", v2, 0.30) is False
 
 
-def test_first_version_becomes_champion_even_without_score(sqlite_uri):
+def test_a_version_without_a_validation_score_never_becomes_champion(sqlite_uri):
+    """Issue 10 item 12: an empty validation split gives no score; such a version is registered but
+    is not champion, not even as the first version; `nowcast promote` refuses it without --force."""
     import mlflow
 
     client = mlflow.MlflowClient()
     v1 = _version_with_score(client, "n", None)
-    assert tracking.promote_if_better("n", v1, float("nan")) is True
+    for score in (float("nan"), None):
+        assert tracking.promote_if_better("n", v1, score) is False
+    assert tracking.champion_version("n") is None
+    with pytest.raises(NowcastError, match="no validation score.*--force") as exc:
+        tracking.promote("n", v1)
+    assert exc.value.exit_code == 2 and tracking.champion_version("n") is None
+    tracking.promote("n", v1, alias="staging")                       # other aliases: no rule
+    tracking.promote("n", v1, force=True)
+    assert _champion(client, "n") == v1
     v2 = _version_with_score(client, "n", 0.01)
     assert tracking.promote_if_better("n", v2, 0.01) is True          # champion without metric = -inf
+
+
+def test_champion_score_of_runs_before_the_metric_rename_is_read(sqlite_uri):
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    v1 = _version_with_score(client, "legacy", None)
+    client.log_metric(client.get_model_version("legacy", v1).run_id, "val_champion_score", 0.5)
+    assert tracking.version_score("legacy", v1) == pytest.approx(0.5)
+    tracking.promote("legacy", v1)
+    v2 = _version_with_score(client, "legacy", 0.4)
+    assert tracking.promote_if_better("legacy", v2, 0.4) is False
+
+
+def test_skill_metric_names_are_one_scheme():
+    result = {"thresholds": [0.5, 5.0], "csi": [[0.2, float("nan")], [0.4, 0.3]], "hss": [[0.1, 0.1], [0.3, 0.1]],
+              "b_mse": [1.0, 3.0], "b_mae": [2.0, 2.0], "mse": [1, 1], "mae": [1, 1]}
+    for split in ("valid", "test"):
+        m = tracking.skill_metrics(result, split)
+        assert m[f"{split}_csi_0.5mm_h"] == pytest.approx(0.3) and m[f"{split}_csi_5mm_h"] == pytest.approx(0.3)
+        assert m[f"{split}_hss_5mm_h"] == pytest.approx(0.1) and m[f"{split}_b_mse"] == pytest.approx(2.0)
+    curves = tracking.skill_curves(result, "test", 360)
+    assert ("test_csi_5mm_h_by_lead", 0.3, 12) in curves and ("test_csi_5mm_h_by_lead", 0.3, 6) not in curves
+    assert tracking.CHAMPION_METRIC == "valid_champion_score"
 
 
 def test_promote_unknown_version_is_a_nowcast_error(sqlite_uri):
@@ -197,3 +231,30 @@ def test_register_and_champion_against_real_mlflow_server(tmp_path):
         with torch.no_grad():
             assert torch.allclose(f(x), model(x), atol=1e-6)
     mlflow.set_tracking_uri("")
+
+
+# ------------------------------------------------------------------ issue 10 item 2: names and filters
+def test_run_names_with_quotes_are_found_not_injected(sqlite_uri):
+    """The search filter quotes the value; a quote in a name neither breaks nor widens the search."""
+    ids = {}
+    for name in ("quote-test-a'b", 'quote-test-a"b', "quote-test-a"):
+        ids[name], created = tracking.find_or_create_run(sqlite_uri, "quotes", name)
+        assert created
+    for name, run_id in ids.items():
+        assert tracking.find_or_create_run(sqlite_uri, "quotes", name) == (run_id, False)
+    # a name crafted to widen the filter matches nothing: a new run, not another's
+    injected = "x' OR tags.`nowcast.run_name` != '"
+    assert tracking.find_or_create_run(sqlite_uri, "quotes", injected)[0] not in ids.values()
+    with pytest.raises(NowcastError, match="both kinds of quote"):
+        tracking.filter_value("""a'b"c""")
+
+
+def test_check_name_refuses_paths_and_quotes():
+    from pipeline.errors import check_name
+
+    for good in ("tiny-1", "demo-20260101-120000", "a.b_c", "_x", None):
+        check_name(good, "--run-name")
+    for bad in ("../../x", "a/b", "..", ".hidden", "-x", "a'b", 'a"b', "a b", "", "x" * 101, "é"):
+        with pytest.raises(NowcastError, match="not a safe name") as exc:
+            check_name(bad, "--run-name")
+        assert exc.value.exit_code == 2

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -199,13 +201,20 @@ def test_train_step_non_finite_loss_stops_before_the_update(where):
     assert all(p.grad is None for p in model.parameters())
 
 
-def test_non_finite_summary_becomes_a_nowcast_error():
-    summary = {"status": "non_finite", "message": "non-finite loss nan at step 7; last good (step 5)"}
-    with pytest.raises(NowcastError, match="step 7.*Last good checkpoint: /ck.*Lower --lr"):
-        tr.raise_if_stopped(summary, "/ck", "r")
+def test_non_finite_summary_becomes_a_nowcast_error(tmp_path):
+    """Issue 10 item 11: the message names the last good checkpoint once, with its step, and never
+    contradicts itself ("step 0 is kept ... none")."""
+    (tmp_path / "ck").mkdir()
+    (tmp_path / "ck" / "meta.json").write_text(json.dumps({"step": 5}))
+    summary = {"status": "non_finite", "message": "non-finite loss nan / grad norm nan at step 7"}
+    with pytest.raises(NowcastError, match=r"step 7; the last good checkpoint, .*ck \(step 5\), is kept.*Lower --lr"):
+        tr.raise_if_stopped(summary, str(tmp_path / "ck"), "r")
+    with pytest.raises(NowcastError) as exc:
+        tr.raise_if_stopped(summary, None, "r")
+    assert "there is no checkpoint yet" in str(exc.value) and "step 0" not in str(exc.value)
     with pytest.raises(NowcastError, match="no checkpoint"):
         tr.raise_if_stopped({"status": "ok"}, None, "r")
-    tr.raise_if_stopped({"status": "ok"}, "/ck", "r")   # fine: no exception
+    tr.raise_if_stopped({"status": "ok"}, str(tmp_path / "ck"), "r")   # fine: no exception
 
 
 def test_validation_metrics_average_over_lead_times():
@@ -215,10 +224,10 @@ def test_validation_metrics_average_over_lead_times():
               "hss": [[0.6, 0.1], [0.4, 0.3], [0.2, 0.2]],
               "b_mse": [1.0, 2.0, 6.0], "b_mae": [3.0, 3.0, 3.0]}
     m = tr.validation_metrics(result)
-    assert m["val_csi_0.5mm_h"] == pytest.approx(0.3)
-    assert m["val_csi_5mm_h"] == pytest.approx(0.3)          # NaN lead time skipped
-    assert m["val_hss_5mm_h"] == pytest.approx(0.2)
-    assert m["val_b_mse"] == pytest.approx(3.0) and m["val_b_mae"] == pytest.approx(3.0)
+    assert m["valid_csi_0.5mm_h"] == pytest.approx(0.3)      # the names of `nowcast evaluate --split valid`
+    assert m["valid_csi_5mm_h"] == pytest.approx(0.3)        # NaN lead time skipped
+    assert m["valid_hss_5mm_h"] == pytest.approx(0.2)
+    assert m["valid_b_mse"] == pytest.approx(3.0) and m["valid_b_mae"] == pytest.approx(3.0)
     assert m[CHAMPION_METRIC] == pytest.approx(0.3)
 
 
@@ -292,8 +301,8 @@ def test_two_worker_run_logs_to_mlflow_server_and_registers(reference_run, serve
     assert params["model.height"] == "32" and params["model.out_len"] == "3"
     assert run.data.tags["code_version"] and run.data.tags[RUN_NAME_TAG] == "reference"
     assert [m.step for m in client.get_metric_history(res.run_id, "loss")] == list(range(1, STEPS + 1))
-    for key in ("lr", "grad_norm", "samples_per_s", "val_csi_5mm_h", "val_hss_0.5mm_h",
-                "val_b_mse", "val_b_mae", CHAMPION_METRIC):
+    for key in ("lr", "grad_norm", "samples_per_s", "valid_csi_5mm_h", "valid_hss_0.5mm_h",
+                "valid_b_mse", "valid_b_mae", CHAMPION_METRIC):
         assert key in run.data.metrics, key
     assert [m.step for m in client.get_metric_history(res.run_id, CHAMPION_METRIC)] == [3, 6]
     assert any(k.startswith("system/") for k in run.data.metrics), sorted(run.data.metrics)
@@ -361,7 +370,8 @@ def test_stop_and_resume_continues_exactly(store, ray_cluster, reference_run, sq
     db_dir = Path(sqlite_uri[len("sqlite:///"):]).parent
     assert client.get_experiment_by_name("nowcast").artifact_location.startswith(db_dir.as_uri())
     assert {f.path for f in client.list_artifacts(res.run_id)} >= {"store_fingerprint.json", "validation"}
-    assert max(m.step for m in client.get_metric_history(res.run_id, "loss")) == STEPS
+    # every step logged exactly once, although steps 4 (logged, then lost with the crash) was trained twice
+    assert [m.step for m in client.get_metric_history(res.run_id, "loss")] == list(range(1, STEPS + 1))
 
 
 @pytest.mark.slow
@@ -372,4 +382,225 @@ def test_worker_crash_is_recovered_from_last_checkpoint(store, ray_cluster, refe
     assert (tmp_path / "ray" / "crash" / ".failed_at_5").exists()     # the crash did happen
     assert res.final_step == STEPS
     assert res.segments == [[1, 3], [4, STEPS]]                          # restarted after step 3
+    import mlflow
+
+    history = mlflow.MlflowClient(sqlite_uri).get_metric_history(res.run_id, "loss")
+    assert sorted(m.step for m in history) == list(range(1, STEPS + 1))   # step 4 retrained, logged once
     assert _same_weights(_weights(res.checkpoint_path), _weights(reference_run[1].checkpoint_path))
+
+
+# ====================================================================== issue 10: hardening
+class _RunsCode:
+    """A pickle payload that would run a command when unpickled (it touches a marker file)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def _store_with_splits(source_store: Path, out: Path, **splits) -> Path:
+    """The archive of ``source_store`` ingested again with other day ranges per split (None = no days)."""
+    from pipeline.ingest import IngestConfig, ingest
+
+    nowhere = (np.datetime64("2030-01-01"), np.datetime64("2030-01-02"))
+    specs = {name: nowhere if days is None else tuple(np.datetime64(d) if d else None for d in days)
+             for name, days in splits.items()}
+    ingest(IngestConfig(archive=source_store.parent / "archive", store=out, workers=0, splits=specs), progress=False)
+    return out
+
+
+def _no_ray(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("Ray was started")
+
+    monkeypatch.setattr(tr, "connect_ray", refuse)
+
+
+def test_config_values_are_typed_and_checked_before_anything_starts():
+    """Issue 10 item 11."""
+    cfg = tr.TrainConfig(store="s", lr="1e-3", steps="10", beta1=0.5)     # YAML reads 1e-3 as text
+    assert cfg.lr == 0.001 and cfg.steps == 10
+    bad = [dict(steps=2.5), dict(steps="many"), dict(lr="fast"), dict(workers=True), dict(val_clips=0),
+           dict(beta1=1.5), dict(clip_norm=0), dict(clip_norm=-1), dict(gif_clips=-1), dict(max_failures=-1),
+           dict(use_gpu="yes"), dict(run_name="../../x"), dict(run_name="a'b"), dict(register_as="a/b"),
+           dict(model_format="onnx"), dict(mse_weight=0, mae_weight=0)]
+    for kw in bad:
+        with pytest.raises(NowcastError) as exc:
+            tr.TrainConfig(store="s", **kw)
+        assert exc.value.exit_code == 2, kw
+
+
+def test_cli_config_file_keys_of_cli_options_and_bad_values(tmp_path, monkeypatch):
+    """Issue 10 item 11: `workers`, `store`, `preset`, `tracking_uri` in --config crashed; `steps: 2.5`
+    failed only after Ray started. The command line wins over the file, the file over the defaults."""
+    from typer.testing import CliRunner
+
+    import cli
+
+    seen = {}
+    monkeypatch.setattr(tr, "train", lambda cfg: seen.setdefault("cfg", cfg) and (_ for _ in ()).throw(
+        NowcastError("stop here")))
+    (tmp_path / "c.yaml").write_text("workers: 4\nstore: other.zarr\npreset: hko7\ntracking_uri: sqlite:///x.db\n"
+                                     "lr: 1e-3\nsteps: 10\nbatch_size: 8\n")
+    result = CliRunner().invoke(cli.app, ["train", "s.zarr", "--config", str(tmp_path / "c.yaml"), "--steps", "20"])
+    assert "Traceback" not in result.output and "stop here" in result.output, result.output
+    cfg = seen["cfg"]
+    assert (cfg.store, cfg.workers, cfg.preset, cfg.tracking_uri, cfg.lr, cfg.steps) == (
+        "s.zarr", 4, "hko7", "sqlite:///x.db", 0.001, 20)
+    for text in ("steps: 2.5\n", "val_clips: 0\n", "beta1: 2\n", "clip_norm: -1\n", "lr: fast\n"):
+        (tmp_path / "bad.yaml").write_text(text)
+        result = CliRunner().invoke(cli.app, ["train", "s.zarr", "--config", str(tmp_path / "bad.yaml")])
+        assert result.exit_code == 2 and "error:" in result.output and "Traceback" not in result.output, text
+
+
+def test_run_name_cannot_leave_the_storage_path(tmp_path):
+    """Issue 10 item 2: `--run-name ../../x` wrote checkpoints outside --storage-path."""
+    from typer.testing import CliRunner
+
+    import cli
+
+    for name in ("../../x", "a/b", "a'b"):
+        result = CliRunner().invoke(cli.app, ["train", str(tmp_path / "s.zarr"), "--run-name", name,
+                                              "--storage-path", str(tmp_path / "deep" / "ray")])
+        assert result.exit_code == 2 and "not a safe name" in result.output, result.output
+    assert not any(tmp_path.rglob("*"))
+
+
+def test_empty_train_split_is_refused_before_ray_starts(store, tmp_path, monkeypatch):
+    """Issue 10 item 12: an empty train split failed after 35 s and 3 retries."""
+    _no_ray(monkeypatch)
+    empty = _store_with_splits(store, tmp_path / "no-train.zarr", train=None, valid=("2015-06-01", None))
+    with pytest.raises(NowcastError, match="train split .* 0 training clip") as exc:
+        tr.train(_cfg(empty, tmp_path, "no-train", tracking_uri=f"sqlite:///{tmp_path / 'm.db'}"))
+    assert exc.value.exit_code == 2 and not (tmp_path / "m.db").exists()
+
+
+def test_a_run_resumes_only_on_the_store_it_started_on(store, tmp_path, monkeypatch):
+    """Issue 10 item 13: resuming a run name on a different store resumed silently."""
+    import shutil
+
+    from pipeline.store import Store
+
+    cfg = _cfg(store, tmp_path, "fingerprint", tracking_uri=f"sqlite:///{tmp_path / 'm.db'}").resolved()
+    tr.check_run_store(cfg, Store.open(store))                      # first start: recorded
+    tr.check_run_store(cfg, Store.open(store))                      # same store: fine
+    moved = Path(shutil.copytree(store, tmp_path / "moved.zarr"))
+    tr.check_run_store(cfg, Store.open(moved))                      # the same data elsewhere: fine
+    other = _store_with_splits(store, tmp_path / "other.zarr", train=("2015-06-01", "2015-06-04"),
+                               valid=("2015-06-04", None), test=None)
+    with pytest.raises(NowcastError, match="another --run-name.*--force") as exc:
+        tr.check_run_store(cfg, Store.open(other))
+    assert exc.value.exit_code == 2
+    _no_ray(monkeypatch)
+    with pytest.raises(NowcastError, match="--force"):               # train() refuses before Ray starts
+        tr.train(_cfg(other, tmp_path, "fingerprint", tracking_uri=f"sqlite:///{tmp_path / 'm.db'}"))
+    tr.check_run_store(tr.dataclasses.replace(cfg, force=True), Store.open(other))
+    tr.check_run_store(cfg, Store.open(other))                      # --force moved the record to the new store
+
+
+@pytest.mark.slow
+def test_empty_validation_split_registers_a_version_that_is_not_champion(store, ray_cluster, sqlite_uri,
+                                                                         tmp_path, capsys):
+    """Issue 10 item 12: training with an empty validation split registered a "champion" with no score."""
+    import mlflow
+
+    no_valid = _store_with_splits(store, tmp_path / "no-valid.zarr", train=("2015-06-01", "2015-06-03"),
+                                  valid=None, test=("2015-06-03", None))
+    res = tr.train(_cfg(no_valid, tmp_path, "no-valid", tracking_uri=sqlite_uri, steps=3,
+                        register_as="nowcast-unscored"))
+    assert "no validation score" in capsys.readouterr().out
+    assert res.registered_version == 1 and not res.promoted and res.best_step is None
+    client = mlflow.MlflowClient(sqlite_uri)
+    with pytest.raises(Exception):
+        client.get_model_version_by_alias("nowcast-unscored", "champion")
+
+
+@pytest.mark.slow
+def test_a_damaged_latest_checkpoint_is_set_aside_and_the_previous_one_resumes(store, ray_cluster, sqlite_uri,
+                                                                               tmp_path, capsys):
+    """Issue 10 items 9 and 1: a corrupt latest checkpoint blocked resume forever; here its train_state.pt
+    is a pickle that would run code: it is never unpickled, it is set aside, and the run resumes from
+    the previous good checkpoint, logging no step twice."""
+    import mlflow
+
+    cfg = _cfg(store, tmp_path, "damaged", tracking_uri=sqlite_uri)
+    latest = Path(tr.train(cfg).checkpoint_path)                     # checkpoints at steps 3 and 6
+    marker = tmp_path / "code-ran"
+    torch.save({"step": 6, "payload": _RunsCode(marker)}, latest / "train_state.pt")
+    res = tr.train(tr.dataclasses.replace(cfg, steps=9))
+    out = capsys.readouterr().out
+    assert "is damaged" in out and "kept aside" in out and "(step 3)" in out, out
+    assert not marker.exists()
+    assert (tmp_path / "ray" / "damaged" / "damaged" / latest.name / "train_state.pt").is_file()
+    assert res.final_step == 9 and res.segments == [[1, 3], [4, 9]]
+    history = mlflow.MlflowClient(sqlite_uri).get_metric_history(res.run_id, "loss")
+    assert sorted(m.step for m in history) == list(range(1, 10))
+
+
+#: Lines of Ray's own that used to fill the terminal (issue 10 item 15).
+RAY_NOISE = re.compile(r"\(\w+ pid=\d+|PlacementGroupCleaner|State API|Token authentication|core_worker|"
+                       r"INFO worker\.py|packaging\.py|PreemptionWatcher")
+
+
+def _loss_steps(uri: str, run_name: str) -> list[int]:
+    import mlflow
+
+    client = mlflow.MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("nowcast").experiment_id],
+                                filter_string=f"tags.`{RUN_NAME_TAG}` = '{run_name}'")
+    return sorted(m.step for m in client.get_metric_history(run.info.run_id, "loss"))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_killing_the_driver_stops_the_workers_and_no_step_is_logged_twice(store, tmp_path):
+    """Issue 10 items 10 and 15: `kill -9` of the `nowcast train` driver on a Ray cluster (a real
+    `ray start --head`); the workers log and checkpoint nothing more, a resumed run logs every step exactly
+    once and keeps at most num_to_keep checkpoints; the driver's output holds no Ray log lines."""
+    import secrets
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.pipeline._ray_fixtures import ray_head
+
+    repo = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(16), PYTHONPATH=str(repo))
+    env.pop("RAY_ADDRESS", None)
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    (tmp_path / "c.yaml").write_text("in_len: 3\nout_len: 3\nlog_every: 1\nsystem_metrics: false\nval_clips: 4\n"
+                                     "cell: convgru\nbatch_size: 2\ncheckpoint_every: 3\nval_every: 0\n")
+    run_dir = tmp_path / "ray" / "killed"
+
+    def command(steps: int, address: str) -> list[str]:
+        return [sys.executable, "-m", "cli", "train", str(store), "--steps", str(steps), "--run-name", "killed",
+                "--config", str(tmp_path / "c.yaml"), "--storage-path", str(tmp_path / "ray"),
+                "--tracking-uri", uri, "--ray-address", address]
+
+    with ray_head(tmp_path, env) as address:
+        out = open(tmp_path / "driver.out", "w")
+        driver = subprocess.Popen(command(400, address), env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 600
+        while "[train] step 5/400" not in (tmp_path / "driver.out").read_text():
+            assert driver.poll() is None and time.monotonic() < deadline, (tmp_path / "driver.out").read_text()
+            time.sleep(0.5)
+        driver.send_signal(signal.SIGKILL)
+        driver.wait()
+        time.sleep(30)
+        logged, kept = _loss_steps(uri, "killed"), sorted(run_dir.glob("checkpoint_*"))
+        time.sleep(15)
+        assert _loss_steps(uri, "killed") == logged and sorted(run_dir.glob("checkpoint_*")) == kept
+        assert logged == list(range(1, logged[-1] + 1)) and logged[-1] < 400
+        resumed = subprocess.run(command(logged[-1] + 4, address), env=env, cwd=tmp_path, capture_output=True,
+                                 text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert _loss_steps(uri, "killed") == list(range(1, logged[-1] + 5))       # each step once
+    assert len([d for d in run_dir.glob("checkpoint_*") if d.is_dir()]) <= 2    # num_to_keep
+    output = (tmp_path / "driver.out").read_text() + resumed.stdout + resumed.stderr
+    assert "[train] step 5/400" in output and "[ray] connected to" in output
+    assert not [line for line in output.splitlines() if RAY_NOISE.search(line)]

@@ -1,0 +1,26 @@
+"""pipeline.demo: its settings are checked before any stage runs (the whole demo runs in the docs' CI
+job and in tests/test_docker.py's pipeline; here only what is cheap)."""
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+import cli
+from pipeline.demo import DemoConfig
+from pipeline.errors import NowcastError
+
+
+@pytest.mark.parametrize("args", [["--workers", "0"], ["--steps", "-5"], ["--steps", "0"], ["--workers", "3"]])
+def test_bad_demo_options_fail_before_synth_and_ingest(tmp_path, args):
+    """Issue 10 item 14: `nowcast demo --workers 0` or `--steps -5` was rejected only after synth and ingest."""
+    workdir = tmp_path / "demo"
+    result = CliRunner().invoke(cli.app, ["demo", "--workdir", str(workdir), *args])
+    assert result.exit_code == 2 and "error:" in result.output and "Traceback" not in result.output, result.output
+    assert not workdir.exists()
+
+
+def test_demo_config_types_are_checked():
+    assert DemoConfig(steps="20").steps == 20
+    for kw in (dict(days=0), dict(size_px=2.5), dict(model_name="a b"), dict(max_eval_clips=0)):
+        with pytest.raises(NowcastError):
+            DemoConfig(**kw)
