@@ -150,6 +150,57 @@ def infer_interval_s(time_s: np.ndarray) -> int:
     return int(min(step for step, n in counts.items() if n == best))
 
 
+@dataclass(frozen=True)
+class Cadence:
+    """The time step of an archive or a store.
+
+    Attributes
+    ----------
+    interval_s : int
+        Seconds between consecutive frames (HKO-7 360, OPERA 900, DWD 300).
+    phase_s : int
+        Times on the cadence satisfy ``time_s % interval_s == phase_s`` (0 for frames on the clock).
+    off_times_s : numpy.ndarray
+        int64 (K,) the given times that are not on the cadence, ascending.
+    """
+
+    interval_s: int
+    phase_s: int
+    off_times_s: np.ndarray
+
+    def on_cadence(self, times_s: np.ndarray) -> np.ndarray:
+        """bool, same shape as ``times_s``: True where a time is on the cadence."""
+        return np.mod(np.asarray(times_s, dtype=np.int64), self.interval_s) == self.phase_s
+
+
+def infer_cadence(times_s: np.ndarray, interval_s: int | None = None) -> Cadence:
+    """The cadence of frame times, and the times off it.
+
+    ``interval_s`` (when not given) is :func:`infer_interval_s` of the times (the store's one rule);
+    pass a store's ``interval_s`` to check new times against it. ``phase_s`` is the most common
+    ``time_s % interval_s`` (the smallest on a tie); times with another phase are in ``off_times_s``.
+
+    Parameters
+    ----------
+    times_s : int (N,) frame times, seconds since the epoch, any order, duplicates allowed.
+    interval_s : the cadence in seconds, if already known.
+
+    Raises NowcastError when ``interval_s`` is not given and fewer than two distinct times are.
+    """
+    times_s = np.unique(np.asarray(times_s, dtype=np.int64))
+    if interval_s is None:
+        if times_s.size < 2:
+            raise NowcastError(f"the archive holds {times_s.size} frame time(s): at least two are needed to "
+                               "tell its cadence")
+        interval_s = infer_interval_s(times_s)
+    if interval_s < 1:
+        raise ValueError(f"interval_s must be a positive number of seconds, got {interval_s}")
+    phases_s, counts = np.unique(np.mod(times_s, interval_s), return_counts=True)
+    phase_s = int(phases_s[np.argmax(counts)]) if phases_s.size else 0
+    off = times_s[np.mod(times_s, interval_s) != phase_s]
+    return Cadence(int(interval_s), phase_s, off)
+
+
 def open_store(path: str | Path, mode: str = "r", require_complete: bool = True):
     """Open a nowcast store -> zarr.Group (see :class:`Store` for the validated handle stages use).
 

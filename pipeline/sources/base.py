@@ -196,8 +196,9 @@ def sample_frames(refs: Sequence[FrameRef], n: int = _SHAPE_SAMPLE) -> list[Fram
 
 def one_line(exc: BaseException) -> str:
     """A deterministic one-line reason from an exception (no object addresses), so that re-runs
-    write identical reports."""
-    return re.sub(r" at 0x[0-9a-fA-F]+", "", str(exc)).replace("\n", " ")
+    write identical reports; the exception's type name when it has no message."""
+    text = re.sub(r" at 0x[0-9a-fA-F]+", "", str(exc)).replace("\n", " ").strip()
+    return text or type(exc).__name__
 
 
 def walk_files(root: Path, sub: str) -> Iterable[str]:

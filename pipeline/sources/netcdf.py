@@ -50,7 +50,8 @@ import pyproj
 import xarray as xr
 
 from pipeline.errors import NowcastError
-from pipeline.sources.grid import ZR, FileInfo, Grid, RawFrame, reason_from
+from pipeline.sources.base import one_line
+from pipeline.sources.grid import ZR, FileInfo, Grid, RawFrame
 
 #: CF standard names of reflectivity.
 REFLECTIVITY_NAMES = ("equivalent_reflectivity_factor",)
@@ -121,7 +122,7 @@ def scan_file(path: str | PathLike, variable: str | None = None) -> FileInfo:
     except _Bad as exc:
         return FileInfo.bad(str(exc))
     except Exception as exc:
-        return FileInfo.bad(f"unreadable NetCDF file: {reason_from(exc)}")
+        return FileInfo.bad(f"unreadable NetCDF file: {one_line(exc)}")
 
 
 def read_frames(path: str | PathLike, indices: list[int] | None = None, *, variable: str | None = None,
@@ -150,7 +151,7 @@ def read_frames(path: str | PathLike, indices: list[int] | None = None, *, varia
     except _Bad as exc:
         reason = str(exc)
     except Exception as exc:
-        reason = f"unreadable NetCDF file: {reason_from(exc)}"
+        reason = f"unreadable NetCDF file: {one_line(exc)}"
     return [RawFrame.bad(reason) for _ in (indices if indices is not None else [0])]
 
 
@@ -257,7 +258,7 @@ class _Layout:
         try:
             value = np.asarray(var.isel(select).transpose(self.y_dim, self.x_dim).values, dtype=np.float64)
         except Exception as exc:
-            return RawFrame.bad(f"cannot read {self.name}[{index}]: {reason_from(exc)}", self.times_s[index], self.name)
+            return RawFrame.bad(f"cannot read {self.name}[{index}]: {one_line(exc)}", self.times_s[index], self.name)
         if self.flip_y:
             value = value[::-1]
         if self.flip_x:
@@ -319,7 +320,7 @@ def _times(ds: xr.Dataset, var: xr.DataArray) -> tuple[str | None, np.ndarray]:
         times_s = decode_times_s(time_var.values, time_var.attrs["units"], time_var.attrs.get("calendar", "standard"))
     except Exception as exc:
         raise _Bad(f"cannot decode {time_var.name} ({time_var.attrs.get('units')!r}, calendar "
-                   f"{time_var.attrs.get('calendar', 'standard')!r}): {reason_from(exc)}") from exc
+                   f"{time_var.attrs.get('calendar', 'standard')!r}): {one_line(exc)}") from exc
     if times_s.size > 1 and not np.all(np.diff(times_s) > 0):
         i = int(np.argmin(np.diff(times_s) > 0))
         raise _Bad(f"time is not strictly increasing: {_iso(times_s[i])} is followed by {_iso(times_s[i + 1])}")
@@ -366,7 +367,7 @@ def _grid_mapping_crs(ds: xr.Dataset, var: xr.DataArray, x_var: xr.DataArray) ->
         try:
             return _crs_from_cf(_hashable(dict(ds[name].attrs)))
         except Exception as exc:
-            raise _Bad(f"cannot read the projection of grid mapping {name}: {reason_from(exc)}") from exc
+            raise _Bad(f"cannot read the projection of grid mapping {name}: {one_line(exc)}") from exc
     standard_name = str(x_var.attrs.get("standard_name", ""))
     units = _normalise_units(x_var.attrs.get("units", ""))
     if standard_name == "longitude" or units.startswith("degree"):

@@ -33,7 +33,8 @@ import h5py
 import numpy as np
 import pyproj
 
-from pipeline.sources.grid import ZR, FileInfo, Grid, RawFrame, reason_from
+from pipeline.sources.base import one_line
+from pipeline.sources.grid import ZR, FileInfo, Grid, RawFrame
 
 #: Quantities that can be read, in the default order of preference.
 QUANTITIES = ("DBZH", "TH", "RATE", "ACRR")
@@ -81,7 +82,7 @@ def scan_file(path: str | PathLike, quantity: str | None = None) -> FileInfo:
     except _Bad as exc:
         return FileInfo.bad(str(exc))
     except Exception as exc:
-        return FileInfo.bad(f"unreadable ODIM_H5 file: {reason_from(exc)}")
+        return FileInfo.bad(f"unreadable ODIM_H5 file: {one_line(exc)}")
 
 
 def read_frame(path: str | PathLike, index: int = 0, *, quantity: str | None = None, zr: ZR = ZR()) -> RawFrame:
@@ -107,11 +108,11 @@ def read_frame(path: str | PathLike, index: int = 0, *, quantity: str | None = N
             try:
                 raw = np.asarray(product.data[()], dtype=np.float64)
             except Exception as exc:
-                raise _Bad(f"cannot read {product.data.name}: {reason_from(exc)}") from exc
+                raise _Bad(f"cannot read {product.data.name}: {one_line(exc)}") from exc
     except _Bad as exc:
         return RawFrame.bad(str(exc))
     except Exception as exc:
-        return RawFrame.bad(f"unreadable ODIM_H5 file: {reason_from(exc)}")
+        return RawFrame.bad(f"unreadable ODIM_H5 file: {one_line(exc)}")
     dbz, mask = product.to_dbz(raw, zr)
     return RawFrame(product.time_s, dbz, mask, product.grid, product.quantity)
 
@@ -233,7 +234,7 @@ def _grid_from_where(projdef: str, width: int, height: int, x_step: float | None
     try:
         crs = pyproj.CRS.from_proj4(projdef) if projdef.lstrip().startswith("+") else pyproj.CRS(projdef)
     except pyproj.exceptions.CRSError as exc:
-        raise _Bad(f"where/projdef {projdef!r} is not a projection: {reason_from(exc)}") from exc
+        raise _Bad(f"where/projdef {projdef!r} is not a projection: {one_line(exc)}") from exc
     if width < 1 or height < 1:
         raise _Bad(f"where/xsize, ysize = {width}, {height}: need positive sizes")
     to_xy = pyproj.Transformer.from_crs("OGC:CRS84", crs, always_xy=True)
