@@ -52,6 +52,7 @@ import xarray as xr
 from pipeline.errors import NowcastError
 from pipeline.sources.base import one_line
 from pipeline.sources.grid import ZR, FileInfo, Grid, RawFrame
+from pipeline.sources.gridded import GridSource
 
 #: CF standard names of reflectivity.
 REFLECTIVITY_NAMES = ("equivalent_reflectivity_factor",)
@@ -534,3 +535,22 @@ def _write(path: Path, rain_mm_h: np.ndarray, grid: Grid, issue_time_s: int, lea
             precip.coordinates = coordinates
         precip.set_auto_mask(False)
         precip[:] = rain_mm_h
+
+
+class NetcdfSource(GridSource):
+    """Archives of CF-NetCDF files holding a 2-D reflectivity or rain-rate field, one or more times per
+    file, any folder layout; options: ``variable``, crop, block, Z-R relation (see
+    :class:`~pipeline.sources.gridded.GridSource`)."""
+
+    name = "netcdf"
+    title = "CF-NetCDF"
+    hint = "a CF-NetCDF archive (NetCDF files with a reflectivity or rain-rate variable)"
+
+    def claims(self, root: Path, rel: str) -> bool:
+        return is_netcdf(Path(root) / rel)
+
+    def scan(self, path: Path, variable: str | None) -> FileInfo:
+        return scan_file(path, variable=variable)
+
+    def read_raw(self, path: Path, indices: list[int]) -> list[RawFrame]:
+        return read_frames(path, indices, variable=self.variable, zr=self.zr)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import functools
 from datetime import datetime, timezone
 from os import PathLike
+from pathlib import Path
 from typing import Any
 
 import h5py
@@ -35,6 +36,7 @@ import pyproj
 
 from pipeline.sources.base import one_line
 from pipeline.sources.grid import ZR, FileInfo, Grid, RawFrame
+from pipeline.sources.gridded import GridSource
 
 #: Quantities that can be read, in the default order of preference.
 QUANTITIES = ("DBZH", "TH", "RATE", "ACRR")
@@ -300,3 +302,23 @@ def _required(attrs: dict[str, Any], key: str) -> float:
     if value is None:
         raise _Bad(f"where/{key} is missing: cannot place the grid")
     return value
+
+
+class OdimSource(GridSource):
+    """Archives of ODIM_H5 Cartesian products (``COMP``/``IMAGE``), any folder layout, one nominal time
+    per file; options: ``variable`` (the quantity, :data:`QUANTITIES`), crop, block, Z-R relation
+    (see :class:`~pipeline.sources.gridded.GridSource`)."""
+
+    name = "odim"
+    title = "ODIM_H5"
+    hint = "an ODIM_H5 archive (HDF5 files with what/object COMP or IMAGE)"
+    variable_label = "quantity"
+
+    def claims(self, root: Path, rel: str) -> bool:
+        return is_odim(Path(root) / rel)
+
+    def scan(self, path: Path, variable: str | None) -> FileInfo:
+        return scan_file(path, quantity=variable)
+
+    def read_raw(self, path: Path, indices: list[int]) -> list[RawFrame]:
+        return [read_frame(path, index, quantity=self.variable, zr=self.zr) for index in indices]
