@@ -584,8 +584,9 @@ def _warn(no_mask: list, n_skipped_old: int, bad: list, clips: dict) -> None:
                       "ingest into a new store to include them", IngestWarning, stacklevel=4)
     for split, counts in clips.items():
         if not counts["frames"]:
-            warnings.warn(f"split {split!r} matches no frame of the store: check its --split range or day list "
-                          "(training and evaluation on it will have nothing to use)", IngestWarning, stacklevel=4)
+            warnings.warn(f"split {split!r} matches no frame of the store, so training or evaluating on it "
+                          "will have nothing to use: check its --split range or day list (or, without --split, "
+                          "give the archive more days or pass --split ranges)", IngestWarning, stacklevel=4)
     if bad:
         log.warning("%d bad input file(s) treated as missing (first: %s: %s)", len(bad), bad[0]["path"],
                     bad[0]["reason"])

@@ -11,7 +11,12 @@ Outputs in ``out_dir``:
   time (``forecast_01.png`` ... when the time is unknown);
 * ``format="zarr"``: a Zarr v3 group ``forecast.zarr`` with ``forecast`` uint8 (out_len, H, W),
   ``lead_time_s`` int64 (out_len,) and, when known, ``time`` int64 (out_len,) epoch seconds;
-* both: ``forecast.gif``, the observed frames then the forecast (beside the observation when the
+* ``format="netcdf"`` (store inputs from an ODIM_H5 or CF-NetCDF archive): ``forecast.nc``, CF-1.8
+  rain rate in mm/h on the store's grid and projection, with time, forecast reference time and lead
+  time (``pipeline.sources.netcdf.write_forecast``); pixels go to mm/h through the store's Z-R
+  relation, pixel 0 (-10 dBZ or less) is 0 mm/h, and pixels outside the last input's radar coverage
+  are missing;
+* all: ``forecast.gif``, the observed frames then the forecast (beside the observation when the
   store holds it), colour scale in mm/h.
 """
 from __future__ import annotations
@@ -28,11 +33,14 @@ from pipeline import viz
 from pipeline.catalog import INTERVAL_S
 from pipeline.errors import NowcastError, check
 from pipeline.forecasters import Forecaster, load_forecaster
-from pipeline.sources import PIXEL_ENCODING, hko7
+from pipeline.sources import PIXEL_ENCODING, hko7, netcdf
+from pipeline.sources.grid import Grid
+from pipeline.sources.gridded import parse_zr
 from pipeline.store import Store
 from pipeline.times import iso_utc, parse_time_s
+from trajgru import units
 
-FORMATS = ("png", "zarr")
+FORMATS = ("png", "zarr", "netcdf")
 
 
 @dataclass
@@ -45,7 +53,7 @@ class PredictConfig:
     store, time : input frames from this store ending at ``time`` (ISO 8601 UTC, e.g.
         ``2015-06-04T12:00``, or epoch seconds); time None = the store's last frame.
     input_pngs : or: ``in_len`` HKO-7 PNG paths, oldest first.
-    format : "png" or "zarr".
+    format : "png", "zarr" or "netcdf" (store inputs from an ODIM_H5 or CF-NetCDF archive only).
     gif : also write ``forecast.gif``.
     """
 
@@ -60,7 +68,9 @@ class PredictConfig:
     gif: bool = True
 
     def __post_init__(self):
-        check(self.format in FORMATS, f"unknown format {self.format!r}: use png or zarr")
+        check(self.format in FORMATS, f"unknown format {self.format!r}: use png, zarr or netcdf")
+        check(self.format != "netcdf" or self.store is not None,
+              "--format netcdf writes the forecast on the radar grid a store records: give the inputs as --store")
         check((self.store is None) != (not self.input_pngs),
               "give the inputs either as a store (--store, optionally --time) or as PNG frames "
               "(--input, repeated), not both and not neither")
@@ -156,6 +166,27 @@ def _inputs_from_pngs(paths: Sequence[str | Path], in_len: int) -> _Inputs:
 
 
 # --------------------------------------------------------------------------- outputs
+def _store_grid(store: Store) -> Grid:
+    """The grid of the store's frames, for CF-NetCDF output (NowcastError when it records none)."""
+    grid = store.source_settings.get("grid")
+    if not grid:
+        kind = dict(store.attrs.get("source", {})).get("format", "an unknown")
+        raise NowcastError(f"--format netcdf needs the radar grid, and {store.path} (ingested from {kind} data) "
+                           "records none: only stores of ODIM_H5 or CF-NetCDF archives do; use --format png or zarr")
+    return Grid.from_attrs(grid)
+
+
+def _write_netcdf(out_dir: Path, forecast: np.ndarray, store: Store, inputs: _Inputs, model_name: str) -> Path:
+    """``forecast.nc``: forecast pixels (out_len, H, W) in [0, 1] as rain rate (mm/h) on the store's grid."""
+    rain_mm_h = parse_zr(store.source_settings.get("zr")).dbz_to_rain(units.pixel_to_dbz(forecast))
+    rain_mm_h[np.rint(forecast * 255.0) == 0] = 0.0  # pixel 0: -10 dBZ or less, no rain
+    lead_times_s = inputs.interval_s * np.arange(1, forecast.shape[0] + 1, dtype=np.int64)
+    mask = inputs.input_masks[-1] if inputs.input_masks is not None else None
+    return netcdf.write_forecast(out_dir / "forecast.nc", rain_mm_h, _store_grid(store), inputs.last_time_s,
+                                 lead_times_s, mask=mask, attrs={"source": f"nowcast {model_name}",
+                                                                 "input_store": str(store.path)})
+
+
 def _write_zarr(out_dir: Path, forecast_u8: np.ndarray, times_s: list[int] | None, interval_s: int,
                 attrs: dict) -> Path:
     """A Zarr v3 group with ``forecast`` (out_len, H, W) uint8, ``lead_time_s`` and (when known) ``time``."""
@@ -196,10 +227,13 @@ def predict(cfg: PredictConfig) -> PredictResult:
     Raises NowcastError for missing/ambiguous inputs, a wrong number of PNGs, frames whose size
     differs from the model's, a time outside the store, or an unknown format/model.
     """
+    store = Store.open(cfg.store) if cfg.store is not None else None
+    if cfg.format == "netcdf":
+        _store_grid(store)  # before the model loads
     forecaster = load_forecaster(cfg.model_uri, tracking_uri=cfg.tracking_uri, device=cfg.device)
     in_len, out_len = int(forecaster.in_len), int(forecaster.out_len)
-    if cfg.store is not None:
-        inputs = _inputs_from_store(Store.open(cfg.store), cfg.time, in_len, out_len)
+    if store is not None:
+        inputs = _inputs_from_store(store, cfg.time, in_len, out_len)
         where = f"the store {cfg.store}"
     else:
         inputs = _inputs_from_pngs(cfg.input_pngs, in_len)
@@ -214,6 +248,8 @@ def predict(cfg: PredictConfig) -> PredictResult:
     out_dir.mkdir(parents=True, exist_ok=True)
     if cfg.format == "png":
         paths = viz.save_frames_png(forecast, out_dir, times_s=times)
+    elif cfg.format == "netcdf":
+        paths = [_write_netcdf(out_dir, forecast, store, inputs, forecaster.name)]
     else:
         attrs = {"model_uri": str(cfg.model_uri), "model_name": forecaster.name, "interval_s": inputs.interval_s,
                  "pixel_encoding": PIXEL_ENCODING,

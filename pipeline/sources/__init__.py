@@ -54,7 +54,7 @@ def detect_format(root: str | Path) -> Source:
                 found.setdefault(owner.name, []).append(rel)
     if len(found) > 1:
         parts = [f"{len(files)} {SOURCES[name].title} file(s) ({', '.join(files[:_NAMED])}"
-                 f"{', ...' if len(files) > _NAMED else ''})" for name, files in found.items()]
+                 f"{', ...' if len(files) > _NAMED else ''})" for name in SOURCES if (files := found.get(name))]
         raise NowcastError(f"{root} mixes archive formats: {' and '.join(parts)}; keep one format per archive, "
                            f"or pass --format ({'|'.join(SOURCES)}) to ingest one of them")
     if found:

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import functools
 import os
+import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from os import PathLike
@@ -87,8 +88,9 @@ class _Bad(Exception):
 
 
 def is_netcdf(path: str | PathLike) -> bool:
-    """True if ``path`` starts like a NetCDF file: classic (``CDF\\x01``, ``\\x02``, ``\\x05``) or an HDF5
-    file that is not ODIM_H5 (NetCDF-4 files are HDF5). A cheap check for format detection; never raises."""
+    r"""True if ``path`` is a NetCDF file: classic (``CDF\x01``, ``\x02``, ``\x05``), or NetCDF-4 (an HDF5
+    file with netCDF-4's marks: the ``_NCProperties`` attribute or dimension scales at the root, and
+    not ODIM_H5). A cheap check for format detection; never raises."""
     try:
         with open(path, "rb") as f:
             magic = f.read(4)
@@ -99,7 +101,10 @@ def is_netcdf(path: str | PathLike) -> bool:
         with h5py.File(path, "r") as f:
             conventions = f.attrs.get("Conventions", b"")
             conventions = conventions.decode("ascii", "replace") if isinstance(conventions, bytes) else str(conventions)
-            return not conventions.startswith("ODIM_H5") and not ("what" in f and "object" in f["what"].attrs)
+            if conventions.startswith("ODIM_H5") or ("what" in f and "object" in f["what"].attrs):
+                return False
+            return "_NCProperties" in f.attrs or any(
+                isinstance(item, h5py.Dataset) and item.attrs.get("CLASS") == b"DIMENSION_SCALE" for item in f.values())
     except Exception:
         return False
 
@@ -468,7 +473,9 @@ def write_forecast(path: str | PathLike, rain_mm_h: np.ndarray, grid: Grid, issu
         valid &= np.broadcast_to(np.asarray(mask, dtype=bool), rain_mm_h.shape)
     if (path.exists() or path.is_symlink()) and not overwrite:
         raise NowcastError(f"{path} exists: remove it or choose another output path")
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)  # a new file, no symlink
+    os.close(fd)
+    tmp = Path(tmp_name)
     try:
         _write(tmp, np.where(valid, rain_mm_h, FILL_VALUE).astype(np.float32), grid, int(issue_time_s),
                lead_times_s, attrs or {})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import warnings
 
+import h5py
 import netCDF4
 import numpy as np
 import pyproj
@@ -305,6 +306,9 @@ def test_is_netcdf(tmp_path):
     (tmp_path / "t.txt").write_text("x")
     assert not netcdf.is_netcdf(tmp_path / "t.txt")
     assert not netcdf.is_netcdf(tmp_path / "missing.nc")
+    with h5py.File(tmp_path / "plain.h5", "w") as f:  # HDF5, but neither netCDF-4 nor ODIM_H5
+        f["x"] = np.zeros(3)
+    assert not netcdf.is_netcdf(tmp_path / "plain.h5")
 
 
 # ---------------------------------------------------------------------------------------------------
