@@ -11,7 +11,8 @@ What is read
   m s-1, ... (:data:`RAIN_UNITS_TO_MM_H`), taken to dBZ through the Z-R relation (negative rates count
   as 0; a rate of 0 is "valid, no echo", -inf dBZ).
 - Values are decoded by xarray (``scale_factor``, ``add_offset``); NaN, ``_FillValue`` and
-  ``missing_value`` mean not valid (mask False).
+  ``missing_value`` mean not valid (mask False), and so do values outside ``valid_min``/``valid_max``
+  or ``valid_range`` (given in the packed units, as CF says: compared with the packed values).
 - Dimensions: an optional time dimension, a y and an x dimension (recognised by their coordinate
   variables' ``axis``, ``standard_name`` or name; else the last two, as CF recommends T, Z, Y, X
   order), and any others only of size 1. Anything else is a reason.
@@ -252,6 +253,7 @@ class _Layout:
             raise _Bad(f"variable {self.name} has dimensions {var.dims}: only time, y, x (and others of size 1) "
                        f"are allowed, not {', '.join(big)}")
         self.grid, self.flip_y, self.flip_x = _grid(ds, var, self.y_dim, self.x_dim)
+        self.valid_min, self.valid_max = _valid_limits(var)
 
     def read(self, ds: xr.Dataset, index: int, zr: ZR) -> RawFrame:
         """Frame ``index`` as dBZ + mask (a bad frame for an index out of range)."""
@@ -270,6 +272,10 @@ class _Layout:
         if self.flip_x:
             value = value[:, ::-1]
         valid = np.isfinite(value)
+        if self.valid_min is not None:
+            valid &= value >= self.valid_min
+        if self.valid_max is not None:
+            valid &= value <= self.valid_max
         with np.errstate(divide="ignore", invalid="ignore"):
             if self.kind.kind == "dbz":
                 dbz = value
@@ -279,6 +285,20 @@ class _Layout:
                 dbz = zr.rain_to_dbz(np.maximum(value * self.kind.to_mm_h, 0.0))
         dbz = np.where(valid, dbz, np.nan).astype(np.float32)
         return RawFrame(int(self.times_s[index]), np.ascontiguousarray(dbz), valid, self.grid, self.name)
+
+
+def _valid_limits(var: xr.DataArray) -> tuple[float | None, float | None]:
+    """(lowest, highest) valid decoded value from ``valid_range`` or ``valid_min``/``valid_max`` (None: no
+    limit). CF gives them in the packed units: they are unpacked with the variable's scale and offset."""
+    attrs = var.attrs
+    if "valid_range" in attrs:
+        limits = [float(v) for v in np.ravel(attrs["valid_range"])[:2]]
+    else:
+        limits = [float(np.ravel(attrs[k])[0]) if k in attrs else None for k in ("valid_min", "valid_max")]
+    scale = float(var.encoding.get("scale_factor", 1.0))
+    offset = float(var.encoding.get("add_offset", 0.0))
+    lo, hi = (None if v is None else v * scale + offset for v in limits)
+    return (hi, lo) if scale < 0 else (lo, hi)
 
 
 def _choose_variable(ds: xr.Dataset, variable: str | None) -> tuple[str, _Kind]:
