@@ -163,7 +163,7 @@ def _prepared_store(root: Path, store: Path, compressor: str, level: int):
     cfg = ing.IngestConfig(root, store, workers=0, compressor=compressor, level=level)
     source = get_source("hko7")
     listing = source.list_frames(root)
-    group = ing._open_or_create(cfg, root, source, listing)
+    group = ing._create(cfg, Path(store), root, source, listing, st.infer_interval_s(listing.times_s()))
     plan = ing._plan(listing, group)
     ing._apply_plan(group, plan)
     return plan

@@ -4,12 +4,7 @@ Dask -- everything the HKO-7 path has, for each format."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import h5py
@@ -22,9 +17,9 @@ from pipeline.errors import NowcastError
 from pipeline.sources import detect_format, get_source
 from pipeline.sources.grid import ZR
 from tests.pipeline import _gridded as gd
+from tests.pipeline._ingest_helpers import kill_after_units, slow_ingest_script, tree_bytes
 from tests.pipeline.sources._files import GridSpec, OdimData, write_odim
 
-REPO = Path(__file__).resolve().parents[2]
 FORMATS = ("odim", "netcdf")
 
 
@@ -54,10 +49,6 @@ def assert_store_holds(store: Path, arch: gd.GriddedArchive, absent=()) -> None:
 
 def reasons(result: ing.IngestResult) -> dict[str, str]:
     return {b["path"]: b["reason"] for b in result.bad_files}
-
-
-def _tree_bytes(root: Path) -> dict:
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 # --------------------------------------------------------------------------- values and bad files
@@ -224,17 +215,6 @@ def test_mixed_archive_is_an_error_naming_files_and_format_forces_one(tmp_path):
 
 # --------------------------------------------------------------------------- resume, append, Dask
 
-KILL_SCRIPT = """
-import sys, time
-import pipeline.ingest as ing
-from pipeline.sources.gridded import GridSource
-real = GridSource._to_frame
-def slow(*a):
-    time.sleep(0.05)
-    return real(*a)
-GridSource._to_frame = slow
-ing.ingest(ing.IngestConfig(sys.argv[1], sys.argv[2], workers=0, chunk_frames=1, shard_frames=4), progress=False)
-"""
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -243,27 +223,15 @@ def test_kill_and_resume_is_byte_identical(fmt, tmp_path):
     (arch.root / "broken.h5").write_bytes(b"\x89HDF\r\n\x1a\n broken")  # bad files are resumed too
     ref = run(arch.root, tmp_path / "ref.zarr", chunk_frames=1, shard_frames=4, source=fmt)
     store = tmp_path / "killed.zarr"
-    proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT.replace("workers=0", f"workers=0, source={fmt!r}"),
-                             str(arch.root), str(store)], cwd=REPO, start_new_session=True,
-                            env={**os.environ, "PYTHONPATH": str(REPO)})
-    units_dir = store / "_ingest" / "units"
-    deadline = time.monotonic() + 120
-    try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            if units_dir.is_dir() and len(list(units_dir.glob("u*"))) >= 4:
-                break
-            time.sleep(0.02)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    n_done = len(list(units_dir.glob("u*")))
+    script = slow_ingest_script("pipeline.sources.gridded:GridSource._to_frame", 0.05, source=fmt)
+    n_done = kill_after_units(script, [arch.root, store], store, 4)
     assert 4 <= n_done < 16, "the kill must land mid-run"
     with pytest.raises(NowcastError, match="did not finish"):
         st.open_store(store)
     res = run(arch.root, store, chunk_frames=1, shard_frames=4, source=fmt)
     assert res.n_units_skipped >= n_done and res.n_units_written == 16 - res.n_units_skipped
     assert res.n_bad == ref.n_bad == 1
-    assert _tree_bytes(store) == _tree_bytes(tmp_path / "ref.zarr")
+    assert tree_bytes(store) == tree_bytes(tmp_path / "ref.zarr")
     assert_store_holds(store, arch)
 
 
@@ -272,9 +240,9 @@ def test_grown_archive_appends_and_reruns_are_byte_identical(fmt, tmp_path):
     arch = make_archive(fmt, tmp_path / "arch", 20)
     first = run(arch.root, tmp_path / "s.zarr")
     assert first.n_frames == 20
-    snapshot = _tree_bytes(tmp_path / "s.zarr")
+    snapshot = tree_bytes(tmp_path / "s.zarr")
     again = run(arch.root, tmp_path / "s.zarr")
-    assert again.n_units_written == 0 and _tree_bytes(tmp_path / "s.zarr") == snapshot
+    assert again.n_units_written == 0 and tree_bytes(tmp_path / "s.zarr") == snapshot
     new = [gd.T0_S + k * gd.IV for k in range(20, 30)]
     if fmt == "odim":
         for time_s in new:
@@ -286,7 +254,7 @@ def test_grown_archive_appends_and_reruns_are_byte_identical(fmt, tmp_path):
     assert_store_holds(tmp_path / "s.zarr", arch)
     fresh = run(arch.root, tmp_path / "fresh.zarr")
     assert fresh.n_frames == 30
-    assert _tree_bytes(tmp_path / "fresh.zarr") == _tree_bytes(tmp_path / "s.zarr")
+    assert tree_bytes(tmp_path / "fresh.zarr") == tree_bytes(tmp_path / "s.zarr")
 
 
 @pytest.mark.slow
@@ -300,14 +268,14 @@ def test_dask_local_cluster_and_external_scheduler(tmp_path, monkeypatch):
     res = run(odim.root, tmp_path / "o.zarr", workers=2, crop="0,0,24,24", block=2)
     assert res.n_units_written == 3
     run(odim.root, tmp_path / "o_serial.zarr", crop="0,0,24,24", block=2)
-    assert _tree_bytes(tmp_path / "o.zarr") == _tree_bytes(tmp_path / "o_serial.zarr")
+    assert tree_bytes(tmp_path / "o.zarr") == tree_bytes(tmp_path / "o_serial.zarr")
     nc = gd.netcdf_archive(tmp_path / "nc", 24)
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
         res = run(nc.root, tmp_path / "n.zarr", scheduler=cluster.scheduler_address, workers=None)
     assert res.n_units_written == 3
     assert_store_holds(tmp_path / "n.zarr", nc)
     run(nc.root, tmp_path / "n_serial.zarr")
-    assert _tree_bytes(tmp_path / "n.zarr") == _tree_bytes(tmp_path / "n_serial.zarr")
+    assert tree_bytes(tmp_path / "n.zarr") == tree_bytes(tmp_path / "n_serial.zarr")
 
 
 def test_sources_are_configured_by_name():

@@ -20,6 +20,7 @@ from pipeline import store as st
 from pipeline.catalog import INTERVAL_S
 from pipeline.errors import NowcastError
 from pipeline.sources import hko7
+from tests.pipeline._ingest_helpers import slow_ingest_script, tree_bytes
 
 REPO = Path(__file__).resolve().parents[2]
 IV = INTERVAL_S
@@ -33,23 +34,9 @@ def run(archive, store, **kw) -> ing.IngestResult:
     return ing.ingest(ing.IngestConfig(archive, store, **kw), progress=False)
 
 
-def _tree_bytes(root: Path) -> dict:
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
-
-
 # --------------------------------------------------------------------------- item 5: one ingest per store
 
-SLOW_INGEST = """
-import sys, time
-import pipeline.ingest as ing
-from pipeline.sources.hko7 import Hko7Source
-real = Hko7Source._read
-def slow(*a):
-    time.sleep(1.0)  # 64 s in all: killed long before it ends
-    return real(*a)
-Hko7Source._read = slow
-ing.ingest(ing.IngestConfig(sys.argv[1], sys.argv[2], workers=0, chunk_frames=1, shard_frames=4), progress=False)
-"""
+SLOW_INGEST = slow_ingest_script("pipeline.sources.hko7:Hko7Source._read", 1.0)  # 64 s in all: killed long before
 
 
 def test_a_second_ingest_into_the_same_store_fails_clearly_and_the_lock_dies_with_its_holder(hand_archive, tmp_path):
@@ -79,7 +66,7 @@ def test_a_second_ingest_into_the_same_store_fails_clearly_and_the_lock_dies_wit
         holder.wait()
     res = run(arch.root, store, chunk_frames=1, shard_frames=4)  # the killed holder's lock is gone
     assert res.n_units_skipped >= 1
-    assert _tree_bytes(store) == _tree_bytes(ref)
+    assert tree_bytes(store) == tree_bytes(ref)
 
 
 def test_lock_refuses_a_symlinked_lock_file(tmp_path):
