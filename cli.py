@@ -212,13 +212,20 @@ def train(
     store: Path = typer.Argument(..., help="Zarr store written by `nowcast ingest`."),
     preset: str = typer.Option("tiny", help="Model preset: hko7 | mnist++ | tiny."),
     cell: str = typer.Option("trajgru", help="Recurrent cell: trajgru | convgru | convlstm."),
+    recipe: Optional[str] = typer.Option(
+        None, help="Training recipe: tiny | hko7 | hko7-paper | mnist++ (default: the preset's; see README)."),
     workers: int = typer.Option(2, help="Ray Train workers (data-parallel)."),
     gpu: bool = typer.Option(False, "--gpu", help="One GPU per worker (NCCL, bf16 autocast)."),
-    steps: Optional[int] = typer.Option(None, help="Training iterations (hko7 default: 100000)."),
-    batch_size: Optional[int] = typer.Option(None, help="Global batch size (hko7 default: 4)."),
-    lr: Optional[float] = typer.Option(None, help="Adam learning rate (hko7 default: 1e-4)."),
+    fast_path: bool = typer.Option(
+        True, "--fast-path/--no-fast-path",
+        help="trajgru's fast path: fused kernels + channels-last on a GPU, channels-last on the CPU (same weights)."),
+    steps: Optional[int] = typer.Option(None, help="Training iterations (default: the recipe's; tiny 3000, hko7 100000)."),
+    batch_size: Optional[int] = typer.Option(None, help="Global batch size (default: the recipe's; tiny 16, hko7 4)."),
+    lr: Optional[float] = typer.Option(None, help="Peak Adam learning rate (default: the recipe's; tiny 1e-3, hko7 1e-4)."),
     checkpoint_every: Optional[int] = typer.Option(None, help="Checkpoint every N steps."),
     val_every: Optional[int] = typer.Option(None, help="Validate every N steps."),
+    early_stop_patience: Optional[int] = typer.Option(
+        None, help="Stop after N validations without a better score (0: never)."),
     run_name: Optional[str] = typer.Option(None, help="Ray run name; re-running the same name resumes it."),
     storage_path: Optional[Path] = typer.Option(None, help="Ray storage for checkpoints (shared on a cluster)."),
     config: Optional[Path] = typer.Option(None, help="YAML/JSON file of TrainConfig overrides."),
@@ -235,16 +242,19 @@ def train(
 
     overrides = _run(load_config_file, config) if config else {}
     options = dict(
-        steps=steps, batch_size=batch_size, lr=lr, checkpoint_every=checkpoint_every, val_every=val_every,
-        run_name=run_name, storage_path=storage_path, register_as=register_as,
+        recipe=recipe, steps=steps, batch_size=batch_size, lr=lr, checkpoint_every=checkpoint_every,
+        val_every=val_every, early_stop_patience=early_stop_patience, run_name=run_name,
+        storage_path=storage_path, register_as=register_as,
     )
     overrides.update({k: v for k, v in options.items() if v is not None})
     cfg = _run(
-        TrainConfig, store=store, preset=preset, cell=cell, workers=workers, use_gpu=gpu,
+        TrainConfig, store=store, preset=preset, cell=cell, workers=workers, use_gpu=gpu, fast_path=fast_path,
         experiment=experiment, tracking_uri=tracking_uri, ray_address=ray_address, **overrides,
     )
     result = _run(run_train, cfg)
-    rows = [("run id", str(result.run_id)), ("final step", str(result.final_step)),
+    rows = [("run id", str(result.run_id)),
+            ("final step", f"{result.final_step}{' (stopped early)' if result.stopped_early else ''}"),
+            ("registered weights", f"step {result.best_step} (best validation)" if result.best_step else "last step"),
             ("checkpoint", str(result.checkpoint_path)), ("model", str(result.model_uri))]
     if result.registered_version is not None:
         rows.append(("registered version", f"{register_as or cfg.register_as} v{result.registered_version}"))
@@ -263,6 +273,10 @@ def evaluate(
     batch_size: int = typer.Option(4, help="Clips per forward pass."),
     max_clips: Optional[int] = typer.Option(None, help="Score only the first N clips (quick checks)."),
     out_json: Optional[Path] = typer.Option(None, help="Write the scores as JSON here."),
+    device: str = typer.Option("auto", help="cpu | cuda | auto (a GPU when one is visible)."),
+    fast_path: bool = typer.Option(
+        True, "--fast-path/--no-fast-path",
+        help="trajgru's fast path: fused kernels + channels-last on a GPU, channels-last on the CPU (same weights)."),
     tracking_uri: Optional[str] = typer.Option(None, envvar="MLFLOW_TRACKING_URI", help=TRACKING_HELP),
     ray_address: Optional[str] = typer.Option(None, envvar="RAY_ADDRESS", help=RAY_HELP),
 ) -> None:
@@ -274,7 +288,7 @@ def evaluate(
 
     cfg = _run(EvaluateConfig,
         store=store, model_uri=model, split=split, workers=workers, batch_size=batch_size, max_clips=max_clips,
-        out_json=out_json, tracking_uri=tracking_uri, ray_address=ray_address,
+        out_json=out_json, tracking_uri=tracking_uri, ray_address=ray_address, device=device, fast_path=fast_path,
     )
     result = _run(run_evaluate, cfg)
     typer.echo(result.table)
@@ -290,6 +304,10 @@ def predict(
     inputs: Optional[list[Path]] = typer.Option(None, "--input", help="Or: the input PNG frames (HKO-7 encoding), oldest first; repeat the option."),
     fmt: str = typer.Option("png", "--format", help="png (frames + GIF), zarr (an array) or netcdf (CF-NetCDF rain "
                             "rate in mm/h on the store's grid; stores of ODIM/NetCDF archives)."),
+    device: str = typer.Option("auto", help="cpu | cuda | auto (a GPU when one is visible)."),
+    fast_path: bool = typer.Option(
+        True, "--fast-path/--no-fast-path",
+        help="trajgru's fast path: fused kernels + channels-last on a GPU, channels-last on the CPU (same weights)."),
     tracking_uri: Optional[str] = typer.Option(None, envvar="MLFLOW_TRACKING_URI", help=TRACKING_HELP),
 ) -> None:
     """Forecast the next frames (20 for hko7) from the last input frames (5 for hko7).
@@ -300,7 +318,7 @@ def predict(
 
     cfg = _run(PredictConfig,
         model_uri=model, out_dir=out_dir, store=store, time=time, input_pngs=inputs or None, format=fmt,
-        tracking_uri=tracking_uri,
+        tracking_uri=tracking_uri, device=device, fast_path=fast_path,
     )
     result = _run(run_predict, cfg)
     typer.echo(f"wrote {len(result.paths)} forecast file(s) to {out_dir}")

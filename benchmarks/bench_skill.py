@@ -172,8 +172,22 @@ def main(argv=None) -> None:
         minutes["synth"] = nowcast(synth_args, log, env) / 60
     minutes["ingest"] = nowcast(["ingest", str(archive), str(store)], log, env) / 60
 
+    results = {"archive": {"days": args.days, "size": args.size, "seed": args.seed, "start": ARCHIVE["start"]},
+               "preset": args.preset, "steps": args.steps, "workers": args.workers, "gpu": args.gpu,
+               "machine": machine(), "minutes": minutes,
+               "command": "python benchmarks/bench_skill.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+               "rows": {}}
+
+    def evaluate(label: str, uri: str) -> None:
+        out_json = work / "evaluations" / f"{label.replace(' ', '-')}.json"
+        minutes[f"evaluate {label}"] = nowcast(["evaluate", str(store), "--model", uri, "--split", "test",
+                                                "--batch-size", "16", "--out-json", str(out_json)], log, env) / 60
+        results["rows"][label] = summary_row(json.loads(out_json.read_text())) | {"model_uri": uri}
+        write_results(results, args.out)   # after every row: an interrupted benchmark keeps what it measured
+
+    for baseline in BASELINES:
+        evaluate(baseline, baseline)
     steps_tag = f"{args.steps}" if args.steps else "recipe"
-    rows_models = {}
     for cell in args.cells.split(","):
         run_name = f"bench-{args.preset}-{cell}-{steps_tag}-seed{args.seed}-{args.days}d{args.size}px"
         name = f"bench-{args.preset}-{cell}"
@@ -187,26 +201,19 @@ def main(argv=None) -> None:
         if args.config:
             train_args += ["--config", str(args.config.resolve())]
         minutes[f"train {cell}"] = nowcast(train_args, log, env) / 60
-        version = registered_version(tracking_uri, name, run_name)
-        rows_models[cell] = f"models:/{name}/{version}"
-
-    rows = {}
-    for label, uri in [*[(f"{args.preset} {c}", u) for c, u in rows_models.items()], *[(b, b) for b in BASELINES]]:
-        out_json = work / "evaluations" / f"{label.replace(' ', '-')}.json"
-        minutes[f"evaluate {label}"] = nowcast(["evaluate", str(store), "--model", uri, "--split", "test",
-                                                "--batch-size", "16", "--out-json", str(out_json)], log, env) / 60
-        rows[label] = summary_row(json.loads(out_json.read_text())) | {"model_uri": uri}
-
-    results = {"archive": {"days": args.days, "size": args.size, "seed": args.seed, "start": ARCHIVE["start"]},
-               "preset": args.preset, "steps": args.steps, "workers": args.workers, "gpu": args.gpu,
-               "machine": machine(), "minutes": {k: round(v, 2) for k, v in minutes.items()},
-               "command": "python benchmarks/bench_skill.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-               "rows": rows}
-    (args.out / "skill.json").write_text(json.dumps(results, indent=1) + "\n")
-    (args.out / "skill.md").write_text(markdown_table(results) + "\n")
-    plot(results, args.out / "skill_csi_vs_lead.png")
+        evaluate(f"{args.preset} {cell}", f"models:/{name}/{registered_version(tracking_uri, name, run_name)}")
     print(markdown_table(results))
     print(f"minutes: {results['minutes']}")
+
+
+def write_results(results: dict, out: Path) -> None:
+    """skill.json, skill.md and the CSI-vs-lead plot from the rows so far (models first, then baselines)."""
+    rows = results["rows"]
+    ordered = {k: rows[k] for k in sorted(rows, key=lambda k: (k in BASELINES, k))}
+    results = {**results, "minutes": {k: round(v, 2) for k, v in results["minutes"].items()}, "rows": ordered}
+    (out / "skill.json").write_text(json.dumps(results, indent=1) + "\n")
+    (out / "skill.md").write_text(markdown_table(results) + "\n")
+    plot(results, out / "skill_csi_vs_lead.png")
 
 
 def _archive_matches(archive: Path, args) -> bool:

@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline import catalog, synth  # noqa: E402
 from trajgru import build_model  # noqa: E402
+from trajgru.fast import CapturedTrainStep, enable_fast_path, fused_adam  # noqa: E402
 from trajgru.baselines import optical_flow, persistence  # noqa: E402
 from trajgru.losses import BalancedLoss  # noqa: E402
 from trajgru.metrics import SkillScores  # noqa: E402
@@ -55,6 +56,14 @@ RECIPES = {
     "convlstm_wide_cos_aug": dict(cell="convlstm", model=dict(filters=(64, 96)), lr=1e-3,
                                   schedule="cosine", aug=True),
     "tiny_cos_aug_lr3e-3": dict(cell="trajgru", model={}, lr=3e-3, schedule="cosine", aug=True),
+    # the second GPU run: the `tiny` recipe (pipeline.train.RECIPES) at equal steps per cell, without
+    # augmentation, and as long as the time allows on the fast path (Triton kernels + one CUDA graph per step)
+    "trajgru_2k": dict(cell="trajgru", model={}, lr=1e-3, schedule="cosine", aug=True, steps=2000),
+    "trajgru_noaug_2k": dict(cell="trajgru", model={}, lr=1e-3, schedule="cosine", aug=False, steps=2000),
+    "convgru_2k": dict(cell="convgru", model={}, lr=1e-3, schedule="cosine", aug=True, steps=2000),
+    "convlstm_2k": dict(cell="convlstm", model={}, lr=1e-3, schedule="cosine", aug=True, steps=2000),
+    "trajgru_graph": dict(cell="trajgru", model={}, lr=1e-3, schedule="cosine", aug=True, fast=True, graph=True),
+    "convgru_graph": dict(cell="convgru", model={}, lr=1e-3, schedule="cosine", aug=True, fast=True, graph=True),
     # what `nowcast demo` can afford on 2 CPU cores (run with --days 8 --seed 0, the demo's archive)
     "demo_b8_600": dict(cell="trajgru", model={}, lr=2e-3, schedule="cosine", aug=True, batch=8, steps=600),
 }
@@ -149,8 +158,19 @@ def lr_at(step: int, total: int, recipe: dict) -> float:
     return base * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
+def _set_lr(opt, value: float) -> None:
+    for g in opt.param_groups:
+        if torch.is_tensor(g["lr"]):
+            g["lr"].fill_(value)      # capturable Adam (CUDA graph): a device tensor
+        else:
+            g["lr"] = value
+
+
 def train_recipe(args) -> dict:
-    name, recipe, data_path, out_dir, minutes, val_every, seed, max_steps = args
+    """Train one recipe until its steps are done or ``deadline_s`` (wall, from the start) has passed;
+    validate every ``val_every`` steps, keep the best weights, score them (and the last) on the test days."""
+    name, recipe, data_path, out_dir, minutes, val_every, seed, max_steps, deadline_s = args
+    t0 = time.perf_counter()
     torch.manual_seed(seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.set_num_threads(2 if device.type == "cuda" else max(1, (os.cpu_count() or 2)))
@@ -163,7 +183,12 @@ def train_recipe(args) -> dict:
     size = data["frames"].shape[-1]
     model = build_model("tiny", recipe["cell"], height=size, width=size, **recipe["model"]).to(device)
     n_params = sum(p.numel() for p in model.parameters())
-    opt = torch.optim.Adam(model.parameters(), lr=recipe["lr"], betas=(recipe.get("beta1", 0.9), 0.999))
+    fast = recipe.get("fast", False) and device.type == "cuda"
+    if fast:
+        enable_fast_path(model)
+        opt = fused_adam(model.parameters(), lr=recipe["lr"], betas=(recipe.get("beta1", 0.9), 0.999))
+    else:
+        opt = torch.optim.Adam(model.parameters(), lr=recipe["lr"], betas=(recipe.get("beta1", 0.9), 0.999))
     loss_fn = BalancedLoss()
     batch = recipe.get("batch", 16)
     rng = np.random.default_rng(seed)
@@ -173,44 +198,54 @@ def train_recipe(args) -> dict:
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
             return model(x)
 
-    def one_step(step, total):
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, total, recipe)
+    def sample():
         f, m = gather(frames_u8, masks, rng.choice(train_slots, batch), device)
         if recipe["aug"]:
             k = int(rng.integers(8))
             f, m = dihedral(f, k), dihedral(m, k)
+        return f[:IN_LEN].contiguous(), f[IN_LEN:].contiguous(), m[IN_LEN:].contiguous()
+
+    captured = None
+    if fast and recipe.get("graph"):
+        captured = CapturedTrainStep(model, opt, loss_fn, sample(), clip_norm=recipe.get("clip", 50.0))
+        print(f"[{name}] CUDA graph: {captured.graphed} ({captured.fallback_reason})", flush=True)
+
+    def one_step(step, total):
+        _set_lr(opt, lr_at(step, total, recipe))
+        x, y, m = sample()
+        if captured is not None:
+            return captured.step(x, y, m)[0].clone()
         opt.zero_grad(set_to_none=True)
-        pred = forecast(f[:IN_LEN])
-        loss = loss_fn(pred.float(), f[IN_LEN:], m[IN_LEN:])
+        loss = loss_fn(forecast(x).float(), y, m)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.get("clip", 50.0))
         opt.step()
         return loss.detach()
 
-    t0 = time.perf_counter()
-    total = recipe.get("steps")
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    total, start = recipe.get("steps"), 1
     if total is None:  # calibrate: steps that fit the time budget at the speed of steps 11-30
         for s in range(1, 31):
             if s == 11:
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
+                sync()
                 t_cal = time.perf_counter()
             one_step(s, 10**9)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        sync()
         per_step = (time.perf_counter() - t_cal) / 20
         total = max(100, int((minutes * 60 - (time.perf_counter() - t0)) * 0.8 / per_step))
         start = 31
     if max_steps:
-        total = min(total, max_steps)
-    else:
-        start = 1
-    curve, best = [], {"csi5": -1.0, "step": 0, "state": None}
-    losses = []
+        total = max(min(total, max_steps), start)
+    curve, best, losses = [], {"csi5": -1.0, "step": 0, "state": None, "val": None}, []
+    last_step = start - 1
     for step in range(start, total + 1):
         losses.append(one_step(step, total))
-        if step % val_every == 0 or step == total:
+        last_step = step
+        out_of_time = deadline_s is not None and time.perf_counter() - t0 > deadline_s
+        if step % val_every == 0 or step == total or out_of_time:
             model.eval()
             val = score(forecast, frames_u8, masks, val_slots, device)
             model.train()
@@ -222,14 +257,18 @@ def train_recipe(args) -> dict:
             if val["csi"]["5"] > best["csi5"]:
                 best = {"csi5": val["csi"]["5"], "step": step, "state": copy.deepcopy(model.state_dict()),
                         "val": val}
+        if out_of_time:
+            print(f"[{name}] deadline: stopped at step {step} of {total}", flush=True)
+            break
     final_state = copy.deepcopy(model.state_dict())
     model.load_state_dict(best["state"])
     model.eval()
     test_best = score(forecast, frames_u8, masks, test_slots, device)
     model.load_state_dict(final_state)
     test_final = score(forecast, frames_u8, masks, test_slots, device)
-    out = {"name": name, "recipe": recipe, "params": n_params, "steps": total, "batch": batch,
-           "seconds": time.perf_counter() - t0, "device": str(device), "curve": curve,
+    out = {"name": name, "recipe": recipe, "params": n_params, "steps": last_step, "planned_steps": total,
+           "batch": batch, "seconds": time.perf_counter() - t0, "device": str(device),
+           "graphed": bool(captured is not None and captured.graphed), "curve": curve,
            "best_step": best["step"], "val_best": best["val"], "test_best": test_best, "test_final": test_final}
     Path(out_dir, f"{name}.json").write_text(json.dumps(out, indent=1))
     return out
@@ -294,6 +333,9 @@ def main(argv=None) -> None:
     p.add_argument("--recipes", default=",".join(RECIPES))
     p.add_argument("--parallel", type=int, default=8, help="recipes trained at once")
     p.add_argument("--max-steps", type=int, default=None, help="cap on steps per recipe (quick checks)")
+    p.add_argument("--no-baselines", action="store_true", help="skip persistence / optical flow (known already)")
+    p.add_argument("--deadline-s", type=float, default=None,
+                   help="every recipe stops training this many seconds after its start, then scores")
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     data_path = args.out / "data.npz"
@@ -306,10 +348,11 @@ def main(argv=None) -> None:
     ctx = mp.get_context("spawn")
     with ProcessPoolExecutor(args.parallel, mp_context=ctx) as pool:
         futures = [pool.submit(train_recipe, (n, RECIPES[n], data_path, args.out, args.minutes, args.val_every, 0,
-                                               args.max_steps))
+                                               args.max_steps, args.deadline_s))
                    for n in names]
-        base = baselines(data_path, args.out, max(1, (os.cpu_count() or 2) // 2))
-        print(json.dumps({k: (v["csi"]["5"], v["b_mse"]) for k, v in base.items()}), flush=True)
+        if not args.no_baselines:
+            base = baselines(data_path, args.out, max(1, (os.cpu_count() or 2) // 2))
+            print(json.dumps({k: (v["csi"]["5"], v["b_mse"]) for k, v in base.items()}), flush=True)
         for f in futures:
             try:
                 f.result()

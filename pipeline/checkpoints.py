@@ -5,10 +5,13 @@ A checkpoint is a directory::
     model_config.json   model.config.to_dict()            (rebuilt with trajgru.model_from_config)
     model_state.pt      the model's state_dict             (tensors only)
     train_state.pt      optimizer, scheduler, step, RNG    (tensors and plain Python values only)
-    meta.json           step, segments, mlflow_run_id, val_scores, champion_score
+    meta.json           step, segments, mlflow_run_id, val_scores, champion_score, best_step, ...
+    best/               the best validated weights so far (a model directory + its meta.json:
+                        step, champion_score, val_scores, mlflow_run_id); absent before the first validation
 
 The two model files alone are a *model directory*: the logged MLflow model carries them as
-``extra_files``. Every ``.pt`` file is loaded with ``torch.load(weights_only=True)``: reading a
+``extra_files``. Whoever serves a checkpoint (``nowcast evaluate/predict PATH``, the registry) uses its
+``best/`` weights: :func:`find` resolves a checkpoint to them. Every ``.pt`` file is loaded with ``torch.load(weights_only=True)``: reading a
 checkpoint never unpickles code, whoever wrote it.
 """
 from __future__ import annotations
@@ -28,6 +31,8 @@ MODEL_CONFIG_FILE = "model_config.json"
 MODEL_STATE_FILE = "model_state.pt"
 TRAIN_STATE_FILE = "train_state.pt"
 META_FILE = "meta.json"
+#: Sub-directory of a checkpoint holding the best validated weights (see :func:`save`).
+BEST_DIR = "best"
 #: The meta.json key of the MLflow run that trained the checkpoint.
 RUN_ID_KEY = "mlflow_run_id"
 
@@ -71,17 +76,42 @@ def is_model_dir(path: Path | str) -> bool:
 
 
 # --------------------------------------------------------------------------- checkpoints
-def save(out_dir: Path | str, model, train_state: dict, meta: dict) -> None:
-    """Write a checkpoint directory: the model files, ``train_state.pt`` and ``meta.json``.
+def save(out_dir: Path | str, model, train_state: dict, meta: dict,
+         best: tuple[dict, dict] | None = None) -> None:
+    """Write a checkpoint directory: the model files, ``train_state.pt``, ``meta.json`` and ``best/``.
 
     train_state : {"optimizer": state_dict, "scheduler": state_dict, "step": int, "rng": :func:`rng_state`}
         (tensors and plain Python values, so that :func:`load_train_state` can read it weights-only).
     meta : JSON-able; ``step``, ``segments``, :data:`RUN_ID_KEY`, ``val_scores``, ``champion_score``.
+    best : (state_dict, meta) of the best validated weights so far, written as the model directory
+        ``best/`` (with the model's config) and its ``meta.json``; None writes no ``best/``.
     """
     out_dir = Path(out_dir)
     save_model_files(model, out_dir)
     torch.save(train_state, out_dir / TRAIN_STATE_FILE)
     (out_dir / META_FILE).write_text(json.dumps(meta))
+    if best is not None:
+        state, best_meta = best
+        best_dir = out_dir / BEST_DIR
+        best_dir.mkdir(exist_ok=True)
+        module = getattr(model, "module", model)
+        (best_dir / MODEL_CONFIG_FILE).write_text(json.dumps(module.config.to_dict(), indent=1, sort_keys=True))
+        torch.save({k: v.detach().cpu() for k, v in state.items()}, best_dir / MODEL_STATE_FILE)
+        (best_dir / META_FILE).write_text(json.dumps(best_meta))
+
+
+def load_best(checkpoint_dir: Path | str) -> tuple[dict, dict] | None:
+    """The ``best/`` weights of a checkpoint -> (state_dict, meta), or None when it has none."""
+    best_dir = Path(checkpoint_dir) / BEST_DIR
+    if not is_model_dir(best_dir):
+        return None
+    return load_model_state(best_dir), read_meta(best_dir)
+
+
+def served_model_dir(checkpoint_dir: Path | str) -> Path:
+    """The model directory that serves a checkpoint: its ``best/`` weights when it has them, else its own."""
+    best_dir = Path(checkpoint_dir) / BEST_DIR
+    return best_dir if is_model_dir(best_dir) else Path(checkpoint_dir)
 
 
 def load(checkpoint_dir: Path | str) -> tuple[dict, dict, dict]:
@@ -115,8 +145,9 @@ def run_id(checkpoint_dir: Path | str) -> str | None:
 
 
 def find(path: Path | str) -> Path:
-    """The checkpoint directory for ``path``: a checkpoint (or model) directory, a file inside one
-    (e.g. its model_state.pt), or a Ray Train run directory (its latest checkpoint).
+    """The model directory that serves ``path``: a checkpoint (or model) directory, a file inside one
+    (e.g. its model_state.pt), or a Ray Train run directory (its latest checkpoint); a checkpoint with
+    best validated weights is served by them (:func:`served_model_dir`).
 
     Raises NowcastError when ``path`` is none of these.
     """
@@ -124,7 +155,7 @@ def find(path: Path | str) -> Path:
     if path.is_file():
         path = path.parent
     if is_model_dir(path):
-        return path
+        return served_model_dir(path)
     import ray.train  # here, not at the top: only a Ray run directory needs it, and it takes seconds to import
 
     try:
@@ -132,7 +163,7 @@ def find(path: Path | str) -> Path:
     except Exception:  # noqa: BLE001 (RuntimeError / OSError: not a Ray Train run directory)
         latest = None
     if latest is not None and is_model_dir(latest.path):
-        return Path(latest.path)
+        return served_model_dir(latest.path)
     raise NowcastError(f"{path} holds no {MODEL_CONFIG_FILE}: it is neither a checkpoint written by "
                        "`nowcast train` nor a Ray Train run directory with one")
 

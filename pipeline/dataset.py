@@ -169,3 +169,25 @@ def collate_clips(batch):
         raise ValueError("collate_clips got an empty batch")
     frames, masks = zip(*batch)
     return torch.stack(frames), torch.stack(masks)
+
+
+def dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Symmetry ``k`` (0..7) of the square on the last two axes: ``k >= 4`` flips the columns
+    (left-right), then ``k % 4`` quarter turns (``torch.rot90`` on (-2, -1)). k = 0 is the identity."""
+    if k >= 4:
+        x = x.flip(-1)
+    return torch.rot90(x, k % 4, dims=(-2, -1))
+
+
+def augment_clips(frames: torch.Tensor, masks: torch.Tensor, seed: int, rank: int, step: int):
+    """Random symmetry of each clip in a training batch, the same for its frames and masks.
+
+    frames, masks : (B, S, 1, H, W). Clip b gets :func:`dihedral` ``k_b``, drawn from ``(seed, rank,
+    step)`` alone (a resumed run repeats it): one of all 8 for square frames, one of the 4 that keep
+    the shape (identity, half turn, left-right and up-down flips) otherwise. Returns new tensors.
+    """
+    square = frames.shape[-1] == frames.shape[-2]
+    rng = np.random.default_rng([seed, rank, step, 1])
+    ks = rng.integers(0, 8, len(frames)) if square else rng.choice([0, 2, 4, 6], len(frames))
+    return (torch.stack([dihedral(f, int(k)) for f, k in zip(frames, ks)]),
+            torch.stack([dihedral(m, int(k)) for m, k in zip(masks, ks)]))

@@ -77,7 +77,8 @@ class EvaluateConfig:
     out_json: str | Path | None = None
     tracking_uri: str | None = None
     log_to_mlflow: bool = True
-    device: str = "cpu"
+    device: str = "auto"                 # "auto": a GPU when one is visible
+    fast_path: bool = True               # trajgru.fast.enable_fast_path for trained models
     in_len: int | None = None
     out_len: int | None = None
     ray_address: str | None = None
@@ -126,8 +127,9 @@ class CompareResult:
 
 # --------------------------------------------------------------------------- inputs
 def _load(model_uri: str, tracking_uri: str | None, device: str, in_len: int | None,
-          out_len: int | None) -> Forecaster:
-    return load_forecaster(model_uri, tracking_uri=tracking_uri, device=device, in_len=in_len, out_len=out_len)
+          out_len: int | None, fast_path: bool = True) -> Forecaster:
+    return load_forecaster(model_uri, tracking_uri=tracking_uri, device=device, in_len=in_len, out_len=out_len,
+                           fast_path=fast_path)
 
 
 def _lengths(forecaster: Forecaster, in_len: int | None, out_len: int | None) -> tuple[int, int]:
@@ -200,17 +202,17 @@ def score_clips(forecaster: Forecaster, store: Store, starts_s: np.ndarray, in_l
 
 
 def _score_slice(store: Store, starts_s: np.ndarray, model_uri: str, tracking_uri: str | None, device: str,
-                 in_len: int, out_len: int, batch_size: int, thresholds_mm_h: tuple) -> SkillScores:
+                 in_len: int, out_len: int, batch_size: int, thresholds_mm_h: tuple, fast_path: bool) -> SkillScores:
     """One Ray task: load the forecaster and score a slice of clips -> SkillScores."""
     torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1") or 1)))
-    forecaster = _load(model_uri, tracking_uri, device, in_len, out_len)
+    forecaster = _load(model_uri, tracking_uri, device, in_len, out_len, fast_path)
     return score_clips(forecaster, store, starts_s, in_len, out_len, batch_size, thresholds_mm_h)
 
 
 def score_clips_ray(model_uri: str, store: Store, starts_s: np.ndarray, in_len: int, out_len: int,
                     workers: int, batch_size: int = 4, tracking_uri: str | None = None, device: str = "cpu",
                     thresholds_mm_h: Sequence[float] = DEFAULT_THRESHOLDS_MM_H,
-                    ray_address: str | None = None) -> SkillScores:
+                    ray_address: str | None = None, fast_path: bool = True) -> SkillScores:
     """Score on ``workers`` Ray tasks, each a disjoint slice (``pipeline.dataset.rank_slice``); merged.
 
     The store travels as its absolute path, checkpoint paths and the tracking URI are made absolute;
@@ -228,7 +230,7 @@ def score_clips_ray(model_uri: str, store: Store, starts_s: np.ndarray, in_len: 
             part = rank_slice(np.asarray(starts_s, np.int64), rank, int(workers))
             if part.size:
                 refs.append(task.remote(store, part, uri, tracking_uri, device, in_len, out_len,
-                                        batch_size, tuple(thresholds_mm_h)))
+                                        batch_size, tuple(thresholds_mm_h), fast_path))
         merged = SkillScores(out_len, thresholds_mm_h)
         for part_scores in ray.get(refs):
             merged.merge(part_scores)
@@ -340,7 +342,7 @@ def _evaluate_loaded(cfg: EvaluateConfig, store: Store, forecaster: Forecaster, 
     t0 = time.perf_counter()
     if int(cfg.workers) > 0:
         skill = score_clips_ray(cfg.model_uri, store, starts_s, in_len, out_len, cfg.workers, cfg.batch_size,
-                                cfg.tracking_uri, cfg.device, cfg.thresholds_mm_h, cfg.ray_address)
+                                cfg.tracking_uri, cfg.device, cfg.thresholds_mm_h, cfg.ray_address, cfg.fast_path)
     else:
         skill = score_clips(forecaster, store, starts_s, in_len, out_len, cfg.batch_size, cfg.thresholds_mm_h,
                             progress=True)
@@ -374,7 +376,7 @@ def _evaluate_loaded(cfg: EvaluateConfig, store: Store, forecaster: Forecaster, 
 def _prepare(cfg: EvaluateConfig) -> tuple[Store, Forecaster, int, int]:
     """Open the store, load the forecaster and check one against the other -> (store, forecaster, in_len, out_len)."""
     store = Store.open(cfg.store)  # NowcastError if the store is missing
-    forecaster = _load(cfg.model_uri, cfg.tracking_uri, cfg.device, cfg.in_len, cfg.out_len)
+    forecaster = _load(cfg.model_uri, cfg.tracking_uri, cfg.device, cfg.in_len, cfg.out_len, cfg.fast_path)
     in_len, out_len = _lengths(forecaster, cfg.in_len, cfg.out_len)
     forecaster.check_frame_size(store.frame_size, f"the store {cfg.store}")
     return store, forecaster, in_len, out_len
@@ -423,7 +425,7 @@ def compare_models(store: str | Path, model_uris: Sequence[str], split: str = "t
                    max_clips: int | None = None, workers: int = 0, batch_size: int = 4,
                    tracking_uri: str | None = None, device: str = "cpu", log_to_mlflow: bool = True,
                    out_dir: str | Path | None = None, ray_address: str | None = None,
-                   experiment: str = "nowcast-evaluate") -> CompareResult:
+                   experiment: str = "nowcast-evaluate", fast_path: bool = True) -> CompareResult:
     """Score several models on identical clips (same starts, same in_len/out_len).
 
     The lengths come from the first model that is not a baseline (else the first URI); baselines
@@ -435,11 +437,11 @@ def compare_models(store: str | Path, model_uris: Sequence[str], split: str = "t
     uris = [str(u).strip() for u in model_uris]
     trained = [u for u in uris if baseline_name(u) is None]
     lead = trained[0] if trained else uris[0]
-    loaded = {lead: _load(lead, tracking_uri, device, None, None)}
+    loaded = {lead: _load(lead, tracking_uri, device, None, None, fast_path)}
     in_len, out_len = loaded[lead].in_len, loaded[lead].out_len
     for uri in uris:
         if uri not in loaded:
-            loaded[uri] = _load(uri, tracking_uri, device, in_len, out_len)
+            loaded[uri] = _load(uri, tracking_uri, device, in_len, out_len, fast_path)
         _lengths(loaded[uri], in_len, out_len)
         loaded[uri].check_frame_size(handle.frame_size, f"the store {store}")
     starts = _protocol_clips(handle, split, max_clips)
@@ -449,7 +451,7 @@ def compare_models(store: str | Path, model_uris: Sequence[str], split: str = "t
         cfg = EvaluateConfig(store=store, model_uri=uri, split=split, workers=workers, batch_size=batch_size,
                              max_clips=max_clips, out_json=out_json, tracking_uri=tracking_uri,
                              log_to_mlflow=log_to_mlflow, device=device, in_len=in_len, out_len=out_len,
-                             ray_address=ray_address, experiment=experiment)
+                             ray_address=ray_address, experiment=experiment, fast_path=fast_path)
         results.append(_evaluate_loaded(cfg, handle, loaded[uri], starts, in_len, out_len,
                                         write_files=out_dir is not None))
     title = f"HKO-7 skill on the {split} split: {len(starts)} clips, {in_len} -> {out_len} frames (avg over lead times)"

@@ -24,6 +24,7 @@ from pipeline import checkpoints
 from pipeline.errors import NowcastError
 from pipeline.tracking import registered_model_files
 from trajgru import baselines
+from trajgru.fast import enable_fast_path
 
 #: The baseline forecasters by name (the one list of them).
 BASELINES = ("persistence", "optical-flow")
@@ -93,19 +94,32 @@ def absolute_uri(uri: str) -> str:
     return str(path.resolve()) if path.exists() else uri
 
 
-def _model_forecaster(model, config: dict, name: str, run_id: str | None, device: str) -> Forecaster:
+def _model_forecaster(model, config: dict, name: str, run_id: str | None, device: str,
+                      fast_path: bool) -> Forecaster:
+    if fast_path:
+        enable_fast_path(model)
     return Forecaster(model, int(config["in_len"]), int(config["out_len"]), name, run_id, config, device,
                       module=model)
 
 
+def resolve_device(device: str) -> str:
+    """"auto" -> "cuda" when a GPU is visible, else "cpu"; other names pass through."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
 def load_forecaster(uri: str, tracking_uri: str | None = None, device: str = "cpu",
-                    in_len: int | None = None, out_len: int | None = None) -> Forecaster:
+                    in_len: int | None = None, out_len: int | None = None, fast_path: bool = True) -> Forecaster:
     """A :class:`Forecaster` for ``uri`` (see the module doc for the forms).
 
     ``in_len``/``out_len`` apply to the baselines only (a trained model has its own); None =
-    :data:`BASELINE_IN_LEN` / :data:`BASELINE_OUT_LEN`. Raises NowcastError for unknown URIs, missing
-    checkpoints, unknown registered models or an unreachable tracking server.
+    :data:`BASELINE_IN_LEN` / :data:`BASELINE_OUT_LEN`. ``fast_path`` runs a trained model on
+    ``trajgru.fast.enable_fast_path`` (fused kernels and channels-last on a GPU, channels-last on the
+    CPU; the same weights). Raises NowcastError for unknown URIs, missing checkpoints, unknown
+    registered models or an unreachable tracking server.
     """
+    device = resolve_device(device)
     uri = str(uri).strip()
     baseline = baseline_name(uri)
     if baseline is not None:
@@ -114,7 +128,7 @@ def load_forecaster(uri: str, tracking_uri: str | None = None, device: str = "cp
     if uri.startswith("models:/"):
         model_dir, name, run_id = registered_model_files(uri, tracking_uri)
         model, config = checkpoints.load_model_files(model_dir, device)
-        return _model_forecaster(model, config, name, run_id, device)
+        return _model_forecaster(model, config, name, run_id, device, fast_path)
     path = Path(uri).expanduser()
     if path.exists():
         try:
@@ -122,5 +136,5 @@ def load_forecaster(uri: str, tracking_uri: str | None = None, device: str = "cp
         except NowcastError as exc:
             raise NowcastError(f"{exc}; {URI_HELP}") from None
         model, config = checkpoints.load_model_files(ckpt, device)
-        return _model_forecaster(model, config, str(ckpt), checkpoints.run_id(ckpt), device)
+        return _model_forecaster(model, config, str(ckpt), checkpoints.run_id(ckpt), device, fast_path)
     raise NowcastError(f"unknown model {uri!r} (no such file or directory); {URI_HELP}", exit_code=2)

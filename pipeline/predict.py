@@ -64,7 +64,8 @@ class PredictConfig:
     input_pngs: Sequence[str | Path] | None = None
     format: str = "png"
     tracking_uri: str | None = None
-    device: str = "cpu"
+    device: str = "auto"                 # "auto": a GPU when one is visible
+    fast_path: bool = True               # trajgru.fast.enable_fast_path for trained models
     gif: bool = True
 
     def __post_init__(self):
@@ -230,7 +231,8 @@ def predict(cfg: PredictConfig) -> PredictResult:
     store = Store.open(cfg.store) if cfg.store is not None else None
     if cfg.format == "netcdf":
         _store_grid(store)  # before the model loads
-    forecaster = load_forecaster(cfg.model_uri, tracking_uri=cfg.tracking_uri, device=cfg.device)
+    forecaster = load_forecaster(cfg.model_uri, tracking_uri=cfg.tracking_uri, device=cfg.device,
+                                 fast_path=cfg.fast_path)
     in_len, out_len = int(forecaster.in_len), int(forecaster.out_len)
     if store is not None:
         inputs = _inputs_from_store(store, cfg.time, in_len, out_len)

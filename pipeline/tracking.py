@@ -45,6 +45,9 @@ log = logging.getLogger(__name__)
 CHAMPION_ALIAS = "champion"
 #: Run metric holding a version's validation score (mean CSI at >= 5 mm/h; higher is better).
 CHAMPION_METRIC = "val_champion_score"
+#: The run metric (at the step it came from) and the model-version tag holding the validation score of
+#: the registered weights: the best validation of the run.
+BEST_METRIC = "best_val_champion_score"
 #: Tag holding the name a run was started under (``nowcast train --run-name``): resuming finds the run by it.
 RUN_NAME_TAG = "nowcast.run_name"
 DEFAULT_DB_NAME = "mlflow.db"
@@ -366,11 +369,23 @@ def champion_version(name: str, alias: str = CHAMPION_ALIAS, tracking_uri: str |
         return None
 
 
+def tag_version_score(name: str, version: int | str, score: float, step: int | None,
+                      tracking_uri: str | None = None) -> None:
+    """Record on a model version the validation score of its weights and the step they come from."""
+    client = _client(tracking_uri)
+    client.set_model_version_tag(name, str(version), BEST_METRIC, str(score))
+    client.set_model_version_tag(name, str(version), "best_step", str(step))
+
+
 def version_score(name: str, version: int | str, metric_key: str = CHAMPION_METRIC,
                   tracking_uri: str | None = None) -> float | None:
-    """The ``metric_key`` value of the run that produced version ``version`` (None if absent)."""
+    """The validation score of version ``version``: its :data:`BEST_METRIC` tag (the registered weights'
+    score), else the ``metric_key`` value of the run that produced it (None if absent)."""
     client = _client(tracking_uri)
     mv = client.get_model_version(name, str(version))
+    tagged = (mv.tags or {}).get(BEST_METRIC)
+    if tagged is not None:
+        return float(tagged)
     if not mv.run_id:
         return None
     return client.get_run(mv.run_id).data.metrics.get(metric_key)

@@ -63,30 +63,41 @@ from ray.train.torch import TorchTrainer
 from torch.utils.data import DataLoader
 
 from pipeline import checkpoints, tracking, viz
-from pipeline.dataset import ClipDataset, collate_clips, rank_slice
+from pipeline.dataset import ClipDataset, augment_clips, collate_clips, rank_slice
 from pipeline.errors import NowcastError, check
 from pipeline.raycluster import connect_ray
 from pipeline.store import Store
+from trajgru.fast import enable_fast_path, fused_adam
 from trajgru.losses import BalancedLoss
 from trajgru.metrics import SkillScores, champion_score, nanmean
-from trajgru.model import build_model
+from trajgru.model import PRESETS, build_model
 
-#: Preset-dependent defaults for the fields left None in TrainConfig. "hko7" is the paper's
-#: recipe (Shi et al. 2017): global batch 4, Adam lr 1e-4 (beta1 0.5), clip 50, lr x0.7 every
-#: 20k iterations down to 1e-6, 100k iterations.
+#: Training recipes: the values of the TrainConfig fields left None. A run uses the recipe named by
+#: ``--recipe``, by default the one named like its preset. Evidence for each is in the README
+#: ("Recipes") and benchmarks/results/.
+#:
+#: - "hko7-paper": the paper's recipe (Shi et al. 2017): global batch 4, Adam lr 1e-4 (beta1 0.5), clip
+#:   50, lr x0.7 every 20k iterations down to 1e-6, 100k iterations, no augmentation.
+#: - "tiny": chosen from measured runs (benchmarks/skill_sweep.py): batch 16, Adam lr 1e-3 (beta1
+#:   0.9) with a linear warm-up over 5% of the steps and a cosine decay to 1e-5, and random
+#:   dihedral augmentation (flips and 90-degree turns of whole clips).
 RECIPES: dict[str, dict[str, Any]] = {
-    "hko7": dict(steps=100_000, batch_size=4, lr=1e-4, lr_decay_every=20_000,
-                 checkpoint_every=5_000, val_every=5_000, val_clips=256, log_every=50),
-    "mnist++": dict(steps=100_000, batch_size=4, lr=1e-4, lr_decay_every=20_000,
-                    checkpoint_every=5_000, val_every=5_000, val_clips=256, log_every=50),
-    "tiny": dict(steps=200, batch_size=4, lr=1e-3, lr_decay_every=20_000,
-                 checkpoint_every=50, val_every=100, val_clips=16, log_every=10),
+    "hko7-paper": dict(steps=100_000, batch_size=4, lr=1e-4, beta1=0.5, lr_schedule="step", warmup_steps=0,
+                       lr_decay_every=20_000, min_lr=1e-6, augment=False, checkpoint_every=5_000, val_every=5_000,
+                       val_clips=256, log_every=50, early_stop_patience=0),
+    "tiny": dict(steps=3_000, batch_size=16, lr=1e-3, beta1=0.9, lr_schedule="cosine", warmup_steps=150,
+                 lr_decay_every=20_000, min_lr=1e-5, augment=True, checkpoint_every=250, val_every=250,
+                 val_clips=256, log_every=50, early_stop_patience=0),
 }
+RECIPES["hko7"] = dict(RECIPES["hko7-paper"])
+RECIPES["mnist++"] = dict(RECIPES["hko7-paper"])
+LR_SCHEDULES = ("step", "cosine")
 
 
 @dataclass
 class TrainConfig:
-    """Options of ``nowcast train``; fields left None take the preset's :data:`RECIPES` value.
+    """Options of ``nowcast train``; fields left None take the recipe's value (:data:`RECIPES`;
+    ``recipe`` None = the recipe named like the preset).
 
     Paths may be relative here: :meth:`resolved` makes them absolute before Ray sees them.
     ``fail_at_step`` is for tests: the last rank kills its own process once, at that step.
@@ -99,14 +110,19 @@ class TrainConfig:
     cell: str = "trajgru"
     workers: int = 2
     use_gpu: bool = False
+    recipe: str | None = None              # a key of RECIPES (None: the preset's name)
     steps: int | None = None
     batch_size: int | None = None          # global batch (split evenly over workers)
-    lr: float | None = None
-    beta1: float = 0.5
+    lr: float | None = None                # peak learning rate
+    beta1: float | None = None
     clip_norm: float = 50.0                # global gradient norm
+    lr_schedule: str | None = None         # "step" (x lr_decay every lr_decay_every) or "cosine" (to min_lr)
+    warmup_steps: int | None = None        # linear warm-up from 0 to lr
     lr_decay: float = 0.7
     lr_decay_every: int | None = None      # steps
-    min_lr: float = 1e-6
+    min_lr: float | None = None
+    augment: bool | None = None            # random flips / 90-degree turns of each training clip
+    early_stop_patience: int | None = None  # stop after N validations without improvement (0: never)
     mse_weight: float = 1.0
     mae_weight: float = 1.0
     checkpoint_every: int | None = None    # steps
@@ -130,14 +146,24 @@ class TrainConfig:
     system_metrics: bool = True
     system_metrics_interval_s: float = 10.0
     model_format: str | None = None        # MLflow model: "pt2", "pickle", None = pt2 else pickle
+    fast_path: bool = True                 # trajgru.fast: fused kernels + channels-last (GPU), channels-last (CPU)
     fail_at_step: int | None = None        # testing only
 
     def __post_init__(self):
-        check(self.preset in RECIPES, f"unknown preset {self.preset!r}; choose one of {', '.join(RECIPES)}")
+        check(self.preset in PRESETS, f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
+        check(self.recipe is None or self.recipe in RECIPES,
+              f"unknown recipe {self.recipe!r}; choose one of {', '.join(RECIPES)}")
         check(self.workers >= 1, f"--workers must be >= 1, got {self.workers}")
         for name in ("steps", "batch_size", "checkpoint_every", "lr_decay_every", "log_every"):
             value = getattr(self, name)
             check(value is None or value >= 1, f"{name} must be >= 1, got {value}")
+        for name in ("warmup_steps", "early_stop_patience"):
+            value = getattr(self, name)
+            check(value is None or value >= 0, f"{name} must be >= 0, got {value}")
+        check(self.lr_schedule is None or self.lr_schedule in LR_SCHEDULES,
+              f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
+        check(self.beta1 is None or 0 <= self.beta1 < 1, f"beta1 must be in [0, 1), got {self.beta1}")
+        check(self.min_lr is None or self.min_lr >= 0, f"min_lr must be >= 0, got {self.min_lr}")
         check(self.batch_size is None or self.batch_size % self.workers == 0,
               f"global batch size {self.batch_size} must be a multiple of --workers {self.workers}")
         check(self.lr is None or self.lr > 0, f"learning rate must be > 0, got {self.lr}")
@@ -146,7 +172,8 @@ class TrainConfig:
     def resolved(self) -> "TrainConfig":
         """A copy with preset defaults filled in, absolute paths and a run name (checked again)."""
         values = dataclasses.asdict(self)
-        for key, default in RECIPES[self.preset].items():
+        values["recipe"] = self.recipe or self.preset
+        for key, default in RECIPES[values["recipe"]].items():
             if values[key] is None:
                 values[key] = default
         values["store"] = str(Path(self.store).expanduser().resolve())
@@ -174,6 +201,8 @@ class TrainResult:
     registered_version: int | None
     val_scores: dict | None          # SkillScores.to_json_dict() of the last validation
     promoted: bool
+    best_step: int | None = None     # the step of the registered (best validated) weights
+    stopped_early: bool = False
     segments: list = field(default_factory=list)   # [[first, last] step per attempt]
     seconds: float = 0.0
 
@@ -204,10 +233,24 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- pure helpers
-def lr_factor(step: int, decay: float, every: int, base_lr: float, min_lr: float) -> float:
-    """Multiplier of the base learning rate after ``step`` optimizer steps:
-    ``max(decay ** (step // every), min_lr / base_lr)`` (the HKO-7 step schedule)."""
-    return max(decay ** (step // every), min_lr / base_lr)
+def lr_factor(step: int, *, schedule: str, total_steps: int, warmup_steps: int, base_lr: float, min_lr: float,
+              decay: float = 0.7, decay_every: int = 20_000) -> float:
+    """Multiplier of the peak learning rate ``base_lr`` for the optimizer step that follows ``step``
+    completed steps (``LambdaLR``'s argument).
+
+    - warm-up: ``(step + 1) / warmup_steps`` while ``step < warmup_steps``;
+    - "step" (HKO-7): ``max(decay ** (step // decay_every), min_lr / base_lr)``;
+    - "cosine": from 1 after the warm-up down to ``min_lr / base_lr`` at ``total_steps``,
+      ``f + (1 - f) (1 + cos(pi p)) / 2`` with ``f = min_lr / base_lr`` and p the fraction of the
+      post-warm-up steps done.
+    """
+    floor = min_lr / base_lr
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "step":
+        return max(decay ** (step // decay_every), floor)
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def batch_indices(step: int, batch: int, n_items: int, seed: int, rank: int) -> np.ndarray:
@@ -351,25 +394,53 @@ class WorkerContext:
 
 @dataclass
 class TrainState:
-    """Where a run stands: restored from a checkpoint's meta.json, saved into the next one."""
+    """Where a run stands: restored from a checkpoint (meta.json and best/), saved into the next one."""
 
     step: int = 0
     segments: list = field(default_factory=list)   # [[first, last] step per attempt] (see add_step)
     val_scores: dict | None = None                 # SkillScores.to_json_dict() of the last validation
-    champion_score: float | None = None
+    champion_score: float | None = None            # of the last validation
+    best_step: int | None = None                   # the best validation so far (highest champion score)
+    best_score: float | None = None
+    best_val_scores: dict | None = None
+    best_weights: dict | None = None               # its state_dict (CPU tensors)
+    stale_validations: int = 0                     # validations since the best one
+    stopped_early: bool = False
 
     @classmethod
-    def from_meta(cls, meta: dict | None) -> "TrainState":
+    def restore(cls, meta: dict | None, best: tuple[dict, dict] | None) -> "TrainState":
+        """From a checkpoint's meta.json and :func:`pipeline.checkpoints.load_best` (None: a fresh run)."""
         if not meta:
             return cls()
-        return cls(meta["step"], meta["segments"], meta["val_scores"], meta["champion_score"])
+        state = cls(meta["step"], meta["segments"], meta["val_scores"], meta["champion_score"],
+                    stale_validations=meta.get("stale_validations", 0), stopped_early=meta.get("stopped_early", False))
+        if best is not None:
+            state.best_weights, best_meta = best
+            state.best_step, state.best_score = best_meta["step"], best_meta["champion_score"]
+            state.best_val_scores = best_meta["val_scores"]
+        return state
+
+    def record_validation(self, module, step: int, val_scores: dict | None, score: float) -> None:
+        """Note a validation's scores; keep the weights of ``module`` when ``score`` beats the best so far
+        (NaN never does)."""
+        self.val_scores, self.champion_score = val_scores, score
+        if math.isfinite(score) and (self.best_score is None or score > self.best_score):
+            self.best_step, self.best_score, self.best_val_scores = step, score, val_scores
+            self.best_weights = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+            self.stale_validations = 0
+        else:
+            self.stale_validations += 1
 
 
 def _optimizer_and_schedule(cfg: TrainConfig, model):
-    """Adam and the step learning-rate schedule (:func:`lr_factor`) of the recipe."""
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, 0.999))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, cfg.lr_decay, cfg.lr_decay_every, cfg.lr, cfg.min_lr))
+    """Adam (fused on a GPU with the fast path) and the learning-rate schedule (:func:`lr_factor`) of the recipe."""
+    if cfg.fast_path:
+        optimizer = fused_adam(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, 0.999))
+    else:
+        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, 0.999))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(
+        s, schedule=cfg.lr_schedule, total_steps=cfg.steps, warmup_steps=cfg.warmup_steps, base_lr=cfg.lr,
+        min_lr=cfg.min_lr, decay=cfg.lr_decay, decay_every=cfg.lr_decay_every))
     return optimizer, scheduler
 
 
@@ -379,20 +450,23 @@ def _build_and_restore(cfg: TrainConfig):
     TrainState)."""
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.preset, cfg.cell, **cfg.model_overrides())
-    train_state, meta = None, None
+    train_state, meta, best = None, None, None
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d:
             model_state, train_state, meta = checkpoints.load(d)
+            best = checkpoints.load_best(d)
         model.load_state_dict(model_state)
     model_config = model.config.to_dict()
+    if cfg.fast_path:
+        enable_fast_path(model)   # before DDP wraps it: the layout of the parameters is DDP's bucket layout
     model = ray.train.torch.prepare_model(model)
     optimizer, scheduler = _optimizer_and_schedule(cfg, model)
     if train_state is not None:
         optimizer.load_state_dict(train_state["optimizer"])
         scheduler.load_state_dict(train_state["scheduler"])
         checkpoints.set_rng_state(train_state["rng"])
-    return model, model_config, optimizer, scheduler, TrainState.from_meta(meta)
+    return model, model_config, optimizer, scheduler, TrainState.restore(meta, best)
 
 
 def _worker_context(cfg: TrainConfig, run_id: str, model_config: dict) -> WorkerContext:
@@ -538,13 +612,19 @@ def _all_mean_fn(world: int):
     return reduce
 
 
-def checkpoint_payload(optimizer, scheduler, state: TrainState, run_id: str) -> tuple[dict, dict]:
-    """What a checkpoint holds besides the model -> (train_state for train_state.pt, meta for meta.json)."""
+def checkpoint_payload(optimizer, scheduler, state: TrainState, run_id: str):
+    """What a checkpoint holds besides the model -> (train_state for train_state.pt, meta for meta.json,
+    best = (state_dict, meta) for best/ or None)."""
     train_state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": state.step,
                    "rng": checkpoints.rng_state()}
     meta = {"step": state.step, "segments": state.segments, checkpoints.RUN_ID_KEY: run_id,
-            "val_scores": state.val_scores, "champion_score": state.champion_score}
-    return train_state, meta
+            "val_scores": state.val_scores, "champion_score": state.champion_score, "best_step": state.best_step,
+            "stale_validations": state.stale_validations, "stopped_early": state.stopped_early}
+    best = None
+    if state.best_weights is not None:
+        best = (state.best_weights, {"step": state.best_step, "champion_score": state.best_score,
+                                     "val_scores": state.best_val_scores, checkpoints.RUN_ID_KEY: run_id})
+    return train_state, meta, best
 
 
 def _checkpoint_and_report(ctx: WorkerContext, model, optimizer, scheduler, state: TrainState,
@@ -579,24 +659,42 @@ def _due(every: int | None, step: int, last: int) -> bool:
     return bool(every) and step % every == 0 or step == last
 
 
+def validation_starts(store: Store, max_clips: int | None) -> np.ndarray:
+    """The validation split's sequential clip starts; at most ``max_clips`` of them, evenly spaced over
+    the split (so a capped validation still sees every part of it)."""
+    starts = store.clip_starts("valid", "sequent")
+    if max_clips is None or len(starts) <= max_clips:
+        return starts
+    return starts[np.unique(np.linspace(0, len(starts) - 1, max_clips).round().astype(np.int64))]
+
+
 def train_loop_per_worker(config: dict) -> dict:
     """Ray Train worker function. ``config = {"cfg": resolved TrainConfig dict, "run_id": str}``.
 
     Returns (rank 0's value is ``Result.return_value``) ``{"status": "ok" | "non_finite",
-    "final_step", "segments", "val_scores", "champion_score", "message"}``.
+    "final_step", "segments", "val_scores", "champion_score", "best_step", "best_score",
+    "stopped_early", "message"}``; ``champion_score`` is the last validation's, ``best_score`` that of
+    the best validated weights (the checkpoint's ``best/``).
     """
     cfg = TrainConfig(**config["cfg"])
     model, model_config, optimizer, scheduler, state = _build_and_restore(cfg)
     ctx = _worker_context(cfg, config["run_id"], model_config)
     start = state.step
     loader, n_clips = _train_loader(ctx, start + 1)
-    val_starts = ctx.store.clip_starts("valid", "sequent")[: cfg.val_clips]
+    val_starts = validation_starts(ctx.store, cfg.val_clips)
     loss_fn, reduce_fn, step_log = BalancedLoss(cfg.mse_weight, cfg.mae_weight), _all_mean_fn(ctx.world), _StepLog(ctx)
-    ctx.say(f"{'resuming after' if start else 'starting at'} step {start} of {cfg.steps}; {ctx.world} worker(s), "
-            f"global batch {cfg.batch_size}, {n_clips} train clips on rank 0, {len(val_starts)} validation clips")
+    if state.stopped_early:
+        ctx.say(f"stopped early at step {start} (no better validation in {cfg.early_stop_patience}); nothing to train")
+        loader = []
+    else:
+        ctx.say(f"{'resuming after' if start else 'starting at'} step {start} of {cfg.steps}; {ctx.world} "
+                f"worker(s), global batch {cfg.batch_size}, {n_clips} train clips on rank 0, {len(val_starts)} "
+                "validation clips")
     status, message, new_attempt, last_ckpt_step = "ok", "", True, start
     for step, (frames, masks) in zip(range(start + 1, cfg.steps + 1), loader):
         _maybe_fail(cfg, step, ctx.rank, ctx.world)
+        if cfg.augment:
+            frames, masks = augment_clips(frames, masks, cfg.seed, ctx.rank, step)
         inputs, truth, mask = split_clip(frames, masks, ctx.in_len, ctx.out_len)
         try:
             loss, gnorm = train_step(model, optimizer, loss_fn, inputs, truth, mask, step=step,
@@ -612,15 +710,22 @@ def train_loop_per_worker(config: dict) -> dict:
         scheduler.step()
         step_log.record(step, loss, lr, gnorm)
         if _due(cfg.val_every, step, cfg.steps):
-            state.val_scores, state.champion_score = score_validation(model, ctx, val_starts, step)
-        if _due(cfg.checkpoint_every, step, cfg.steps):
+            state.record_validation(getattr(model, "module", model), step,
+                                    *score_validation(model, ctx, val_starts, step))
+            state.stopped_early = bool(cfg.early_stop_patience) and state.stale_validations >= cfg.early_stop_patience
+        if _due(cfg.checkpoint_every, step, cfg.steps) or state.stopped_early:
             _checkpoint_and_report(ctx, model, optimizer, scheduler, state, {"step": step, "loss": loss})
             last_ckpt_step = step
+        if state.stopped_early:
+            ctx.say(f"stopping early at step {step}: no better validation score in the last "
+                    f"{cfg.early_stop_patience} validations (best: step {state.best_step})")
+            break
     if status == "ok" and start >= cfg.steps:
         ctx.say(f"already at step {start}: nothing to train")
     ctx.logger.end("FINISHED" if status == "ok" else "FAILED")
     return {"status": status, "final_step": state.segments[-1][1] if state.segments else start,
             "segments": state.segments, "val_scores": state.val_scores, "champion_score": state.champion_score,
+            "best_step": state.best_step, "best_score": state.best_score, "stopped_early": state.stopped_early,
             "message": message}
 
 
@@ -674,17 +779,27 @@ def _input_example(store: Store, model_config: dict) -> np.ndarray:
 
 
 def _finish_model(cfg: TrainConfig, store: Store, run_id: str, checkpoint_dir: str, summary: dict):
-    """Log the final model into the run, register it and apply the champion rule."""
-    model, model_config = checkpoints.load_model_files(checkpoint_dir)
+    """Log the checkpoint's best validated weights (the last ones when it was never validated) into the
+    run, register them and apply the champion rule with their validation score."""
+    model_dir = checkpoints.served_model_dir(checkpoint_dir)
+    model, model_config = checkpoints.load_model_files(model_dir)
+    best_step = summary.get("best_step")
+    score = summary.get("best_score")
+    score = float("nan") if score is None else float(score)
+    tracking.log_to_run(tracking_uri=cfg.tracking_uri, run_id=run_id, experiment=cfg.experiment,
+                        run_name=cfg.run_name, new_run_tags={},
+                        metrics=[(tracking.BEST_METRIC, score, best_step)] if best_step else [],
+                        tags={"best_step": best_step if best_step else "none (never validated)"},
+                        files=[], artifact_path="")
     logged = tracking.log_and_register_model(model, _input_example(store, model_config), cfg.register_as,
                                              serialization_format=cfg.model_format, run_id=run_id,
                                              tracking_uri=cfg.tracking_uri)
     promoted = False
     if logged.registered_version is not None:
-        score = summary.get("champion_score")
-        score = float("nan") if score is None else float(score)
+        tracking.tag_version_score(cfg.register_as, logged.registered_version, score, best_step)
         promoted = tracking.promote_if_better(cfg.register_as, logged.registered_version, score)
-        print(f"[train] registered {cfg.register_as} version {logged.registered_version}"
+        print(f"[train] registered {cfg.register_as} version {logged.registered_version}: the weights of step "
+              f"{best_step or summary.get('final_step')} (validation CSI >= 5 mm/h {score:.4f})"
               f"{' (now champion)' if promoted else ''}", flush=True)
     return logged, promoted
 
@@ -736,6 +851,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     return TrainResult(
         run_id=run_id, final_step=final_step, checkpoint_path=ckpt_path,
         model_uri=logged.model_uri, registered_version=logged.registered_version,
-        val_scores=summary.get("val_scores"), promoted=promoted,
+        val_scores=summary.get("val_scores"), promoted=promoted, best_step=summary.get("best_step"),
+        stopped_early=bool(summary.get("stopped_early")),
         segments=summary.get("segments") or [], seconds=time.perf_counter() - t0,
     )

@@ -12,6 +12,13 @@ GRUs and ``(h, c)`` for ConvLSTM; ``state=None`` starts from zeros.
 The input-to-hidden convolution (and TrajGRU's input-to-flow convolution) does not depend
 on the recurrent state, so it runs once over all S*B frames instead of once per step.
 
+Fast path (``cell.fast_path = True``, set by :func:`trajgru.fast.enable_fast_path`): where
+``trajgru.kernels.use_triton(cell.kernel_backend, ...)`` allows (CUDA tensors and Triton),
+TrajGRU's L warps, their concatenation and the 1x1 convolution become one Triton kernel
+plus one GEMM, and the GRU gates one Triton kernel each way. Elsewhere (CPU) the cells
+run the plain code below, unchanged. Channels-last activations keep their layout through
+the sequence loop either way.
+
 Initialisation follows the original MXNet code: ``MSRAPrelu(slope=0.2)`` (He init for a
 leaky ReLU with slope 0.2, averaged fan), zero biases, and TrajGRU's last flow
 convolution zero-initialised so that training starts from identity warps.
@@ -24,6 +31,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .kernels import use_triton
+from .kernels.gru_gates import gru_gates_triton
+from .kernels.warp_concat import warp_concat_triton
 from .warp import warp_stack
 
 __all__ = ["TrajGRUCell", "ConvGRUCell", "ConvLSTMCell", "msra_prelu_init_"]
@@ -60,6 +70,30 @@ def _conv(in_ch: int, out_ch: int, kernel: int) -> nn.Conv2d:
     return nn.Conv2d(in_ch, out_ch, kernel, padding=kernel // 2)
 
 
+def is_channels_last(t: torch.Tensor) -> bool:
+    """True if a (B, C, H, W) tensor (C > 1) is stored channels-last (NHWC)."""
+    return t.dim() == 4 and t.shape[1] > 1 and t.stride(1) == 1 and t.stride(3) == t.shape[1]
+
+
+def stack_frames(frames: list[torch.Tensor]) -> torch.Tensor:
+    """``torch.stack(frames, 0)`` -> (S, B, C, H, W), keeping channels-last frames NHWC.
+
+    ``torch.stack`` of channels-last frames returns a contiguous (NCHW-ordered) tensor, so
+    every later per-frame convolution would convert the layout back; here the result has
+    (S, B, H, W, C) memory order and ``flatten(0, 1)`` / ``unbind(0)`` give channels-last
+    views. Values are identical either way.
+    """
+    if is_channels_last(frames[0]):
+        return torch.stack([f.permute(0, 2, 3, 1) for f in frames], dim=0).permute(0, 1, 4, 2, 3)
+    return torch.stack(frames, dim=0)
+
+
+def zeros_state(like: torch.Tensor, batch: int, channels: int, height: int, width: int) -> torch.Tensor:
+    """Zeros (B, C, H, W) with ``like``'s dtype and device, channels-last if ``like`` is."""
+    z = like.new_zeros(batch, channels, height, width)
+    return z.contiguous(memory_format=torch.channels_last) if is_channels_last(like) else z
+
+
 def _over_sequence(conv: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
     """Apply a 2-D module to every frame of (S, B, C, H, W) as one batch of S*B frames."""
     seq, batch = inputs.shape[:2]
@@ -72,13 +106,33 @@ class _SequenceCell(nn.Module):
 
     hidden_channels: int
     in_channels: int | None
+    #: use the Triton kernels where ``kernel_backend`` allows (see module doc)
+    fast_path: bool = False
+    #: "auto" (Triton on CUDA), "triton" (also on CPU under TRITON_INTERPRET=1), "torch"
+    kernel_backend: str = "auto"
+
+    def _use_kernels(self, *tensors: torch.Tensor) -> bool:
+        """Whether this call runs the fast-path kernels on ``tensors``."""
+        return self.fast_path and use_triton(self.kernel_backend, *tensors)
+
+    def _gates(self, i2h, h2h, h, slope):
+        """GRU gates: the fused kernel on the fast path (same dtypes only), else the plain code."""
+        same_dtype = h2h.dtype == h.dtype and (i2h is None or i2h.dtype == h.dtype)
+        if same_dtype and self._use_kernels(h2h, h):
+            return gru_gates_triton(i2h, h2h, h, slope)
+        return _gru_update(i2h, h2h, h, slope)
+
+    def _sequence_constants(self) -> dict:
+        """Per-forward tensors shared by every step (e.g. re-laid-out weights); default none."""
+        return {}
 
     def _precompute(self, inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Per-sequence work that does not depend on the state: tensors (S, B, ., H, W)."""
         raise NotImplementedError
 
-    def step(self, pre: tuple[torch.Tensor, ...] | None, state):
-        """One time step: returns ``(h_t (B, C_h, H, W), new_state)``."""
+    def step(self, pre: tuple[torch.Tensor, ...] | None, state, consts: dict | None = None):
+        """One time step: returns ``(h_t (B, C_h, H, W), new_state)``; ``consts`` from
+        :meth:`_sequence_constants`."""
         raise NotImplementedError
 
     def zero_state(self, batch: int, height: int, width: int, like: torch.Tensor):
@@ -110,12 +164,13 @@ class _SequenceCell(nn.Module):
         # unbind, not p[t]: the backward of S separate selects would write S full-size
         # zero tensors; unbind's backward is a single stack.
         per_step = None if pre_all is None else list(zip(*(p.unbind(0) for p in pre_all)))
+        consts = self._sequence_constants()
         outputs = []
         for t in range(seq_len):
             pre = None if per_step is None else per_step[t]
-            h_t, state = self.step(pre, state)
+            h_t, state = self.step(pre, state, consts)
             outputs.append(h_t)
-        return torch.stack(outputs, dim=0), state
+        return stack_frames(outputs), state
 
     def _check(self, inputs, state, seq_len) -> int:
         name = type(self).__name__
@@ -212,19 +267,22 @@ class TrajGRUCell(_SequenceCell):
         nn.init.zeros_(self.flow_out.bias)
 
     def zero_state(self, batch, height, width, like):
-        return like.new_zeros(batch, self.hidden_channels, height, width)
+        return zeros_state(like, batch, self.hidden_channels, height, width)
 
     def _precompute(self, inputs):
         return _over_sequence(self.i2h, inputs), _over_sequence(self.i2f, inputs)
 
-    def flows(self, i2f: torch.Tensor | None, h: torch.Tensor) -> torch.Tensor:
-        """Flow generator: (B, L, 2, H, W) displacements in pixels, (U, V) per flow."""
+    def flow_fields(self, i2f: torch.Tensor | None, h: torch.Tensor) -> torch.Tensor:
+        """Flow generator: (B, 2L, H, W) displacements in pixels; channels (2l, 2l+1) = (U_l, V_l)."""
         f = self.h2f(h)
         if i2f is not None:
             f = f + i2f
         f = F.leaky_relu(f, self.slope)
-        out = self.flow_out(f)
-        return out.unflatten(1, (self.n_flows, 2))
+        return self.flow_out(f)
+
+    def flows(self, i2f: torch.Tensor | None, h: torch.Tensor) -> torch.Tensor:
+        """Flow generator: (B, L, 2, H, W) displacements in pixels, (U, V) per flow."""
+        return self.flow_fields(i2f, h).unflatten(1, (self.n_flows, 2))
 
     def warped_h2h(self, h: torch.Tensor, flows: torch.Tensor) -> torch.Tensor:
         """1x1 conv of the L warped copies of ``h`` (warped by ``-flows``): (B, 3C, H, W).
@@ -242,11 +300,41 @@ class TrajGRUCell(_SequenceCell):
         c = self.hidden_channels
         return self.h2h.weight.unflatten(1, (c, self.n_flows)).transpose(1, 2).flatten(1, 2)
 
-    def step(self, pre, h):
+    def _sequence_constants(self) -> dict:
+        """The flow-major h2h weight as a (3C, L*C) matrix, once per sequence (fast path).
+
+        Under autocast it is cast to the autocast dtype here, once, rather than by every
+        step's GEMM.
+        """
+        if not self.fast_path or not self._use_kernels(self.h2h.weight):
+            return {}
+        weight = self.h2h_weight_flow_major().flatten(1)
+        device_type = weight.device.type
+        if torch.is_autocast_enabled(device_type):
+            weight = weight.to(torch.get_autocast_dtype(device_type))
+        return {"h2h_weight": weight}
+
+    def warped_h2h_fused(self, h: torch.Tensor, flow_fields: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """Fast-path :meth:`warped_h2h`: Triton warp + concat, then one GEMM.
+
+        ``h`` (B, C, H, W), ``flow_fields`` (B, 2L, H, W), ``weight`` (3C, L*C) flow-major.
+        Returns (B, 3C, H, W) in channels-last memory order.
+        """
+        warped = warp_concat_triton(h, flow_fields, negate=True)  # (B, H, W, L*C)
+        if weight.dtype != warped.dtype and not torch.is_autocast_enabled(warped.device.type):
+            weight = weight.to(warped.dtype)
+        bias = self.h2h.bias
+        out = F.linear(warped, weight, None if bias is None else bias.to(weight.dtype))
+        return out.permute(0, 3, 1, 2)
+
+    def step(self, pre, h, consts=None):
         i2h, i2f = (None, None) if pre is None else pre
-        flows = self.flows(i2f, h)
-        h2h = self.warped_h2h(h, flows)
-        h_new = _gru_update(i2h, h2h, h, self.slope)
+        weight = (consts or {}).get("h2h_weight")
+        if weight is not None and self._use_kernels(h):
+            h2h = self.warped_h2h_fused(h, self.flow_fields(i2f, h), weight)
+        else:
+            h2h = self.warped_h2h(h, self.flows(i2f, h))
+        h_new = self._gates(i2h, h2h, h, self.slope)
         return h_new, h_new
 
 
@@ -271,14 +359,14 @@ class ConvGRUCell(_SequenceCell):
         init_conv_(self, slope)
 
     def zero_state(self, batch, height, width, like):
-        return like.new_zeros(batch, self.hidden_channels, height, width)
+        return zeros_state(like, batch, self.hidden_channels, height, width)
 
     def _precompute(self, inputs):
         return (_over_sequence(self.i2h, inputs),)
 
-    def step(self, pre, h):
+    def step(self, pre, h, consts=None):
         i2h = None if pre is None else pre[0]
-        h_new = _gru_update(i2h, self.h2h(h), h, self.slope)
+        h_new = self._gates(i2h, self.h2h(h), h, self.slope)
         return h_new, h_new
 
 
@@ -314,13 +402,13 @@ class ConvLSTMCell(_SequenceCell):
         init_conv_(self, slope)
 
     def zero_state(self, batch, height, width, like):
-        z = like.new_zeros(batch, self.hidden_channels, height, width)
+        z = zeros_state(like, batch, self.hidden_channels, height, width)
         return z, z.clone()
 
     def _precompute(self, inputs):
         return (_over_sequence(self.i2h, inputs),)
 
-    def step(self, pre, state):
+    def step(self, pre, state, consts=None):
         h, c_prev = state
         if c_prev.shape[-2:] != self.w_ci.shape[-2:]:
             raise ValueError(

@@ -20,6 +20,8 @@ does (``weights = w0 + sum_i (w_{i+1} - w_i) * (truth >= threshold_i)``).
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 from torch import nn
@@ -40,6 +42,14 @@ def _balance_thresholds_pixel() -> np.ndarray:
     return np.asarray(rainfall_to_pixel(np.asarray(BALANCE_THRESHOLDS_MM_H, dtype=np.float64)))
 
 
+@functools.lru_cache(maxsize=None)
+def _weight_tables(device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """(bin edges in ``dtype``, float32 weights) on ``device``, made once per device: a host-to-device
+    copy in every call would make the loss impossible to capture in a CUDA graph."""
+    bounds = torch.as_tensor(_balance_thresholds_pixel(), dtype=dtype, device=device)
+    return bounds, torch.as_tensor(BALANCE_WEIGHTS, dtype=torch.float32, device=device)
+
+
 def balanced_weights(truth_pixel):
     """Per-pixel balancing weights from the truth's rain rate.
 
@@ -58,8 +68,7 @@ def balanced_weights(truth_pixel):
     thresholds = _balance_thresholds_pixel()
     if isinstance(truth_pixel, torch.Tensor):
         truth = truth_pixel if truth_pixel.dtype == torch.float64 else truth_pixel.float()
-        bounds = torch.as_tensor(thresholds, dtype=truth.dtype, device=truth.device)
-        table = torch.as_tensor(BALANCE_WEIGHTS, dtype=torch.float32, device=truth.device)
+        bounds, table = _weight_tables(truth.device, truth.dtype)
         # bin = number of thresholds <= value, i.e. the ">=" rule of the original code
         return table[torch.bucketize(truth.contiguous(), bounds, right=True)]
     truth = np.asarray(truth_pixel)
@@ -86,6 +95,12 @@ def lead_time_weights(seq_len: int, weight_max: float = DEFAULT_LEAD_TIME_WEIGHT
         return torch.ones(1)
     step = (weight_max - 1.0) / (seq_len - 1)
     return 1.0 + torch.arange(seq_len, dtype=torch.float32) * step
+
+
+@functools.lru_cache(maxsize=None)
+def _lead_time_weights_on(seq_len: int, weight_max: float, device: torch.device) -> torch.Tensor:
+    """:func:`lead_time_weights` on ``device``, made once (CUDA-graph capturable)."""
+    return lead_time_weights(seq_len, weight_max).to(device)
 
 
 class BalancedLoss(nn.Module):
@@ -150,6 +165,6 @@ class BalancedLoss(nn.Module):
         per_pixel = weights * (self.mse_weight * diff.square() + self.mae_weight * diff.abs())
         per_frame = per_pixel.sum(dim=(2, 3, 4))  # (S, B)
         if self.lead_time_weighting:
-            w_t = lead_time_weights(pred.shape[0], self.lead_time_weight_max).to(per_frame.device)
+            w_t = _lead_time_weights_on(pred.shape[0], self.lead_time_weight_max, per_frame.device)
             per_frame = per_frame * w_t[:, None]
         return self.scale * per_frame.mean()

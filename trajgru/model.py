@@ -26,6 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .cells import LEAKY_SLOPE, ConvGRUCell, ConvLSTMCell, TrajGRUCell, init_conv_
+from .fast import enable_fast_path
 
 __all__ = [
     "ModelConfig",
@@ -225,7 +226,12 @@ class EncoderForecaster(nn.Module):
 
     ``forward(inputs (in_len, B, 1, H, W) float in [0, 1]) -> (out_len, B, 1, H, W)``,
     no final activation (clamp to [0, 1] when writing frames).
+
+    ``channels_last_activations`` (set by :func:`trajgru.fast.enable_fast_path`) makes the
+    pre-encoded input channels-last, so no convolution converts layouts.
     """
+
+    channels_last_activations: bool = False
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -275,6 +281,9 @@ class EncoderForecaster(nn.Module):
             return frames
         s, b, _, h, w = frames.shape
         coords = self._coords.to(frames.dtype).expand(s, b, 3, h, w)
+        if self.channels_last_activations:  # (S, B, H, W, 4) memory order, same values
+            last = (frames.permute(0, 1, 3, 4, 2), coords.permute(0, 1, 3, 4, 2))
+            return torch.cat(last, dim=-1).permute(0, 1, 4, 2, 3)
         return torch.cat((frames, coords), dim=2)
 
     def _check_inputs(self, inputs: torch.Tensor) -> None:
@@ -328,7 +337,10 @@ class EncoderForecaster(nn.Module):
         return self
 
 
-def build_model(preset: str = "hko7", cell: str = "trajgru", **overrides) -> EncoderForecaster:
+def build_model(
+    preset: str = "hko7", cell: str = "trajgru", *, device: str | torch.device | None = None,
+    fast_path: bool = False, **overrides,
+) -> EncoderForecaster:
     """Build an encoder-forecaster from a named preset.
 
     Parameters
@@ -337,6 +349,9 @@ def build_model(preset: str = "hko7", cell: str = "trajgru", **overrides) -> Enc
         10 -> 10, filters 64/96/96, L = 13) or "tiny" (96x96, 5 -> 20, for CPUs and tests;
         any height/width divisible by 8).
     cell : "trajgru", "convgru" or "convlstm".
+    device : move the model there (default: stay on the CPU).
+    fast_path : :func:`trajgru.fast.enable_fast_path` after the move (channels-last; plus the
+        fused Triton kernels on CUDA). Same parameters and state dict either way.
     **overrides : any :class:`ModelConfig` field, e.g. ``height=240, width=240, out_len=10``.
     """
     if preset not in PRESETS:
@@ -348,7 +363,12 @@ def build_model(preset: str = "hko7", cell: str = "trajgru", **overrides) -> Enc
     if unknown:
         raise ValueError(f"unknown model option(s) {unknown}; valid: {', '.join(sorted(known))}")
     fields = {**PRESETS[preset], **overrides}
-    return EncoderForecaster(ModelConfig(preset=preset, cell=cell, **fields))
+    model = EncoderForecaster(ModelConfig(preset=preset, cell=cell, **fields))
+    if device is not None:
+        model = model.to(device)
+    if fast_path:
+        enable_fast_path(model)
+    return model
 
 
 def model_from_config(config: dict[str, Any] | ModelConfig) -> EncoderForecaster:

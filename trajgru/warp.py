@@ -17,20 +17,23 @@ grid normalised by ``(W - 1)`` / ``(H - 1)``; with ``align_corners=True`` normal
 ``size - 1`` assumes. (The popular PyTorch port of TrajGRU normalises by ``size - 1``
 but keeps the default ``align_corners=False``, which shifts and rescales every sample.)
 
-The base grid is built once per ``(H, W, device)`` with torch ops on the target device
-and cached, so a call does no host-to-device copy and no synchronisation. Sampling
-always runs in float32 or float64 (a bfloat16 grid cannot address 480 pixels to better than
-about two pixels); the result is cast back to ``x.dtype``.
+The base grid is built once per ``(H, W, device, dtype)`` with torch ops on the target
+device, in the compute dtype itself (float32, or float64 for float64 inputs, so a float64
+warp has no float32 rounding anywhere), and cached, so a call does no host-to-device copy
+and no synchronisation. Sampling always runs in float32 or float64 (a bfloat16 grid cannot
+address 480 pixels to better than about two pixels); the result is cast back to ``x.dtype``.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
+from .kernels import tracing
+
 __all__ = ["warp", "warp_stack", "sampling_grid", "clear_grid_cache"]
 
-# (height, width, device) -> (base grid (H, W, 2) float32 in [-1, 1], scale (2,) float32)
-_GRID_CACHE: dict[tuple[int, int, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
+# (height, width, device, dtype) -> (base grid (H, W, 2) in [-1, 1], scale (2,)), both of dtype
+_GRID_CACHE: dict[tuple[int, int, torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
 
 
 def clear_grid_cache() -> None:
@@ -38,38 +41,45 @@ def clear_grid_cache() -> None:
     _GRID_CACHE.clear()
 
 
-def _base_grid(height: int, width: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Normalised identity grid and the pixel-to-normalised scale, cached per size/device.
+def _base_grid(
+    height: int, width: int, device: torch.device, dtype: torch.dtype = torch.float32
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalised identity grid and the pixel-to-normalised scale, cached per size/device/dtype.
+
+    Built directly in ``dtype`` (float32 or float64), never cast from a float32 grid: a
+    float64 grid cast from float32 carries float32 rounding (up to ~7e-5 pixel at 480).
 
     Returns
     -------
-    base : (H, W, 2) float32
+    base : (H, W, 2) of ``dtype``
         ``base[i, j] = (2 j / (W - 1) - 1, 2 i / (H - 1) - 1)``, the (x, y) order
         ``grid_sample`` expects.
-    scale : (2,) float32
+    scale : (2,) of ``dtype``
         ``(2 / (W - 1), 2 / (H - 1))``: multiply a (U, V) displacement in pixels by this
         to get a displacement in normalised units.
     """
-    key = (height, width, device)
+    key = (height, width, device, dtype)
     cached = _GRID_CACHE.get(key)
     if cached is not None:
         return cached
     # Normal (not inference-mode) tensors, so the cache can be used later under autograd.
     with torch.inference_mode(False), torch.no_grad():
-        xs = torch.linspace(-1.0, 1.0, width, device=device, dtype=torch.float32)
-        ys = torch.linspace(-1.0, 1.0, height, device=device, dtype=torch.float32)
+        xs = torch.linspace(-1.0, 1.0, width, device=device, dtype=dtype)
+        ys = torch.linspace(-1.0, 1.0, height, device=device, dtype=dtype)
         base = torch.stack(
             (xs.view(1, width).expand(height, width), ys.view(height, 1).expand(height, width)),
             dim=-1,
         ).contiguous()
         scale = torch.stack(
             (
-                torch.full((), 2.0 / (width - 1), device=device, dtype=torch.float32),
-                torch.full((), 2.0 / (height - 1), device=device, dtype=torch.float32),
+                torch.full((), 2.0 / (width - 1), device=device, dtype=dtype),
+                torch.full((), 2.0 / (height - 1), device=device, dtype=dtype),
             )
         )
-    _GRID_CACHE[key] = (base, scale)
+    if not tracing(base):  # a fake tensor cached while tracing would poison every later call
+        _GRID_CACHE[key] = (base, scale)
     return base, scale
+
 
 
 def _check_sizes(height: int, width: int) -> None:
@@ -97,10 +107,8 @@ def sampling_grid(flow: torch.Tensor, negate: bool = False) -> torch.Tensor:
     """
     height, width = flow.shape[-2], flow.shape[-1]
     _check_sizes(height, width)
-    base, scale = _base_grid(height, width, flow.device)
     dtype = _compute_dtype(flow.dtype)
-    if dtype != torch.float32:  # float64 (tests, gradcheck): no float32 rounding anywhere
-        base, scale = base.to(dtype), scale.to(dtype)
+    base, scale = _base_grid(height, width, flow.device, dtype)
     flow_xy = flow.to(dtype).movedim(-3, -1)  # (..., H, W, 2)
     return torch.addcmul(base, flow_xy, scale, value=-1.0 if negate else 1.0)
 

@@ -50,6 +50,29 @@ def test_checkpoint_round_trip_is_weights_only(tmp_path):
     assert checkpoints.find(tmp_path / checkpoints.MODEL_STATE_FILE) == tmp_path
 
 
+def test_best_weights_are_saved_beside_and_serve_the_checkpoint(tmp_path):
+    model, optimizer, scheduler = _model_and_optimizer()
+    train_state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": 9,
+                   "rng": checkpoints.rng_state()}
+    best_weights = {k: torch.full_like(v, 0.5) for k, v in model.state_dict().items()}
+    best_meta = {"step": 6, "champion_score": 0.3, "val_scores": None, checkpoints.RUN_ID_KEY: "run-1"}
+    checkpoints.save(tmp_path, model, train_state, {"step": 9}, best=(best_weights, best_meta))
+    weights, meta = checkpoints.load_best(tmp_path)
+    assert meta == best_meta and all(torch.equal(weights[k], best_weights[k]) for k in best_weights)
+    # evaluate / predict / the registry serve the best weights; training resumes from the last ones
+    assert checkpoints.find(tmp_path) == tmp_path / checkpoints.BEST_DIR
+    assert checkpoints.find(tmp_path / checkpoints.MODEL_STATE_FILE) == tmp_path / checkpoints.BEST_DIR
+    served, _ = checkpoints.load_model_files(checkpoints.served_model_dir(tmp_path))
+    assert all(torch.equal(v, torch.full_like(v, 0.5)) for v in served.state_dict().values())
+    last, _, _ = checkpoints.load(tmp_path)
+    assert all(torch.equal(last[k], v) for k, v in model.state_dict().items())
+    assert checkpoints.run_id(checkpoints.find(tmp_path)) == "run-1"
+    # a checkpoint without best/ serves itself
+    checkpoints.save(tmp_path / "plain", model, train_state, {"step": 9})
+    assert checkpoints.load_best(tmp_path / "plain") is None
+    assert checkpoints.served_model_dir(tmp_path / "plain") == tmp_path / "plain"
+
+
 def test_a_pickled_object_in_a_checkpoint_is_refused(tmp_path):
     """Loading never unpickles code: a train_state.pt holding an arbitrary object fails to load."""
     torch.save({"step": 1, "evil": PurePosixPath("any/class")}, tmp_path / checkpoints.TRAIN_STATE_FILE)

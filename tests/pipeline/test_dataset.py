@@ -4,6 +4,7 @@ from __future__ import annotations
 import pickle
 
 import numpy as np
+import torch
 import pytest
 
 from pipeline import ingest as ing
@@ -201,3 +202,49 @@ def test_dataloader_collate_clips_matches_default(store, workers):
     for (gx, gm), (wx, wm) in zip(got, want):
         assert torch.equal(gx, wx) and torch.equal(gm, wm)
         assert gx.is_shared() == (workers > 0)
+
+
+def _dihedral_reference(img: np.ndarray, k: int) -> np.ndarray:
+    """Naive loop: symmetry k of a square (H, H) image as an index map (flip columns if k >= 4, then k % 4
+    counter-clockwise quarter turns: out[i, j] = in[j, n-1-i] per turn)."""
+    n = img.shape[0]
+    out = img[:, ::-1].copy() if k >= 4 else img.copy()
+    for _ in range(k % 4):
+        turned = np.empty_like(out)
+        for i in range(n):
+            for j in range(n):
+                turned[i, j] = out[j, n - 1 - i]
+        out = turned
+    return out
+
+
+def test_dihedral_is_the_eight_symmetries_of_the_square():
+    from pipeline.dataset import dihedral
+
+    img = np.arange(16, dtype=np.float32).reshape(4, 4)
+    seen = set()
+    for k in range(8):
+        got = dihedral(torch.from_numpy(img)[None, None], k)[0, 0].numpy()
+        assert np.array_equal(got, _dihedral_reference(img, k)), k
+        seen.add(got.tobytes())
+    assert len(seen) == 8
+
+
+def test_augment_clips_is_deterministic_and_moves_frames_and_masks_together():
+    from pipeline.dataset import augment_clips, dihedral
+
+    g = torch.Generator().manual_seed(0)
+    frames = torch.rand(6, 5, 1, 8, 8, generator=g)
+    masks = frames > 0.5
+    f1, m1 = augment_clips(frames, masks, seed=3, rank=1, step=7)
+    f2, m2 = augment_clips(frames, masks, seed=3, rank=1, step=7)
+    assert torch.equal(f1, f2) and torch.equal(m1, m2)
+    assert torch.equal(m1, f1 > 0.5)                       # the same symmetry for frames and masks
+    ks = np.random.default_rng([3, 1, 7, 1]).integers(0, 8, 6)
+    for b, k in enumerate(ks):                             # each clip: one symmetry for all its frames
+        assert torch.equal(f1[b], dihedral(frames[b], int(k)))
+    assert not torch.equal(augment_clips(frames, masks, 3, 1, 8)[0], f1)
+    # rectangles keep their shape: only the 4 symmetries of a rectangle
+    rect = torch.rand(16, 2, 1, 4, 6, generator=g)
+    out, _ = augment_clips(rect, rect > 0.5, 0, 0, 1)
+    assert out.shape == rect.shape

@@ -110,6 +110,22 @@ def test_champion_alias_moves_only_on_improvement(sqlite_uri):
     assert _champion(client, "m") == v6
 
 
+def test_version_score_is_the_registered_weights_score_not_the_runs_last(sqlite_uri):
+    """A run whose last validation (0.20) is worse than its best (0.40) registers the best weights:
+    the version's tag, not the run's last metric, is its score."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    v1 = _version_with_score(client, "best", 0.20)
+    assert tracking.version_score("best", v1) == pytest.approx(0.20)      # no tag: the run metric
+    tracking.tag_version_score("best", v1, 0.40, 1500)
+    assert tracking.version_score("best", v1) == pytest.approx(0.40)
+    assert client.get_model_version("best", str(v1)).tags["best_step"] == "1500"
+    assert tracking.promote_if_better("best", v1, 0.40) is True
+    v2 = _version_with_score(client, "best", 0.30)                         # beats 0.20, not 0.40
+    assert tracking.promote_if_better("best", v2, 0.30) is False
+
+
 def test_first_version_becomes_champion_even_without_score(sqlite_uri):
     import mlflow
 

@@ -19,18 +19,82 @@ import torch
 from pipeline import train as tr
 from pipeline.errors import NowcastError
 from pipeline.checkpoints import MODEL_STATE_FILE
-from pipeline.tracking import CHAMPION_METRIC, RUN_NAME_TAG
+from pipeline.tracking import BEST_METRIC, CHAMPION_METRIC, RUN_NAME_TAG
 from tests.pipeline._ray_fixtures import local_ray, make_store, mlflow_server
 
 
 # ====================================================================== pure helpers
-def test_lr_factor_matches_hand_table():
+def test_lr_factor_step_schedule_matches_hand_table():
     # HKO-7: 1e-4, x0.7 every 20k steps, floor 1e-6
+    step_lr = dict(schedule="step", total_steps=100_000, warmup_steps=0, base_lr=1e-4, min_lr=1e-6,
+                   decay=0.7, decay_every=20_000)
     table = {0: 1.0, 19_999: 1.0, 20_000: 0.7, 40_000: 0.49, 99_999: 0.7 ** 4, 100_000: 0.7 ** 5}
     for step, want in table.items():
-        assert tr.lr_factor(step, 0.7, 20_000, 1e-4, 1e-6) == pytest.approx(want)
+        assert tr.lr_factor(step, **step_lr) == pytest.approx(want)
     # 0.7**13 = 0.0097 < 1e-6/1e-4 = 0.01: clamped at the floor
-    assert tr.lr_factor(13 * 20_000, 0.7, 20_000, 1e-4, 1e-6) == pytest.approx(0.01)
+    assert tr.lr_factor(13 * 20_000, **step_lr) == pytest.approx(0.01)
+
+
+def test_lr_factor_warmup_then_cosine_matches_hand_table():
+    # warm-up 10 steps, cosine over the 100 - 10 = 90 that follow, from 1 down to 1e-5 / 1e-3 = 0.01
+    cos = dict(schedule="cosine", total_steps=100, warmup_steps=10, base_lr=1e-3, min_lr=1e-5)
+    table = {0: 0.1, 4: 0.5, 9: 1.0,          # (s + 1) / 10
+             10: 1.0,                         # start of the decay
+             55: 0.01 + 0.99 * 0.5,           # half way: cos(pi/2) = 0
+             100: 0.01, 150: 0.01}            # the floor at the end and beyond
+    for step, want in table.items():
+        assert tr.lr_factor(step, **cos) == pytest.approx(want), step
+    # slow reference over every step: monotone non-increasing after the warm-up
+    after = [tr.lr_factor(s, **cos) for s in range(10, 101)]
+    assert all(a >= b for a, b in zip(after, after[1:]))
+
+
+def test_recipes_fill_unset_fields_and_options_win(tmp_path):
+    cfg = tr.TrainConfig(store=str(tmp_path / "s"), preset="tiny", tracking_uri="sqlite:///x.db").resolved()
+    assert cfg.recipe == "tiny" and (cfg.batch_size, cfg.lr, cfg.lr_schedule, cfg.augment) == (16, 1e-3, "cosine", True)
+    paper = tr.TrainConfig(store="s", preset="tiny", recipe="hko7-paper", steps=10,
+                           tracking_uri="sqlite:///x.db").resolved()
+    assert (paper.steps, paper.lr, paper.beta1, paper.lr_schedule, paper.augment) == (10, 1e-4, 0.5, "step", False)
+    with pytest.raises(NowcastError, match="unknown recipe"):
+        tr.TrainConfig(store="s", recipe="fast")
+    with pytest.raises(NowcastError, match="lr_schedule"):
+        tr.TrainConfig(store="s", lr_schedule="linear")
+
+
+def test_validation_starts_are_evenly_spaced_over_the_split():
+    class FakeStore:
+        def clip_starts(self, split, protocol):
+            assert (split, protocol) == ("valid", "sequent")
+            return np.arange(100, dtype=np.int64) * 1800
+
+    assert len(tr.validation_starts(FakeStore(), None)) == 100
+    picked = tr.validation_starts(FakeStore(), 5)
+    assert picked.tolist() == [0, 25 * 1800, 50 * 1800, 74 * 1800, 99 * 1800]  # round(linspace(0, 99, 5))
+
+
+def test_train_state_keeps_the_best_weights_and_counts_stale_validations():
+    from trajgru.model import build_model
+
+    model = build_model("tiny", "convgru", height=16, width=16, in_len=2, out_len=2)
+    state = tr.TrainState()
+    state.record_validation(model, 10, {"a": 1}, float("nan"))     # NaN never counts as best
+    assert state.best_step is None and state.stale_validations == 1
+    state.record_validation(model, 20, {"a": 2}, 0.30)
+    kept = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)                           # training moves on
+    state.record_validation(model, 30, {"a": 3}, 0.25)              # worse: best stays at step 20
+    state.record_validation(model, 40, {"a": 4}, 0.30)              # a tie is not better
+    assert (state.best_step, state.best_score, state.best_val_scores) == (20, 0.30, {"a": 2})
+    assert state.stale_validations == 2 and (state.val_scores, state.champion_score) == ({"a": 4}, 0.30)
+    assert all(torch.equal(state.best_weights[k], kept[k]) for k in kept)
+    # the checkpoint payload carries them, and a restore gives them back
+    opt = torch.optim.Adam(model.parameters())
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    _, meta, best = tr.checkpoint_payload(opt, sched, state, "run-1")
+    back = tr.TrainState.restore(json.loads(json.dumps(meta)), (best[0], json.loads(json.dumps(best[1]))))
+    assert (back.best_step, back.best_score, back.stale_validations) == (20, 0.30, 2)
+    assert best[1]["mlflow_run_id"] == "run-1"
 
 
 def test_batch_indices_cover_each_item_once_per_epoch_and_are_pure():
@@ -249,8 +313,27 @@ def test_two_worker_run_logs_to_mlflow_server_and_registers(reference_run, serve
     assert f.run_id == res.run_id and torch.allclose(f(x), g(x))
     # a Ray Train run directory loads its latest checkpoint (ray.train.Result.from_path)
     run_dir = load_forecaster(str(Path(cfg.storage_path) / cfg.run_name))
-    assert run_dir.name == res.checkpoint_path and run_dir.run_id == res.run_id
+    assert run_dir.name == str(Path(res.checkpoint_path) / "best") and run_dir.run_id == res.run_id
     assert client.get_run(res.run_id).info.status == "FINISHED"
+    # the registered weights are the best validated ones, and MLflow says which step they come from
+    best = max((3, 6), key=lambda s: client.get_metric_history(res.run_id, CHAMPION_METRIC)[(s // 3) - 1].value)
+    assert res.best_step == best and client.get_run(res.run_id).data.tags["best_step"] == str(best)
+    version = client.get_model_version("nowcast-test", "1")
+    assert version.tags["best_step"] == str(best) and float(version.tags[BEST_METRIC]) == pytest.approx(
+        [m.value for m in client.get_metric_history(res.run_id, CHAMPION_METRIC) if m.step == best][0])
+    assert _same_weights(f.model.state_dict(), _weights(Path(res.checkpoint_path) / "best"))
+
+
+@pytest.mark.slow
+def test_early_stop_registers_the_best_and_does_not_resume(store, ray_cluster, sqlite_uri, tmp_path):
+    cfg = _cfg(store, tmp_path, "early", tracking_uri=sqlite_uri, steps=40, val_every=1, checkpoint_every=40,
+               early_stop_patience=2, register_as="nowcast-early")
+    res = tr.train(cfg)
+    assert res.stopped_early and res.final_step < 40
+    if res.best_step is not None:   # two validations after the best one, none better
+        assert res.final_step == res.best_step + 2
+    again = tr.train(cfg)           # the same run name: nothing more to train
+    assert again.final_step == res.final_step and again.stopped_early
 
 
 @pytest.mark.slow

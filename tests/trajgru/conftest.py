@@ -1,6 +1,14 @@
 """Shared fixtures of the model-library tests."""
+import os
+
 import pytest
 import torch
+
+# Without CUDA, the Triton kernels' tests run through Triton's CPU interpreter. Triton reads
+# this when it is imported (trajgru imports it lazily, at the first kernel use), so set it
+# before any test module runs.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture(autouse=True)

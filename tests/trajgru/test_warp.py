@@ -186,9 +186,9 @@ def test_base_grid_cached_and_reused():
     clear_grid_cache()
     flow = torch.zeros(1, 2, 5, 6)
     sampling_grid(flow)
-    base1 = warp_mod._GRID_CACHE[(5, 6, flow.device)][0]
+    base1 = warp_mod._GRID_CACHE[(5, 6, flow.device, torch.float32)][0]
     sampling_grid(flow + 1)
-    assert warp_mod._GRID_CACHE[(5, 6, flow.device)][0] is base1
+    assert warp_mod._GRID_CACHE[(5, 6, flow.device, torch.float32)][0] is base1
     assert len(warp_mod._GRID_CACHE) == 1
 
 
@@ -221,3 +221,39 @@ def test_cuda_matches_cpu(gen):
     with torch.autocast("cuda", dtype=torch.bfloat16):
         got_bf16 = warp(x.cuda().bfloat16(), flow.cuda())
     torch.testing.assert_close(got_bf16.float().cpu(), expected, atol=0.1, rtol=0.05)
+
+
+@pytest.mark.parametrize("size", [(480, 480), (7, 9)])
+def test_float64_zero_flow_is_exact(size, gen):
+    """Issue 10 item 18: the float64 path builds its base grid in float64, so zero flow is
+    the identity to float64 rounding (a float32 grid cast to float64 was off by ~7e-5 at 480)."""
+    clear_grid_cache()
+    h, w = size
+    x = torch.randn(1, 2, h, w, dtype=torch.float64, generator=gen)
+    warp(x.float(), torch.zeros(1, 2, h, w))  # a float32 grid cached first must not leak in
+    out = warp(x, torch.zeros(1, 2, h, w, dtype=torch.float64))
+    assert out.dtype == torch.float64
+    assert (out - x).abs().max().item() < 1e-12
+    base, scale = warp_mod._base_grid(h, w, x.device, torch.float64)
+    assert base.dtype == scale.dtype == torch.float64
+    cols = torch.arange(w, dtype=torch.float64)
+    assert (base[0, :, 0] - (2 * cols / (w - 1) - 1)).abs().max().item() < 1e-15
+
+
+def test_export_does_not_poison_the_grid_cache():
+    """A torch.export trace in a fresh process used to cache its fake base grid, which then
+    broke every later eager call and export ("fake tensor in the constants list")."""
+
+    class Warp(torch.nn.Module):
+        def forward(self, x, flow):
+            return warp(x, flow)
+
+    clear_grid_cache()
+    x, flow = torch.randn(1, 2, 5, 6), torch.rand(1, 2, 5, 6)
+    torch.export.export(Warp(), (x, flow))
+    assert not warp_mod._GRID_CACHE or all(
+        type(t) is torch.Tensor for pair in warp_mod._GRID_CACHE.values() for t in pair
+    )
+    torch.testing.assert_close(warp(x, flow), naive_warp(x, flow).float(), atol=1e-5, rtol=1e-5)
+    ep = torch.export.export(Warp(), (x, flow))
+    torch.testing.assert_close(ep.module()(x, flow), warp(x, flow))
