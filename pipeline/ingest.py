@@ -543,6 +543,10 @@ def _ingest_locked(cfg: IngestConfig, root: Path, store_path: Path, t0: float, p
     source = source.configure(**listing.settled)
     listing, interval_s = _on_cadence(listing, group)
     if not listing.frames:
+        if listing.bad:
+            first = listing.bad[0]
+            raise NowcastError(f"none of the {len(listing.bad)} file(s) under {root} holds a usable {source.title} "
+                               f"frame (e.g. {first['path']}: {first['reason']}); check the archive and --format")
         raise NowcastError(f"no {source.title} frame files found under {root}: nothing to ingest")
     _remove_partial_files(store_path)
     if group is None:

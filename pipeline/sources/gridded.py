@@ -164,7 +164,8 @@ class GridSource(Source):
                 continue
             for index, time_s in enumerate(info.times_s):
                 claims.setdefault(int(time_s), []).append(FrameRef(int(time_s), rel, index))
-        chosen, dup = resolve_duplicates(claims, same=lambda a, b: self._same_frame(root, a, b),
+        reader = replace(self, variable=variable)  # duplicates are compared on the settled variable
+        chosen, dup = resolve_duplicates(claims, same=lambda a, b: reader._same_frame(root, a, b),
                                          path=lambda ref: ref.path)
         settled = {} if grid is None else {"variable": variable, "source_grid": grid}
         return Listing(sorted(chosen.values()), bad + dup, settled)

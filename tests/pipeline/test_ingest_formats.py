@@ -286,3 +286,13 @@ def test_sources_are_configured_by_name():
             get_source("netcdf").configure(**bad)
         assert info.value.exit_code == 2
     assert get_source("odim").configure(**odim.settings()) == odim
+
+
+def test_an_archive_without_a_usable_file_says_why(tmp_path):
+    root = tmp_path / "broken"
+    root.mkdir()
+    (root / "a.h5").write_bytes(b"\x89HDF\r\n\x1a\n not really")
+    (root / "b.h5").write_bytes(b"nothing")
+    with pytest.raises(NowcastError, match=r"none of the 2 file\(s\) under .* holds a usable ODIM_H5 frame \(e.g. a.h5: "):
+        run(root, tmp_path / "s.zarr", source="odim")
+    assert not (tmp_path / "s.zarr").exists()
