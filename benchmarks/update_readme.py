@@ -48,30 +48,63 @@ def skill_pipeline() -> str | None:
     ])
 
 
-def skill_gpu() -> str | None:
-    """The plain-loop GPU runs of skill_sweep.py (second run) against the baselines (first run)."""
-    runs = _load("skill_sweep_h200_run2.json")
-    base = _load("skill_sweep_h200_run1.json")
-    if runs is None or base is None:
-        return None
-    rows = ["| run | cell | steps | augmentation | graph | best step | val CSI ≥5 | test CSI ≥5 | test CSI ≥10 | "
-            "test B-MSE | test B-MAE |", "|" + "---|" * 11]
-    b = base["baselines"]
+def _sweep_table(runs: dict, baselines: dict) -> str:
+    """skill_sweep.py runs (one row each, the recipe spelled out) under the two baselines' rows."""
+    rows = ["| run | cell | width (filters) | steps × batch | lr schedule | augmentation | CUDA graph | best step | "
+            "val CSI ≥5 | test CSI ≥5 | test CSI ≥10 | test B-MSE | test B-MAE |", "|" + "---|" * 13]
     for which, label in (("persistence", "persistence"), ("optical_flow", "optical flow (DIS)")):
-        v, t = b[f"{which}_valid"], b[f"{which}_test"]
-        rows.append(f"| {label} | – | – | – | – | – | {v['csi']['5']:.3f} | {t['csi']['5']:.3f} | "
+        v, t = baselines[f"{which}_valid"], baselines[f"{which}_test"]
+        rows.append(f"| {label} |" + " – |" * 7 + f" {v['csi']['5']:.3f} | {t['csi']['5']:.3f} | "
                     f"{t['csi']['10']:.3f} | {t['b_mse']:.1f} | {t['b_mae']:.1f} |")
     for name, r in runs.items():
         if name.startswith("_") or name == "baselines":
             continue
-        t = r["test_best"]
-        rows.append(f"| {name} | {r['recipe']['cell']} | {r['steps']} | {'yes' if r['recipe']['aug'] else 'no'} | "
-                    f"{'yes' if r.get('graphed') else 'no'} | {r['best_step']} | {r['val_best']['csi']['5']:.3f} | "
-                    f"{t['csi']['5']:.3f} | {t['csi']['10']:.3f} | {t['b_mse']:.1f} | {t['b_mae']:.1f} |")
+        rec, t = r["recipe"], r["test_best"]
+        width = "/".join(str(f) for f in rec["model"].get("filters", (16, 32)))
+        schedule = f"{rec['schedule']} {rec['lr']:g}"
+        rows.append(f"| {name} | {rec['cell']} | {width} | {r['steps']} × {r['batch']} | {schedule} | "
+                    f"{'yes' if rec['aug'] else 'no'} | {'yes' if r.get('graphed') else 'no'} | {r['best_step']} | "
+                    f"{r['val_best']['csi']['5']:.3f} | {t['csi']['5']:.3f} | {t['csi']['10']:.3f} | "
+                    f"{t['b_mse']:.1f} | {t['b_mae']:.1f} |")
     return "\n".join(rows)
 
 
-BLOCKS = {"skill-pipeline": skill_pipeline, "skill-gpu": skill_gpu}
+def skill_gpu() -> str | None:
+    """The second GPU run of skill_sweep.py: the tiny recipe, cells at equal steps, and the long fast-path runs."""
+    runs, first = _load("skill_sweep_h200_run2.json"), _load("skill_sweep_h200_run1.json")
+    return None if runs is None or first is None else _sweep_table(runs, first["baselines"])
+
+
+def skill_sweep1() -> str | None:
+    """The first GPU run of skill_sweep.py: schedules, augmentation and widths (short runs)."""
+    first = _load("skill_sweep_h200_run1.json")
+    return None if first is None else _sweep_table(first, first["baselines"])
+
+
+def gpu_bench() -> str | None:
+    """bench_trajgru.py on the lent GPU (benchmarks/gpu_check.py's bench stage), with the port's reference."""
+    bench = _load("gpu_check_h200/bench.json")
+    if bench is None:
+        return None
+    port = bench["port_reference"]
+    rows = [f"`{bench['preset']}` {bench['size']}, {bench['in_len']} → {bench['out_len']}, Adam, on one "
+            f"{bench['device']} (torch {bench['torch']}); % of the datasheet dense bf16 peak "
+            f"({bench['peak_bf16_tflops_datasheet']:.0f} TFLOP/s); model FLOPs from torch.utils.flop_counter.",
+            "",
+            "| variant | batch | train ms/step | samples/s | peak GiB | TFLOP/s | % peak | × the port | forecast batch "
+            "| forecast ms | forecasts/s |", "|" + "---|" * 11]
+    for r in bench["results"]:
+        vs_port = f"{port['train_step_s_b4_fp32'] / r['train_step_s']:.1f}×" if r["batch"] == 4 else "–"
+        rows.append(f"| {r['variant']} | {r['batch']} | {1e3 * r['train_step_s']:.1f} | {r['train_samples_per_s']:.1f} | "
+                    f"{r['train_peak_mib'] / 1024:.2f} | {r['train_tflops']:.1f} | {100 * r['train_frac_bf16_peak']:.1f}% | "
+                    f"{vs_port} | {r['forecast_batch']} | {1e3 * r['forecast_s']:.1f} | "
+                    f"{r['forecast_samples_per_s']:.1f} |")
+    rows += ["", f"The port: {1e3 * port['train_step_s_b4_fp32']:.0f} ms per batch-4 step and "
+                 f"{1e3 * port['forecast_s_b1_fp32']:.0f} ms per forecast on the same kind of GPU ({port['source']})."]
+    return "\n".join(rows)
+
+
+BLOCKS = {"skill-pipeline": skill_pipeline, "skill-gpu": skill_gpu, "skill-sweep1": skill_sweep1, "gpu-bench": gpu_bench}
 
 
 def render(text: str) -> str:

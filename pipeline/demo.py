@@ -18,7 +18,7 @@ from pipeline.predict import PredictConfig, predict
 from pipeline.store import Store
 from pipeline.synth import SynthConfig, archive_matches, synth_archive
 from pipeline.tracking import resolve_tracking_uri
-from pipeline.train import TrainConfig, train
+from pipeline.train import RECIPES, TrainConfig, train
 
 
 @dataclass
@@ -26,12 +26,12 @@ class DemoConfig:
     """Settings of the demo; the defaults finish in a few minutes on a 2-core machine."""
 
     workdir: Path = Path("nowcast-demo")
-    days: int = 8
+    days: int = 12
     frames_per_day: int = 240
     size_px: int = 96
     seed: int = 0
-    steps: int = 300
-    batch_size: int = 4
+    steps: int | None = None        # None: the tiny-demo recipe's (pipeline.train.RECIPES)
+    batch_size: int | None = None
     workers: int = 2
     model_name: str = "nowcast-tiny"
     tracking_uri: str | None = None
@@ -84,10 +84,12 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
     _synth_if_needed(cfg, archive)
     print(f"[demo] 2/5 ingesting it into {store} (Dask)")
     ingest(IngestConfig(archive=archive, store=store))
-    print(f"[demo] 3/5 training the tiny TrajGRU on {cfg.workers} Ray workers for {cfg.steps} steps")
+    print(f"[demo] 3/5 training the tiny TrajGRU on {cfg.workers} Ray workers for "
+          f"{cfg.steps or RECIPES['tiny-demo']['steps']} steps")
     trained = train(
         TrainConfig(
-            store=store, preset="tiny", workers=cfg.workers, steps=cfg.steps, batch_size=cfg.batch_size,
+            store=store, preset="tiny", recipe="tiny-demo", workers=cfg.workers, steps=cfg.steps,
+            batch_size=cfg.batch_size,
             height=cfg.size_px, width=cfg.size_px, run_name=f"demo-{time.strftime('%Y%m%d-%H%M%S')}",
             storage_path=workdir / "ray_results", tracking_uri=tracking_uri, ray_address=cfg.ray_address,
             register_as=cfg.model_name,
