@@ -132,8 +132,8 @@ def ingest(
         None, help="Address of an existing Dask scheduler (tcp://host:8786; default: $DASK_SCHEDULER_ADDRESS, "
         "else a local cluster)."
     ),
-    workers: Optional[int] = typer.Option(None, help="Local Dask worker processes (default: all cores; "
-                                          "0: ingest in this process, without Dask)."),
+    workers: Optional[int] = typer.Option(None, help="Local Dask worker processes (default: all cores, or the "
+                                          "$DASK_SCHEDULER_ADDRESS cluster; 0: ingest in this process, without Dask)."),
     split: Optional[list[str]] = typer.Option(
         None, "--split", help="NAME=DAYLIST_FILE or NAME=START..END (repeat per split). Default: the archive's "
         "<split>_days.txt files, else the last 10% of days for test and 10% before them for valid."

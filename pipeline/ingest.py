@@ -67,10 +67,11 @@ class IngestConfig:
 
     archive : archive root (any format of ``pipeline.sources``; optional <split>_days.txt day lists).
     store : output Zarr v3 store path (created, resumed or appended to).
-    scheduler : address of an existing dask.distributed scheduler; None -> env DASK_SCHEDULER_ADDRESS,
-        else a LocalCluster of ``workers`` single-threaded processes.
-    workers : local worker processes (None = CPU cores; 0 = run in this process without Dask, whatever
-        DASK_SCHEDULER_ADDRESS says). Cannot be combined with ``scheduler`` (its cluster has its own workers).
+    scheduler : address of an existing dask.distributed scheduler; None -> env DASK_SCHEDULER_ADDRESS
+        (when ``workers`` is None), else a LocalCluster of ``workers`` single-threaded processes.
+    workers : local worker processes (None = CPU cores; 0 = run in this process without Dask). A number
+        means a local cluster (or none), whatever DASK_SCHEDULER_ADDRESS says; it cannot be combined with
+        ``scheduler`` (that cluster has its own workers).
     splits : {split: [days] | (start, end) | {"start":..., "end":...}}; None -> the archive's
         <split>_days.txt files, else chronological fractions (valid_fraction, test_fraction of days).
     chunk_frames, shard_frames, compressor, level : the store layout (new stores only).
@@ -280,7 +281,7 @@ WORKER_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRES
 
 def _client(cfg: IngestConfig):
     """-> (client, cluster or None): the given scheduler, DASK_SCHEDULER_ADDRESS, or a LocalCluster."""
-    address = cfg.scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS")
+    address = cfg.scheduler or (os.environ.get("DASK_SCHEDULER_ADDRESS") if cfg.workers is None else None)
     if address:
         try:
             return Client(address, timeout="20s"), None
