@@ -171,50 +171,88 @@ def synth(
 
 @command()
 def ingest(
-    archive: Path = typer.Argument(..., help="Archive root holding radarPNG/ and radarPNG_mask/ (HKO-7 layout)."),
+    archive: Path = typer.Argument(..., help="Archive root: an HKO-7 layout (radarPNG/ + radarPNG_mask/), or a "
+                                   "folder tree of ODIM_H5 or CF-NetCDF files."),
     store: Path = typer.Argument(..., help="Zarr store to create or extend (e.g. data/hko7.zarr)."),
+    fmt: Optional[str] = typer.Option(None, "--format", help="Archive format: hko7 | odim | netcdf. "
+                                      "Default: detected from the files (an archive mixing formats is an error)."),
     scheduler: Optional[str] = typer.Option(
-        None, envvar="DASK_SCHEDULER_ADDRESS", help="Address of an existing Dask scheduler (tcp://host:8786). "
-        "Default: a local cluster."
+        None, help="Address of an existing Dask scheduler (tcp://host:8786; default: $DASK_SCHEDULER_ADDRESS, "
+        "else a local cluster)."
     ),
-    workers: Optional[int] = typer.Option(None, help="Local Dask worker processes (default: all cores)."),
+    workers: Optional[int] = typer.Option(None, help="Local Dask worker processes (default: all cores, or the "
+                                          "$DASK_SCHEDULER_ADDRESS cluster; 0: ingest in this process, without Dask)."),
     split: Optional[list[str]] = typer.Option(
         None, "--split", help="NAME=DAYLIST_FILE or NAME=START..END (repeat per split). Default: the archive's "
         "<split>_days.txt files, else the last 10% of days for test and 10% before them for valid."
     ),
+    crop: Optional[str] = typer.Option(None, help="ODIM/NetCDF: keep pixels x0,y0,x1,y1 of the source grid "
+                                       "(columns x0..x1-1, rows y0..y1-1 from the top-left)."),
+    block: Optional[int] = typer.Option(None, help="ODIM/NetCDF: average N x N pixels into one (in rain rate, "
+                                        "over valid pixels), after --crop."),
+    zr: Optional[str] = typer.Option(None, help="ODIM/NetCDF: Z-R relation Z = A*R^B as A,B for rain-rate "
+                                     "quantities and block averages (default: HKO-7's 58.53,1.56)."),
+    variable: Optional[str] = typer.Option(None, help="ODIM quantity (DBZH | TH | RATE | ACRR) or NetCDF variable "
+                                           "to read (default: reflectivity if present)."),
 ) -> None:
     """Turn a radar archive into a chunked, compressed Zarr v3 store of frames, masks and clip catalogs.
 
-    Resumable and idempotent: re-run after an interruption, or after new days arrive, to finish or append.
+    Resumable and idempotent: re-run after an interruption, or after new days arrive, to finish or append;
+    the store's --crop, --block, --zr and --variable are reused. One ingest per store at a time.
 
     Example: nowcast ingest archive/ data/store.zarr --scheduler tcp://10.0.0.5:8786
     """
     from pipeline.catalog import parse_split_option
     from pipeline.ingest import IngestConfig, ingest as run_ingest
 
+    import warnings
+
     splits = dict(_run(_parse_splits, parse_split_option, split)) if split else None
-    cfg = _run(IngestConfig, archive=archive, store=store, scheduler=scheduler, workers=workers, splits=splits)
-    result = _run(run_ingest, cfg)
+    cfg = _run(IngestConfig, archive=archive, store=store, scheduler=scheduler, workers=workers, splits=splits,
+               source=fmt, crop=crop, block=block, zr=zr, variable=variable)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        result = _run(run_ingest, cfg)
+    for warning in caught:
+        typer.secho(f"warning: {warning.message}", fg=typer.colors.YELLOW, err=True)
     typer.echo(
         f"{result.n_frames} frames in {store} ({result.n_new_frames} new) at {result.frames_per_s:.0f} frames/s; "
         f"{result.n_bad} bad files"
     )
     if result.n_bad:
-        typer.echo("bad files (treated as missing frames; full list in the store's attributes):")
+        typer.echo(f"bad files (treated as missing frames; full list in {result.report_path}):")
         for item in list(result.bad_files)[:10]:
             typer.echo(f"  {item}")
 
 
 @command()
-def info(store: Path = typer.Argument(..., help="A Zarr store written by `nowcast ingest`.")) -> None:
+def info(
+    store: Path = typer.Argument(..., help="A Zarr store written by `nowcast ingest`."),
+    verify: bool = typer.Option(False, "--verify", help="Read and check every chunk of the frames and masks "
+                                "(exit 1 when one is missing or damaged)."),
+) -> None:
     """Summarise a store: frames, time span, gaps, splits and clip counts, bad-file counts.
 
-    Example: nowcast info data/store.zarr
+    Example: nowcast info data/store.zarr --verify
     """
     from pipeline.store import Store
 
-    summary = _run(lambda: Store.open(store).describe())
+    handle = _run(lambda: Store.open(store))
+    summary = _run(handle.describe)
     _print_table(list(summary.items()), title=str(store))
+    if verify:
+        from pipeline.progress import track
+
+        result = _run(lambda: handle.verify(lambda items, name: track(items, f"verify {name}", transient=True)))
+        checks = "crc32c checksums" if result["checksums"] else "no checksums (ingested before version 2: only missing or undecodable chunks are found)"
+        if not result["damaged"]:
+            typer.echo(f"verified {result['chunks_checked']} chunks ({checks}): no damage")
+            return
+        for item in result["damaged"]:
+            typer.echo(f"  {item['array']} frames {item['rows'][0]}-{item['rows'][1]} "
+                       f"({item['times'][0]} to {item['times'][1]}): {item['problem']}")
+        _fail(f"{len(result['damaged'])} damaged range(s) in {store} ({checks}); re-ingest the archive into a new "
+              "store", 1)
 
 
 @command()
@@ -322,7 +360,8 @@ def predict(
     store: Optional[Path] = typer.Option(None, help="Take the input frames from this store..."),
     time: Optional[str] = typer.Option(None, help="...ending at this time (ISO 8601 UTC, e.g. 2015-06-04T12:00)."),
     inputs: Optional[list[Path]] = typer.Option(None, "--input", help="Or: the input PNG frames (HKO-7 encoding), oldest first; repeat the option."),
-    fmt: str = typer.Option("png", "--format", help="png (frames + GIF) or zarr (an array)."),
+    fmt: str = typer.Option("png", "--format", help="png (frames + GIF), zarr (an array) or netcdf (CF-NetCDF rain "
+                            "rate in mm/h on the store's grid; stores of ODIM/NetCDF archives)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the files of an earlier forecast in --out-dir."),
     device: str = typer.Option("auto", help="cpu | cuda | auto (a GPU when one is visible)."),
     fast_path: bool = typer.Option(

@@ -6,7 +6,12 @@ each Dask task asks the source for its frames. A new archive format needs no cha
 
 How it runs
 -----------
+0. Take the store's lock (``store.ingest_lock``) for the whole run: a second ingest into the same
+   store fails at once with a message, instead of racing the first.
 1. List the archive's frames (``Source.list_frames``); files that cannot be listed are reported as bad.
+   The source is configured with the options (crop, block, Z-R, variable) given now or recorded in
+   the store, which must agree. Frames whose time is off the cadence (``store.infer_cadence``: the
+   store's ``interval_s``, or the archive's for a new store) are reported and skipped.
 2. Plan the time axis: the stored times plus every new frame time after the last stored time
    (frames older than the store's last time are skipped with a warning: ingest into a fresh store
    to include them). The axis is cut into *units* = whole shards (or whole chunks when unsharded),
@@ -45,7 +50,8 @@ from pipeline import catalog as cat
 from pipeline import store as st
 from pipeline.errors import NowcastError, check
 from pipeline.progress import track
-from pipeline.sources import PIXEL_ENCODING, Listing, Source, detect_format, get_source
+from pipeline.sources import PIXEL_ENCODING, SOURCES, Listing, Source, detect_format, get_source
+from pipeline.times import iso_utc
 
 log = logging.getLogger("nowcast.ingest")
 _MAX_LISTED = 1000  # bad files listed in the store attrs (all of them go to the report file)
@@ -61,15 +67,21 @@ class IngestConfig:
 
     archive : archive root (any format of ``pipeline.sources``; optional <split>_days.txt day lists).
     store : output Zarr v3 store path (created, resumed or appended to).
-    scheduler : address of an existing dask.distributed scheduler; None -> env DASK_SCHEDULER_ADDRESS,
-        else a LocalCluster of ``workers`` single-threaded processes.
-    workers : local worker processes (None = CPU cores; 0 = run in this process without Dask).
+    scheduler : address of an existing dask.distributed scheduler; None -> env DASK_SCHEDULER_ADDRESS
+        (when ``workers`` is None), else a LocalCluster of ``workers`` single-threaded processes.
+    workers : local worker processes (None = CPU cores; 0 = run in this process without Dask). A number
+        means a local cluster (or none), whatever DASK_SCHEDULER_ADDRESS says; it cannot be combined with
+        ``scheduler`` (that cluster has its own workers).
     splits : {split: [days] | (start, end) | {"start":..., "end":...}}; None -> the archive's
         <split>_days.txt files, else chronological fractions (valid_fraction, test_fraction of days).
     chunk_frames, shard_frames, compressor, level : the store layout (new stores only).
     seq_len, stride, max_consecutive_missing : the clip catalog rule (HKO-7: 25, 5, 2).
     report_path : JSON report (default ``<store>.ingest_report.json`` next to the store).
     source : archive format, a name of ``pipeline.sources.SOURCES``; None = detected from the archive.
+    crop, block, zr, variable : options of gridded formats (ODIM_H5, CF-NetCDF; see
+        ``pipeline.sources.gridded.GridSource``): crop box ``"x0,y0,x1,y1"`` (pixels), N x N block
+        average, Z-R relation ``"A,B"``, quantity/variable to read. None = the store's recorded value
+        (on resume/append), else the default. HKO-7 archives take none of them.
     """
 
     archive: str | Path
@@ -88,9 +100,19 @@ class IngestConfig:
     max_consecutive_missing: int = cat.MAX_CONSECUTIVE_MISSING
     report_path: str | Path | None = None
     source: str | None = None
+    crop: str | tuple | None = None
+    block: int | None = None
+    zr: str | tuple | None = None
+    variable: str | None = None
 
     def __post_init__(self):
-        check(self.workers is None or self.workers >= 0, f"workers must be >= 0 (0: no Dask), got {self.workers}")
+        check(self.workers is None or self.workers >= 0,
+              f"--workers must be >= 0 (0: ingest in this process, without Dask), got {self.workers}")
+        check(self.workers is None or not self.scheduler,
+              f"--workers {self.workers} and --scheduler {self.scheduler} do not go together: --workers sizes the "
+              "local cluster (0: no cluster), a scheduler's cluster has its own workers; give one of them")
+        check(self.source is None or self.source in SOURCES,
+              f"unknown archive format {self.source!r}: use {' | '.join(SOURCES)}")
         for name in ("valid_fraction", "test_fraction"):
             check(0 <= getattr(self, name) < 1, f"{name} must be in [0, 1), got {getattr(self, name)}")
 
@@ -157,10 +179,11 @@ def ingest_unit(store_path: str, source: Source, archive: str, unit: int, i0: in
             no_mask.append(ref.path)
         else:
             masks[j] = frame.mask
-    if kept:
+    if kept:  # rows whose file left the archive: the stored frame, checked like every read
+        reader = st.StoreReader(group)
+        for j in kept:
+            reader.read_rows(i0 + j, i0 + j + 1, frames[j:j + 1], masks[j:j + 1])
         rows = np.asarray(kept) + i0
-        frames[kept] = frames_arr.oindex[rows]
-        masks[kept] = masks_arr.oindex[rows]
         present = np.asarray(group[st.PRESENT][:], dtype=bool)
         bad += [{"path": f"row {r}", "reason": "kept from the store (file gone); was unusable", "row": int(r)}
                 for r in rows if r >= present.size or not present[r]]
@@ -258,7 +281,7 @@ WORKER_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRES
 
 def _client(cfg: IngestConfig):
     """-> (client, cluster or None): the given scheduler, DASK_SCHEDULER_ADDRESS, or a LocalCluster."""
-    address = cfg.scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS")
+    address = cfg.scheduler or (os.environ.get("DASK_SCHEDULER_ADDRESS") if cfg.workers is None else None)
     if address:
         try:
             return Client(address, timeout="20s"), None
@@ -398,7 +421,8 @@ def _finalise(group, plan: _Plan, listing: Listing, cfg: IngestConfig, root: Pat
     splits = _resolve_splits(cfg, root, plan.time_s[present])
     interval_s = int(group.attrs["interval_s"])
     counts = _write_catalogs(group, splits, plan.time_s[present], cfg, interval_s)
-    report = {"archive": str(root), "store": str(Path(cfg.store).resolve()), "n_frames": int(plan.time_s.size),
+    report = {"archive": str(root), "store": str(Path(cfg.store).resolve()), "source": group.attrs.get("source"),
+              "interval_s": interval_s, "n_frames": int(plan.time_s.size),
               "n_present": int(present.sum()), "bad_files": bad, "frames_without_mask": sorted(no_mask),
               "skipped_older_than_store": plan.n_skipped_old, "clips": counts}
     report_path.write_text(json.dumps(report, indent=1) + "\n")
@@ -425,50 +449,116 @@ def _remove_partial_files(store_path: Path) -> None:
             p.unlink(missing_ok=True)
 
 
-def _open_or_create(cfg: IngestConfig, root: Path, source: Source, listing: Listing):
-    store_path = Path(cfg.store)
-    if store_path.exists():
-        try:
-            group = zarr.open_group(str(store_path), mode="r+")
-        except Exception as exc:  # noqa: BLE001
-            raise NowcastError(f"{store_path} exists but is not a Zarr store ({exc}); "
-                               "choose another store path or delete it") from exc
-        if "layout" not in group.attrs or st.FRAMES not in group:
-            raise NowcastError(f"{store_path} is not a nowcast store; choose another store path or delete it")
-        return group
+def _existing_group(store_path: Path):
+    """The store's zarr.Group (mode r+) when ``store_path`` exists, else None."""
+    if not store_path.exists():
+        return None
+    try:
+        group = zarr.open_group(str(store_path), mode="r+")
+    except Exception as exc:  # noqa: BLE001
+        raise NowcastError(f"{store_path} exists but is not a Zarr store ({exc}); "
+                           "choose another store path or delete it") from exc
+    if "layout" not in group.attrs or st.FRAMES not in group:
+        raise NowcastError(f"{store_path} is not a nowcast store; choose another store path or delete it")
+    return group
+
+
+def _configured_source(cfg: IngestConfig, root: Path, group) -> Source:
+    """The archive's source with the options given now, checked against those the store recorded."""
+    options = {"crop": cfg.crop, "block": cfg.block, "zr": cfg.zr, "variable": cfg.variable}
+    source = get_source(cfg.source) if cfg.source else None
+    if group is None:
+        source = source or detect_format(root)
+        return source.configure(**options)
+    recorded = dict(group.attrs.get("source", {}))
+    stored = next((s for s in SOURCES.values() if s.title == recorded.get("format")), None)
+    if stored is None:
+        raise NowcastError(f"{cfg.store} records an unknown archive format {recorded.get('format')!r}; "
+                           "ingest into a new store")
+    if source is None:
+        source = detect_format(root)
+    if source.name != stored.name:
+        raise NowcastError(f"{cfg.store} holds frames of a {stored.title} archive, but {root} is {source.title}; "
+                           "ingest it into a new store")
+    settings = recorded.get("settings", {})
+    before = stored.configure(**{k: v for k, v in settings.items() if k in stored.options})
+    after = before.configure(**options)
+    changed = sorted(k for k, v in after.settings().items() if before.settings().get(k) != v)
+    if changed:
+        was = ", ".join(f"{k}={settings.get(k)!r}" for k in changed)
+        raise NowcastError(f"{cfg.store} was ingested with {was}; re-run with the same options (or none: the "
+                           "store's are used), or ingest into a new store")
+    return before
+
+
+def _on_cadence(listing: Listing, group) -> tuple[Listing, int]:
+    """``listing`` without the frames off the cadence (reported as bad) -> (listing, interval_s).
+
+    The cadence is the store's (its ``interval_s``, the phase of its times) or, for a new store, the
+    archive's (``store.infer_interval_s``: the one rule)."""
+    times = listing.times_s()
+    stored = np.zeros(0, np.int64)
+    if group is not None and int(group.attrs.get("n_committed", 0)):
+        stored = np.asarray(group[st.TIME][:int(group.attrs["n_committed"])], dtype=np.int64)
+    interval_s = int(group.attrs["interval_s"]) if group is not None else st.infer_interval_s(times)
+    cadence = st.infer_cadence(np.concatenate([stored, times]), interval_s)
+    on = cadence.on_cadence(times)
+    if on.all():
+        return listing, interval_s
+    phase = f" + {cadence.phase_s} s" if cadence.phase_s else ""
+    bad = [{"path": ref.path, "reason": f"time {iso_utc(ref.time_s)} is off the cadence (every {interval_s} s"
+            f"{phase}); skipped"} for ref, ok in zip(listing.frames, on) if not ok]
+    return Listing([ref for ref, ok in zip(listing.frames, on) if ok], listing.bad + bad, listing.settled), interval_s
+
+
+def _create(cfg: IngestConfig, store_path: Path, root: Path, source: Source, listing: Listing, interval_s: int):
     height, width = source.frame_shape(root, listing)
     layout = st.StoreLayout(cfg.chunk_frames, cfg.shard_frames, cfg.compressor, cfg.level)
-    attrs = {"source": {"format": source.title, "archive": str(root)}, "pixel_encoding": PIXEL_ENCODING,
-             "interval_s": st.infer_interval_s(listing.times_s()), "ingest_version": st.INGEST_VERSION,
+    attrs = {"source": {"format": source.title, "archive": str(root), "settings": source.settings()},
+             "pixel_encoding": PIXEL_ENCODING, "interval_s": int(interval_s), "ingest_version": st.INGEST_VERSION,
              "n_committed": 0}
-    try:
-        store_path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise NowcastError(f"cannot create {store_path.parent}: {exc}; choose a writable location") from exc
     return st.create_store(store_path, height, width, layout, attrs)
 
 
 def ingest(cfg: IngestConfig, progress: bool = True) -> IngestResult:
     """Ingest (or resume, or append to) ``cfg.store`` from ``cfg.archive``. See the module docstring.
 
-    Raises NowcastError when the archive holds no usable frame or the store cannot be written.
+    Raises NowcastError when the archive holds no usable frame, the store cannot be written, another
+    ingest holds the store's lock, or the options disagree with those the store was ingested with.
     """
     t0 = time.perf_counter()
     root = Path(cfg.archive).resolve()
     store_path = Path(cfg.store).resolve()
-    source = get_source(cfg.source) if cfg.source else detect_format(root)
+    try:
+        store_path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise NowcastError(f"cannot create {store_path.parent}: {exc}; choose a writable location") from exc
+    with st.ingest_lock(store_path):
+        return _ingest_locked(cfg, root, store_path, t0, progress)
+
+
+def _ingest_locked(cfg: IngestConfig, root: Path, store_path: Path, t0: float, progress: bool) -> IngestResult:
+    group = _existing_group(store_path)
+    source = _configured_source(cfg, root, group)
     listing = source.list_frames(root)
+    source = source.configure(**listing.settled)
+    listing, interval_s = _on_cadence(listing, group)
     if not listing.frames:
+        if listing.bad:
+            first = listing.bad[0]
+            raise NowcastError(f"none of the {len(listing.bad)} file(s) under {root} holds a usable {source.title} "
+                               f"frame (e.g. {first['path']}: {first['reason']}); check the archive and --format")
         raise NowcastError(f"no {source.title} frame files found under {root}: nothing to ingest")
     _remove_partial_files(store_path)
-    group = _open_or_create(cfg, root, source, listing)
+    if group is None:
+        group = _create(cfg, store_path, root, source, listing, interval_s)
     plan = _plan(listing, group)
     todo = _apply_plan(group, plan)
     n_new = plan.time_s.size - plan.n_committed
     cluster_s = write_s = 0.0
     stats = []
     try:
-        if cfg.workers == 0 and not (cfg.scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS")):
+        if cfg.workers == 0:
             t_w = time.perf_counter()
             stats = _run_local(todo, plan, str(store_path), source, str(root), progress)
             write_s = time.perf_counter() - t_w
@@ -479,7 +569,7 @@ def ingest(cfg: IngestConfig, progress: bool = True) -> IngestResult:
     report_path = Path(cfg.report_path) if cfg.report_path else store_path.with_name(
         store_path.name + ".ingest_report.json")
     final = _finalise(group, plan, listing, cfg, root, report_path)
-    _warn(final["no_mask"], plan.n_skipped_old, final["bad"])
+    _warn(final["no_mask"], plan.n_skipped_old, final["bad"], final["clips"])
     seconds = time.perf_counter() - t0
     written = sum(min(plan.unit_frames, plan.time_s.size - u * plan.unit_frames) for u in todo)
     return IngestResult(
@@ -490,13 +580,18 @@ def ingest(cfg: IngestConfig, progress: bool = True) -> IngestResult:
         cluster_seconds=cluster_s, write_seconds=write_s, task_stats=stats)
 
 
-def _warn(no_mask: list, n_skipped_old: int, bad: list) -> None:
+def _warn(no_mask: list, n_skipped_old: int, bad: list, clips: dict) -> None:
     if no_mask:
         warnings.warn(f"{len(no_mask)} frame(s) have no mask file and got an all-valid mask "
-                      f"(first: {no_mask[0]})", IngestWarning, stacklevel=3)
+                      f"(first: {no_mask[0]})", IngestWarning, stacklevel=4)
     if n_skipped_old:
         warnings.warn(f"{n_skipped_old} frame(s) are older than the store's last time and were not added; "
-                      "ingest into a new store to include them", IngestWarning, stacklevel=3)
+                      "ingest into a new store to include them", IngestWarning, stacklevel=4)
+    for split, counts in clips.items():
+        if not counts["frames"]:
+            warnings.warn(f"split {split!r} matches no frame of the store, so training or evaluating on it "
+                          "will have nothing to use: check its --split range or day list (or, without --split, "
+                          "give the archive more days or pass --split ranges)", IngestWarning, stacklevel=4)
     if bad:
         log.warning("%d bad input file(s) treated as missing (first: %s: %s)", len(bad), bad[0]["path"],
                     bad[0]["reason"])

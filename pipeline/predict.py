@@ -12,7 +12,12 @@ false, are 0 in every format):
   time (``forecast_01.png`` ... when the time is unknown);
 * ``format="zarr"``: a Zarr v3 group ``forecast.zarr`` with ``forecast`` uint8 (out_len, H, W),
   ``lead_time_s`` int64 (out_len,) and, when known, ``time`` int64 (out_len,) epoch seconds;
-* both: ``forecast.gif``, the observed frames then the forecast (beside the observation when the
+* ``format="netcdf"`` (store inputs from an ODIM_H5 or CF-NetCDF archive): ``forecast.nc``, CF-1.8
+  rain rate in mm/h on the store's grid and projection, with time, forecast reference time and lead
+  time (``pipeline.sources.netcdf.write_forecast``); pixels go to mm/h through the store's Z-R
+  relation, pixel 0 (-10 dBZ or less) is 0 mm/h, and pixels outside the last input's radar coverage
+  are missing;
+* all: ``forecast.gif``, the observed frames then the forecast (beside the observation when the
   store holds it), colour scale in mm/h.
 
 Outputs are written in a private staging folder inside ``out_dir`` and renamed into place
@@ -33,12 +38,16 @@ from pipeline import files, viz
 from pipeline.catalog import INTERVAL_S
 from pipeline.errors import NowcastError, check
 from pipeline.forecasters import Forecaster, load_forecaster
-from pipeline.sources import PIXEL_ENCODING, hko7
+from pipeline.sources import PIXEL_ENCODING, hko7, netcdf
+from pipeline.sources.grid import Grid
+from pipeline.sources.gridded import parse_zr
 from pipeline.store import Store
 from pipeline.times import iso_utc, parse_time_s
+from trajgru import units
 
-FORMATS = ("png", "zarr")
+FORMATS = ("png", "zarr", "netcdf")
 ZARR_NAME = "forecast.zarr"
+NETCDF_NAME = "forecast.nc"
 GIF_NAME = "forecast.gif"
 #: Attribute that marks a Zarr group as a forecast written by ``predict`` (only such a folder is replaced).
 _ZARR_MARK = "nowcast_forecast"
@@ -54,7 +63,7 @@ class PredictConfig:
     store, time : input frames from this store ending at ``time`` (ISO 8601 UTC, e.g.
         ``2015-06-04T12:00``, or epoch seconds); time None = the store's last frame.
     input_pngs : or: ``in_len`` HKO-7 PNG paths, oldest first.
-    format : "png" or "zarr".
+    format : "png", "zarr" or "netcdf" (store inputs from an ODIM_H5 or CF-NetCDF archive only).
     gif : also write ``forecast.gif``.
     overwrite : replace outputs of an earlier forecast (files, symlinks, a ``forecast.zarr`` that
         ``predict`` wrote); without it an existing output is an error and nothing is written.
@@ -73,7 +82,9 @@ class PredictConfig:
     overwrite: bool = False
 
     def __post_init__(self):
-        check(self.format in FORMATS, f"unknown format {self.format!r}: use png or zarr")
+        check(self.format in FORMATS, f"unknown format {self.format!r}: use png, zarr or netcdf")
+        check(self.format != "netcdf" or self.store is not None,
+              "--format netcdf writes the forecast on the radar grid a store records: give the inputs as --store")
         check((self.store is None) != (not self.input_pngs),
               "give the inputs either as a store (--store, optionally --time) or as PNG frames "
               "(--input, repeated), not both and not neither")
@@ -182,6 +193,27 @@ def _inputs_from_pngs(paths: Sequence[str | Path], in_len: int) -> _Inputs:
 
 
 # --------------------------------------------------------------------------- outputs
+def _store_grid(store: Store) -> Grid:
+    """The grid of the store's frames, for CF-NetCDF output (NowcastError when it records none)."""
+    grid = store.source_settings.get("grid")
+    if not grid:
+        kind = dict(store.attrs.get("source", {})).get("format", "an unknown")
+        raise NowcastError(f"--format netcdf needs the radar grid, and {store.path} (ingested from {kind} data) "
+                           "records none: only stores of ODIM_H5 or CF-NetCDF archives do; use --format png or zarr")
+    return Grid.from_attrs(grid)
+
+
+def _write_netcdf(out_dir: Path, forecast: np.ndarray, store: Store, inputs: _Inputs, model_name: str) -> Path:
+    """``forecast.nc``: forecast pixels (out_len, H, W) in [0, 1] as rain rate (mm/h) on the store's grid."""
+    rain_mm_h = parse_zr(store.source_settings.get("zr")).dbz_to_rain(units.pixel_to_dbz(forecast))
+    rain_mm_h[np.rint(forecast * 255.0) == 0] = 0.0  # pixel 0: -10 dBZ or less, no rain
+    lead_times_s = inputs.interval_s * np.arange(1, forecast.shape[0] + 1, dtype=np.int64)
+    mask = inputs.input_masks[-1] if inputs.input_masks is not None else None
+    return netcdf.write_forecast(out_dir / NETCDF_NAME, rain_mm_h, _store_grid(store), inputs.last_time_s,
+                                 lead_times_s, mask=mask, attrs={"source": f"nowcast {model_name}",
+                                                                 "input_store": str(store.path)})
+
+
 def _write_zarr(out_dir: Path, forecast_u8: np.ndarray, times_s: list[int] | None, interval_s: int,
                 attrs: dict) -> Path:
     """A Zarr v3 group with ``forecast`` (out_len, H, W) uint8, ``lead_time_s`` and (when known) ``time``."""
@@ -225,7 +257,8 @@ def _run_forecaster(forecaster: Forecaster, frames_u8: np.ndarray) -> np.ndarray
 
 
 def _output_names(cfg: PredictConfig, out_len: int, times: list[int] | None) -> list[str]:
-    names = viz.png_names(out_len, times) if cfg.format == "png" else [ZARR_NAME]
+    names = {"png": viz.png_names(out_len, times) if cfg.format == "png" else [],
+             "zarr": [ZARR_NAME], "netcdf": [NETCDF_NAME]}[cfg.format]
     return names + ([GIF_NAME] if cfg.gif else [])
 
 
@@ -240,6 +273,8 @@ def predict(cfg: PredictConfig) -> PredictResult:
     if cfg.store is not None:
         store = Store.open(cfg.store)
         _check_time_in_store(store, cfg.time)   # before the model loads (seconds)
+        if cfg.format == "netcdf":
+            _store_grid(store)
     forecaster = load_forecaster(cfg.model_uri, tracking_uri=cfg.tracking_uri, device=cfg.device,
                                  fast_path=cfg.fast_path)
     in_len, out_len = int(forecaster.in_len), int(forecaster.out_len)
@@ -263,6 +298,8 @@ def predict(cfg: PredictConfig) -> PredictResult:
     with files.staging_dir(out_dir) as tmp:
         if cfg.format == "png":
             viz.save_frames_png(forecast, tmp, times_s=times)
+        elif cfg.format == "netcdf":
+            _write_netcdf(tmp, forecast, store, inputs, forecaster.name)
         else:
             attrs = {"model_uri": str(cfg.model_uri), "model_name": forecaster.name, "interval_s": inputs.interval_s,
                      "pixel_encoding": PIXEL_ENCODING, "issued_after_s": inputs.last_time_s}

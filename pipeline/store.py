@@ -27,9 +27,12 @@ touches one or two shard files and 5-6 chunks; :class:`ShardFileReader` reads th
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import os
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -47,7 +50,7 @@ from pipeline.times import iso_utc
 
 log = logging.getLogger("nowcast.store")
 
-INGEST_VERSION = 1
+INGEST_VERSION = 2  # 2: crc32c after every chunk (StoreLayout.checksum)
 FRAMES, MASKS, TIME, PRESENT, CATALOG, INGEST_GROUP = "frames", "masks", "time", "present", "catalog", "_ingest"
 UNITS_GROUP = f"{INGEST_GROUP}/units"
 PROTOCOLS = ("random", "sequent")
@@ -65,12 +68,15 @@ class StoreLayout:
     shard_frames : frames per shard file (a multiple of chunk_frames), or None for no sharding.
     compressor : "zstd", "blosc-lz4", "blosc-zstd" or "none".
     level : compression level.
+    checksum : a crc32c checksum after each chunk (Zarr's ``crc32c`` codec), so that a damaged chunk is
+        an error instead of wrong frames. Stores of ingest version 1 have none.
     """
 
     chunk_frames: int = 5
     shard_frames: int | None = 120
     compressor: str = "zstd"
     level: int = 1
+    checksum: bool = True
 
     def __post_init__(self):
         check(self.chunk_frames >= 1, f"chunk_frames must be >= 1, got {self.chunk_frames}")
@@ -85,14 +91,17 @@ class StoreLayout:
         """Frames per independently writable unit (a shard, or a chunk when unsharded)."""
         return self.shard_frames or self.chunk_frames
 
-    def compressors(self):
-        """The zarr v3 compressor codecs for this layout."""
-        if self.compressor == "none":
-            return None
+    def compressors(self) -> tuple:
+        """The zarr v3 bytes-to-bytes codecs of a chunk for this layout: the compressor, then crc32c."""
+        codecs = []
         if self.compressor == "zstd":
-            return ZstdCodec(level=self.level)
-        cname = self.compressor.split("-")[1]
-        return BloscCodec(cname=cname, clevel=self.level, shuffle="bitshuffle")
+            codecs.append(ZstdCodec(level=self.level))
+        elif self.compressor != "none":
+            cname = self.compressor.split("-")[1]
+            codecs.append(BloscCodec(cname=cname, clevel=self.level, shuffle="bitshuffle"))
+        if self.checksum:
+            codecs.append(Crc32cCodec())
+        return tuple(codecs)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -150,6 +159,57 @@ def infer_interval_s(time_s: np.ndarray) -> int:
     return int(min(step for step, n in counts.items() if n == best))
 
 
+@dataclass(frozen=True)
+class Cadence:
+    """The time step of an archive or a store.
+
+    Attributes
+    ----------
+    interval_s : int
+        Seconds between consecutive frames (HKO-7 360, OPERA 900, DWD 300).
+    phase_s : int
+        Times on the cadence satisfy ``time_s % interval_s == phase_s`` (0 for frames on the clock).
+    off_times_s : numpy.ndarray
+        int64 (K,) the given times that are not on the cadence, ascending.
+    """
+
+    interval_s: int
+    phase_s: int
+    off_times_s: np.ndarray
+
+    def on_cadence(self, times_s: np.ndarray) -> np.ndarray:
+        """bool, same shape as ``times_s``: True where a time is on the cadence."""
+        return np.mod(np.asarray(times_s, dtype=np.int64), self.interval_s) == self.phase_s
+
+
+def infer_cadence(times_s: np.ndarray, interval_s: int | None = None) -> Cadence:
+    """The cadence of frame times, and the times off it.
+
+    ``interval_s`` (when not given) is :func:`infer_interval_s` of the times (the store's one rule);
+    pass a store's ``interval_s`` to check new times against it. ``phase_s`` is the most common
+    ``time_s % interval_s`` (the smallest on a tie); times with another phase are in ``off_times_s``.
+
+    Parameters
+    ----------
+    times_s : int (N,) frame times, seconds since the epoch, any order, duplicates allowed.
+    interval_s : the cadence in seconds, if already known.
+
+    Raises NowcastError when ``interval_s`` is not given and fewer than two distinct times are.
+    """
+    times_s = np.unique(np.asarray(times_s, dtype=np.int64))
+    if interval_s is None:
+        if times_s.size < 2:
+            raise NowcastError(f"the archive holds {times_s.size} frame time(s): at least two are needed to "
+                               "tell its cadence")
+        interval_s = infer_interval_s(times_s)
+    if interval_s < 1:
+        raise ValueError(f"interval_s must be a positive number of seconds, got {interval_s}")
+    phases_s, counts = np.unique(np.mod(times_s, interval_s), return_counts=True)
+    phase_s = int(phases_s[np.argmax(counts)]) if phases_s.size else 0
+    off = times_s[np.mod(times_s, interval_s) != phase_s]
+    return Cadence(int(interval_s), phase_s, off)
+
+
 def open_store(path: str | Path, mode: str = "r", require_complete: bool = True):
     """Open a nowcast store -> zarr.Group (see :class:`Store` for the validated handle stages use).
 
@@ -197,7 +257,53 @@ def write_catalog(group, split: str, random_starts_s: np.ndarray, sequent_starts
     sub.attrs.update(rule)
 
 
+def lock_path(path: str | Path) -> Path:
+    """The lock file of the store at ``path``: ``<store>.lock`` beside it (kept after use)."""
+    path = Path(path)
+    return path.with_name(path.name + ".lock")
+
+
+@contextlib.contextmanager
+def ingest_lock(path: str | Path) -> Iterator[Path]:
+    """Hold the exclusive write lock of the store at ``path`` for the duration of the block.
+
+    An advisory ``flock`` on :func:`lock_path` (never through a symlink), released by the kernel when
+    this process ends, however it ends (so a ``kill -9`` leaves no stale lock). The lock file holds the
+    holder's pid, for the message another ingest gets.
+
+    Raises NowcastError at once when another process holds the lock, or when the lock file cannot be
+    created.
+    """
+    lock = lock_path(path)
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise NowcastError(f"cannot create the lock file {lock}: {exc}; choose a writable store location "
+                           "(and not a symlink)") from exc
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "unknown"
+            raise NowcastError(f"another `nowcast ingest` (pid {holder}) is writing {path}; wait for it to finish "
+                               "and re-run this one (it then resumes or appends)") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield lock
+    finally:
+        os.close(fd)  # releases the lock
+
+
 _NO_CHUNK = 2**64 - 1  # shard-index entry of a chunk that was never written (Zarr v3 sharding spec)
+
+
+class ChunkDamage(ValueError):
+    """Rows ``[lo, hi)`` of an array cannot be read as written: a missing shard or chunk file, a
+    damaged shard index, a chunk whose checksum does not match, or one that does not decode."""
+
+    def __init__(self, lo: int, hi: int, problem: str):
+        super().__init__(problem)
+        self.lo, self.hi, self.problem = int(lo), int(hi), problem
 
 
 class ShardFileReader:
@@ -208,17 +314,23 @@ class ShardFileReader:
     itself (benchmarks/bench_dataset.py). This reader implements only the layout that
     :func:`create_store` writes -- one ``ShardingCodec`` (index at the end, little-endian uint64
     (offset, nbytes) pairs + crc32c) over chunks of whole (H, W) frames, inner codecs ``bytes`` +
-    optionally one zstd or blosc compressor, on a local directory store -- and :meth:`for_array`
-    returns None for anything else, so callers fall back to zarr. Tests compare it with zarr.
+    optionally one zstd or blosc compressor + optionally ``crc32c``, on a local directory store -- and
+    :meth:`for_array` returns None for anything else, so callers read through zarr. Tests compare it
+    with zarr.
+
+    Every check zarr would make is made: the shard index's crc32c and each chunk's crc32c (when the
+    layout has one). Unlike zarr, a missing shard file or chunk is damage (:class:`ChunkDamage`), not
+    the fill value: a finished ingest writes every chunk of every row.
     """
 
     def __init__(self, shard_dir: Path, separator: str, shape: tuple, shard_frames: int, chunk_frames: int,
-                 dtype: np.dtype, fill_value, decoder):
+                 dtype: np.dtype, fill_value, decoder, checksum: bool = False):
         self.shard_dir, self.separator = shard_dir, separator
         self.n_frames, self.frame_shape = int(shape[0]), tuple(int(v) for v in shape[1:])
         self.shard_frames, self.chunk_frames = int(shard_frames), int(chunk_frames)
         self.chunks_per_shard = self.shard_frames // self.chunk_frames
         self.dtype, self.fill_value, self.decoder = np.dtype(dtype), fill_value, decoder
+        self.checksum = bool(checksum)
 
     @classmethod
     def for_array(cls, arr) -> "ShardFileReader | None":
@@ -234,28 +346,33 @@ class ShardFileReader:
                     and isinstance(sharding.index_codecs[0], BytesCodec)
                     and isinstance(sharding.index_codecs[1], Crc32cCodec))
         whole_frames = (tuple(sharding.chunk_shape[1:]) == tuple(arr.shape[1:]) == shard_shape[1:])
-        inner = sharding.codecs
-        if not (index_ok and whole_frames and inner and isinstance(inner[0], BytesCodec) and len(inner) <= 2):
+        inner = list(sharding.codecs)
+        if not (index_ok and whole_frames and inner and isinstance(inner[0], BytesCodec)):
             return None
+        checksum = isinstance(inner[-1], Crc32cCodec)
+        middle = inner[1:-1] if checksum else inner[1:]
         decoder = None
-        if len(inner) == 2:
-            if isinstance(inner[1], ZstdCodec):
-                decoder = numcodecs.Zstd()
-            elif isinstance(inner[1], BloscCodec):
-                decoder = numcodecs.Blosc()
-            else:
-                return None
+        if len(middle) == 1 and isinstance(middle[0], ZstdCodec):
+            decoder = numcodecs.Zstd()
+        elif len(middle) == 1 and isinstance(middle[0], BloscCodec):
+            decoder = numcodecs.Blosc()
+        elif middle:
+            return None
         encoding = meta.chunk_key_encoding
         if getattr(encoding, "name", None) != "default":
             return None
         return cls(Path(arr.store.root) / arr.path, encoding.separator, arr.shape, shard_shape[0],
-                   sharding.chunk_shape[0], arr.dtype, arr.fill_value, decoder)
+                   sharding.chunk_shape[0], arr.dtype, arr.fill_value, decoder, checksum)
 
-    def _shard_path(self, shard: int) -> Path:
+    def shard_path(self, shard: int) -> Path:
+        """The file of shard number ``shard``."""
         return self.shard_dir / self.separator.join(["c", str(shard), "0", "0"])
 
     def read(self, lo: int, hi: int, out: np.ndarray) -> None:
-        """Rows ``[lo, hi)`` (0 <= lo <= hi <= T) into ``out`` (hi - lo, H, W) of the array's dtype."""
+        """Rows ``[lo, hi)`` (0 <= lo <= hi <= T) into ``out`` (hi - lo, H, W) of the array's dtype.
+
+        Raises ChunkDamage (with the damaged rows) when a shard or chunk is missing or damaged.
+        """
         if not 0 <= lo <= hi <= self.n_frames or out.shape != (hi - lo,) + self.frame_shape:
             raise ValueError(f"rows [{lo}, {hi}) / out {out.shape} do not fit the array {self.n_frames}x{self.frame_shape}")
         for shard in range(lo // self.shard_frames, -(-hi // self.shard_frames)):
@@ -265,46 +382,54 @@ class ShardFileReader:
 
     def _read_shard(self, shard: int, r0: int, r1: int, out: np.ndarray) -> None:
         """Rows [r0, r1) of one shard (shard-relative) into ``out``."""
+        s0 = shard * self.shard_frames
+        name = self.shard_path(shard).relative_to(self.shard_dir.parent).as_posix()
         try:
-            fd = os.open(self._shard_path(shard), os.O_RDONLY)
-        except FileNotFoundError:  # never written: fill value
-            out[...] = self.fill_value
-            return
+            fd = os.open(self.shard_path(shard), os.O_RDONLY)
+        except FileNotFoundError:
+            raise ChunkDamage(s0 + r0, s0 + r1, f"shard file {name} is missing") from None
         try:
-            index = self._read_index(fd, shard)
+            index = self._read_index(fd, name, s0, s0 + min(self.shard_frames, self.n_frames - s0))
             cf = self.chunk_frames
             for c in range(r0 // cf, -(-r1 // cf)):
                 a, b = max(r0, c * cf), min(r1, (c + 1) * cf)
                 dest = out[a - r0:b - r0]
                 offset, nbytes = (int(v) for v in index[c])
+                rows = (s0 + c * cf, min(s0 + (c + 1) * cf, self.n_frames))
                 if offset == _NO_CHUNK:
-                    dest[...] = self.fill_value
-                    continue
+                    raise ChunkDamage(*rows, f"chunk {c} of shard file {name} is missing")
                 data = os.pread(fd, nbytes, offset)
                 if len(data) != nbytes:
-                    raise ValueError(f"shard {shard} is truncated")
-                if a == c * cf and b == (c + 1) * cf:  # the whole chunk: decode in place
-                    self._decode(data, dest)
-                else:
-                    chunk = np.empty((cf,) + self.frame_shape, dtype=self.dtype)
-                    self._decode(data, chunk)
-                    dest[...] = chunk[a - c * cf:b - c * cf]
+                    raise ChunkDamage(*rows, f"shard file {name} is truncated")
+                try:
+                    if a == c * cf and b == (c + 1) * cf:  # the whole chunk: decode in place
+                        self._decode(data, dest)
+                    else:
+                        chunk = np.empty((cf,) + self.frame_shape, dtype=self.dtype)
+                        self._decode(data, chunk)
+                        dest[...] = chunk[a - c * cf:b - c * cf]
+                except Exception as exc:  # noqa: BLE001 - a checksum mismatch, or a codec's own error
+                    raise ChunkDamage(*rows, f"chunk {c} of shard file {name}: {exc}") from exc
         finally:
             os.close(fd)
 
-    def _read_index(self, fd: int, shard: int) -> np.ndarray:
+    def _read_index(self, fd: int, name: str, lo: int, hi: int) -> np.ndarray:
         """The shard's chunk index, (chunks_per_shard, 2) uint64 (offset, nbytes), after checking its
-        crc32c (ValueError when the index is damaged or the file too short)."""
+        crc32c (ChunkDamage for rows [lo, hi) when the index is damaged or the file too short)."""
         n_index = 16 * self.chunks_per_shard
         size = os.fstat(fd).st_size
         if size < n_index + 4:
-            raise ValueError(f"shard {shard} is shorter than its index")
+            raise ChunkDamage(lo, hi, f"shard file {name} is shorter than its index")
         raw = os.pread(fd, n_index + 4, size - n_index - 4)
         if len(raw) != n_index + 4 or google_crc32c.value(raw[:n_index]) != int.from_bytes(raw[n_index:], "little"):
-            raise ValueError(f"shard {shard}: the index checksum does not match (damaged file)")
+            raise ChunkDamage(lo, hi, f"shard file {name}: the index checksum does not match (damaged file)")
         return np.frombuffer(raw, dtype="<u8", count=2 * self.chunks_per_shard).reshape(self.chunks_per_shard, 2)
 
     def _decode(self, data: bytes, dest: np.ndarray) -> None:
+        if self.checksum:
+            if len(data) < 4 or google_crc32c.value(data[:-4]) != int.from_bytes(data[-4:], "little"):
+                raise ValueError("the chunk checksum does not match (damaged data)")
+            data = data[:-4]
         flat = dest.reshape(-1).view(np.uint8)
         if self.decoder is None:
             if len(data) != flat.size:
@@ -314,11 +439,20 @@ class ShardFileReader:
             self.decoder.decode(data, out=flat)
 
 
+def has_checksums(arr) -> bool:
+    """True when every chunk of ``arr`` (a zarr.Array) carries a crc32c checksum."""
+    codecs = list(getattr(arr.metadata, "codecs", ()))
+    if len(codecs) == 1 and isinstance(codecs[0], ShardingCodec):
+        codecs = list(codecs[0].codecs)
+    return bool(codecs) and isinstance(codecs[-1], Crc32cCodec)
+
+
 class StoreReader:
     """Reads frames of a store by timestamp; caches the arrays, the time axis and the shard readers.
 
-    Use one per process (it holds open zarr arrays). Contiguous runs of rows are read straight from
-    the shard files (:class:`ShardFileReader`) when the layout allows, else through zarr.
+    Use one per process (it holds open zarr arrays). Runs of rows are read straight from the shard
+    files (:class:`ShardFileReader`) when the layout allows, else through zarr. Either way a missing or
+    damaged chunk is a NowcastError naming the frames (never zeros or wrong values).
     """
 
     def __init__(self, group, fast: bool = True):
@@ -327,6 +461,7 @@ class StoreReader:
         self.masks = group[MASKS]
         self.time_s = np.asarray(group[TIME][:], dtype=np.int64)
         self.height, self.width = self.frames.shape[1:]
+        self._arrays = {FRAMES: self.frames, MASKS: self.masks}
         self._fast = {}
         if fast:
             self._fast = {FRAMES: ShardFileReader.for_array(self.frames), MASKS: ShardFileReader.for_array(self.masks)}
@@ -350,23 +485,52 @@ class StoreReader:
         found = (idx < n) & (self.time_s[np.minimum(idx, n - 1)] == t)
         return idx.astype(np.int64), found
 
-    def read_rows(self, lo: int, hi: int, frames_out: np.ndarray, masks_out: np.ndarray) -> None:
-        """Rows [lo, hi) into frames_out uint8 (hi-lo, H, W) and masks_out bool (hi-lo, H, W)."""
-        for name, arr, out in ((FRAMES, self.frames, frames_out), (MASKS, self.masks, masks_out)):
-            fast = self._fast.get(name)
-            if fast is not None:
-                try:
-                    fast.read(lo, hi, out)
-                    continue
-                except (OSError, ValueError, RuntimeError) as exc:  # let zarr read it (and report real damage)
-                    log.warning("%s rows [%d, %d): the shard reader failed (%s); reading through zarr",
-                                name, lo, hi, exc)
+    def read_array(self, name: str, lo: int, hi: int, out: np.ndarray) -> None:
+        """Rows [lo, hi) of the array ``name`` (``frames`` or ``masks``) into ``out`` (hi-lo, H, W).
+
+        Raises ChunkDamage (rows, what is wrong) for a missing or damaged chunk.
+        """
+        fast = self._fast.get(name)
+        if fast is not None:
+            fast.read(lo, hi, out)
+            return
+        arr = self._arrays[name]
+        per_file = int(arr.metadata.chunk_grid.chunk_shape[0])  # rows per chunk (or shard) file
+        for c in range(lo // per_file, -(-hi // per_file)):  # zarr reads a missing file as the fill value
+            key = arr.metadata.encode_chunk_key((c,) + (0,) * (arr.ndim - 1))
+            if isinstance(arr.store, LocalStore) and not (Path(arr.store.root) / arr.path / key).is_file():
+                raise ChunkDamage(c * per_file, min((c + 1) * per_file, arr.shape[0]), f"file {name}/{key} is missing")
+        try:
             out[...] = arr[lo:hi]
+        except Exception as exc:  # noqa: BLE001 - a checksum mismatch or a codec error
+            raise ChunkDamage(lo, hi, f"{name}: {exc}") from exc
+
+    def read_rows(self, lo: int, hi: int, frames_out: np.ndarray, masks_out: np.ndarray) -> None:
+        """Rows [lo, hi) into frames_out uint8 (hi-lo, H, W) and masks_out bool (hi-lo, H, W).
+
+        Raises NowcastError naming the frames (times) when a chunk is missing or damaged.
+        """
+        for name, out in ((FRAMES, frames_out), (MASKS, masks_out)):
+            try:
+                self.read_array(name, lo, hi, out)
+            except ChunkDamage as exc:
+                raise self.damage_error(name, exc) from exc
+
+    def damage_error(self, name: str, damage: ChunkDamage) -> NowcastError:
+        """The user-facing error for damaged rows of array ``name``: which frames, what is wrong, what to do."""
+        lo, hi = damage.lo, max(damage.hi - 1, damage.lo)
+        when = (f" ({iso_utc(self.time_s[lo])} to {iso_utc(self.time_s[min(hi, self.time_s.size - 1)])})"
+                if self.time_s.size else "")
+        path = Path(getattr(self.frames.store, "root", "")).as_posix()
+        return NowcastError(f"the store {path} is damaged at frames {lo}-{hi}{when}, array {name}: {damage.problem}; "
+                            f"`nowcast info --verify {path}` lists every damaged chunk; re-ingest the archive "
+                            "into a new store")
 
     def read(self, time_s, frames_out: np.ndarray | None = None, masks_out: np.ndarray | None = None):
         """(S,) epoch seconds -> (frames uint8 (S,H,W), masks bool (S,H,W)); absent -> 0 / False.
 
         frames_out / masks_out : optional preallocated C-contiguous outputs to fill (returned).
+        Raises NowcastError naming the frames when a chunk they are in is missing or damaged.
         """
         t = np.asarray(time_s, dtype=np.int64).ravel()
         shape = (t.size, self.height, self.width)
@@ -385,18 +549,43 @@ class StoreReader:
         if not found.any():
             return frames, masks
         sel = rows[found]
-        lo, hi = int(sel.min()), int(sel.max()) + 1
-        if hi - lo <= 2 * t.size:  # one contiguous read (a clip over a gap), then pick the rows
-            span_f = np.empty((hi - lo, self.height, self.width), np.uint8)
-            span_m = np.empty((hi - lo, self.height, self.width), bool)
-            self.read_rows(lo, hi, span_f, span_m)
-            frames[found] = span_f[sel - lo]
-            masks[found] = span_m[sel - lo]
-        else:
-            uniq, inv = np.unique(sel, return_inverse=True)
-            frames[found] = self.frames.oindex[uniq][inv]
-            masks[found] = self.masks.oindex[uniq][inv]
+        uniq, inv = np.unique(sel, return_inverse=True)
+        # contiguous runs of the rows asked for (one run for a clip over a gap), each read once
+        breaks = np.flatnonzero(np.diff(uniq) > 1) + 1
+        span_f = np.empty((uniq.size, self.height, self.width), np.uint8)
+        span_m = np.empty((uniq.size, self.height, self.width), bool)
+        for run in np.split(np.arange(uniq.size), breaks):
+            lo = int(uniq[run[0]])
+            self.read_rows(lo, lo + run.size, span_f[run[0]:run[-1] + 1], span_m[run[0]:run[-1] + 1])
+        frames[found] = span_f[inv]
+        masks[found] = span_m[inv]
         return frames, masks
+
+    def verify(self, progress=None) -> list[dict]:
+        """Read and check every chunk of frames and masks -> one entry per damaged chunk:
+        ``{"array", "rows": [lo, hi], "times": [first, last] (ISO), "problem"}`` (empty: no damage).
+
+        progress : optional callable wrapping the chunk iterator (e.g. a progress bar)."""
+        damaged = []
+        n = self.time_s.size
+        for name, arr in self._arrays.items():
+            cf = int(arr.chunks[0])
+            out = np.empty((cf,) + tuple(arr.shape[1:]), dtype=arr.dtype)
+            chunks = range(-(-n // cf))
+            for c in (progress(chunks, name) if progress else chunks):
+                lo, hi = c * cf, min((c + 1) * cf, n)
+                try:
+                    self.read_array(name, lo, hi, out[:hi - lo])
+                except ChunkDamage as exc:
+                    last = damaged[-1] if damaged else None
+                    if last and last["array"] == name and last["problem"] == exc.problem and last["rows"][1] + 1 >= exc.lo:
+                        last["rows"][1] = exc.hi - 1  # the next chunk of one missing shard file: one entry
+                        last["times"][1] = iso_utc(self.time_s[exc.hi - 1])
+                        continue
+                    damaged.append({"array": name, "rows": [exc.lo, exc.hi - 1],
+                                    "times": [iso_utc(self.time_s[exc.lo]), iso_utc(self.time_s[exc.hi - 1])],
+                                    "problem": exc.problem})
+        return damaged
 
 
 def read_frames(group, time_s) -> tuple[np.ndarray, np.ndarray]:
@@ -519,8 +708,51 @@ class Store:
             "bad_files": int(self.attrs.get("bad_files", {}).get("count", 0)),
             "frames_without_mask": int(self.attrs.get("frames_without_mask", {}).get("count", 0)),
             "layout": self.attrs.get("layout"),
+            "chunk_checksums": self.checksums,
+            "source": self._source_summary(),
             "size_mb": round(_du_bytes(self.path) / 1e6, 3),
         }
+
+    @property
+    def checksums(self) -> bool:
+        """True when every chunk of frames and masks carries a crc32c checksum (ingest version >= 2)."""
+        return has_checksums(self.group[FRAMES]) and has_checksums(self.group[MASKS])
+
+    @property
+    def source_settings(self) -> dict:
+        """How the archive was read (``Source.settings()`` as recorded at ingest): for gridded formats
+        the grid (``grid``, ``source_grid``: ``Grid.to_attrs()``), ``crop``, ``block``, ``zr``
+        (``{"zr_a", "zr_b"}``) and ``variable``; empty for HKO-7."""
+        return dict(dict(self.attrs.get("source", {})).get("settings", {}))
+
+    def verify(self, progress=None) -> dict:
+        """Read every chunk of frames and masks and check it (see :meth:`StoreReader.verify`).
+
+        Returns ``{"chunks_checked": int, "checksums": bool, "damaged": [...]}``; a store without
+        checksums (ingest version 1) can only be checked for missing chunks and decoding errors.
+        """
+        reader = self.reader()
+        damaged = reader.verify(progress)
+        n = reader.time_s.size
+        chunks = sum(-(-n // int(self.group[name].chunks[0])) for name in (FRAMES, MASKS))
+        return {"chunks_checked": chunks, "checksums": self.checksums, "damaged": damaged}
+
+    def _source_summary(self) -> dict:
+        """The archive format and how it was read, in short (the grid without its WKT)."""
+        source = dict(self.attrs.get("source", {}))
+        summary = {k: source[k] for k in ("format", "archive") if k in source}
+        settings = self.source_settings
+        for key in ("variable", "crop", "block"):
+            if settings.get(key) is not None:
+                summary[key] = settings[key]
+        if settings.get("zr"):
+            summary["zr"] = f"Z = {settings['zr']['zr_a']:g} R^{settings['zr']['zr_b']:g}"
+        grid = settings.get("grid")
+        if grid:
+            summary["grid"] = (f"{grid['shape'][0]}x{grid['shape'][1]} pixels of {grid['x_step']:g} x {grid['y_step']:g} "
+                               f"{grid.get('xy_unit', '')}, top-left corner ({grid['x_left']:g}, {grid['y_top']:g}), "
+                               f"{grid.get('projdef') or 'projection in the store attributes'}")
+        return summary
 
     def fingerprint(self) -> dict:
         """JSON-able identity of the store for experiment tracking: absolute path + ingest attributes."""

@@ -69,7 +69,7 @@ from pipeline.raycluster import DriverGone, DriverLink, connect_ray, ray_logs_di
 from pipeline.store import Store
 from trajgru.fast import enable_fast_path, fused_adam
 from trajgru.losses import BalancedLoss
-from trajgru.metrics import SkillScores, champion_score, nanmean
+from trajgru.metrics import SkillScores, champion_score
 from trajgru.model import PRESETS, build_model
 
 #: Training recipes: the values of the TrainConfig fields left None. A run uses the recipe named by

@@ -52,14 +52,14 @@ def dbz_to_pixel(dbz):
     return _clip01((dbz - DBZ_OFFSET) / DBZ_SCALE)
 
 
-def dbz_to_rainfall(dbz):
-    """Reflectivity in dBZ -> rain rate in mm/h via ``Z = a R^b``."""
-    return _pow10((dbz - 10.0 * math.log10(ZR_A)) / (10.0 * ZR_B))
+def dbz_to_rainfall(dbz, a: float = ZR_A, b: float = ZR_B):
+    """Reflectivity in dBZ -> rain rate in mm/h via ``Z = a R^b`` (default: the HKO-7 a, b)."""
+    return _pow10((dbz - 10.0 * math.log10(a)) / (10.0 * b))
 
 
-def rainfall_to_dbz(rain_mm_h):
-    """Rain rate in mm/h (> 0) -> reflectivity in dBZ via ``Z = a R^b``."""
-    return 10.0 * math.log10(ZR_A) + 10.0 * ZR_B * _log10(rain_mm_h)
+def rainfall_to_dbz(rain_mm_h, a: float = ZR_A, b: float = ZR_B):
+    """Rain rate in mm/h (> 0) -> reflectivity in dBZ via ``Z = a R^b`` (default: the HKO-7 a, b)."""
+    return 10.0 * math.log10(a) + 10.0 * b * _log10(rain_mm_h)
 
 
 def pixel_to_rainfall(pixel):

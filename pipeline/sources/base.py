@@ -14,14 +14,18 @@ Conventions shared by every format
 - Masks are ``bool`` with True = a valid measurement (inside the radar's range, not clutter).
 - A bad frame (unreadable, wrong size, wrong type) is not an exception: :meth:`Source.read_frame`
   returns a :class:`Frame` with ``reason`` set, and ingest stores the slot as missing.
-- Sources hold no open files or caches between calls: they are pickled to Dask workers.
+- Sources hold no open files or caches between calls: they are pickled to Dask workers. A source
+  may carry *options* (crop box, Z-R relation, ...; :meth:`Source.configure`), which the store records
+  (:meth:`Source.settings`) so that a resumed or appended ingest reads the archive the same way.
+- Nothing is dropped silently: a file that cannot be used, a folder named like a frame file, or a
+  second file for a time is listed in ``Listing.bad`` with the reason.
 """
 from __future__ import annotations
 
 import os
 import re
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -29,6 +33,7 @@ from typing import ClassVar
 import numpy as np
 
 from pipeline.errors import NowcastError
+from pipeline.times import iso_utc
 
 #: How every source format's values are stored (the store records this string).
 PIXEL_ENCODING = "uint8 pixel = round(255 * (dBZ + 10) / 70), i.e. dBZ = 70 * pixel / 255 - 10"
@@ -112,10 +117,14 @@ class Listing:
     bad : list of dict
         ``{"path": str, "reason": str}`` for files that could not even be listed (a name that does
         not parse, a second file for the same time, ...); paths relative to the archive root.
+    settled : dict
+        Options the listing settled from the whole archive (for example the grid every frame must lie
+        on), to pass to :meth:`Source.configure` before reading; empty for most formats.
     """
 
     frames: list[FrameRef] = field(default_factory=list)
     bad: list[dict] = field(default_factory=list)
+    settled: dict = field(default_factory=dict)
 
     def times_s(self) -> np.ndarray:
         """int64 (N,) frame times, seconds since the epoch (ascending)."""
@@ -133,16 +142,40 @@ class Source:
     hint : what an archive of this format looks like, for the error when none is recognised
         (``"an HKO-7 archive (a radarPNG/ folder)"``).
 
+    options : the names of the options :meth:`configure` takes (none by default).
+
     Instances are stateless and picklable (Dask workers receive them).
     """
 
     name: ClassVar[str] = ""
     title: ClassVar[str] = ""
     hint: ClassVar[str] = ""
+    options: ClassVar[tuple[str, ...]] = ()
 
     def detect(self, root: Path) -> bool:
-        """True if ``root`` looks like an archive of this format (a cheap check: folders, suffixes)."""
+        """True if ``root`` looks like an archive of this format from its folders alone (a cheap
+        check; formats recognised only by their files' contents return False)."""
         raise NotImplementedError
+
+    def claims(self, root: Path, rel: str) -> bool:
+        """True if the file ``root / rel`` belongs to an archive of this format (used to detect the
+        format and to find archives that mix formats). Never raises."""
+        return False
+
+    def configure(self, **options) -> "Source":
+        """This source with ``options`` (names of :attr:`options`; None = the default). Raises
+        NowcastError (exit code 2) for an option this format does not take."""
+        given = sorted(k for k, v in options.items() if v is not None)
+        unknown = [k for k in given if k not in self.options]
+        if unknown:
+            raise NowcastError(f"{', '.join('--' + k.replace('_', '-') for k in unknown)} cannot be used with "
+                               f"{self.title} archives", exit_code=2)
+        return self
+
+    def settings(self) -> dict:
+        """The options in use, JSON-able, for the store's ``source`` attribute; ``configure(**settings)``
+        gives this source back."""
+        return {}
 
     def list_frames(self, root: Path) -> Listing:
         """Every frame of the archive at ``root`` with its time, plus the files that cannot be listed.
@@ -196,14 +229,65 @@ def sample_frames(refs: Sequence[FrameRef], n: int = _SHAPE_SAMPLE) -> list[Fram
 
 def one_line(exc: BaseException) -> str:
     """A deterministic one-line reason from an exception (no object addresses), so that re-runs
-    write identical reports."""
-    return re.sub(r" at 0x[0-9a-fA-F]+", "", str(exc)).replace("\n", " ")
+    write identical reports; the exception's type name when it has no message."""
+    text = re.sub(r" at 0x[0-9a-fA-F]+", "", str(exc)).replace("\n", " ").strip()
+    return text or type(exc).__name__
 
 
-def walk_files(root: Path, sub: str) -> Iterable[str]:
-    """Non-hidden files under ``root / sub``, as sorted POSIX paths relative to ``root``."""
+def walk_files(root: Path, sub: str = ".", odd: list | None = None, suffixes: tuple[str, ...] = ()) -> Iterable[str]:
+    """Non-hidden files under ``root / sub``, as sorted POSIX paths relative to ``root``.
+
+    odd : when given, a ``{"path", "reason"}`` entry is appended for each folder whose name ends with
+        one of ``suffixes`` (a folder named like a frame file is reported, not skipped silently).
+    """
     for dirpath, dirnames, filenames in os.walk(root / sub):
         dirnames.sort()
+        if odd is not None:
+            for name in dirnames:
+                if name.endswith(suffixes) and not name.startswith("."):
+                    rel = Path(dirpath, name).relative_to(root).as_posix()
+                    odd.append({"path": rel, "reason": "a folder named like a frame file, not a file"})
         for name in sorted(filenames):
             if not name.startswith("."):
                 yield Path(dirpath, name).relative_to(root).as_posix()
+
+
+def resolve_duplicates(claims: dict[int, list], same: Callable[[object, object], bool],
+                       path: Callable[[object], str] = str,
+                       canonical: Callable[[int, object], bool] | None = None) -> tuple[dict[int, object], list[dict]]:
+    """Choose one item per time when several files claim it, the same way on every run.
+
+    Rule: the item at the canonical place wins (when ``canonical`` says one is); else, when every item
+    is identical to the one with the smallest path (``same``), that one wins; else the files disagree
+    and none is used (the time is missing). Every item not used is reported.
+
+    Parameters
+    ----------
+    claims : {time_s: [item, ...]} (any order).
+    same : whether two items hold the same frame (identical bytes or values).
+    path : an item's path relative to the archive root (for sorting and reports).
+    canonical : whether an item is at the canonical place for its time.
+
+    Returns
+    -------
+    chosen : {time_s: item} for the times that have one.
+    bad : ``{"path", "reason"}`` for the items not used.
+    """
+    chosen, bad = {}, []
+    for time_s, items in sorted(claims.items()):
+        items = sorted(items, key=path)
+        if len(items) == 1:
+            chosen[time_s] = items[0]
+            continue
+        keep = next((item for item in items if canonical is not None and canonical(time_s, item)), None)
+        if keep is None and all(same(items[0], other) for other in items[1:]):
+            keep = items[0]
+        names = ", ".join(path(item) for item in items)
+        if keep is None:
+            bad += [{"path": path(item), "reason": f"{len(items)} files claim {iso_utc(time_s)} and differ "
+                     f"({names}): none is used"} for item in items]
+            continue
+        chosen[time_s] = keep
+        bad += [{"path": path(item), "reason": f"duplicate time {iso_utc(time_s)}: {path(keep)} is used"}
+                for item in items if item is not keep]
+    return chosen, bad

@@ -1,5 +1,5 @@
 """Format-independent radar-grid knowledge: the grid a frame lies on, a frame as a reader returns it,
-the Z-R relation with configurable coefficients, crop and block-average, and the archive cadence.
+the Z-R relation with configurable coefficients, crop and block-average.
 
 Conventions
 -----------
@@ -19,7 +19,6 @@ Conventions
 from __future__ import annotations
 
 import math
-import re
 import warnings
 from dataclasses import dataclass, replace
 from typing import Any
@@ -64,21 +63,15 @@ class ZR:
                                "e.g. --zr 200,1.6", exit_code=2) from None
 
     def rain_to_dbz(self, rain_mm_h: np.ndarray) -> np.ndarray:
-        """Rain rate (mm/h, any shape, >= 0) -> reflectivity (dBZ): ``10 log10(a) + 10 b log10(R)``.
-
-        R = 0 gives ``-inf`` (no echo); NaN stays NaN.
-        """
-        rain_mm_h = np.asarray(rain_mm_h, dtype=np.float64)
+        """Rain rate (mm/h, any shape, >= 0) -> reflectivity (dBZ): ``10 log10(a) + 10 b log10(R)``
+        (:func:`trajgru.units.rainfall_to_dbz`). R = 0 gives ``-inf`` (no echo); NaN stays NaN."""
         with np.errstate(divide="ignore"):
-            return 10.0 * math.log10(self.a) + 10.0 * self.b * np.log10(rain_mm_h)
+            return units.rainfall_to_dbz(np.asarray(rain_mm_h, dtype=np.float64), a=self.a, b=self.b)
 
     def dbz_to_rain(self, dbz: np.ndarray) -> np.ndarray:
-        """Reflectivity (dBZ, any shape) -> rain rate (mm/h): ``(10 ** (dBZ / 10) / a) ** (1 / b)``.
-
-        ``-inf`` gives 0; NaN stays NaN.
-        """
-        dbz = np.asarray(dbz, dtype=np.float64)
-        return np.power(10.0, (dbz - 10.0 * math.log10(self.a)) / (10.0 * self.b))
+        """Reflectivity (dBZ, any shape) -> rain rate (mm/h): ``(10 ** (dBZ / 10) / a) ** (1 / b)``
+        (:func:`trajgru.units.dbz_to_rainfall`). ``-inf`` gives 0; NaN stays NaN."""
+        return units.dbz_to_rainfall(np.asarray(dbz, dtype=np.float64), a=self.a, b=self.b)
 
     def to_attrs(self) -> dict[str, float]:
         """``{"zr_a": a, "zr_b": b}`` for store attributes and reports."""
@@ -340,12 +333,6 @@ class FileInfo:
         return cls((), None, "", reason)
 
 
-def reason_from(exc: BaseException) -> str:
-    """A one-line reason from an exception (type and message, no object addresses)."""
-    text = re.sub(r" at 0x[0-9a-fA-F]+", "", str(exc)).replace("\n", " ").strip()
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
 # ---------------------------------------------------------------------------------------------------
 # Crop and block average
 # ---------------------------------------------------------------------------------------------------
@@ -442,60 +429,3 @@ def fit_frame(frame: RawFrame, grid: Grid | None = None, box: tuple[int, int, in
         if diff is not None:
             return RawFrame.bad(diff, frame.time_s, frame.quantity)
     return frame
-
-
-# ---------------------------------------------------------------------------------------------------
-# Cadence
-# ---------------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Cadence:
-    """The time step of an archive.
-
-    Attributes
-    ----------
-    interval_s : int
-        Seconds between consecutive frames (HKO-7 360, OPERA 900, DWD 300).
-    phase_s : int
-        Times on the cadence satisfy ``time_s % interval_s == phase_s`` (0 for frames on the clock).
-    off_times_s : numpy.ndarray
-        int64 (K,) the given times that are not on the cadence, ascending.
-    """
-
-    interval_s: int
-    phase_s: int
-    off_times_s: np.ndarray
-
-    def on_cadence(self, times_s: np.ndarray) -> np.ndarray:
-        """bool, same shape as ``times_s``: True where a time is on the cadence."""
-        return np.mod(np.asarray(times_s, dtype=np.int64), self.interval_s) == self.phase_s
-
-
-def infer_cadence(times_s: np.ndarray, interval_s: int | None = None) -> Cadence:
-    """The cadence of an archive from its frame times, and the times off it.
-
-    ``interval_s`` (when not given) is the most common positive difference between consecutive
-    distinct times, the smallest one on a tie, so gaps and a few stray times do not change it (the
-    same rule as the store's ``interval_s``; pass that value to use it). ``phase_s`` is the most
-    common ``time_s % interval_s``; times with another phase are reported in ``off_times_s``.
-
-    Parameters
-    ----------
-    times_s : int (N,) frame times, seconds since the epoch, any order, duplicates allowed.
-    interval_s : the cadence in seconds, if already known.
-
-    Raises NowcastError when ``interval_s`` is not given and fewer than two distinct times are.
-    """
-    times_s = np.unique(np.asarray(times_s, dtype=np.int64))
-    if interval_s is None:
-        if times_s.size < 2:
-            raise NowcastError(f"the archive holds {times_s.size} frame time(s): at least two are needed to "
-                               "tell its cadence")
-        steps_s, counts = np.unique(np.diff(times_s), return_counts=True)
-        interval_s = int(steps_s[np.argmax(counts)])  # np.unique sorts: argmax takes the smallest on a tie
-    if interval_s < 1:
-        raise ValueError(f"interval_s must be a positive number of seconds, got {interval_s}")
-    phases_s, counts = np.unique(np.mod(times_s, interval_s), return_counts=True)
-    phase_s = int(phases_s[np.argmax(counts)]) if phases_s.size else 0
-    off = times_s[np.mod(times_s, interval_s) != phase_s]
-    return Cadence(int(interval_s), phase_s, off)

@@ -10,6 +10,7 @@ stored pixel encoding (``pipeline.sources.base.PIXEL_ENCODING``), so reading is 
 """
 from __future__ import annotations
 
+import filecmp
 import io
 import re
 import zlib
@@ -21,13 +22,16 @@ import numpy as np
 from PIL import Image, PngImagePlugin  # noqa: F401 (the PNG decoder, loaded with the module, not at the first frame)
 
 from pipeline.errors import NowcastError
-from pipeline.sources.base import Frame, FrameRef, Listing, Source, one_line, sample_frames, walk_files
+from pipeline.sources.base import (Frame, FrameRef, Listing, Source, one_line, resolve_duplicates, sample_frames,
+                                   walk_files)
 
 FRAME_DIR = "radarPNG"
 MASK_DIR = "radarPNG_mask"
 FRAME_SUFFIX = ".png"
 MASK_SUFFIX = ".mask"
-_NAME_RE = re.compile(r"^RAD(\d{2})(\d{2})(\d{2})(\d{2})(\d{2})(\d{2})$")
+_NAME_RE = re.compile(r"^RAD([0-9]{2})([0-9]{2})([0-9]{2})([0-9]{2})([0-9]{2})([0-9]{2})$")  # ASCII digits only
+#: Largest frame decoded when the expected size is not known (the header is checked before decoding).
+MAX_FRAME_PIXELS = 4096 * 4096
 
 
 class FrameDecodeError(ValueError):
@@ -83,16 +87,25 @@ def encode_frame(pixels_u8: np.ndarray) -> bytes:
 
 
 def decode_frame(data: bytes, shape: tuple[int, int] | None = None) -> np.ndarray:
-    """PNG bytes -> (H, W) uint8. Raises FrameDecodeError for corrupt/truncated data,
-    a non-8-bit-grayscale image, or a size other than ``shape`` (when given)."""
+    """PNG bytes -> (H, W) uint8. Raises FrameDecodeError for corrupt/truncated data, an image that is
+    not a PNG (whatever its name), a non-8-bit-grayscale image, or a size other than ``shape`` (when
+    given; else larger than :data:`MAX_FRAME_PIXELS`). Type and size are read from the header before
+    any pixel is decoded, so a small file claiming a huge image costs nothing."""
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        with Image.open(io.BytesIO(data), formats=["PNG"]) as img:
             if img.mode != "L":
                 raise FrameDecodeError(f"image mode {img.mode!r}, expected 8-bit grayscale 'L'")
+            width, height = img.size
+            if shape is not None and (height, width) != tuple(shape):
+                raise FrameDecodeError(f"image size {(height, width)}, expected {tuple(shape)}")
+            if height * width > MAX_FRAME_PIXELS:
+                raise FrameDecodeError(f"image size {(height, width)} is larger than {MAX_FRAME_PIXELS} pixels")
             img.load()
             arr = np.asarray(img, dtype=np.uint8)
     except FrameDecodeError:
         raise
+    except Image.UnidentifiedImageError:
+        raise FrameDecodeError("not a PNG image (the name ends in .png, the contents are not PNG)") from None
     except Exception as exc:  # Pillow raises many types for broken files
         raise FrameDecodeError(f"cannot decode PNG: {exc}") from exc
     if shape is not None and arr.shape != tuple(shape):
@@ -106,13 +119,22 @@ def encode_mask(mask: np.ndarray) -> bytes:
 
 
 def decode_mask(data: bytes, shape: tuple[int, int]) -> np.ndarray:
-    """``.mask`` bytes -> (H, W) bool. Raises FrameDecodeError if unreadable or the wrong size."""
+    """``.mask`` bytes -> (H, W) bool. Raises FrameDecodeError if unreadable or the wrong size.
+
+    At most H * W + 1 bytes are ever decompressed (a small file that inflates to gigabytes is
+    refused after H * W + 1 bytes)."""
+    n = int(shape[0]) * int(shape[1])
+    inflater = zlib.decompressobj()
     try:
-        raw = zlib.decompress(data)
+        raw = inflater.decompress(data, n + 1)
     except zlib.error as exc:
         raise FrameDecodeError(f"cannot decompress mask: {exc}") from exc
-    if len(raw) != shape[0] * shape[1]:
+    if len(raw) > n:
+        raise FrameDecodeError(f"mask holds more than {shape[0]}x{shape[1]} values")
+    if len(raw) < n:
         raise FrameDecodeError(f"mask holds {len(raw)} values, expected {shape[0]}x{shape[1]}")
+    if not inflater.eof:
+        raise FrameDecodeError("mask data is truncated (the zlib stream does not end)")
     return np.frombuffer(raw, dtype=np.uint8).reshape(shape).astype(bool)
 
 
@@ -148,33 +170,36 @@ class Hko7Source(Source):
     def detect(self, root: Path) -> bool:
         return (Path(root) / FRAME_DIR).is_dir()
 
+    def claims(self, root: Path, rel: str) -> bool:
+        return rel.split("/", 1)[0] in (FRAME_DIR, MASK_DIR)
+
     def list_frames(self, root: Path) -> Listing:
         """Frames under ``radarPNG/**.png`` with their masks from ``radarPNG_mask/**.mask`` by time.
 
-        Names that do not parse as ``RADyymmddHHMM00`` and second files for a time are listed as bad
-        (the file at the canonical path wins a duplicate). A frame without a mask file gets
+        Reported as bad: names that do not parse as ``RADyymmddHHMM00`` (ASCII digits), folders named
+        like frame or mask files, and files for a time that another file also claims (the file at the
+        canonical path wins; else identical files give the smallest path; files that differ give none:
+        see :func:`~pipeline.sources.base.resolve_duplicates`). A frame without a mask file gets
         ``mask_path=None``; a mask without a frame is ignored.
         """
         root = Path(root)
         if not self.detect(root):
             raise NowcastError(f"{root} is not {self.hint}; pass the archive root, e.g. one made by `nowcast synth`")
         bad: list[dict] = []
-        found: dict[str, dict[int, str]] = {"frames": {}, "masks": {}}
+        found: dict[str, dict[int, str]] = {}
         for kind, sub, suffix, canon in (("frames", FRAME_DIR, FRAME_SUFFIX, frame_path),
                                          ("masks", MASK_DIR, MASK_SUFFIX, mask_path)):
-            for rel in walk_files(root, sub):
+            claims: dict[int, list[str]] = {}
+            for rel in walk_files(root, sub, bad, (FRAME_SUFFIX, MASK_SUFFIX)):
                 t = time_from_name(rel) if rel.endswith(suffix) else None
                 if t is None:
                     bad.append({"path": rel, "reason": f"file name does not parse as RADyymmddHHMM00{suffix}"})
                     continue
-                prev = found[kind].get(t)
-                if prev is not None:
-                    keep_new = Path(rel) == canon(Path("."), t)
-                    bad.append({"path": prev if keep_new else rel,
-                                "reason": "duplicate time (another file has the same time)"})
-                    if not keep_new:
-                        continue
-                found[kind][t] = rel
+                claims.setdefault(t, []).append(rel)
+            found[kind], dup = resolve_duplicates(
+                claims, same=lambda a, b: filecmp.cmp(root / a, root / b, shallow=False),
+                canonical=lambda t, rel, canon=canon: Path(rel) == canon(Path("."), t))
+            bad += dup
         masks = found["masks"]
         frames = [FrameRef(t, rel, mask_path=masks.get(t)) for t, rel in sorted(found["frames"].items())]
         return Listing(frames, bad)

@@ -11,7 +11,8 @@ What is read
   m s-1, ... (:data:`RAIN_UNITS_TO_MM_H`), taken to dBZ through the Z-R relation (negative rates count
   as 0; a rate of 0 is "valid, no echo", -inf dBZ).
 - Values are decoded by xarray (``scale_factor``, ``add_offset``); NaN, ``_FillValue`` and
-  ``missing_value`` mean not valid (mask False).
+  ``missing_value`` mean not valid (mask False), and so do values outside ``valid_min``/``valid_max``
+  or ``valid_range`` (given in the packed units, as CF says: compared with the packed values).
 - Dimensions: an optional time dimension, a y and an x dimension (recognised by their coordinate
   variables' ``axis``, ``standard_name`` or name; else the last two, as CF recommends T, Z, Y, X
   order), and any others only of size 1. Anything else is a reason.
@@ -36,6 +37,7 @@ from __future__ import annotations
 
 import functools
 import os
+import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from os import PathLike
@@ -50,7 +52,9 @@ import pyproj
 import xarray as xr
 
 from pipeline.errors import NowcastError
-from pipeline.sources.grid import ZR, FileInfo, Grid, RawFrame, reason_from
+from pipeline.sources.base import one_line
+from pipeline.sources.grid import ZR, FileInfo, Grid, RawFrame
+from pipeline.sources.gridded import GridSource
 
 #: CF standard names of reflectivity.
 REFLECTIVITY_NAMES = ("equivalent_reflectivity_factor",)
@@ -85,8 +89,9 @@ class _Bad(Exception):
 
 
 def is_netcdf(path: str | PathLike) -> bool:
-    """True if ``path`` starts like a NetCDF file: classic (``CDF\\x01``, ``\\x02``, ``\\x05``) or an HDF5
-    file that is not ODIM_H5 (NetCDF-4 files are HDF5). A cheap check for format detection; never raises."""
+    r"""True if ``path`` is a NetCDF file: classic (``CDF\x01``, ``\x02``, ``\x05``), or NetCDF-4 (an HDF5
+    file with netCDF-4's marks: the ``_NCProperties`` attribute or dimension scales at the root, and
+    not ODIM_H5). A cheap check for format detection; never raises."""
     try:
         with open(path, "rb") as f:
             magic = f.read(4)
@@ -97,7 +102,10 @@ def is_netcdf(path: str | PathLike) -> bool:
         with h5py.File(path, "r") as f:
             conventions = f.attrs.get("Conventions", b"")
             conventions = conventions.decode("ascii", "replace") if isinstance(conventions, bytes) else str(conventions)
-            return not conventions.startswith("ODIM_H5") and not ("what" in f and "object" in f["what"].attrs)
+            if conventions.startswith("ODIM_H5") or ("what" in f and "object" in f["what"].attrs):
+                return False
+            return "_NCProperties" in f.attrs or any(
+                isinstance(item, h5py.Dataset) and item.attrs.get("CLASS") == b"DIMENSION_SCALE" for item in f.values())
     except Exception:
         return False
 
@@ -121,7 +129,7 @@ def scan_file(path: str | PathLike, variable: str | None = None) -> FileInfo:
     except _Bad as exc:
         return FileInfo.bad(str(exc))
     except Exception as exc:
-        return FileInfo.bad(f"unreadable NetCDF file: {reason_from(exc)}")
+        return FileInfo.bad(f"unreadable NetCDF file: {one_line(exc)}")
 
 
 def read_frames(path: str | PathLike, indices: list[int] | None = None, *, variable: str | None = None,
@@ -150,7 +158,7 @@ def read_frames(path: str | PathLike, indices: list[int] | None = None, *, varia
     except _Bad as exc:
         reason = str(exc)
     except Exception as exc:
-        reason = f"unreadable NetCDF file: {reason_from(exc)}"
+        reason = f"unreadable NetCDF file: {one_line(exc)}"
     return [RawFrame.bad(reason) for _ in (indices if indices is not None else [0])]
 
 
@@ -245,6 +253,7 @@ class _Layout:
             raise _Bad(f"variable {self.name} has dimensions {var.dims}: only time, y, x (and others of size 1) "
                        f"are allowed, not {', '.join(big)}")
         self.grid, self.flip_y, self.flip_x = _grid(ds, var, self.y_dim, self.x_dim)
+        self.valid_min, self.valid_max = _valid_limits(var)
 
     def read(self, ds: xr.Dataset, index: int, zr: ZR) -> RawFrame:
         """Frame ``index`` as dBZ + mask (a bad frame for an index out of range)."""
@@ -257,12 +266,16 @@ class _Layout:
         try:
             value = np.asarray(var.isel(select).transpose(self.y_dim, self.x_dim).values, dtype=np.float64)
         except Exception as exc:
-            return RawFrame.bad(f"cannot read {self.name}[{index}]: {reason_from(exc)}", self.times_s[index], self.name)
+            return RawFrame.bad(f"cannot read {self.name}[{index}]: {one_line(exc)}", self.times_s[index], self.name)
         if self.flip_y:
             value = value[::-1]
         if self.flip_x:
             value = value[:, ::-1]
         valid = np.isfinite(value)
+        if self.valid_min is not None:
+            valid &= value >= self.valid_min
+        if self.valid_max is not None:
+            valid &= value <= self.valid_max
         with np.errstate(divide="ignore", invalid="ignore"):
             if self.kind.kind == "dbz":
                 dbz = value
@@ -272,6 +285,20 @@ class _Layout:
                 dbz = zr.rain_to_dbz(np.maximum(value * self.kind.to_mm_h, 0.0))
         dbz = np.where(valid, dbz, np.nan).astype(np.float32)
         return RawFrame(int(self.times_s[index]), np.ascontiguousarray(dbz), valid, self.grid, self.name)
+
+
+def _valid_limits(var: xr.DataArray) -> tuple[float | None, float | None]:
+    """(lowest, highest) valid decoded value from ``valid_range`` or ``valid_min``/``valid_max`` (None: no
+    limit). CF gives them in the packed units: they are unpacked with the variable's scale and offset."""
+    attrs = var.attrs
+    if "valid_range" in attrs:
+        limits = [float(v) for v in np.ravel(attrs["valid_range"])[:2]]
+    else:
+        limits = [float(np.ravel(attrs[k])[0]) if k in attrs else None for k in ("valid_min", "valid_max")]
+    scale = float(var.encoding.get("scale_factor", 1.0))
+    offset = float(var.encoding.get("add_offset", 0.0))
+    lo, hi = (None if v is None else v * scale + offset for v in limits)
+    return (hi, lo) if scale < 0 else (lo, hi)
 
 
 def _choose_variable(ds: xr.Dataset, variable: str | None) -> tuple[str, _Kind]:
@@ -319,7 +346,7 @@ def _times(ds: xr.Dataset, var: xr.DataArray) -> tuple[str | None, np.ndarray]:
         times_s = decode_times_s(time_var.values, time_var.attrs["units"], time_var.attrs.get("calendar", "standard"))
     except Exception as exc:
         raise _Bad(f"cannot decode {time_var.name} ({time_var.attrs.get('units')!r}, calendar "
-                   f"{time_var.attrs.get('calendar', 'standard')!r}): {reason_from(exc)}") from exc
+                   f"{time_var.attrs.get('calendar', 'standard')!r}): {one_line(exc)}") from exc
     if times_s.size > 1 and not np.all(np.diff(times_s) > 0):
         i = int(np.argmin(np.diff(times_s) > 0))
         raise _Bad(f"time is not strictly increasing: {_iso(times_s[i])} is followed by {_iso(times_s[i + 1])}")
@@ -366,7 +393,7 @@ def _grid_mapping_crs(ds: xr.Dataset, var: xr.DataArray, x_var: xr.DataArray) ->
         try:
             return _crs_from_cf(_hashable(dict(ds[name].attrs)))
         except Exception as exc:
-            raise _Bad(f"cannot read the projection of grid mapping {name}: {reason_from(exc)}") from exc
+            raise _Bad(f"cannot read the projection of grid mapping {name}: {one_line(exc)}") from exc
     standard_name = str(x_var.attrs.get("standard_name", ""))
     units = _normalise_units(x_var.attrs.get("units", ""))
     if standard_name == "longitude" or units.startswith("degree"):
@@ -466,7 +493,9 @@ def write_forecast(path: str | PathLike, rain_mm_h: np.ndarray, grid: Grid, issu
         valid &= np.broadcast_to(np.asarray(mask, dtype=bool), rain_mm_h.shape)
     if (path.exists() or path.is_symlink()) and not overwrite:
         raise NowcastError(f"{path} exists: remove it or choose another output path")
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)  # a new file, no symlink
+    os.close(fd)
+    tmp = Path(tmp_name)
     try:
         _write(tmp, np.where(valid, rain_mm_h, FILL_VALUE).astype(np.float32), grid, int(issue_time_s),
                lead_times_s, attrs or {})
@@ -533,3 +562,22 @@ def _write(path: Path, rain_mm_h: np.ndarray, grid: Grid, issue_time_s: int, lea
             precip.coordinates = coordinates
         precip.set_auto_mask(False)
         precip[:] = rain_mm_h
+
+
+class NetcdfSource(GridSource):
+    """Archives of CF-NetCDF files holding a 2-D reflectivity or rain-rate field, one or more times per
+    file, any folder layout; options: ``variable``, crop, block, Z-R relation (see
+    :class:`~pipeline.sources.gridded.GridSource`)."""
+
+    name = "netcdf"
+    title = "CF-NetCDF"
+    hint = "a CF-NetCDF archive (NetCDF files with a reflectivity or rain-rate variable)"
+
+    def claims(self, root: Path, rel: str) -> bool:
+        return is_netcdf(Path(root) / rel)
+
+    def scan(self, path: Path, variable: str | None) -> FileInfo:
+        return scan_file(path, variable=variable)
+
+    def read_raw(self, path: Path, indices: list[int]) -> list[RawFrame]:
+        return read_frames(path, indices, variable=self.variable, zr=self.zr)

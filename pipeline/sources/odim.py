@@ -27,13 +27,16 @@ from __future__ import annotations
 import functools
 from datetime import datetime, timezone
 from os import PathLike
+from pathlib import Path
 from typing import Any
 
 import h5py
 import numpy as np
 import pyproj
 
-from pipeline.sources.grid import ZR, FileInfo, Grid, RawFrame, reason_from
+from pipeline.sources.base import one_line
+from pipeline.sources.grid import ZR, FileInfo, Grid, RawFrame
+from pipeline.sources.gridded import GridSource
 
 #: Quantities that can be read, in the default order of preference.
 QUANTITIES = ("DBZH", "TH", "RATE", "ACRR")
@@ -43,6 +46,10 @@ DBZ_QUANTITIES = ("DBZH", "TH")
 CARTESIAN_OBJECTS = ("COMP", "IMAGE")
 #: How far (pixels) the corner coordinates may disagree with xsize * xscale.
 CORNER_TOLERANCE_PX = 1.0
+#: The attributes read (h5py reads each attribute for ~0.1 ms: the others are left alone).
+_TOP_WHAT_KEYS = ("object", "date", "time")
+_WHAT_KEYS = ("quantity", "gain", "offset", "nodata", "undetect", "startdate", "starttime", "enddate", "endtime")
+_WHERE_KEYS = ("projdef", "xsize", "ysize", "xscale", "yscale", "LL_lon", "LL_lat", "UR_lon", "UR_lat")
 
 
 class _Bad(Exception):
@@ -81,7 +88,7 @@ def scan_file(path: str | PathLike, quantity: str | None = None) -> FileInfo:
     except _Bad as exc:
         return FileInfo.bad(str(exc))
     except Exception as exc:
-        return FileInfo.bad(f"unreadable ODIM_H5 file: {reason_from(exc)}")
+        return FileInfo.bad(f"unreadable ODIM_H5 file: {one_line(exc)}")
 
 
 def read_frame(path: str | PathLike, index: int = 0, *, quantity: str | None = None, zr: ZR = ZR()) -> RawFrame:
@@ -105,13 +112,13 @@ def read_frame(path: str | PathLike, index: int = 0, *, quantity: str | None = N
         with h5py.File(path, "r") as f:
             product = _Product(f, quantity)
             try:
-                raw = np.asarray(product.data[()], dtype=np.float64)
+                raw = np.asarray(product.data[()])
             except Exception as exc:
-                raise _Bad(f"cannot read {product.data.name}: {reason_from(exc)}") from exc
+                raise _Bad(f"cannot read {product.data.name}: {one_line(exc)}") from exc
     except _Bad as exc:
         return RawFrame.bad(str(exc))
     except Exception as exc:
-        return RawFrame.bad(f"unreadable ODIM_H5 file: {reason_from(exc)}")
+        return RawFrame.bad(f"unreadable ODIM_H5 file: {one_line(exc)}")
     dbz, mask = product.to_dbz(raw, zr)
     return RawFrame(product.time_s, dbz, mask, product.grid, product.quantity)
 
@@ -153,14 +160,15 @@ class _Product:
     def __init__(self, f: h5py.File, quantity: str | None):
         if quantity is not None and quantity not in QUANTITIES:
             raise _Bad(f"quantity {quantity!r} cannot be ingested; use one of {', '.join(QUANTITIES)}")
-        top_what = _attrs(f, "what")
+        cache: dict = {}  # attributes of each group, read once (h5py attribute reads cost ~0.1 ms each)
+        top_what = _attrs(f, "what", cache, _TOP_WHAT_KEYS)
         obj = _text(top_what.get("object", b""))
         if obj not in CARTESIAN_OBJECTS:
             raise _Bad(f"what/object is {obj or 'missing'!r}: only 2-D Cartesian products "
                        f"({', '.join(CARTESIAN_OBJECTS)}) can be ingested")
         self.time_s = _datetime_s(top_what, "date", "time", "what")
-        dataset, data, self.quantity = _choose(f, quantity)
-        self.what = {**_attrs(dataset, "what"), **_attrs(data, "what")}
+        dataset, data, self.quantity = _choose(f, quantity, cache)
+        self.what = {**_attrs(dataset, "what", cache, _WHAT_KEYS), **_attrs(data, "what", cache, _WHAT_KEYS)}
         if "data" not in data or not isinstance(data["data"], h5py.Dataset):
             raise _Bad(f"{data.name} holds no 'data' array")
         self.data = data["data"]
@@ -168,14 +176,27 @@ class _Product:
             raise _Bad(f"{self.data.name} has shape {self.data.shape}: a 2-D Cartesian image is needed")
         if not np.issubdtype(self.data.dtype, np.number):
             raise _Bad(f"{self.data.name} holds {self.data.dtype}, not numbers")
-        self.grid = _grid(f, dataset)
+        self.grid = _grid(f, dataset, cache)
         if tuple(self.data.shape) != self.grid.shape:
             raise _Bad(f"{self.data.name} is {self.data.shape[0]}x{self.data.shape[1]} but where/ysize x xsize "
                        f"says {self.grid.shape[0]}x{self.grid.shape[1]}")
         self.period_h = _accumulation_h(self.what) if self.quantity == "ACRR" else None
 
     def to_dbz(self, raw: np.ndarray, zr: ZR) -> tuple[np.ndarray, np.ndarray]:
-        """Raw values -> (dBZ float32 (H, W) with NaN = not valid and -inf = no echo, mask bool (H, W))."""
+        """Raw values -> (dBZ float32 (H, W) with NaN = not valid and -inf = no echo, mask bool (H, W)).
+
+        Integer images of up to 16 bits (the usual ODIM storage) go through a table of every raw level,
+        computed with the same arithmetic: the same result at a fraction of the per-pixel cost."""
+        raw = np.asarray(raw)
+        if raw.dtype.kind in "ui" and raw.dtype.itemsize <= 2 and raw.size > 4 * 2 ** (8 * raw.dtype.itemsize):
+            info = np.iinfo(raw.dtype)
+            levels = np.arange(info.min, info.max + 1, dtype=np.int64)
+            dbz_table, valid_table = self._to_dbz(levels.astype(np.float64), zr)
+            index = raw.astype(np.int64) - info.min if info.min else raw
+            return dbz_table[index], valid_table[index]
+        return self._to_dbz(raw.astype(np.float64), zr)
+
+    def _to_dbz(self, raw: np.ndarray, zr: ZR) -> tuple[np.ndarray, np.ndarray]:
         value, valid, undetected = scale(raw, _number(self.what, "gain", 1.0), _number(self.what, "offset", 0.0),
                                          _number(self.what, "nodata", None), _number(self.what, "undetect", None))
         if self.quantity in DBZ_QUANTITIES:
@@ -187,13 +208,13 @@ class _Product:
         return dbz.astype(np.float32), valid
 
 
-def _choose(f: h5py.File, quantity: str | None) -> tuple[h5py.Group, h5py.Group, str]:
+def _choose(f: h5py.File, quantity: str | None, cache: dict) -> tuple[h5py.Group, h5py.Group, str]:
     """(datasetN, dataM, quantity) of the quantity to read."""
     found: list[tuple[h5py.Group, h5py.Group, str]] = []
     for dataset in _numbered(f, "dataset"):
-        dataset_quantity = _text(_attrs(dataset, "what").get("quantity", b""))
+        dataset_quantity = _text(_attrs(dataset, "what", cache, _WHAT_KEYS).get("quantity", b""))
         for data in _numbered(dataset, "data"):
-            q = _text(_attrs(data, "what").get("quantity", b"")) or dataset_quantity
+            q = _text(_attrs(data, "what", cache, _WHAT_KEYS).get("quantity", b"")) or dataset_quantity
             found.append((dataset, data, q))
     wanted = (quantity,) if quantity else QUANTITIES
     for q in wanted:
@@ -214,9 +235,9 @@ def _numbered(group: h5py.Group, prefix: str) -> list[h5py.Group]:
     return [item for _, item in sorted(items, key=lambda pair: pair[0])]
 
 
-def _grid(f: h5py.File, dataset: h5py.Group) -> Grid:
+def _grid(f: h5py.File, dataset: h5py.Group, cache: dict) -> Grid:
     """The grid from ``/where`` (overridden by ``datasetN/where``)."""
-    where = {**_attrs(f, "where"), **_attrs(dataset, "where")}
+    where = {**_attrs(f, "where", cache, _WHERE_KEYS), **_attrs(dataset, "where", cache, _WHERE_KEYS)}
     projdef = _text(where.get("projdef", b""))
     if not projdef:
         raise _Bad("where/projdef is missing: cannot place the grid")
@@ -233,7 +254,7 @@ def _grid_from_where(projdef: str, width: int, height: int, x_step: float | None
     try:
         crs = pyproj.CRS.from_proj4(projdef) if projdef.lstrip().startswith("+") else pyproj.CRS(projdef)
     except pyproj.exceptions.CRSError as exc:
-        raise _Bad(f"where/projdef {projdef!r} is not a projection: {reason_from(exc)}") from exc
+        raise _Bad(f"where/projdef {projdef!r} is not a projection: {one_line(exc)}") from exc
     if width < 1 or height < 1:
         raise _Bad(f"where/xsize, ysize = {width}, {height}: need positive sizes")
     to_xy = pyproj.Transformer.from_crs("OGC:CRS84", crs, always_xy=True)
@@ -269,10 +290,23 @@ def _datetime_s(what: dict[str, Any], date_key: str, time_key: str, where: str) 
     return int(when.timestamp())
 
 
-def _attrs(group: h5py.Group, name: str) -> dict[str, Any]:
-    """The attributes of ``group[name]`` as a dict ({} when there is no such group)."""
+def _attrs(group: h5py.Group, name: str, cache: dict | None = None, keys: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """The attributes of ``group[name]`` as a dict ({} when there is no such group): all of them, or
+    those of ``keys`` that exist; ``cache`` keeps them by path for the next call (with the same keys)."""
+    key = f"{group.name}/{name}"
+    if cache is not None and key in cache:
+        return cache[key]
     item = group.get(name)
-    return dict(item.attrs) if isinstance(item, h5py.Group) else {}
+    if not isinstance(item, h5py.Group):
+        attrs = {}
+    elif keys is None:
+        attrs = dict(item.attrs)
+    else:
+        manager = item.attrs
+        attrs = {k: manager[k] for k in keys if k in manager}
+    if cache is not None:
+        cache[key] = attrs
+    return attrs
 
 
 def _text(value: Any) -> str:
@@ -299,3 +333,23 @@ def _required(attrs: dict[str, Any], key: str) -> float:
     if value is None:
         raise _Bad(f"where/{key} is missing: cannot place the grid")
     return value
+
+
+class OdimSource(GridSource):
+    """Archives of ODIM_H5 Cartesian products (``COMP``/``IMAGE``), any folder layout, one nominal time
+    per file; options: ``variable`` (the quantity, :data:`QUANTITIES`), crop, block, Z-R relation
+    (see :class:`~pipeline.sources.gridded.GridSource`)."""
+
+    name = "odim"
+    title = "ODIM_H5"
+    hint = "an ODIM_H5 archive (HDF5 files with what/object COMP or IMAGE)"
+    variable_label = "quantity"
+
+    def claims(self, root: Path, rel: str) -> bool:
+        return is_odim(Path(root) / rel)
+
+    def scan(self, path: Path, variable: str | None) -> FileInfo:
+        return scan_file(path, quantity=variable)
+
+    def read_raw(self, path: Path, indices: list[int]) -> list[RawFrame]:
+        return [read_frame(path, index, quantity=self.variable, zr=self.zr) for index in indices]

@@ -4,11 +4,7 @@ from __future__ import annotations
 import io
 import json
 import os
-import signal
-import subprocess
-import sys
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +16,8 @@ from pipeline import store as st
 from pipeline.catalog import INTERVAL_S
 from pipeline.errors import NowcastError
 from pipeline.sources import hko7
+from tests.pipeline._ingest_helpers import kill_after_units, slow_ingest_script, tree_bytes
 
-REPO = Path(__file__).resolve().parents[2]
 IV = INTERVAL_S
 T0_S = int(np.datetime64("2015-06-01T00:00:00", "s").astype(np.int64))  # as in conftest
 
@@ -183,21 +179,7 @@ def test_unaligned_concurrent_writes_lose_data_aligned_do_not(tmp_path):
     assert (aligned[:8] == 1).all() and (aligned[8:] == 9).all()
 
 
-def _tree_bytes(root: Path) -> dict:
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
-
-
-KILL_SCRIPT = """
-import sys, time
-import pipeline.ingest as ing
-from pipeline.sources.hko7 import Hko7Source
-real = Hko7Source._read
-def slow(*a):
-    time.sleep(0.04)
-    return real(*a)
-Hko7Source._read = slow
-ing.ingest(ing.IngestConfig(sys.argv[1], sys.argv[2], workers=0, chunk_frames=1, shard_frames=4), progress=False)
-"""
+KILL_SCRIPT = slow_ingest_script("pipeline.sources.hko7:Hko7Source._read", 0.04)
 
 
 def test_kill_and_resume_is_byte_identical(hand_archive, tmp_path):
@@ -205,28 +187,16 @@ def test_kill_and_resume_is_byte_identical(hand_archive, tmp_path):
     hko7.frame_path(arch.root, T0_S + 30 * IV).write_bytes(b"corrupt")  # bad files are resumed too
     ref = run(arch.root, tmp_path / "ref.zarr", chunk_frames=1, shard_frames=4)
     store = tmp_path / "killed.zarr"
-    proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(arch.root), str(store)], cwd=REPO,
-                            start_new_session=True, env={**os.environ, "PYTHONPATH": str(REPO)})
-    units_dir = store / "_ingest" / "units"
-    deadline = time.monotonic() + 60
-    try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            if units_dir.is_dir() and len(list(units_dir.glob("u*"))) >= 4:
-                break
-            time.sleep(0.02)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    n_done = len(list(units_dir.glob("u*")))
+    n_done = kill_after_units(KILL_SCRIPT, [arch.root, store], store, 4)
     assert 4 <= n_done < 16, "the kill must land mid-run"
     with pytest.raises(NowcastError, match="did not finish"):
         st.open_store(store)
     res = run(arch.root, store, chunk_frames=1, shard_frames=4)
     assert res.n_units_skipped >= n_done and res.n_units_written == 16 - res.n_units_skipped
     assert res.n_bad == ref.n_bad == 1
-    assert _tree_bytes(store) == _tree_bytes(tmp_path / "ref.zarr")
+    assert tree_bytes(store) == tree_bytes(tmp_path / "ref.zarr")
     again = run(arch.root, store, chunk_frames=1, shard_frames=4)  # idempotent: nothing to redo
-    assert again.n_units_written == 0 and _tree_bytes(store) == _tree_bytes(tmp_path / "ref.zarr")
+    assert again.n_units_written == 0 and tree_bytes(store) == tree_bytes(tmp_path / "ref.zarr")
 
 
 def test_grown_archive_appends(hand_archive, archive_tools, tmp_path):
@@ -275,7 +245,7 @@ def test_ingest_on_a_real_dask_scheduler(hand_archive, tmp_path):
     assert_store_matches(tmp_path / "s.zarr", arch)
     local = run(arch.root, tmp_path / "serial.zarr", chunk_frames=1, shard_frames=4)
     assert local.n_frames == 59
-    assert _tree_bytes(tmp_path / "s.zarr") == _tree_bytes(tmp_path / "serial.zarr")
+    assert tree_bytes(tmp_path / "s.zarr") == tree_bytes(tmp_path / "serial.zarr")
 
 
 @pytest.mark.slow

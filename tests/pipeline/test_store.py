@@ -9,6 +9,7 @@ import pytest
 from pipeline import ingest as ing
 from pipeline import store as st
 from pipeline.errors import NowcastError
+from pipeline.times import iso_utc
 
 IV = 360
 
@@ -93,11 +94,11 @@ def test_layout_validation():
     assert st.StoreLayout(chunk_frames=1, shard_frames=120).unit_frames == 120
 
 
-def _zarr_array(path, data, chunk, shard, compressor, level=1, write_empty=True):
+def _zarr_array(path, data, chunk, shard, compressor, level=1, write_empty=True, checksum=True):
     """A (T, H, W) zarr v3 array holding ``data`` with the store's codecs, written shard by shard."""
     import zarr
 
-    layout = st.StoreLayout(chunk, shard, compressor, level)
+    layout = st.StoreLayout(chunk, shard, compressor, level, checksum)
     kw = st._frame_array_kwargs(layout, *data.shape[1:])
     arr = zarr.create_array(str(path), shape=data.shape, dtype=data.dtype, fill_value=0, **kw)
     arr = arr.with_config({"write_empty_chunks": write_empty})
@@ -110,30 +111,35 @@ def _zarr_array(path, data, chunk, shard, compressor, level=1, write_empty=True)
 @pytest.mark.parametrize("chunk, shard, compressor", [(1, 4, "zstd"), (2, 6, "zstd"), (5, 10, "blosc-lz4"),
                                                       (3, 9, "none"), (4, 8, "blosc-zstd")])
 @pytest.mark.parametrize("dtype", ["uint8", "bool"])
-def test_shard_file_reader_matches_zarr(tmp_path, chunk, shard, compressor, dtype):
+@pytest.mark.parametrize("checksum", [True, False])
+def test_shard_file_reader_matches_zarr(tmp_path, chunk, shard, compressor, dtype, checksum):
     """The direct shard-file reader returns exactly what zarr returns, for every row range, including
-    chunks never written (all fill value), a shard file that is missing and a partial last shard."""
+    an all-fill chunk and a partial last shard; unlike zarr, a chunk or shard file that is missing is
+    damage (ChunkDamage with its rows), not the fill value."""
     rng = np.random.default_rng(3)
     n = 2 * shard + chunk + 1  # a partial last shard and a partial last chunk
     data = rng.integers(0, 256, (n, 6, 5)).astype(np.uint8)
     if dtype == "bool":
         data = data > 100
-    data[chunk:2 * chunk] = 0  # an all-fill chunk: not stored when write_empty_chunks is False
-    arr = _zarr_array(tmp_path / "a.zarr", data, chunk, shard, compressor, write_empty=False)
+    data[chunk:2 * chunk] = 0  # an all-fill chunk (written: ingest writes every chunk)
+    arr = _zarr_array(tmp_path / "a.zarr", data, chunk, shard, compressor, checksum=checksum)
     reader = st.ShardFileReader.for_array(arr)
-    assert reader is not None
+    assert reader is not None and reader.checksum == checksum == st.has_checksums(arr)
     ranges = [(lo, hi) for lo in range(0, n, 1) for hi in (lo, lo + 1, lo + chunk + 1, n) if hi <= n]
     for lo, hi in ranges:
         out = np.empty((hi - lo, 6, 5), dtype=data.dtype)
         reader.read(lo, hi, out)
         np.testing.assert_array_equal(out, arr[lo:hi])
         np.testing.assert_array_equal(out, data[lo:hi])
+    unwritten = _zarr_array(tmp_path / "b.zarr", data, chunk, shard, compressor, write_empty=False)
+    with pytest.raises(st.ChunkDamage, match="missing") as info:  # the all-fill chunk was never written
+        st.ShardFileReader.for_array(unwritten).read(0, n, np.empty((n, 6, 5), dtype=data.dtype))
+    assert (info.value.lo, info.value.hi) == (chunk, 2 * chunk)
     import shutil
-    shutil.rmtree(tmp_path / "a.zarr" / "c" / "1")  # shard 1 missing -> fill value, as zarr reads it
-    out = np.empty((n, 6, 5), dtype=data.dtype)
-    reader.read(0, n, out)
-    np.testing.assert_array_equal(out, arr[:])
-    assert not out[shard:2 * shard].any()
+    shutil.rmtree(tmp_path / "a.zarr" / "c" / "1")  # shard 1 missing: damage naming its rows
+    with pytest.raises(st.ChunkDamage, match="shard file a.zarr/c/1/0/0 is missing") as info:
+        reader.read(0, n, np.empty((n, 6, 5), dtype=data.dtype))
+    assert (info.value.lo, info.value.hi) == (shard, 2 * shard)
     with pytest.raises(ValueError):
         reader.read(0, n + 1, np.empty((n + 1, 6, 5), dtype=data.dtype))
 
@@ -204,9 +210,8 @@ def test_infer_interval_s_is_the_most_common_step():
     assert st.infer_interval_s(np.array([7])) == st.INTERVAL_S == 360  # no step: the HKO-7 cadence
 
 
-def test_shard_reader_checks_the_index_crc_and_store_reader_logs_the_fallback(small_store, tmp_path, caplog):
-    """A damaged shard index fails the crc32c check; StoreReader then reads through zarr and says so."""
-    import logging
+def test_shard_reader_checks_the_index_crc_and_store_reader_names_the_frames(small_store, tmp_path):
+    """A damaged shard index fails the crc32c check; StoreReader turns it into an error naming the frames."""
     import shutil
 
     path, arch = small_store
@@ -214,16 +219,16 @@ def test_shard_reader_checks_the_index_crc_and_store_reader_logs_the_fallback(sm
     shutil.copytree(path, copy)
     g = st.open_store(copy)
     reader = st.ShardFileReader.for_array(g[st.FRAMES])
-    shard = reader._shard_path(0)
+    shard = reader.shard_path(0)
     data = bytearray(shard.read_bytes())
     data[-5] ^= 0xFF  # a bit of the index (the last 4 bytes are its crc32c)
     shard.write_bytes(bytes(data))
-    with pytest.raises(ValueError, match="checksum"):
+    with pytest.raises(st.ChunkDamage, match="index checksum"):
         reader.read(0, 2, np.empty((2, 64, 64), np.uint8))
-    store_reader = st.StoreReader(g)
-    with caplog.at_level(logging.WARNING, logger="nowcast.store"), pytest.raises(Exception):
-        store_reader.read(arch.times_s()[:2])  # zarr reports the damage too
-    assert "reading through zarr" in caplog.text and "checksum" in caplog.text
+    t = arch.times_s()
+    with pytest.raises(NowcastError, match=f"damaged at frames 0-5 .{iso_utc(t[0])} to {iso_utc(t[5])}., array "
+                                           "frames: .*index checksum.*info --verify"):
+        st.StoreReader(g).read(t[:2])
 
 
 def test_store_reader_logs_when_the_layout_is_not_the_fast_one(tmp_path, caplog):

@@ -9,8 +9,8 @@ import pyproj
 import pytest
 
 from pipeline.errors import NowcastError
-from pipeline.sources.grid import (ZR, Grid, RawFrame, block_average_dbz, block_frame, crop_frame, fit_frame,
-                                   infer_cadence)
+from pipeline.sources.grid import ZR, Grid, RawFrame, block_average_dbz, block_frame, crop_frame, fit_frame
+from pipeline.store import infer_cadence
 from tests.pipeline.sources._files import LAEA, STERE
 from trajgru import units
 

@@ -130,3 +130,128 @@ def test_mask_cache_reuses_only_identical_bytes():
         cache.decode(da, (3, 5))
 
 
+
+
+# --------------------------------------------------------------------------- issue 10, items 7 and 8
+
+def png_bomb(width: int, height: int) -> bytes:
+    """A valid 8-bit grayscale PNG of width x height black pixels, compressed row by row (it never
+    exists uncompressed in memory): ~1 KB per 1,000,000 pixels."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    packer = zlib.compressobj(9)
+    row = bytes(width + 1)  # filter byte 0 + the row
+    idat = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+
+
+def zlib_bomb(n_bytes: int) -> bytes:
+    """zlib data that inflates to ``n_bytes`` zero bytes (~1 KB per MB)."""
+    import zlib
+
+    packer = zlib.compressobj(9)
+    block = bytes(1 << 20)
+    return b"".join(packer.compress(block) for _ in range(n_bytes >> 20)) + packer.flush()
+
+
+BOMB_SCRIPT = """
+import resource, sys
+from pipeline.sources import hko7
+data = open(sys.argv[2], "rb").read()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+try:
+    if sys.argv[1] == "mask":
+        hko7.decode_mask(data, (64, 64))
+    else:
+        hko7.decode_frame(data, None if sys.argv[1] == "png-any" else (64, 64))
+    print("decoded")
+except hko7.FrameDecodeError as exc:
+    print("refused:", exc)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)  # MiB
+"""
+
+
+@pytest.mark.parametrize("kind", ["mask", "png", "png-any"])
+def test_decompression_bombs_are_refused_without_inflating(kind, tmp_path):
+    """A 200 MB mask in a 200 KB file and a 13000 x 13000 PNG in ~170 KB: refused, and the peak memory of
+    the process that reads them grows by less than 32 MiB."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    data = zlib_bomb(200 << 20) if kind == "mask" else png_bomb(13_000, 13_000)
+    assert len(data) < 400_000
+    path = tmp_path / "bomb"
+    path.write_bytes(data)
+    repo = Path(__file__).resolve().parents[3]
+    out = subprocess.run([sys.executable, "-c", BOMB_SCRIPT, kind, str(path)], capture_output=True, text=True,
+                         cwd=repo, env={"PYTHONPATH": str(repo), "PATH": "/usr/bin:/bin"}, timeout=120)
+    lines = out.stdout.strip().splitlines()
+    assert out.returncode == 0, out.stderr
+    assert lines[0].startswith("refused:"), lines
+    assert ("more than 64x64" if kind == "mask" else "image size (13000, 13000)") in lines[0]
+    assert int(lines[1]) < 32, f"{lines[1]} MiB more memory while refusing the bomb"
+
+
+def test_mask_decoding_needs_the_whole_stream():
+    import zlib
+
+    mask = np.ones((8, 8), bool)
+    data = hko7.encode_mask(mask)
+    with pytest.raises(hko7.FrameDecodeError, match="truncated"):
+        hko7.decode_mask(data[:-3], (8, 8))  # the zlib trailer is cut off
+    with pytest.raises(hko7.FrameDecodeError, match="holds 32 values"):
+        hko7.decode_mask(zlib.compress(bytes(32)), (8, 8))
+
+
+def test_a_jpeg_named_png_is_not_a_frame():
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((64, 64), np.uint8), mode="L").save(buf, format="JPEG")
+    with pytest.raises(hko7.FrameDecodeError, match="not a PNG"):
+        hko7.decode_frame(buf.getvalue(), (64, 64))
+
+
+def test_unicode_digits_are_not_a_time():
+    assert hko7.time_from_name("RAD150601000600.png") == T0_S + INTERVAL_S
+    for name in ("RAD１５0601000600.png", "RAD١٥٠٦٠١٠٠٠٦٠٠.png", "RAD15060100060\u0660.png"):
+        assert hko7.time_from_name(name) is None, name
+
+
+def test_listing_reports_folders_and_chooses_duplicates_deterministically(hand_archive):
+    """A folder named like a frame is reported; two files for one time with neither at the canonical
+    path: identical -> the smaller path is used, different -> neither (both reported); the same choice
+    whatever order the files were created in."""
+    arch = hand_archive(6)
+    root, ts = arch.root, arch.times_s()
+    folder = hko7.frame_path(root, ts[5]).with_name("RAD150601003600.png")  # a folder, no file for its time
+    folder.mkdir()
+    (folder / "inside.txt").write_text("x")
+    choices = []
+    for order in (("a", "b"), ("b", "a")):
+        for k in (1, 2):
+            hko7.frame_path(root, ts[k]).unlink(missing_ok=True)
+            for sub in order:
+                path = root / "radarPNG" / "2015" / "06" / sub / (hko7.file_stem(ts[k]) + ".png")
+                path.parent.mkdir(parents=True, exist_ok=True)
+                same = k == 1 or sub == "a"
+                path.write_bytes(hko7.encode_frame(arch.frames[ts[k]] if same else 255 - arch.frames[ts[k]]))
+        listing = Hko7Source().list_frames(root)
+        bad = {b["path"]: b["reason"] for b in listing.bad}
+        choices.append(([(f.time_s, f.path) for f in listing.frames], sorted(bad.items())))
+    assert choices[0] == choices[1]
+    frames, bad = dict(choices[0][0]), dict(choices[0][1])
+    assert "a folder named like a frame file" in bad["radarPNG/2015/06/01/RAD150601003600.png"]
+    stem1, stem2 = hko7.file_stem(ts[1]), hko7.file_stem(ts[2])
+    assert frames[int(ts[1])] == f"radarPNG/2015/06/a/{stem1}.png"
+    assert bad[f"radarPNG/2015/06/b/{stem1}.png"].endswith(f"radarPNG/2015/06/a/{stem1}.png is used")
+    assert int(ts[2]) not in frames
+    assert "differ" in bad[f"radarPNG/2015/06/a/{stem2}.png"] and "differ" in bad[f"radarPNG/2015/06/b/{stem2}.png"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import warnings
 
+import h5py
 import netCDF4
 import numpy as np
 import pyproj
@@ -305,6 +306,9 @@ def test_is_netcdf(tmp_path):
     (tmp_path / "t.txt").write_text("x")
     assert not netcdf.is_netcdf(tmp_path / "t.txt")
     assert not netcdf.is_netcdf(tmp_path / "missing.nc")
+    with h5py.File(tmp_path / "plain.h5", "w") as f:  # HDF5, but neither netCDF-4 nor ODIM_H5
+        f["x"] = np.zeros(3)
+    assert not netcdf.is_netcdf(tmp_path / "plain.h5")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -381,3 +385,21 @@ def test_forecast_writer_refuses_to_replace_and_checks_shapes(tmp_path):
     with pytest.raises(ValueError, match="must be"):
         netcdf.write_forecast(tmp_path / "g.nc", rain[:, :-1], grid, T0_S, lead_s)
     assert not (tmp_path / "g.nc").exists()
+
+
+def test_values_outside_the_valid_range_are_masked(tmp_path):
+    """valid_min/valid_max on a float variable, and valid_range in packed units on a packed one."""
+    values = np.array([[[-40.0, -10.0, 20.0, 70.0, 95.0, np.nan]] * 2])
+    grid = GridSpec(shape=(2, 6))
+    path = write_cf(tmp_path / "f.nc", CfSpec(values, np.array([0.0]), grid=grid))
+    with netCDF4.Dataset(path, "a") as nc:
+        nc["reflectivity"].valid_min = np.float32(-32.0)
+        nc["reflectivity"].valid_max = np.float32(80.0)
+    frame = netcdf.read_frame(path)
+    np.testing.assert_array_equal(frame.mask[0], [False, True, True, True, False, False])
+    packed = write_cf(tmp_path / "p.nc", CfSpec(values, np.array([0.0]), grid=grid, packed=(0.5, 0.0)))
+    with netCDF4.Dataset(packed, "a") as nc:
+        nc["reflectivity"].valid_range = np.array([-64, 160], dtype=np.int16)  # -32 .. 80 dBZ packed
+    frame = netcdf.read_frame(packed)
+    np.testing.assert_array_equal(frame.mask[0], [False, True, True, True, False, False])
+    np.testing.assert_allclose(frame.dbz[0, 1:4], [-10.0, 20.0, 70.0])

@@ -338,3 +338,26 @@ def test_scale_reference_loop():
                 assert valid[i, j] and undetected[i, j]
             else:
                 assert valid[i, j] and not undetected[i, j] and value[i, j] == ref[i][j]
+
+
+@pytest.mark.parametrize("quantity, dtype, gain, offset, nodata, undetect", [
+    ("DBZH", np.uint8, 0.5, -32.0, 255.0, 0.0), ("RATE", np.uint16, 0.01, 0.0, 65535.0, 0.0),
+    ("TH", np.int16, 0.01, 0.0, -32768.0, -32767.0)])
+def test_integer_images_through_the_level_table_equal_the_pixelwise_scaling(tmp_path, quantity, dtype, gain, offset,
+                                                                             nodata, undetect):
+    """Large integer images are scaled through a table of every raw level: the same values, NaN, -inf
+    and mask as scaling each pixel."""
+    info = np.iinfo(dtype)
+    rng = np.random.default_rng(5)
+    raw = rng.integers(info.min, info.max, size=(600, 600), endpoint=True).astype(dtype)
+    raw[0, :10] = nodata
+    raw[1, :10] = undetect
+    path = write_odim(tmp_path / "big.h5", [OdimData(quantity, raw[:H, :W], gain=gain, offset=offset, nodata=nodata,
+                                                     undetect=undetect)])
+    with h5py.File(path) as f:
+        product = odim._Product(f, quantity)
+        table_dbz, table_valid = product.to_dbz(raw, ZR(200.0, 1.6))
+        pixel_dbz, pixel_valid = product._to_dbz(raw.astype(np.float64), ZR(200.0, 1.6))
+    np.testing.assert_array_equal(table_valid, pixel_valid)
+    np.testing.assert_array_equal(table_dbz, pixel_dbz)  # NaN and -inf in the same places too
+    assert table_dbz.dtype == np.float32 and not table_valid[0, :10].any() and np.isneginf(table_dbz[1, :10]).all()
