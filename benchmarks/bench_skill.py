@@ -105,9 +105,12 @@ def markdown_table(results: dict) -> str:
     thresholds = list(next(iter(results["rows"].values()))["csi"])
     head = ["model", *[f"CSI ≥{t}" for t in thresholds], *[f"HSS ≥{t}" for t in thresholds], "B-MSE", "B-MAE"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    def number(value, digits: int) -> str:
+        return "–" if value is None else f"{value:.{digits}f}"   # None: undefined (no event at that threshold)
+
     for name, row in results["rows"].items():
-        cells = [name, *[f"{row['csi'][t]:.3f}" for t in thresholds], *[f"{row['hss'][t]:.3f}" for t in thresholds],
-                 f"{row['b_mse']:.1f}", f"{row['b_mae']:.1f}"]
+        cells = [name, *[number(row["csi"][t], 3) for t in thresholds], *[number(row["hss"][t], 3) for t in thresholds],
+                 number(row["b_mse"], 1), number(row["b_mae"], 1)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -149,6 +152,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=2, help="Ray Train workers per model")
     p.add_argument("--gpu", action="store_true", help="one GPU per Ray Train worker")
     p.add_argument("--config", type=Path, default=None, help="YAML/JSON of training overrides for every model")
+    p.add_argument("--reuse-baselines", action="store_true",
+                   help="keep the baselines' scores from WORKDIR/evaluations when they were made on this store")
     return p.parse_args(argv)
 
 
@@ -180,8 +185,11 @@ def main(argv=None) -> None:
 
     def evaluate(label: str, uri: str) -> None:
         out_json = work / "evaluations" / f"{label.replace(' ', '-')}.json"
-        minutes[f"evaluate {label}"] = nowcast(["evaluate", str(store), "--model", uri, "--split", "test",
-                                                "--batch-size", "16", "--out-json", str(out_json)], log, env) / 60
+        if label in BASELINES and args.reuse_baselines and _scored_on(out_json, store):
+            print(f"{label}: scores reused from {out_json}", flush=True)
+        else:
+            minutes[f"evaluate {label}"] = nowcast(["evaluate", str(store), "--model", uri, "--split", "test",
+                                                    "--batch-size", "16", "--out-json", str(out_json)], log, env) / 60
         results["rows"][label] = summary_row(json.loads(out_json.read_text())) | {"model_uri": uri}
         write_results(results, args.out)   # after every row: an interrupted benchmark keeps what it measured
 
@@ -214,6 +222,19 @@ def write_results(results: dict, out: Path) -> None:
     (out / "skill.json").write_text(json.dumps(results, indent=1) + "\n")
     (out / "skill.md").write_text(markdown_table(results) + "\n")
     plot(results, out / "skill_csi_vs_lead.png")
+
+
+def _scored_on(evaluation_json: Path, store: Path) -> bool:
+    """True when ``evaluation_json`` (of ``nowcast evaluate``) scored the test split of ``store`` as it is now
+    (same path and the same number of frames)."""
+    if not evaluation_json.is_file():
+        return False
+    sys.path.insert(0, str(REPO))
+    from pipeline.store import Store
+
+    scored = json.loads(evaluation_json.read_text())
+    return (scored.get("split") == "test" and scored.get("store", {}).get("path") == str(store)
+            and scored["store"].get("n_frames") == Store.open(store).describe().get("frames"))
 
 
 def _archive_matches(archive: Path, args) -> bool:

@@ -19,7 +19,12 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from bench_skill import markdown_table  # noqa: E402
+from bench_skill import markdown_table, plot  # noqa: E402
+
+#: The GPU runs of skill_sweep.py shown in the full table and plot (TrajGRU and ConvGRU as long as the
+#: deadline allowed, then the three cells at equal steps).
+GPU_ROWS = ("trajgru_graph", "convgru_graph", "trajgru_2k", "convgru_2k", "convlstm_2k")
+GPU_PLOT = RESULTS / "skill_gpu_csi_vs_lead.png"
 
 
 def _load(name: str) -> dict | None:
@@ -75,10 +80,46 @@ def skill_gpu() -> str | None:
     return None if runs is None or first is None else _sweep_table(runs, first["baselines"])
 
 
+def gpu_results() -> dict | None:
+    """skill_sweep.py's second GPU run as bench_skill results (rows: GPU_ROWS, then the two baselines)."""
+    runs, first = _load("skill_sweep_h200_run2.json"), _load("skill_sweep_h200_run1.json")
+    if runs is None or first is None:
+        return None
+    interval_s = 360   # the synthetic archive's cadence
+    rows = {f"{name} ({runs[name]['steps']} steps)": runs[name]["test_best"] | {"interval_s": interval_s}
+            for name in GPU_ROWS}
+    baselines = first["baselines"]
+    rows["persistence"] = baselines["persistence_test"] | {"interval_s": interval_s}
+    rows["optical-flow"] = baselines["optical_flow_test"] | {"interval_s": interval_s}
+    return {"archive": {"days": 120, "size": 96, "seed": 7}, "rows": rows}
+
+
+def skill_gpu_full() -> str | None:
+    """Every threshold, HSS, B-MSE and B-MAE of the GPU runs (the table format of bench_skill.py)."""
+    results = gpu_results()
+    return None if results is None else markdown_table(results)
+
+
 def skill_sweep1() -> str | None:
     """The first GPU run of skill_sweep.py: schedules, augmentation and widths (short runs)."""
     first = _load("skill_sweep_h200_run1.json")
     return None if first is None else _sweep_table(first, first["baselines"])
+
+
+def demo() -> str | None:
+    """``nowcast demo``'s ``demo_results.json`` (copied to benchmarks/results/): minutes per stage and the table."""
+    results = _load("demo_results.json")
+    if results is None:
+        return None
+    minutes = results["minutes"]
+    stages = ", ".join(f"{stage} {value:.1f}" for stage, value in minutes.items())
+    return "\n".join([
+        f"`{results['command']}` ({results['settings']['days']} days of {results['settings']['size_px']} px, "
+        f"{results['steps']} training steps): **{sum(minutes.values()):.1f} min** in all (minutes per stage: {stages}); "
+        f"test split, {results['n_clips']} clips, means over the 20 lead times:",
+        "",
+        markdown_table(results),
+    ])
 
 
 def gpu_bench() -> str | None:
@@ -104,7 +145,7 @@ def gpu_bench() -> str | None:
     return "\n".join(rows)
 
 
-BLOCKS = {"skill-pipeline": skill_pipeline, "skill-gpu": skill_gpu, "skill-sweep1": skill_sweep1, "gpu-bench": gpu_bench}
+BLOCKS = {"demo": demo, "skill-pipeline": skill_pipeline, "skill-gpu-full": skill_gpu_full, "skill-gpu": skill_gpu, "skill-sweep1": skill_sweep1, "gpu-bench": gpu_bench}
 
 
 def render(text: str) -> str:
@@ -131,6 +172,9 @@ def main(argv=None) -> int:
             return 1
         return 0
     args.readme.write_text(new)
+    results = gpu_results()
+    if results is not None:
+        plot(results, GPU_PLOT)
     return 0
 
 

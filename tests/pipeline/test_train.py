@@ -330,7 +330,7 @@ def test_two_worker_run_logs_to_mlflow_server_and_registers(reference_run, serve
     version = client.get_model_version("nowcast-test", "1")
     assert version.tags["best_step"] == str(best) and float(version.tags[BEST_METRIC]) == pytest.approx(
         [m.value for m in client.get_metric_history(res.run_id, CHAMPION_METRIC) if m.step == best][0])
-    assert _same_weights(f.model.state_dict(), _weights(Path(res.checkpoint_path) / "best"))
+    assert _same_weights(f.module.state_dict(), _weights(Path(res.checkpoint_path) / "best"))
 
 
 @pytest.mark.slow
