@@ -219,7 +219,7 @@ def test_logs_to_mlflow_new_run_and_model_run(store, tmp_path):
     assert arts == {f"evaluation/test/{res.json_path.name}", f"evaluation/test/{res.plot_path.name}"}
 
     # a checkpoint that names its training run: the evaluation is logged there
-    exp = client.create_experiment("train")
+    exp = client.create_experiment("train", artifact_location=(tmp_path / "train-artifacts").as_uri())
     train_run = client.create_run(exp, run_name="train-run").info.run_id
     client.set_terminated(train_run)
     ckpt = _checkpoint(tmp_path, SIZE, run_id=train_run)
