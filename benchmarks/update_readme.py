@@ -154,8 +154,8 @@ def render(text: str) -> str:
         body = fn()
         if body is None:
             continue
-        pattern = re.compile(rf"(<!-- BEGIN {re.escape(name)} -->\n).*?(\n<!-- END {re.escape(name)} -->)", re.S)
-        text = pattern.sub(lambda m, b=body: m.group(1) + b + m.group(2), text)
+        pattern = re.compile(rf"(<!-- BEGIN {re.escape(name)} -->\n)(?:.*?\n)?(<!-- END {re.escape(name)} -->)", re.S)
+        text = pattern.sub(lambda m, b=body: m.group(1) + b + "\n" + m.group(2), text)
     return text
 
 
