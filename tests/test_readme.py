@@ -46,6 +46,8 @@ def test_demo_block_renders_demo_results(tmp_path, monkeypatch):
     assert "old" not in out and "**5.1 min** in all" in out and "| nowcast-tiny (400 steps) | 0.300 |" in out
     assert out.startswith("a\n<!-- BEGIN demo -->\n`nowcast demo` (12 days of 96 px, 400 training steps)")
     assert out.endswith("\n<!-- END demo -->\nb")
+    empty = "a\n<!-- BEGIN demo -->\n<!-- END demo -->\nb"   # a new block is filled too
+    assert update_readme.render(empty) == out and update_readme.render(out) == out
 
 
 @pytest.mark.parametrize("split, path_ok, frames_ok, expected", [
