@@ -42,11 +42,15 @@ def skill_pipeline() -> str | None:
     minutes = results["minutes"]
     train_min = sum(v for k, v in minutes.items() if k.startswith("train"))
     steps = results["steps"] or "the recipe's"
+    kept = [stage for stage, key in (("the archive", "synth"), *((f"the {b} scores", f"evaluate {b}") for b in
+                                                               ("persistence", "optical-flow")))
+            if key not in minutes]
+    reused = f" ({', '.join(kept)} kept from an earlier run of the same command)" if kept else ""
     return "\n".join([
         f"`{results['command'].strip()}` — {results['archive']['days']} days of {results['archive']['size']} px, "
         f"seed {results['archive']['seed']}; `{results['preset']}` preset and recipe, {steps} steps per model, "
         f"{results['workers']} Ray Train workers; {hardware}, torch {m['torch']}; "
-        f"{train_min:.0f} min of training in all, {sum(minutes.values()):.0f} min end to end. "
+        f"{train_min:.0f} min of training in all, {sum(minutes.values()):.0f} min for the stages that ran{reused}. "
         f"Test split, means over the 20 lead times:",
         "",
         markdown_table(results),
