@@ -190,7 +190,29 @@ class _Snapshot:
                     v.copy_(saved[k])
 
 
-class CapturedTrainStep:
+class _GraphReplay:
+    """What CapturedTrainStep and CapturedForecaster share: capture once, or fall back to eager
+    calls with the reason in ``fallback_reason`` (set by the subclass's ``__init__``)."""
+
+    graph: "torch.cuda.CUDAGraph | None"
+    fallback_reason: str | None
+    device: torch.device
+
+    def _capture_or_run_eagerly(self, warmup: int) -> None:
+        try:
+            self._capture(warmup)
+        except Exception as exc:  # capture unsupported by some op: run eagerly instead
+            self.graph = None
+            self.fallback_reason = f"capture failed: {type(exc).__name__}: {exc}"
+            warnings.warn(f"{type(self).__name__} runs eagerly: {self.fallback_reason}", stacklevel=3)
+            torch.cuda.synchronize(self.device)
+
+    @property
+    def graphed(self) -> bool:
+        return self.graph is not None
+
+
+class CapturedTrainStep(_GraphReplay):
     """A whole training step replayed as one CUDA graph (eager where graphs are unavailable).
 
     ``loss = loss_fn(model(batch[0]).float(), *batch[1:])``, then backward, then the global
@@ -243,17 +265,7 @@ class CapturedTrainStep:
         if self.fallback_reason is None and not all(g.get("fused") for g in optimizer.param_groups):
             self.fallback_reason = "the optimizer is not fused Adam (use trajgru.fast.fused_adam)"
         if self.fallback_reason is None:
-            try:
-                self._capture(warmup)
-            except Exception as exc:  # capture unsupported by some op: run eagerly instead
-                self.graph = None
-                self.fallback_reason = f"capture failed: {type(exc).__name__}: {exc}"
-                warnings.warn(f"CapturedTrainStep runs eagerly: {self.fallback_reason}", stacklevel=2)
-                torch.cuda.synchronize(self.device)
-
-    @property
-    def graphed(self) -> bool:
-        return self.graph is not None
+            self._capture_or_run_eagerly(warmup)
 
     # -- the step body, shared by warm-up, capture and the eager fallback
     def _forward_backward(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -344,7 +356,7 @@ class CapturedTrainStep:
         return loss, norm
 
 
-class CapturedForecaster:
+class CapturedForecaster(_GraphReplay):
     """``model(inputs)`` without gradients, replayed as one CUDA graph (eager elsewhere).
 
     Parameters
@@ -370,17 +382,7 @@ class CapturedForecaster:
         params = list(model.parameters())
         self.fallback_reason = "use_graph=False" if not use_graph else _graphs_possible([self.static_inputs, *params])
         if self.fallback_reason is None:
-            try:
-                self._capture(warmup)
-            except Exception as exc:
-                self.graph = None
-                self.fallback_reason = f"capture failed: {type(exc).__name__}: {exc}"
-                warnings.warn(f"CapturedForecaster runs eagerly: {self.fallback_reason}", stacklevel=2)
-                torch.cuda.synchronize(self.device)
-
-    @property
-    def graphed(self) -> bool:
-        return self.graph is not None
+            self._capture_or_run_eagerly(warmup)
 
     def _run(self, inputs: torch.Tensor) -> torch.Tensor:
         with torch.no_grad(), _autocast(self.device, self.autocast_dtype):
