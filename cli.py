@@ -4,12 +4,13 @@ Each command parses its options, builds the stage's config dataclass, calls the 
 function in `pipeline` and prints the result. No logic of its own; heavy imports
 (ray, mlflow, dask, zarr, torch) happen inside the commands so `nowcast --help` is instant.
 """
+
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Callable, Optional
 
 import typer
 
@@ -43,7 +44,7 @@ class _Command(typer.core.TyperCommand):
             value = _METAVARS.get(bare, bare.upper())
             if param.param_type_name == "argument":
                 param.metavar = param.metavar or param.name.upper()
-                param.display_type_rich = lambda ctx, value=value: value   # Typer's own ignores metavar
+                param.display_type_rich = lambda ctx, value=value: value  # Typer's own ignores metavar
             elif param.metavar is None:
                 param.metavar = value
         return params
@@ -53,8 +54,11 @@ def command(**kwargs):
     """``app.command`` with the help of :class:`_Command`."""
     return app.command(cls=_Command, **kwargs)
 
+
 TRACKING_HELP = "MLflow tracking URI (server URL or sqlite:///file.db). Default: sqlite:///<cwd>/mlflow.db."
-RAY_HELP = "Address of an existing Ray cluster (e.g. ray://head:10001 or head:6379). Default: start a local one."
+RAY_HELP = (
+    "Address of an existing Ray cluster (e.g. ray://head:10001 or head:6379). Default: start a local one."
+)
 
 
 def _package_version() -> str:
@@ -148,12 +152,14 @@ def _print_table(rows: list[tuple[str, object]], title: str) -> None:
 def synth(
     out_dir: Path = typer.Argument(..., help="Folder to write the archive into (HKO-7 layout)."),
     days: int = typer.Option(4, help="Number of days to simulate."),
-    frames_per_day: int = typer.Option(240, help="Frames per day at the 6-minute cadence (240 = a full day)."),
+    frames_per_day: int = typer.Option(
+        240, help="Frames per day at the 6-minute cadence (240 = a full day)."
+    ),
     size: int = typer.Option(480, help="Image size in pixels (square)."),
     start: str = typer.Option("2015-06-01", help="First day, YYYY-MM-DD (UTC)."),
     seed: int = typer.Option(0, help="Random seed (same seed, same bytes)."),
     missing_rate: float = typer.Option(0.01, help="Fraction of frames randomly missing."),
-    workers: Optional[int] = typer.Option(None, help="Processes to use (default: all cores)."),
+    workers: int | None = typer.Option(None, help="Processes to use (default: all cores)."),
 ) -> None:
     """Write a synthetic radar archive in the HKO-7 layout (PNG frames, zlib masks, day lists).
 
@@ -161,39 +167,72 @@ def synth(
     """
     from pipeline.synth import SynthConfig, synth_archive
 
-    cfg = _run(SynthConfig,
-        out_dir=out_dir, start=start, days=days, frames_per_day=frames_per_day, size_px=size,
-        seed=seed, missing_frame_rate=missing_rate, workers=workers,
+    cfg = _run(
+        SynthConfig,
+        out_dir=out_dir,
+        start=start,
+        days=days,
+        frames_per_day=frames_per_day,
+        size_px=size,
+        seed=seed,
+        missing_frame_rate=missing_rate,
+        workers=workers,
     )
     result = _run(synth_archive, cfg)
-    typer.echo(f"wrote {result.n_frames} frames over {result.n_days} days to {result.out_dir} in {result.seconds:.1f} s")
+    typer.echo(
+        f"wrote {result.n_frames} frames over {result.n_days} days to {result.out_dir} in {result.seconds:.1f} s"
+    )
 
 
 @command()
 def ingest(
-    archive: Path = typer.Argument(..., help="Archive root: an HKO-7 layout (radarPNG/ + radarPNG_mask/), or a "
-                                   "folder tree of ODIM_H5 or CF-NetCDF files."),
+    archive: Path = typer.Argument(
+        ...,
+        help="Archive root: an HKO-7 layout (radarPNG/ + radarPNG_mask/), or a "
+        "folder tree of ODIM_H5 or CF-NetCDF files.",
+    ),
     store: Path = typer.Argument(..., help="Zarr store to create or extend (e.g. data/hko7.zarr)."),
-    fmt: Optional[str] = typer.Option(None, "--format", help="Archive format: hko7 | odim | netcdf. "
-                                      "Default: detected from the files (an archive mixing formats is an error)."),
-    scheduler: Optional[str] = typer.Option(
-        None, help="Address of an existing Dask scheduler (tcp://host:8786; default: $DASK_SCHEDULER_ADDRESS, "
-        "else a local cluster)."
+    fmt: str | None = typer.Option(
+        None,
+        "--format",
+        help="Archive format: hko7 | odim | netcdf. "
+        "Default: detected from the files (an archive mixing formats is an error).",
     ),
-    workers: Optional[int] = typer.Option(None, help="Local Dask worker processes (default: all cores, or the "
-                                          "$DASK_SCHEDULER_ADDRESS cluster; 0: ingest in this process, without Dask)."),
-    split: Optional[list[str]] = typer.Option(
-        None, "--split", help="NAME=DAYLIST_FILE or NAME=START..END (repeat per split). Default: the archive's "
-        "<split>_days.txt files, else the last 10% of days for test and 10% before them for valid."
+    scheduler: str | None = typer.Option(
+        None,
+        help="Address of an existing Dask scheduler (tcp://host:8786; default: $DASK_SCHEDULER_ADDRESS, "
+        "else a local cluster).",
     ),
-    crop: Optional[str] = typer.Option(None, help="ODIM/NetCDF: keep pixels x0,y0,x1,y1 of the source grid "
-                                       "(columns x0..x1-1, rows y0..y1-1 from the top-left)."),
-    block: Optional[int] = typer.Option(None, help="ODIM/NetCDF: average N x N pixels into one (in rain rate, "
-                                        "over valid pixels), after --crop."),
-    zr: Optional[str] = typer.Option(None, help="ODIM/NetCDF: Z-R relation Z = A*R^B as A,B for rain-rate "
-                                     "quantities and block averages (default: HKO-7's 58.53,1.56)."),
-    variable: Optional[str] = typer.Option(None, help="ODIM quantity (DBZH | TH | RATE | ACRR) or NetCDF variable "
-                                           "to read (default: reflectivity if present)."),
+    workers: int | None = typer.Option(
+        None,
+        help="Local Dask worker processes (default: all cores, or the "
+        "$DASK_SCHEDULER_ADDRESS cluster; 0: ingest in this process, without Dask).",
+    ),
+    split: list[str] | None = typer.Option(
+        None,
+        "--split",
+        help="NAME=DAYLIST_FILE or NAME=START..END (repeat per split). Default: the archive's "
+        "<split>_days.txt files, else the last 10% of days for test and 10% before them for valid.",
+    ),
+    crop: str | None = typer.Option(
+        None,
+        help="ODIM/NetCDF: keep pixels x0,y0,x1,y1 of the source grid "
+        "(columns x0..x1-1, rows y0..y1-1 from the top-left).",
+    ),
+    block: int | None = typer.Option(
+        None,
+        help="ODIM/NetCDF: average N x N pixels into one (in rain rate, over valid pixels), after --crop.",
+    ),
+    zr: str | None = typer.Option(
+        None,
+        help="ODIM/NetCDF: Z-R relation Z = A*R^B as A,B for rain-rate "
+        "quantities and block averages (default: HKO-7's 58.53,1.56).",
+    ),
+    variable: str | None = typer.Option(
+        None,
+        help="ODIM quantity (DBZH | TH | RATE | ACRR) or NetCDF variable "
+        "to read (default: reflectivity if present).",
+    ),
 ) -> None:
     """Turn a radar archive into a chunked, compressed Zarr v3 store of frames, masks and clip catalogs.
 
@@ -202,14 +241,26 @@ def ingest(
 
     Example: nowcast ingest archive/ data/store.zarr --scheduler tcp://10.0.0.5:8786
     """
-    from pipeline.catalog import parse_split_option
-    from pipeline.ingest import IngestConfig, ingest as run_ingest
-
     import warnings
 
+    from pipeline.catalog import parse_split_option
+    from pipeline.ingest import IngestConfig
+    from pipeline.ingest import ingest as run_ingest
+
     splits = dict(_run(_parse_splits, parse_split_option, split)) if split else None
-    cfg = _run(IngestConfig, archive=archive, store=store, scheduler=scheduler, workers=workers, splits=splits,
-               source=fmt, crop=crop, block=block, zr=zr, variable=variable)
+    cfg = _run(
+        IngestConfig,
+        archive=archive,
+        store=store,
+        scheduler=scheduler,
+        workers=workers,
+        splits=splits,
+        source=fmt,
+        crop=crop,
+        block=block,
+        zr=zr,
+        variable=variable,
+    )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
         result = _run(run_ingest, cfg)
@@ -228,8 +279,11 @@ def ingest(
 @command()
 def info(
     store: Path = typer.Argument(..., help="A Zarr store written by `nowcast ingest`."),
-    verify: bool = typer.Option(False, "--verify", help="Read and check every chunk of the frames and masks "
-                                "(exit 1 when one is missing or damaged)."),
+    verify: bool = typer.Option(
+        False,
+        "--verify",
+        help="Read and check every chunk of the frames and masks (exit 1 when one is missing or damaged).",
+    ),
 ) -> None:
     """Summarise a store: frames, time span, gaps, splits and clip counts, bad-file counts.
 
@@ -243,16 +297,27 @@ def info(
     if verify:
         from pipeline.progress import track
 
-        result = _run(lambda: handle.verify(lambda items, name: track(items, f"verify {name}", transient=True)))
-        checks = "crc32c checksums" if result["checksums"] else "no checksums (ingested before version 2: only missing or undecodable chunks are found)"
+        result = _run(
+            lambda: handle.verify(lambda items, name: track(items, f"verify {name}", transient=True))
+        )
+        checks = (
+            "crc32c checksums"
+            if result["checksums"]
+            else "no checksums (ingested before version 2: only missing or undecodable chunks are found)"
+        )
         if not result["damaged"]:
             typer.echo(f"verified {result['chunks_checked']} chunks ({checks}): no damage")
             return
         for item in result["damaged"]:
-            typer.echo(f"  {item['array']} frames {item['rows'][0]}-{item['rows'][1]} "
-                       f"({item['times'][0]} to {item['times'][1]}): {item['problem']}")
-        _fail(f"{len(result['damaged'])} damaged range(s) in {store} ({checks}); re-ingest the archive into a new "
-              "store", 1)
+            typer.echo(
+                f"  {item['array']} frames {item['rows'][0]}-{item['rows'][1]} "
+                f"({item['times'][0]} to {item['times'][1]}): {item['problem']}"
+            )
+        _fail(
+            f"{len(result['damaged'])} damaged range(s) in {store} ({checks}); re-ingest the archive into a new "
+            "store",
+            1,
+        )
 
 
 @command()
@@ -261,29 +326,44 @@ def train(
     store: Path = typer.Argument(..., help="Zarr store written by `nowcast ingest`."),
     preset: str = typer.Option("tiny", help="Model preset: hko7 | mnist++ | tiny."),
     cell: str = typer.Option("trajgru", help="Recurrent cell: trajgru | convgru | convlstm."),
-    recipe: Optional[str] = typer.Option(
-        None, help="Training recipe: tiny | hko7 | hko7-paper | mnist++ (default: the preset's; see README)."),
+    recipe: str | None = typer.Option(
+        None, help="Training recipe: tiny | hko7 | hko7-paper | mnist++ (default: the preset's; see README)."
+    ),
     workers: int = typer.Option(2, help="Ray Train workers (data-parallel)."),
     gpu: bool = typer.Option(False, "--gpu", help="One GPU per worker (NCCL, bf16 autocast)."),
     fast_path: bool = typer.Option(
-        True, "--fast-path/--no-fast-path",
-        help="trajgru's fast path: fused kernels + channels-last on a GPU, channels-last on the CPU (same weights)."),
-    steps: Optional[int] = typer.Option(None, help="Training iterations (default: the recipe's; tiny 3000, hko7 100000)."),
-    batch_size: Optional[int] = typer.Option(None, help="Global batch size (default: the recipe's; tiny 16, hko7 4)."),
-    lr: Optional[float] = typer.Option(None, help="Peak Adam learning rate (default: the recipe's; tiny 1e-3, hko7 1e-4)."),
-    checkpoint_every: Optional[int] = typer.Option(None, help="Checkpoint every N steps."),
-    val_every: Optional[int] = typer.Option(None, help="Validate every N steps."),
-    early_stop_patience: Optional[int] = typer.Option(
-        None, help="Stop after N validations without a better score (0: never)."),
-    run_name: Optional[str] = typer.Option(None, help="Ray run name; re-running the same name resumes it."),
-    storage_path: Optional[Path] = typer.Option(None, help="Ray storage for checkpoints (shared on a cluster)."),
-    config: Optional[Path] = typer.Option(None, help="YAML/JSON file of TrainConfig overrides."),
-    register_as: Optional[str] = typer.Option(None, help="Register the model under this name in the MLflow registry."),
+        True,
+        "--fast-path/--no-fast-path",
+        help="trajgru's fast path: fused kernels + channels-last on a GPU, channels-last on the CPU (same weights).",
+    ),
+    steps: int | None = typer.Option(
+        None, help="Training iterations (default: the recipe's; tiny 3000, hko7 100000)."
+    ),
+    batch_size: int | None = typer.Option(
+        None, help="Global batch size (default: the recipe's; tiny 16, hko7 4)."
+    ),
+    lr: float | None = typer.Option(
+        None, help="Peak Adam learning rate (default: the recipe's; tiny 1e-3, hko7 1e-4)."
+    ),
+    checkpoint_every: int | None = typer.Option(None, help="Checkpoint every N steps."),
+    val_every: int | None = typer.Option(None, help="Validate every N steps."),
+    early_stop_patience: int | None = typer.Option(
+        None, help="Stop after N validations without a better score (0: never)."
+    ),
+    run_name: str | None = typer.Option(None, help="Ray run name; re-running the same name resumes it."),
+    storage_path: Path | None = typer.Option(
+        None, help="Ray storage for checkpoints (shared on a cluster)."
+    ),
+    config: Path | None = typer.Option(None, help="YAML/JSON file of TrainConfig overrides."),
+    register_as: str | None = typer.Option(
+        None, help="Register the model under this name in the MLflow registry."
+    ),
     experiment: str = typer.Option("nowcast", help="MLflow experiment name."),
-    force: bool = typer.Option(False, "--force", help="Resume --run-name even on a store other than the one it "
-                               "started on."),
-    tracking_uri: Optional[str] = typer.Option(None, envvar="MLFLOW_TRACKING_URI", help=TRACKING_HELP),
-    ray_address: Optional[str] = typer.Option(None, envvar="RAY_ADDRESS", help=RAY_HELP),
+    force: bool = typer.Option(
+        False, "--force", help="Resume --run-name even on a store other than the one it started on."
+    ),
+    tracking_uri: str | None = typer.Option(None, envvar="MLFLOW_TRACKING_URI", help=TRACKING_HELP),
+    ray_address: str | None = typer.Option(None, envvar="RAY_ADDRESS", help=RAY_HELP),
 ) -> None:
     """Train a nowcasting model with Ray Train (data-parallel), tracked in MLflow.
 
@@ -292,22 +372,45 @@ def train(
 
     Example: nowcast train data/store.zarr --preset tiny --workers 2 --steps 300 --register-as nowcast-tiny
     """
-    from pipeline.train import TrainConfig, load_config_file, train as run_train
+    from pipeline.train import TrainConfig, load_config_file
+    from pipeline.train import train as run_train
 
-    names = {"gpu": "use_gpu"}   # option -> TrainConfig field, where they differ
-    given = {source: {names.get(k, k): v for k, v in ctx.params.items() if k != "config" and _source(ctx, k) == source}
-             for source in ("ENVIRONMENT", "COMMANDLINE")}
-    values = {**given["ENVIRONMENT"], **(_run(load_config_file, config) if config else {}), **given["COMMANDLINE"]}
+    names = {"gpu": "use_gpu"}  # option -> TrainConfig field, where they differ
+    given = {
+        source: {
+            names.get(k, k): v for k, v in ctx.params.items() if k != "config" and _source(ctx, k) == source
+        }
+        for source in ("ENVIRONMENT", "COMMANDLINE")
+    }
+    values = {
+        **given["ENVIRONMENT"],
+        **(_run(load_config_file, config) if config else {}),
+        **given["COMMANDLINE"],
+    }
     cfg = _run(TrainConfig, **values)
     result = _run(run_train, cfg)
-    rows = [("run id", str(result.run_id)),
-            ("final step", f"{result.final_step}{' (stopped early)' if result.stopped_early else ''}"),
-            ("registered weights", f"step {result.best_step} (best validation)" if result.best_step else "last step"),
-            ("checkpoint", str(result.checkpoint_path)), ("model", str(result.model_uri))]
+    rows = [
+        ("run id", str(result.run_id)),
+        ("final step", f"{result.final_step}{' (stopped early)' if result.stopped_early else ''}"),
+        (
+            "registered weights",
+            f"step {result.best_step} (best validation)" if result.best_step else "last step",
+        ),
+        ("checkpoint", str(result.checkpoint_path)),
+        ("model", str(result.model_uri)),
+    ]
     if result.registered_version is not None:
         rows.append(("registered version", f"{register_as or cfg.register_as} v{result.registered_version}"))
-        rows.append(("champion", "yes" if result.promoted else "no (no validation score)" if result.best_step is None
-                     else "no (did not beat the current champion)"))
+        rows.append(
+            (
+                "champion",
+                "yes"
+                if result.promoted
+                else "no (no validation score)"
+                if result.best_step is None
+                else "no (did not beat the current champion)",
+            )
+        )
     _print_table(rows, title="training finished")
 
 
@@ -315,33 +418,53 @@ def train(
 def evaluate(
     store: Path = typer.Argument(..., help="Zarr store written by `nowcast ingest`."),
     model: str = typer.Option(
-        ..., "--model", help="models:/NAME@ALIAS, models:/NAME/VERSION, a checkpoint path, persistence or optical-flow."
+        ...,
+        "--model",
+        help="models:/NAME@ALIAS, models:/NAME/VERSION, a checkpoint path, persistence or optical-flow.",
     ),
     split: str = typer.Option("test", help="Split to score (train | valid | test)."),
     workers: int = typer.Option(0, help="Score in parallel on N Ray workers (0: in this process)."),
     batch_size: int = typer.Option(4, help="Clips per forward pass."),
-    max_clips: Optional[int] = typer.Option(None, help="Score only the first N clips (quick checks)."),
-    out_json: Optional[Path] = typer.Option(
-        None, help="Write the scores as JSON here (and a skill plot beside it). Default: <store>.evaluations/."),
+    max_clips: int | None = typer.Option(None, help="Score only the first N clips (quick checks)."),
+    out_json: Path | None = typer.Option(
+        None,
+        help="Write the scores as JSON here (and a skill plot beside it). Default: <store>.evaluations/.",
+    ),
     no_log: bool = typer.Option(False, "--no-log", help="Do not log the scores to MLflow."),
-    tracking_uri: Optional[str] = typer.Option(
-        None, envvar="MLFLOW_TRACKING_URI", help="MLflow tracking URI to log into. Default: ./mlflow.db if it exists "
-        "(evaluate does not create one)."),
+    tracking_uri: str | None = typer.Option(
+        None,
+        envvar="MLFLOW_TRACKING_URI",
+        help="MLflow tracking URI to log into. Default: ./mlflow.db if it exists "
+        "(evaluate does not create one).",
+    ),
     device: str = typer.Option("auto", help="cpu | cuda | auto (a GPU when one is visible)."),
     fast_path: bool = typer.Option(
-        True, "--fast-path/--no-fast-path",
-        help="trajgru's fast path: fused kernels + channels-last on a GPU, channels-last on the CPU (same weights)."),
-    ray_address: Optional[str] = typer.Option(None, envvar="RAY_ADDRESS", help=RAY_HELP),
+        True,
+        "--fast-path/--no-fast-path",
+        help="trajgru's fast path: fused kernels + channels-last on a GPU, channels-last on the CPU (same weights).",
+    ),
+    ray_address: str | None = typer.Option(None, envvar="RAY_ADDRESS", help=RAY_HELP),
 ) -> None:
     """Score a model (or a baseline) with the HKO-7 fixed protocol: sequential clips, 5 -> 20 frames.
 
     Example: nowcast evaluate data/store.zarr --model models:/nowcast-tiny@champion
     """
-    from pipeline.evaluate import EvaluateConfig, evaluate as run_evaluate
+    from pipeline.evaluate import EvaluateConfig
+    from pipeline.evaluate import evaluate as run_evaluate
 
-    cfg = _run(EvaluateConfig,
-        store=store, model_uri=model, split=split, workers=workers, batch_size=batch_size, max_clips=max_clips,
-        out_json=out_json, log_to_mlflow=not no_log, tracking_uri=tracking_uri, ray_address=ray_address, device=device,
+    cfg = _run(
+        EvaluateConfig,
+        store=store,
+        model_uri=model,
+        split=split,
+        workers=workers,
+        batch_size=batch_size,
+        max_clips=max_clips,
+        out_json=out_json,
+        log_to_mlflow=not no_log,
+        tracking_uri=tracking_uri,
+        ray_address=ray_address,
+        device=device,
         fast_path=fast_path,
     )
     result = _run(run_evaluate, cfg)
@@ -355,29 +478,53 @@ def evaluate(
 
 @command()
 def predict(
-    model: str = typer.Option(..., "--model", help="models:/NAME@ALIAS, models:/NAME/VERSION or a checkpoint path."),
+    model: str = typer.Option(
+        ..., "--model", help="models:/NAME@ALIAS, models:/NAME/VERSION or a checkpoint path."
+    ),
     out_dir: Path = typer.Option(Path("forecast"), help="Folder for the forecast frames and GIF."),
-    store: Optional[Path] = typer.Option(None, help="Take the input frames from this store..."),
-    time: Optional[str] = typer.Option(None, help="...ending at this time (ISO 8601 UTC, e.g. 2015-06-04T12:00)."),
-    inputs: Optional[list[Path]] = typer.Option(None, "--input", help="Or: the input PNG frames (HKO-7 encoding), oldest first; repeat the option."),
-    fmt: str = typer.Option("png", "--format", help="png (frames + GIF), zarr (an array) or netcdf (CF-NetCDF rain "
-                            "rate in mm/h on the store's grid; stores of ODIM/NetCDF archives)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the files of an earlier forecast in --out-dir."),
+    store: Path | None = typer.Option(None, help="Take the input frames from this store..."),
+    time: str | None = typer.Option(
+        None, help="...ending at this time (ISO 8601 UTC, e.g. 2015-06-04T12:00)."
+    ),
+    inputs: list[Path] | None = typer.Option(
+        None, "--input", help="Or: the input PNG frames (HKO-7 encoding), oldest first; repeat the option."
+    ),
+    fmt: str = typer.Option(
+        "png",
+        "--format",
+        help="png (frames + GIF), zarr (an array) or netcdf (CF-NetCDF rain "
+        "rate in mm/h on the store's grid; stores of ODIM/NetCDF archives).",
+    ),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace the files of an earlier forecast in --out-dir."
+    ),
     device: str = typer.Option("auto", help="cpu | cuda | auto (a GPU when one is visible)."),
     fast_path: bool = typer.Option(
-        True, "--fast-path/--no-fast-path",
-        help="trajgru's fast path: fused kernels + channels-last on a GPU, channels-last on the CPU (same weights)."),
-    tracking_uri: Optional[str] = typer.Option(None, envvar="MLFLOW_TRACKING_URI", help=TRACKING_HELP),
+        True,
+        "--fast-path/--no-fast-path",
+        help="trajgru's fast path: fused kernels + channels-last on a GPU, channels-last on the CPU (same weights).",
+    ),
+    tracking_uri: str | None = typer.Option(None, envvar="MLFLOW_TRACKING_URI", help=TRACKING_HELP),
 ) -> None:
     """Forecast the next frames (20 for hko7) from the last input frames (5 for hko7).
 
     Example: nowcast predict --model models:/nowcast-tiny@champion --store data/store.zarr --time 2015-06-04T12:00
     """
-    from pipeline.predict import PredictConfig, predict as run_predict
+    from pipeline.predict import PredictConfig
+    from pipeline.predict import predict as run_predict
 
-    cfg = _run(PredictConfig,
-        model_uri=model, out_dir=out_dir, store=store, time=time, input_pngs=inputs or None, format=fmt,
-        overwrite=overwrite, tracking_uri=tracking_uri, device=device, fast_path=fast_path,
+    cfg = _run(
+        PredictConfig,
+        model_uri=model,
+        out_dir=out_dir,
+        store=store,
+        time=time,
+        input_pngs=inputs or None,
+        format=fmt,
+        overwrite=overwrite,
+        tracking_uri=tracking_uri,
+        device=device,
+        fast_path=fast_path,
     )
     result = _run(run_predict, cfg)
     typer.echo(f"wrote {len(result.paths)} forecast file(s) to {out_dir}")
@@ -390,8 +537,10 @@ def promote(
     name: str = typer.Argument(..., help="Registered model name."),
     model_version: str = typer.Argument(..., metavar="VERSION", help="Version number to point the alias at."),
     alias: str = typer.Option("champion", help="Alias to set."),
-    force: bool = typer.Option(False, "--force", help="Make a version without a validation score champion anyway."),
-    tracking_uri: Optional[str] = typer.Option(None, envvar="MLFLOW_TRACKING_URI", help=TRACKING_HELP),
+    force: bool = typer.Option(
+        False, "--force", help="Make a version without a validation score champion anyway."
+    ),
+    tracking_uri: str | None = typer.Option(None, envvar="MLFLOW_TRACKING_URI", help=TRACKING_HELP),
 ) -> None:
     """Point a registry alias (default: champion) at a model version by hand.
 
@@ -405,11 +554,15 @@ def promote(
 
 @command()
 def demo(
-    workdir: Path = typer.Option(Path("nowcast-demo"), help="Working directory for the archive, store, runs and outputs."),
-    steps: Optional[int] = typer.Option(None, help="Training steps (default sized to finish in minutes on 2 cores)."),
+    workdir: Path = typer.Option(
+        Path("nowcast-demo"), help="Working directory for the archive, store, runs and outputs."
+    ),
+    steps: int | None = typer.Option(
+        None, help="Training steps (default sized to finish in minutes on 2 cores)."
+    ),
     workers: int = typer.Option(2, help="Ray Train workers."),
-    tracking_uri: Optional[str] = typer.Option(None, envvar="MLFLOW_TRACKING_URI", help=TRACKING_HELP),
-    ray_address: Optional[str] = typer.Option(None, envvar="RAY_ADDRESS", help=RAY_HELP),
+    tracking_uri: str | None = typer.Option(None, envvar="MLFLOW_TRACKING_URI", help=TRACKING_HELP),
+    ray_address: str | None = typer.Option(None, envvar="RAY_ADDRESS", help=RAY_HELP),
 ) -> None:
     """Run the whole pipeline on a small synthetic archive: synth, ingest, train (Ray), evaluate vs baselines,
     register as champion (MLflow), forecast GIF. Safe to re-run.
@@ -419,7 +572,14 @@ def demo(
     from pipeline.demo import DemoConfig, run_demo
 
     overrides = {"steps": steps} if steps is not None else {}
-    cfg = _run(DemoConfig, workdir=workdir, workers=workers, tracking_uri=tracking_uri, ray_address=ray_address, **overrides)
+    cfg = _run(
+        DemoConfig,
+        workdir=workdir,
+        workers=workers,
+        tracking_uri=tracking_uri,
+        ray_address=ray_address,
+        **overrides,
+    )
     result = _run(run_demo, cfg)
     typer.echo(result.summary)
 

@@ -11,6 +11,7 @@ with 0, 1 and 2 worker processes (batch 4), item by item with the default collat
 and batched (``ClipDataset.__getitems__`` + ``collate_clips``), and the zarr-only read path.
 ``--loader-only`` skips the layout table.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -73,8 +74,8 @@ def write_store(path: Path, frames, masks, layout: st.StoreLayout) -> None:
     fa, ma = (g[k].with_config({"write_empty_chunks": True}) for k in (st.FRAMES, st.MASKS))  # as the ingest
     unit = layout.unit_frames
     for i0 in range(0, n, unit):  # whole shards / chunks, as the ingest writes them
-        fa[i0:i0 + unit] = frames[i0:i0 + unit]
-        ma[i0:i0 + unit] = masks[i0:i0 + unit]
+        fa[i0 : i0 + unit] = frames[i0 : i0 + unit]
+        ma[i0 : i0 + unit] = masks[i0 : i0 + unit]
     t0 = int(np.datetime64("2015-06-01T00:00:00", "s").astype(np.int64))
     st.write_vector(g, st.TIME, t0 + INTERVAL_S * np.arange(n, dtype=np.int64))
     st.write_vector(g, st.PRESENT, np.ones(n, bool))
@@ -108,15 +109,22 @@ def clip_costs(path: Path, n_clips: int, fast: bool = True) -> dict:
     ds = ClipDataset(Store.open(path), starts)
     ds._reader, ds._pid = reader, os.getpid()
     item_cpu, item_wall = _timed(ds.__getitem__, list(range(len(ds))))
-    return {"read_cpu": read_cpu, "read_wall": read_wall, "item_cpu": item_cpu, "item_wall": item_wall,
-            "fast": reader.uses_fast_path}
+    return {
+        "read_cpu": read_cpu,
+        "read_wall": read_wall,
+        "item_cpu": item_cpu,
+        "item_wall": item_wall,
+        "fast": reader.uses_fast_path,
+    }
 
 
 def _cpu_s_self_and_children() -> float:
     import resource
 
-    return sum(u.ru_utime + u.ru_stime for u in (resource.getrusage(resource.RUSAGE_SELF),
-                                                  resource.getrusage(resource.RUSAGE_CHILDREN)))
+    return sum(
+        u.ru_utime + u.ru_stime
+        for u in (resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN))
+    )
 
 
 class _PerItemDataset:
@@ -132,19 +140,26 @@ class _PerItemDataset:
         return self.ds[i]
 
 
-def dataset_clips_per_s(path: Path, n_clips: int, workers: int, batch_size: int = 4,
-                        batched: bool = True) -> tuple[float, float]:
+def dataset_clips_per_s(
+    path: Path, n_clips: int, workers: int, batch_size: int = 4, batched: bool = True
+) -> tuple[float, float]:
     """-> (clips/s wall incl. worker start-up, CPU ms per clip of this process + its finished workers),
     through a DataLoader (shuffled random starts). batched: ``ClipDataset.__getitems__`` +
     ``collate_clips``; else item by item + the default collation (stacking)."""
     import torch
     from torch.utils.data import DataLoader
 
-
     ds = ClipDataset(Store.open(path), random_starts(path, n_clips, seed=2))
     kw = dict(collate_fn=collate_clips) if batched else {}
-    loader = DataLoader(ds if batched else _PerItemDataset(ds), batch_size=batch_size, num_workers=workers,
-                        shuffle=True, generator=torch.Generator().manual_seed(0), persistent_workers=False, **kw)
+    loader = DataLoader(
+        ds if batched else _PerItemDataset(ds),
+        batch_size=batch_size,
+        num_workers=workers,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(0),
+        persistent_workers=False,
+        **kw,
+    )
     c, t = _cpu_s_self_and_children(), time.perf_counter()
     n = 0
     for x, m in loader:
@@ -157,8 +172,10 @@ def dataset_clips_per_s(path: Path, n_clips: int, workers: int, batch_size: int 
 
 def loader_table(path: Path, n_clips: int, batch_size: int = 4) -> None:
     """DataLoader clips/s, old (per item + default collation) vs new (batched), 0/1/2 workers."""
-    print(f"| DataLoader (batch {batch_size}) | num_workers | clips/s (wall, incl. worker start) "
-          "| CPU ms per clip (all processes) | clips/s per core of CPU |")
+    print(
+        f"| DataLoader (batch {batch_size}) | num_workers | clips/s (wall, incl. worker start) "
+        "| CPU ms per clip (all processes) | clips/s per core of CPU |"
+    )
     print("|---|---|---|---|---|")
     for workers in (0, 1, 2):
         for batched in (False, True):
@@ -177,16 +194,20 @@ def main() -> None:
     args = ap.parse_args()
     frames, masks = radar_frames(args.frames, args.size)
     png_mb = sum(len(hko7.encode_frame(f)) for f in frames[:20]) / 20 * args.frames / 1e6
-    print(f"{args.frames} frames {args.size}x{args.size}; the same frames as PNG: {png_mb:.1f} MB; "
-          f"os.cpu_count()={os.cpu_count()}, load average {os.getloadavg()[0]:.1f}")
+    print(
+        f"{args.frames} frames {args.size}x{args.size}; the same frames as PNG: {png_mb:.1f} MB; "
+        f"os.cpu_count()={os.cpu_count()}, load average {os.getloadavg()[0]:.1f}"
+    )
     tmp = Path(tempfile.mkdtemp(prefix="bench_dataset_"))
     default = st.StoreLayout()
     try:
         if not args.loader_only:
-            print("| chunk frames | shard frames | compressor | files | store MB | write CPU ms/frame "
-                  "| clip read CPU ms (wall) | ClipDataset item CPU ms (wall) | clips/s/core |")
+            print(
+                "| chunk frames | shard frames | compressor | files | store MB | write CPU ms/frame "
+                "| clip read CPU ms (wall) | ClipDataset item CPU ms (wall) | clips/s/core |"
+            )
             print("|---|---|---|---|---|---|---|---|---|")
-        for chunk, shard, comp, level in ([] if args.loader_only else LAYOUTS):
+        for chunk, shard, comp, level in [] if args.loader_only else LAYOUTS:
             layout = st.StoreLayout(chunk, shard, comp, level)
             path = tmp / f"c{chunk}_s{shard}_{comp}{level}.zarr"
             c = time.process_time()
@@ -197,15 +218,19 @@ def main() -> None:
             r = clip_costs(path, args.clips)
             mark = " (default)" if layout == default else ""
             comp_txt = f"{comp} {level}" if comp != "none" else comp
-            print(f"| {chunk} | {shard or '-'} | {comp_txt}{mark} | {files} | {mb:.1f} | {write_ms:.2f} "
-                  f"| {r['read_cpu']:.1f} ({r['read_wall']:.1f}) | {r['item_cpu']:.1f} ({r['item_wall']:.1f}) "
-                  f"| {1e3 / r['item_cpu']:.0f} |" + ("" if r["fast"] else " zarr path"))
+            print(
+                f"| {chunk} | {shard or '-'} | {comp_txt}{mark} | {files} | {mb:.1f} | {write_ms:.2f} "
+                f"| {r['read_cpu']:.1f} ({r['read_wall']:.1f}) | {r['item_cpu']:.1f} ({r['item_wall']:.1f}) "
+                f"| {1e3 / r['item_cpu']:.0f} |" + ("" if r["fast"] else " zarr path")
+            )
         path = tmp / "default.zarr"
         write_store(path, frames, masks, default)
         if not args.loader_only:
             z = clip_costs(path, args.clips, fast=False)
-            print(f"default layout read through zarr only (no shard-file reader): read {z['read_cpu']:.1f} ms CPU "
-                  f"({z['read_wall']:.1f} wall), item {z['item_cpu']:.1f} ms CPU ({z['item_wall']:.1f} wall)")
+            print(
+                f"default layout read through zarr only (no shard-file reader): read {z['read_cpu']:.1f} ms CPU "
+                f"({z['read_wall']:.1f} wall), item {z['item_cpu']:.1f} ms CPU ({z['item_wall']:.1f} wall)"
+            )
         loader_table(path, args.loader_clips)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

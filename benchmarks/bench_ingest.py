@@ -21,6 +21,7 @@ the same frames as ODIM_H5 composites.
    LocalCluster next to the PNG archive's.
 Target: ingest frames/s >= 0.8 x cores x decode rate.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,8 +55,10 @@ def _write_day(args) -> int:
     frames, masks = radar_frames(n, size, seed)
     for i in range(n):
         t = T0_S + (k0 + i) * INTERVAL_S
-        for path, data in ((hko7.frame_path(root, t), hko7.encode_frame(frames[i])),
-                           (hko7.mask_path(root, t), hko7.encode_mask(masks[i]))):
+        for path, data in (
+            (hko7.frame_path(root, t), hko7.encode_frame(frames[i])),
+            (hko7.mask_path(root, t), hko7.encode_mask(masks[i])),
+        ):
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(data)
     return n
@@ -75,13 +78,18 @@ def _write_odim_day(args) -> int:
         t = T0_S + (k0 + i) * INTERVAL_S
         dbz = frames[i].astype(np.float64) * 70.0 / 255.0 - 10.0
         raw = np.clip(np.rint((dbz + 32.0) / 0.5), 1, 254).astype(np.uint8)
-        raw[frames[i] == 0] = 0      # undetect
-        raw[~masks[i]] = 255         # nodata
+        raw[frames[i] == 0] = 0  # undetect
+        raw[~masks[i]] = 255  # nodata
         when = np.datetime64(t, "s").astype(object).strftime("%Y%m%d%H%M%S")
         path = root / when[:8] / f"T_PAAH21_C_EUOC_{when}.h5"
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_odim(path, [OdimData("DBZH", raw, gain=0.5, offset=-32.0, nodata=255.0, undetect=0.0)], grid=grid,
-                   date=when[:8], time=when[8:])
+        write_odim(
+            path,
+            [OdimData("DBZH", raw, gain=0.5, offset=-32.0, nodata=255.0, undetect=0.0)],
+            grid=grid,
+            date=when[:8],
+            time=when[8:],
+        )
     return n
 
 
@@ -116,8 +124,10 @@ def odim_breakdown(root: Path, size: int, n: int = 60) -> str:
     t_scan = _cpu(lambda: [odim.scan_file(p) for p in paths])
     t_data = _cpu(lambda: [h5py.File(p, "r")["dataset1/data1/data"][()] for p in paths])
     t_all = _cpu(lambda: list(source.read_frames(root, refs, (size, size))))
-    return (f"ODIM source, CPU ms per frame: metadata (scan_file) {t_scan / n * 1e3:.2f}, pixel array (h5py + gzip) "
-            f"{t_data / n * 1e3:.2f}, whole read_frames (metadata + array + scaling + encoding) {t_all / n * 1e3:.2f}")
+    return (
+        f"ODIM source, CPU ms per frame: metadata (scan_file) {t_scan / n * 1e3:.2f}, pixel array (h5py + gzip) "
+        f"{t_data / n * 1e3:.2f}, whole read_frames (metadata + array + scaling + encoding) {t_all / n * 1e3:.2f}"
+    )
 
 
 def odim_section(tmp: Path, n_frames: int, size: int, cores: int, png_res) -> None:
@@ -130,14 +140,20 @@ def odim_section(tmp: Path, n_frames: int, size: int, cores: int, png_res) -> No
     res = ing.ingest(ing.IngestConfig(tmp / "odim", tmp / "odim.zarr", workers=cores), progress=False)
     rate = (rate + odim_read_rate(tmp / "odim")) / 2
     ref = rate * cores
-    print(f"h5py pixel-array read, 1 core (wall, mean of before/after the ingest): {rate:.0f} frames/s; "
-          f"x {cores} cores = {ref:.0f} frames/s")
-    print(f"ODIM ingest, LocalCluster of {cores} processes, all stages incl. listing ({n_frames} files scanned), "
-          f"cluster start/stop ({res.cluster_seconds:.1f} s) and catalog: {res.seconds:.1f} s, "
-          f"{res.frames_per_s:.0f} frames/s (PNG archive, same frames: {png_res.frames_per_s:.0f} frames/s)")
-    print(f"ODIM ingest, unit phase only: {res.write_seconds:.1f} s, {res.write_frames_per_s:.0f} frames/s = "
-          f"{res.write_frames_per_s / ref:.0%} of cores x h5py read rate (PNG archive: "
-          f"{png_res.write_frames_per_s:.0f} frames/s)")
+    print(
+        f"h5py pixel-array read, 1 core (wall, mean of before/after the ingest): {rate:.0f} frames/s; "
+        f"x {cores} cores = {ref:.0f} frames/s"
+    )
+    print(
+        f"ODIM ingest, LocalCluster of {cores} processes, all stages incl. listing ({n_frames} files scanned), "
+        f"cluster start/stop ({res.cluster_seconds:.1f} s) and catalog: {res.seconds:.1f} s, "
+        f"{res.frames_per_s:.0f} frames/s (PNG archive, same frames: {png_res.frames_per_s:.0f} frames/s)"
+    )
+    print(
+        f"ODIM ingest, unit phase only: {res.write_seconds:.1f} s, {res.write_frames_per_s:.0f} frames/s = "
+        f"{res.write_frames_per_s / ref:.0%} of cores x h5py read rate (PNG archive: "
+        f"{png_res.write_frames_per_s:.0f} frames/s)"
+    )
     print(task_report(res))
 
 
@@ -171,8 +187,10 @@ def _prepared_store(root: Path, store: Path, compressor: str, level: int):
 
 def per_core_table(root: Path, tmp: Path, n_units: int) -> None:
     """Interleaved CPU timings per unit: PNG decode (reference) vs ingest_unit, per compressor."""
-    print("| compressor | store MB per 1000 frames | ingest CPU ms/frame | PNG decode CPU ms/frame "
-          "| decode / ingest (per-core efficiency) |")
+    print(
+        "| compressor | store MB per 1000 frames | ingest CPU ms/frame | PNG decode CPU ms/frame "
+        "| decode / ingest (per-core efficiency) |"
+    )
     print("|---|---|---|---|---|")
     for comp, level in COMPRESSORS:
         store = tmp / f"unit_{comp}{level}.zarr"
@@ -188,7 +206,9 @@ def per_core_table(root: Path, tmp: Path, n_units: int) -> None:
         mb = sum(p.stat().st_size for p in (store / st.FRAMES).rglob("*") if p.is_file())
         mb += sum(p.stat().st_size for p in (store / st.MASKS).rglob("*") if p.is_file())
         name = f"{comp} {level}" if comp != "none" else comp
-        print(f"| {name} | {mb / n * 1000 / 1e6:.1f} | {unit / n * 1e3:.2f} | {dec / n * 1e3:.2f} | {dec / unit:.0%} |")
+        print(
+            f"| {name} | {mb / n * 1000 / 1e6:.1f} | {unit / n * 1e3:.2f} | {dec / n * 1e3:.2f} | {dec / unit:.0%} |"
+        )
 
 
 def breakdown(root: Path, tmp: Path) -> None:
@@ -197,25 +217,40 @@ def breakdown(root: Path, tmp: Path) -> None:
     i0, slots = plan.unit_slots(0)
     shape = tuple(st.open_store(tmp / "breakdown.zarr", require_complete=False)[st.FRAMES].shape[1:])
     reads = {}
-    t_read = _cpu(lambda: reads.update({ref.path: ((root / ref.path).read_bytes(), (root / ref.mask_path).read_bytes())
-                                        for ref in slots}))
+    t_read = _cpu(
+        lambda: reads.update(
+            {ref.path: ((root / ref.path).read_bytes(), (root / ref.mask_path).read_bytes()) for ref in slots}
+        )
+    )
     frames = np.stack([hko7.decode_frame(b, shape) for b, _ in reads.values()])
     masks = np.stack([hko7.decode_mask(m, shape) for _, m in reads.values()])
     t_png = _cpu(lambda: [hko7.decode_frame(b, shape) for b, _ in reads.values()])
     t_mask = _cpu(lambda: [hko7.decode_mask(m, shape) for _, m in reads.values()])
     g = st.open_store(tmp / "breakdown.zarr", mode="r+", require_complete=False)
     fa, ma = (g[k].with_config({"write_empty_chunks": True}) for k in (st.FRAMES, st.MASKS))
-    t_write = _cpu(lambda: (fa.__setitem__(slice(i0, i0 + len(slots)), frames),
-                            ma.__setitem__(slice(i0, i0 + len(slots)), masks)))
+    t_write = _cpu(
+        lambda: (
+            fa.__setitem__(slice(i0, i0 + len(slots)), frames),
+            ma.__setitem__(slice(i0, i0 + len(slots)), masks),
+        )
+    )
     n = len(slots)
-    parts = {"read files": t_read, "PNG decode": t_png, "mask unzip": t_mask, "zarr compress+write (zstd 1)": t_write}
+    parts = {
+        "read files": t_read,
+        "PNG decode": t_png,
+        "mask unzip": t_mask,
+        "zarr compress+write (zstd 1)": t_write,
+    }
     total = sum(parts.values())
-    print("breakdown of one unit (CPU ms per frame): " + ", ".join(f"{k} {v / n * 1e3:.2f}" for k, v in parts.items())
-          + f"; sum {total / n * 1e3:.2f} -> PNG decode is {t_png / total:.0%} of it "
-          f"(the ceiling for 'ingest / decode rate' with this output)")
+    print(
+        "breakdown of one unit (CPU ms per frame): "
+        + ", ".join(f"{k} {v / n * 1e3:.2f}" for k, v in parts.items())
+        + f"; sum {total / n * 1e3:.2f} -> PNG decode is {t_png / total:.0%} of it "
+        f"(the ceiling for 'ingest / decode rate' with this output)"
+    )
 
 
-def task_report(res: "ing.IngestResult") -> str:
+def task_report(res: ing.IngestResult) -> str:
     """Inside the Dask workers: are the units running in parallel, and at what CPU share?"""
     st_ = res.task_stats
     if not st_:
@@ -225,10 +260,12 @@ def task_report(res: "ing.IngestResult") -> str:
     busy = sum(t["end_s"] - t["start_s"] for t in st_)
     span = max(t["end_s"] for t in st_) - min(t["start_s"] for t in st_)
     pids = Counter(t["pid"] for t in st_)
-    return (f"{len(st_)} unit tasks on {len(pids)} worker process(es) {sorted(pids.values())}: task CPU "
-            f"{cpu / n * 1e3:.2f} ms/frame, task wall {busy / n * 1e3:.2f} ms/frame (CPU/wall in tasks "
-            f"{cpu / busy:.0%}: the rest is waiting for a core or I/O); tasks in flight on average "
-            f"{busy / span:.2f}; first start -> last end {span:.2f} s of a {res.write_seconds:.2f} s unit phase")
+    return (
+        f"{len(st_)} unit tasks on {len(pids)} worker process(es) {sorted(pids.values())}: task CPU "
+        f"{cpu / n * 1e3:.2f} ms/frame, task wall {busy / n * 1e3:.2f} ms/frame (CPU/wall in tasks "
+        f"{cpu / busy:.0%}: the rest is waiting for a core or I/O); tasks in flight on average "
+        f"{busy / span:.2f}; first start -> last end {span:.2f} s of a {res.write_seconds:.2f} s unit phase"
+    )
 
 
 def main() -> None:
@@ -239,15 +276,19 @@ def main() -> None:
     ap.add_argument("--units", type=int, default=4, help="units timed per compressor in the per-core table")
     ap.add_argument("--tmp", default=None, help="scratch folder (default: a temp dir)")
     ap.add_argument("--skip-table", action="store_true", help="skip the per-core table and breakdown")
-    ap.add_argument("--formats", default="hko7,odim", help="hko7 (PNG) always; add odim for the ODIM_H5 section")
+    ap.add_argument(
+        "--formats", default="hko7,odim", help="hko7 (PNG) always; add odim for the ODIM_H5 section"
+    )
     args = ap.parse_args()
     cores = args.workers or os.cpu_count()
     tmp = Path(tempfile.mkdtemp(prefix="bench_ingest_", dir=args.tmp))
     try:
         t = time.perf_counter()
         make_archive(tmp / "archive", args.frames, args.size)
-        print(f"archive: {args.frames} frames {args.size}x{args.size} in {time.perf_counter() - t:.1f} s; "
-              f"os.cpu_count()={os.cpu_count()}, load average {os.getloadavg()[0]:.1f}")
+        print(
+            f"archive: {args.frames} frames {args.size}x{args.size} in {time.perf_counter() - t:.1f} s; "
+            f"os.cpu_count()={os.cpu_count()}, load average {os.getloadavg()[0]:.1f}"
+        )
         if not args.skip_table:
             per_core_table(tmp / "archive", tmp, args.units)
             breakdown(tmp / "archive", tmp)
@@ -256,17 +297,27 @@ def main() -> None:
         rate_after = decode_rate(tmp / "archive")
         rate = (rate + rate_after) / 2
         ref = rate * cores
-        print(f"Pillow decode, 1 core (wall, mean of before/after the ingest): {rate:.0f} frames/s; "
-              f"x {cores} cores = {ref:.0f} frames/s")
-        print(f"ingest, LocalCluster of {cores} processes, all stages incl. cluster start/stop "
-              f"({res.cluster_seconds:.1f} s) and catalog: {res.seconds:.1f} s, {res.frames_per_s:.0f} frames/s "
-              f"= {res.frames_per_s / ref:.0%} of cores x decode rate")
-        print(f"ingest, unit phase only (decode + write, excl. cluster start-up): {res.write_seconds:.1f} s, "
-              f"{res.write_frames_per_s:.0f} frames/s = {res.write_frames_per_s / ref:.0%} of cores x decode rate")
+        print(
+            f"Pillow decode, 1 core (wall, mean of before/after the ingest): {rate:.0f} frames/s; "
+            f"x {cores} cores = {ref:.0f} frames/s"
+        )
+        print(
+            f"ingest, LocalCluster of {cores} processes, all stages incl. cluster start/stop "
+            f"({res.cluster_seconds:.1f} s) and catalog: {res.seconds:.1f} s, {res.frames_per_s:.0f} frames/s "
+            f"= {res.frames_per_s / ref:.0%} of cores x decode rate"
+        )
+        print(
+            f"ingest, unit phase only (decode + write, excl. cluster start-up): {res.write_seconds:.1f} s, "
+            f"{res.write_frames_per_s:.0f} frames/s = {res.write_frames_per_s / ref:.0%} of cores x decode rate"
+        )
         print(task_report(res))
         t = time.perf_counter()
-        again = ing.ingest(ing.IngestConfig(tmp / "archive", tmp / "store.zarr", workers=cores), progress=False)
-        print(f"re-run on the finished store: {time.perf_counter() - t:.1f} s, units written {again.n_units_written}")
+        again = ing.ingest(
+            ing.IngestConfig(tmp / "archive", tmp / "store.zarr", workers=cores), progress=False
+        )
+        print(
+            f"re-run on the finished store: {time.perf_counter() - t:.1f} s, units written {again.n_units_written}"
+        )
         if "odim" in args.formats.split(","):
             odim_section(tmp, args.frames, args.size, cores, res)
     finally:

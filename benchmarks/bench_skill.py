@@ -17,6 +17,7 @@ every model on one plot). ``python benchmarks/update_readme.py`` copies the tabl
     python benchmarks/bench_skill.py --steps 200 --days 12  # a quick look
     python benchmarks/bench_skill.py --workers 4 --gpu     # on a GPU node of a Ray cluster
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,8 +45,9 @@ def nowcast(args: list[str], log: Path, env: dict) -> float:
     with open(log, "a") as out:
         out.write(f"\n$ nowcast {' '.join(args)}\n")
         out.flush()
-        proc = subprocess.run([sys.executable, "-m", "cli", *args], cwd=REPO, env=env, stdout=out,
-                              stderr=subprocess.STDOUT)
+        proc = subprocess.run(
+            [sys.executable, "-m", "cli", *args], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT
+        )
     if proc.returncode:
         tail = "".join(log.read_text().splitlines(keepends=True)[-30:])
         raise SystemExit(f"`nowcast {args[0]}` failed (exit {proc.returncode}); last lines of {log}:\n{tail}")
@@ -57,8 +59,11 @@ def registered_version(tracking_uri: str, name: str, run_name: str) -> int:
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri=tracking_uri)
-    versions = [v for v in client.search_model_versions(f"name = '{name}'")
-                if client.get_run(v.run_id).data.tags.get("nowcast.run_name") == run_name]
+    versions = [
+        v
+        for v in client.search_model_versions(f"name = '{name}'")
+        if client.get_run(v.run_id).data.tags.get("nowcast.run_name") == run_name
+    ]
     if not versions:
         raise SystemExit(f"no registered version of {name} comes from run {run_name}")
     return max(int(v.version) for v in versions)
@@ -68,11 +73,18 @@ def machine() -> dict:
     """Where the benchmark ran."""
     import torch
 
-    info = {"python": platform.python_version(), "torch": torch.__version__, "cpu_cores": os.cpu_count(),
-            "cpu": platform.processor() or platform.machine()}
+    info = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu_cores": os.cpu_count(),
+        "cpu": platform.processor() or platform.machine(),
+    }
     try:
-        model = [ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                 if ln.startswith("model name")]
+        model = [
+            ln.split(":", 1)[1].strip()
+            for ln in Path("/proc/cpuinfo").read_text().splitlines()
+            if ln.startswith("model name")
+        ]
         info["cpu"] = model[0] if model else info["cpu"]
     except OSError:
         pass
@@ -105,12 +117,18 @@ def markdown_table(results: dict) -> str:
     thresholds = list(next(iter(results["rows"].values()))["csi"])
     head = ["model", *[f"CSI ≥{t}" for t in thresholds], *[f"HSS ≥{t}" for t in thresholds], "B-MSE", "B-MAE"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
     def number(value, digits: int) -> str:
-        return "–" if value is None else f"{value:.{digits}f}"   # None: undefined (no event at that threshold)
+        return "–" if value is None else f"{value:.{digits}f}"  # None: undefined (no event at that threshold)
 
     for name, row in results["rows"].items():
-        cells = [name, *[number(row["csi"][t], 3) for t in thresholds], *[number(row["hss"][t], 3) for t in thresholds],
-                 number(row["b_mse"], 1), number(row["b_mae"], 1)]
+        cells = [
+            name,
+            *[number(row["csi"][t], 3) for t in thresholds],
+            *[number(row["hss"][t], 3) for t in thresholds],
+            number(row["b_mse"], 1),
+            number(row["b_mae"], 1),
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -129,9 +147,11 @@ def plot(results: dict, path: Path) -> None:
         ax.plot(leads_min, row["csi5_by_lead"], style, marker="o", markersize=3, label=name)
     ax.set_xlabel("lead time (minutes)")
     ax.set_ylabel("CSI at ≥ 5 mm/h")
-    ax.set_title(f"Test split, {results['rows'][next(iter(results['rows']))]['n_clips']} clips "
-                 f"({results['archive']['days']} days of {results['archive']['size']} px, seed "
-                 f"{results['archive']['seed']})")
+    ax.set_title(
+        f"Test split, {results['rows'][next(iter(results['rows']))]['n_clips']} clips "
+        f"({results['archive']['days']} days of {results['archive']['size']} px, seed "
+        f"{results['archive']['seed']})"
+    )
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -151,9 +171,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=None, help="training steps per model (default: the recipe's)")
     p.add_argument("--workers", type=int, default=2, help="Ray Train workers per model")
     p.add_argument("--gpu", action="store_true", help="one GPU per Ray Train worker")
-    p.add_argument("--config", type=Path, default=None, help="YAML/JSON of training overrides for every model")
-    p.add_argument("--reuse-baselines", action="store_true",
-                   help="keep the baselines' scores from WORKDIR/evaluations when they were made on this store")
+    p.add_argument(
+        "--config", type=Path, default=None, help="YAML/JSON of training overrides for every model"
+    )
+    p.add_argument(
+        "--reuse-baselines",
+        action="store_true",
+        help="keep the baselines' scores from WORKDIR/evaluations when they were made on this store",
+    )
     return p.parse_args(argv)
 
 
@@ -164,34 +189,70 @@ def main(argv=None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     log = work / "bench_skill.log"
     tracking_uri = f"sqlite:///{work / 'mlflow.db'}"
-    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-           "MLFLOW_TRACKING_URI": tracking_uri}
+    env = {
+        **os.environ,
+        "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+        "MLFLOW_TRACKING_URI": tracking_uri,
+    }
     archive, store = work / "archive", work / "store.zarr"
     minutes: dict[str, float] = {}
 
-    synth_args = ["synth", str(archive), "--days", str(args.days), "--size", str(args.size), "--seed",
-                  str(args.seed), "--start", ARCHIVE["start"]]
+    synth_args = [
+        "synth",
+        str(archive),
+        "--days",
+        str(args.days),
+        "--size",
+        str(args.size),
+        "--seed",
+        str(args.seed),
+        "--start",
+        ARCHIVE["start"],
+    ]
     if _archive_matches(archive, args):
         print(f"archive {archive} already matches; kept", flush=True)
     else:
         minutes["synth"] = nowcast(synth_args, log, env) / 60
     minutes["ingest"] = nowcast(["ingest", str(archive), str(store)], log, env) / 60
 
-    results = {"archive": {"days": args.days, "size": args.size, "seed": args.seed, "start": ARCHIVE["start"]},
-               "preset": args.preset, "steps": args.steps, "workers": args.workers, "gpu": args.gpu,
-               "machine": machine(), "minutes": minutes,
-               "command": "python benchmarks/bench_skill.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-               "rows": {}}
+    results = {
+        "archive": {"days": args.days, "size": args.size, "seed": args.seed, "start": ARCHIVE["start"]},
+        "preset": args.preset,
+        "steps": args.steps,
+        "workers": args.workers,
+        "gpu": args.gpu,
+        "machine": machine(),
+        "minutes": minutes,
+        "command": "python benchmarks/bench_skill.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "rows": {},
+    }
 
     def evaluate(label: str, uri: str) -> None:
         out_json = work / "evaluations" / f"{label.replace(' ', '-')}.json"
         if label in BASELINES and args.reuse_baselines and _scored_on(out_json, store):
             print(f"{label}: scores reused from {out_json}", flush=True)
         else:
-            minutes[f"evaluate {label}"] = nowcast(["evaluate", str(store), "--model", uri, "--split", "test",
-                                                    "--batch-size", "16", "--out-json", str(out_json)], log, env) / 60
+            minutes[f"evaluate {label}"] = (
+                nowcast(
+                    [
+                        "evaluate",
+                        str(store),
+                        "--model",
+                        uri,
+                        "--split",
+                        "test",
+                        "--batch-size",
+                        "16",
+                        "--out-json",
+                        str(out_json),
+                    ],
+                    log,
+                    env,
+                )
+                / 60
+            )
         results["rows"][label] = summary_row(json.loads(out_json.read_text())) | {"model_uri": uri}
-        write_results(results, args.out)   # after every row: an interrupted benchmark keeps what it measured
+        write_results(results, args.out)  # after every row: an interrupted benchmark keeps what it measured
 
     for baseline in BASELINES:
         evaluate(baseline, baseline)
@@ -199,9 +260,24 @@ def main(argv=None) -> None:
     for cell in args.cells.split(","):
         run_name = f"bench-{args.preset}-{cell}-{steps_tag}-seed{args.seed}-{args.days}d{args.size}px"
         name = f"bench-{args.preset}-{cell}"
-        train_args = ["train", str(store), "--preset", args.preset, "--cell", cell, "--workers", str(args.workers),
-                      "--run-name", run_name, "--storage-path", str(work / "ray_results"), "--register-as", name,
-                      "--experiment", "bench-skill"]
+        train_args = [
+            "train",
+            str(store),
+            "--preset",
+            args.preset,
+            "--cell",
+            cell,
+            "--workers",
+            str(args.workers),
+            "--run-name",
+            run_name,
+            "--storage-path",
+            str(work / "ray_results"),
+            "--register-as",
+            name,
+            "--experiment",
+            "bench-skill",
+        ]
         if args.steps:
             train_args += ["--steps", str(args.steps)]
         if args.gpu:
@@ -209,7 +285,9 @@ def main(argv=None) -> None:
         if args.config:
             train_args += ["--config", str(args.config.resolve())]
         minutes[f"train {cell}"] = nowcast(train_args, log, env) / 60
-        evaluate(f"{args.preset} {cell}", f"models:/{name}/{registered_version(tracking_uri, name, run_name)}")
+        evaluate(
+            f"{args.preset} {cell}", f"models:/{name}/{registered_version(tracking_uri, name, run_name)}"
+        )
     print(markdown_table(results))
     print(f"minutes: {results['minutes']}")
 
@@ -233,8 +311,11 @@ def _scored_on(evaluation_json: Path, store: Path) -> bool:
     from pipeline.store import Store
 
     scored = json.loads(evaluation_json.read_text())
-    return (scored.get("split") == "test" and scored.get("store", {}).get("path") == str(store)
-            and scored["store"].get("n_frames") == Store.open(store).describe().get("frames"))
+    return (
+        scored.get("split") == "test"
+        and scored.get("store", {}).get("path") == str(store)
+        and scored["store"].get("n_frames") == Store.open(store).describe().get("frames")
+    )
 
 
 def _archive_matches(archive: Path, args) -> bool:
@@ -242,8 +323,11 @@ def _archive_matches(archive: Path, args) -> bool:
     sys.path.insert(0, str(REPO))
     from pipeline.synth import SynthConfig, archive_matches
 
-    return archive_matches(SynthConfig(out_dir=archive, start=ARCHIVE["start"], days=args.days,
-                                       size_px=args.size, seed=args.seed))
+    return archive_matches(
+        SynthConfig(
+            out_dir=archive, start=ARCHIVE["start"], days=args.days, size_px=args.size, seed=args.seed
+        )
+    )
 
 
 if __name__ == "__main__":

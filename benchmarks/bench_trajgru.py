@@ -32,12 +32,12 @@ Precipitation-Nowcasting) as published, fp32, batch 4, took 0.720 s per training
 shared/PERF_NOTES.md). We cannot run its code in this repository; the in-run baseline is
 our own plain eager fp32 path.
 """
+
 from __future__ import annotations
 
 import argparse
 import gc
 import json
-import math
 import re
 import resource
 import sys
@@ -77,7 +77,10 @@ PEAK_BF16_TFLOPS = (
 )
 ACHIEVABLE_BF16_TFLOPS_H100 = 790.0  # measured, shared/PERF_NOTES.md
 PORT_REFERENCE = dict(
-    train_step_s_b4_fp32=0.720, forecast_s_b1_fp32=0.289, device="NVIDIA H200", torch="2.11",
+    train_step_s_b4_fp32=0.720,
+    forecast_s_b1_fp32=0.289,
+    device="NVIDIA H200",
+    torch="2.11",
     source="popular PyTorch port as published, timed in the run of issue 12 (shared/PERF_NOTES.md); not re-run here",
 )
 VARIANTS = {
@@ -107,16 +110,27 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--graph", action="store_true", help="CUDA-graph captured train step and forecast")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (CPU)")
     p.add_argument("--json", action="store_true", help="also print one JSON line with the results")
-    p.add_argument("--variants", default=None,
-                   help=f"comma list of {', '.join(VARIANTS)}, or 'all' (= the first four)")
+    p.add_argument(
+        "--variants", default=None, help=f"comma list of {', '.join(VARIANTS)}, or 'all' (= the first four)"
+    )
     p.add_argument("--batches", default=None, help="training batch sizes for --variants, e.g. 4,16")
     p.add_argument("--forecast-batches", default=None, help="forecast batch sizes for --variants, e.g. 1,16")
-    p.add_argument("--big-batch-variants", default="graph-bf16,fast-bf16,plain-bf16",
-                   help="variants also run at batches after the first (default: the bf16 ones)")
+    p.add_argument(
+        "--big-batch-variants",
+        default="graph-bf16,fast-bf16,plain-bf16",
+        help="variants also run at batches after the first (default: the bf16 ones)",
+    )
     p.add_argument("--json-out", default=None, help="write all results as JSON to this file")
-    p.add_argument("--flops", action="store_true", help="print the FLOP breakdown (ours vs the port's shape) and exit")
-    p.add_argument("--numerics", type=int, default=0, metavar="STEPS",
-                   help="train plain fp32 and the fast path STEPS steps on moving blobs; compare loss curves")
+    p.add_argument(
+        "--flops", action="store_true", help="print the FLOP breakdown (ours vs the port's shape) and exit"
+    )
+    p.add_argument(
+        "--numerics",
+        type=int,
+        default=0,
+        metavar="STEPS",
+        help="train plain fp32 and the fast path STEPS steps on moving blobs; compare loss curves",
+    )
     p.add_argument("--numerics-batch", type=int, default=8, help="batch of the --numerics runs (default 8)")
     return p.parse_args(argv)
 
@@ -218,8 +232,18 @@ def build(args, device, *, fast: bool, channels_last: bool = False, compile_cell
     return model, opt
 
 
-def measure(args, device, *, fast: bool, bf16: bool, graph: bool, batch: int, forecast_batch: int,
-            channels_last: bool = False, compile_cells: bool = False) -> dict:
+def measure(
+    args,
+    device,
+    *,
+    fast: bool,
+    bf16: bool,
+    graph: bool,
+    batch: int,
+    forecast_batch: int,
+    channels_last: bool = False,
+    compile_cells: bool = False,
+) -> dict:
     """Train-step and forecast timings of one configuration (fresh model, seed 0)."""
     model, opt = build(args, device, fast=fast, channels_last=channels_last, compile_cells=compile_cells)
     cfg = model.config
@@ -230,8 +254,9 @@ def measure(args, device, *, fast: bool, bf16: bool, graph: bool, batch: int, fo
 
     _reset_peak(device)
     if graph:
-        captured = CapturedTrainStep(model, opt, _mse, (x_train, y_train), clip_norm=CLIP_NORM,
-                                     autocast_dtype=amp_dtype)
+        captured = CapturedTrainStep(
+            model, opt, _mse, (x_train, y_train), clip_norm=CLIP_NORM, autocast_dtype=amp_dtype
+        )
         out["train_graphed"], out["train_fallback"] = captured.graphed, captured.fallback_reason
 
         def train_step():
@@ -273,7 +298,8 @@ def measure(args, device, *, fast: bool, bf16: bool, graph: bool, batch: int, fo
     if graph:
         del forecaster
     out.update(
-        batch=batch, forecast_batch=forecast_batch,
+        batch=batch,
+        forecast_batch=forecast_batch,
         train_samples_per_s=batch / out["train_step_s"],
         forecast_samples_per_s=forecast_batch / out["forecast_s"],
         params=sum(p.numel() for p in model.parameters()),
@@ -285,7 +311,10 @@ def measure(args, device, *, fast: bool, bf16: bool, graph: bool, batch: int, fo
 
 def add_flop_rates(r: dict, args, device_label: str, flops_cache: dict) -> None:
     """Model TFLOP/s and fraction of the device's bf16 peak, in place."""
-    for kind, batch_key, time_key in (("train", "batch", "train_step_s"), ("forecast", "forecast_batch", "forecast_s")):
+    for kind, batch_key, time_key in (
+        ("train", "batch", "train_step_s"),
+        ("forecast", "forecast_batch", "forecast_s"),
+    ):
         key = (kind, r[batch_key])
         if key not in flops_cache:
             flops_cache[key] = model_flops(args, r[batch_key], train=kind == "train")
@@ -310,20 +339,44 @@ def run(args: argparse.Namespace) -> dict:
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    r = measure(args, device, fast=args.fast, bf16=args.bf16, graph=args.graph, batch=args.batch,
-                forecast_batch=args.forecast_batch, channels_last=args.channels_last, compile_cells=args.compile)
+    r = measure(
+        args,
+        device,
+        fast=args.fast,
+        bf16=args.bf16,
+        graph=args.graph,
+        batch=args.batch,
+        forecast_batch=args.forecast_batch,
+        channels_last=args.channels_last,
+        compile_cells=args.compile,
+    )
     cfg = build_model(args.preset, args.cell, **_overrides(args)).config
     r.update(
-        preset=cfg.preset, cell=cfg.cell, size=f"{cfg.height}x{cfg.width}", in_len=cfg.in_len,
-        out_len=cfg.out_len, device=device_name(device), bf16=args.bf16, channels_last=args.channels_last,
-        compiled=args.compile, fast=args.fast, graph=args.graph, torch=torch.__version__,
-        peak_memory_kind="torch.cuda.max_memory_allocated" if device.type == "cuda" else "ru_maxrss (process)",
+        preset=cfg.preset,
+        cell=cfg.cell,
+        size=f"{cfg.height}x{cfg.width}",
+        in_len=cfg.in_len,
+        out_len=cfg.out_len,
+        device=device_name(device),
+        bf16=args.bf16,
+        channels_last=args.channels_last,
+        compiled=args.compile,
+        fast=args.fast,
+        graph=args.graph,
+        torch=torch.__version__,
+        peak_memory_kind="torch.cuda.max_memory_allocated"
+        if device.type == "cuda"
+        else "ru_maxrss (process)",
     )
     return r
 
 
 def _variant_list(text: str) -> list[str]:
-    names = ["plain-fp32", "graph-bf16", "fast-bf16", "plain-bf16"] if text == "all" else [v.strip() for v in text.split(",") if v.strip()]
+    names = (
+        ["plain-fp32", "graph-bf16", "fast-bf16", "plain-bf16"]
+        if text == "all"
+        else [v.strip() for v in text.split(",") if v.strip()]
+    )
     unknown = [v for v in names if v not in VARIANTS]
     if unknown:
         raise SystemExit(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)} or 'all'")
@@ -369,16 +422,30 @@ def run_variants(args) -> dict:
 def _report(args, label: str, results: list[dict]) -> dict:
     cfg = build_model(args.preset, args.cell, **_overrides(args)).config
     return dict(
-        preset=cfg.preset, cell=cfg.cell, size=f"{cfg.height}x{cfg.width}", in_len=cfg.in_len, out_len=cfg.out_len,
-        device=label, torch=torch.__version__, steps=args.steps, warmup=args.warmup, clip_norm=CLIP_NORM,
-        peak_bf16_tflops_datasheet=peak_bf16_tflops(label), achievable_bf16_tflops_h100=ACHIEVABLE_BF16_TFLOPS_H100,
-        port_reference=PORT_REFERENCE, results=results,
+        preset=cfg.preset,
+        cell=cfg.cell,
+        size=f"{cfg.height}x{cfg.width}",
+        in_len=cfg.in_len,
+        out_len=cfg.out_len,
+        device=label,
+        torch=torch.__version__,
+        steps=args.steps,
+        warmup=args.warmup,
+        clip_norm=CLIP_NORM,
+        peak_bf16_tflops_datasheet=peak_bf16_tflops(label),
+        achievable_bf16_tflops_h100=ACHIEVABLE_BF16_TFLOPS_H100,
+        port_reference=PORT_REFERENCE,
+        results=results,
     )
 
 
 def _add_ratios(results: list[dict]) -> None:
     """speed-up over plain-fp32 at the same batch (same run)."""
-    base = {(r["batch"], r["forecast_batch"]): r for r in results if r.get("variant") == "plain-fp32" and "error" not in r}
+    base = {
+        (r["batch"], r["forecast_batch"]): r
+        for r in results
+        if r.get("variant") == "plain-fp32" and "error" not in r
+    }
     for r in results:
         b = base.get((r.get("batch"), r.get("forecast_batch")))
         if b is None or "error" in r:
@@ -406,12 +473,16 @@ def _row(r: dict) -> str:
 
 
 def print_table(report: dict) -> None:
-    print(f"\n{report['preset']}/{report['cell']} {report['size']} {report['in_len']}->{report['out_len']} "
-          f"on {report['device']}, torch {report['torch']}; % peak is of the datasheet dense bf16 peak, "
-          f"{report['peak_bf16_tflops_datasheet']} TFLOP/s (JSON also has *_frac_of_790, the measured "
-          f"achievable H100/H200 figure of PERF_NOTES)")
-    print("| variant | batch | train ms/step | samples/s | peak GiB | TFLOP/s | % peak | x plain fp32 "
-          "| forecast batch | forecast ms | forecasts/s | x plain fp32 |")
+    print(
+        f"\n{report['preset']}/{report['cell']} {report['size']} {report['in_len']}->{report['out_len']} "
+        f"on {report['device']}, torch {report['torch']}; % peak is of the datasheet dense bf16 peak, "
+        f"{report['peak_bf16_tflops_datasheet']} TFLOP/s (JSON also has *_frac_of_790, the measured "
+        f"achievable H100/H200 figure of PERF_NOTES)"
+    )
+    print(
+        "| variant | batch | train ms/step | samples/s | peak GiB | TFLOP/s | % peak | x plain fp32 "
+        "| forecast batch | forecast ms | forecasts/s | x plain fp32 |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in report["results"]:
         if "error" in r:
@@ -419,14 +490,18 @@ def print_table(report: dict) -> None:
             continue
         frac = r.get("train_frac_bf16_peak")
         ts, fs = r.get("train_speedup_vs_plain_fp32"), r.get("forecast_speedup_vs_plain_fp32")
-        print(f"| {r['variant']} | {r['batch']} | {r['train_step_s'] * 1e3:.1f} | {r['train_samples_per_s']:.1f} "
-              f"| {r['train_peak_mib'] / 1024:.2f} | {r['train_tflops']:.1f} "
-              f"| {'-' if frac is None else f'{100 * frac:.1f}%'} | {'-' if ts is None else f'{ts:.2f}x'} "
-              f"| {r['forecast_batch']} | {r['forecast_s'] * 1e3:.1f} | {r['forecast_samples_per_s']:.1f} "
-              f"| {'-' if fs is None else f'{fs:.2f}x'} |")
+        print(
+            f"| {r['variant']} | {r['batch']} | {r['train_step_s'] * 1e3:.1f} | {r['train_samples_per_s']:.1f} "
+            f"| {r['train_peak_mib'] / 1024:.2f} | {r['train_tflops']:.1f} "
+            f"| {'-' if frac is None else f'{100 * frac:.1f}%'} | {'-' if ts is None else f'{ts:.2f}x'} "
+            f"| {r['forecast_batch']} | {r['forecast_s'] * 1e3:.1f} | {r['forecast_samples_per_s']:.1f} "
+            f"| {'-' if fs is None else f'{fs:.2f}x'} |"
+        )
     ref = report["port_reference"]
-    print(f"reference (not re-run): popular port as published, fp32, b4 {ref['train_step_s_b4_fp32']} s/step, "
-          f"b1 forecast {ref['forecast_s_b1_fp32']} s on {ref['device']} ({ref['source']})")
+    print(
+        f"reference (not re-run): popular port as published, fp32, b4 {ref['train_step_s_b4_fp32']} s/step, "
+        f"b1 forecast {ref['forecast_s_b1_fp32']} s on {ref['device']} ({ref['source']})"
+    )
 
 
 # ---------------------------------------------------------------- FLOP breakdown
@@ -438,7 +513,9 @@ def port_shaped_model(args) -> nn.Module:
     forecaster's L per stage reversed (13, 13, 9 from the top). hko7 only."""
     m = build_model("hko7", "trajgru", coord_channels=False, **_overrides(args))
     c = m.config
-    m.ups[0] = _ConvAct(nn.ConvTranspose2d(c.filters[1], c.filters[0], *c.upsample[0], bias=False), c.leaky_slope)
+    m.ups[0] = _ConvAct(
+        nn.ConvTranspose2d(c.filters[1], c.filters[0], *c.upsample[0], bias=False), c.leaky_slope
+    )
     m.forecaster_rnns[0] = TrajGRUCell(c.filters[0], c.filters[0], n_flows=c.n_flows[2])
     m.forecaster_rnns[2] = TrajGRUCell(None, c.filters[2], n_flows=c.n_flows[0])
     return m
@@ -459,11 +536,16 @@ def flop_breakdown(args) -> dict:
         step = FlopCounterMode(display=False)
         with step:
             F.mse_loss(model(x), y).backward()
-        top = re.compile(r"^EncoderForecaster\.(stem|head\.\w+|(encoder_rnns|downs|forecaster_rnns|ups)\.\d+)$")
+        top = re.compile(
+            r"^EncoderForecaster\.(stem|head\.\w+|(encoder_rnns|downs|forecaster_rnns|ups)\.\d+)$"
+        )
         per_module = {k: sum(v.values()) / 1e12 for k, v in fwd.get_flop_counts().items() if top.match(k)}
-        return dict(forward_tflop=fwd.get_total_flops() / 1e12, train_step_tflop=step.get_total_flops() / 1e12,
-                    ops={str(k): v / 1e12 for k, v in step.get_flop_counts()["Global"].items()},
-                    forward_by_module=per_module)
+        return dict(
+            forward_tflop=fwd.get_total_flops() / 1e12,
+            train_step_tflop=step.get_total_flops() / 1e12,
+            ops={str(k): v / 1e12 for k, v in step.get_flop_counts()["Global"].items()},
+            forward_by_module=per_module,
+        )
 
     ours = count(build_model("hko7", "trajgru", **_overrides(args)))
     port = count(port_shaped_model(args))
@@ -472,14 +554,22 @@ def flop_breakdown(args) -> dict:
 
 def print_flops(b: dict) -> None:
     o, p = b["ours"], b["port_shaped"]
-    print(f"hko7, batch 4 (torch.utils.flop_counter; grid_sample is not counted, 1x1 convs as 2*MACs):")
-    print(f"  ours:        forward {o['forward_tflop']:.3f} TFLOP, training step {o['train_step_tflop']:.3f} TFLOP")
-    print(f"  port-shaped: forward {p['forward_tflop']:.3f} TFLOP, training step {p['train_step_tflop']:.3f} TFLOP")
+    print("hko7, batch 4 (torch.utils.flop_counter; grid_sample is not counted, 1x1 convs as 2*MACs):")
+    print(
+        f"  ours:        forward {o['forward_tflop']:.3f} TFLOP, training step {o['train_step_tflop']:.3f} TFLOP"
+    )
+    print(
+        f"  port-shaped: forward {p['forward_tflop']:.3f} TFLOP, training step {p['train_step_tflop']:.3f} TFLOP"
+    )
     print("  forward TFLOP by module (ours vs port-shaped):")
     for k in o["forward_by_module"]:
         name = k.removeprefix("EncoderForecaster.")
-        print(f"    {name:20s} {o['forward_by_module'][k]:7.3f} {p['forward_by_module'].get(k, float('nan')):7.3f}")
-    print("  The whole difference is architecture, not counting: the port's forecaster upsamples into stage 0")
+        print(
+            f"    {name:20s} {o['forward_by_module'][k]:7.3f} {p['forward_by_module'].get(k, float('nan')):7.3f}"
+        )
+    print(
+        "  The whole difference is architecture, not counting: the port's forecaster upsamples into stage 0"
+    )
     print("  with 64 channels (the original HKO-7 network keeps 192, so stage 0's i2h/i2f convolutions read")
     print("  192 channels, and ups.0 writes 192) and reverses the forecaster's L per stage (13,13,9 from the")
     print("  top; the original uses the encoder's 13,13,9 per stage). Nothing is computed twice.")
@@ -492,8 +582,9 @@ def moving_blobs(n_seq: int, batch: int, seq_len: int, size: int, seed: int) -> 
     """(n_seq, seq_len, batch, 1, size, size) float32 in [0, 1]: 1-3 Gaussian blobs per clip
     moving with constant random velocities (a cheap stand-in for radar echoes)."""
     g = torch.Generator().manual_seed(seed)
-    yy, xx = torch.meshgrid(torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32),
-                            indexing="ij")
+    yy, xx = torch.meshgrid(
+        torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32), indexing="ij"
+    )
     out = torch.zeros(n_seq, seq_len, batch, 1, size, size)
     for i in range(n_seq):
         for b in range(batch):
@@ -504,7 +595,7 @@ def moving_blobs(n_seq: int, batch: int, seq_len: int, size: int, seed: int) -> 
                 amp = 0.3 + 0.7 * torch.rand(1, generator=g).item()
                 t = torch.arange(seq_len, dtype=torch.float32).view(seq_len, 1, 1)
                 cy, cx = pos[0] + vel[0] * t, pos[1] + vel[1] * t
-                out[i, :, b, 0] += amp * torch.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * sigma ** 2))
+                out[i, :, b, 0] += amp * torch.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * sigma**2))
     # quantised like radar pixels (1/255): no denormal tails, which crawl on CPUs
     return torch.round(out.clamp_(0, 1) * 255) / 255
 
@@ -533,21 +624,33 @@ def numerics(args, device: torch.device) -> dict:
         else:
             opt = torch.optim.Adam(model.parameters(), lr=1e-3, betas=(0.5, 0.999))
         first = data[0].to(device)
-        step = CapturedTrainStep(model, opt, _mse, (first[: cfg.in_len], first[cfg.in_len:]), clip_norm=CLIP_NORM,
-                                 autocast_dtype=torch.bfloat16 if fast else None,
-                                 use_graph=fast and device.type == "cuda")
+        step = CapturedTrainStep(
+            model,
+            opt,
+            _mse,
+            (first[: cfg.in_len], first[cfg.in_len :]),
+            clip_norm=CLIP_NORM,
+            autocast_dtype=torch.bfloat16 if fast else None,
+            use_graph=fast and device.type == "cuda",
+        )
         losses = []
         t0 = time.perf_counter()
         for s in range(steps):
             clip = data[s % n_data].to(device)
-            loss, _ = step(clip[: cfg.in_len], clip[cfg.in_len:])
+            loss, _ = step(clip[: cfg.in_len], clip[cfg.in_len :])
             losses.append(float(loss))
         _sync(device)
         elapsed = time.perf_counter() - t0
         with torch.no_grad():
             pred = model(held_out[: cfg.in_len].to(device)).float().cpu()
-        return dict(losses=losses, seconds=elapsed, graphed=step.graphed, fallback=step.fallback_reason,
-                    forecast=pred, fast_path=fast_path_status(model))
+        return dict(
+            losses=losses,
+            seconds=elapsed,
+            graphed=step.graphed,
+            fallback=step.fallback_reason,
+            forecast=pred,
+            fast_path=fast_path_status(model),
+        )
 
     plain = train(False)
     fast = train(True)
@@ -562,27 +665,48 @@ def numerics(args, device: torch.device) -> dict:
     fc_diff = (fast["forecast"] - plain["forecast"]).abs()
     ok = bool(gap_tail < 0.10 and max_win_gap < 0.25 and torch.isfinite(lf).all())
     return dict(
-        preset=preset, size=size, batch=batch, steps=steps, lr=1e-3, device=device_name(device),
+        preset=preset,
+        size=size,
+        batch=batch,
+        steps=steps,
+        lr=1e-3,
+        device=device_name(device),
         plain=dict(losses=plain["losses"], seconds=plain["seconds"], graphed=plain["graphed"]),
-        fast=dict(losses=fast["losses"], seconds=fast["seconds"], graphed=fast["graphed"],
-                  fallback=fast["fallback"], fast_path=fast["fast_path"]),
+        fast=dict(
+            losses=fast["losses"],
+            seconds=fast["seconds"],
+            graphed=fast["graphed"],
+            fallback=fast["fallback"],
+            fast_path=fast["fast_path"],
+        ),
         first_loss=[plain["losses"][0], fast["losses"][0]],
         tail_mean=[float(lp[-tail:].mean()), float(lf[-tail:].mean())],
-        tail_rel_gap=float(gap_tail), max_window_rel_gap=float(max_win_gap),
-        held_out_forecast_max_abs_diff=float(fc_diff.max()), held_out_forecast_mean_abs_diff=float(fc_diff.mean()),
-        agree=ok, criteria="last-50-step mean loss within 10%, every 25-step mean within 25%, all finite",
+        tail_rel_gap=float(gap_tail),
+        max_window_rel_gap=float(max_win_gap),
+        held_out_forecast_max_abs_diff=float(fc_diff.max()),
+        held_out_forecast_mean_abs_diff=float(fc_diff.mean()),
+        agree=ok,
+        criteria="last-50-step mean loss within 10%, every 25-step mean within 25%, all finite",
     )
 
 
 def print_numerics(r: dict) -> None:
-    print(f"numerics: tiny {r['size']}x{r['size']}, batch {r['batch']}, {r['steps']} steps, moving blobs, on {r['device']}")
+    print(
+        f"numerics: tiny {r['size']}x{r['size']}, batch {r['batch']}, {r['steps']} steps, moving blobs, on {r['device']}"
+    )
     print(f"  loss at step 1: plain fp32 {r['first_loss'][0]:.5f}, fast {r['first_loss'][1]:.5f}")
-    print(f"  last-50 mean:   plain fp32 {r['tail_mean'][0]:.5f}, fast {r['tail_mean'][1]:.5f} "
-          f"(rel. gap {100 * r['tail_rel_gap']:.2f}%); max 25-step window gap {100 * r['max_window_rel_gap']:.2f}%")
-    print(f"  held-out forecast |fast - plain|: max {r['held_out_forecast_max_abs_diff']:.4f}, "
-          f"mean {r['held_out_forecast_mean_abs_diff']:.5f}")
-    print(f"  time: plain {r['plain']['seconds']:.1f} s, fast {r['fast']['seconds']:.1f} s "
-          f"(graphed: {r['fast']['graphed']}); agree: {r['agree']} ({r['criteria']})")
+    print(
+        f"  last-50 mean:   plain fp32 {r['tail_mean'][0]:.5f}, fast {r['tail_mean'][1]:.5f} "
+        f"(rel. gap {100 * r['tail_rel_gap']:.2f}%); max 25-step window gap {100 * r['max_window_rel_gap']:.2f}%"
+    )
+    print(
+        f"  held-out forecast |fast - plain|: max {r['held_out_forecast_max_abs_diff']:.4f}, "
+        f"mean {r['held_out_forecast_mean_abs_diff']:.5f}"
+    )
+    print(
+        f"  time: plain {r['plain']['seconds']:.1f} s, fast {r['fast']['seconds']:.1f} s "
+        f"(graphed: {r['fast']['graphed']}); agree: {r['agree']} ({r['criteria']})"
+    )
 
 
 # ---------------------------------------------------------------- main

@@ -31,6 +31,7 @@ pytest     tests/trajgru (all; the ``gpu`` ones now run) if pytest is installed 
 plus ``summary.txt`` (stage status, time and the tail of each stage's output): 8 files
 in all, in one folder.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,8 +49,14 @@ sys.path.insert(0, str(ROOT))
 
 STAGES = ("env", "checks", "bench", "numerics", "profile", "pytest")  # in order of value
 #: (full, quick) timeout per stage in seconds
-STAGE_TIMEOUT = {"env": (10, 20), "checks": (55, 300), "bench": (80, 300), "numerics": (35, 300),
-                 "profile": (20, 120), "pytest": (45, 240)}
+STAGE_TIMEOUT = {
+    "env": (10, 20),
+    "checks": (55, 300),
+    "bench": (80, 300),
+    "numerics": (35, 300),
+    "profile": (20, 120),
+    "pytest": (45, 240),
+}
 MIN_STAGE_S = 15
 
 
@@ -58,11 +65,18 @@ MIN_STAGE_S = 15
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default=os.environ.get("OUT") or os.path.join(tempfile.gettempdir(), "gpu_check_out"),
-                   help="results folder (default $OUT, else <tmp>/gpu_check_out)")
+    p.add_argument(
+        "--out",
+        default=os.environ.get("OUT") or os.path.join(tempfile.gettempdir(), "gpu_check_out"),
+        help="results folder (default $OUT, else <tmp>/gpu_check_out)",
+    )
     p.add_argument("--quick", action="store_true", help="tiny sizes (CPU-friendly), every stage")
-    p.add_argument("--budget-s", type=float, default=None,
-                   help="overall wall budget in seconds (default 200; 900 with --quick)")
+    p.add_argument(
+        "--budget-s",
+        type=float,
+        default=None,
+        help="overall wall budget in seconds (default 200; 900 with --quick)",
+    )
     p.add_argument("--stages", default=",".join(STAGES), help=f"comma list of {', '.join(STAGES)}")
     p.add_argument("--stage", default=None, help=argparse.SUPPRESS)  # internal: run one stage here
     args = p.parse_args(argv)
@@ -75,8 +89,9 @@ def main(argv=None) -> int:
         args.budget_s = 900.0 if args.quick else 200.0
     start = time.monotonic()
     summary = []
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               PYTHONUNBUFFERED="1")
+    env = dict(
+        os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), PYTHONUNBUFFERED="1"
+    )
     if args.quick and not _cuda_available():
         env["TRITON_INTERPRET"] = "1"  # run the Triton kernels through the CPU interpreter
     for stage in [s.strip() for s in args.stages.split(",") if s.strip()]:
@@ -94,8 +109,9 @@ def main(argv=None) -> int:
         log = out / f".{stage}.log"
         with open(log, "w") as fh:
             try:
-                rc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT,
-                                    timeout=timeout).returncode
+                rc = subprocess.run(
+                    cmd, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT, timeout=timeout
+                ).returncode
                 status = "ok" if rc == 0 else f"exit {rc}"
             except subprocess.TimeoutExpired:
                 status = f"timeout after {timeout:.0f} s"
@@ -119,16 +135,25 @@ def _cuda_available() -> bool:
 def write_summary(out: Path, summary: list[dict], total: float) -> None:
     lines = [f"gpu_check: {total:.1f} s in all"]
     for s in summary:
-        lines.append(f"== {s['stage']}: {s['status']}" + (f" ({s['seconds']} s)" if "seconds" in s else "")
-                     + (f" {s.get('reason', '')}" if s.get("reason") else ""))
+        lines.append(
+            f"== {s['stage']}: {s['status']}"
+            + (f" ({s['seconds']} s)" if "seconds" in s else "")
+            + (f" {s.get('reason', '')}" if s.get("reason") else "")
+        )
         if s.get("log_tail"):
             lines.extend("   " + ln for ln in s["log_tail"].rstrip().splitlines()[-60:])
     (out / "summary.txt").write_text("\n".join(lines) + "\n")
 
 
 def run_stage(stage: str, out: Path, quick: bool) -> int:
-    fn = {"env": stage_env, "checks": stage_checks, "pytest": stage_pytest, "bench": stage_bench,
-          "numerics": stage_numerics, "profile": stage_profile}[stage]
+    fn = {
+        "env": stage_env,
+        "checks": stage_checks,
+        "pytest": stage_pytest,
+        "bench": stage_bench,
+        "numerics": stage_numerics,
+        "profile": stage_profile,
+    }[stage]
     return fn(out, quick) or 0
 
 
@@ -140,8 +165,12 @@ def stage_env(out: Path, quick: bool) -> int:
 
     import torch
 
-    lines = [f"python {platform.python_version()} ({sys.executable})", f"torch {torch.__version__}",
-             f"cuda (torch build) {torch.version.cuda}", f"cudnn {torch.backends.cudnn.version()}"]
+    lines = [
+        f"python {platform.python_version()} ({sys.executable})",
+        f"torch {torch.__version__}",
+        f"cuda (torch build) {torch.version.cuda}",
+        f"cudnn {torch.backends.cudnn.version()}",
+    ]
     try:
         import triton
 
@@ -162,8 +191,10 @@ def stage_env(out: Path, quick: bool) -> int:
         lines.append("pytest: not installed (checks stage covers the kernel tests)")
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
-        lines.append(f"device {props.name}, capability {props.major}.{props.minor}, "
-                     f"{props.total_memory / 2**30:.1f} GiB, {props.multi_processor_count} SMs")
+        lines.append(
+            f"device {props.name}, capability {props.major}.{props.minor}, "
+            f"{props.total_memory / 2**30:.1f} GiB, {props.multi_processor_count} SMs"
+        )
     else:
         lines.append("device: no CUDA")
     lines.append(f"cpu cores {os.cpu_count()}")
@@ -192,14 +223,22 @@ class _Checks:
             ok = bool(info.pop("ok", True))
             rec = dict(name=name, status="ok" if ok else "FAIL", **info)
         except Exception as exc:
-            rec = dict(name=name, status="ERROR", error=f"{type(exc).__name__}: {exc}",
-                       traceback=traceback.format_exc()[-2000:])
+            rec = dict(
+                name=name,
+                status="ERROR",
+                error=f"{type(exc).__name__}: {exc}",
+                traceback=traceback.format_exc()[-2000:],
+            )
         rec["seconds"] = round(time.perf_counter() - t0, 2)
         self.results.append(rec)
         self.path.write_text(json.dumps(dict(self.header, results=self.results), indent=1, default=str))
-        print(f"{rec['status']:5s} {name} " + json.dumps({k: v for k, v in rec.items()
-                                                           if k not in ('name', 'status', 'traceback')},
-                                                          default=str), flush=True)
+        print(
+            f"{rec['status']:5s} {name} "
+            + json.dumps(
+                {k: v for k, v in rec.items() if k not in ("name", "status", "traceback")}, default=str
+            ),
+            flush=True,
+        )
 
 
 def _maxdiff(a, b) -> float:
@@ -218,7 +257,7 @@ def stage_checks(out: Path, quick: bool) -> int:
     import torch.nn.functional as F
 
     from trajgru import build_model, kernels
-    from trajgru.cells import TrajGRUCell, _gru_update
+    from trajgru.cells import TrajGRUCell
     from trajgru.fast import CapturedForecaster, CapturedTrainStep, enable_fast_path, fused_adam
     from trajgru.kernels.gru_gates import gru_gates_triton
     from trajgru.kernels.reference import dense_warp_concat, gru_equations, kink_free_flows
@@ -253,8 +292,10 @@ def stage_checks(out: Path, quick: bool) -> int:
     shapes = [(2, 5, 7, 9, 3), (1, 70, 6, 5, 2)] if small else [(2, 64, 24, 24, 13), (1, 192, 16, 16, 9)]
     for shape in shapes:
         for dtype in (torch.float32, torch.bfloat16):
-            checks.run(f"warp_concat fwd {shape} {str(dtype)[6:]} channels_last",
-                       lambda s=shape, d=dtype: warp_fwd(s, d, True))
+            checks.run(
+                f"warp_concat fwd {shape} {str(dtype)[6:]} channels_last",
+                lambda s=shape, d=dtype: warp_fwd(s, d, True),
+            )
     checks.run("warp_concat fwd NCHW fp32", lambda: warp_fwd(shapes[0], torch.float32, False))
 
     def warp_grads():
@@ -275,7 +316,12 @@ def stage_checks(out: Path, quick: bool) -> int:
 
     def warp_vs_portable_bf16_grads():
         b, c, h, w, n = (1, 4, 6, 5, 2) if small else (4, 64, 48, 48, 13)
-        x = torch.randn(b, c, h, w, generator=gen).bfloat16().to(dev).contiguous(memory_format=torch.channels_last)
+        x = (
+            torch.randn(b, c, h, w, generator=gen)
+            .bfloat16()
+            .to(dev)
+            .contiguous(memory_format=torch.channels_last)
+        )
         flows = (torch.randn(b, 2 * n, h, w, generator=gen) * 2).bfloat16().to(dev)
         g = torch.randn(b, h, w, n * c, generator=gen).bfloat16().to(dev)
         res = []
@@ -298,8 +344,11 @@ def stage_checks(out: Path, quick: bool) -> int:
             xr, fr = x.clone().requires_grad_(), flows.clone().requires_grad_()
             warp_concat_triton(xr, fr, True).backward(g)
             runs.append((xr.grad, fr.grad))
-        return dict(ok=_maxdiff(runs[0][1], runs[1][1]) == 0 and _maxdiff(runs[0][0], runs[1][0]) < 1e-4,
-                    flow_grad_diff=_maxdiff(runs[0][1], runs[1][1]), h_grad_diff=_maxdiff(runs[0][0], runs[1][0]))
+        return dict(
+            ok=_maxdiff(runs[0][1], runs[1][1]) == 0 and _maxdiff(runs[0][0], runs[1][0]) < 1e-4,
+            flow_grad_diff=_maxdiff(runs[0][1], runs[1][1]),
+            h_grad_diff=_maxdiff(runs[0][0], runs[1][0]),
+        )
 
     checks.run("warp_concat backward repeatability (fp32 atomics)", repeatable)
 
@@ -313,7 +362,9 @@ def stage_checks(out: Path, quick: bool) -> int:
         ref = gru_equations(refs[0] if has_i2h else None, refs[-2], refs[-1], 0.2)
         g = torch.randn(ref.shape, generator=gen, dtype=torch.float64)
         ref_grads = torch.autograd.grad(ref, refs, g)
-        devs = [t.to(dtype).to(dev).contiguous(memory_format=fmt).requires_grad_() for t in ts if t is not None]
+        devs = [
+            t.to(dtype).to(dev).contiguous(memory_format=fmt).requires_grad_() for t in ts if t is not None
+        ]
         got = gru_gates_triton(devs[0] if has_i2h else None, devs[-2], devs[-1], 0.2)
         grads = torch.autograd.grad(got, devs, g.to(dtype).to(dev))
         tol = 1e-5 if dtype == torch.float32 else 6e-2
@@ -325,7 +376,9 @@ def stage_checks(out: Path, quick: bool) -> int:
 
     for has in (True, False):
         for cl in (True, False):
-            checks.run(f"gru_gates fp32 i2h={has} channels_last={cl}", lambda h=has, c=cl: gates(h, c, torch.float32))
+            checks.run(
+                f"gru_gates fp32 i2h={has} channels_last={cl}", lambda h=has, c=cl: gates(h, c, torch.float32)
+            )
     checks.run("gru_gates bf16 i2h=True channels_last=True", lambda: gates(True, True, torch.bfloat16))
 
     def randomise_flows(model):
@@ -354,7 +407,9 @@ def stage_checks(out: Path, quick: bool) -> int:
             res.append((o.detach(), [p.grad for p in m.parameters()]))
         out_err = _rel_l2(res[1][0], res[0][0])
         grad_errs = [_rel_l2(a, b) for a, b in zip(res[1][1], res[0][1]) if b.abs().max() > 0]
-        return dict(ok=out_err < 1e-4 and max(grad_errs) < 1e-3, out_rel_l2=out_err, grad_rel_l2_max=max(grad_errs))
+        return dict(
+            ok=out_err < 1e-4 and max(grad_errs) < 1e-3, out_rel_l2=out_err, grad_rel_l2_max=max(grad_errs)
+        )
 
     checks.run(f"model fast (fp32 kernels) vs plain fp32: {preset} {model_kw}", model_fp32)
 
@@ -376,10 +431,19 @@ def stage_checks(out: Path, quick: bool) -> int:
         with torch.autocast("cuda", dtype=torch.bfloat16):
             plain_bf16 = plain(x).float()
         e_fast, e_plain = _rel_l2(got.float(), ref), _rel_l2(plain_bf16, ref)
-        ge = [_rel_l2(a.grad, b.grad) for a, b in zip(fast.parameters(), plain.parameters()) if b.grad.abs().max() > 0]
-        return dict(ok=e_fast < 3e-2, out_rel_l2_fast_bf16=e_fast, out_rel_l2_plain_bf16=e_plain,
-                    max_abs_diff=_maxdiff(got.float(), ref), grad_rel_l2_max=max(ge),
-                    grad_rel_l2_median=sorted(ge)[len(ge) // 2])
+        ge = [
+            _rel_l2(a.grad, b.grad)
+            for a, b in zip(fast.parameters(), plain.parameters())
+            if b.grad.abs().max() > 0
+        ]
+        return dict(
+            ok=e_fast < 3e-2,
+            out_rel_l2_fast_bf16=e_fast,
+            out_rel_l2_plain_bf16=e_plain,
+            max_abs_diff=_maxdiff(got.float(), ref),
+            grad_rel_l2_max=max(ge),
+            grad_rel_l2_median=sorted(ge)[len(ge) // 2],
+        )
 
     checks.run(f"model fast bf16 vs plain fp32 (bf16 tolerance): {preset} {model_kw}", model_bf16)
 
@@ -390,10 +454,18 @@ def stage_checks(out: Path, quick: bool) -> int:
         torch.manual_seed(0)
         m1 = enable_fast_path(randomise_flows(build_model("tiny")).cuda())
         m2 = copy.deepcopy(m1)
-        o1, o2 = fused_adam(m1.parameters(), 1e-3, (0.5, 0.999)), fused_adam(m2.parameters(), 1e-3, (0.5, 0.999))
+        o1, o2 = (
+            fused_adam(m1.parameters(), 1e-3, (0.5, 0.999)),
+            fused_adam(m2.parameters(), 1e-3, (0.5, 0.999)),
+        )
         s1, s2 = (torch.optim.lr_scheduler.StepLR(o, 2, 0.5) for o in (o1, o2))
-        batches = [(torch.rand(5, 4, 1, 96, 96, generator=gen).cuda(), torch.rand(20, 4, 1, 96, 96, generator=gen).cuda())
-                   for _ in range(5)]
+        batches = [
+            (
+                torch.rand(5, 4, 1, 96, 96, generator=gen).cuda(),
+                torch.rand(20, 4, 1, 96, 96, generator=gen).cuda(),
+            )
+            for _ in range(5)
+        ]
         mse = lambda p, t: F.mse_loss(p, t)  # noqa: E731
         g1 = CapturedTrainStep(m1, o1, mse, batches[0], clip_norm=0.05, autocast_dtype=None)
         e2 = CapturedTrainStep(m2, o2, mse, batches[0], clip_norm=0.05, autocast_dtype=None, use_graph=False)
@@ -411,8 +483,13 @@ def stage_checks(out: Path, quick: bool) -> int:
         g1(batches[0][0], torch.full_like(batches[0][1], float("nan")))
         skipped = g1.applied == 0.0 and all(torch.equal(p, b) for p, b in zip(m1.parameters(), before))
         torch.backends.cudnn.deterministic = False
-        return dict(ok=max(diffs) < 1e-4 and pdiff < 1e-3 and skipped, loss_rel_diffs=diffs,
-                    param_rel_l2_max=pdiff, nan_step_skipped=skipped, lr_now=float(o1.param_groups[0]["lr"]))
+        return dict(
+            ok=max(diffs) < 1e-4 and pdiff < 1e-3 and skipped,
+            loss_rel_diffs=diffs,
+            param_rel_l2_max=pdiff,
+            nan_step_skipped=skipped,
+            lr_now=float(o1.param_groups[0]["lr"]),
+        )
 
     checks.run("CapturedTrainStep (graph) == eager steps, fp32, clip, StepLR, NaN skip", captured_train)
 
@@ -426,8 +503,12 @@ def stage_checks(out: Path, quick: bool) -> int:
         got = fc(x2).clone()
         with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
             ref = m(x2).float()
-        return dict(ok=fc.graphed and _maxdiff(got, ref) < 1e-2, graphed=fc.graphed,
-                    fallback=fc.fallback_reason, max_abs_diff=_maxdiff(got, ref))
+        return dict(
+            ok=fc.graphed and _maxdiff(got, ref) < 1e-2,
+            graphed=fc.graphed,
+            fallback=fc.fallback_reason,
+            max_abs_diff=_maxdiff(got, ref),
+        )
 
     checks.run("CapturedForecaster (graph) == eager bf16 forecast", captured_forecast)
 
@@ -436,7 +517,11 @@ def stage_checks(out: Path, quick: bool) -> int:
         if not cuda:
             return dict(ok=True, note="timing on CUDA only")
         x = torch.randn(4, 64, 96, 96, device="cuda").bfloat16().contiguous(memory_format=torch.channels_last)
-        flows = (torch.randn(4, 26, 96, 96, device="cuda") * 2).bfloat16().contiguous(memory_format=torch.channels_last)
+        flows = (
+            (torch.randn(4, 26, 96, 96, device="cuda") * 2)
+            .bfloat16()
+            .contiguous(memory_format=torch.channels_last)
+        )
         g = torch.randn(4, 96, 96, 13 * 64, device="cuda").bfloat16()
         times = {}
         for name, fn in (("portable_grid_sample", warp_concat_torch), ("triton", warp_concat_triton)):
@@ -468,12 +553,18 @@ def stage_pytest(out: Path, quick: bool) -> int:
     try:
         import pytest  # noqa: F401
     except ImportError:
-        (out / "pytest.txt").write_text("pytest is not installed here; the checks stage ran the kernel tests' logic.\n")
+        (out / "pytest.txt").write_text(
+            "pytest is not installed here; the checks stage ran the kernel tests' logic.\n"
+        )
         print("pytest not installed: skipped")
         return 0
     targets = ["tests/trajgru/test_kernels.py", "tests/trajgru/test_fast.py"] if quick else ["tests/trajgru"]
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", *targets],
-                          cwd=ROOT, capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", *targets],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     text = proc.stdout[-20000:] + proc.stderr[-5000:]
     (out / "pytest.txt").write_text(text)
     print(text[-3000:])
@@ -488,13 +579,45 @@ def stage_bench(out: Path, quick: bool) -> int:
     from benchmarks import bench_trajgru as bench
 
     if quick or not torch.cuda.is_available():
-        argv = ["--preset", "tiny", "--size", "32", "--variants", "plain-fp32,graph-bf16", "--batches", "2,3",
-                "--forecast-batches", "1,2", "--big-batch-variants", "graph-bf16", "--steps", "1", "--warmup", "1",
-                "--device", "cuda" if torch.cuda.is_available() else "cpu"]
+        argv = [
+            "--preset",
+            "tiny",
+            "--size",
+            "32",
+            "--variants",
+            "plain-fp32,graph-bf16",
+            "--batches",
+            "2,3",
+            "--forecast-batches",
+            "1,2",
+            "--big-batch-variants",
+            "graph-bf16",
+            "--steps",
+            "1",
+            "--warmup",
+            "1",
+            "--device",
+            "cuda" if torch.cuda.is_available() else "cpu",
+        ]
     else:
-        argv = ["--preset", "hko7", "--device", "cuda", "--variants", "all", "--batches", "4,16",
-                "--forecast-batches", "1,16", "--big-batch-variants", "graph-bf16,plain-bf16",
-                "--steps", "3", "--warmup", "2"]
+        argv = [
+            "--preset",
+            "hko7",
+            "--device",
+            "cuda",
+            "--variants",
+            "all",
+            "--batches",
+            "4,16",
+            "--forecast-batches",
+            "1,16",
+            "--big-batch-variants",
+            "graph-bf16,plain-bf16",
+            "--steps",
+            "3",
+            "--warmup",
+            "2",
+        ]
     argv += ["--json-out", str(out / "bench.json")]
     # stream to bench.txt as rows arrive (a timeout keeps what was measured; bench.json is
     # rewritten after every row too)
@@ -580,14 +703,17 @@ def stage_profile(out: Path, quick: bool) -> int:
     try:
         table = prof.key_averages().table(sort_by=sort, row_limit=30, max_name_column_width=70)
     except Exception:
-        table = prof.key_averages().table(sort_by="self_cuda_time_total" if cuda else sort, row_limit=30,
-                                          max_name_column_width=70)
+        table = prof.key_averages().table(
+            sort_by="self_cuda_time_total" if cuda else sort, row_limit=30, max_name_column_width=70
+        )
     head = f"profile of one fast-path bf16 training step, {cfg.preset} {cfg.height}x{cfg.width}, batch {b} (eager)\n"
     (out / "profile.txt").write_text(head + table)
     try:
         kernels = [e for e in prof.events() if "CUDA" in str(getattr(e, "device_type", ""))]
-        head += (f"{len(kernels)} device events, "
-                 f"{sum(getattr(e, 'device_time_total', 0.0) for e in kernels) / 1e3:.1f} ms device time\n")
+        head += (
+            f"{len(kernels)} device events, "
+            f"{sum(getattr(e, 'device_time_total', 0.0) for e in kernels) / 1e3:.1f} ms device time\n"
+        )
     except Exception as exc:
         head += f"(kernel count unavailable: {exc})\n"
     (out / "profile.txt").write_text(head + table)

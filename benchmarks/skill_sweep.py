@@ -13,6 +13,7 @@ validated weights; those are scored once on the test days.
 Writes ``OUT/<recipe>.json`` (curve, best step, test scores) and ``OUT/baselines.json``, and prints
 one table. Recipes are chosen on the validation columns only; the test columns are reported.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,8 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline import catalog, synth  # noqa: E402
 from trajgru import build_model  # noqa: E402
-from trajgru.fast import CapturedTrainStep, enable_fast_path, fused_adam  # noqa: E402
 from trajgru.baselines import optical_flow, persistence  # noqa: E402
+from trajgru.fast import CapturedTrainStep, enable_fast_path, fused_adam  # noqa: E402
 from trajgru.losses import BalancedLoss  # noqa: E402
 from trajgru.metrics import SkillScores  # noqa: E402
 
@@ -51,10 +52,12 @@ RECIPES = {
     "tiny_cos_aug": dict(cell="trajgru", model={}, lr=1e-3, schedule="cosine", aug=True),
     "mid_cos_aug": dict(cell="trajgru", model=MID, lr=1e-3, schedule="cosine", aug=True),
     "wide_cos_aug": dict(cell="trajgru", model=WIDE, lr=1e-3, schedule="cosine", aug=True),
-    "convgru_wide_cos_aug": dict(cell="convgru", model=dict(filters=(64, 96)), lr=1e-3, schedule="cosine",
-                                 aug=True),
-    "convlstm_wide_cos_aug": dict(cell="convlstm", model=dict(filters=(64, 96)), lr=1e-3,
-                                  schedule="cosine", aug=True),
+    "convgru_wide_cos_aug": dict(
+        cell="convgru", model=dict(filters=(64, 96)), lr=1e-3, schedule="cosine", aug=True
+    ),
+    "convlstm_wide_cos_aug": dict(
+        cell="convlstm", model=dict(filters=(64, 96)), lr=1e-3, schedule="cosine", aug=True
+    ),
     "tiny_cos_aug_lr3e-3": dict(cell="trajgru", model={}, lr=3e-3, schedule="cosine", aug=True),
     # the second GPU run: the `tiny` recipe (pipeline.train.RECIPES) at equal steps per cell, without
     # augmentation, and as long as the time allows on the fast path (Triton kernels + one CUDA graph per step)
@@ -62,8 +65,12 @@ RECIPES = {
     "trajgru_noaug_2k": dict(cell="trajgru", model={}, lr=1e-3, schedule="cosine", aug=False, steps=2000),
     "convgru_2k": dict(cell="convgru", model={}, lr=1e-3, schedule="cosine", aug=True, steps=2000),
     "convlstm_2k": dict(cell="convlstm", model={}, lr=1e-3, schedule="cosine", aug=True, steps=2000),
-    "trajgru_graph": dict(cell="trajgru", model={}, lr=1e-3, schedule="cosine", aug=True, fast=True, graph=True),
-    "convgru_graph": dict(cell="convgru", model={}, lr=1e-3, schedule="cosine", aug=True, fast=True, graph=True),
+    "trajgru_graph": dict(
+        cell="trajgru", model={}, lr=1e-3, schedule="cosine", aug=True, fast=True, graph=True
+    ),
+    "convgru_graph": dict(
+        cell="convgru", model={}, lr=1e-3, schedule="cosine", aug=True, fast=True, graph=True
+    ),
     # what `nowcast demo` can afford on 2 CPU cores (run with --days 8 --seed 0, the demo's archive)
     "demo_b8_600": dict(cell="trajgru", model={}, lr=2e-3, schedule="cosine", aug=True, batch=8, steps=600),
 }
@@ -92,9 +99,14 @@ def make_data(seed: int, days: int, size: int, start: str, path: Path) -> None:
     t0 = int(day_list[0].astype("datetime64[s]").astype(np.int64))
     n = days * synth.SLOTS_PER_DAY
     split = catalog.split_days_by_fraction(day_list, synth.VALID_FRACTION, synth.TEST_FRACTION)
-    np.savez(path, frames=np.concatenate([p[0] for p in parts]), masks=np.concatenate([p[1] for p in parts]),
-             present=np.concatenate([p[2] for p in parts]), time_s=t0 + INTERVAL_S * np.arange(n, dtype=np.int64),
-             **{f"days_{k}": np.asarray(v, dtype="datetime64[D]") for k, v in split.items()})
+    np.savez(
+        path,
+        frames=np.concatenate([p[0] for p in parts]),
+        masks=np.concatenate([p[1] for p in parts]),
+        present=np.concatenate([p[2] for p in parts]),
+        time_s=t0 + INTERVAL_S * np.arange(n, dtype=np.int64),
+        **{f"days_{k}": np.asarray(v, dtype="datetime64[D]") for k, v in split.items()},
+    )
 
 
 def clip_slots(data, split: str, protocol: str) -> np.ndarray:
@@ -109,7 +121,9 @@ def clip_slots(data, split: str, protocol: str) -> np.ndarray:
 
 def gather(frames_u8, masks, slots, device):
     """Clips at slot starts -> frames float (S, B, 1, H, W) in [0, 1], masks bool, on device."""
-    idx = torch.as_tensor(slots, device=frames_u8.device)[:, None] + torch.arange(SEQ_LEN, device=frames_u8.device)
+    idx = torch.as_tensor(slots, device=frames_u8.device)[:, None] + torch.arange(
+        SEQ_LEN, device=frames_u8.device
+    )
     f = frames_u8[idx].to(device=device, dtype=torch.float32).div_(255.0)
     m = masks[idx].to(device)
     return f.transpose(0, 1).unsqueeze(2), m.transpose(0, 1).unsqueeze(2)
@@ -129,7 +143,8 @@ def summarise(skill: SkillScores) -> dict:
     return {
         "csi": {f"{t:g}": float(np.nanmean(r["csi"][:, i])) for i, t in enumerate(thr)},
         "hss": {f"{t:g}": float(np.nanmean(r["hss"][:, i])) for i, t in enumerate(thr)},
-        "b_mse": float(np.nanmean(r["b_mse"])), "b_mae": float(np.nanmean(r["b_mae"])),
+        "b_mse": float(np.nanmean(r["b_mse"])),
+        "b_mae": float(np.nanmean(r["b_mae"])),
         "csi5_by_lead": [float(v) for v in r["csi"][:, thr.index(5.0)]],
         "n_clips": int(r["n_sequences"]),
     }
@@ -139,7 +154,7 @@ def summarise(skill: SkillScores) -> dict:
 def score(forecast, frames_u8, masks, slots, device, batch=64) -> dict:
     skill = SkillScores(OUT_LEN)
     for lo in range(0, len(slots), batch):
-        f, m = gather(frames_u8, masks, slots[lo:lo + batch], device)
+        f, m = gather(frames_u8, masks, slots[lo : lo + batch], device)
         pred = forecast(f[:IN_LEN]).float().clamp(0, 1)
         skill.update(pred, f[IN_LEN:].contiguous(), m[IN_LEN:].contiguous())
     return summarise(skill)
@@ -161,7 +176,7 @@ def lr_at(step: int, total: int, recipe: dict) -> float:
 def _set_lr(opt, value: float) -> None:
     for g in opt.param_groups:
         if torch.is_tensor(g["lr"]):
-            g["lr"].fill_(value)      # capturable Adam (CUDA graph): a device tensor
+            g["lr"].fill_(value)  # capturable Adam (CUDA graph): a device tensor
         else:
             g["lr"] = value
 
@@ -250,13 +265,27 @@ def train_recipe(args) -> dict:
             val = score(forecast, frames_u8, masks, val_slots, device)
             model.train()
             recent = float(torch.stack(losses[-val_every:]).mean())
-            curve.append({"step": step, "loss": recent, "val_csi5": val["csi"]["5"],
-                          "val_b_mse": val["b_mse"], "seconds": time.perf_counter() - t0})
-            print(f"[{name}] step {step}/{total} loss {curve[-1]['loss']:.4f} val CSI5 {val['csi']['5']:.4f} "
-                  f"B-MSE {val['b_mse']:.1f}", flush=True)
+            curve.append(
+                {
+                    "step": step,
+                    "loss": recent,
+                    "val_csi5": val["csi"]["5"],
+                    "val_b_mse": val["b_mse"],
+                    "seconds": time.perf_counter() - t0,
+                }
+            )
+            print(
+                f"[{name}] step {step}/{total} loss {curve[-1]['loss']:.4f} val CSI5 {val['csi']['5']:.4f} "
+                f"B-MSE {val['b_mse']:.1f}",
+                flush=True,
+            )
             if val["csi"]["5"] > best["csi5"]:
-                best = {"csi5": val["csi"]["5"], "step": step, "state": copy.deepcopy(model.state_dict()),
-                        "val": val}
+                best = {
+                    "csi5": val["csi"]["5"],
+                    "step": step,
+                    "state": copy.deepcopy(model.state_dict()),
+                    "val": val,
+                }
         if out_of_time:
             print(f"[{name}] deadline: stopped at step {step} of {total}", flush=True)
             break
@@ -266,10 +295,22 @@ def train_recipe(args) -> dict:
     test_best = score(forecast, frames_u8, masks, test_slots, device)
     model.load_state_dict(final_state)
     test_final = score(forecast, frames_u8, masks, test_slots, device)
-    out = {"name": name, "recipe": recipe, "params": n_params, "steps": last_step, "planned_steps": total,
-           "batch": batch, "seconds": time.perf_counter() - t0, "device": str(device),
-           "graphed": bool(captured is not None and captured.graphed), "curve": curve,
-           "best_step": best["step"], "val_best": best["val"], "test_best": test_best, "test_final": test_final}
+    out = {
+        "name": name,
+        "recipe": recipe,
+        "params": n_params,
+        "steps": last_step,
+        "planned_steps": total,
+        "batch": batch,
+        "seconds": time.perf_counter() - t0,
+        "device": str(device),
+        "graphed": bool(captured is not None and captured.graphed),
+        "curve": curve,
+        "best_step": best["step"],
+        "val_best": best["val"],
+        "test_best": test_best,
+        "test_final": test_final,
+    }
     Path(out_dir, f"{name}.json").write_text(json.dumps(out, indent=1))
     return out
 
@@ -281,7 +322,7 @@ def _baseline_chunk(args):
     fn = persistence if which == "persistence" else optical_flow
     skill = SkillScores(OUT_LEN)
     for lo in range(0, len(slots), 16):
-        f, m = gather(frames_u8, masks, slots[lo:lo + 16], "cpu")
+        f, m = gather(frames_u8, masks, slots[lo : lo + 16], "cpu")
         skill.update(fn(f[:IN_LEN], OUT_LEN).float().clamp(0, 1), f[IN_LEN:], m[IN_LEN:])
     return skill
 
@@ -293,8 +334,12 @@ def baselines(data_path: Path, out_dir: Path, workers: int) -> dict:
         for split in ("valid", "test"):
             slots = clip_slots(data, split, "sequent")
             for which in ("persistence", "optical_flow"):
-                parts = list(pool.map(_baseline_chunk, [(data_path, c, which) for c in np.array_split(slots, workers)
-                                                         if len(c)]))
+                parts = list(
+                    pool.map(
+                        _baseline_chunk,
+                        [(data_path, c, which) for c in np.array_split(slots, workers) if len(c)],
+                    )
+                )
                 total = parts[0]
                 for p in parts[1:]:
                     total.merge(p)
@@ -304,20 +349,30 @@ def baselines(data_path: Path, out_dir: Path, workers: int) -> dict:
 
 
 def table(out_dir: Path) -> str:
-    rows = ["| recipe | params | steps | best step | val CSI≥5 | test CSI≥5 (best) | test B-MSE | test CSI≥5 (last) |",
-            "|---|---|---|---|---|---|---|---|"]
-    base = json.loads(Path(out_dir, "baselines.json").read_text()) if Path(out_dir, "baselines.json").exists() else {}
+    rows = [
+        "| recipe | params | steps | best step | val CSI≥5 | test CSI≥5 (best) | test B-MSE | test CSI≥5 (last) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    base = (
+        json.loads(Path(out_dir, "baselines.json").read_text())
+        if Path(out_dir, "baselines.json").exists()
+        else {}
+    )
     for which in ("persistence", "optical_flow"):
         if f"{which}_test" in base:
             v, t = base[f"{which}_valid"], base[f"{which}_test"]
-            rows.append(f"| {which} | – | – | – | {v['csi']['5']:.4f} | {t['csi']['5']:.4f} | {t['b_mse']:.1f} | – |")
+            rows.append(
+                f"| {which} | – | – | – | {v['csi']['5']:.4f} | {t['csi']['5']:.4f} | {t['b_mse']:.1f} | – |"
+            )
     for path in sorted(Path(out_dir).glob("*.json")):
         if path.name == "baselines.json":
             continue
         r = json.loads(path.read_text())
-        rows.append(f"| {r['name']} | {r['params'] / 1e6:.2f} M | {r['steps']} | {r['best_step']} | "
-                    f"{r['val_best']['csi']['5']:.4f} | {r['test_best']['csi']['5']:.4f} | "
-                    f"{r['test_best']['b_mse']:.1f} | {r['test_final']['csi']['5']:.4f} |")
+        rows.append(
+            f"| {r['name']} | {r['params'] / 1e6:.2f} M | {r['steps']} | {r['best_step']} | "
+            f"{r['val_best']['csi']['5']:.4f} | {r['test_best']['csi']['5']:.4f} | "
+            f"{r['test_best']['b_mse']:.1f} | {r['test_final']['csi']['5']:.4f} |"
+        )
     return "\n".join(rows)
 
 
@@ -333,9 +388,15 @@ def main(argv=None) -> None:
     p.add_argument("--recipes", default=",".join(RECIPES))
     p.add_argument("--parallel", type=int, default=8, help="recipes trained at once")
     p.add_argument("--max-steps", type=int, default=None, help="cap on steps per recipe (quick checks)")
-    p.add_argument("--no-baselines", action="store_true", help="skip persistence / optical flow (known already)")
-    p.add_argument("--deadline-s", type=float, default=None,
-                   help="every recipe stops training this many seconds after its start, then scores")
+    p.add_argument(
+        "--no-baselines", action="store_true", help="skip persistence / optical flow (known already)"
+    )
+    p.add_argument(
+        "--deadline-s",
+        type=float,
+        default=None,
+        help="every recipe stops training this many seconds after its start, then scores",
+    )
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     data_path = args.out / "data.npz"
@@ -347,9 +408,23 @@ def main(argv=None) -> None:
 
     ctx = mp.get_context("spawn")
     with ProcessPoolExecutor(args.parallel, mp_context=ctx) as pool:
-        futures = [pool.submit(train_recipe, (n, RECIPES[n], data_path, args.out, args.minutes, args.val_every, 0,
-                                               args.max_steps, args.deadline_s))
-                   for n in names]
+        futures = [
+            pool.submit(
+                train_recipe,
+                (
+                    n,
+                    RECIPES[n],
+                    data_path,
+                    args.out,
+                    args.minutes,
+                    args.val_every,
+                    0,
+                    args.max_steps,
+                    args.deadline_s,
+                ),
+            )
+            for n in names
+        ]
         if not args.no_baselines:
             base = baselines(data_path, args.out, max(1, (os.cpu_count() or 2) // 2))
             print(json.dumps({k: (v["csi"]["5"], v["b_mse"]) for k, v in base.items()}), flush=True)

@@ -7,6 +7,7 @@ whose result file is missing is left as it is.
     python benchmarks/update_readme.py            # rewrite README.md
     python benchmarks/update_readme.py --check    # exit 1 if README.md differs from the results
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,39 +43,53 @@ def skill_pipeline() -> str | None:
     minutes = results["minutes"]
     train_min = sum(v for k, v in minutes.items() if k.startswith("train"))
     steps = results["steps"] or "the recipe's"
-    kept = [stage for stage, key in (("the archive", "synth"), *((f"the {b} scores", f"evaluate {b}") for b in
-                                                               ("persistence", "optical-flow")))
-            if key not in minutes]
+    kept = [
+        stage
+        for stage, key in (
+            ("the archive", "synth"),
+            *((f"the {b} scores", f"evaluate {b}") for b in ("persistence", "optical-flow")),
+        )
+        if key not in minutes
+    ]
     reused = f" ({', '.join(kept)} kept from an earlier run of the same command)" if kept else ""
-    return "\n".join([
-        f"`{results['command'].strip()}` — {results['archive']['days']} days of {results['archive']['size']} px, "
-        f"seed {results['archive']['seed']}; `{results['preset']}` preset and recipe, {steps} steps per model, "
-        f"{results['workers']} Ray Train workers; {hardware}, torch {m['torch']}; "
-        f"{train_min:.0f} min of training in all, {sum(minutes.values()):.0f} min for the stages that ran{reused}. "
-        f"Test split, means over the 20 lead times:",
-        "",
-        markdown_table(results),
-    ])
+    return "\n".join(
+        [
+            f"`{results['command'].strip()}` — {results['archive']['days']} days of {results['archive']['size']} px, "
+            f"seed {results['archive']['seed']}; `{results['preset']}` preset and recipe, {steps} steps per model, "
+            f"{results['workers']} Ray Train workers; {hardware}, torch {m['torch']}; "
+            f"{train_min:.0f} min of training in all, {sum(minutes.values()):.0f} min for the stages that ran{reused}. "
+            f"Test split, means over the 20 lead times:",
+            "",
+            markdown_table(results),
+        ]
+    )
 
 
 def _sweep_table(runs: dict, baselines: dict) -> str:
     """skill_sweep.py runs (one row each, the recipe spelled out) under the two baselines' rows."""
-    rows = ["| run | cell | width (filters) | steps × batch | lr schedule | augmentation | CUDA graph | best step | "
-            "val CSI ≥5 | test CSI ≥5 | test CSI ≥10 | test B-MSE | test B-MAE |", "|" + "---|" * 13]
+    rows = [
+        "| run | cell | width (filters) | steps × batch | lr schedule | augmentation | CUDA graph | best step | "
+        "val CSI ≥5 | test CSI ≥5 | test CSI ≥10 | test B-MSE | test B-MAE |",
+        "|" + "---|" * 13,
+    ]
     for which, label in (("persistence", "persistence"), ("optical_flow", "optical flow (DIS)")):
         v, t = baselines[f"{which}_valid"], baselines[f"{which}_test"]
-        rows.append(f"| {label} |" + " – |" * 7 + f" {v['csi']['5']:.3f} | {t['csi']['5']:.3f} | "
-                    f"{t['csi']['10']:.3f} | {t['b_mse']:.1f} | {t['b_mae']:.1f} |")
+        rows.append(
+            f"| {label} |" + " – |" * 7 + f" {v['csi']['5']:.3f} | {t['csi']['5']:.3f} | "
+            f"{t['csi']['10']:.3f} | {t['b_mse']:.1f} | {t['b_mae']:.1f} |"
+        )
     for name, r in runs.items():
         if name.startswith("_") or name == "baselines":
             continue
         rec, t = r["recipe"], r["test_best"]
         width = "/".join(str(f) for f in rec["model"].get("filters", (16, 32)))
         schedule = f"{rec['schedule']} {rec['lr']:g}"
-        rows.append(f"| {name} | {rec['cell']} | {width} | {r['steps']} × {r['batch']} | {schedule} | "
-                    f"{'yes' if rec['aug'] else 'no'} | {'yes' if r.get('graphed') else 'no'} | {r['best_step']} | "
-                    f"{r['val_best']['csi']['5']:.3f} | {t['csi']['5']:.3f} | {t['csi']['10']:.3f} | "
-                    f"{t['b_mse']:.1f} | {t['b_mae']:.1f} |")
+        rows.append(
+            f"| {name} | {rec['cell']} | {width} | {r['steps']} × {r['batch']} | {schedule} | "
+            f"{'yes' if rec['aug'] else 'no'} | {'yes' if r.get('graphed') else 'no'} | {r['best_step']} | "
+            f"{r['val_best']['csi']['5']:.3f} | {t['csi']['5']:.3f} | {t['csi']['10']:.3f} | "
+            f"{t['b_mse']:.1f} | {t['b_mae']:.1f} |"
+        )
     return "\n".join(rows)
 
 
@@ -89,9 +104,11 @@ def gpu_results() -> dict | None:
     runs, first = _load("skill_sweep_h200_run2.json"), _load("skill_sweep_h200_run1.json")
     if runs is None or first is None:
         return None
-    interval_s = 360   # the synthetic archive's cadence
-    rows = {f"{name} ({runs[name]['steps']} steps)": runs[name]["test_best"] | {"interval_s": interval_s}
-            for name in GPU_ROWS}
+    interval_s = 360  # the synthetic archive's cadence
+    rows = {
+        f"{name} ({runs[name]['steps']} steps)": runs[name]["test_best"] | {"interval_s": interval_s}
+        for name in GPU_ROWS
+    }
     baselines = first["baselines"]
     rows["persistence"] = baselines["persistence_test"] | {"interval_s": interval_s}
     rows["optical-flow"] = baselines["optical_flow_test"] | {"interval_s": interval_s}
@@ -117,13 +134,15 @@ def demo() -> str | None:
         return None
     minutes = results["minutes"]
     stages = ", ".join(f"{stage} {value:.1f}" for stage, value in minutes.items())
-    return "\n".join([
-        f"`{results['command']}` ({results['settings']['days']} days of {results['settings']['size_px']} px, "
-        f"{results['steps']} training steps): **{sum(minutes.values()):.1f} min** in all (minutes per stage: {stages}); "
-        f"test split, {results['n_clips']} clips, means over the 20 lead times:",
-        "",
-        markdown_table(results),
-    ])
+    return "\n".join(
+        [
+            f"`{results['command']}` ({results['settings']['days']} days of {results['settings']['size_px']} px, "
+            f"{results['steps']} training steps): **{sum(minutes.values()):.1f} min** in all (minutes per stage: {stages}); "
+            f"test split, {results['n_clips']} clips, means over the 20 lead times:",
+            "",
+            markdown_table(results),
+        ]
+    )
 
 
 def gpu_bench() -> str | None:
@@ -132,24 +151,39 @@ def gpu_bench() -> str | None:
     if bench is None:
         return None
     port = bench["port_reference"]
-    rows = [f"`{bench['preset']}` {bench['size']}, {bench['in_len']} → {bench['out_len']}, Adam, on one "
-            f"{bench['device']} (torch {bench['torch']}); % of the datasheet dense bf16 peak "
-            f"({bench['peak_bf16_tflops_datasheet']:.0f} TFLOP/s); model FLOPs from torch.utils.flop_counter.",
-            "",
-            "| variant | batch | train ms/step | samples/s | peak GiB | TFLOP/s | % peak | × the port | forecast batch "
-            "| forecast ms | forecasts/s |", "|" + "---|" * 11]
+    rows = [
+        f"`{bench['preset']}` {bench['size']}, {bench['in_len']} → {bench['out_len']}, Adam, on one "
+        f"{bench['device']} (torch {bench['torch']}); % of the datasheet dense bf16 peak "
+        f"({bench['peak_bf16_tflops_datasheet']:.0f} TFLOP/s); model FLOPs from torch.utils.flop_counter.",
+        "",
+        "| variant | batch | train ms/step | samples/s | peak GiB | TFLOP/s | % peak | × the port | forecast batch "
+        "| forecast ms | forecasts/s |",
+        "|" + "---|" * 11,
+    ]
     for r in bench["results"]:
         vs_port = f"{port['train_step_s_b4_fp32'] / r['train_step_s']:.1f}×" if r["batch"] == 4 else "–"
-        rows.append(f"| {r['variant']} | {r['batch']} | {1e3 * r['train_step_s']:.1f} | {r['train_samples_per_s']:.1f} | "
-                    f"{r['train_peak_mib'] / 1024:.2f} | {r['train_tflops']:.1f} | {100 * r['train_frac_bf16_peak']:.1f}% | "
-                    f"{vs_port} | {r['forecast_batch']} | {1e3 * r['forecast_s']:.1f} | "
-                    f"{r['forecast_samples_per_s']:.1f} |")
-    rows += ["", f"The port: {1e3 * port['train_step_s_b4_fp32']:.0f} ms per batch-4 step and "
-                 f"{1e3 * port['forecast_s_b1_fp32']:.0f} ms per forecast on the same kind of GPU ({port['source']})."]
+        rows.append(
+            f"| {r['variant']} | {r['batch']} | {1e3 * r['train_step_s']:.1f} | {r['train_samples_per_s']:.1f} | "
+            f"{r['train_peak_mib'] / 1024:.2f} | {r['train_tflops']:.1f} | {100 * r['train_frac_bf16_peak']:.1f}% | "
+            f"{vs_port} | {r['forecast_batch']} | {1e3 * r['forecast_s']:.1f} | "
+            f"{r['forecast_samples_per_s']:.1f} |"
+        )
+    rows += [
+        "",
+        f"The port: {1e3 * port['train_step_s_b4_fp32']:.0f} ms per batch-4 step and "
+        f"{1e3 * port['forecast_s_b1_fp32']:.0f} ms per forecast on the same kind of GPU ({port['source']}).",
+    ]
     return "\n".join(rows)
 
 
-BLOCKS = {"demo": demo, "skill-pipeline": skill_pipeline, "skill-gpu-full": skill_gpu_full, "skill-gpu": skill_gpu, "skill-sweep1": skill_sweep1, "gpu-bench": gpu_bench}
+BLOCKS = {
+    "demo": demo,
+    "skill-pipeline": skill_pipeline,
+    "skill-gpu-full": skill_gpu_full,
+    "skill-gpu": skill_gpu,
+    "skill-sweep1": skill_sweep1,
+    "gpu-bench": gpu_bench,
+}
 
 
 def render(text: str) -> str:
@@ -158,7 +192,9 @@ def render(text: str) -> str:
         body = fn()
         if body is None:
             continue
-        pattern = re.compile(rf"(<!-- BEGIN {re.escape(name)} -->\n)(?:.*?\n)?(<!-- END {re.escape(name)} -->)", re.S)
+        pattern = re.compile(
+            rf"(<!-- BEGIN {re.escape(name)} -->\n)(?:.*?\n)?(<!-- END {re.escape(name)} -->)", re.S
+        )
         text = pattern.sub(lambda m, b=body: m.group(1) + b + "\n" + m.group(2), text)
     return text
 

@@ -5,6 +5,7 @@ Each stage (ingest, train, evaluate, predict) is a plain function taking a typed
 Stages never import each other; what two of them share lives a level down (store, dataset,
 checkpoints, forecasters, tracking). Only ``cli.py`` defers imports, to keep ``nowcast --help`` fast.
 """
+
 from pipeline.errors import NowcastError
 
 __all__ = ["NowcastError"]

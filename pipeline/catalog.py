@@ -16,6 +16,7 @@ split chronologically by fraction (:func:`split_days_by_fraction`, the one split
 the HKO-7 benchmark's text files, one ``YYYYMMDD, <daily rain mm>`` line per day
 (:func:`read_day_list`, :func:`write_day_list`).
 """
+
 from __future__ import annotations
 
 import re
@@ -108,7 +109,7 @@ def valid_clip_starts(
     if ticks.size:
         chunks = []
         for lo in range(0, ticks.size, 65536):  # bounded memory: (65536, seq_len) bools per pass
-            starts = ticks[lo:lo + 65536]
+            starts = ticks[lo : lo + 65536]
             ok = _valid_rows(_slot_presence(ticks, starts, seq_len, step), max_consecutive_missing)
             chunks.append(starts[ok])
         out = np.concatenate(chunks)
@@ -176,6 +177,7 @@ def _clip_is_valid(existing: set, start: int, offsets: list[int], max_consecutiv
 
 # ----------------------------------------------------------------------------------------- splits
 
+
 def select_days(times: np.ndarray, days: Iterable) -> np.ndarray:
     """(N,) datetime64 times -> (N,) bool: is the (UTC) calendar day of each time in ``days``.
 
@@ -221,7 +223,7 @@ def split_days_by_fraction(
     n_test = take(test_fraction, n)
     n_valid = take(valid_fraction, n - n_test)
     n_train = n - n_test - n_valid
-    return {"train": d[:n_train], "valid": d[n_train:n_train + n_valid], "test": d[n_train + n_valid:]}
+    return {"train": d[:n_train], "valid": d[n_train : n_train + n_valid], "test": d[n_train + n_valid :]}
 
 
 def select_split(times: np.ndarray, spec) -> np.ndarray:
@@ -243,14 +245,18 @@ def parse_split_option(text: str) -> tuple[str, object]:
     """
     name, sep, value = text.partition("=")
     if not sep or not name.strip() or not value.strip():
-        raise ValueError(f"split {text!r}: expected NAME=DAYLIST_FILE or NAME=START..END (e.g. test=2015-01-01..2016-01-01)")
+        raise ValueError(
+            f"split {text!r}: expected NAME=DAYLIST_FILE or NAME=START..END (e.g. test=2015-01-01..2016-01-01)"
+        )
     name, value = name.strip(), value.strip()
     if ".." in value:
         start, _, end = value.partition("..")
         try:
             bounds = tuple(np.datetime64(b.strip()) if b.strip() else None for b in (start, end))
         except ValueError as exc:
-            raise ValueError(f"split {text!r}: {exc}; dates look like 2015-06-01 or 2015-06-01T12:00") from exc
+            raise ValueError(
+                f"split {text!r}: {exc}; dates look like 2015-06-01 or 2015-06-01T12:00"
+            ) from exc
         return name, bounds
     path = Path(value)
     if not path.is_file():
@@ -259,6 +265,7 @@ def parse_split_option(text: str) -> tuple[str, object]:
 
 
 # ----------------------------------------------------------------------------------------- day lists
+
 
 def read_day_list(path: str | Path) -> list[np.datetime64]:
     """Read a day list (``YYYYMMDD, <daily rain mm>`` per line; the rain column is optional; ``#``

@@ -14,6 +14,7 @@ The two model files alone are a *model directory*: the logged MLflow model carri
 ``best/`` weights: :func:`find` resolves a checkpoint to them. Every ``.pt`` file is loaded with ``torch.load(weights_only=True)``: reading a
 checkpoint never unpickles code, whoever wrote it.
 """
+
 from __future__ import annotations
 
 import json
@@ -60,9 +61,11 @@ def _load_weights_only(path: Path):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise NowcastError(f"{path} holds more than tensors and plain values, so it is not loaded (a checkpoint "
-                           "of an older nowcast, or not written by nowcast at all); start a new run with another "
-                           "--run-name, or use checkpoints you trust") from exc
+        raise NowcastError(
+            f"{path} holds more than tensors and plain values, so it is not loaded (a checkpoint "
+            "of an older nowcast, or not written by nowcast at all); start a new run with another "
+            "--run-name, or use checkpoints you trust"
+        ) from exc
 
 
 def load_model_state(model_dir: Path | str) -> dict:
@@ -87,8 +90,9 @@ def is_model_dir(path: Path | str) -> bool:
 
 
 # --------------------------------------------------------------------------- checkpoints
-def save(out_dir: Path | str, model, train_state: dict, meta: dict,
-         best: tuple[dict, dict] | None = None) -> None:
+def save(
+    out_dir: Path | str, model, train_state: dict, meta: dict, best: tuple[dict, dict] | None = None
+) -> None:
     """Write a checkpoint directory: the model files, ``train_state.pt``, ``meta.json`` and ``best/``.
 
     train_state : {"optimizer": state_dict, "scheduler": state_dict, "step": int, "rng": :func:`rng_state`}
@@ -106,7 +110,9 @@ def save(out_dir: Path | str, model, train_state: dict, meta: dict,
         best_dir = out_dir / BEST_DIR
         best_dir.mkdir(exist_ok=True)
         module = getattr(model, "module", model)
-        (best_dir / MODEL_CONFIG_FILE).write_text(json.dumps(module.config.to_dict(), indent=1, sort_keys=True))
+        (best_dir / MODEL_CONFIG_FILE).write_text(
+            json.dumps(module.config.to_dict(), indent=1, sort_keys=True)
+        )
         torch.save({k: v.detach().cpu() for k, v in state.items()}, best_dir / MODEL_STATE_FILE)
         (best_dir / META_FILE).write_text(json.dumps(best_meta))
 
@@ -182,8 +188,10 @@ def find(path: Path | str) -> Path:
         latest = None
     if latest is not None and is_model_dir(latest.path):
         return served_model_dir(latest.path)
-    raise NowcastError(f"{path} holds no {MODEL_CONFIG_FILE}: it is neither a checkpoint written by "
-                       "`nowcast train` nor a Ray Train run directory with one")
+    raise NowcastError(
+        f"{path} holds no {MODEL_CONFIG_FILE}: it is neither a checkpoint written by "
+        "`nowcast train` nor a Ray Train run directory with one"
+    )
 
 
 # --------------------------------------------------------------------------- RNG state
@@ -192,8 +200,13 @@ def rng_state() -> dict:
     np_state = np.random.get_state(legacy=False)
     state = {
         "python": random.getstate(),
-        "numpy": {**np_state, "state": {"key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
-                                        "pos": int(np_state["state"]["pos"])}},
+        "numpy": {
+            **np_state,
+            "state": {
+                "key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+                "pos": int(np_state["state"]["pos"]),
+            },
+        },
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -205,7 +218,10 @@ def set_rng_state(state: dict) -> None:
     """Restore what :func:`rng_state` returned."""
     random.setstate(state["python"])
     np_state = dict(state["numpy"])
-    np_state["state"] = {"key": np_state["state"]["key"].numpy().astype(np.uint32), "pos": np_state["state"]["pos"]}
+    np_state["state"] = {
+        "key": np_state["state"]["key"].numpy().astype(np.uint32),
+        "pos": np_state["state"]["pos"],
+    }
     np.random.set_state(np_state)
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():

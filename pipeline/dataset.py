@@ -20,10 +20,11 @@ values, one extra copy). Why: the default collation's ``torch.stack`` into a fre
 92 MB tensor per array and batch of 4 page-faults 4 KiB at a time and cost more than reading and
 decoding the clips (benchmarks/bench_dataset.py).
 """
+
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -37,7 +38,9 @@ def rank_slice(starts_s: np.ndarray, rank: int, world_size: int) -> np.ndarray:
     """Deterministic disjoint share of ``starts_s`` for ``rank`` of ``world_size``: every
     ``world_size``-th element from ``rank`` (sizes differ by at most one; the union is the input)."""
     if world_size < 1 or not 0 <= rank < world_size:
-        raise NowcastError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}", exit_code=2)
+        raise NowcastError(
+            f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}", exit_code=2
+        )
     return np.asarray(starts_s)[rank::world_size]
 
 
@@ -78,8 +81,9 @@ class ClipDataset:
         """(seq_len,) int64 epoch seconds of item i's slots."""
         return self.store.slot_times_s(self.starts_s[i], self.seq_len)
 
-    def read_numpy(self, i: int, frames_out: np.ndarray | None = None,
-                   masks_out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def read_numpy(
+        self, i: int, frames_out: np.ndarray | None = None, masks_out: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Item i as numpy: frames uint8 (seq_len, H, W), masks bool (seq_len, H, W).
 
         frames_out / masks_out : optional buffers of those shapes to fill (this process's reusable ones
@@ -114,7 +118,7 @@ class ClipDataset:
         np.copyto(m[:, 0], masks_b.view(np.uint8), casting="unsafe")
         return torch.from_numpy(x), torch.from_numpy(m)
 
-    def __getitems__(self, indices: Sequence[int]) -> "ClipBatch":
+    def __getitems__(self, indices: Sequence[int]) -> ClipBatch:
         """Batched fetch (called by ``DataLoader`` with automatic batching) -> :class:`ClipBatch`.
 
         Reads clips ``indices`` (B of them) into one frames and one masks tensor, float32
@@ -133,7 +137,9 @@ class ClipDataset:
         frames_u8, masks_b = self._buffers()
         for b, i in enumerate(idx):
             reader.read(self.slot_times_s(i), frames_u8, masks_b)
-            np.divide(frames_u8, np.float32(255.0), out=x[b, :, 0], dtype=np.float32)  # == float32(pixel / 255)
+            np.divide(
+                frames_u8, np.float32(255.0), out=x[b, :, 0], dtype=np.float32
+            )  # == float32(pixel / 255)
             np.copyto(m[b, :, 0], masks_b.view(np.uint8), casting="unsafe")
         return ClipBatch(frames, masks)
 
@@ -189,5 +195,7 @@ def augment_clips(frames: torch.Tensor, masks: torch.Tensor, seed: int, rank: in
     square = frames.shape[-1] == frames.shape[-2]
     rng = np.random.default_rng([seed, rank, step, 1])
     ks = rng.integers(0, 8, len(frames)) if square else rng.choice([0, 2, 4, 6], len(frames))
-    return (torch.stack([dihedral(f, int(k)) for f, k in zip(frames, ks)]),
-            torch.stack([dihedral(m, int(k)) for m, k in zip(masks, ks)]))
+    return (
+        torch.stack([dihedral(f, int(k)) for f, k in zip(frames, ks)]),
+        torch.stack([dihedral(m, int(k)) for m, k in zip(masks, ks)]),
+    )

@@ -11,6 +11,7 @@ settings, the minutes each stage took, and one row per model in the format of
 ``benchmarks/bench_skill.py`` (``rows: {model: {csi: {threshold: mean}, hss: ..., b_mse, b_mae, ...}}``),
 from which the README's demo table is generated.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -38,7 +39,7 @@ class DemoConfig:
     frames_per_day: int = 240
     size_px: int = 96
     seed: int = 0
-    steps: int | None = None        # None: the tiny-demo recipe's (pipeline.train.RECIPES)
+    steps: int | None = None  # None: the tiny-demo recipe's (pipeline.train.RECIPES)
     batch_size: int | None = None
     workers: int = 2
     model_name: str = "nowcast-tiny"
@@ -52,9 +53,12 @@ class DemoConfig:
         for name in ("days", "frames_per_day", "size_px", "steps", "batch_size", "workers", "max_eval_clips"):
             value = getattr(self, name)
             check(value is None or value >= 1, f"--{name.replace('_', '-')} must be >= 1, got {value}")
-        check(self.batch_size is None or self.batch_size % self.workers == 0,
-              f"the batch size {self.batch_size} must be a multiple of --workers {self.workers}")
+        check(
+            self.batch_size is None or self.batch_size % self.workers == 0,
+            f"the batch size {self.batch_size} must be a multiple of --workers {self.workers}",
+        )
         check_name(self.model_name, "the model name")
+
 
 #: The demo's scores, beside its outputs (see the module doc).
 RESULTS_FILE = "demo_results.json"
@@ -95,9 +99,18 @@ def _demo_forecast_time(store: Store) -> int:
 
 def _train_config(cfg: DemoConfig, workdir: Path, store: Path, tracking_uri: str) -> TrainConfig:
     return TrainConfig(
-        store=store, preset="tiny", recipe="tiny-demo", workers=cfg.workers, steps=cfg.steps,
-        batch_size=cfg.batch_size, height=cfg.size_px, width=cfg.size_px, run_name=f"demo-{time.strftime('%Y%m%d-%H%M%S')}",
-        storage_path=workdir / "ray_results", tracking_uri=tracking_uri, ray_address=cfg.ray_address,
+        store=store,
+        preset="tiny",
+        recipe="tiny-demo",
+        workers=cfg.workers,
+        steps=cfg.steps,
+        batch_size=cfg.batch_size,
+        height=cfg.size_px,
+        width=cfg.size_px,
+        run_name=f"demo-{time.strftime('%Y%m%d-%H%M%S')}",
+        storage_path=workdir / "ray_results",
+        tracking_uri=tracking_uri,
+        ray_address=cfg.ray_address,
         register_as=cfg.model_name,
     )
 
@@ -108,7 +121,7 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
     workdir = Path(cfg.workdir).resolve()
     archive, store = workdir / "archive", workdir / "store.zarr"
     tracking_uri = cfg.tracking_uri or resolve_tracking_uri(f"sqlite:///{workdir / 'mlflow.db'}")
-    train_cfg = _train_config(cfg, workdir, store, tracking_uri)   # checked before any stage runs
+    train_cfg = _train_config(cfg, workdir, store, tracking_uri)  # checked before any stage runs
     steps = train_cfg.resolved().steps
     workdir.mkdir(parents=True, exist_ok=True)
     minutes = {}
@@ -128,44 +141,90 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
     t = stage("train", t)
     model_uri = f"models:/{cfg.model_name}/{trained.registered_version}"
     print("[demo] 4/5 evaluating the model against persistence and optical flow on the test split")
-    compared = compare_models(store, [model_uri, "persistence", "optical-flow"], split="test",
-                              tracking_uri=tracking_uri, max_clips=cfg.max_eval_clips,
-                              out_dir=workdir / "evaluation", reuse_baselines=True)
+    compared = compare_models(
+        store,
+        [model_uri, "persistence", "optical-flow"],
+        split="test",
+        tracking_uri=tracking_uri,
+        max_clips=cfg.max_eval_clips,
+        out_dir=workdir / "evaluation",
+        reuse_baselines=True,
+    )
     t = stage("evaluate", t)
     print("[demo] 5/5 forecasting with the champion")
     forecast = predict(
         PredictConfig(
-            model_uri=f"models:/{cfg.model_name}@champion", out_dir=workdir / "forecast", store=store,
-            time=str(_demo_forecast_time(Store.open(store))), tracking_uri=tracking_uri, overwrite=True,
+            model_uri=f"models:/{cfg.model_name}@champion",
+            out_dir=workdir / "forecast",
+            store=store,
+            time=str(_demo_forecast_time(Store.open(store))),
+            tracking_uri=tracking_uri,
+            overwrite=True,
         )
     )
     stage("predict", t)
-    results_path = files.write_json(workdir / RESULTS_FILE, {
-        "command": "nowcast demo", "settings": {k: str(v) if isinstance(v, Path) else v
-                                                for k, v in dataclasses.asdict(cfg).items()},
-        "steps": steps, "minutes": minutes, "split": "test", "n_clips": compared.n_clips,
-        "rows": {f"{cfg.model_name} ({steps} steps)" if r.model_uri == model_uri else r.model_name: table_row(r)
-                 for r in compared.results},
-    })
-    summary = _summary(workdir, store, model_uri, trained, forecast.gif_path, compared, tracking_uri,
-                       time.perf_counter() - t0, results_path)
-    return DemoResult(workdir, store, model_uri, trained.registered_version, bool(trained.promoted),
-                      forecast.gif_path, compared.table, summary)
+    results_path = files.write_json(
+        workdir / RESULTS_FILE,
+        {
+            "command": "nowcast demo",
+            "settings": {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(cfg).items()},
+            "steps": steps,
+            "minutes": minutes,
+            "split": "test",
+            "n_clips": compared.n_clips,
+            "rows": {
+                f"{cfg.model_name} ({steps} steps)" if r.model_uri == model_uri else r.model_name: table_row(
+                    r
+                )
+                for r in compared.results
+            },
+        },
+    )
+    summary = _summary(
+        workdir,
+        store,
+        model_uri,
+        trained,
+        forecast.gif_path,
+        compared,
+        tracking_uri,
+        time.perf_counter() - t0,
+        results_path,
+    )
+    return DemoResult(
+        workdir,
+        store,
+        model_uri,
+        trained.registered_version,
+        bool(trained.promoted),
+        forecast.gif_path,
+        compared.table,
+        summary,
+    )
 
 
-def _summary(workdir, store, model_uri, trained, gif_path, compared, tracking_uri, seconds, results_path) -> str:
+def _summary(
+    workdir, store, model_uri, trained, gif_path, compared, tracking_uri, seconds, results_path
+) -> str:
     champion = "took the champion alias" if trained.promoted else "did not beat the current champion"
     reused = [r.model_name for r in compared.results if r.reused]
-    return "\n".join([
-        compared.table,
-        *([f"(scores of {', '.join(reused)} reused from an earlier demo run on the same store and clips)"]
-          if reused else []),
-        "",
-        f"demo finished in {seconds / 60:.1f} min",
-        f"  store:      {store}",
-        f"  model:      {model_uri} ({champion})",
-        f"  checkpoint: {trained.checkpoint_path}",
-        f"  forecast:   {gif_path}",
-        f"  scores:     {results_path}",
-        f"  MLflow UI:  mlflow ui --backend-store-uri {tracking_uri}",
-    ])
+    return "\n".join(
+        [
+            compared.table,
+            *(
+                [
+                    f"(scores of {', '.join(reused)} reused from an earlier demo run on the same store and clips)"
+                ]
+                if reused
+                else []
+            ),
+            "",
+            f"demo finished in {seconds / 60:.1f} min",
+            f"  store:      {store}",
+            f"  model:      {model_uri} ({champion})",
+            f"  checkpoint: {trained.checkpoint_path}",
+            f"  forecast:   {gif_path}",
+            f"  scores:     {results_path}",
+            f"  MLflow UI:  mlflow ui --backend-store-uri {tracking_uri}",
+        ]
+    )

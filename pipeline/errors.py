@@ -1,4 +1,5 @@
 """The project's user-facing exception, and the checks that raise it for bad options."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -34,9 +35,11 @@ def check(ok: bool, message: str) -> None:
 
 def check_name(value: str | None, option: str) -> None:
     """Usage error (see :func:`check`) unless ``value`` is None or matches :data:`NAME_PATTERN`."""
-    check(value is None or (isinstance(value, str) and NAME_PATTERN.fullmatch(value) is not None),
-          f"{option} {value!r} is not a safe name: use letters, digits, '_', '.' and '-' (at most 100, "
-          "not starting with '.' or '-')")
+    check(
+        value is None or (isinstance(value, str) and NAME_PATTERN.fullmatch(value) is not None),
+        f"{option} {value!r} is not a safe name: use letters, digits, '_', '.' and '-' (at most 100, "
+        "not starting with '.' or '-')",
+    )
 
 
 def check_types(config) -> None:

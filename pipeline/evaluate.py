@@ -17,6 +17,7 @@ Protocol
 
 A model and the baselines are scored on identical clips: :func:`compare` does it in one call.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -27,9 +28,9 @@ import os
 import re
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import ray
@@ -81,8 +82,8 @@ class EvaluateConfig:
     out_json: str | Path | None = None
     tracking_uri: str | None = None
     log_to_mlflow: bool = True
-    device: str = "auto"                 # "auto": a GPU when one is visible
-    fast_path: bool = True               # trajgru.fast.enable_fast_path for trained models
+    device: str = "auto"  # "auto": a GPU when one is visible
+    fast_path: bool = True  # trajgru.fast.enable_fast_path for trained models
     in_len: int | None = None
     out_len: int | None = None
     ray_address: str | None = None
@@ -93,7 +94,10 @@ class EvaluateConfig:
     def __post_init__(self):
         check(int(self.workers) >= 0, f"workers must be >= 0, got {self.workers}")
         check(int(self.batch_size) >= 1, f"batch_size must be >= 1, got {self.batch_size}")
-        check(self.max_clips is None or int(self.max_clips) >= 1, f"max_clips must be >= 1, got {self.max_clips}")
+        check(
+            self.max_clips is None or int(self.max_clips) >= 1,
+            f"max_clips must be >= 1, got {self.max_clips}",
+        )
 
 
 @dataclass
@@ -118,9 +122,9 @@ class EvaluateResult:
     mlflow_run_id: str | None = None
     seconds: float = 0.0
     skill: object = field(default=None, repr=False)  # the merged SkillScores (None when reused)
-    notes: list[str] = field(default_factory=list)   # what the user should know (e.g. not logged)
-    reused: bool = False                             # scores read back from an earlier JSON record
-    interval_s: int = 360                            # the cadence the lead times are counted in
+    notes: list[str] = field(default_factory=list)  # what the user should know (e.g. not logged)
+    reused: bool = False  # scores read back from an earlier JSON record
+    interval_s: int = 360  # the cadence the lead times are counted in
 
 
 @dataclass
@@ -133,10 +137,22 @@ class CompareResult:
 
 
 # --------------------------------------------------------------------------- inputs
-def _load(model_uri: str, tracking_uri: str | None, device: str, in_len: int | None,
-          out_len: int | None, fast_path: bool = True) -> Forecaster:
-    return load_forecaster(model_uri, tracking_uri=tracking_uri, device=device, in_len=in_len, out_len=out_len,
-                           fast_path=fast_path)
+def _load(
+    model_uri: str,
+    tracking_uri: str | None,
+    device: str,
+    in_len: int | None,
+    out_len: int | None,
+    fast_path: bool = True,
+) -> Forecaster:
+    return load_forecaster(
+        model_uri,
+        tracking_uri=tracking_uri,
+        device=device,
+        in_len=in_len,
+        out_len=out_len,
+        fast_path=fast_path,
+    )
 
 
 def _lengths(forecaster: Forecaster, in_len: int | None, out_len: int | None) -> tuple[int, int]:
@@ -144,11 +160,15 @@ def _lengths(forecaster: Forecaster, in_len: int | None, out_len: int | None) ->
     n_in = int(in_len or forecaster.in_len)
     n_out = int(out_len or forecaster.out_len)
     if n_in != forecaster.in_len:
-        raise NowcastError(f"{forecaster.name} takes {forecaster.in_len} input frames, not {n_in}; "
-                           "leave in_len unset to use the model's")
+        raise NowcastError(
+            f"{forecaster.name} takes {forecaster.in_len} input frames, not {n_in}; "
+            "leave in_len unset to use the model's"
+        )
     if n_out > forecaster.out_len:
-        raise NowcastError(f"{forecaster.name} forecasts {forecaster.out_len} frames, fewer than the "
-                           f"{n_out} asked for; leave out_len unset or lower it")
+        raise NowcastError(
+            f"{forecaster.name} forecasts {forecaster.out_len} frames, fewer than the "
+            f"{n_out} asked for; leave out_len unset or lower it"
+        )
     if n_in < 1 or n_out < 1:
         raise NowcastError(f"in_len and out_len must be >= 1, got {n_in} and {n_out}", exit_code=2)
     return n_in, n_out
@@ -174,15 +194,23 @@ def _protocol_clips(store: Store, split: str, max_clips: int | None = None) -> n
 def _batches(store: Store, starts_s: np.ndarray, seq_len: int, batch_size: int):
     """Yield (frames, masks) torch float32 (seq_len, B, 1, H, W) over the clips, in order."""
     dataset = ClipDataset(store, np.asarray(starts_s, dtype=np.int64), seq_len=seq_len)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=max(1, int(batch_size)), shuffle=False,
-                                         num_workers=0, collate_fn=collate_clips)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=max(1, int(batch_size)), shuffle=False, num_workers=0, collate_fn=collate_clips
+    )
     for frames, masks in loader:
         yield frames.transpose(0, 1), masks.transpose(0, 1)
 
 
-def score_clips(forecaster: Forecaster, store: Store, starts_s: np.ndarray, in_len: int, out_len: int,
-                batch_size: int = 4, thresholds_mm_h: Sequence[float] = DEFAULT_THRESHOLDS_MM_H,
-                progress: bool = False) -> SkillScores:
+def score_clips(
+    forecaster: Forecaster,
+    store: Store,
+    starts_s: np.ndarray,
+    in_len: int,
+    out_len: int,
+    batch_size: int = 4,
+    thresholds_mm_h: Sequence[float] = DEFAULT_THRESHOLDS_MM_H,
+    progress: bool = False,
+) -> SkillScores:
     """Score ``forecaster`` on the clips starting at ``starts_s`` (int64 epoch s) in this process.
 
     Inputs are frames [0, in_len), truth frames [in_len, in_len + out_len) with their masks.
@@ -193,33 +221,62 @@ def score_clips(forecaster: Forecaster, store: Store, starts_s: np.ndarray, in_l
     if len(starts_s) == 0:
         return skill
     n_batches = -(-len(starts_s) // max(1, int(batch_size)))
-    batches = track(_batches(store, starts_s, in_len + out_len, batch_size), f"evaluate {forecaster.name}",
-                    total=n_batches, enabled=progress, transient=True)
+    batches = track(
+        _batches(store, starts_s, in_len + out_len, batch_size),
+        f"evaluate {forecaster.name}",
+        total=n_batches,
+        enabled=progress,
+        transient=True,
+    )
     with torch.no_grad():
         for frames, masks in batches:
             pred = forecaster(frames[:in_len])
             if pred.shape[0] < out_len or tuple(pred.shape[1:]) != tuple(frames.shape[1:]):
                 raise NowcastError(
                     f"{forecaster.name} returned shape {tuple(pred.shape)} for inputs "
-                    f"{tuple(frames[:in_len].shape)}; expected ({out_len}, *{tuple(frames.shape[1:])})")
+                    f"{tuple(frames[:in_len].shape)}; expected ({out_len}, *{tuple(frames.shape[1:])})"
+                )
             pred = pred[:out_len].float().clamp(0.0, 1.0).cpu()
-            skill.update(pred, frames[in_len:in_len + out_len].contiguous(),
-                         masks[in_len:in_len + out_len].contiguous())
+            skill.update(
+                pred,
+                frames[in_len : in_len + out_len].contiguous(),
+                masks[in_len : in_len + out_len].contiguous(),
+            )
     return skill
 
 
-def _score_slice(store: Store, starts_s: np.ndarray, model_uri: str, tracking_uri: str | None, device: str,
-                 in_len: int, out_len: int, batch_size: int, thresholds_mm_h: tuple, fast_path: bool) -> SkillScores:
+def _score_slice(
+    store: Store,
+    starts_s: np.ndarray,
+    model_uri: str,
+    tracking_uri: str | None,
+    device: str,
+    in_len: int,
+    out_len: int,
+    batch_size: int,
+    thresholds_mm_h: tuple,
+    fast_path: bool,
+) -> SkillScores:
     """One Ray task: load the forecaster and score a slice of clips -> SkillScores."""
     torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1") or 1)))
     forecaster = _load(model_uri, tracking_uri, device, in_len, out_len, fast_path)
     return score_clips(forecaster, store, starts_s, in_len, out_len, batch_size, thresholds_mm_h)
 
 
-def score_clips_ray(model_uri: str, store: Store, starts_s: np.ndarray, in_len: int, out_len: int,
-                    workers: int, batch_size: int = 4, tracking_uri: str | None = None, device: str = "cpu",
-                    thresholds_mm_h: Sequence[float] = DEFAULT_THRESHOLDS_MM_H,
-                    ray_address: str | None = None, fast_path: bool = True) -> SkillScores:
+def score_clips_ray(
+    model_uri: str,
+    store: Store,
+    starts_s: np.ndarray,
+    in_len: int,
+    out_len: int,
+    workers: int,
+    batch_size: int = 4,
+    tracking_uri: str | None = None,
+    device: str = "cpu",
+    thresholds_mm_h: Sequence[float] = DEFAULT_THRESHOLDS_MM_H,
+    ray_address: str | None = None,
+    fast_path: bool = True,
+) -> SkillScores:
     """Score on ``workers`` Ray tasks, each a disjoint slice (``pipeline.dataset.rank_slice``); merged.
 
     The store travels as its absolute path, checkpoint paths and the tracking URI are made absolute;
@@ -236,8 +293,20 @@ def score_clips_ray(model_uri: str, store: Store, starts_s: np.ndarray, in_len: 
         for rank in range(int(workers)):
             part = rank_slice(np.asarray(starts_s, np.int64), rank, int(workers))
             if part.size:
-                refs.append(task.remote(store, part, uri, tracking_uri, device, in_len, out_len,
-                                        batch_size, tuple(thresholds_mm_h), fast_path))
+                refs.append(
+                    task.remote(
+                        store,
+                        part,
+                        uri,
+                        tracking_uri,
+                        device,
+                        in_len,
+                        out_len,
+                        batch_size,
+                        tuple(thresholds_mm_h),
+                        fast_path,
+                    )
+                )
         merged = SkillScores(out_len, thresholds_mm_h)
         for part_scores in ray.get(refs):
             merged.merge(part_scores)
@@ -281,9 +350,21 @@ def _starts_digest(starts_s: np.ndarray) -> dict:
     }
 
 
-def evaluation_record(skill, *, model_uri: str, model_name: str, run_id: str | None, split: str,
-                      starts_s: np.ndarray, in_len: int, out_len: int, interval_s: int, store: Store,
-                      workers: int, seconds: float) -> dict:
+def evaluation_record(
+    skill,
+    *,
+    model_uri: str,
+    model_name: str,
+    run_id: str | None,
+    split: str,
+    starts_s: np.ndarray,
+    in_len: int,
+    out_len: int,
+    interval_s: int,
+    store: Store,
+    workers: int,
+    seconds: float,
+) -> dict:
     """The JSON document written by :func:`evaluate` (scores + what was scored)."""
     result = skill.result()
     try:
@@ -325,9 +406,18 @@ def reuse_record(path: Path, expected: dict) -> dict | None:
         return None
 
 
-def log_evaluation_to_mlflow(*, tracking_uri: str, experiment: str, run_id: str | None,
-                             model_name: str, split: str, result: dict, interval_s: int, n_clips: int,
-                             files: Sequence[Path]) -> str:
+def log_evaluation_to_mlflow(
+    *,
+    tracking_uri: str,
+    experiment: str,
+    run_id: str | None,
+    model_name: str,
+    split: str,
+    result: dict,
+    interval_s: int,
+    n_clips: int,
+    files: Sequence[Path],
+) -> str:
     """Log :func:`tracking.skill_metrics` (step 0), :func:`tracking.skill_curves`, tags and ``files``
     (artifacts under ``evaluation/<split>``).
 
@@ -336,52 +426,108 @@ def log_evaluation_to_mlflow(*, tracking_uri: str, experiment: str, run_id: str 
     """
     summary = tracking.skill_metrics(result, split)
     return tracking.log_to_run(
-        tracking_uri=tracking_uri, run_id=run_id, experiment=experiment, run_name=f"evaluate-{short_name(model_name)}",
+        tracking_uri=tracking_uri,
+        run_id=run_id,
+        experiment=experiment,
+        run_name=f"evaluate-{short_name(model_name)}",
         new_run_tags={"nowcast.stage": "evaluate"},
         metrics=[(k, v, 0) for k, v in summary.items()] + tracking.skill_curves(result, split, interval_s),
-        tags={f"eval.{split}.n_clips": str(n_clips), f"eval.{split}.model": model_name}, files=files,
-        artifact_path=f"evaluation/{split}")
+        tags={f"eval.{split}.n_clips": str(n_clips), f"eval.{split}.model": model_name},
+        files=files,
+        artifact_path=f"evaluation/{split}",
+    )
 
 
-def _log(cfg: EvaluateConfig, forecaster: Forecaster, result: dict, interval_s: int, n_clips: int,
-         paths: Sequence[Path], notes: list[str]) -> str | None:
+def _log(
+    cfg: EvaluateConfig,
+    forecaster: Forecaster,
+    result: dict,
+    interval_s: int,
+    n_clips: int,
+    paths: Sequence[Path],
+    notes: list[str],
+) -> str | None:
     """Log an evaluation where :class:`EvaluateConfig` says; returns the run id (None when not logged,
     with the reason appended to ``notes``)."""
     uri = tracking.existing_tracking_uri(cfg.tracking_uri)
     if uri is None:
-        notes.append("not logged to MLflow: no tracking store is configured and ./mlflow.db does not exist "
-                     "(pass --tracking-uri or set MLFLOW_TRACKING_URI to log; --no-log to skip silently)")
+        notes.append(
+            "not logged to MLflow: no tracking store is configured and ./mlflow.db does not exist "
+            "(pass --tracking-uri or set MLFLOW_TRACKING_URI to log; --no-log to skip silently)"
+        )
         return None
     run_id = forecaster.run_id
     if run_id is not None and not tracking.run_exists(run_id, uri):
-        notes.append(f"the model's training run {run_id} is not in the tracking store {uri}; the evaluation "
-                     "is logged into a new run (pass the --tracking-uri it was trained with to log it there)")
+        notes.append(
+            f"the model's training run {run_id} is not in the tracking store {uri}; the evaluation "
+            "is logged into a new run (pass the --tracking-uri it was trained with to log it there)"
+        )
         run_id = None
-    return log_evaluation_to_mlflow(tracking_uri=uri, experiment=cfg.experiment, run_id=run_id,
-                                    model_name=forecaster.name, split=cfg.split, result=result,
-                                    interval_s=interval_s, n_clips=n_clips, files=paths)
+    return log_evaluation_to_mlflow(
+        tracking_uri=uri,
+        experiment=cfg.experiment,
+        run_id=run_id,
+        model_name=forecaster.name,
+        split=cfg.split,
+        result=result,
+        interval_s=interval_s,
+        n_clips=n_clips,
+        files=paths,
+    )
 
 
 # --------------------------------------------------------------------------- entry points
-def _evaluate_loaded(cfg: EvaluateConfig, store: Store, forecaster: Forecaster, starts_s: np.ndarray, in_len: int,
-                     out_len: int, out_json: Path | None) -> EvaluateResult:
+def _evaluate_loaded(
+    cfg: EvaluateConfig,
+    store: Store,
+    forecaster: Forecaster,
+    starts_s: np.ndarray,
+    in_len: int,
+    out_len: int,
+    out_json: Path | None,
+) -> EvaluateResult:
     """Score an already loaded forecaster on given clips, write the JSON + skill plot to ``out_json``
     (None: nowhere), and log both to MLflow when asked."""
     interval_s = int(cfg.interval_s or store.interval_s)
     t0 = time.perf_counter()
     if int(cfg.workers) > 0:
-        skill = score_clips_ray(cfg.model_uri, store, starts_s, in_len, out_len, cfg.workers, cfg.batch_size,
-                                cfg.tracking_uri, cfg.device, cfg.thresholds_mm_h, cfg.ray_address, cfg.fast_path)
+        skill = score_clips_ray(
+            cfg.model_uri,
+            store,
+            starts_s,
+            in_len,
+            out_len,
+            cfg.workers,
+            cfg.batch_size,
+            cfg.tracking_uri,
+            cfg.device,
+            cfg.thresholds_mm_h,
+            cfg.ray_address,
+            cfg.fast_path,
+        )
     else:
-        skill = score_clips(forecaster, store, starts_s, in_len, out_len, cfg.batch_size, cfg.thresholds_mm_h,
-                            progress=True)
+        skill = score_clips(
+            forecaster, store, starts_s, in_len, out_len, cfg.batch_size, cfg.thresholds_mm_h, progress=True
+        )
     seconds = time.perf_counter() - t0
     result = skill.result()
-    header = f"{forecaster.name} on the {cfg.split} split ({len(starts_s)} clips, {in_len} -> {out_len} frames)"
-    record = evaluation_record(skill, model_uri=str(cfg.model_uri), model_name=forecaster.name,
-                               run_id=forecaster.run_id, split=cfg.split, starts_s=starts_s, in_len=in_len,
-                               out_len=out_len, interval_s=interval_s, store=store, workers=cfg.workers,
-                               seconds=seconds)
+    header = (
+        f"{forecaster.name} on the {cfg.split} split ({len(starts_s)} clips, {in_len} -> {out_len} frames)"
+    )
+    record = evaluation_record(
+        skill,
+        model_uri=str(cfg.model_uri),
+        model_name=forecaster.name,
+        run_id=forecaster.run_id,
+        split=cfg.split,
+        starts_s=starts_s,
+        in_len=in_len,
+        out_len=out_len,
+        interval_s=interval_s,
+        store=store,
+        workers=cfg.workers,
+        seconds=seconds,
+    )
     notes: list[str] = []
     run_id = None
     with tempfile.TemporaryDirectory() as tmp:
@@ -389,15 +535,33 @@ def _evaluate_loaded(cfg: EvaluateConfig, store: Store, forecaster: Forecaster, 
         plot_path = json_path.with_name(json_path.stem + "_skill.png")
         if out_json or cfg.log_to_mlflow:
             files.write_json(json_path, record)
-            viz.plot_skill_vs_lead(result, plot_path, interval_min=interval_s / 60.0,
-                                   title=f"{forecaster.name}, {cfg.split} split, {len(starts_s)} clips")
+            viz.plot_skill_vs_lead(
+                result,
+                plot_path,
+                interval_min=interval_s / 60.0,
+                title=f"{forecaster.name}, {cfg.split} split, {len(starts_s)} clips",
+            )
         if cfg.log_to_mlflow:
             run_id = _log(cfg, forecaster, result, interval_s, len(starts_s), [json_path, plot_path], notes)
     if not out_json:
         json_path = plot_path = None
-    return EvaluateResult(result, header + "\n" + skill.summary_table(), int(len(starts_s)), json_path,
-                          str(cfg.model_uri), forecaster.name, cfg.split, in_len, out_len, plot_path, run_id,
-                          seconds, skill, notes, interval_s=interval_s)
+    return EvaluateResult(
+        result,
+        header + "\n" + skill.summary_table(),
+        int(len(starts_s)),
+        json_path,
+        str(cfg.model_uri),
+        forecaster.name,
+        cfg.split,
+        in_len,
+        out_len,
+        plot_path,
+        run_id,
+        seconds,
+        skill,
+        notes,
+        interval_s=interval_s,
+    )
 
 
 def _prepare(cfg: EvaluateConfig) -> tuple[Store, Forecaster, int, int]:
@@ -430,6 +594,7 @@ def table_row(result: EvaluateResult) -> dict:
     """The numbers of a comparison row, means over the lead times (NaN ignored; None when undefined):
     ``{"csi": {"0.5": ..., "5": ...}, "hss": {...}, "b_mse", "b_mae", "csi5_by_lead", "n_clips", "interval_s"}``
     (the row format of ``benchmarks/bench_skill.py`` results)."""
+
     def mean(values) -> float | None:
         value = float(nanmean(np.asarray(values, dtype=float)))
         return value if math.isfinite(value) else None
@@ -438,11 +603,15 @@ def table_row(result: EvaluateResult) -> dict:
     thresholds = [float(t) for t in np.asarray(scores["thresholds"], dtype=float)]
     csi, hss = np.asarray(scores["csi"], dtype=float), np.asarray(scores["hss"], dtype=float)
     five = thresholds.index(5.0) if 5.0 in thresholds else None
-    return {"csi": {f"{t:g}": mean(csi[:, k]) for k, t in enumerate(thresholds)},
-            "hss": {f"{t:g}": mean(hss[:, k]) for k, t in enumerate(thresholds)},
-            "b_mse": mean(scores["b_mse"]), "b_mae": mean(scores["b_mae"]),
-            "csi5_by_lead": None if five is None else [None if math.isnan(v) else float(v) for v in csi[:, five]],
-            "n_clips": int(result.n_clips), "interval_s": int(result.interval_s)}
+    return {
+        "csi": {f"{t:g}": mean(csi[:, k]) for k, t in enumerate(thresholds)},
+        "hss": {f"{t:g}": mean(hss[:, k]) for k, t in enumerate(thresholds)},
+        "b_mse": mean(scores["b_mse"]),
+        "b_mae": mean(scores["b_mae"]),
+        "csi5_by_lead": None if five is None else [None if math.isnan(v) else float(v) for v in csi[:, five]],
+        "n_clips": int(result.n_clips),
+        "interval_s": int(result.interval_s),
+    }
 
 
 def render_comparison(results: Sequence[EvaluateResult], title: str = "", width: int = 160) -> str:
@@ -458,8 +627,11 @@ def render_comparison(results: Sequence[EvaluateResult], title: str = "", width:
     table.add_column("B-MAE", justify="right")
     for res in results:
         row = table_row(res)
-        cells = [res.model_name or res.model_uri, *[_fmt(v) for v in row["csi"].values()],
-                 *[_fmt(v) for v in row["hss"].values()]]
+        cells = [
+            res.model_name or res.model_uri,
+            *[_fmt(v) for v in row["csi"].values()],
+            *[_fmt(v) for v in row["hss"].values()],
+        ]
         cells += ["—" if row[n] is None else f"{row[n]:.1f}" for n in ("b_mse", "b_mae")]
         table.add_row(*cells)
     buf = io.StringIO()
@@ -469,20 +641,46 @@ def render_comparison(results: Sequence[EvaluateResult], title: str = "", width:
 
 def _reused_result(record: dict, path: Path, uri: str) -> EvaluateResult:
     """An EvaluateResult from an earlier record (see :func:`reuse_record`)."""
-    scores = {k: np.asarray(v, dtype=float) if isinstance(v, list) else v for k, v in record["scores"].items()}
-    header = (f"{record['model_name']} on the {record['split']} split ({record['n_clips']} clips): scores reused "
-              f"from {path}")
-    return EvaluateResult(scores, header, int(record["n_clips"]), path, uri, record["model_name"], record["split"],
-                          int(record["in_len"]), int(record["out_len"]), path.with_name(path.stem + "_skill.png"),
-                          reused=True, interval_s=int(record["interval_s"]))
+    scores = {
+        k: np.asarray(v, dtype=float) if isinstance(v, list) else v for k, v in record["scores"].items()
+    }
+    header = (
+        f"{record['model_name']} on the {record['split']} split ({record['n_clips']} clips): scores reused "
+        f"from {path}"
+    )
+    return EvaluateResult(
+        scores,
+        header,
+        int(record["n_clips"]),
+        path,
+        uri,
+        record["model_name"],
+        record["split"],
+        int(record["in_len"]),
+        int(record["out_len"]),
+        path.with_name(path.stem + "_skill.png"),
+        reused=True,
+        interval_s=int(record["interval_s"]),
+    )
 
 
-def compare_models(store: str | Path, model_uris: Sequence[str], split: str = "test", *,
-                   max_clips: int | None = None, workers: int = 0, batch_size: int = 4,
-                   tracking_uri: str | None = None, device: str = "cpu", log_to_mlflow: bool = True,
-                   out_dir: str | Path | None = None, ray_address: str | None = None,
-                   experiment: str = "nowcast-evaluate", fast_path: bool = True,
-                   reuse_baselines: bool = False) -> CompareResult:
+def compare_models(
+    store: str | Path,
+    model_uris: Sequence[str],
+    split: str = "test",
+    *,
+    max_clips: int | None = None,
+    workers: int = 0,
+    batch_size: int = 4,
+    tracking_uri: str | None = None,
+    device: str = "cpu",
+    log_to_mlflow: bool = True,
+    out_dir: str | Path | None = None,
+    ray_address: str | None = None,
+    experiment: str = "nowcast-evaluate",
+    fast_path: bool = True,
+    reuse_baselines: bool = False,
+) -> CompareResult:
     """Score several models on identical clips (same starts, same in_len/out_len).
 
     The lengths come from the first model that is not a baseline (else the first URI); baselines
@@ -508,17 +706,41 @@ def compare_models(store: str | Path, model_uris: Sequence[str], split: str = "t
     for uri in uris:
         out_json = Path(out_dir) / json_name(loaded[uri].name, split) if out_dir else None
         if reuse_baselines and out_json is not None and baseline_name(uri) is not None:
-            expected = evaluation_record(SkillScores(out_len), model_uri=uri, model_name=loaded[uri].name,
-                                         run_id=None, split=split, starts_s=starts, in_len=in_len, out_len=out_len,
-                                         interval_s=handle.interval_s, store=handle, workers=workers, seconds=0)
+            expected = evaluation_record(
+                SkillScores(out_len),
+                model_uri=uri,
+                model_name=loaded[uri].name,
+                run_id=None,
+                split=split,
+                starts_s=starts,
+                in_len=in_len,
+                out_len=out_len,
+                interval_s=handle.interval_s,
+                store=handle,
+                workers=workers,
+                seconds=0,
+            )
             record = reuse_record(out_json, expected)
             if record is not None:
                 results.append(_reused_result(record, out_json, uri))
                 continue
-        cfg = EvaluateConfig(store=store, model_uri=uri, split=split, workers=workers, batch_size=batch_size,
-                             max_clips=max_clips, out_json=out_json, tracking_uri=tracking_uri,
-                             log_to_mlflow=log_to_mlflow, device=device, in_len=in_len, out_len=out_len,
-                             ray_address=ray_address, experiment=experiment, fast_path=fast_path)
+        cfg = EvaluateConfig(
+            store=store,
+            model_uri=uri,
+            split=split,
+            workers=workers,
+            batch_size=batch_size,
+            max_clips=max_clips,
+            out_json=out_json,
+            tracking_uri=tracking_uri,
+            log_to_mlflow=log_to_mlflow,
+            device=device,
+            in_len=in_len,
+            out_len=out_len,
+            ray_address=ray_address,
+            experiment=experiment,
+            fast_path=fast_path,
+        )
         results.append(_evaluate_loaded(cfg, handle, loaded[uri], starts, in_len, out_len, out_json))
     title = f"HKO-7 skill on the {split} split: {len(starts)} clips, {in_len} -> {out_len} frames (avg over lead times)"
     return CompareResult(results, render_comparison(results, title), int(len(starts)))

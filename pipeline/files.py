@@ -13,6 +13,7 @@ Example::
         write_png(tmp / "a.png")
         publish(tmp / "a.png", out_dir / "a.png", overwrite=False)
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -26,7 +27,9 @@ from pathlib import Path
 from pipeline.errors import NowcastError
 
 
-def check_free(targets: Iterable[Path], overwrite: bool, replaceable: Callable[[Path], bool] | None = None) -> None:
+def check_free(
+    targets: Iterable[Path], overwrite: bool, replaceable: Callable[[Path], bool] | None = None
+) -> None:
     """NowcastError (exit code 2) when a target exists (a symlink counts, even a broken one) and
     ``overwrite`` is false, or when an existing folder among them is not ``replaceable``."""
     for target in targets:
@@ -34,11 +37,16 @@ def check_free(targets: Iterable[Path], overwrite: bool, replaceable: Callable[[
         if not os.path.lexists(target):
             continue
         if not overwrite:
-            raise NowcastError(f"{target} already exists; pass --overwrite to replace it, or choose another "
-                               "output folder", exit_code=2)
+            raise NowcastError(
+                f"{target} already exists; pass --overwrite to replace it, or choose another output folder",
+                exit_code=2,
+            )
         if target.is_dir() and not target.is_symlink() and not (replaceable and replaceable(target)):
-            raise NowcastError(f"{target} is a folder that nowcast did not write; it is left alone even with "
-                               "--overwrite: move it away or choose another output folder", exit_code=2)
+            raise NowcastError(
+                f"{target} is a folder that nowcast did not write; it is left alone even with "
+                "--overwrite: move it away or choose another output folder",
+                exit_code=2,
+            )
 
 
 @contextlib.contextmanager
@@ -53,7 +61,9 @@ def staging_dir(parent: Path | str) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def publish(staged: Path, target: Path, overwrite: bool, replaceable: Callable[[Path], bool] | None = None) -> Path:
+def publish(
+    staged: Path, target: Path, overwrite: bool, replaceable: Callable[[Path], bool] | None = None
+) -> Path:
     """Move ``staged`` (a file or folder in a :func:`staging_dir` beside ``target``) onto ``target``.
 
     An existing ``target`` is replaced only with ``overwrite`` (see :func:`check_free`): a symlink or
@@ -65,7 +75,7 @@ def publish(staged: Path, target: Path, overwrite: bool, replaceable: Callable[[
     if target.is_dir() and not target.is_symlink():
         os.replace(target, staged.parent / f"replaced-{target.name}")
     elif staged.is_dir() and os.path.lexists(target):
-        target.unlink()   # a file or symlink where a folder goes: rename(2) cannot replace it
+        target.unlink()  # a file or symlink where a folder goes: rename(2) cannot replace it
     os.replace(staged, target)
     return target
 

@@ -12,11 +12,13 @@
 Trained models are rebuilt from the model files of ``pipeline.checkpoints`` (never unpickled);
 registered models are found through ``pipeline.tracking``.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -28,14 +30,20 @@ from trajgru.fast import enable_fast_path
 
 #: The baseline forecasters by name (the one list of them).
 BASELINES = ("persistence", "optical-flow")
-_BASELINE_SPELLINGS = {"persistence": "persistence", "optical-flow": "optical-flow", "optical_flow": "optical-flow"}
+_BASELINE_SPELLINGS = {
+    "persistence": "persistence",
+    "optical-flow": "optical-flow",
+    "optical_flow": "optical-flow",
+}
 _BASELINE_FNS = {"persistence": baselines.persistence, "optical-flow": baselines.optical_flow}
 #: Input and output frames of a baseline when nothing else sets them (the HKO-7 protocol: 5 -> 20).
 BASELINE_IN_LEN = 5
 BASELINE_OUT_LEN = 20
 
-URI_HELP = ("use models:/NAME@ALIAS, models:/NAME/VERSION, a checkpoint directory written by "
-            "`nowcast train`, 'persistence' or 'optical-flow'")
+URI_HELP = (
+    "use models:/NAME@ALIAS, models:/NAME/VERSION, a checkpoint directory written by "
+    "`nowcast train`, 'persistence' or 'optical-flow'"
+)
 
 
 @dataclass
@@ -54,7 +62,7 @@ class Forecaster:
     run_id: str | None = None
     model_config: dict | None = None
     device: str = "cpu"
-    module: Any = field(default=None, repr=False)   # the nn.Module for trained models
+    module: Any = field(default=None, repr=False)  # the nn.Module for trained models
 
     def __call__(self, inputs):
         if inputs.shape[0] != self.in_len:
@@ -94,23 +102,31 @@ def absolute_uri(uri: str) -> str:
     return str(path.resolve()) if path.exists() else uri
 
 
-def _model_forecaster(model, config: dict, name: str, run_id: str | None, device: str,
-                      fast_path: bool) -> Forecaster:
+def _model_forecaster(
+    model, config: dict, name: str, run_id: str | None, device: str, fast_path: bool
+) -> Forecaster:
     if fast_path:
         enable_fast_path(model)
-    return Forecaster(model, int(config["in_len"]), int(config["out_len"]), name, run_id, config, device,
-                      module=model)
+    return Forecaster(
+        model, int(config["in_len"]), int(config["out_len"]), name, run_id, config, device, module=model
+    )
 
 
 def resolve_device(device: str) -> str:
-    """"auto" -> "cuda" when a GPU is visible, else "cpu"; other names pass through."""
+    """ "auto" -> "cuda" when a GPU is visible, else "cpu"; other names pass through."""
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return device
 
 
-def load_forecaster(uri: str, tracking_uri: str | None = None, device: str = "cpu",
-                    in_len: int | None = None, out_len: int | None = None, fast_path: bool = True) -> Forecaster:
+def load_forecaster(
+    uri: str,
+    tracking_uri: str | None = None,
+    device: str = "cpu",
+    in_len: int | None = None,
+    out_len: int | None = None,
+    fast_path: bool = True,
+) -> Forecaster:
     """A :class:`Forecaster` for ``uri`` (see the module doc for the forms).
 
     ``in_len``/``out_len`` apply to the baselines only (a trained model has its own); None =
@@ -124,7 +140,9 @@ def load_forecaster(uri: str, tracking_uri: str | None = None, device: str = "cp
     baseline = baseline_name(uri)
     if baseline is not None:
         fn, n_out = _BASELINE_FNS[baseline], int(out_len or BASELINE_OUT_LEN)
-        return Forecaster(lambda x: fn(x, n_out), int(in_len or BASELINE_IN_LEN), n_out, baseline, device=device)
+        return Forecaster(
+            lambda x: fn(x, n_out), int(in_len or BASELINE_IN_LEN), n_out, baseline, device=device
+        )
     if uri.startswith("models:/"):
         model_dir, name, run_id = registered_model_files(uri, tracking_uri)
         model, config = checkpoints.load_model_files(model_dir, device)

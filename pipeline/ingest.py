@@ -29,6 +29,7 @@ Re-running is idempotent: units with a marker are skipped, so a run killed with 
 where it stopped and ends byte-identical to an uninterrupted run; on a grown archive only the new
 frames (and the last, partial unit) are written.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -106,13 +107,19 @@ class IngestConfig:
     variable: str | None = None
 
     def __post_init__(self):
-        check(self.workers is None or self.workers >= 0,
-              f"--workers must be >= 0 (0: ingest in this process, without Dask), got {self.workers}")
-        check(self.workers is None or not self.scheduler,
-              f"--workers {self.workers} and --scheduler {self.scheduler} do not go together: --workers sizes the "
-              "local cluster (0: no cluster), a scheduler's cluster has its own workers; give one of them")
-        check(self.source is None or self.source in SOURCES,
-              f"unknown archive format {self.source!r}: use {' | '.join(SOURCES)}")
+        check(
+            self.workers is None or self.workers >= 0,
+            f"--workers must be >= 0 (0: ingest in this process, without Dask), got {self.workers}",
+        )
+        check(
+            self.workers is None or not self.scheduler,
+            f"--workers {self.workers} and --scheduler {self.scheduler} do not go together: --workers sizes the "
+            "local cluster (0: no cluster), a scheduler's cluster has its own workers; give one of them",
+        )
+        check(
+            self.source is None or self.source in SOURCES,
+            f"unknown archive format {self.source!r}: use {' | '.join(SOURCES)}",
+        )
         for name in ("valid_fraction", "test_fraction"):
             check(0 <= getattr(self, name) < 1, f"{name} must be in [0, 1), got {getattr(self, name)}")
 
@@ -135,7 +142,7 @@ class IngestResult:
     n_skipped_old: int = 0
     clips: dict = field(default_factory=dict)
     cluster_seconds: float = 0.0  # starting/connecting and closing the Dask cluster (part of ``seconds``)
-    write_seconds: float = 0.0    # decoding + writing the units (part of ``seconds``)
+    write_seconds: float = 0.0  # decoding + writing the units (part of ``seconds``)
     task_stats: list = field(default_factory=list)  # per written unit: see :func:`_timed_unit`
 
     @property
@@ -146,6 +153,7 @@ class IngestResult:
 
 
 # ------------------------------------------------------------------------------------------ units
+
 
 def _unit_name(unit: int) -> str:
     return f"{st.UNITS_GROUP}/u{unit:08d}"
@@ -160,7 +168,9 @@ def ingest_unit(store_path: str, source: Source, archive: str, unit: int, i0: in
     group = zarr.open_group(store_path, mode="r+")
     # write_empty_chunks=True: zarr's default (False) compares every chunk with the fill value before
     # writing it (np.array_equal), which cost more than the zstd compression itself (~3 ms per frame).
-    frames_arr, masks_arr = (group[name].with_config({"write_empty_chunks": True}) for name in (st.FRAMES, st.MASKS))
+    frames_arr, masks_arr = (
+        group[name].with_config({"write_empty_chunks": True}) for name in (st.FRAMES, st.MASKS)
+    )
     shape = tuple(frames_arr.shape[1:])
     n = len(slots)
     frames = np.zeros((n,) + shape, dtype=np.uint8)
@@ -182,13 +192,16 @@ def ingest_unit(store_path: str, source: Source, archive: str, unit: int, i0: in
     if kept:  # rows whose file left the archive: the stored frame, checked like every read
         reader = st.StoreReader(group)
         for j in kept:
-            reader.read_rows(i0 + j, i0 + j + 1, frames[j:j + 1], masks[j:j + 1])
+            reader.read_rows(i0 + j, i0 + j + 1, frames[j : j + 1], masks[j : j + 1])
         rows = np.asarray(kept) + i0
         present = np.asarray(group[st.PRESENT][:], dtype=bool)
-        bad += [{"path": f"row {r}", "reason": "kept from the store (file gone); was unusable", "row": int(r)}
-                for r in rows if r >= present.size or not present[r]]
-    frames_arr[i0:i0 + n] = frames
-    masks_arr[i0:i0 + n] = masks
+        bad += [
+            {"path": f"row {r}", "reason": "kept from the store (file gone); was unusable", "row": int(r)}
+            for r in rows
+            if r >= present.size or not present[r]
+        ]
+    frames_arr[i0 : i0 + n] = frames
+    masks_arr[i0 : i0 + n] = masks
     marker = {"i0": int(i0), "n": int(n), "bad": bad, "no_mask": no_mask}
     group.create_group(_unit_name(unit), attributes=marker, overwrite=True)
     return marker
@@ -199,15 +212,21 @@ def _timed_unit(store_path: str, source: Source, archive: str, unit: int, i0: in
     (wall clock, time.time), "cpu_s" (CPU seconds of the task's process during the task)}."""
     start_s, cpu0 = time.time(), time.process_time()
     ingest_unit(store_path, source, archive, unit, i0, slots)
-    return {"unit": int(unit), "n": len(slots), "pid": os.getpid(), "start_s": start_s, "end_s": time.time(),
-            "cpu_s": time.process_time() - cpu0}
+    return {
+        "unit": int(unit),
+        "n": len(slots),
+        "pid": os.getpid(),
+        "start_s": start_s,
+        "end_s": time.time(),
+        "cpu_s": time.process_time() - cpu0,
+    }
 
 
 @dataclass
 class _Plan:
-    time_s: np.ndarray           # (T,) the full axis after this run
-    n_committed: int             # rows already finalised by an earlier run
-    slots: list                  # (T,) FrameRef | None (None: keep the stored row)
+    time_s: np.ndarray  # (T,) the full axis after this run
+    n_committed: int  # rows already finalised by an earlier run
+    slots: list  # (T,) FrameRef | None (None: keep the stored row)
     unit_frames: int
     n_skipped_old: int
 
@@ -217,7 +236,7 @@ class _Plan:
 
     def unit_slots(self, unit: int) -> tuple[int, list]:
         i0 = unit * self.unit_frames
-        return i0, self.slots[i0:i0 + self.unit_frames]
+        return i0, self.slots[i0 : i0 + self.unit_frames]
 
 
 def _plan(listing: Listing, group) -> _Plan:
@@ -229,7 +248,9 @@ def _plan(listing: Listing, group) -> _Plan:
     last = kept_time[-1] if n_committed else None
     listed = listing.times_s()
     new_times = listed if last is None else listed[listed > last]
-    n_skipped_old = (0 if last is None else int((listed <= last).sum())) - int(np.isin(kept_time, listed).sum())
+    n_skipped_old = (0 if last is None else int((listed <= last).sum())) - int(
+        np.isin(kept_time, listed).sum()
+    )
     time_s = np.concatenate([kept_time, new_times])
     by_time = {ref.time_s: ref for ref in listing.frames}
     slots = [by_time.get(t) for t in time_s.tolist()]
@@ -261,6 +282,7 @@ def _done_units(group) -> set[int]:
 
 # ------------------------------------------------------------------------------------------ dask
 
+
 def _run_local(todo, plan, store_path, source, archive, progress) -> list[dict]:
     stats = []
     for unit in track(todo, "ingest (units)", enabled=progress):
@@ -286,16 +308,23 @@ def _client(cfg: IngestConfig):
         try:
             return Client(address, timeout="20s"), None
         except OSError as exc:
-            raise NowcastError(f"cannot reach the Dask scheduler at {address}: {exc}; check the address "
-                               "(or omit --scheduler for a local cluster)") from exc
+            raise NowcastError(
+                f"cannot reach the Dask scheduler at {address}: {exc}; check the address "
+                "(or omit --scheduler for a local cluster)"
+            ) from exc
     n = cfg.workers or os.cpu_count() or 1
     environ = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}), **WORKER_MALLOC_ENV}
     # The nanny lets this process's environment override the config (and writes its values into this
     # process's environment when it spawns, so an earlier LocalCluster leaves Dask's 65536 behind):
     # set both while the cluster starts.
     with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}), _environ(WORKER_MALLOC_ENV):
-        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
-                               silence_logs=logging.ERROR)
+        cluster = LocalCluster(
+            n_workers=n,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            silence_logs=logging.ERROR,
+        )
     return Client(cluster), cluster
 
 
@@ -356,6 +385,7 @@ def _run_dask(todo, plan, store_path, source, archive, cfg, progress) -> tuple[f
 
 # ------------------------------------------------------------------------------------------ finalise
 
+
 def _resolve_splits(cfg: IngestConfig, root: Path, times_s: np.ndarray) -> dict:
     """-> {split: JSON-able spec}: explicit, the archive's day lists, or chronological fractions."""
     if cfg.splits is not None:
@@ -372,24 +402,39 @@ def _jsonable_spec(spec):
     if isinstance(spec, dict):
         return {k: (None if v is None else str(np.datetime64(v))) for k, v in spec.items()}
     if isinstance(spec, tuple) and len(spec) == 2 and not isinstance(spec[0], (list, np.ndarray)):
-        return {"start": None if spec[0] is None else str(np.datetime64(spec[0])),
-                "end": None if spec[1] is None else str(np.datetime64(spec[1]))}
+        return {
+            "start": None if spec[0] is None else str(np.datetime64(spec[0])),
+            "end": None if spec[1] is None else str(np.datetime64(spec[1])),
+        }
     return [str(np.datetime64(d, "D")) for d in spec]
 
 
 def _write_catalogs(group, splits: dict, good_time_s: np.ndarray, cfg: IngestConfig, interval_s: int) -> dict:
     times = good_time_s.astype("datetime64[s]")
     interval = np.timedelta64(interval_s, "s")
-    rule = {"seq_len": cfg.seq_len, "stride": cfg.stride, "max_consecutive_missing": cfg.max_consecutive_missing,
-            "interval_s": interval_s}
+    rule = {
+        "seq_len": cfg.seq_len,
+        "stride": cfg.stride,
+        "max_consecutive_missing": cfg.max_consecutive_missing,
+        "interval_s": interval_s,
+    }
     counts = {}
     for name, spec in splits.items():
         sub_times = times[cat.select_split(times, spec)]
         rnd = cat.valid_clip_starts(sub_times, cfg.seq_len, cfg.max_consecutive_missing, interval)
         seq = cat.sequent_clips(sub_times, cfg.seq_len, cfg.stride, cfg.max_consecutive_missing, interval)
-        st.write_catalog(group, name, rnd.astype("datetime64[s]").astype(np.int64),
-                         seq.astype("datetime64[s]").astype(np.int64), rule)
-        counts[name] = {"random_clips": int(rnd.size), "sequent_clips": int(seq.size), "frames": int(sub_times.size)}
+        st.write_catalog(
+            group,
+            name,
+            rnd.astype("datetime64[s]").astype(np.int64),
+            seq.astype("datetime64[s]").astype(np.int64),
+            rule,
+        )
+        counts[name] = {
+            "random_clips": int(rnd.size),
+            "sequent_clips": int(seq.size),
+            "frames": int(sub_times.size),
+        }
     return counts
 
 
@@ -397,8 +442,10 @@ def _collect_markers(group, n_units: int) -> tuple[list, list]:
     bad, no_mask = [], []
     missing = sorted(set(range(n_units)) - _done_units(group))
     if missing:
-        raise NowcastError(f"{len(missing)} unit(s) of the store were not written (first: {missing[0]}); "
-                           "re-run `nowcast ingest` to finish them")
+        raise NowcastError(
+            f"{len(missing)} unit(s) of the store were not written (first: {missing[0]}); "
+            "re-run `nowcast ingest` to finish them"
+        )
     for unit in range(n_units):
         attrs = group[_unit_name(unit)].attrs
         bad += list(attrs.get("bad", []))
@@ -412,35 +459,54 @@ def _finalise(group, plan: _Plan, listing: Listing, cfg: IngestConfig, root: Pat
     rows = np.asarray([b["row"] for b in unit_bad], dtype=np.int64)
     present[rows] = False
     if not present.any():
-        raise NowcastError(f"none of the {plan.time_s.size} frames in {root} could be decoded "
-                           f"(bad files: {len(unit_bad) + len(listing.bad)}, e.g. {unit_bad[0]['path']}: "
-                           f"{unit_bad[0]['reason']}); check the archive")
+        raise NowcastError(
+            f"none of the {plan.time_s.size} frames in {root} could be decoded "
+            f"(bad files: {len(unit_bad) + len(listing.bad)}, e.g. {unit_bad[0]['path']}: "
+            f"{unit_bad[0]['reason']}); check the archive"
+        )
     st.write_vector(group, st.PRESENT, present)
-    bad = sorted([{"path": b["path"], "reason": b["reason"]} for b in unit_bad] + listing.bad,
-                 key=lambda b: b["path"])
+    bad = sorted(
+        [{"path": b["path"], "reason": b["reason"]} for b in unit_bad] + listing.bad, key=lambda b: b["path"]
+    )
     splits = _resolve_splits(cfg, root, plan.time_s[present])
     interval_s = int(group.attrs["interval_s"])
     counts = _write_catalogs(group, splits, plan.time_s[present], cfg, interval_s)
-    report = {"archive": str(root), "store": str(Path(cfg.store).resolve()), "source": group.attrs.get("source"),
-              "interval_s": interval_s, "n_frames": int(plan.time_s.size),
-              "n_present": int(present.sum()), "bad_files": bad, "frames_without_mask": sorted(no_mask),
-              "skipped_older_than_store": plan.n_skipped_old, "clips": counts}
+    report = {
+        "archive": str(root),
+        "store": str(Path(cfg.store).resolve()),
+        "source": group.attrs.get("source"),
+        "interval_s": interval_s,
+        "n_frames": int(plan.time_s.size),
+        "n_present": int(present.sum()),
+        "bad_files": bad,
+        "frames_without_mask": sorted(no_mask),
+        "skipped_older_than_store": plan.n_skipped_old,
+        "clips": counts,
+    }
     report_path.write_text(json.dumps(report, indent=1) + "\n")
-    group.attrs.update({
-        "n_frames": int(plan.time_s.size), "n_present": int(present.sum()), "n_committed": int(plan.time_s.size),
-        "time_start_s": int(plan.time_s[0]) if plan.time_s.size else None,
-        "time_end_s": int(plan.time_s[-1]) if plan.time_s.size else None,
-        "bad_files": {"count": len(bad), "files": bad[:_MAX_LISTED], "truncated": len(bad) > _MAX_LISTED},
-        "frames_without_mask": {"count": len(no_mask), "files": sorted(no_mask)[:_MAX_LISTED]},
-        "splits": splits,
-        "catalog_rule": {"seq_len": cfg.seq_len, "stride": cfg.stride,
-                         "max_consecutive_missing": cfg.max_consecutive_missing},
-        "ingest_state": st.STATE_COMPLETE,
-    })
+    group.attrs.update(
+        {
+            "n_frames": int(plan.time_s.size),
+            "n_present": int(present.sum()),
+            "n_committed": int(plan.time_s.size),
+            "time_start_s": int(plan.time_s[0]) if plan.time_s.size else None,
+            "time_end_s": int(plan.time_s[-1]) if plan.time_s.size else None,
+            "bad_files": {"count": len(bad), "files": bad[:_MAX_LISTED], "truncated": len(bad) > _MAX_LISTED},
+            "frames_without_mask": {"count": len(no_mask), "files": sorted(no_mask)[:_MAX_LISTED]},
+            "splits": splits,
+            "catalog_rule": {
+                "seq_len": cfg.seq_len,
+                "stride": cfg.stride,
+                "max_consecutive_missing": cfg.max_consecutive_missing,
+            },
+            "ingest_state": st.STATE_COMPLETE,
+        }
+    )
     return {"bad": bad, "no_mask": no_mask, "clips": counts, "present": present}
 
 
 # ------------------------------------------------------------------------------------------ entry
+
 
 def _remove_partial_files(store_path: Path) -> None:
     """Delete temp files an interrupted zarr write may have left (``*.partial``)."""
@@ -456,8 +522,9 @@ def _existing_group(store_path: Path):
     try:
         group = zarr.open_group(str(store_path), mode="r+")
     except Exception as exc:  # noqa: BLE001
-        raise NowcastError(f"{store_path} exists but is not a Zarr store ({exc}); "
-                           "choose another store path or delete it") from exc
+        raise NowcastError(
+            f"{store_path} exists but is not a Zarr store ({exc}); choose another store path or delete it"
+        ) from exc
     if "layout" not in group.attrs or st.FRAMES not in group:
         raise NowcastError(f"{store_path} is not a nowcast store; choose another store path or delete it")
     return group
@@ -473,21 +540,27 @@ def _configured_source(cfg: IngestConfig, root: Path, group) -> Source:
     recorded = dict(group.attrs.get("source", {}))
     stored = next((s for s in SOURCES.values() if s.title == recorded.get("format")), None)
     if stored is None:
-        raise NowcastError(f"{cfg.store} records an unknown archive format {recorded.get('format')!r}; "
-                           "ingest into a new store")
+        raise NowcastError(
+            f"{cfg.store} records an unknown archive format {recorded.get('format')!r}; "
+            "ingest into a new store"
+        )
     if source is None:
         source = detect_format(root)
     if source.name != stored.name:
-        raise NowcastError(f"{cfg.store} holds frames of a {stored.title} archive, but {root} is {source.title}; "
-                           "ingest it into a new store")
+        raise NowcastError(
+            f"{cfg.store} holds frames of a {stored.title} archive, but {root} is {source.title}; "
+            "ingest it into a new store"
+        )
     settings = recorded.get("settings", {})
     before = stored.configure(**{k: v for k, v in settings.items() if k in stored.options})
     after = before.configure(**options)
     changed = sorted(k for k, v in after.settings().items() if before.settings().get(k) != v)
     if changed:
         was = ", ".join(f"{k}={settings.get(k)!r}" for k in changed)
-        raise NowcastError(f"{cfg.store} was ingested with {was}; re-run with the same options (or none: the "
-                           "store's are used), or ingest into a new store")
+        raise NowcastError(
+            f"{cfg.store} was ingested with {was}; re-run with the same options (or none: the "
+            "store's are used), or ingest into a new store"
+        )
     return before
 
 
@@ -499,24 +572,38 @@ def _on_cadence(listing: Listing, group) -> tuple[Listing, int]:
     times = listing.times_s()
     stored = np.zeros(0, np.int64)
     if group is not None and int(group.attrs.get("n_committed", 0)):
-        stored = np.asarray(group[st.TIME][:int(group.attrs["n_committed"])], dtype=np.int64)
+        stored = np.asarray(group[st.TIME][: int(group.attrs["n_committed"])], dtype=np.int64)
     interval_s = int(group.attrs["interval_s"]) if group is not None else st.infer_interval_s(times)
     cadence = st.infer_cadence(np.concatenate([stored, times]), interval_s)
     on = cadence.on_cadence(times)
     if on.all():
         return listing, interval_s
     phase = f" + {cadence.phase_s} s" if cadence.phase_s else ""
-    bad = [{"path": ref.path, "reason": f"time {iso_utc(ref.time_s)} is off the cadence (every {interval_s} s"
-            f"{phase}); skipped"} for ref, ok in zip(listing.frames, on) if not ok]
-    return Listing([ref for ref, ok in zip(listing.frames, on) if ok], listing.bad + bad, listing.settled), interval_s
+    bad = [
+        {
+            "path": ref.path,
+            "reason": f"time {iso_utc(ref.time_s)} is off the cadence (every {interval_s} s{phase}); skipped",
+        }
+        for ref, ok in zip(listing.frames, on)
+        if not ok
+    ]
+    return Listing(
+        [ref for ref, ok in zip(listing.frames, on) if ok], listing.bad + bad, listing.settled
+    ), interval_s
 
 
-def _create(cfg: IngestConfig, store_path: Path, root: Path, source: Source, listing: Listing, interval_s: int):
+def _create(
+    cfg: IngestConfig, store_path: Path, root: Path, source: Source, listing: Listing, interval_s: int
+):
     height, width = source.frame_shape(root, listing)
     layout = st.StoreLayout(cfg.chunk_frames, cfg.shard_frames, cfg.compressor, cfg.level)
-    attrs = {"source": {"format": source.title, "archive": str(root), "settings": source.settings()},
-             "pixel_encoding": PIXEL_ENCODING, "interval_s": int(interval_s), "ingest_version": st.INGEST_VERSION,
-             "n_committed": 0}
+    attrs = {
+        "source": {"format": source.title, "archive": str(root), "settings": source.settings()},
+        "pixel_encoding": PIXEL_ENCODING,
+        "interval_s": int(interval_s),
+        "ingest_version": st.INGEST_VERSION,
+        "n_committed": 0,
+    }
     return st.create_store(store_path, height, width, layout, attrs)
 
 
@@ -537,7 +624,9 @@ def ingest(cfg: IngestConfig, progress: bool = True) -> IngestResult:
         return _ingest_locked(cfg, root, store_path, t0, progress)
 
 
-def _ingest_locked(cfg: IngestConfig, root: Path, store_path: Path, t0: float, progress: bool) -> IngestResult:
+def _ingest_locked(
+    cfg: IngestConfig, root: Path, store_path: Path, t0: float, progress: bool
+) -> IngestResult:
     group = _existing_group(store_path)
     source = _configured_source(cfg, root, group)
     listing = source.list_frames(root)
@@ -546,8 +635,10 @@ def _ingest_locked(cfg: IngestConfig, root: Path, store_path: Path, t0: float, p
     if not listing.frames:
         if listing.bad:
             first = listing.bad[0]
-            raise NowcastError(f"none of the {len(listing.bad)} file(s) under {root} holds a usable {source.title} "
-                               f"frame (e.g. {first['path']}: {first['reason']}); check the archive and --format")
+            raise NowcastError(
+                f"none of the {len(listing.bad)} file(s) under {root} holds a usable {source.title} "
+                f"frame (e.g. {first['path']}: {first['reason']}); check the archive and --format"
+            )
         raise NowcastError(f"no {source.title} frame files found under {root}: nothing to ingest")
     _remove_partial_files(store_path)
     if group is None:
@@ -563,35 +654,67 @@ def _ingest_locked(cfg: IngestConfig, root: Path, store_path: Path, t0: float, p
             stats = _run_local(todo, plan, str(store_path), source, str(root), progress)
             write_s = time.perf_counter() - t_w
         elif todo:
-            cluster_s, write_s, stats = _run_dask(todo, plan, str(store_path), source, str(root), cfg, progress)
+            cluster_s, write_s, stats = _run_dask(
+                todo, plan, str(store_path), source, str(root), cfg, progress
+            )
     except OSError as exc:
         raise NowcastError(f"cannot write the store {store_path}: {exc}; choose a writable location") from exc
-    report_path = Path(cfg.report_path) if cfg.report_path else store_path.with_name(
-        store_path.name + ".ingest_report.json")
+    report_path = (
+        Path(cfg.report_path)
+        if cfg.report_path
+        else store_path.with_name(store_path.name + ".ingest_report.json")
+    )
     final = _finalise(group, plan, listing, cfg, root, report_path)
     _warn(final["no_mask"], plan.n_skipped_old, final["bad"], final["clips"])
     seconds = time.perf_counter() - t0
     written = sum(min(plan.unit_frames, plan.time_s.size - u * plan.unit_frames) for u in todo)
     return IngestResult(
-        n_frames=int(plan.time_s.size), n_new_frames=int(n_new), n_bad=len(final["bad"]), bad_files=final["bad"],
-        seconds=seconds, frames_per_s=written / seconds if seconds > 0 else 0.0, store=str(store_path),
-        report_path=str(report_path), n_units_written=len(todo), n_units_skipped=plan.n_units - len(todo),
-        n_without_mask=len(final["no_mask"]), n_skipped_old=plan.n_skipped_old, clips=final["clips"],
-        cluster_seconds=cluster_s, write_seconds=write_s, task_stats=stats)
+        n_frames=int(plan.time_s.size),
+        n_new_frames=int(n_new),
+        n_bad=len(final["bad"]),
+        bad_files=final["bad"],
+        seconds=seconds,
+        frames_per_s=written / seconds if seconds > 0 else 0.0,
+        store=str(store_path),
+        report_path=str(report_path),
+        n_units_written=len(todo),
+        n_units_skipped=plan.n_units - len(todo),
+        n_without_mask=len(final["no_mask"]),
+        n_skipped_old=plan.n_skipped_old,
+        clips=final["clips"],
+        cluster_seconds=cluster_s,
+        write_seconds=write_s,
+        task_stats=stats,
+    )
 
 
 def _warn(no_mask: list, n_skipped_old: int, bad: list, clips: dict) -> None:
     if no_mask:
-        warnings.warn(f"{len(no_mask)} frame(s) have no mask file and got an all-valid mask "
-                      f"(first: {no_mask[0]})", IngestWarning, stacklevel=4)
+        warnings.warn(
+            f"{len(no_mask)} frame(s) have no mask file and got an all-valid mask (first: {no_mask[0]})",
+            IngestWarning,
+            stacklevel=4,
+        )
     if n_skipped_old:
-        warnings.warn(f"{n_skipped_old} frame(s) are older than the store's last time and were not added; "
-                      "ingest into a new store to include them", IngestWarning, stacklevel=4)
+        warnings.warn(
+            f"{n_skipped_old} frame(s) are older than the store's last time and were not added; "
+            "ingest into a new store to include them",
+            IngestWarning,
+            stacklevel=4,
+        )
     for split, counts in clips.items():
         if not counts["frames"]:
-            warnings.warn(f"split {split!r} matches no frame of the store, so training or evaluating on it "
-                          "will have nothing to use: check its --split range or day list (or, without --split, "
-                          "give the archive more days or pass --split ranges)", IngestWarning, stacklevel=4)
+            warnings.warn(
+                f"split {split!r} matches no frame of the store, so training or evaluating on it "
+                "will have nothing to use: check its --split range or day list (or, without --split, "
+                "give the archive more days or pass --split ranges)",
+                IngestWarning,
+                stacklevel=4,
+            )
     if bad:
-        log.warning("%d bad input file(s) treated as missing (first: %s: %s)", len(bad), bad[0]["path"],
-                    bad[0]["reason"])
+        log.warning(
+            "%d bad input file(s) treated as missing (first: %s: %s)",
+            len(bad),
+            bad[0]["path"],
+            bad[0]["reason"],
+        )

@@ -24,11 +24,12 @@ Outputs are written in a private staging folder inside ``out_dir`` and renamed i
 (``pipeline.files``): nothing is written through a symlink, an existing output is replaced only with
 ``overwrite``, and a folder ``forecast.zarr`` is replaced only when ``predict`` wrote it.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -76,22 +77,28 @@ class PredictConfig:
     input_pngs: Sequence[str | Path] | None = None
     format: str = "png"
     tracking_uri: str | None = None
-    device: str = "auto"                 # "auto": a GPU when one is visible
-    fast_path: bool = True               # trajgru.fast.enable_fast_path for trained models
+    device: str = "auto"  # "auto": a GPU when one is visible
+    fast_path: bool = True  # trajgru.fast.enable_fast_path for trained models
     gif: bool = True
     overwrite: bool = False
 
     def __post_init__(self):
         check(self.format in FORMATS, f"unknown format {self.format!r}: use png, zarr or netcdf")
-        check(self.format != "netcdf" or self.store is not None,
-              "--format netcdf writes the forecast on the radar grid a store records: give the inputs as --store")
-        check((self.store is None) != (not self.input_pngs),
-              "give the inputs either as a store (--store, optionally --time) or as PNG frames "
-              "(--input, repeated), not both and not neither")
-        check(not (self.input_pngs and self.time is not None),
-              "--time applies to --store inputs only; PNG inputs carry their times in their names")
+        check(
+            self.format != "netcdf" or self.store is not None,
+            "--format netcdf writes the forecast on the radar grid a store records: give the inputs as --store",
+        )
+        check(
+            (self.store is None) != (not self.input_pngs),
+            "give the inputs either as a store (--store, optionally --time) or as PNG frames "
+            "(--input, repeated), not both and not neither",
+        )
+        check(
+            not (self.input_pngs and self.time is not None),
+            "--time applies to --store inputs only; PNG inputs carry their times in their names",
+        )
         if self.time is not None:
-            self.time = parse_time_s(self.time)   # a malformed time fails here, before any model loads
+            self.time = parse_time_s(self.time)  # a malformed time fails here, before any model loads
 
 
 @dataclass
@@ -108,13 +115,13 @@ class PredictResult:
 
 @dataclass
 class _Inputs:
-    frames_u8: np.ndarray            # (in_len, H, W)
-    last_time_s: int | None          # time of the last input frame
+    frames_u8: np.ndarray  # (in_len, H, W)
+    last_time_s: int | None  # time of the last input frame
     interval_s: int
-    truth_u8: np.ndarray | None = None   # (out_len, H, W) when the store holds the forecast period
+    truth_u8: np.ndarray | None = None  # (out_len, H, W) when the store holds the forecast period
     truth_masks: np.ndarray | None = None
     input_times_s: list[int] | None = None
-    input_masks: np.ndarray | None = None   # (in_len, H, W) bool, True = valid
+    input_masks: np.ndarray | None = None  # (in_len, H, W) bool, True = valid
 
 
 # --------------------------------------------------------------------------- inputs
@@ -129,9 +136,12 @@ def _check_time_in_store(store: Store, time_s: int | None, in_len: int = 1) -> N
         return
     first_ok = int(times[0]) + (in_len - 1) * store.interval_s
     if time_s < first_ok or time_s > int(times[-1]) + store.interval_s:
-        raise NowcastError(f"time {iso_utc(time_s)} is outside the store: the store covers {iso_utc(times[0])} to "
-                           f"{iso_utc(times[-1])}; pick a time from {iso_utc(first_ok)} to {iso_utc(times[-1])} "
-                           f"(the forecast needs the {in_len} frames before it)", exit_code=2)
+        raise NowcastError(
+            f"time {iso_utc(time_s)} is outside the store: the store covers {iso_utc(times[0])} to "
+            f"{iso_utc(times[-1])}; pick a time from {iso_utc(first_ok)} to {iso_utc(times[-1])} "
+            f"(the forecast needs the {in_len} frames before it)",
+            exit_code=2,
+        )
 
 
 def _inputs_from_store(store: Store, time_value, in_len: int, out_len: int) -> _Inputs:
@@ -144,15 +154,19 @@ def _inputs_from_store(store: Store, time_value, in_len: int, out_len: int) -> _
     t = int(times[-1]) if time_value is None else parse_time_s(time_value)
     last = int(times[np.searchsorted(times, t, side="right") - 1])
     if t - last >= interval_s:
-        raise NowcastError(f"the store has no frame in the {interval_s // 60} min up to {iso_utc(t)} (the last "
-                           f"earlier frame is at {iso_utc(last)}; {span}); pick a time with data")
+        raise NowcastError(
+            f"the store has no frame in the {interval_s // 60} min up to {iso_utc(t)} (the last "
+            f"earlier frame is at {iso_utc(last)}; {span}); pick a time with data"
+        )
     input_times = last - interval_s * np.arange(in_len - 1, -1, -1, dtype=np.int64)
     idx = np.searchsorted(times, input_times).clip(0, times.size - 1)
     present = np.isin(input_times, times) & store.present[idx]
     if not present.all():
         missing = ", ".join(iso_utc(x) for x in input_times[~present])
-        raise NowcastError(f"input frame(s) {missing} are missing from the store ({span}); pick another "
-                           f"time whose {in_len} preceding frames every {interval_s // 60} min exist")
+        raise NowcastError(
+            f"input frame(s) {missing} are missing from the store ({span}); pick another "
+            f"time whose {in_len} preceding frames every {interval_s // 60} min exist"
+        )
     frames, input_masks = reader.read(input_times)
     truth_times = last + interval_s * np.arange(1, out_len + 1, dtype=np.int64)
     truth = masks = None
@@ -166,8 +180,11 @@ def _inputs_from_pngs(paths: Sequence[str | Path], in_len: int) -> _Inputs:
     HKO-7 cadence, ``catalog.INTERVAL_S``, labels the lead times)."""
     paths = [Path(p) for p in paths]
     if len(paths) != in_len:
-        raise NowcastError(f"the model takes {in_len} input frames but {len(paths)} PNG(s) were given; "
-                           f"pass exactly {in_len}, oldest first", exit_code=2)
+        raise NowcastError(
+            f"the model takes {in_len} input frames but {len(paths)} PNG(s) were given; "
+            f"pass exactly {in_len}, oldest first",
+            exit_code=2,
+        )
     frames = []
     for p in paths:
         if not p.is_file():
@@ -175,8 +192,10 @@ def _inputs_from_pngs(paths: Sequence[str | Path], in_len: int) -> _Inputs:
         try:
             frames.append(hko7.decode_frame(p.read_bytes()))
         except hko7.FrameDecodeError as exc:
-            raise NowcastError(f"cannot use input frame {p}: {exc}; inputs must be 8-bit grayscale PNGs in "
-                               "HKO-7 encoding (pixel = round(255 * (dBZ + 10) / 70))") from exc
+            raise NowcastError(
+                f"cannot use input frame {p}: {exc}; inputs must be 8-bit grayscale PNGs in "
+                "HKO-7 encoding (pixel = round(255 * (dBZ + 10) / 70))"
+            ) from exc
     shapes = {f.shape for f in frames}
     if len(shapes) != 1:
         raise NowcastError(f"the input frames differ in size ({sorted(shapes)}); give frames of one size")
@@ -185,9 +204,11 @@ def _inputs_from_pngs(paths: Sequence[str | Path], in_len: int) -> _Inputs:
         return _Inputs(np.stack(frames), None, INTERVAL_S)
     steps = set(np.diff(times).tolist())
     if len(steps) > 1 or (steps and steps.pop() <= 0):
-        raise NowcastError("the input PNGs are not consecutive frames in time order (their names give times "
-                           f"{', '.join(iso_utc(t) for t in times)}); pass {in_len} frames one interval apart, "
-                           "oldest first")
+        raise NowcastError(
+            "the input PNGs are not consecutive frames in time order (their names give times "
+            f"{', '.join(iso_utc(t) for t in times)}); pass {in_len} frames one interval apart, "
+            "oldest first"
+        )
     interval_s = int(times[1] - times[0]) if len(times) > 1 else INTERVAL_S
     return _Inputs(np.stack(frames), int(times[-1]), interval_s, input_times_s=[int(t) for t in times])
 
@@ -198,24 +219,35 @@ def _store_grid(store: Store) -> Grid:
     grid = store.source_settings.get("grid")
     if not grid:
         kind = dict(store.attrs.get("source", {})).get("format", "an unknown")
-        raise NowcastError(f"--format netcdf needs the radar grid, and {store.path} (ingested from {kind} data) "
-                           "records none: only stores of ODIM_H5 or CF-NetCDF archives do; use --format png or zarr")
+        raise NowcastError(
+            f"--format netcdf needs the radar grid, and {store.path} (ingested from {kind} data) "
+            "records none: only stores of ODIM_H5 or CF-NetCDF archives do; use --format png or zarr"
+        )
     return Grid.from_attrs(grid)
 
 
-def _write_netcdf(out_dir: Path, forecast: np.ndarray, store: Store, inputs: _Inputs, model_name: str) -> Path:
+def _write_netcdf(
+    out_dir: Path, forecast: np.ndarray, store: Store, inputs: _Inputs, model_name: str
+) -> Path:
     """``forecast.nc``: forecast pixels (out_len, H, W) in [0, 1] as rain rate (mm/h) on the store's grid."""
     rain_mm_h = parse_zr(store.source_settings.get("zr")).dbz_to_rain(units.pixel_to_dbz(forecast))
     rain_mm_h[np.rint(forecast * 255.0) == 0] = 0.0  # pixel 0: -10 dBZ or less, no rain
     lead_times_s = inputs.interval_s * np.arange(1, forecast.shape[0] + 1, dtype=np.int64)
     mask = inputs.input_masks[-1] if inputs.input_masks is not None else None
-    return netcdf.write_forecast(out_dir / NETCDF_NAME, rain_mm_h, _store_grid(store), inputs.last_time_s,
-                                 lead_times_s, mask=mask, attrs={"source": f"nowcast {model_name}",
-                                                                 "input_store": str(store.path)})
+    return netcdf.write_forecast(
+        out_dir / NETCDF_NAME,
+        rain_mm_h,
+        _store_grid(store),
+        inputs.last_time_s,
+        lead_times_s,
+        mask=mask,
+        attrs={"source": f"nowcast {model_name}", "input_store": str(store.path)},
+    )
 
 
-def _write_zarr(out_dir: Path, forecast_u8: np.ndarray, times_s: list[int] | None, interval_s: int,
-                attrs: dict) -> Path:
+def _write_zarr(
+    out_dir: Path, forecast_u8: np.ndarray, times_s: list[int] | None, interval_s: int, attrs: dict
+) -> Path:
     """A Zarr v3 group with ``forecast`` (out_len, H, W) uint8, ``lead_time_s`` and (when known) ``time``."""
     path = out_dir / ZARR_NAME
     group = zarr.open_group(str(path), mode="w-", zarr_format=3)
@@ -257,8 +289,11 @@ def _run_forecaster(forecaster: Forecaster, frames_u8: np.ndarray) -> np.ndarray
 
 
 def _output_names(cfg: PredictConfig, out_len: int, times: list[int] | None) -> list[str]:
-    names = {"png": viz.png_names(out_len, times) if cfg.format == "png" else [],
-             "zarr": [ZARR_NAME], "netcdf": [NETCDF_NAME]}[cfg.format]
+    names = {
+        "png": viz.png_names(out_len, times) if cfg.format == "png" else [],
+        "zarr": [ZARR_NAME],
+        "netcdf": [NETCDF_NAME],
+    }[cfg.format]
     return names + ([GIF_NAME] if cfg.gif else [])
 
 
@@ -272,11 +307,12 @@ def predict(cfg: PredictConfig) -> PredictResult:
     store = None
     if cfg.store is not None:
         store = Store.open(cfg.store)
-        _check_time_in_store(store, cfg.time)   # before the model loads (seconds)
+        _check_time_in_store(store, cfg.time)  # before the model loads (seconds)
         if cfg.format == "netcdf":
             _store_grid(store)
-    forecaster = load_forecaster(cfg.model_uri, tracking_uri=cfg.tracking_uri, device=cfg.device,
-                                 fast_path=cfg.fast_path)
+    forecaster = load_forecaster(
+        cfg.model_uri, tracking_uri=cfg.tracking_uri, device=cfg.device, fast_path=cfg.fast_path
+    )
     in_len, out_len = int(forecaster.in_len), int(forecaster.out_len)
     if store is not None:
         inputs = _inputs_from_store(store, cfg.time, in_len, out_len)
@@ -301,16 +337,29 @@ def predict(cfg: PredictConfig) -> PredictResult:
         elif cfg.format == "netcdf":
             _write_netcdf(tmp, forecast, store, inputs, forecaster.name)
         else:
-            attrs = {"model_uri": str(cfg.model_uri), "model_name": forecaster.name, "interval_s": inputs.interval_s,
-                     "pixel_encoding": PIXEL_ENCODING, "issued_after_s": inputs.last_time_s}
+            attrs = {
+                "model_uri": str(cfg.model_uri),
+                "model_name": forecaster.name,
+                "interval_s": inputs.interval_s,
+                "pixel_encoding": PIXEL_ENCODING,
+                "issued_after_s": inputs.last_time_s,
+            }
             _write_zarr(tmp, viz.pixel_to_u8(forecast), times, inputs.interval_s, attrs)
         if cfg.gif:
             truth = None if inputs.truth_u8 is None else inputs.truth_u8.astype(np.float32) / 255.0
             when = f" after {iso_utc(inputs.last_time_s)}" if inputs.last_time_s is not None else ""
-            viz.forecast_gif(inputs.frames_u8.astype(np.float32) / 255.0, truth, forecast, tmp / GIF_NAME,
-                             interval_min=inputs.interval_s / 60.0, title=f"{forecaster.name}{when}",
-                             mask=_gif_mask(inputs))
-        written = [files.publish(tmp / name, out_dir / name, cfg.overwrite, _is_forecast_zarr) for name in names]
+            viz.forecast_gif(
+                inputs.frames_u8.astype(np.float32) / 255.0,
+                truth,
+                forecast,
+                tmp / GIF_NAME,
+                interval_min=inputs.interval_s / 60.0,
+                title=f"{forecaster.name}{when}",
+                mask=_gif_mask(inputs),
+            )
+        written = [
+            files.publish(tmp / name, out_dir / name, cfg.overwrite, _is_forecast_zarr) for name in names
+        ]
     gif_path = written.pop() if cfg.gif else None
     return PredictResult(written, gif_path, times, inputs.input_times_s, forecast)
 

@@ -3,6 +3,7 @@
 On a terminal it is a live bar; when stdout is not a terminal (a log file, a pipe, CI) it prints plain
 ``description: done/total`` lines instead, about every tenth of the way and at the end.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -10,8 +11,14 @@ import sys
 from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                           TimeRemainingColumn)
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 T = TypeVar("T")
 
@@ -20,7 +27,7 @@ T = TypeVar("T")
 def _plain_lines(description: str, total: int) -> Iterator[Callable[[int], None]]:
     """``advance(n=1)`` that prints ``description: done/total`` at each tenth of ``total`` and at the end."""
     state = {"done": 0, "printed": 0}
-    step = max(1, -(-total // 10))   # about ten lines
+    step = max(1, -(-total // 10))  # about ten lines
 
     def advance(n: int = 1) -> None:
         state["done"] += n
@@ -33,8 +40,9 @@ def _plain_lines(description: str, total: int) -> Iterator[Callable[[int], None]
 
 
 @contextlib.contextmanager
-def progress_bar(description: str, total: int, enabled: bool = True,
-                 transient: bool = False) -> Iterator[Callable[[int], None]]:
+def progress_bar(
+    description: str, total: int, enabled: bool = True, transient: bool = False
+) -> Iterator[Callable[[int], None]]:
     """A bar over ``total`` items; yields ``advance(n=1)``. Disabled: a silent ``advance``. Without a
     terminal on stdout: plain progress lines (see the module doc).
 
@@ -44,14 +52,26 @@ def progress_bar(description: str, total: int, enabled: bool = True,
         with _plain_lines(description, total) as advance:
             yield advance
         return
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TimeRemainingColumn(), disable=not enabled, transient=transient) as bar:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        disable=not enabled,
+        transient=transient,
+    ) as bar:
         task = bar.add_task(description, total=total)
         yield lambda n=1: bar.advance(task, n)
 
 
-def track(items: Iterable[T], description: str, total: int | None = None, enabled: bool = True,
-          transient: bool = False) -> Iterator[T]:
+def track(
+    items: Iterable[T],
+    description: str,
+    total: int | None = None,
+    enabled: bool = True,
+    transient: bool = False,
+) -> Iterator[T]:
     """Yield ``items`` while a bar (see :func:`progress_bar`) counts them; ``total`` defaults to ``len(items)``."""
     with progress_bar(description, len(items) if total is None else total, enabled, transient) as advance:
         for item in items:

@@ -5,6 +5,7 @@ errors and does not forward the workers' output (``log_to_driver=False``); it al
 folder, whose path is printed once. What the pipeline's workers have to say reaches the driver through
 a :class:`DriverLink` instead, which is also how a worker notices that its driver died.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -24,8 +25,10 @@ import pipeline
 import trajgru
 from pipeline.errors import NowcastError
 
-_ADVICE = ("Check --ray-address / RAY_ADDRESS (e.g. head:6379 on a cluster node, or ray://head:10001), "
-           "or unset both to start a local Ray")
+_ADVICE = (
+    "Check --ray-address / RAY_ADDRESS (e.g. head:6379 on a cluster node, or ray://head:10001), "
+    "or unset both to start a local Ray"
+)
 #: Seconds a worker waits for the driver link to answer before it decides the driver is gone.
 LINK_TIMEOUT_S = 60.0
 
@@ -64,8 +67,11 @@ def connect_ray(address: str | None, **init_kwargs) -> bool:
         raise NowcastError(
             f"cannot connect to Ray at {address or 'a new local cluster'}: {exc}. {_ADVICE}"
         ) from exc
-    print(f"[ray] {'connected to ' + address if address else 'started a local Ray'}; Ray's own logs: "
-          f"{ray_logs_dir()}", flush=True)
+    print(
+        f"[ray] {'connected to ' + address if address else 'started a local Ray'}; Ray's own logs: "
+        f"{ray_logs_dir()}",
+        flush=True,
+    )
     return True
 
 
@@ -118,7 +124,7 @@ class DriverLink:
         self.actor = actor
 
     @classmethod
-    def create(cls) -> "DriverLink":
+    def create(cls) -> DriverLink:
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
         return cls(ray.remote(num_cpus=0, max_restarts=0)(_Inbox).options(scheduling_strategy=here).remote())
 
@@ -145,7 +151,7 @@ class DriverLink:
         def pump() -> None:
             while True:
                 stopping = stop.wait(every_s)
-                with contextlib.suppress(Exception):   # a dead actor at shutdown: nothing left to print
+                with contextlib.suppress(Exception):  # a dead actor at shutdown: nothing left to print
                     for line in ray.get(self.actor.take.remote(), timeout=LINK_TIMEOUT_S):
                         print(line, file=out, flush=True)
                 if stopping:

@@ -25,6 +25,7 @@ shard), compressed with zstd level 1 (about the size of the PNG archive). A rand
 touches one or two shard files and 5-6 chunks; :class:`ShardFileReader` reads them with one
 ``pread`` + one zstd decode per chunk, bypassing zarr-python's per-call overhead.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -51,7 +52,14 @@ from pipeline.times import iso_utc
 log = logging.getLogger("nowcast.store")
 
 INGEST_VERSION = 2  # 2: crc32c after every chunk (StoreLayout.checksum)
-FRAMES, MASKS, TIME, PRESENT, CATALOG, INGEST_GROUP = "frames", "masks", "time", "present", "catalog", "_ingest"
+FRAMES, MASKS, TIME, PRESENT, CATALOG, INGEST_GROUP = (
+    "frames",
+    "masks",
+    "time",
+    "present",
+    "catalog",
+    "_ingest",
+)
 UNITS_GROUP = f"{INGEST_GROUP}/units"
 PROTOCOLS = ("random", "sequent")
 COMPRESSORS = ("zstd", "blosc-lz4", "blosc-zstd", "none")
@@ -80,11 +88,15 @@ class StoreLayout:
 
     def __post_init__(self):
         check(self.chunk_frames >= 1, f"chunk_frames must be >= 1, got {self.chunk_frames}")
-        check(self.shard_frames is None or (self.shard_frames >= self.chunk_frames
-                                            and self.shard_frames % self.chunk_frames == 0),
-              f"shard_frames ({self.shard_frames}) must be a multiple of chunk_frames ({self.chunk_frames})")
-        check(self.compressor in COMPRESSORS,
-              f"unknown compressor {self.compressor!r}: use zstd, blosc-lz4, blosc-zstd or none")
+        check(
+            self.shard_frames is None
+            or (self.shard_frames >= self.chunk_frames and self.shard_frames % self.chunk_frames == 0),
+            f"shard_frames ({self.shard_frames}) must be a multiple of chunk_frames ({self.chunk_frames})",
+        )
+        check(
+            self.compressor in COMPRESSORS,
+            f"unknown compressor {self.compressor!r}: use zstd, blosc-lz4, blosc-zstd or none",
+        )
 
     @property
     def unit_frames(self) -> int:
@@ -121,13 +133,27 @@ def create_store(path: str | Path, height: int, width: int, layout: StoreLayout,
     except OSError as exc:
         raise NowcastError(f"cannot create the store at {path}: {exc}; choose a writable location") from exc
     for name, dtype in ((FRAMES, "uint8"), (MASKS, "bool")):
-        group.create_array(name, shape=(0, height, width), dtype=dtype, fill_value=0 if dtype == "uint8" else False,
-                           **_frame_array_kwargs(layout, height, width))
+        group.create_array(
+            name,
+            shape=(0, height, width),
+            dtype=dtype,
+            fill_value=0 if dtype == "uint8" else False,
+            **_frame_array_kwargs(layout, height, width),
+        )
     group.create_array(TIME, shape=(0,), dtype="int64", chunks=(_VECTOR_CHUNK,), fill_value=0)
     group.create_array(PRESENT, shape=(0,), dtype="bool", chunks=(_VECTOR_CHUNK,), fill_value=False)
     group.require_group(UNITS_GROUP)
-    group.attrs.update({**attrs, "height": int(height), "width": int(width), "layout": layout.to_dict(),
-                        "ingest_state": STATE_IN_PROGRESS, "n_frames": 0, "n_present": 0})
+    group.attrs.update(
+        {
+            **attrs,
+            "height": int(height),
+            "width": int(width),
+            "layout": layout.to_dict(),
+            "ingest_state": STATE_IN_PROGRESS,
+            "n_frames": 0,
+            "n_present": 0,
+        }
+    )
     return group
 
 
@@ -138,8 +164,14 @@ def write_vector(group, name: str, values: np.ndarray) -> None:
         arr = group[name]
         arr.resize(values.shape)
     else:
-        arr = group.create_array(name, shape=values.shape, dtype=values.dtype, chunks=(_VECTOR_CHUNK,),
-                                 fill_value=0, overwrite=True)
+        arr = group.create_array(
+            name,
+            shape=values.shape,
+            dtype=values.dtype,
+            chunks=(_VECTOR_CHUNK,),
+            fill_value=0,
+            overwrite=True,
+        )
     if values.size:
         arr[:] = values
 
@@ -199,8 +231,9 @@ def infer_cadence(times_s: np.ndarray, interval_s: int | None = None) -> Cadence
     times_s = np.unique(np.asarray(times_s, dtype=np.int64))
     if interval_s is None:
         if times_s.size < 2:
-            raise NowcastError(f"the archive holds {times_s.size} frame time(s): at least two are needed to "
-                               "tell its cadence")
+            raise NowcastError(
+                f"the archive holds {times_s.size} frame time(s): at least two are needed to tell its cadence"
+            )
         interval_s = infer_interval_s(times_s)
     if interval_s < 1:
         raise ValueError(f"interval_s must be a positive number of seconds, got {interval_s}")
@@ -222,14 +255,20 @@ def open_store(path: str | Path, mode: str = "r", require_complete: bool = True)
     try:
         group = zarr.open_group(str(p), mode=mode)
     except Exception as exc:  # zarr raises several types for non-stores
-        raise NowcastError(f"{p} is not a Zarr store ({exc}); point to the store made by `nowcast ingest`") from exc
+        raise NowcastError(
+            f"{p} is not a Zarr store ({exc}); point to the store made by `nowcast ingest`"
+        ) from exc
     missing = [n for n in (FRAMES, MASKS, TIME) if n not in group]
     if missing:
-        raise NowcastError(f"{p} is a Zarr group but not a nowcast store (missing {', '.join(missing)}); "
-                           "create one with `nowcast ingest ARCHIVE STORE`")
+        raise NowcastError(
+            f"{p} is a Zarr group but not a nowcast store (missing {', '.join(missing)}); "
+            "create one with `nowcast ingest ARCHIVE STORE`"
+        )
     if require_complete and group.attrs.get("ingest_state") != STATE_COMPLETE:
-        raise NowcastError(f"the ingest into {p} did not finish: re-run `nowcast ingest ARCHIVE {p}` "
-                           "(it resumes where it stopped)")
+        raise NowcastError(
+            f"the ingest into {p} did not finish: re-run `nowcast ingest ARCHIVE {p}` "
+            "(it resumes where it stopped)"
+        )
     return group
 
 
@@ -239,8 +278,10 @@ def read_catalog(group, split: str, protocol: str = "random") -> np.ndarray:
         raise NowcastError(f"unknown protocol {protocol!r}: use 'random' or 'sequent'", exit_code=2)
     splits = list_splits(group)
     if split not in splits:
-        raise NowcastError(f"split {split!r} is not in the store's catalog (available: {', '.join(splits) or 'none'})",
-                           exit_code=2)
+        raise NowcastError(
+            f"split {split!r} is not in the store's catalog (available: {', '.join(splits) or 'none'})",
+            exit_code=2,
+        )
     return np.asarray(group[f"{CATALOG}/{split}/{protocol}_starts_s"][:], dtype=np.int64)
 
 
@@ -249,7 +290,9 @@ def list_splits(group) -> list[str]:
     return sorted(group.attrs.get("splits", {}).keys()) if CATALOG in group else []
 
 
-def write_catalog(group, split: str, random_starts_s: np.ndarray, sequent_starts_s: np.ndarray, rule: dict) -> None:
+def write_catalog(
+    group, split: str, random_starts_s: np.ndarray, sequent_starts_s: np.ndarray, rule: dict
+) -> None:
     """Store one split's clip starts (int64 epoch s) and the clip rule (seq_len, stride, ...) as attrs."""
     sub = group.require_group(f"{CATALOG}/{split}")
     write_vector(sub, "random_starts_s", np.asarray(random_starts_s, dtype=np.int64))
@@ -278,15 +321,18 @@ def ingest_lock(path: str | Path) -> Iterator[Path]:
     try:
         fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
     except OSError as exc:
-        raise NowcastError(f"cannot create the lock file {lock}: {exc}; choose a writable store location "
-                           "(and not a symlink)") from exc
+        raise NowcastError(
+            f"cannot create the lock file {lock}: {exc}; choose a writable store location (and not a symlink)"
+        ) from exc
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "unknown"
-            raise NowcastError(f"another `nowcast ingest` (pid {holder}) is writing {path}; wait for it to finish "
-                               "and re-run this one (it then resumes or appends)") from None
+            raise NowcastError(
+                f"another `nowcast ingest` (pid {holder}) is writing {path}; wait for it to finish "
+                "and re-run this one (it then resumes or appends)"
+            ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield lock
@@ -323,8 +369,18 @@ class ShardFileReader:
     the fill value: a finished ingest writes every chunk of every row.
     """
 
-    def __init__(self, shard_dir: Path, separator: str, shape: tuple, shard_frames: int, chunk_frames: int,
-                 dtype: np.dtype, fill_value, decoder, checksum: bool = False):
+    def __init__(
+        self,
+        shard_dir: Path,
+        separator: str,
+        shape: tuple,
+        shard_frames: int,
+        chunk_frames: int,
+        dtype: np.dtype,
+        fill_value,
+        decoder,
+        checksum: bool = False,
+    ):
         self.shard_dir, self.separator = shard_dir, separator
         self.n_frames, self.frame_shape = int(shape[0]), tuple(int(v) for v in shape[1:])
         self.shard_frames, self.chunk_frames = int(shard_frames), int(chunk_frames)
@@ -333,19 +389,27 @@ class ShardFileReader:
         self.checksum = bool(checksum)
 
     @classmethod
-    def for_array(cls, arr) -> "ShardFileReader | None":
+    def for_array(cls, arr) -> ShardFileReader | None:
         """A reader for ``arr`` (a zarr.Array) if it has the simple layout above, else None."""
         meta = arr.metadata
         codecs = getattr(meta, "codecs", ())
-        if (not isinstance(arr.store, LocalStore) or len(codecs) != 1 or not isinstance(codecs[0], ShardingCodec)
-                or np.dtype(arr.dtype).itemsize != 1 or arr.ndim != 3):
+        if (
+            not isinstance(arr.store, LocalStore)
+            or len(codecs) != 1
+            or not isinstance(codecs[0], ShardingCodec)
+            or np.dtype(arr.dtype).itemsize != 1
+            or arr.ndim != 3
+        ):
             return None
         sharding = codecs[0]
         shard_shape = tuple(meta.chunk_grid.chunk_shape)
-        index_ok = (sharding.index_location == ShardingCodecIndexLocation.end and len(sharding.index_codecs) == 2
-                    and isinstance(sharding.index_codecs[0], BytesCodec)
-                    and isinstance(sharding.index_codecs[1], Crc32cCodec))
-        whole_frames = (tuple(sharding.chunk_shape[1:]) == tuple(arr.shape[1:]) == shard_shape[1:])
+        index_ok = (
+            sharding.index_location == ShardingCodecIndexLocation.end
+            and len(sharding.index_codecs) == 2
+            and isinstance(sharding.index_codecs[0], BytesCodec)
+            and isinstance(sharding.index_codecs[1], Crc32cCodec)
+        )
+        whole_frames = tuple(sharding.chunk_shape[1:]) == tuple(arr.shape[1:]) == shard_shape[1:]
         inner = list(sharding.codecs)
         if not (index_ok and whole_frames and inner and isinstance(inner[0], BytesCodec)):
             return None
@@ -361,8 +425,17 @@ class ShardFileReader:
         encoding = meta.chunk_key_encoding
         if getattr(encoding, "name", None) != "default":
             return None
-        return cls(Path(arr.store.root) / arr.path, encoding.separator, arr.shape, shard_shape[0],
-                   sharding.chunk_shape[0], arr.dtype, arr.fill_value, decoder, checksum)
+        return cls(
+            Path(arr.store.root) / arr.path,
+            encoding.separator,
+            arr.shape,
+            shard_shape[0],
+            sharding.chunk_shape[0],
+            arr.dtype,
+            arr.fill_value,
+            decoder,
+            checksum,
+        )
 
     def shard_path(self, shard: int) -> Path:
         """The file of shard number ``shard``."""
@@ -374,11 +447,13 @@ class ShardFileReader:
         Raises ChunkDamage (with the damaged rows) when a shard or chunk is missing or damaged.
         """
         if not 0 <= lo <= hi <= self.n_frames or out.shape != (hi - lo,) + self.frame_shape:
-            raise ValueError(f"rows [{lo}, {hi}) / out {out.shape} do not fit the array {self.n_frames}x{self.frame_shape}")
+            raise ValueError(
+                f"rows [{lo}, {hi}) / out {out.shape} do not fit the array {self.n_frames}x{self.frame_shape}"
+            )
         for shard in range(lo // self.shard_frames, -(-hi // self.shard_frames)):
             s0 = shard * self.shard_frames
             a, b = max(lo, s0), min(hi, s0 + self.shard_frames)
-            self._read_shard(shard, a - s0, b - s0, out[a - lo:b - lo])
+            self._read_shard(shard, a - s0, b - s0, out[a - lo : b - lo])
 
     def _read_shard(self, shard: int, r0: int, r1: int, out: np.ndarray) -> None:
         """Rows [r0, r1) of one shard (shard-relative) into ``out``."""
@@ -393,7 +468,7 @@ class ShardFileReader:
             cf = self.chunk_frames
             for c in range(r0 // cf, -(-r1 // cf)):
                 a, b = max(r0, c * cf), min(r1, (c + 1) * cf)
-                dest = out[a - r0:b - r0]
+                dest = out[a - r0 : b - r0]
                 offset, nbytes = (int(v) for v in index[c])
                 rows = (s0 + c * cf, min(s0 + (c + 1) * cf, self.n_frames))
                 if offset == _NO_CHUNK:
@@ -407,7 +482,7 @@ class ShardFileReader:
                     else:
                         chunk = np.empty((cf,) + self.frame_shape, dtype=self.dtype)
                         self._decode(data, chunk)
-                        dest[...] = chunk[a - c * cf:b - c * cf]
+                        dest[...] = chunk[a - c * cf : b - c * cf]
                 except Exception as exc:  # noqa: BLE001 - a checksum mismatch, or a codec's own error
                     raise ChunkDamage(*rows, f"chunk {c} of shard file {name}: {exc}") from exc
         finally:
@@ -421,9 +496,13 @@ class ShardFileReader:
         if size < n_index + 4:
             raise ChunkDamage(lo, hi, f"shard file {name} is shorter than its index")
         raw = os.pread(fd, n_index + 4, size - n_index - 4)
-        if len(raw) != n_index + 4 or google_crc32c.value(raw[:n_index]) != int.from_bytes(raw[n_index:], "little"):
+        if len(raw) != n_index + 4 or google_crc32c.value(raw[:n_index]) != int.from_bytes(
+            raw[n_index:], "little"
+        ):
             raise ChunkDamage(lo, hi, f"shard file {name}: the index checksum does not match (damaged file)")
-        return np.frombuffer(raw, dtype="<u8", count=2 * self.chunks_per_shard).reshape(self.chunks_per_shard, 2)
+        return np.frombuffer(raw, dtype="<u8", count=2 * self.chunks_per_shard).reshape(
+            self.chunks_per_shard, 2
+        )
 
     def _decode(self, data: bytes, dest: np.ndarray) -> None:
         if self.checksum:
@@ -464,11 +543,17 @@ class StoreReader:
         self._arrays = {FRAMES: self.frames, MASKS: self.masks}
         self._fast = {}
         if fast:
-            self._fast = {FRAMES: ShardFileReader.for_array(self.frames), MASKS: ShardFileReader.for_array(self.masks)}
+            self._fast = {
+                FRAMES: ShardFileReader.for_array(self.frames),
+                MASKS: ShardFileReader.for_array(self.masks),
+            }
             for name, reader in self._fast.items():
                 if reader is None:
-                    log.info("%s/%s: not the sharded layout of the fast shard reader; reading through zarr",
-                             self.frames.store, name)
+                    log.info(
+                        "%s/%s: not the sharded layout of the fast shard reader; reading through zarr",
+                        self.frames.store,
+                        name,
+                    )
 
     @property
     def uses_fast_path(self) -> bool:
@@ -499,7 +584,9 @@ class StoreReader:
         for c in range(lo // per_file, -(-hi // per_file)):  # zarr reads a missing file as the fill value
             key = arr.metadata.encode_chunk_key((c,) + (0,) * (arr.ndim - 1))
             if isinstance(arr.store, LocalStore) and not (Path(arr.store.root) / arr.path / key).is_file():
-                raise ChunkDamage(c * per_file, min((c + 1) * per_file, arr.shape[0]), f"file {name}/{key} is missing")
+                raise ChunkDamage(
+                    c * per_file, min((c + 1) * per_file, arr.shape[0]), f"file {name}/{key} is missing"
+                )
         try:
             out[...] = arr[lo:hi]
         except Exception as exc:  # noqa: BLE001 - a checksum mismatch or a codec error
@@ -519,12 +606,17 @@ class StoreReader:
     def damage_error(self, name: str, damage: ChunkDamage) -> NowcastError:
         """The user-facing error for damaged rows of array ``name``: which frames, what is wrong, what to do."""
         lo, hi = damage.lo, max(damage.hi - 1, damage.lo)
-        when = (f" ({iso_utc(self.time_s[lo])} to {iso_utc(self.time_s[min(hi, self.time_s.size - 1)])})"
-                if self.time_s.size else "")
+        when = (
+            f" ({iso_utc(self.time_s[lo])} to {iso_utc(self.time_s[min(hi, self.time_s.size - 1)])})"
+            if self.time_s.size
+            else ""
+        )
         path = Path(getattr(self.frames.store, "root", "")).as_posix()
-        return NowcastError(f"the store {path} is damaged at frames {lo}-{hi}{when}, array {name}: {damage.problem}; "
-                            f"`nowcast info --verify {path}` lists every damaged chunk; re-ingest the archive "
-                            "into a new store")
+        return NowcastError(
+            f"the store {path} is damaged at frames {lo}-{hi}{when}, array {name}: {damage.problem}; "
+            f"`nowcast info --verify {path}` lists every damaged chunk; re-ingest the archive "
+            "into a new store"
+        )
 
     def read(self, time_s, frames_out: np.ndarray | None = None, masks_out: np.ndarray | None = None):
         """(S,) epoch seconds -> (frames uint8 (S,H,W), masks bool (S,H,W)); absent -> 0 / False.
@@ -556,7 +648,7 @@ class StoreReader:
         span_m = np.empty((uniq.size, self.height, self.width), bool)
         for run in np.split(np.arange(uniq.size), breaks):
             lo = int(uniq[run[0]])
-            self.read_rows(lo, lo + run.size, span_f[run[0]:run[-1] + 1], span_m[run[0]:run[-1] + 1])
+            self.read_rows(lo, lo + run.size, span_f[run[0] : run[-1] + 1], span_m[run[0] : run[-1] + 1])
         frames[found] = span_f[inv]
         masks[found] = span_m[inv]
         return frames, masks
@@ -572,19 +664,29 @@ class StoreReader:
             cf = int(arr.chunks[0])
             out = np.empty((cf,) + tuple(arr.shape[1:]), dtype=arr.dtype)
             chunks = range(-(-n // cf))
-            for c in (progress(chunks, name) if progress else chunks):
+            for c in progress(chunks, name) if progress else chunks:
                 lo, hi = c * cf, min((c + 1) * cf, n)
                 try:
-                    self.read_array(name, lo, hi, out[:hi - lo])
+                    self.read_array(name, lo, hi, out[: hi - lo])
                 except ChunkDamage as exc:
                     last = damaged[-1] if damaged else None
-                    if last and last["array"] == name and last["problem"] == exc.problem and last["rows"][1] + 1 >= exc.lo:
+                    if (
+                        last
+                        and last["array"] == name
+                        and last["problem"] == exc.problem
+                        and last["rows"][1] + 1 >= exc.lo
+                    ):
                         last["rows"][1] = exc.hi - 1  # the next chunk of one missing shard file: one entry
                         last["times"][1] = iso_utc(self.time_s[exc.hi - 1])
                         continue
-                    damaged.append({"array": name, "rows": [exc.lo, exc.hi - 1],
-                                    "times": [iso_utc(self.time_s[exc.lo]), iso_utc(self.time_s[exc.hi - 1])],
-                                    "problem": exc.problem})
+                    damaged.append(
+                        {
+                            "array": name,
+                            "rows": [exc.lo, exc.hi - 1],
+                            "times": [iso_utc(self.time_s[exc.lo]), iso_utc(self.time_s[exc.hi - 1])],
+                            "problem": exc.problem,
+                        }
+                    )
         return damaged
 
 
@@ -596,7 +698,6 @@ def read_frames(group, time_s) -> tuple[np.ndarray, np.ndarray]:
     For many reads, keep a :class:`StoreReader` (it caches the time axis).
     """
     return StoreReader(group).read(time_s)
-
 
 
 def _du_bytes(path: Path) -> int:
@@ -627,8 +728,10 @@ class Store:
         try:
             self.interval_s = int(self.attrs["interval_s"])
         except (KeyError, TypeError, ValueError):
-            raise NowcastError(f"{self.path} records no cadence (interval_s); re-ingest it with "
-                               f"`nowcast ingest ARCHIVE {self.path}`") from None
+            raise NowcastError(
+                f"{self.path} records no cadence (interval_s); re-ingest it with "
+                f"`nowcast ingest ARCHIVE {self.path}`"
+            ) from None
         if self.interval_s <= 0:
             raise NowcastError(f"{self.path} records a cadence of {self.interval_s} s; re-ingest it")
         _, height, width = group[FRAMES].shape
@@ -639,7 +742,7 @@ class Store:
         self._reader_pid: int | None = None
 
     @classmethod
-    def open(cls, path: str | Path, require_complete: bool = True) -> "Store":
+    def open(cls, path: str | Path, require_complete: bool = True) -> Store:
         """Open and validate the store at ``path`` (see :func:`open_store` for the errors)."""
         path = Path(path).expanduser().resolve()
         return cls(path, open_store(path, require_complete=require_complete), require_complete)
@@ -690,8 +793,10 @@ class Store:
         splits = {}
         for split in self.splits:
             sub = self.group[f"{CATALOG}/{split}"]
-            splits[split] = {"random_clips": int(sub["random_starts_s"].shape[0]),
-                             "sequent_clips": int(sub["sequent_starts_s"].shape[0])}
+            splits[split] = {
+                "random_clips": int(sub["random_starts_s"].shape[0]),
+                "sequent_clips": int(sub["sequent_starts_s"].shape[0]),
+            }
         return {
             "path": str(self.path),
             "frames": int(time_s.size),
@@ -749,15 +854,28 @@ class Store:
             summary["zr"] = f"Z = {settings['zr']['zr_a']:g} R^{settings['zr']['zr_b']:g}"
         grid = settings.get("grid")
         if grid:
-            summary["grid"] = (f"{grid['shape'][0]}x{grid['shape'][1]} pixels of {grid['x_step']:g} x {grid['y_step']:g} "
-                               f"{grid.get('xy_unit', '')}, top-left corner ({grid['x_left']:g}, {grid['y_top']:g}), "
-                               f"{grid.get('projdef') or 'projection in the store attributes'}")
+            summary["grid"] = (
+                f"{grid['shape'][0]}x{grid['shape'][1]} pixels of {grid['x_step']:g} x {grid['y_step']:g} "
+                f"{grid.get('xy_unit', '')}, top-left corner ({grid['x_left']:g}, {grid['y_top']:g}), "
+                f"{grid.get('projdef') or 'projection in the store attributes'}"
+            )
         return summary
 
     def fingerprint(self) -> dict:
         """JSON-able identity of the store for experiment tracking: absolute path + ingest attributes."""
-        keys = ("source", "ingest_version", "interval_s", "height", "width", "n_frames", "n_present", "layout",
-                "time_start_s", "time_end_s", "splits")
+        keys = (
+            "source",
+            "ingest_version",
+            "interval_s",
+            "height",
+            "width",
+            "n_frames",
+            "n_present",
+            "layout",
+            "time_start_s",
+            "time_end_s",
+            "splits",
+        )
         fp = {"path": str(self.path)}
         fp.update({k: self.attrs[k] for k in keys if k in self.attrs})
         fp["bad_files"] = int(self.attrs.get("bad_files", {}).get("count", 0))

@@ -31,6 +31,7 @@ Every day is simulated continuously from its own random stream keyed by ``(seed,
 independent, generation parallelises over days, and the bytes do not depend on the number of workers
 (nor on ``start``/``days``: a given date always gets the same weather for a given seed).
 """
+
 from __future__ import annotations
 
 import json
@@ -135,32 +136,49 @@ def _is_int(x) -> bool:
 
 def _check_config(cfg: SynthConfig) -> None:
     """Check every option (NowcastError, exit code 2, naming the option and the accepted range)."""
+
     def ok(condition: bool, msg: str) -> None:
         check(condition, f"synth: {msg}")
 
-    ok(isinstance(cfg.out_dir, (str, os.PathLike)) and str(cfg.out_dir) != "",
-       f"out_dir must be a directory path, got {cfg.out_dir!r}")
-    ok(not Path(cfg.out_dir).exists() or Path(cfg.out_dir).is_dir(),
-       f"out_dir {cfg.out_dir} exists and is not a directory; choose another path")
+    ok(
+        isinstance(cfg.out_dir, (str, os.PathLike)) and str(cfg.out_dir) != "",
+        f"out_dir must be a directory path, got {cfg.out_dir!r}",
+    )
+    ok(
+        not Path(cfg.out_dir).exists() or Path(cfg.out_dir).is_dir(),
+        f"out_dir {cfg.out_dir} exists and is not a directory; choose another path",
+    )
     try:
         day = np.datetime64(str(cfg.start), "D")
     except ValueError:
         day = None
     ok(day is not None and len(str(cfg.start)) == 10, f"start must be a date YYYY-MM-DD, got {cfg.start!r}")
     year = day.astype(object).year
-    ok(2000 <= year <= 2099, f"start year must be 2000-2099 (HKO-7 file names have two-digit years), got {cfg.start}")
+    ok(
+        2000 <= year <= 2099,
+        f"start year must be 2000-2099 (HKO-7 file names have two-digit years), got {cfg.start}",
+    )
     ok(_is_int(cfg.days) and cfg.days >= 1, f"days must be an integer >= 1, got {cfg.days!r}")
     last_year = (day + int(cfg.days) - 1).astype(object).year
     ok(last_year <= 2099, f"the last day falls in {last_year}; keep the archive within 2000-2099")
-    ok(_is_int(cfg.frames_per_day) and 1 <= cfg.frames_per_day <= SLOTS_PER_DAY,
-       f"frames_per_day must be an integer in 1..{SLOTS_PER_DAY} (6-minute slots), got {cfg.frames_per_day!r}")
-    ok(_is_int(cfg.size_px) and 16 <= cfg.size_px <= 4096, f"size_px must be an integer in 16..4096, got {cfg.size_px!r}")
+    ok(
+        _is_int(cfg.frames_per_day) and 1 <= cfg.frames_per_day <= SLOTS_PER_DAY,
+        f"frames_per_day must be an integer in 1..{SLOTS_PER_DAY} (6-minute slots), got {cfg.frames_per_day!r}",
+    )
+    ok(
+        _is_int(cfg.size_px) and 16 <= cfg.size_px <= 4096,
+        f"size_px must be an integer in 16..4096, got {cfg.size_px!r}",
+    )
     ok(_is_int(cfg.seed) and cfg.seed >= 0, f"seed must be a non-negative integer, got {cfg.seed!r}")
     rate = cfg.missing_frame_rate
-    ok(not isinstance(rate, bool) and isinstance(rate, (int, float, np.floating)) and 0.0 <= rate <= 0.5,
-       f"missing_frame_rate must be a number in [0, 0.5], got {rate!r}")
-    ok(cfg.workers is None or (_is_int(cfg.workers) and cfg.workers >= 1),
-       f"workers must be an integer >= 1 (or None for all cores), got {cfg.workers!r}")
+    ok(
+        not isinstance(rate, bool) and isinstance(rate, (int, float, np.floating)) and 0.0 <= rate <= 0.5,
+        f"missing_frame_rate must be a number in [0, 0.5], got {rate!r}",
+    )
+    ok(
+        cfg.workers is None or (_is_int(cfg.workers) and cfg.workers >= 1),
+        f"workers must be an integer >= 1 (or None for all cores), got {cfg.workers!r}",
+    )
 
 
 # --- random streams ---------------------------------------------------------------------------------------
@@ -208,7 +226,7 @@ class WindField:
     mode_omega: np.ndarray  # (M,) rad per frame
 
     @classmethod
-    def random(cls, rng: np.random.Generator) -> "WindField":
+    def random(cls, rng: np.random.Generator) -> WindField:
         n_modes = 2
         wavelength = rng.uniform(0.6, 1.5, n_modes)
         angle = rng.uniform(0, 2 * np.pi, n_modes)
@@ -235,8 +253,13 @@ class WindField:
 
     def steering(self, t: float) -> tuple[float, float]:
         """Uniform part of the wind at frame t."""
-        speed = self.steer_speed * (1 + self.steer_speed_wobble * math.sin(2 * math.pi * t / self.steer_period[0] + self.steer_phase[0]))
-        direction = self.steer_dir_rad + self.steer_veer_rad * math.sin(2 * math.pi * t / self.steer_period[1] + self.steer_phase[1])
+        speed = self.steer_speed * (
+            1
+            + self.steer_speed_wobble * math.sin(2 * math.pi * t / self.steer_period[0] + self.steer_phase[0])
+        )
+        direction = self.steer_dir_rad + self.steer_veer_rad * math.sin(
+            2 * math.pi * t / self.steer_period[1] + self.steer_phase[1]
+        )
         return speed * math.cos(direction), speed * math.sin(direction)
 
     def velocity(self, x: np.ndarray, y: np.ndarray, t: float) -> tuple[np.ndarray, np.ndarray]:
@@ -292,17 +315,30 @@ class Population:
     curvature: np.ndarray  # band bend (across offset = curvature * along^2); 0 for cells
     satellite: np.ndarray  # cells: relative intensity of a second core on the major axis (0 for bands)
 
-    FIELDS = ("x", "y", "age", "life", "peak_mm_h", "sigma_major", "sigma_minor", "theta", "spin", "drift_u",
-              "drift_v", "curvature", "satellite")
+    FIELDS = (
+        "x",
+        "y",
+        "age",
+        "life",
+        "peak_mm_h",
+        "sigma_major",
+        "sigma_minor",
+        "theta",
+        "spin",
+        "drift_u",
+        "drift_v",
+        "curvature",
+        "satellite",
+    )
 
     @classmethod
-    def empty(cls) -> "Population":
+    def empty(cls) -> Population:
         return cls(**{f: np.zeros(0) for f in cls.FIELDS})
 
     def __len__(self) -> int:
         return len(self.x)
 
-    def extend(self, other: "Population") -> None:
+    def extend(self, other: Population) -> None:
         for f in self.FIELDS:
             setattr(self, f, np.concatenate([getattr(self, f), getattr(other, f)]))
 
@@ -326,7 +362,7 @@ class Population:
         ys = np.concatenate([ym, ym, ym, ym + h, ym - h])
         u, v = wind.velocity(xs, ys, t + 0.5)
         u2, v2 = u[:n], v[:n]
-        vort = (v[n:2 * n] - v[2 * n:3 * n]) / (2 * h) - (u[3 * n:4 * n] - u[4 * n:]) / (2 * h)
+        vort = (v[n : 2 * n] - v[2 * n : 3 * n]) / (2 * h) - (u[3 * n : 4 * n] - u[4 * n :]) / (2 * h)
         self.theta = self.theta + 0.5 * vort + self.spin
         self.x = self.x + u2 + self.drift_u
         self.y = self.y + v2 + self.drift_v
@@ -354,7 +390,8 @@ def _new_cells(rng: np.random.Generator, n: int, bands: Population, random_age: 
     life = np.clip(rng.lognormal(np.log(28.0), 0.5, n), 8, 120)
     sigma_major = rng.uniform(0.012, 0.04, n)
     return Population(
-        x=x, y=y,
+        x=x,
+        y=y,
         age=rng.uniform(0, life) if random_age else np.zeros(n),
         life=life,
         peak_mm_h=np.clip(rng.lognormal(np.log(22.0), 0.75, n), 3.0, 250.0),
@@ -374,7 +411,8 @@ def _new_bands(rng: np.random.Generator, n: int, random_age: bool) -> Population
     lo, hi = -DOMAIN_MARGIN, 1 + DOMAIN_MARGIN
     life = rng.uniform(80, 400, n)
     return Population(
-        x=rng.uniform(lo, hi, n), y=rng.uniform(lo, hi, n),
+        x=rng.uniform(lo, hi, n),
+        y=rng.uniform(lo, hi, n),
         age=rng.uniform(0, life) if random_age else np.zeros(n),
         life=life,
         peak_mm_h=np.clip(rng.lognormal(np.log(3.0), 0.5, n), 0.8, 12.0),
@@ -405,9 +443,14 @@ def _cell_cores(cells: Population, size_px: int) -> tuple[np.ndarray, ...]:
     cy = cells.y * size_px - 0.5
     c, s = np.cos(cells.theta), np.sin(cells.theta)
     sat_amp = cells.peak_mm_h * cells.satellite * cells.envelope(1.5, lag=0.25)
-    return (np.concatenate([cx, cx + 1.3 * a * c]), np.concatenate([cy, cy + 1.3 * a * s]),
-            np.concatenate([a, 0.7 * a]), np.concatenate([b, 0.7 * b]),
-            np.concatenate([cells.theta, cells.theta]), np.concatenate([cells.peak_mm_h * env, sat_amp]))
+    return (
+        np.concatenate([cx, cx + 1.3 * a * c]),
+        np.concatenate([cy, cy + 1.3 * a * s]),
+        np.concatenate([a, 0.7 * a]),
+        np.concatenate([b, 0.7 * b]),
+        np.concatenate([cells.theta, cells.theta]),
+        np.concatenate([cells.peak_mm_h * env, sat_amp]),
+    )
 
 
 def _render_cells(cells: Population, size_px: int) -> np.ndarray:
@@ -421,7 +464,9 @@ def _render_cells(cells: Population, size_px: int) -> np.ndarray:
     cx, cy, a, b, theta, amp = _cell_cores(cells, size_px)
     half = int(math.ceil(3.0 * a.max())) + 1
     ix, iy = np.rint(cx).astype(np.int64), np.rint(cy).astype(np.int64)
-    use = np.flatnonzero((amp > 0.05) & (ix >= -half) & (ix < size_px + half) & (iy >= -half) & (iy < size_px + half))
+    use = np.flatnonzero(
+        (amp > 0.05) & (ix >= -half) & (ix < size_px + half) & (iy >= -half) & (iy < size_px + half)
+    )
     pad = 2 * half
     canvas = np.zeros((size_px + 2 * pad, size_px + 2 * pad), np.float32)
     if len(use):
@@ -437,8 +482,8 @@ def _render_cells(cells: Population, size_px: int) -> np.ndarray:
         patches = amp[use].astype(np.float32)[:, None, None] * np.exp(np.float32(-0.5) * q)
         p = 2 * half + 1
         for k, (x0, y0) in enumerate(zip(ix[use] + half, iy[use] + half)):
-            canvas[y0:y0 + p, x0:x0 + p] += patches[k]
-    return canvas[pad:pad + size_px, pad:pad + size_px].copy()
+            canvas[y0 : y0 + p, x0 : x0 + p] += patches[k]
+    return canvas[pad : pad + size_px, pad : pad + size_px].copy()
 
 
 def _render_bands(bands: Population, n: int) -> np.ndarray:
@@ -505,7 +550,7 @@ def missing_slots(rng: np.random.Generator, n_slots: int, rate: float) -> np.nda
     starts = np.flatnonzero(rng.random(n_slots) < rate * OUTAGE_START_PER_MISSING)
     lengths = rng.integers(OUTAGE_FRAMES[0], OUTAGE_FRAMES[1] + 1, len(starts))
     for s, n in zip(starts, lengths):
-        missing[s:s + n] = True
+        missing[s : s + n] = True
     return missing
 
 
@@ -525,8 +570,10 @@ def resample_taps(n_out: int, n_in: int, cubic: bool = False) -> tuple[np.ndarra
         a = -0.5
         offsets = [-1, 0, 1, 2]
         dist = [1 + frac, frac, 1 - frac, 2 - frac]
-        weights = [((a * d - 5 * a) * d + 8 * a) * d - 4 * a if k in (0, 3) else ((a + 2) * d - (a + 3)) * d * d + 1
-                   for k, d in enumerate(dist)]
+        weights = [
+            ((a * d - 5 * a) * d + 8 * a) * d - 4 * a if k in (0, 3) else ((a + 2) * d - (a + 3)) * d * d + 1
+            for k, d in enumerate(dist)
+        ]
     else:
         offsets, weights = [0, 1], [1 - frac, frac]
     idx = np.stack([np.clip(base + o, 0, n_in - 1).astype(np.int64) for o in offsets])
@@ -578,8 +625,12 @@ class DaySimulator:
         self.conv_activity = float(rng.uniform(0.4, 1.6))
         self.strat_activity = float(rng.uniform(0.0, 1.5))
         self.bands = _new_bands(rng, rng.poisson(BANDS_AT_EQUILIBRIUM * self.strat_activity), random_age=True)
-        self.cells = _new_cells(rng, rng.poisson(CELLS_AT_EQUILIBRIUM * self.conv_activity * self._diurnal(0)),
-                                self.bands, random_age=True)
+        self.cells = _new_cells(
+            rng,
+            rng.poisson(CELLS_AT_EQUILIBRIUM * self.conv_activity * self._diurnal(0)),
+            self.bands,
+            random_age=True,
+        )
         # texture lives on an n_tex grid (fine enough for its correlation length), upsampled for rendering
         self.n_tex = min(size_px, 2 * TEXTURE_GRID)
         n_noise = min(TEXTURE_GRID, self.n_tex)
@@ -588,7 +639,7 @@ class DaySimulator:
         self._wind_up = resample_taps(self.n_tex, WIND_GRID)
         self.n_smooth = max(8, size_px // BAND_GRID_DIVISOR)
         self._smooth_up = resample_taps(size_px, self.n_smooth)
-        yy, xx = np.mgrid[0:self.n_tex, 0:self.n_tex].astype(np.float32)
+        yy, xx = np.mgrid[0 : self.n_tex, 0 : self.n_tex].astype(np.float32)
         self._tex_x, self._tex_y = xx, yy
         self.texture = self._fresh_texture()
         self.cover = coverage_mask(size_px)
@@ -647,7 +698,9 @@ class DaySimulator:
         rng, size = self.noise_rng, self.size_px
         echo = rain_mm_h >= MIN_RAIN_MM_H
         dbz = np.full((size, size), NO_ECHO_DBZ, np.float32)
-        dbz[echo] = rainfall_to_dbz(rain_mm_h[echo]) + SENSOR_NOISE_DB * rng.standard_normal(int(echo.sum()), dtype=np.float32)
+        dbz[echo] = rainfall_to_dbz(rain_mm_h[echo]) + SENSOR_NOISE_DB * rng.standard_normal(
+            int(echo.sum()), dtype=np.float32
+        )
         n_speckle = rng.binomial(size * size, SPECKLE_FRACTION)
         sp = rng.integers(0, size * size, n_speckle)
         flat = dbz.ravel()
@@ -674,8 +727,14 @@ class SynthFrame:
     mean_rain_mm_h: float
 
 
-def simulate_day(seed: int, day: np.datetime64 | str, frames_per_day: int, size_px: int,
-                 missing_frame_rate: float = 0.0, clutter: np.ndarray | None = None) -> Iterator[SynthFrame]:
+def simulate_day(
+    seed: int,
+    day: np.datetime64 | str,
+    frames_per_day: int,
+    size_px: int,
+    missing_frame_rate: float = 0.0,
+    clutter: np.ndarray | None = None,
+) -> Iterator[SynthFrame]:
     """The frames of one day (slot 0 at 00:00 UTC, then every 6 minutes), deterministic in (seed, day).
 
     Missing slots are still simulated (the weather goes on; the radar just did not record them).
@@ -762,8 +821,15 @@ def synth_archive(cfg: SynthConfig, progress: bool = True) -> SynthResult:
     with progress_bar("synth (frames)", total, enabled=progress) as advance:
         if workers == 1:
             for day in days:
-                args = (str(out_dir), cfg.seed, day, cfg.frames_per_day, cfg.size_px, cfg.missing_frame_rate,
-                        advance)
+                args = (
+                    str(out_dir),
+                    cfg.seed,
+                    day,
+                    cfg.frames_per_day,
+                    cfg.size_px,
+                    cfg.missing_frame_rate,
+                    advance,
+                )
                 name, n, rain = _synth_day(args)
                 results[name] = (n, rain)
         else:
@@ -772,8 +838,21 @@ def synth_archive(cfg: SynthConfig, progress: bool = True) -> SynthResult:
             methods = multiprocessing.get_all_start_methods()
             ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
             with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
-                futures = [pool.submit(_synth_day, (str(out_dir), cfg.seed, day, cfg.frames_per_day, cfg.size_px,
-                                                    cfg.missing_frame_rate, None)) for day in days]
+                futures = [
+                    pool.submit(
+                        _synth_day,
+                        (
+                            str(out_dir),
+                            cfg.seed,
+                            day,
+                            cfg.frames_per_day,
+                            cfg.size_px,
+                            cfg.missing_frame_rate,
+                            None,
+                        ),
+                    )
+                    for day in days
+                ]
                 for fut in as_completed(futures):
                     name, n, rain = fut.result()
                     results[name] = (n, rain)
@@ -783,8 +862,17 @@ def synth_archive(cfg: SynthConfig, progress: bool = True) -> SynthResult:
         cat.write_day_list(out_dir / f"{split}_days.txt", [(d, rain_by_day[str(d)]) for d in split_days])
     n_frames = sum(n for n, _ in results.values())
     meta = _settings(cfg)
-    meta.update(n_frames=n_frames, interval_s=INTERVAL_S, pixel_encoding=PIXEL_ENCODING,
-                zr_relation=f"Z = {ZR_A} R^{ZR_B}")
+    meta.update(
+        n_frames=n_frames,
+        interval_s=INTERVAL_S,
+        pixel_encoding=PIXEL_ENCODING,
+        zr_relation=f"Z = {ZR_A} R^{ZR_B}",
+    )
     (out_dir / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-    return SynthResult(out_dir=out_dir, n_frames=n_frames, n_days=cfg.days,
-                       seconds=time.perf_counter() - t_start, day_rain_mm=rain_by_day)
+    return SynthResult(
+        out_dir=out_dir,
+        n_frames=n_frames,
+        n_days=cfg.days,
+        seconds=time.perf_counter() - t_start,
+        day_rain_mm=rain_by_day,
+    )

@@ -1,7 +1,8 @@
 """Time stamps as the pipeline keeps them (int seconds since the Unix epoch, UTC) <-> ISO 8601 text."""
+
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 
@@ -27,8 +28,10 @@ def parse_time_s(value: str | int | float) -> int:
     try:
         when = datetime.fromisoformat(text)
     except ValueError as exc:
-        raise NowcastError(f"cannot read the time {value!r}: use ISO 8601 UTC such as 2015-06-04T12:00 "
-                           "or epoch seconds", exit_code=2) from exc
+        raise NowcastError(
+            f"cannot read the time {value!r}: use ISO 8601 UTC such as 2015-06-04T12:00 or epoch seconds",
+            exit_code=2,
+        ) from exc
     if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
+        when = when.replace(tzinfo=UTC)
     return int(when.timestamp())

@@ -20,6 +20,7 @@ A registered version carries the alias ``champion`` if its validation score, the
 mean CSI at the 5 mm/h threshold over lead times on the ``valid`` split, higher is better), is
 strictly higher than the current champion's. A version without a finite score never takes the alias.
 """
+
 from __future__ import annotations
 
 import json
@@ -79,7 +80,7 @@ def resolve_tracking_uri(uri: str | None = None) -> str:
     if not uri:
         return f"sqlite:///{Path.cwd().resolve() / DEFAULT_DB_NAME}"
     if uri.startswith("sqlite:///"):
-        path = uri[len("sqlite:///"):]
+        path = uri[len("sqlite:///") :]
         if path.startswith("/") or path == ":memory:":
             return uri
         return f"sqlite:///{(Path.cwd() / path).resolve()}"
@@ -147,7 +148,7 @@ def _artifact_location(tracking_uri: str, experiment: str) -> str | None:
     server's or store's default) otherwise."""
     if not tracking_uri.startswith("sqlite:///") or tracking_uri.endswith(":memory:"):
         return None
-    db = Path(tracking_uri[len("sqlite:///"):])
+    db = Path(tracking_uri[len("sqlite:///") :])
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in experiment) or "experiment"
     return (db.parent / "mlartifacts" / safe).as_uri()
 
@@ -159,7 +160,11 @@ def code_version() -> str:
     try:
         out = subprocess.run(
             ["git", "describe", "--always", "--dirty", "--tags"],
-            cwd=src, capture_output=True, text=True, timeout=10, check=True,
+            cwd=src,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
         )
         if out.stdout.strip():
             return f"git:{out.stdout.strip()}"
@@ -187,8 +192,9 @@ def filter_value(text: str) -> str:
     for quote in ("'", '"'):
         if quote not in text:
             return f"{quote}{text}{quote}"
-    raise NowcastError(f"{text!r} holds both kinds of quote and cannot be searched for in MLflow; rename it",
-                       exit_code=2)
+    raise NowcastError(
+        f"{text!r} holds both kinds of quote and cannot be searched for in MLflow; rename it", exit_code=2
+    )
 
 
 def find_or_create_run(tracking_uri: str, experiment: str, run_name: str) -> tuple[str, bool]:
@@ -196,8 +202,12 @@ def find_or_create_run(tracking_uri: str, experiment: str, run_name: str) -> tup
     one. Returns ``(run_id, created)``."""
     exp_id = setup_experiment(tracking_uri, experiment)
     client = mlflow.MlflowClient()
-    found = client.search_runs([exp_id], filter_string=f"tags.`{RUN_NAME_TAG}` = {filter_value(run_name)}",
-                               max_results=1, order_by=["attributes.start_time DESC"])
+    found = client.search_runs(
+        [exp_id],
+        filter_string=f"tags.`{RUN_NAME_TAG}` = {filter_value(run_name)}",
+        max_results=1,
+        order_by=["attributes.start_time DESC"],
+    )
     if found:
         return found[0].info.run_id, False
     run = client.create_run(exp_id, run_name=run_name, tags={RUN_NAME_TAG: run_name})
@@ -245,8 +255,15 @@ class RunLogger:
     so a resumed run never logs a step twice.
     """
 
-    def __init__(self, tracking_uri: str, run_id: str, active: bool, system_metrics: bool = False,
-                 system_metrics_interval_s: float = 10.0, resume_keys: Sequence[str] = ()):
+    def __init__(
+        self,
+        tracking_uri: str,
+        run_id: str,
+        active: bool,
+        system_metrics: bool = False,
+        system_metrics_interval_s: float = 10.0,
+        resume_keys: Sequence[str] = (),
+    ):
         self.active, self.run_id, self.logged_through = active, run_id, 0
         if not active:
             return
@@ -275,9 +292,18 @@ class RunLogger:
             mlflow.end_run(status)
 
 
-def log_to_run(*, tracking_uri: str | None, run_id: str | None, experiment: str, run_name: str,
-               new_run_tags: dict[str, str], metrics: Sequence[tuple[str, float, int]], tags: dict[str, str],
-               files: Sequence[Path], artifact_path: str) -> str:
+def log_to_run(
+    *,
+    tracking_uri: str | None,
+    run_id: str | None,
+    experiment: str,
+    run_name: str,
+    new_run_tags: dict[str, str],
+    metrics: Sequence[tuple[str, float, int]],
+    tags: dict[str, str],
+    files: Sequence[Path],
+    artifact_path: str,
+) -> str:
     """Log ``metrics`` ((key, value, step) triples), ``tags`` and ``files`` (under ``artifact_path``).
 
     Into ``run_id`` when given, else into a new run ``run_name`` (tags ``new_run_tags``) of ``experiment``,
@@ -289,11 +315,17 @@ def log_to_run(*, tracking_uri: str | None, run_id: str | None, experiment: str,
     created = False
     if run_id is None:
         experiment_id = setup_experiment(uri, experiment)
-        run_id, created = client.create_run(experiment_id, run_name=run_name, tags=new_run_tags).info.run_id, True
+        run_id, created = (
+            client.create_run(experiment_id, run_name=run_name, tags=new_run_tags).info.run_id,
+            True,
+        )
     now_ms = int(time.time() * 1000)
     try:
-        client.log_batch(run_id, metrics=[Metric(k, float(v), now_ms, int(step)) for k, v, step in metrics],
-                         tags=[RunTag(k, str(v)) for k, v in tags.items()])  # log_batch splits large batches
+        client.log_batch(
+            run_id,
+            metrics=[Metric(k, float(v), now_ms, int(step)) for k, v, step in metrics],
+            tags=[RunTag(k, str(v)) for k, v in tags.items()],
+        )  # log_batch splits large batches
         for path in files:
             client.log_artifact(run_id, str(path), artifact_path=artifact_path)
     finally:
@@ -327,8 +359,11 @@ def skill_curves(result: dict, split: str, interval_s: int) -> list[tuple[str, f
         scores = np.asarray(result[name], dtype=float)
         lead_min = [int((t + 1) * interval_s // 60) for t in range(scores.shape[0])]
         for k, thr in enumerate(np.asarray(result["thresholds"], dtype=float)):
-            curves += [(f"{split}_{name}_{thr:g}mm_h_by_lead", float(v), m) for v, m in zip(scores[:, k], lead_min)
-                       if math.isfinite(v)]
+            curves += [
+                (f"{split}_{name}_{thr:g}mm_h_by_lead", float(v), m)
+                for v, m in zip(scores[:, k], lead_min)
+                if math.isfinite(v)
+            ]
     return curves
 
 
@@ -337,14 +372,15 @@ def skill_curves(result: dict, split: str, interval_s: int) -> list[tuple[str, f
 class LoggedModel:
     """What :func:`log_and_register_model` did."""
 
-    model_uri: str                 # runs:/... or models:/m-... URI of the logged model
+    model_uri: str  # runs:/... or models:/m-... URI of the logged model
     registered_name: str | None
     registered_version: int | None
-    serialization_format: str      # "pt2" or "pickle"
+    serialization_format: str  # "pt2" or "pickle"
 
 
 def _signature(in_shape: tuple[int, ...], out_shape: tuple[int, ...]):
     """Tensor signature (S, B, 1, H, W) float32 with a variable batch dimension."""
+
     def spec(shape):
         s = list(shape)
         s[1] = -1
@@ -359,8 +395,11 @@ def _pip_requirements() -> list[str]:
     Given explicitly because MLflow's inference runs the model in a subprocess (~20 s on a
     2-core machine) and would pin ``torch`` with a local label such as ``+cpu``.
     """
-    return [f"torch=={torch.__version__.split('+')[0]}", f"numpy=={np.__version__}",
-            f"mlflow=={mlflow.__version__}"]
+    return [
+        f"torch=={torch.__version__.split('+')[0]}",
+        f"numpy=={np.__version__}",
+        f"mlflow=={mlflow.__version__}",
+    ]
 
 
 def log_and_register_model(
@@ -393,8 +432,9 @@ def log_and_register_model(
         if tracking_uri is not None:
             mlflow.set_tracking_uri(tracking_uri)
         with mlflow.start_run(run_id=run_id):
-            return log_and_register_model(model, input_example, register_as, name=name,
-                                          serialization_format=serialization_format)
+            return log_and_register_model(
+                model, input_example, register_as, name=name, serialization_format=serialization_format
+            )
     module = getattr(model, "module", model).cpu().eval()
     example = np.ascontiguousarray(input_example, dtype=np.float32)
     with torch.no_grad():
@@ -435,8 +475,13 @@ def _finite(score) -> bool:
     return score is not None and math.isfinite(float(score))
 
 
-def promote(name: str, version: int | str, alias: str = CHAMPION_ALIAS,
-            tracking_uri: str | None = None, force: bool = False) -> None:
+def promote(
+    name: str,
+    version: int | str,
+    alias: str = CHAMPION_ALIAS,
+    tracking_uri: str | None = None,
+    force: bool = False,
+) -> None:
     """Give registered model ``name`` version ``version`` the alias (moves it if held).
 
     The ``champion`` alias goes only to a version with a validation score (:data:`CHAMPION_METRIC`
@@ -451,8 +496,11 @@ def promote(name: str, version: int | str, alias: str = CHAMPION_ALIAS,
             "and version (`mlflow models` UI or MlflowClient.search_model_versions)."
         ) from exc
     if alias == CHAMPION_ALIAS and not force and not _finite(version_score(name, version)):
-        raise NowcastError(f"{name} version {version} has no validation score ({CHAMPION_METRIC} of its run), so "
-                           f"it does not become {alias}; pass --force to promote it anyway", exit_code=2)
+        raise NowcastError(
+            f"{name} version {version} has no validation score ({CHAMPION_METRIC} of its run), so "
+            f"it does not become {alias}; pass --force to promote it anyway",
+            exit_code=2,
+        )
     client.set_registered_model_alias(name, alias, str(version))
 
 
@@ -465,16 +513,18 @@ def champion_version(name: str, alias: str = CHAMPION_ALIAS, tracking_uri: str |
         return None
 
 
-def tag_version_score(name: str, version: int | str, score: float, step: int | None,
-                      tracking_uri: str | None = None) -> None:
+def tag_version_score(
+    name: str, version: int | str, score: float, step: int | None, tracking_uri: str | None = None
+) -> None:
     """Record on a model version the validation score of its weights and the step they come from."""
     client = _client(tracking_uri)
     client.set_model_version_tag(name, str(version), BEST_METRIC, str(score))
     client.set_model_version_tag(name, str(version), "best_step", str(step))
 
 
-def version_score(name: str, version: int | str, metric_key: str = CHAMPION_METRIC,
-                  tracking_uri: str | None = None) -> float | None:
+def version_score(
+    name: str, version: int | str, metric_key: str = CHAMPION_METRIC, tracking_uri: str | None = None
+) -> float | None:
     """The validation score of version ``version``: its :data:`BEST_METRIC` tag (the registered weights'
     score), else the ``metric_key`` value of the run that produced it (None if absent; for
     :data:`CHAMPION_METRIC`, runs logged before the metric names were unified are read too)."""
@@ -491,9 +541,14 @@ def version_score(name: str, version: int | str, metric_key: str = CHAMPION_METR
     return metrics.get(metric_key)
 
 
-def promote_if_better(name: str, version: int | str, score: float | None,
-                      metric_key: str = CHAMPION_METRIC, alias: str = CHAMPION_ALIAS,
-                      tracking_uri: str | None = None) -> bool:
+def promote_if_better(
+    name: str,
+    version: int | str,
+    score: float | None,
+    metric_key: str = CHAMPION_METRIC,
+    alias: str = CHAMPION_ALIAS,
+    tracking_uri: str | None = None,
+) -> bool:
     """Move ``alias`` to ``version`` if ``score`` beats the current champion's (higher wins).
 
     A ``score`` that is None or NaN (no validation clips, no rain in them) never takes the alias, not
@@ -511,8 +566,15 @@ def promote_if_better(name: str, version: int | str, score: float | None,
         best = version_score(name, current.version, metric_key)
         best = best if _finite(best) else -math.inf
         if not score > best:
-            log.info("%s v%s (score %s) does not beat %s v%s (score %s)",
-                     name, version, score, alias, current.version, best)
+            log.info(
+                "%s v%s (score %s) does not beat %s v%s (score %s)",
+                name,
+                version,
+                score,
+                alias,
+                current.version,
+                best,
+            )
             return False
     client.set_registered_model_alias(name, alias, str(version))
     client.set_model_version_tag(name, str(version), metric_key, str(score))
@@ -525,7 +587,7 @@ def parse_models_uri(uri: str) -> tuple[str, str | None, str | None]:
 
     NowcastError (exit code 2) for anything else.
     """
-    rest = uri[len("models:/"):].strip("/") if uri.startswith("models:/") else ""
+    rest = uri[len("models:/") :].strip("/") if uri.startswith("models:/") else ""
     if "@" in rest:
         name, alias = rest.rsplit("@", 1)
         if name and alias:
@@ -534,7 +596,9 @@ def parse_models_uri(uri: str) -> tuple[str, str | None, str | None]:
         name, version = rest.rsplit("/", 1)
         if name and version.isdigit():
             return name, version, None
-    raise NowcastError(f"malformed model URI {uri!r}: use models:/NAME@ALIAS or models:/NAME/VERSION", exit_code=2)
+    raise NowcastError(
+        f"malformed model URI {uri!r}: use models:/NAME@ALIAS or models:/NAME/VERSION", exit_code=2
+    )
 
 
 def registered_model_files(uri: str, tracking_uri: str | None = None) -> tuple[Path, str, str | None]:
@@ -547,7 +611,11 @@ def registered_model_files(uri: str, tracking_uri: str | None = None) -> tuple[P
     name, version, alias = parse_models_uri(uri)
     client = _client(tracking_uri or resolve_tracking_uri(None))
     try:
-        mv = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
+        mv = (
+            client.get_model_version_by_alias(name, alias)
+            if alias
+            else client.get_model_version(name, version)
+        )
     except Exception as exc:  # noqa: BLE001
         raise NowcastError(
             f"model {uri} not found at tracking URI {mlflow.get_tracking_uri()} ({exc}). "

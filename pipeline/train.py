@@ -38,6 +38,7 @@ skill, system metrics and artifacts (skill-vs-lead PNG, forecast GIFs) into that
 training, the driver logs the final model, registers it under ``register_as`` and moves the
 ``champion`` alias if its validation score (``trajgru.metrics.champion_score``) is better.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -57,8 +58,14 @@ import ray.train.torch
 import torch
 import torch.distributed as dist
 import yaml
-from ray.train import (Checkpoint, CheckpointConfig, CheckpointConsistencyMode, FailureConfig, RunConfig,
-                       ScalingConfig)
+from ray.train import (
+    Checkpoint,
+    CheckpointConfig,
+    CheckpointConsistencyMode,
+    FailureConfig,
+    RunConfig,
+    ScalingConfig,
+)
 from ray.train.torch import TorchTrainer
 from torch.utils.data import DataLoader
 
@@ -82,16 +89,51 @@ from trajgru.model import PRESETS, build_model
 #:   0.9) with a linear warm-up over 5% of the steps and a cosine decay to 1e-5, and random
 #:   dihedral augmentation (flips and 90-degree turns of whole clips).
 RECIPES: dict[str, dict[str, Any]] = {
-    "hko7-paper": dict(steps=100_000, batch_size=4, lr=1e-4, beta1=0.5, lr_schedule="step", warmup_steps=0,
-                       lr_decay_every=20_000, min_lr=1e-6, augment=False, checkpoint_every=5_000, val_every=5_000,
-                       val_clips=256, log_every=50, early_stop_patience=0),
-    "tiny": dict(steps=3_000, batch_size=16, lr=1e-3, beta1=0.9, lr_schedule="cosine", warmup_steps=150,
-                 lr_decay_every=20_000, min_lr=1e-5, augment=True, checkpoint_every=250, val_every=250,
-                 val_clips=256, log_every=50, early_stop_patience=0),
+    "hko7-paper": dict(
+        steps=100_000,
+        batch_size=4,
+        lr=1e-4,
+        beta1=0.5,
+        lr_schedule="step",
+        warmup_steps=0,
+        lr_decay_every=20_000,
+        min_lr=1e-6,
+        augment=False,
+        checkpoint_every=5_000,
+        val_every=5_000,
+        val_clips=256,
+        log_every=50,
+        early_stop_patience=0,
+    ),
+    "tiny": dict(
+        steps=3_000,
+        batch_size=16,
+        lr=1e-3,
+        beta1=0.9,
+        lr_schedule="cosine",
+        warmup_steps=150,
+        lr_decay_every=20_000,
+        min_lr=1e-5,
+        augment=True,
+        checkpoint_every=250,
+        val_every=250,
+        val_clips=256,
+        log_every=50,
+        early_stop_patience=0,
+    ),
 }
 #: `nowcast demo`: the tiny recipe shortened to what 2 CPU cores train in about 5 minutes.
-RECIPES["tiny-demo"] = dict(RECIPES["tiny"], steps=400, batch_size=8, lr=2e-3, warmup_steps=20, checkpoint_every=100,
-                            val_every=100, val_clips=64, log_every=20)
+RECIPES["tiny-demo"] = dict(
+    RECIPES["tiny"],
+    steps=400,
+    batch_size=8,
+    lr=2e-3,
+    warmup_steps=20,
+    checkpoint_every=100,
+    val_every=100,
+    val_clips=64,
+    log_every=20,
+)
 RECIPES["hko7"] = dict(RECIPES["hko7-paper"])
 RECIPES["mnist++"] = dict(RECIPES["hko7-paper"])
 LR_SCHEDULES = ("step", "cosine")
@@ -113,78 +155,108 @@ class TrainConfig:
     cell: str = "trajgru"
     workers: int = 2
     use_gpu: bool = False
-    recipe: str | None = None              # a key of RECIPES (None: the preset's name)
+    recipe: str | None = None  # a key of RECIPES (None: the preset's name)
     steps: int | None = None
-    batch_size: int | None = None          # global batch (split evenly over workers)
-    lr: float | None = None                # peak learning rate
+    batch_size: int | None = None  # global batch (split evenly over workers)
+    lr: float | None = None  # peak learning rate
     beta1: float | None = None
-    clip_norm: float = 50.0                # global gradient norm
-    lr_schedule: str | None = None         # "step" (x lr_decay every lr_decay_every) or "cosine" (to min_lr)
-    warmup_steps: int | None = None        # linear warm-up from 0 to lr
+    clip_norm: float = 50.0  # global gradient norm
+    lr_schedule: str | None = None  # "step" (x lr_decay every lr_decay_every) or "cosine" (to min_lr)
+    warmup_steps: int | None = None  # linear warm-up from 0 to lr
     lr_decay: float = 0.7
-    lr_decay_every: int | None = None      # steps
+    lr_decay_every: int | None = None  # steps
     min_lr: float | None = None
-    augment: bool | None = None            # random flips / 90-degree turns of each training clip
+    augment: bool | None = None  # random flips / 90-degree turns of each training clip
     early_stop_patience: int | None = None  # stop after N validations without improvement (0: never)
     mse_weight: float = 1.0
     mae_weight: float = 1.0
-    checkpoint_every: int | None = None    # steps
-    val_every: int | None = None           # steps (0 = only at the end)
-    val_clips: int | None = None           # cap on sequential validation clips
-    log_every: int | None = None           # steps between console/MLflow step metrics
-    gif_clips: int = 2                     # validation clips drawn as GIFs
+    checkpoint_every: int | None = None  # steps
+    val_every: int | None = None  # steps (0 = only at the end)
+    val_clips: int | None = None  # cap on sequential validation clips
+    log_every: int | None = None  # steps between console/MLflow step metrics
+    gif_clips: int = 2  # validation clips drawn as GIFs
     run_name: str | None = None
-    storage_path: str | None = None        # default ./ray_results
-    ray_address: str | None = None         # default env RAY_ADDRESS, else a local cluster
+    storage_path: str | None = None  # default ./ray_results
+    ray_address: str | None = None  # default env RAY_ADDRESS, else a local cluster
     tracking_uri: str | None = None
     experiment: str = "nowcast"
     register_as: str | None = None
     seed: int = 0
-    height: int | None = None              # must match the store's frames if given
+    height: int | None = None  # must match the store's frames if given
     width: int | None = None
-    in_len: int | None = None              # model override (preset default otherwise)
+    in_len: int | None = None  # model override (preset default otherwise)
     out_len: int | None = None
     max_failures: int = 2
     num_dataloader_workers: int = 0
     system_metrics: bool = True
     system_metrics_interval_s: float = 10.0
-    model_format: str | None = None        # MLflow model: "pt2", "pickle", None = pt2 else pickle
-    fast_path: bool = True                 # trajgru.fast: fused kernels + channels-last (GPU), channels-last (CPU)
-    force: bool = False                    # resume a run name on a store other than the one it started on
-    fail_at_step: int | None = None        # testing only
+    model_format: str | None = None  # MLflow model: "pt2", "pickle", None = pt2 else pickle
+    fast_path: bool = True  # trajgru.fast: fused kernels + channels-last (GPU), channels-last (CPU)
+    force: bool = False  # resume a run name on a store other than the one it started on
+    fail_at_step: int | None = None  # testing only
 
     def __post_init__(self):
-        check_types(self)   # every field: its type, coerced (YAML's "1e-3" -> 0.001) or refused
+        check_types(self)  # every field: its type, coerced (YAML's "1e-3" -> 0.001) or refused
         check(self.preset in PRESETS, f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
-        check(self.recipe is None or self.recipe in RECIPES,
-              f"unknown recipe {self.recipe!r}; choose one of {', '.join(RECIPES)}")
+        check(
+            self.recipe is None or self.recipe in RECIPES,
+            f"unknown recipe {self.recipe!r}; choose one of {', '.join(RECIPES)}",
+        )
         check(self.workers >= 1, f"--workers must be >= 1, got {self.workers}")
         check_name(self.run_name, "--run-name")
         check_name(self.register_as, "--register-as")
-        for name in ("steps", "batch_size", "checkpoint_every", "lr_decay_every", "log_every", "val_clips",
-                     "height", "width", "in_len", "out_len", "fail_at_step"):
+        for name in (
+            "steps",
+            "batch_size",
+            "checkpoint_every",
+            "lr_decay_every",
+            "log_every",
+            "val_clips",
+            "height",
+            "width",
+            "in_len",
+            "out_len",
+            "fail_at_step",
+        ):
             value = getattr(self, name)
             check(value is None or value >= 1, f"{name} must be >= 1, got {value}")
-        for name in ("warmup_steps", "early_stop_patience", "val_every", "gif_clips", "max_failures",
-                     "num_dataloader_workers", "mse_weight", "mae_weight", "seed"):
+        for name in (
+            "warmup_steps",
+            "early_stop_patience",
+            "val_every",
+            "gif_clips",
+            "max_failures",
+            "num_dataloader_workers",
+            "mse_weight",
+            "mae_weight",
+            "seed",
+        ):
             value = getattr(self, name)
             check(value is None or value >= 0, f"{name} must be >= 0, got {value}")
         check(self.clip_norm > 0, f"clip_norm must be > 0, got {self.clip_norm}")
-        check(self.system_metrics_interval_s > 0,
-              f"system_metrics_interval_s must be > 0, got {self.system_metrics_interval_s}")
+        check(
+            self.system_metrics_interval_s > 0,
+            f"system_metrics_interval_s must be > 0, got {self.system_metrics_interval_s}",
+        )
         check(self.mse_weight + self.mae_weight > 0, "mse_weight and mae_weight cannot both be 0")
-        check(self.model_format in (None, "pt2", "pickle"),
-              f"model_format must be pt2 or pickle, got {self.model_format!r}")
-        check(self.lr_schedule is None or self.lr_schedule in LR_SCHEDULES,
-              f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
+        check(
+            self.model_format in (None, "pt2", "pickle"),
+            f"model_format must be pt2 or pickle, got {self.model_format!r}",
+        )
+        check(
+            self.lr_schedule is None or self.lr_schedule in LR_SCHEDULES,
+            f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}",
+        )
         check(self.beta1 is None or 0 <= self.beta1 < 1, f"beta1 must be in [0, 1), got {self.beta1}")
         check(self.min_lr is None or self.min_lr >= 0, f"min_lr must be >= 0, got {self.min_lr}")
-        check(self.batch_size is None or self.batch_size % self.workers == 0,
-              f"global batch size {self.batch_size} must be a multiple of --workers {self.workers}")
+        check(
+            self.batch_size is None or self.batch_size % self.workers == 0,
+            f"global batch size {self.batch_size} must be a multiple of --workers {self.workers}",
+        )
         check(self.lr is None or self.lr > 0, f"learning rate must be > 0, got {self.lr}")
         check(0 < self.lr_decay <= 1, f"lr_decay must be in (0, 1], got {self.lr_decay}")
 
-    def resolved(self) -> "TrainConfig":
+    def resolved(self) -> TrainConfig:
         """A copy with preset defaults filled in, absolute paths and a run name (checked again)."""
         values = dataclasses.asdict(self)
         values["recipe"] = self.recipe or self.preset
@@ -209,16 +281,16 @@ class TrainConfig:
 class TrainResult:
     """What :func:`train` produced."""
 
-    run_id: str                      # MLflow run
+    run_id: str  # MLflow run
     final_step: int
-    checkpoint_path: str | None      # latest Ray checkpoint directory (load_forecaster accepts it)
-    model_uri: str | None            # logged MLflow model
+    checkpoint_path: str | None  # latest Ray checkpoint directory (load_forecaster accepts it)
+    model_uri: str | None  # logged MLflow model
     registered_version: int | None
-    val_scores: dict | None          # SkillScores.to_json_dict() of the last validation
+    val_scores: dict | None  # SkillScores.to_json_dict() of the last validation
     promoted: bool
-    best_step: int | None = None     # the step of the registered (best validated) weights
+    best_step: int | None = None  # the step of the registered (best validated) weights
     stopped_early: bool = False
-    segments: list = field(default_factory=list)   # [[first, last] step per attempt]
+    segments: list = field(default_factory=list)  # [[first, last] step per attempt]
     seconds: float = 0.0
 
 
@@ -242,14 +314,24 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(data) - known)
     if unknown:
-        raise NowcastError(f"unknown option(s) {unknown} in {path}; valid: {', '.join(sorted(known))}",
-                           exit_code=2)
+        raise NowcastError(
+            f"unknown option(s) {unknown} in {path}; valid: {', '.join(sorted(known))}", exit_code=2
+        )
     return data
 
 
 # --------------------------------------------------------------------------- pure helpers
-def lr_factor(step: int, *, schedule: str, total_steps: int, warmup_steps: int, base_lr: float, min_lr: float,
-              decay: float = 0.7, decay_every: int = 20_000) -> float:
+def lr_factor(
+    step: int,
+    *,
+    schedule: str,
+    total_steps: int,
+    warmup_steps: int,
+    base_lr: float,
+    min_lr: float,
+    decay: float = 0.7,
+    decay_every: int = 20_000,
+) -> float:
     """Multiplier of the peak learning rate ``base_lr`` for the optimizer step that follows ``step``
     completed steps (``LambdaLR``'s argument).
 
@@ -341,11 +423,22 @@ def split_clip(frames, masks, in_len: int, out_len: int):
     (out_len,B,1,H,W) in sequence-first layout."""
     x = frames.transpose(0, 1)
     m = masks.transpose(0, 1)
-    return x[:in_len], x[in_len:in_len + out_len], m[in_len:in_len + out_len]
+    return x[:in_len], x[in_len : in_len + out_len], m[in_len : in_len + out_len]
 
 
-def train_step(model, optimizer, loss_fn, inputs, truth, mask, *, step: int, clip_norm: float,
-               autocast_device: str | None = None, reduce_fn=None) -> tuple[float, float]:
+def train_step(
+    model,
+    optimizer,
+    loss_fn,
+    inputs,
+    truth,
+    mask,
+    *,
+    step: int,
+    clip_norm: float,
+    autocast_device: str | None = None,
+    reduce_fn=None,
+) -> tuple[float, float]:
     """One optimizer step; returns ``(loss, grad_norm)`` (the loss averaged over ranks if
     ``reduce_fn`` is given: it maps a 1-element float tensor to its cross-rank mean).
 
@@ -360,7 +453,7 @@ def train_step(model, optimizer, loss_fn, inputs, truth, mask, *, step: int, cli
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
     stats = torch.stack([loss.detach().float(), grad_norm.detach().float()])
     if reduce_fn is not None:
-        stats = reduce_fn(stats)   # on the model's device (NCCL reduces CUDA tensors only)
+        stats = reduce_fn(stats)  # on the model's device (NCCL reduces CUDA tensors only)
     stats = stats.cpu()
     loss_v, gnorm_v = float(stats[0]), float(stats[1])
     if not (math.isfinite(loss_v) and math.isfinite(gnorm_v)):
@@ -391,16 +484,16 @@ class WorkerContext:
     """What the steps of one Ray Train worker share (built once per worker)."""
 
     cfg: TrainConfig
-    run_id: str                       # the MLflow run (created by the driver)
+    run_id: str  # the MLflow run (created by the driver)
     store: Store
     rank: int
     world: int
-    device: Any                       # torch.device
-    autocast_device: str | None       # "cuda" for bf16 autocast, else None
+    device: Any  # torch.device
+    autocast_device: str | None  # "cuda" for bf16 autocast, else None
     in_len: int
     out_len: int
-    logger: tracking.RunLogger        # active on rank 0 only
-    link: DriverLink | None = None    # to the driver's terminal (None: print to this worker's stdout)
+    logger: tracking.RunLogger  # active on rank 0 only
+    link: DriverLink | None = None  # to the driver's terminal (None: print to this worker's stdout)
 
     def say(self, text: str) -> None:
         """Print a progress line from rank 0 on the driver (:class:`DriverGone` once the driver is gone)."""
@@ -417,23 +510,29 @@ class TrainState:
     """Where a run stands: restored from a checkpoint (meta.json and best/), saved into the next one."""
 
     step: int = 0
-    segments: list = field(default_factory=list)   # [[first, last] step per attempt] (see add_step)
-    val_scores: dict | None = None                 # SkillScores.to_json_dict() of the last validation
-    champion_score: float | None = None            # of the last validation
-    best_step: int | None = None                   # the best validation so far (highest champion score)
+    segments: list = field(default_factory=list)  # [[first, last] step per attempt] (see add_step)
+    val_scores: dict | None = None  # SkillScores.to_json_dict() of the last validation
+    champion_score: float | None = None  # of the last validation
+    best_step: int | None = None  # the best validation so far (highest champion score)
     best_score: float | None = None
     best_val_scores: dict | None = None
-    best_weights: dict | None = None               # its state_dict (CPU tensors)
-    stale_validations: int = 0                     # validations since the best one
+    best_weights: dict | None = None  # its state_dict (CPU tensors)
+    stale_validations: int = 0  # validations since the best one
     stopped_early: bool = False
 
     @classmethod
-    def restore(cls, meta: dict | None, best: tuple[dict, dict] | None) -> "TrainState":
+    def restore(cls, meta: dict | None, best: tuple[dict, dict] | None) -> TrainState:
         """From a checkpoint's meta.json and :func:`pipeline.checkpoints.load_best` (None: a fresh run)."""
         if not meta:
             return cls()
-        state = cls(meta["step"], meta["segments"], meta["val_scores"], meta["champion_score"],
-                    stale_validations=meta.get("stale_validations", 0), stopped_early=meta.get("stopped_early", False))
+        state = cls(
+            meta["step"],
+            meta["segments"],
+            meta["val_scores"],
+            meta["champion_score"],
+            stale_validations=meta.get("stale_validations", 0),
+            stopped_early=meta.get("stopped_early", False),
+        )
         if best is not None:
             state.best_weights, best_meta = best
             state.best_step, state.best_score = best_meta["step"], best_meta["champion_score"]
@@ -458,9 +557,19 @@ def _optimizer_and_schedule(cfg: TrainConfig, model):
         optimizer = fused_adam(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, 0.999))
     else:
         optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, 0.999))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(
-        s, schedule=cfg.lr_schedule, total_steps=cfg.steps, warmup_steps=cfg.warmup_steps, base_lr=cfg.lr,
-        min_lr=cfg.min_lr, decay=cfg.lr_decay, decay_every=cfg.lr_decay_every))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda s: lr_factor(
+            s,
+            schedule=cfg.lr_schedule,
+            total_steps=cfg.steps,
+            warmup_steps=cfg.warmup_steps,
+            base_lr=cfg.lr,
+            min_lr=cfg.min_lr,
+            decay=cfg.lr_decay,
+            decay_every=cfg.lr_decay_every,
+        ),
+    )
     return optimizer, scheduler
 
 
@@ -474,7 +583,7 @@ def _build_and_restore(cfg: TrainConfig, resume_from: str | None = None):
     train_state, meta, best = None, None, None
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None and resume_from is not None and not checkpoints.is_model_dir(ckpt.path):
-        ckpt = Checkpoint.from_directory(resume_from)   # Ray's latest was emptied as damaged
+        ckpt = Checkpoint.from_directory(resume_from)  # Ray's latest was emptied as damaged
     if ckpt is not None:
         with ckpt.as_directory() as d:
             model_state, train_state, meta = checkpoints.load(d)
@@ -482,7 +591,7 @@ def _build_and_restore(cfg: TrainConfig, resume_from: str | None = None):
         model.load_state_dict(model_state)
     model_config = model.config.to_dict()
     if cfg.fast_path:
-        enable_fast_path(model)   # before DDP wraps it: the layout of the parameters is DDP's bucket layout
+        enable_fast_path(model)  # before DDP wraps it: the layout of the parameters is DDP's bucket layout
     model = ray.train.torch.prepare_model(model)
     optimizer, scheduler = _optimizer_and_schedule(cfg, model)
     if train_state is not None:
@@ -492,18 +601,32 @@ def _build_and_restore(cfg: TrainConfig, resume_from: str | None = None):
     return model, model_config, optimizer, scheduler, TrainState.restore(meta, best)
 
 
-def _worker_context(cfg: TrainConfig, run_id: str, model_config: dict, link: DriverLink | None) -> WorkerContext:
+def _worker_context(
+    cfg: TrainConfig, run_id: str, model_config: dict, link: DriverLink | None
+) -> WorkerContext:
     ctx = ray.train.get_context()
     device = ray.train.torch.get_device()
     rank = ctx.get_world_rank()
     return WorkerContext(
-        cfg=cfg, run_id=run_id, store=Store.open(cfg.store), rank=rank, world=ctx.get_world_size(), device=device,
+        cfg=cfg,
+        run_id=run_id,
+        store=Store.open(cfg.store),
+        rank=rank,
+        world=ctx.get_world_size(),
+        device=device,
         autocast_device="cuda" if cfg.use_gpu and device.type == "cuda" else None,
-        in_len=model_config["in_len"], out_len=model_config["out_len"],
-        logger=tracking.RunLogger(cfg.tracking_uri, run_id, active=rank == 0, system_metrics=cfg.system_metrics,
-                                  system_metrics_interval_s=cfg.system_metrics_interval_s,
-                                  resume_keys=("loss", tracking.CHAMPION_METRIC)),
-        link=link)
+        in_len=model_config["in_len"],
+        out_len=model_config["out_len"],
+        logger=tracking.RunLogger(
+            cfg.tracking_uri,
+            run_id,
+            active=rank == 0,
+            system_metrics=cfg.system_metrics,
+            system_metrics_interval_s=cfg.system_metrics_interval_s,
+            resume_keys=("loss", tracking.CHAMPION_METRIC),
+        ),
+        link=link,
+    )
 
 
 def _train_loader(ctx: WorkerContext, first_step: int) -> tuple[DataLoader, int]:
@@ -511,12 +634,15 @@ def _train_loader(ctx: WorkerContext, first_step: int) -> tuple[DataLoader, int]
     cfg = ctx.cfg
     starts = rank_slice(ctx.store.clip_starts("train", "random"), ctx.rank, ctx.world)
     if len(starts) == 0:
-        raise RuntimeError(f"rank {ctx.rank} has no training clips: the store's train split is too "
-                           f"small for {ctx.world} workers")
+        raise RuntimeError(
+            f"rank {ctx.rank} has no training clips: the store's train split is too "
+            f"small for {ctx.world} workers"
+        )
     loader = DataLoader(
         ClipDataset(ctx.store, starts, seq_len=ctx.in_len + ctx.out_len),
-        batch_sampler=StepBatchSampler(len(starts), cfg.batch_size // ctx.world, cfg.seed, ctx.rank, first_step,
-                                       cfg.steps),
+        batch_sampler=StepBatchSampler(
+            len(starts), cfg.batch_size // ctx.world, cfg.seed, ctx.rank, first_step, cfg.steps
+        ),
         num_workers=cfg.num_dataloader_workers,
         collate_fn=collate_clips,
     )
@@ -539,16 +665,20 @@ class _StepLog:
         sps = self.n * cfg.batch_size / max(time.perf_counter() - self.t0, 1e-9)
         self.ctx.logger.metrics({"loss": loss, "lr": lr, "grad_norm": grad_norm, "samples_per_s": sps}, step)
         eta = (cfg.steps - step) * cfg.batch_size / max(sps, 1e-9)
-        self.ctx.say(f"step {step}/{cfg.steps}  loss {loss:.5f}  lr {lr:.2e}  {sps:.2f} samples/s  "
-                     f"ETA {_format_eta(eta)}")
+        self.ctx.say(
+            f"step {step}/{cfg.steps}  loss {loss:.5f}  lr {lr:.2e}  {sps:.2f} samples/s  "
+            f"ETA {_format_eta(eta)}"
+        )
         self.t0, self.n = time.perf_counter(), 0
 
 
 def validation_metrics(result: dict) -> dict[str, float]:
     """MLflow metrics of a validation: :func:`pipeline.tracking.skill_metrics` on the ``valid`` split
     (``valid_csi_5mm_h`` ..., the names ``nowcast evaluate`` uses) and the champion score."""
-    return {**tracking.skill_metrics(result, tracking.CHAMPION_SPLIT),
-            tracking.CHAMPION_METRIC: float(champion_score(result))}
+    return {
+        **tracking.skill_metrics(result, tracking.CHAMPION_SPLIT),
+        tracking.CHAMPION_METRIC: float(champion_score(result)),
+    }
 
 
 def _score_clips(module, ctx: WorkerContext, starts_s: np.ndarray) -> tuple[SkillScores, list]:
@@ -557,17 +687,27 @@ def _score_clips(module, ctx: WorkerContext, starts_s: np.ndarray) -> tuple[Skil
     scores, gifs = SkillScores(ctx.out_len), []
     if not len(starts_s):
         return scores, gifs
-    loader = DataLoader(ClipDataset(ctx.store, starts_s, seq_len=ctx.in_len + ctx.out_len),
-                        batch_size=max(1, ctx.cfg.batch_size // ctx.cfg.workers), collate_fn=collate_clips)
+    loader = DataLoader(
+        ClipDataset(ctx.store, starts_s, seq_len=ctx.in_len + ctx.out_len),
+        batch_size=max(1, ctx.cfg.batch_size // ctx.cfg.workers),
+        collate_fn=collate_clips,
+    )
     with torch.no_grad():
         for frames, masks in loader:
-            inputs, truth, mask = split_clip(frames.to(ctx.device), masks.to(ctx.device), ctx.in_len, ctx.out_len)
+            inputs, truth, mask = split_clip(
+                frames.to(ctx.device), masks.to(ctx.device), ctx.in_len, ctx.out_len
+            )
             pred = _forward(module, inputs, ctx.autocast_device).float().clamp(0, 1)
             scores.update(pred, truth, mask)
             for b in range(inputs.shape[1]):
                 if ctx.rank == 0 and len(gifs) < ctx.cfg.gif_clips:
-                    gifs.append((inputs[:, b, 0].cpu().numpy(), truth[:, b, 0].cpu().numpy(),
-                                 pred[:, b, 0].cpu().numpy()))
+                    gifs.append(
+                        (
+                            inputs[:, b, 0].cpu().numpy(),
+                            truth[:, b, 0].cpu().numpy(),
+                            pred[:, b, 0].cpu().numpy(),
+                        )
+                    )
     return scores, gifs
 
 
@@ -609,16 +749,27 @@ def _log_validation_artifacts(result: dict, gifs: list, step: int, ctx: WorkerCo
     interval_min = ctx.store.interval_s / 60.0
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        viz.plot_skill_vs_lead(result, tmp / f"skill_vs_lead_step{step}.png", interval_min=interval_min,
-                               title=f"validation, step {step}")
+        viz.plot_skill_vs_lead(
+            result,
+            tmp / f"skill_vs_lead_step{step}.png",
+            interval_min=interval_min,
+            title=f"validation, step {step}",
+        )
         for i, (inputs, truth, pred) in enumerate(gifs):
-            viz.forecast_gif(inputs, truth, pred, tmp / f"forecast_clip{i}_step{step}.gif", interval_min=interval_min,
-                             title=f"validation clip {i}, step {step}")
+            viz.forecast_gif(
+                inputs,
+                truth,
+                pred,
+                tmp / f"forecast_clip{i}_step{step}.gif",
+                interval_min=interval_min,
+                title=f"validation clip {i}, step {step}",
+            )
         ctx.logger.artifacts(tmp, f"validation/step_{step}", step=step)
 
 
 def _all_mean_fn(world: int):
     """Cross-rank mean of a small float tensor on the training device (identity on one worker)."""
+
     def reduce(t):
         if world > 1 and dist.is_initialized():
             t = t.clone()
@@ -632,20 +783,39 @@ def _all_mean_fn(world: int):
 def checkpoint_payload(optimizer, scheduler, state: TrainState, run_id: str):
     """What a checkpoint holds besides the model -> (train_state for train_state.pt, meta for meta.json,
     best = (state_dict, meta) for best/ or None)."""
-    train_state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": state.step,
-                   "rng": checkpoints.rng_state()}
-    meta = {"step": state.step, "segments": state.segments, checkpoints.RUN_ID_KEY: run_id,
-            "val_scores": state.val_scores, "champion_score": state.champion_score, "best_step": state.best_step,
-            "stale_validations": state.stale_validations, "stopped_early": state.stopped_early}
+    train_state = {
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "step": state.step,
+        "rng": checkpoints.rng_state(),
+    }
+    meta = {
+        "step": state.step,
+        "segments": state.segments,
+        checkpoints.RUN_ID_KEY: run_id,
+        "val_scores": state.val_scores,
+        "champion_score": state.champion_score,
+        "best_step": state.best_step,
+        "stale_validations": state.stale_validations,
+        "stopped_early": state.stopped_early,
+    }
     best = None
     if state.best_weights is not None:
-        best = (state.best_weights, {"step": state.best_step, "champion_score": state.best_score,
-                                     "val_scores": state.best_val_scores, checkpoints.RUN_ID_KEY: run_id})
+        best = (
+            state.best_weights,
+            {
+                "step": state.best_step,
+                "champion_score": state.best_score,
+                "val_scores": state.best_val_scores,
+                checkpoints.RUN_ID_KEY: run_id,
+            },
+        )
     return train_state, meta, best
 
 
-def _checkpoint_and_report(ctx: WorkerContext, model, optimizer, scheduler, state: TrainState,
-                           metrics: dict) -> None:
+def _checkpoint_and_report(
+    ctx: WorkerContext, model, optimizer, scheduler, state: TrainState, metrics: dict
+) -> None:
     """Rank 0 writes a checkpoint (only while the driver lives); every rank reports ``metrics`` (with it)
     to Ray Train."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -702,7 +872,7 @@ def train_loop_per_worker(config: dict) -> dict:
     try:
         return _train_steps(ctx, model, optimizer, scheduler, state)
     except DriverGone:
-        ctx.logger.end("KILLED")   # the driver was killed: stop here, log and checkpoint nothing more
+        ctx.logger.end("KILLED")  # the driver was killed: stop here, log and checkpoint nothing more
         raise
 
 
@@ -712,14 +882,22 @@ def _train_steps(ctx: WorkerContext, model, optimizer, scheduler, state: TrainSt
     start = state.step
     loader, n_clips = _train_loader(ctx, start + 1)
     val_starts = validation_starts(ctx.store, cfg.val_clips)
-    loss_fn, reduce_fn, step_log = BalancedLoss(cfg.mse_weight, cfg.mae_weight), _all_mean_fn(ctx.world), _StepLog(ctx)
+    loss_fn, reduce_fn, step_log = (
+        BalancedLoss(cfg.mse_weight, cfg.mae_weight),
+        _all_mean_fn(ctx.world),
+        _StepLog(ctx),
+    )
     if state.stopped_early:
-        ctx.say(f"stopped early at step {start} (no better validation in {cfg.early_stop_patience}); nothing to train")
+        ctx.say(
+            f"stopped early at step {start} (no better validation in {cfg.early_stop_patience}); nothing to train"
+        )
         loader = []
     else:
-        ctx.say(f"{'resuming after' if start else 'starting at'} step {start} of {cfg.steps}; {ctx.world} "
-                f"worker(s), global batch {cfg.batch_size}, {n_clips} train clips on rank 0, {len(val_starts)} "
-                "validation clips")
+        ctx.say(
+            f"{'resuming after' if start else 'starting at'} step {start} of {cfg.steps}; {ctx.world} "
+            f"worker(s), global batch {cfg.batch_size}, {n_clips} train clips on rank 0, {len(val_starts)} "
+            "validation clips"
+        )
     status, message, new_attempt = "ok", "", True
     for step, (frames, masks) in zip(range(start + 1, cfg.steps + 1), loader):
         _maybe_fail(cfg, step, ctx.rank, ctx.world)
@@ -727,9 +905,18 @@ def _train_steps(ctx: WorkerContext, model, optimizer, scheduler, state: TrainSt
             frames, masks = augment_clips(frames, masks, cfg.seed, ctx.rank, step)
         inputs, truth, mask = split_clip(frames, masks, ctx.in_len, ctx.out_len)
         try:
-            loss, gnorm = train_step(model, optimizer, loss_fn, inputs, truth, mask, step=step,
-                                     clip_norm=cfg.clip_norm, autocast_device=ctx.autocast_device,
-                                     reduce_fn=reduce_fn)
+            loss, gnorm = train_step(
+                model,
+                optimizer,
+                loss_fn,
+                inputs,
+                truth,
+                mask,
+                step=step,
+                clip_norm=cfg.clip_norm,
+                autocast_device=ctx.autocast_device,
+                reduce_fn=reduce_fn,
+            )
         except NonFiniteLoss as exc:
             status, message = "non_finite", str(exc)
             break
@@ -739,22 +926,34 @@ def _train_steps(ctx: WorkerContext, model, optimizer, scheduler, state: TrainSt
         scheduler.step()
         step_log.record(step, loss, lr, gnorm)
         if _due(cfg.val_every, step, cfg.steps):
-            state.record_validation(getattr(model, "module", model), step,
-                                    *score_validation(model, ctx, val_starts, step))
-            state.stopped_early = bool(cfg.early_stop_patience) and state.stale_validations >= cfg.early_stop_patience
+            state.record_validation(
+                getattr(model, "module", model), step, *score_validation(model, ctx, val_starts, step)
+            )
+            state.stopped_early = (
+                bool(cfg.early_stop_patience) and state.stale_validations >= cfg.early_stop_patience
+            )
         if _due(cfg.checkpoint_every, step, cfg.steps) or state.stopped_early:
             _checkpoint_and_report(ctx, model, optimizer, scheduler, state, {"step": step, "loss": loss})
         if state.stopped_early:
-            ctx.say(f"stopping early at step {step}: no better validation score in the last "
-                    f"{cfg.early_stop_patience} validations (best: step {state.best_step})")
+            ctx.say(
+                f"stopping early at step {step}: no better validation score in the last "
+                f"{cfg.early_stop_patience} validations (best: step {state.best_step})"
+            )
             break
     if status == "ok" and start >= cfg.steps:
         ctx.say(f"already at step {start}: nothing to train")
     ctx.logger.end("FINISHED" if status == "ok" else "FAILED")
-    return {"status": status, "final_step": state.segments[-1][1] if state.segments else start,
-            "segments": state.segments, "val_scores": state.val_scores, "champion_score": state.champion_score,
-            "best_step": state.best_step, "best_score": state.best_score, "stopped_early": state.stopped_early,
-            "message": message}
+    return {
+        "status": status,
+        "final_step": state.segments[-1][1] if state.segments else start,
+        "segments": state.segments,
+        "val_scores": state.val_scores,
+        "champion_score": state.champion_score,
+        "best_step": state.best_step,
+        "best_score": state.best_score,
+        "stopped_early": state.stopped_early,
+        "message": message,
+    }
 
 
 # --------------------------------------------------------------------------- driver side
@@ -765,7 +964,9 @@ def _with_store_frame_size(cfg: TrainConfig, store: Store) -> TrainConfig:
         if want is not None and want != have:
             raise NowcastError(
                 f"--{name} {want} differs from the store's frames ({height}x{width}); "
-                "ingest a store at the size you want to train on, or drop the option.", exit_code=2)
+                "ingest a store at the size you want to train on, or drop the option.",
+                exit_code=2,
+            )
     return dataclasses.replace(cfg, height=height, width=width)
 
 
@@ -775,20 +976,28 @@ def _mlflow_run(cfg: TrainConfig, model_config: dict, store: Store) -> str:
     if created:
         params = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "fail_at_step"}
         params.update({f"model.{k}": v for k, v in model_config.items()})
-        tracking.log_run_setup(run_id, params,
-                               {"store_fingerprint.json": store.fingerprint(), "model_config.json": model_config},
-                               {"code_version": tracking.code_version(), "store": cfg.store})
+        tracking.log_run_setup(
+            run_id,
+            params,
+            {"store_fingerprint.json": store.fingerprint(), "model_config.json": model_config},
+            {"code_version": tracking.code_version(), "store": cfg.store},
+        )
     return run_id
 
 
 def raise_if_stopped(summary: dict, checkpoint_path: str | None, run_name: str) -> None:
     """NowcastError if the workers stopped on a non-finite loss or left no checkpoint."""
     if summary.get("status") == "non_finite":
-        kept = (f"the last good checkpoint, {checkpoint_path} (step {checkpoints.read_meta(checkpoint_path)['step']}), "
-                "is kept" if checkpoint_path else "there is no checkpoint yet (the failure came before the first one)")
+        kept = (
+            f"the last good checkpoint, {checkpoint_path} (step {checkpoints.read_meta(checkpoint_path)['step']}), "
+            "is kept"
+            if checkpoint_path
+            else "there is no checkpoint yet (the failure came before the first one)"
+        )
         raise NowcastError(
             f"training stopped: {summary.get('message')}; {kept}. Lower --lr or --clip-norm, or check the store "
-            "for corrupt frames; then re-run.")
+            "for corrupt frames; then re-run."
+        )
     if checkpoint_path is None:
         raise NowcastError(f"run {run_name!r} produced no checkpoint; check --steps.")
 
@@ -815,25 +1024,42 @@ def _finish_model(cfg: TrainConfig, store: Store, run_id: str, checkpoint_dir: s
     best_step = summary.get("best_step")
     score = summary.get("best_score")
     score = float("nan") if score is None else float(score)
-    logged_before = best_step and tracking.last_logged_step(run_id, [tracking.BEST_METRIC],
-                                                            cfg.tracking_uri) >= best_step
-    tracking.log_to_run(tracking_uri=cfg.tracking_uri, run_id=run_id, experiment=cfg.experiment,
-                        run_name=cfg.run_name, new_run_tags={},
-                        metrics=[(tracking.BEST_METRIC, score, best_step)] if best_step and not logged_before else [],
-                        tags={"best_step": best_step if best_step else "none (never validated)"},
-                        files=[], artifact_path="")
-    logged = tracking.log_and_register_model(model, _input_example(store, model_config), cfg.register_as,
-                                             serialization_format=cfg.model_format, run_id=run_id,
-                                             tracking_uri=cfg.tracking_uri)
+    logged_before = (
+        best_step and tracking.last_logged_step(run_id, [tracking.BEST_METRIC], cfg.tracking_uri) >= best_step
+    )
+    tracking.log_to_run(
+        tracking_uri=cfg.tracking_uri,
+        run_id=run_id,
+        experiment=cfg.experiment,
+        run_name=cfg.run_name,
+        new_run_tags={},
+        metrics=[(tracking.BEST_METRIC, score, best_step)] if best_step and not logged_before else [],
+        tags={"best_step": best_step if best_step else "none (never validated)"},
+        files=[],
+        artifact_path="",
+    )
+    logged = tracking.log_and_register_model(
+        model,
+        _input_example(store, model_config),
+        cfg.register_as,
+        serialization_format=cfg.model_format,
+        run_id=run_id,
+        tracking_uri=cfg.tracking_uri,
+    )
     promoted = False
     if logged.registered_version is not None:
         tracking.tag_version_score(cfg.register_as, logged.registered_version, score, best_step)
         promoted = tracking.promote_if_better(cfg.register_as, logged.registered_version, score)
-        scored = (f"validation CSI >= 5 mm/h {score:.4f}" if math.isfinite(score) else
-                  "no validation score, so it cannot become champion")
-        print(f"[train] registered {cfg.register_as} version {logged.registered_version}: the weights of step "
-              f"{best_step or summary.get('final_step')} ({scored}){' (now champion)' if promoted else ''}",
-              flush=True)
+        scored = (
+            f"validation CSI >= 5 mm/h {score:.4f}"
+            if math.isfinite(score)
+            else "no validation score, so it cannot become champion"
+        )
+        print(
+            f"[train] registered {cfg.register_as} version {logged.registered_version}: the weights of step "
+            f"{best_step or summary.get('final_step')} ({scored}){' (now champion)' if promoted else ''}",
+            flush=True,
+        )
     return logged, promoted
 
 
@@ -856,10 +1082,15 @@ def check_splits(cfg: TrainConfig, store: Store) -> None:
         raise NowcastError(
             f"the train split of {store.path} has {n_train} training clip(s) and {cfg.workers} worker(s) need at "
             "least one each; check the splits with `nowcast info`, re-ingest with more days in train (--split), "
-            "or use fewer --workers", exit_code=2)
+            "or use fewer --workers",
+            exit_code=2,
+        )
     if not len(validation_starts(store, cfg.val_clips)):
-        print(f"[train] warning: the valid split of {store.path} has no clips: the model gets no validation score "
-              "and does not become champion", flush=True)
+        print(
+            f"[train] warning: the valid split of {store.path} has no clips: the model gets no validation score "
+            "and does not become champion",
+            flush=True,
+        )
 
 
 def _store_identity(store: Store) -> dict:
@@ -881,8 +1112,13 @@ def check_run_store(cfg: TrainConfig, store: Store) -> None:
             raise NowcastError(
                 f"run {cfg.run_name!r} started on another store ({started_on.get('store')}) or on this one before "
                 f"it changed, and {cfg.store} differs from it; resuming would train on different clips. Use "
-                "another --run-name for a new run, or --force to resume on this store anyway", exit_code=2)
-        print(f"[train] --force: resuming {cfg.run_name} on {cfg.store}, not the store it started on", flush=True)
+                "another --run-name for a new run, or --force to resume on this store anyway",
+                exit_code=2,
+            )
+        print(
+            f"[train] --force: resuming {cfg.run_name} on {cfg.store}, not the store it started on",
+            flush=True,
+        )
     files.write_json(record, {"store": cfg.store, "store_fingerprint": identity})
 
 
@@ -919,8 +1155,11 @@ def resume_point(cfg: TrainConfig) -> str | None:
         if folder.is_dir() and folder.name not in tracked:
             (run_dir / "unregistered").mkdir(exist_ok=True)
             os.replace(folder, run_dir / "unregistered" / folder.name)
-            print(f"[train] {folder.name} was written after Ray last recorded the run (its driver died); moved "
-                  f"to {run_dir / 'unregistered'}", flush=True)
+            print(
+                f"[train] {folder.name} was written after Ray last recorded the run (its driver died); moved "
+                f"to {run_dir / 'unregistered'}",
+                flush=True,
+            )
     if result.checkpoint is None:
         return None
     latest = Path(result.checkpoint.path)
@@ -928,14 +1167,22 @@ def resume_point(cfg: TrainConfig) -> str | None:
     if reason is None:
         return None
     aside = _move_aside(latest, run_dir / "damaged")
-    good = [(checkpoints.read_meta(run_dir / name)["step"], run_dir / name) for name in sorted(tracked)
-            if checkpoints.problem(run_dir / name) is None]
+    good = [
+        (checkpoints.read_meta(run_dir / name)["step"], run_dir / name)
+        for name in sorted(tracked)
+        if checkpoints.problem(run_dir / name) is None
+    ]
     if not good:
-        raise NowcastError(f"the latest checkpoint of run {cfg.run_name!r} is damaged ({reason}; its files are in "
-                           f"{aside}) and no earlier one is usable; start a new run with another --run-name")
+        raise NowcastError(
+            f"the latest checkpoint of run {cfg.run_name!r} is damaged ({reason}; its files are in "
+            f"{aside}) and no earlier one is usable; start a new run with another --run-name"
+        )
     step, previous = max(good)
-    print(f"[train] the latest checkpoint of {cfg.run_name} is damaged ({reason}); its files are kept aside in "
-          f"{aside}; resuming from the previous good one, {previous} (step {step})", flush=True)
+    print(
+        f"[train] the latest checkpoint of {cfg.run_name} is damaged ({reason}); its files are kept aside in "
+        f"{aside}; resuming from the previous good one, {previous} (step {step})",
+        flush=True,
+    )
     return str(previous)
 
 
@@ -957,10 +1204,16 @@ def train(cfg: TrainConfig) -> TrainResult:
     link = DriverLink.create()
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"cfg": dataclasses.asdict(cfg), "run_id": run_id, "link": link, "resume_from": resume_from},
+        train_loop_config={
+            "cfg": dataclasses.asdict(cfg),
+            "run_id": run_id,
+            "link": link,
+            "resume_from": resume_from,
+        },
         scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.use_gpu),
         run_config=RunConfig(
-            name=cfg.run_name, storage_path=cfg.storage_path,
+            name=cfg.run_name,
+            storage_path=cfg.storage_path,
             failure_config=FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
         ),
@@ -973,7 +1226,8 @@ def train(cfg: TrainConfig) -> TrainResult:
         raise NowcastError(
             f"training run {cfg.run_name!r} failed: {exc}\nRe-run with the same --run-name "
             f"{cfg.run_name} (and --storage-path {cfg.storage_path}) to resume from its last "
-            f"checkpoint; Ray's own logs are in {ray_logs_dir()}.") from exc
+            f"checkpoint; Ray's own logs are in {ray_logs_dir()}."
+        ) from exc
     summary = result.return_value or {}
     ckpt_path = result.checkpoint.path if result.checkpoint is not None else None
     if summary.get("status") != "ok" or ckpt_path is None:
@@ -982,9 +1236,15 @@ def train(cfg: TrainConfig) -> TrainResult:
     final_step = int(summary.get("final_step") or checkpoints.read_meta(ckpt_path)["step"])
     logged, promoted = _finish_model(cfg, store, run_id, ckpt_path, summary)
     return TrainResult(
-        run_id=run_id, final_step=final_step, checkpoint_path=ckpt_path,
-        model_uri=logged.model_uri, registered_version=logged.registered_version,
-        val_scores=summary.get("val_scores"), promoted=promoted, best_step=summary.get("best_step"),
+        run_id=run_id,
+        final_step=final_step,
+        checkpoint_path=ckpt_path,
+        model_uri=logged.model_uri,
+        registered_version=logged.registered_version,
+        val_scores=summary.get("val_scores"),
+        promoted=promoted,
+        best_step=summary.get("best_step"),
         stopped_early=bool(summary.get("stopped_early")),
-        segments=summary.get("segments") or [], seconds=time.perf_counter() - t0,
+        segments=summary.get("segments") or [],
+        seconds=time.perf_counter() - t0,
     )

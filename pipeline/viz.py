@@ -6,11 +6,12 @@ process's matplotlib backend is left alone).
 Frames handed to this module are float pixel values in [0, 1] (HKO-7 encoding,
 ``dBZ = 70 * pixel - 10``); pictures show rain rate in mm/h.
 """
+
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -52,7 +53,8 @@ def rain_colormap(levels_mm_h: Sequence[float] = RAIN_LEVELS_MM_H):
     if colors is None:
         raise ValueError(f"at most {len(RAIN_COLORS)} levels are supported")
     cmap = ListedColormap(colors, name="rain_mm_h").with_extremes(
-        under="white", over=RAIN_COLORS[n_bins], bad=_MASKED_COLOR)
+        under="white", over=RAIN_COLORS[n_bins], bad=_MASKED_COLOR
+    )
     norm = BoundaryNorm(levels, cmap.N)
     return cmap, norm
 
@@ -101,8 +103,10 @@ def save_frames_png(
         raise ValueError(f"frames_pixel must be (S, H, W), got shape {frames.shape}")
     out = Path(out_dir)
     u8 = pixel_to_u8(frames)
-    return [files.write_bytes(out / name, hko7.encode_frame(np.ascontiguousarray(frame)))
-            for name, frame in zip(png_names(frames.shape[0], times_s, names), u8)]
+    return [
+        files.write_bytes(out / name, hko7.encode_frame(np.ascontiguousarray(frame)))
+        for name, frame in zip(png_names(frames.shape[0], times_s, names), u8)
+    ]
 
 
 def _threshold_values(result: dict, thresholds, n_thr: int) -> list[float]:
@@ -257,8 +261,15 @@ def forecast_gif(
         rgba = np.asarray(fig.canvas.buffer_rgba())
         pictures.append(Image.fromarray(rgba[..., :3].copy(), mode="RGB"))
     buf = io.BytesIO()
-    pictures[0].save(buf, format="GIF", save_all=True, append_images=pictures[1:], duration=int(frame_ms),
-                     loop=0, disposal=1)
+    pictures[0].save(
+        buf,
+        format="GIF",
+        save_all=True,
+        append_images=pictures[1:],
+        duration=int(frame_ms),
+        loop=0,
+        disposal=1,
+    )
     return files.write_bytes(out_gif, buf.getvalue())
 
 

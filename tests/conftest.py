@@ -1,4 +1,5 @@
 """Checks that hold for the whole test session."""
+
 from __future__ import annotations
 
 import os

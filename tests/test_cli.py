@@ -1,4 +1,5 @@
 """The `nowcast` CLI: help, version, and error paths (CliRunner and a real subprocess)."""
+
 from __future__ import annotations
 
 import subprocess
@@ -66,7 +67,8 @@ def test_folder_that_is_not_a_store(tmp_path):
 
 def test_unknown_model_uri(tmp_path):
     result = runner.invoke(
-        cli.app, ["predict", "--model", "no-such-model", "--out-dir", str(tmp_path / "f"), "--store", str(tmp_path)]
+        cli.app,
+        ["predict", "--model", "no-such-model", "--out-dir", str(tmp_path / "f"), "--store", str(tmp_path)],
     )
     assert result.exit_code != 0
     assert "error:" in result.output
@@ -98,14 +100,17 @@ def test_subprocess_error_is_one_line_without_traceback(tmp_path):
 def test_subprocess_debug_shows_traceback(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "cli", "--debug", "info", str(tmp_path / "missing.zarr")],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode != 0
     assert "Traceback" in proc.stderr
 
 
 def test_subprocess_unknown_option_exits_2():
-    proc = subprocess.run([sys.executable, "-m", "cli", "ingest", "--no-such-option"], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "cli", "ingest", "--no-such-option"], capture_output=True, text=True
+    )
     assert proc.returncode == 2
 
 
@@ -127,7 +132,9 @@ def test_parse_split_option_range_and_day_list(tmp_path):
 
 
 def test_malformed_split_is_usage_error(tmp_path):
-    result = runner.invoke(cli.app, ["ingest", str(tmp_path), str(tmp_path / "s.zarr"), "--split", "nonsense"])
+    result = runner.invoke(
+        cli.app, ["ingest", str(tmp_path), str(tmp_path / "s.zarr"), "--split", "nonsense"]
+    )
     assert result.exit_code == 2
     assert "NAME=" in result.output
 
@@ -145,8 +152,9 @@ def test_info_prints_splits_as_lines_not_a_python_dict(tmp_path):
     from pipeline.ingest import IngestConfig, ingest
     from pipeline.synth import SynthConfig, synth_archive
 
-    synth_archive(SynthConfig(out_dir=tmp_path / "a", days=3, frames_per_day=40, size_px=16, workers=1),
-                  progress=False)
+    synth_archive(
+        SynthConfig(out_dir=tmp_path / "a", days=3, frames_per_day=40, size_px=16, workers=1), progress=False
+    )
     ingest(IngestConfig(archive=tmp_path / "a", store=tmp_path / "s.zarr", workers=0), progress=False)
     result = runner.invoke(cli.app, ["info", str(tmp_path / "s.zarr")], terminal_width=200)
     assert result.exit_code == 0, result.output

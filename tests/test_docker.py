@@ -6,19 +6,15 @@
 - the pipeline script the one-shot service runs succeeds outside containers against a real Ray head
   (`ray start --head` on loopback, token auth on) and a real `mlflow server`.
 """
+
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import secrets
 import shlex
-import shutil
-import signal
 import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import pytest
@@ -26,7 +22,7 @@ import yaml
 from typer.testing import CliRunner
 
 import cli
-from tests.pipeline._ray_fixtures import free_port, mlflow_server, ray_head
+from tests.pipeline._ray_fixtures import mlflow_server, ray_head
 
 DOCKER = Path(__file__).resolve().parents[1] / "docker"
 SCRIPT = DOCKER / "run-pipeline.sh"
@@ -59,7 +55,9 @@ def test_ray_auth_token_is_the_same_on_every_ray_node():
 def _script_commands() -> list[list[str]]:
     """The `nowcast ...` command lines of the pipeline script, continuation lines joined."""
     text = SCRIPT.read_text().replace("\\\n", " ")
-    return [shlex.split(line.strip())[1:] for line in text.splitlines() if line.strip().startswith("nowcast ")]
+    return [
+        shlex.split(line.strip())[1:] for line in text.splitlines() if line.strip().startswith("nowcast ")
+    ]
 
 
 def _compose_commands() -> list[list[str]]:
@@ -94,12 +92,19 @@ def test_pipeline_script_against_real_ray_head_and_mlflow_server(tmp_path):
     env.pop("RAY_ADDRESS", None)
     with mlflow_server(tmp_path / "mlflow") as tracking_uri, ray_head(tmp_path, env) as address:
         env.update(
-            DATA_DIR=str(tmp_path / "data"), RAY_ADDRESS=address, MLFLOW_TRACKING_URI=tracking_uri,
-            SYNTH_DAYS="3", SYNTH_FRAMES_PER_DAY="40", SYNTH_SIZE="32", TRAIN_STEPS="4", MODEL_NAME="compose-test",
+            DATA_DIR=str(tmp_path / "data"),
+            RAY_ADDRESS=address,
+            MLFLOW_TRACKING_URI=tracking_uri,
+            SYNTH_DAYS="3",
+            SYNTH_FRAMES_PER_DAY="40",
+            SYNTH_SIZE="32",
+            TRAIN_STEPS="4",
+            MODEL_NAME="compose-test",
             PATH=f"{Path(sys.executable).parent}:{env['PATH']}",
         )
-        proc = subprocess.run(["bash", str(SCRIPT)], env=env, cwd=tmp_path, capture_output=True, text=True,
-                              timeout=540)
+        proc = subprocess.run(
+            ["bash", str(SCRIPT)], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=540
+        )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     data = tmp_path / "data"
     assert (data / "store.zarr").is_dir()
@@ -110,7 +115,9 @@ def test_pipeline_script_against_real_ray_head_and_mlflow_server(tmp_path):
 
 def test_published_ports_bind_to_loopback_only():
     """MLflow has no authentication in the compose file, and the dashboards are local tools."""
-    published = [(name, port) for name, service in _compose()["services"].items() for port in service.get("ports", [])]
+    published = [
+        (name, port) for name, service in _compose()["services"].items() for port in service.get("ports", [])
+    ]
     assert {name for name, _ in published} >= {"mlflow", "ray-head", "dask-scheduler"}
     for name, port in published:
         assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} on every interface"
@@ -118,7 +125,7 @@ def test_published_ports_bind_to_loopback_only():
 
 def test_the_images_serve_the_dashboards_the_compose_file_publishes():
     cpu = (DOCKER / "Dockerfile").read_text()
-    assert '"ray[default]==' in cpu and "bokeh" in cpu   # ray[train] alone serves no Ray dashboard
+    assert '"ray[default]==' in cpu and "bokeh" in cpu  # ray[train] alone serves no Ray dashboard
     cuda = (DOCKER / "Dockerfile.cuda").read_text()
-    assert "FROM rayproject/ray:" in cuda and "bokeh" in cuda   # the Ray image comes with ray[default]
+    assert "FROM rayproject/ray:" in cuda and "bokeh" in cuda  # the Ray image comes with ray[default]
     assert "RAY_AUTH_MODE: token" in (DOCKER / "docker-compose.yml").read_text()

@@ -1,4 +1,5 @@
 """The architecture's import rules (ARCHITECTURE.md, "Layout and who may import whom"), checked on the source."""
+
 from __future__ import annotations
 
 import ast
@@ -23,18 +24,24 @@ def _imports(tree: ast.AST, nested_only: bool = False) -> list[tuple[str, int]]:
         scopes = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
         if nested_only and not isinstance(node, scopes):
             continue
-        for sub in (ast.walk(node) if nested_only else [node]):
+        for sub in ast.walk(node) if nested_only else [node]:
             if isinstance(sub, ast.Import):
                 found += [(alias.name, sub.lineno) for alias in sub.names]
             elif isinstance(sub, ast.ImportFrom) and sub.module and not sub.level:
-                found += [(sub.module, sub.lineno)] + [(f"{sub.module}.{a.name}", sub.lineno) for a in sub.names]
+                found += [(sub.module, sub.lineno)] + [
+                    (f"{sub.module}.{a.name}", sub.lineno) for a in sub.names
+                ]
     return found
 
 
 @pytest.mark.parametrize("package", ["pipeline", "trajgru"])
 def test_project_imports_are_at_module_top(package):
-    nested = [(name, mod, line) for name, tree in _modules(package) for mod, line in _imports(tree, nested_only=True)
-              if mod.split(".")[0] in ("pipeline", "trajgru")]
+    nested = [
+        (name, mod, line)
+        for name, tree in _modules(package)
+        for mod, line in _imports(tree, nested_only=True)
+        if mod.split(".")[0] in ("pipeline", "trajgru")
+    ]
     assert nested == []
 
 
@@ -53,7 +60,10 @@ def test_no_stage_imports_another_stage():
 
 
 def test_ingest_knows_archives_only_through_the_sources_interface():
-    formats = {f"pipeline.sources.{p.stem}" for p in (ROOT / "pipeline" / "sources").glob("*.py")
-               if p.stem not in ("__init__", "base")}
+    formats = {
+        f"pipeline.sources.{p.stem}"
+        for p in (ROOT / "pipeline" / "sources").glob("*.py")
+        if p.stem not in ("__init__", "base")
+    }
     tree = dict(_modules("pipeline"))["pipeline.ingest"]
     assert formats and not {m for m, _ in _imports(tree)} & formats, "ingest imports a format module directly"

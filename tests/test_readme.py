@@ -1,4 +1,5 @@
 """The README's measured tables are generated from benchmarks/results/ (benchmarks/update_readme.py)."""
+
 from __future__ import annotations
 
 import json
@@ -23,8 +24,15 @@ def test_every_block_has_its_markers_in_the_readme():
 
 
 def _row(csi5: float | None, b_mse: float) -> dict:
-    return {"csi": {"5": csi5, "10": 0.1}, "hss": {"5": 0.2, "10": None}, "b_mse": b_mse, "b_mae": 2 * b_mse,
-            "csi5_by_lead": [csi5 or 0.0] * 3, "n_clips": 7, "interval_s": 360}
+    return {
+        "csi": {"5": csi5, "10": 0.1},
+        "hss": {"5": 0.2, "10": None},
+        "b_mse": b_mse,
+        "b_mae": 2 * b_mse,
+        "csi5_by_lead": [csi5 or 0.0] * 3,
+        "n_clips": 7,
+        "interval_s": 360,
+    }
 
 
 def test_markdown_table_shows_undefined_scores_as_a_dash():
@@ -36,9 +44,15 @@ def test_markdown_table_shows_undefined_scores_as_a_dash():
 
 
 def test_demo_block_renders_demo_results(tmp_path, monkeypatch):
-    results = {"command": "nowcast demo", "settings": {"days": 12, "size_px": 96}, "steps": 400,
-               "minutes": {"synth": 0.1, "train": 5.0}, "split": "test", "n_clips": 7,
-               "rows": {"nowcast-tiny (400 steps)": _row(0.3, 400.0), "persistence": _row(0.2, 500.0)}}
+    results = {
+        "command": "nowcast demo",
+        "settings": {"days": 12, "size_px": 96},
+        "steps": 400,
+        "minutes": {"synth": 0.1, "train": 5.0},
+        "split": "test",
+        "n_clips": 7,
+        "rows": {"nowcast-tiny (400 steps)": _row(0.3, 400.0), "persistence": _row(0.2, 500.0)},
+    }
     (tmp_path / "demo_results.json").write_text(json.dumps(results))
     monkeypatch.setattr(update_readme, "RESULTS", tmp_path)
     text = "a\n<!-- BEGIN demo -->\nold\n<!-- END demo -->\nb"
@@ -46,14 +60,22 @@ def test_demo_block_renders_demo_results(tmp_path, monkeypatch):
     assert "old" not in out and "**5.1 min** in all" in out and "| nowcast-tiny (400 steps) | 0.300 |" in out
     assert out.startswith("a\n<!-- BEGIN demo -->\n`nowcast demo` (12 days of 96 px, 400 training steps)")
     assert out.endswith("\n<!-- END demo -->\nb")
-    empty = "a\n<!-- BEGIN demo -->\n<!-- END demo -->\nb"   # a new block is filled too
+    empty = "a\n<!-- BEGIN demo -->\n<!-- END demo -->\nb"  # a new block is filled too
     assert update_readme.render(empty) == out and update_readme.render(out) == out
 
 
-@pytest.mark.parametrize("split, path_ok, frames_ok, expected", [
-    ("test", True, True, True), ("valid", True, True, False), ("test", False, True, False),
-    ("test", True, False, False)])
-def test_baseline_scores_reused_only_from_the_same_store(tmp_path, monkeypatch, split, path_ok, frames_ok, expected):
+@pytest.mark.parametrize(
+    "split, path_ok, frames_ok, expected",
+    [
+        ("test", True, True, True),
+        ("valid", True, True, False),
+        ("test", False, True, False),
+        ("test", True, False, False),
+    ],
+)
+def test_baseline_scores_reused_only_from_the_same_store(
+    tmp_path, monkeypatch, split, path_ok, frames_ok, expected
+):
     store = tmp_path / "store.zarr"
 
     class FakeStore:
@@ -66,9 +88,19 @@ def test_baseline_scores_reused_only_from_the_same_store(tmp_path, monkeypatch, 
             return {"frames": 100}
 
     import pipeline.store
+
     monkeypatch.setattr(pipeline.store, "Store", FakeStore)
     scored = tmp_path / "persistence.json"
-    scored.write_text(json.dumps({"split": split, "store": {"path": str(store) if path_ok else "/elsewhere",
-                                                             "n_frames": 100 if frames_ok else 99}}))
+    scored.write_text(
+        json.dumps(
+            {
+                "split": split,
+                "store": {
+                    "path": str(store) if path_ok else "/elsewhere",
+                    "n_frames": 100 if frames_ok else 99,
+                },
+            }
+        )
+    )
     assert bench_skill._scored_on(scored, store) is expected
     assert bench_skill._scored_on(tmp_path / "missing.json", store) is False

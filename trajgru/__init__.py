@@ -4,6 +4,7 @@ Public entry points: :func:`build_model`, :func:`model_from_config`, :class:`Mod
 :class:`EncoderForecaster`; submodules ``units``, ``warp``, ``cells``, ``model``, ``losses``,
 ``metrics``, ``baselines``.
 """
+
 from . import units  # noqa: F401
 from .model import EncoderForecaster, ModelConfig, build_model, model_from_config
 

@@ -10,6 +10,7 @@ frames, filled in where there is no echo, and semi-Lagrangian backward advection
 of the last frame.
 OpenCV (cv2) is imported lazily, inside the functions that use it.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -197,6 +198,7 @@ def advect(frame: np.ndarray, flow: np.ndarray, out_len: int, midpoint_iteration
             step = flow_at(pos_x - 0.5 * step[..., 0], pos_y - 0.5 * step[..., 1])
         pos_x = pos_x - step[..., 0]
         pos_y = pos_y - step[..., 1]
-        out[k] = cv2.remap(src, pos_x, pos_y, interpolation=cv2.INTER_LINEAR,
-                           borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        out[k] = cv2.remap(
+            src, pos_x, pos_y, interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0
+        )
     return np.clip(out, 0.0, 1.0)

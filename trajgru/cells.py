@@ -23,6 +23,7 @@ Initialisation follows the original MXNet code: ``MSRAPrelu(slope=0.2)`` (He ini
 leaky ReLU with slope 0.2, averaged fan), zero biases, and TrajGRU's last flow
 convolution zero-initialised so that training starts from identity warps.
 """
+
 from __future__ import annotations
 
 import math
@@ -314,7 +315,9 @@ class TrajGRUCell(_SequenceCell):
             weight = weight.to(torch.get_autocast_dtype(device_type))
         return {"h2h_weight": weight}
 
-    def warped_h2h_fused(self, h: torch.Tensor, flow_fields: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    def warped_h2h_fused(
+        self, h: torch.Tensor, flow_fields: torch.Tensor, weight: torch.Tensor
+    ) -> torch.Tensor:
         """Fast-path :meth:`warped_h2h`: Triton warp + concat, then one GEMM.
 
         ``h`` (B, C, H, W), ``flow_fields`` (B, 2L, H, W), ``weight`` (3C, L*C) flow-major.

@@ -25,11 +25,12 @@ API
 Both captured helpers run eagerly, with the same semantics, where CUDA graphs are not
 available (CPU tensors), or where capture failed (``.fallback_reason`` says why).
 """
+
 from __future__ import annotations
 
 import math
 import warnings
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn as nn
@@ -194,7 +195,7 @@ class _GraphReplay:
     """What CapturedTrainStep and CapturedForecaster share: capture once, or fall back to eager
     calls with the reason in ``fallback_reason`` (set by the subclass's ``__init__``)."""
 
-    graph: "torch.cuda.CUDAGraph | None"
+    graph: torch.cuda.CUDAGraph | None
     fallback_reason: str | None
     device: torch.device
 
@@ -299,7 +300,9 @@ class CapturedTrainStep(_GraphReplay):
             group["capturable"] = True
             if not torch.is_tensor(group["lr"]):
                 group["lr"] = torch.tensor(float(group["lr"]), dtype=torch.float32, device=self.device)
-        self.found_inf = torch.zeros((), dtype=torch.float32, device=self.device)  # 0-dim, like the step counts
+        self.found_inf = torch.zeros(
+            (), dtype=torch.float32, device=self.device
+        )  # 0-dim, like the step counts
 
     def _capture(self, warmup: int) -> None:
         self._prepare_optimizer()
@@ -372,15 +375,24 @@ class CapturedForecaster(_GraphReplay):
     run eagerly, with the same autocast.
     """
 
-    def __init__(self, model: nn.Module, example_inputs: torch.Tensor, *,
-                 autocast_dtype: torch.dtype | None = torch.bfloat16, warmup: int = 2, use_graph: bool = True):
+    def __init__(
+        self,
+        model: nn.Module,
+        example_inputs: torch.Tensor,
+        *,
+        autocast_dtype: torch.dtype | None = torch.bfloat16,
+        warmup: int = 2,
+        use_graph: bool = True,
+    ):
         self.model = model
         self.device = example_inputs.device
         self.autocast_dtype = autocast_dtype if self.device.type == "cuda" else None
         self.static_inputs = example_inputs.detach().clone()
         self.graph: torch.cuda.CUDAGraph | None = None
         params = list(model.parameters())
-        self.fallback_reason = "use_graph=False" if not use_graph else _graphs_possible([self.static_inputs, *params])
+        self.fallback_reason = (
+            "use_graph=False" if not use_graph else _graphs_possible([self.static_inputs, *params])
+        )
         if self.fallback_reason is None:
             self._capture_or_run_eagerly(warmup)
 

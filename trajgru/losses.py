@@ -18,6 +18,7 @@ The rain-rate bins are turned into pixel thresholds with
 :func:`trajgru.units.rainfall_to_pixel`, exactly as the original HKO-7 code
 does (``weights = w0 + sum_i (w_{i+1} - w_i) * (truth >= threshold_i)``).
 """
+
 from __future__ import annotations
 
 import functools
@@ -42,7 +43,7 @@ def _balance_thresholds_pixel() -> np.ndarray:
     return np.asarray(rainfall_to_pixel(np.asarray(BALANCE_THRESHOLDS_MM_H, dtype=np.float64)))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _weight_tables(device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """(bin edges in ``dtype``, float32 weights) on ``device``, made once per device: a host-to-device
     copy in every call would make the loss impossible to capture in a CUDA graph."""
@@ -97,7 +98,7 @@ def lead_time_weights(seq_len: int, weight_max: float = DEFAULT_LEAD_TIME_WEIGHT
     return 1.0 + torch.arange(seq_len, dtype=torch.float32) * step
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _lead_time_weights_on(seq_len: int, weight_max: float, device: torch.device) -> torch.Tensor:
     """:func:`lead_time_weights` on ``device``, made once (CUDA-graph capturable)."""
     return lead_time_weights(seq_len, weight_max).to(device)
@@ -146,11 +147,15 @@ class BalancedLoss(nn.Module):
         self.lead_time_weight_max = float(lead_time_weight_max)
 
     def extra_repr(self) -> str:
-        return (f"mse_weight={self.mse_weight}, mae_weight={self.mae_weight}, scale={self.scale}, "
-                f"lead_time_weighting={self.lead_time_weighting}, "
-                f"lead_time_weight_max={self.lead_time_weight_max}")
+        return (
+            f"mse_weight={self.mse_weight}, mae_weight={self.mae_weight}, scale={self.scale}, "
+            f"lead_time_weighting={self.lead_time_weighting}, "
+            f"lead_time_weight_max={self.lead_time_weight_max}"
+        )
 
-    def forward(self, pred: torch.Tensor, truth: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, pred: torch.Tensor, truth: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         if pred.shape != truth.shape:
             raise ValueError(f"pred shape {tuple(pred.shape)} != truth shape {tuple(truth.shape)}")
         if pred.dim() != 5:

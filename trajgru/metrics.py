@@ -17,6 +17,7 @@ Protocol (Shi et al., NeurIPS 2017, and the HKO-7 evaluation code):
 Undefined ratios (0/0, e.g. POD when the truth has no event at that lead time, or every score
 when no pixel was counted) are NaN. They can never be x/0 with x != 0 for these formulas.
 """
+
 from __future__ import annotations
 
 import math
@@ -51,7 +52,8 @@ def _as_tensor(x, name: str, allow_bool: bool = False) -> torch.Tensor:
         if not allow_bool:
             raise TypeError(
                 f"{name} must hold float pixel values in [0, 1], got dtype {t.dtype}; "
-                "convert stored uint8 frames with frames / 255.0 first")
+                "convert stored uint8 frames with frames / 255.0 first"
+            )
     return t
 
 
@@ -132,7 +134,7 @@ class SkillScores:
         self._sums = {name: np.zeros(self.seq_len, dtype=np.float64) for name in CONTINUOUS_SCORES}
 
     # ------------------------------------------------------------------ accumulate
-    def update(self, pred, truth, mask=None) -> "SkillScores":
+    def update(self, pred, truth, mask=None) -> SkillScores:
         """Add a batch of forecasts.
 
         Parameters
@@ -174,7 +176,9 @@ class SkillScores:
         try:
             m = torch.broadcast_to(m, truth.shape)
         except RuntimeError as exc:
-            raise ValueError(f"mask shape {tuple(m.shape)} does not broadcast to {tuple(truth.shape)}") from exc
+            raise ValueError(
+                f"mask shape {tuple(m.shape)} does not broadcast to {tuple(truth.shape)}"
+            ) from exc
         return m if m.dtype == torch.bool else m != 0
 
     def _update_counts(self, p: torch.Tensor, t: torch.Tensor, m: torch.Tensor | None) -> None:
@@ -215,23 +219,31 @@ class SkillScores:
             ab.masked_fill_(~m, 0.0)
         sq = ab.square()
         bw = balanced_weights(t).to(p.dtype)
-        sums = torch.stack([
-            sq.sum(dim=(1, 2, 3)),
-            ab.sum(dim=(1, 2, 3)),
-            sq.mul_(bw).sum(dim=(1, 2, 3)),
-            ab.mul_(bw).sum(dim=(1, 2, 3)),
-        ]).cpu().numpy().astype(np.float64)
+        sums = (
+            torch.stack(
+                [
+                    sq.sum(dim=(1, 2, 3)),
+                    ab.sum(dim=(1, 2, 3)),
+                    sq.mul_(bw).sum(dim=(1, 2, 3)),
+                    ab.mul_(bw).sum(dim=(1, 2, 3)),
+                ]
+            )
+            .cpu()
+            .numpy()
+            .astype(np.float64)
+        )
         for name, row in zip(CONTINUOUS_SCORES, sums):
             self._sums[name] += row
 
-    def merge(self, other: "SkillScores") -> "SkillScores":
+    def merge(self, other: SkillScores) -> SkillScores:
         """Add another accumulator's counts and sums (same seq_len and thresholds). Returns ``self``."""
         if not isinstance(other, SkillScores):
             raise TypeError(f"can only merge a SkillScores, got {type(other).__name__}")
         if other.seq_len != self.seq_len or other.thresholds_mm_h != self.thresholds_mm_h:
             raise ValueError(
                 f"cannot merge SkillScores(seq_len={other.seq_len}, thresholds={other.thresholds_mm_h}) "
-                f"into SkillScores(seq_len={self.seq_len}, thresholds={self.thresholds_mm_h})")
+                f"into SkillScores(seq_len={self.seq_len}, thresholds={self.thresholds_mm_h})"
+            )
         for name in ("tp", "fn", "fp", "tn"):
             getattr(self, name).__iadd__(getattr(other, name))
         for name in CONTINUOUS_SCORES:
@@ -265,10 +277,15 @@ class SkillScores:
         """Plain-text table: per threshold, CSI/HSS/POD/FAR averaged over lead times (NaN ignored)
         and at the last lead time; then MSE/MAE/B-MSE/B-MAE, same two columns."""
         res = self.result()
-        head = (f"{'threshold':>12} | {'CSI avg':>8} {'CSI last':>8} | {'HSS avg':>8} {'HSS last':>8} | "
-                f"{'POD avg':>8} {'POD last':>8} | {'FAR avg':>8} {'FAR last':>8}")
-        lines = [f"HKO-7 skill scores: {self.n_sequences} sequences, {self.seq_len} lead times", head,
-                 "-" * len(head)]
+        head = (
+            f"{'threshold':>12} | {'CSI avg':>8} {'CSI last':>8} | {'HSS avg':>8} {'HSS last':>8} | "
+            f"{'POD avg':>8} {'POD last':>8} | {'FAR avg':>8} {'FAR last':>8}"
+        )
+        lines = [
+            f"HKO-7 skill scores: {self.n_sequences} sequences, {self.seq_len} lead times",
+            head,
+            "-" * len(head),
+        ]
         for k, thr in enumerate(self.thresholds_mm_h):
             cells = []
             for name in ("csi", "hss", "pod", "far"):
@@ -315,7 +332,9 @@ def champion_score(result: dict) -> float:
     thresholds = np.asarray(result["thresholds"], dtype=np.float64)
     hits = np.flatnonzero(np.isclose(thresholds, CHAMPION_THRESHOLD_MM_H))
     if hits.size == 0:
-        raise ValueError(f"champion score needs the {CHAMPION_THRESHOLD_MM_H:g} mm/h threshold; "
-                         f"scores were computed for {thresholds.tolist()} mm/h")
+        raise ValueError(
+            f"champion score needs the {CHAMPION_THRESHOLD_MM_H:g} mm/h threshold; "
+            f"scores were computed for {thresholds.tolist()} mm/h"
+        )
     csi = np.asarray(result["csi"], dtype=np.float64)
     return float(nanmean(csi[:, hits[0]]))

@@ -14,6 +14,7 @@ As in the original code (``nowcasting/encoder_forecaster.py``), the encoder's do
 conv after stage i has the channels of stage i+1, the forecaster's upsampling deconv
 after stage i has the channels of stage i, and transposed convolutions have no bias.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -43,24 +44,49 @@ CELLS = ("trajgru", "convgru", "convlstm")
 PRESETS: dict[str, dict[str, Any]] = {
     # Shi et al. 2017, experiments/hko/configurations/trajgru_55_55_33_1_64_1_192_1_192_13_13_9_b4.yml
     "hko7": dict(
-        in_len=5, out_len=20, height=480, width=480, coord_channels=True,
-        first_conv=(8, 7, 5, 1), last_deconv=(8, 7, 5, 1),
-        downsample=((5, 3, 1), (3, 2, 1)), upsample=((5, 3, 1), (4, 2, 1)),
-        filters=(64, 192, 192), n_flows=(13, 13, 9), h2h_kernel=(5, 5, 3),
+        in_len=5,
+        out_len=20,
+        height=480,
+        width=480,
+        coord_channels=True,
+        first_conv=(8, 7, 5, 1),
+        last_deconv=(8, 7, 5, 1),
+        downsample=((5, 3, 1), (3, 2, 1)),
+        upsample=((5, 3, 1), (4, 2, 1)),
+        filters=(64, 192, 192),
+        n_flows=(13, 13, 9),
+        h2h_kernel=(5, 5, 3),
     ),
     # experiments/movingmnist/configurations/trajgru_1_64_1_96_1_96_L13.yml
     "mnist++": dict(
-        in_len=10, out_len=10, height=64, width=64, coord_channels=False,
-        first_conv=(16, 3, 1, 1), last_deconv=(16, 3, 1, 1),
-        downsample=((3, 2, 1), (3, 2, 1)), upsample=((4, 2, 1), (4, 2, 1)),
-        filters=(64, 96, 96), n_flows=(13, 13, 13), h2h_kernel=(5, 5, 5),
+        in_len=10,
+        out_len=10,
+        height=64,
+        width=64,
+        coord_channels=False,
+        first_conv=(16, 3, 1, 1),
+        last_deconv=(16, 3, 1, 1),
+        downsample=((3, 2, 1), (3, 2, 1)),
+        upsample=((4, 2, 1), (4, 2, 1)),
+        filters=(64, 96, 96),
+        n_flows=(13, 13, 13),
+        h2h_kernel=(5, 5, 5),
     ),
     # Small network for tests, the demo and CPU-only training (total stride 8: 96 -> 24 -> 12).
     "tiny": dict(
-        in_len=5, out_len=20, height=96, width=96, coord_channels=True,
-        first_conv=(8, 6, 4, 1), last_deconv=(4, 6, 4, 1), final_channels=4,
-        downsample=((3, 2, 1),), upsample=((4, 2, 1),),
-        filters=(16, 32), n_flows=(5, 5), h2h_kernel=(3, 3),
+        in_len=5,
+        out_len=20,
+        height=96,
+        width=96,
+        coord_channels=True,
+        first_conv=(8, 6, 4, 1),
+        last_deconv=(4, 6, 4, 1),
+        final_channels=4,
+        downsample=((3, 2, 1),),
+        upsample=((4, 2, 1),),
+        filters=(16, 32),
+        n_flows=(5, 5),
+        h2h_kernel=(3, 3),
         flow_channels=16,
     ),
 }
@@ -143,7 +169,9 @@ class ModelConfig:
                 raise ValueError(f"{name} needs one entry per stage ({n}), got {getattr(self, name)}")
         for name in ("downsample", "upsample"):
             if len(getattr(self, name)) != n - 1:
-                raise ValueError(f"{name} needs {n - 1} (kernel, stride, pad) entries, got {getattr(self, name)}")
+                raise ValueError(
+                    f"{name} needs {n - 1} (kernel, stride, pad) entries, got {getattr(self, name)}"
+                )
         if self.in_len < 1 or self.out_len < 1:
             raise ValueError(f"in_len and out_len must be >= 1, got {self.in_len}, {self.out_len}")
         stride = self.total_stride
@@ -191,17 +219,30 @@ def _make_cell(cfg: ModelConfig, stage: int, in_channels: int | None, size: tupl
     hidden = cfg.filters[stage]
     if cfg.cell == "trajgru":
         return TrajGRUCell(
-            in_channels, hidden, n_flows=cfg.n_flows[stage], i2h_kernel=cfg.i2h_kernel,
-            flow_channels=cfg.flow_channels, flow_kernel=cfg.flow_kernel, slope=cfg.leaky_slope,
+            in_channels,
+            hidden,
+            n_flows=cfg.n_flows[stage],
+            i2h_kernel=cfg.i2h_kernel,
+            flow_channels=cfg.flow_channels,
+            flow_kernel=cfg.flow_kernel,
+            slope=cfg.leaky_slope,
         )
     if cfg.cell == "convgru":
         return ConvGRUCell(
-            in_channels, hidden, i2h_kernel=cfg.i2h_kernel, h2h_kernel=cfg.h2h_kernel[stage],
+            in_channels,
+            hidden,
+            i2h_kernel=cfg.i2h_kernel,
+            h2h_kernel=cfg.h2h_kernel[stage],
             slope=cfg.leaky_slope,
         )
     return ConvLSTMCell(
-        in_channels, hidden, size[0], size[1], i2h_kernel=cfg.i2h_kernel,
-        h2h_kernel=cfg.h2h_kernel[stage], slope=cfg.leaky_slope,
+        in_channels,
+        hidden,
+        size[0],
+        size[1],
+        i2h_kernel=cfg.i2h_kernel,
+        h2h_kernel=cfg.h2h_kernel[stage],
+        slope=cfg.leaky_slope,
     )
 
 
@@ -246,14 +287,15 @@ class EncoderForecaster(nn.Module):
         enc_in = [ch] + [c.filters[i] for i in range(1, n)]
         self.encoder_rnns = nn.ModuleList(_make_cell(c, i, enc_in[i], sizes[i]) for i in range(n))
         self.downs = nn.ModuleList(
-            _ConvAct(nn.Conv2d(c.filters[i], c.filters[i + 1], *c.downsample[i]), slope)
-            for i in range(n - 1)
+            _ConvAct(nn.Conv2d(c.filters[i], c.filters[i + 1], *c.downsample[i]), slope) for i in range(n - 1)
         )
         # forecaster stage i gets the upsampled output of stage i+1 (channels filters[i+1]).
         fc_in = [c.filters[i + 1] for i in range(n - 1)] + [None]
         self.forecaster_rnns = nn.ModuleList(_make_cell(c, i, fc_in[i], sizes[i]) for i in range(n))
         self.ups = nn.ModuleList(
-            _ConvAct(nn.ConvTranspose2d(c.filters[i + 1], c.filters[i + 1], *c.upsample[i], bias=False), slope)
+            _ConvAct(
+                nn.ConvTranspose2d(c.filters[i + 1], c.filters[i + 1], *c.upsample[i], bias=False), slope
+            )
             for i in range(n - 1)
         )
         ch, k, s, p = c.last_deconv
@@ -325,7 +367,7 @@ class EncoderForecaster(nn.Module):
     def recurrent_cells(self) -> list[nn.Module]:
         return [*self.encoder_rnns, *self.forecaster_rnns]
 
-    def compile_cells(self, **compile_kwargs) -> "EncoderForecaster":
+    def compile_cells(self, **compile_kwargs) -> EncoderForecaster:
         """``torch.compile`` each cell's single-step function (static shapes) in place.
 
         Compiling per cell avoids the recompilation storm of compiling the whole unrolled
@@ -338,8 +380,12 @@ class EncoderForecaster(nn.Module):
 
 
 def build_model(
-    preset: str = "hko7", cell: str = "trajgru", *, device: str | torch.device | None = None,
-    fast_path: bool = False, **overrides,
+    preset: str = "hko7",
+    cell: str = "trajgru",
+    *,
+    device: str | torch.device | None = None,
+    fast_path: bool = False,
+    **overrides,
 ) -> EncoderForecaster:
     """Build an encoder-forecaster from a named preset.
 

@@ -8,6 +8,7 @@ is in mm^6/m^3 and ``R`` in mm/h.
 Every function accepts numpy arrays, torch tensors or Python floats and returns
 the same kind (floats come back as numpy scalars).
 """
+
 from __future__ import annotations
 
 import math
@@ -38,7 +39,7 @@ def _log10(x):
 
 def _pow10(x):
     if _is_torch(x):
-        return 10.0 ** x
+        return 10.0**x
     return np.power(10.0, x)
 
 

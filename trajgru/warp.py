@@ -23,6 +23,7 @@ warp has no float32 rounding anywhere), and cached, so a call does no host-to-de
 and no synchronisation. Sampling always runs in float32 or float64 (a bfloat16 grid cannot
 address 480 pixels to better than about two pixels); the result is cast back to ``x.dtype``.
 """
+
 from __future__ import annotations
 
 import torch
@@ -81,7 +82,6 @@ def _base_grid(
     return base, scale
 
 
-
 def _check_sizes(height: int, width: int) -> None:
     if height < 2 or width < 2:
         raise ValueError(
@@ -120,9 +120,7 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 def _grid_sample(x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
     """``grid_sample`` in float32 with MXNet BilinearSampler semantics; output in x.dtype."""
-    out = F.grid_sample(
-        x.to(grid.dtype), grid, mode="bilinear", padding_mode="zeros", align_corners=True
-    )
+    out = F.grid_sample(x.to(grid.dtype), grid, mode="bilinear", padding_mode="zeros", align_corners=True)
     return out.to(x.dtype)
 
 
@@ -144,9 +142,7 @@ def warp(x: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
             f"warp expects x (B,C,H,W) and flow (B,2,H,W); got {tuple(x.shape)} and {tuple(flow.shape)}"
         )
     if x.shape[0] != flow.shape[0] or x.shape[-2:] != flow.shape[-2:]:
-        raise ValueError(
-            f"x {tuple(x.shape)} and flow {tuple(flow.shape)} must share batch size and H, W"
-        )
+        raise ValueError(f"x {tuple(x.shape)} and flow {tuple(flow.shape)} must share batch size and H, W")
     return _grid_sample(x, sampling_grid(flow))
 
 
@@ -175,9 +171,7 @@ def warp_stack(x: torch.Tensor, flows: torch.Tensor, negate: bool = False) -> to
         )
     batch, n_flows, _, height, width = flows.shape
     if x.shape[0] != batch or x.shape[-2:] != flows.shape[-2:]:
-        raise ValueError(
-            f"x {tuple(x.shape)} and flows {tuple(flows.shape)} must share batch size and H, W"
-        )
+        raise ValueError(f"x {tuple(x.shape)} and flows {tuple(flows.shape)} must share batch size and H, W")
     grid = sampling_grid(flows, negate=negate).reshape(batch, n_flows * height, width, 2)
     out = _grid_sample(x, grid)  # (B, C, L*H, W)
     return out.reshape(batch, x.shape[1], n_flows, height, width)

@@ -9,13 +9,13 @@ To add a format: write ``pipeline/sources/<format>.py`` with a :class:`~pipeline
 subclass (``detect``, ``list_frames``, ``read_frame``), and add one entry to :data:`SOURCES`.
 Ingest needs nothing else.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
 
 from pipeline.errors import NowcastError
-from pipeline.sources.base import PIXEL_ENCODING, Frame, FrameRef, Listing, Source, dbz_to_u8
-from pipeline.sources.base import walk_files
+from pipeline.sources.base import PIXEL_ENCODING, Frame, FrameRef, Listing, Source, dbz_to_u8, walk_files
 from pipeline.sources.hko7 import Hko7Source
 from pipeline.sources.netcdf import NetcdfSource
 from pipeline.sources.odim import OdimSource
@@ -32,7 +32,9 @@ def get_source(name: str) -> Source:
     try:
         return SOURCES[name]
     except KeyError:
-        raise NowcastError(f"unknown archive format {name!r}; known: {', '.join(SOURCES)}", exit_code=2) from None
+        raise NowcastError(
+            f"unknown archive format {name!r}; known: {', '.join(SOURCES)}", exit_code=2
+        ) from None
 
 
 def detect_format(root: str | Path) -> Source:
@@ -53,10 +55,16 @@ def detect_format(root: str | Path) -> Source:
             if owner is not None:
                 found.setdefault(owner.name, []).append(rel)
     if len(found) > 1:
-        parts = [f"{len(files)} {SOURCES[name].title} file(s) ({', '.join(files[:_NAMED])}"
-                 f"{', ...' if len(files) > _NAMED else ''})" for name in SOURCES if (files := found.get(name))]
-        raise NowcastError(f"{root} mixes archive formats: {' and '.join(parts)}; keep one format per archive, "
-                           f"or pass --format ({'|'.join(SOURCES)}) to ingest one of them")
+        parts = [
+            f"{len(files)} {SOURCES[name].title} file(s) ({', '.join(files[:_NAMED])}"
+            f"{', ...' if len(files) > _NAMED else ''})"
+            for name in SOURCES
+            if (files := found.get(name))
+        ]
+        raise NowcastError(
+            f"{root} mixes archive formats: {' and '.join(parts)}; keep one format per archive, "
+            f"or pass --format ({'|'.join(SOURCES)}) to ingest one of them"
+        )
     if found:
         return SOURCES[next(iter(found))]
     for source in SOURCES.values():
@@ -66,5 +74,14 @@ def detect_format(root: str | Path) -> Source:
     raise NowcastError(f"{root} is not {hints}; pass the archive root, e.g. one made by `nowcast synth`")
 
 
-__all__ = ["SOURCES", "PIXEL_ENCODING", "Frame", "FrameRef", "Listing", "Source", "dbz_to_u8", "detect_format",
-           "get_source"]
+__all__ = [
+    "SOURCES",
+    "PIXEL_ENCODING",
+    "Frame",
+    "FrameRef",
+    "Listing",
+    "Source",
+    "dbz_to_u8",
+    "detect_format",
+    "get_source",
+]

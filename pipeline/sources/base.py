@@ -20,6 +20,7 @@ Conventions shared by every format
 - Nothing is dropped silently: a file that cannot be used, a folder named like a frame file, or a
   second file for a time is listed in ``Listing.bad`` with the reason.
 """
+
 from __future__ import annotations
 
 import os
@@ -45,7 +46,9 @@ _SHAPE_SAMPLE = 64
 def dbz_to_u8(dbz: np.ndarray) -> np.ndarray:
     """Reflectivity (dBZ, any shape) -> stored uint8 pixel ``round(255 * (dBZ + 10) / 70)``, clipped
     to 0..255 (so -10 dBZ and below -> 0, 60 dBZ and above -> 255)."""
-    return np.clip(np.rint(255.0 * (np.asarray(dbz, dtype=np.float64) + 10.0) / 70.0), 0, 255).astype(np.uint8)
+    return np.clip(np.rint(255.0 * (np.asarray(dbz, dtype=np.float64) + 10.0) / 70.0), 0, 255).astype(
+        np.uint8
+    )
 
 
 @dataclass(frozen=True, order=True)
@@ -101,7 +104,7 @@ class Frame:
         return self.reason is None
 
     @classmethod
-    def bad(cls, reason: str, bad_path: str | None = None) -> "Frame":
+    def bad(cls, reason: str, bad_path: str | None = None) -> Frame:
         """A bad frame: no pixels, no mask, and why."""
         return cls(None, None, reason, bad_path)
 
@@ -162,14 +165,17 @@ class Source:
         format and to find archives that mix formats). Never raises."""
         return False
 
-    def configure(self, **options) -> "Source":
+    def configure(self, **options) -> Source:
         """This source with ``options`` (names of :attr:`options`; None = the default). Raises
         NowcastError (exit code 2) for an option this format does not take."""
         given = sorted(k for k, v in options.items() if v is not None)
         unknown = [k for k in given if k not in self.options]
         if unknown:
-            raise NowcastError(f"{', '.join('--' + k.replace('_', '-') for k in unknown)} cannot be used with "
-                               f"{self.title} archives", exit_code=2)
+            raise NowcastError(
+                f"{', '.join('--' + k.replace('_', '-') for k in unknown)} cannot be used with "
+                f"{self.title} archives",
+                exit_code=2,
+            )
         return self
 
     def settings(self) -> dict:
@@ -200,8 +206,9 @@ class Source:
         """
         raise NotImplementedError
 
-    def read_frames(self, root: Path, refs: Sequence[FrameRef],
-                    shape: tuple[int, int] | None = None) -> Iterator[Frame]:
+    def read_frames(
+        self, root: Path, refs: Sequence[FrameRef], shape: tuple[int, int] | None = None
+    ) -> Iterator[Frame]:
         """:meth:`read_frame` for each of ``refs``, in order. Formats override this when reading
         neighbouring frames together is cheaper (several times in one file, repeated masks)."""
         for ref in refs:
@@ -213,8 +220,9 @@ class Source:
 
         Raises NowcastError when no sampled frame can be read.
         """
-        sizes = Counter(frame.pixels.shape for frame in self.read_frames(root, sample_frames(listing.frames))
-                        if frame.ok)
+        sizes = Counter(
+            frame.pixels.shape for frame in self.read_frames(root, sample_frames(listing.frames)) if frame.ok
+        )
         if not sizes:
             raise NowcastError(f"no readable frame found in {root}: nothing to ingest")
         return sizes.most_common(1)[0][0]
@@ -234,7 +242,9 @@ def one_line(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
-def walk_files(root: Path, sub: str = ".", odd: list | None = None, suffixes: tuple[str, ...] = ()) -> Iterable[str]:
+def walk_files(
+    root: Path, sub: str = ".", odd: list | None = None, suffixes: tuple[str, ...] = ()
+) -> Iterable[str]:
     """Non-hidden files under ``root / sub``, as sorted POSIX paths relative to ``root``.
 
     odd : when given, a ``{"path", "reason"}`` entry is appended for each folder whose name ends with
@@ -252,9 +262,12 @@ def walk_files(root: Path, sub: str = ".", odd: list | None = None, suffixes: tu
                 yield Path(dirpath, name).relative_to(root).as_posix()
 
 
-def resolve_duplicates(claims: dict[int, list], same: Callable[[object, object], bool],
-                       path: Callable[[object], str] = str,
-                       canonical: Callable[[int, object], bool] | None = None) -> tuple[dict[int, object], list[dict]]:
+def resolve_duplicates(
+    claims: dict[int, list],
+    same: Callable[[object, object], bool],
+    path: Callable[[object], str] = str,
+    canonical: Callable[[int, object], bool] | None = None,
+) -> tuple[dict[int, object], list[dict]]:
     """Choose one item per time when several files claim it, the same way on every run.
 
     Rule: the item at the canonical place wins (when ``canonical`` says one is); else, when every item
@@ -284,10 +297,19 @@ def resolve_duplicates(claims: dict[int, list], same: Callable[[object, object],
             keep = items[0]
         names = ", ".join(path(item) for item in items)
         if keep is None:
-            bad += [{"path": path(item), "reason": f"{len(items)} files claim {iso_utc(time_s)} and differ "
-                     f"({names}): none is used"} for item in items]
+            bad += [
+                {
+                    "path": path(item),
+                    "reason": f"{len(items)} files claim {iso_utc(time_s)} and differ "
+                    f"({names}): none is used",
+                }
+                for item in items
+            ]
             continue
         chosen[time_s] = keep
-        bad += [{"path": path(item), "reason": f"duplicate time {iso_utc(time_s)}: {path(keep)} is used"}
-                for item in items if item is not keep]
+        bad += [
+            {"path": path(item), "reason": f"duplicate time {iso_utc(time_s)}: {path(keep)} is used"}
+            for item in items
+            if item is not keep
+        ]
     return chosen, bad

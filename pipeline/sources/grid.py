@@ -16,6 +16,7 @@ Conventions
   mean of dBZ (a geometric mean of Z) would underestimate it. See :func:`block_average_dbz`.
 - **Time:** int seconds since the Unix epoch, UTC.
 """
+
 from __future__ import annotations
 
 import math
@@ -37,6 +38,7 @@ GRID_TOLERANCE_PX = 1e-3
 # Z-R relation
 # ---------------------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class ZR:
     """A Z-R relation ``Z = a * R ** b`` (Z in mm^6/m^3, R in mm/h).
@@ -50,17 +52,21 @@ class ZR:
 
     def __post_init__(self):
         if not (math.isfinite(self.a) and math.isfinite(self.b) and self.a > 0 and self.b > 0):
-            raise NowcastError(f"a Z-R relation needs a > 0 and b > 0, got a={self.a}, b={self.b}", exit_code=2)
+            raise NowcastError(
+                f"a Z-R relation needs a > 0 and b > 0, got a={self.a}, b={self.b}", exit_code=2
+            )
 
     @classmethod
-    def parse(cls, text: str) -> "ZR":
+    def parse(cls, text: str) -> ZR:
         """``"A,B"`` (as typed after ``--zr``) -> ZR. Raises NowcastError (exit code 2) otherwise."""
         try:
             a_text, b_text = text.split(",")
             return cls(float(a_text), float(b_text))
         except ValueError:
-            raise NowcastError(f"cannot read the Z-R relation {text!r}: give A,B for Z = A*R^B, "
-                               "e.g. --zr 200,1.6", exit_code=2) from None
+            raise NowcastError(
+                f"cannot read the Z-R relation {text!r}: give A,B for Z = A*R^B, e.g. --zr 200,1.6",
+                exit_code=2,
+            ) from None
 
     def rain_to_dbz(self, rain_mm_h: np.ndarray) -> np.ndarray:
         """Rain rate (mm/h, any shape, >= 0) -> reflectivity (dBZ): ``10 log10(a) + 10 b log10(R)``
@@ -81,6 +87,7 @@ class ZR:
 # ---------------------------------------------------------------------------------------------------
 # Grid
 # ---------------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Grid:
@@ -117,14 +124,29 @@ class Grid:
     projdef: str = ""
 
     @classmethod
-    def from_crs(cls, crs: Any, shape: tuple[int, int], x_left: float, y_top: float,
-                 x_step: float, y_step: float, projdef: str | None = None) -> "Grid":
+    def from_crs(
+        cls,
+        crs: Any,
+        shape: tuple[int, int],
+        x_left: float,
+        y_top: float,
+        x_step: float,
+        y_step: float,
+        projdef: str | None = None,
+    ) -> Grid:
         """A grid from anything ``pyproj.CRS`` accepts (PROJ string, WKT, EPSG code, CRS)."""
         crs = pyproj.CRS(crs)
         if projdef is None:
             projdef = _proj4(crs)
-        return cls(crs.to_wkt(), (int(shape[0]), int(shape[1])), float(x_left), float(y_top),
-                   float(x_step), float(y_step), projdef)
+        return cls(
+            crs.to_wkt(),
+            (int(shape[0]), int(shape[1])),
+            float(x_left),
+            float(y_top),
+            float(x_step),
+            float(y_step),
+            projdef,
+        )
 
     @property
     def crs(self) -> pyproj.CRS:
@@ -153,42 +175,54 @@ class Grid:
         """Longitude/latitude (degrees) of the outer corners, named as ODIM does
         (``LL_lon``, ``LL_lat``, ``UL_lon``, ... ``LR_lat``)."""
         to_lonlat = pyproj.Transformer.from_crs(self.crs, "OGC:CRS84", always_xy=True)
-        corners = {"LL": (self.x_left, self.y_bottom), "UL": (self.x_left, self.y_top),
-                   "UR": (self.x_right, self.y_top), "LR": (self.x_right, self.y_bottom)}
+        corners = {
+            "LL": (self.x_left, self.y_bottom),
+            "UL": (self.x_left, self.y_top),
+            "UR": (self.x_right, self.y_top),
+            "LR": (self.x_right, self.y_bottom),
+        }
         out = {}
         for name, (x, y) in corners.items():
             lon, lat = to_lonlat.transform(x, y)
             out[f"{name}_lon"], out[f"{name}_lat"] = float(lon), float(lat)
         return out
 
-    def difference(self, other: "Grid", tol_px: float = GRID_TOLERANCE_PX) -> str | None:
+    def difference(self, other: Grid, tol_px: float = GRID_TOLERANCE_PX) -> str | None:
         """None when ``other`` is the same grid (shape, projection, origin and pixel size within
         ``tol_px`` pixels), else one line saying how it differs (a reason for a bad frame)."""
         if tuple(self.shape) != tuple(other.shape):
-            return f"grid is {other.shape[0]}x{other.shape[1]} pixels, expected {self.shape[0]}x{self.shape[1]}"
+            return (
+                f"grid is {other.shape[0]}x{other.shape[1]} pixels, expected {self.shape[0]}x{self.shape[1]}"
+            )
         # all four edges within tol_px pixels: the origin and the pixel size (times the grid size)
         mine = (self.x_left, self.y_top, self.x_right, self.y_bottom)
         theirs = (other.x_left, other.y_top, other.x_right, other.y_bottom)
         step = min(self.x_step, self.y_step)
         if any(abs(a - b) > tol_px * step for a, b in zip(mine, theirs)):
-            return ("grid origin or pixel size differs: x_left, y_top, x_step, y_step = "
-                    f"{_fmt((other.x_left, other.y_top, other.x_step, other.y_step))}, expected "
-                    f"{_fmt((self.x_left, self.y_top, self.x_step, self.y_step))}")
+            return (
+                "grid origin or pixel size differs: x_left, y_top, x_step, y_step = "
+                f"{_fmt((other.x_left, other.y_top, other.x_step, other.y_step))}, expected "
+                f"{_fmt((self.x_left, self.y_top, self.x_step, self.y_step))}"
+            )
         if not _same_projection(self, other, tol_px):
             return f"grid projection differs: {other.projdef or other.crs_wkt!r}, expected {self.projdef or self.crs_wkt!r}"
         return None
 
-    def matches(self, other: "Grid", tol_px: float = GRID_TOLERANCE_PX) -> bool:
+    def matches(self, other: Grid, tol_px: float = GRID_TOLERANCE_PX) -> bool:
         """True when :meth:`difference` finds none."""
         return self.difference(other, tol_px) is None
 
-    def crop(self, box: tuple[int, int, int, int]) -> "Grid":
+    def crop(self, box: tuple[int, int, int, int]) -> Grid:
         """The grid of pixels ``[y0:y1, x0:x1]`` for ``box = (x0, y0, x1, y1)`` (see :func:`check_box`)."""
         x0, y0, x1, y1 = check_box(box, self.shape)
-        return replace(self, shape=(y1 - y0, x1 - x0), x_left=self.x_left + x0 * self.x_step,
-                       y_top=self.y_top - y0 * self.y_step)
+        return replace(
+            self,
+            shape=(y1 - y0, x1 - x0),
+            x_left=self.x_left + x0 * self.x_step,
+            y_top=self.y_top - y0 * self.y_step,
+        )
 
-    def block(self, n: int) -> "Grid":
+    def block(self, n: int) -> Grid:
         """The grid of N x N blocks (see :func:`block_average_dbz`): trailing rows/columns that do not
         fill a whole block are dropped."""
         h, w = check_block(n, self.shape)
@@ -197,17 +231,31 @@ class Grid:
     def to_attrs(self) -> dict[str, Any]:
         """A JSON-serialisable description (for store attributes): the fields plus the corner
         longitudes/latitudes and the coordinate unit."""
-        attrs = {"crs_wkt": self.crs_wkt, "projdef": self.projdef, "shape": [int(s) for s in self.shape],
-                 "x_left": self.x_left, "y_top": self.y_top, "x_step": self.x_step, "y_step": self.y_step,
-                 "xy_unit": self.xy_unit}
+        attrs = {
+            "crs_wkt": self.crs_wkt,
+            "projdef": self.projdef,
+            "shape": [int(s) for s in self.shape],
+            "x_left": self.x_left,
+            "y_top": self.y_top,
+            "x_step": self.x_step,
+            "y_step": self.y_step,
+            "xy_unit": self.xy_unit,
+        }
         attrs.update(self.corners_lonlat())
         return attrs
 
     @classmethod
-    def from_attrs(cls, attrs: dict[str, Any]) -> "Grid":
+    def from_attrs(cls, attrs: dict[str, Any]) -> Grid:
         """The inverse of :meth:`to_attrs` (extra keys are ignored)."""
-        return cls(attrs["crs_wkt"], (int(attrs["shape"][0]), int(attrs["shape"][1])), float(attrs["x_left"]),
-                   float(attrs["y_top"]), float(attrs["x_step"]), float(attrs["y_step"]), attrs.get("projdef", ""))
+        return cls(
+            attrs["crs_wkt"],
+            (int(attrs["shape"][0]), int(attrs["shape"][1])),
+            float(attrs["x_left"]),
+            float(attrs["y_top"]),
+            float(attrs["x_step"]),
+            float(attrs["y_step"]),
+            attrs.get("projdef", ""),
+        )
 
     @property
     def xy_unit(self) -> str:
@@ -225,7 +273,9 @@ class Grid:
         name = str(attrs.get("grid_mapping_name", "crs"))
         if name == "polar_stereographic" and "latitude_of_projection_origin" not in attrs:
             # CF requires it (+90 or -90); pyproj leaves it out for variant B (standard_parallel).
-            attrs["latitude_of_projection_origin"] = 90.0 if attrs.get("standard_parallel", 90.0) >= 0 else -90.0
+            attrs["latitude_of_projection_origin"] = (
+                90.0 if attrs.get("standard_parallel", 90.0) >= 0 else -90.0
+            )
         return name, attrs
 
 
@@ -262,6 +312,7 @@ def _same_projection(a: Grid, b: Grid, tol_px: float) -> bool:
 # A frame as a reader returns it
 # ---------------------------------------------------------------------------------------------------
 
+
 @dataclass
 class RawFrame:
     """One time of one file as a format reader returns it, before the store's pixel encoding.
@@ -296,7 +347,7 @@ class RawFrame:
         return self.reason is None
 
     @classmethod
-    def bad(cls, reason: str, time_s: int | None = None, quantity: str = "") -> "RawFrame":
+    def bad(cls, reason: str, time_s: int | None = None, quantity: str = "") -> RawFrame:
         """A frame that cannot be used, and why."""
         return cls(time_s, None, None, None, quantity, reason)
 
@@ -328,7 +379,7 @@ class FileInfo:
         return self.reason is None
 
     @classmethod
-    def bad(cls, reason: str) -> "FileInfo":
+    def bad(cls, reason: str) -> FileInfo:
         """A file that cannot be used, and why."""
         return cls((), None, "", reason)
 
@@ -336,6 +387,7 @@ class FileInfo:
 # ---------------------------------------------------------------------------------------------------
 # Crop and block average
 # ---------------------------------------------------------------------------------------------------
+
 
 def check_box(box: tuple[int, int, int, int], shape: tuple[int, int]) -> tuple[int, int, int, int]:
     """Validate a crop box in pixels: ``(x0, y0, x1, y1)``, columns ``x0 <= x < x1`` and rows
@@ -349,9 +401,11 @@ def check_box(box: tuple[int, int, int, int], shape: tuple[int, int]) -> tuple[i
         raise NowcastError(f"a crop box is x0,y0,x1,y1 in pixels, got {box!r}", exit_code=2) from None
     h, w = shape
     if not (0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h):
-        raise NowcastError(f"crop box {x0},{y0},{x1},{y1} does not fit the {h}x{w} grid: need "
-                           f"0 <= x0 < x1 <= {w} and 0 <= y0 < y1 <= {h} (x = column, y = row from the top)",
-                           exit_code=2)
+        raise NowcastError(
+            f"crop box {x0},{y0},{x1},{y1} does not fit the {h}x{w} grid: need "
+            f"0 <= x0 < x1 <= {w} and 0 <= y0 < y1 <= {h} (x = column, y = row from the top)",
+            exit_code=2,
+        )
     return x0, y0, x1, y1
 
 
@@ -360,8 +414,9 @@ def check_block(n: int, shape: tuple[int, int]) -> tuple[int, int]:
     cover (``H - H % N``, ``W - W % N``). Raises NowcastError (exit code 2) otherwise."""
     h, w = shape
     if int(n) != n or n < 1 or n > min(h, w):
-        raise NowcastError(f"block size must be an integer from 1 to {min(h, w)} for a {h}x{w} grid, got {n}",
-                           exit_code=2)
+        raise NowcastError(
+            f"block size must be an integer from 1 to {min(h, w)} for a {h}x{w} grid, got {n}", exit_code=2
+        )
     n = int(n)
     return h - h % n, w - w % n
 
@@ -371,11 +426,17 @@ def crop_frame(frame: RawFrame, box: tuple[int, int, int, int]) -> RawFrame:
     if not frame.ok:
         return frame
     x0, y0, x1, y1 = check_box(box, frame.dbz.shape)
-    return replace(frame, dbz=frame.dbz[y0:y1, x0:x1].copy(), mask=frame.mask[y0:y1, x0:x1].copy(),
-                   grid=frame.grid.crop(box))
+    return replace(
+        frame,
+        dbz=frame.dbz[y0:y1, x0:x1].copy(),
+        mask=frame.mask[y0:y1, x0:x1].copy(),
+        grid=frame.grid.crop(box),
+    )
 
 
-def block_average_dbz(dbz: np.ndarray, mask: np.ndarray, n: int, zr: ZR = ZR()) -> tuple[np.ndarray, np.ndarray]:
+def block_average_dbz(
+    dbz: np.ndarray, mask: np.ndarray, n: int, zr: ZR = ZR()
+) -> tuple[np.ndarray, np.ndarray]:
     """Average N x N blocks of pixels, in rain rate, over the valid pixels of each block.
 
     ``R = zr.dbz_to_rain(dbz)`` (mm/h; no echo = 0) is averaged over the pixels of each block whose
@@ -415,8 +476,13 @@ def block_frame(frame: RawFrame, n: int, zr: ZR = ZR()) -> RawFrame:
     return replace(frame, dbz=dbz, mask=mask, grid=frame.grid.block(n))
 
 
-def fit_frame(frame: RawFrame, grid: Grid | None = None, box: tuple[int, int, int, int] | None = None,
-              n: int = 1, zr: ZR = ZR()) -> RawFrame:
+def fit_frame(
+    frame: RawFrame,
+    grid: Grid | None = None,
+    box: tuple[int, int, int, int] | None = None,
+    n: int = 1,
+    zr: ZR = ZR(),
+) -> RawFrame:
     """Crop (``box``), then block-average (``n``), then check the result lies on ``grid``.
 
     A frame whose grid differs from ``grid`` (when given) becomes bad with the difference as reason.

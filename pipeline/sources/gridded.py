@@ -24,6 +24,7 @@ Each file is opened once per batch of its frames. A frame is checked against the
 source grid, cropped, block-averaged (:func:`~pipeline.sources.grid.fit_frame`) and encoded as the
 stored pixel (``dbz_to_u8``: masked and no-echo pixels become 0, the mask says which is which).
 """
+
 from __future__ import annotations
 
 import functools
@@ -54,8 +55,11 @@ def parse_crop(value) -> tuple[int, int, int, int] | None:
     except (TypeError, ValueError):
         box = ()
     if len(box) != 4:
-        raise NowcastError(f"cannot read the crop box {value!r}: give x0,y0,x1,y1 in pixels from the top-left "
-                           "corner, e.g. --crop 100,50,580,530", exit_code=2)
+        raise NowcastError(
+            f"cannot read the crop box {value!r}: give x0,y0,x1,y1 in pixels from the top-left "
+            "corner, e.g. --crop 100,50,580,530",
+            exit_code=2,
+        )
     return box
 
 
@@ -108,7 +112,7 @@ class GridSource(Source):
     def detect(self, root: Path) -> bool:
         return False  # recognised by its files' contents only (``claims``)
 
-    def configure(self, **options) -> "GridSource":
+    def configure(self, **options) -> GridSource:
         super().configure(**options)
         changes = {k: v for k, v in options.items() if v is not None}
         if "crop" in changes:
@@ -118,7 +122,9 @@ class GridSource(Source):
         if "block" in changes:
             block = changes["block"]
             if isinstance(block, bool) or not isinstance(block, (int, np.integer)) or block < 1:
-                raise NowcastError(f"--block must be a whole number of pixels >= 1, got {block!r}", exit_code=2)
+                raise NowcastError(
+                    f"--block must be a whole number of pixels >= 1, got {block!r}", exit_code=2
+                )
             changes["block"] = int(block)
         if isinstance(changes.get("source_grid"), dict):
             changes["source_grid"] = Grid.from_attrs(changes["source_grid"])
@@ -135,10 +141,14 @@ class GridSource(Source):
 
     def settings(self) -> dict:
         grid = self.grid
-        return {"variable": self.variable, "crop": list(self.crop) if self.crop else None, "block": self.block,
-                "zr": self.zr.to_attrs(),
-                "source_grid": self.source_grid.to_attrs() if self.source_grid is not None else None,
-                "grid": grid.to_attrs() if grid is not None else None}
+        return {
+            "variable": self.variable,
+            "crop": list(self.crop) if self.crop else None,
+            "block": self.block,
+            "zr": self.zr.to_attrs(),
+            "source_grid": self.source_grid.to_attrs() if self.source_grid is not None else None,
+            "grid": grid.to_attrs() if grid is not None else None,
+        }
 
     # ------------------------------------------------------------------ listing
     def list_frames(self, root: Path) -> Listing:
@@ -165,16 +175,22 @@ class GridSource(Source):
             for index, time_s in enumerate(info.times_s):
                 claims.setdefault(int(time_s), []).append(FrameRef(int(time_s), rel, index))
         reader = replace(self, variable=variable)  # duplicates are compared on the settled variable
-        chosen, dup = resolve_duplicates(claims, same=lambda a, b: reader._same_frame(root, a, b),
-                                         path=lambda ref: ref.path)
+        chosen, dup = resolve_duplicates(
+            claims, same=lambda a, b: reader._same_frame(root, a, b), path=lambda ref: ref.path
+        )
         settled = {} if grid is None else {"variable": variable, "source_grid": grid}
         return Listing(sorted(chosen.values()), bad + dup, settled)
 
     def _same_frame(self, root: Path, a: FrameRef, b: FrameRef) -> bool:
         """True when two frames hold the same values, mask and grid."""
         (fa,), (fb,) = self.read_raw(root / a.path, [a.index]), self.read_raw(root / b.path, [b.index])
-        return (fa.ok and fb.ok and fa.grid.matches(fb.grid) and np.array_equal(fa.mask, fb.mask)
-                and np.array_equal(fa.dbz, fb.dbz, equal_nan=True))
+        return (
+            fa.ok
+            and fb.ok
+            and fa.grid.matches(fb.grid)
+            and np.array_equal(fa.mask, fb.mask)
+            and np.array_equal(fa.dbz, fb.dbz, equal_nan=True)
+        )
 
     def frame_shape(self, root: Path, listing: Listing) -> tuple[int, int]:
         """The stored (H, W): the settled grid, cropped and block-averaged."""
@@ -187,8 +203,9 @@ class GridSource(Source):
     def read_frame(self, root: Path, ref: FrameRef, shape: tuple[int, int] | None = None) -> Frame:
         return next(self.read_frames(root, [ref], shape))
 
-    def read_frames(self, root: Path, refs: Sequence[FrameRef],
-                    shape: tuple[int, int] | None = None) -> Iterator[Frame]:
+    def read_frames(
+        self, root: Path, refs: Sequence[FrameRef], shape: tuple[int, int] | None = None
+    ) -> Iterator[Frame]:
         root = Path(root)
         for rel, group in groupby(refs, key=lambda ref: ref.path):
             group = list(group)
@@ -200,8 +217,10 @@ class GridSource(Source):
         if not raw.ok:
             return Frame.bad(raw.reason)
         if raw.time_s != ref.time_s:
-            return Frame.bad(f"the frame's time changed since the archive was listed ({raw.time_s} s, "
-                             f"listed {ref.time_s} s)")
+            return Frame.bad(
+                f"the frame's time changed since the archive was listed ({raw.time_s} s, "
+                f"listed {ref.time_s} s)"
+            )
         diff = _difference(self.source_grid, raw.grid)
         if diff is not None:
             return Frame.bad(diff)

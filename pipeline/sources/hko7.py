@@ -8,6 +8,7 @@ Layout (relative to the archive root)::
 File-name times are read as UTC (int seconds since the Unix epoch). The frames are already in the
 stored pixel encoding (``pipeline.sources.base.PIXEL_ENCODING``), so reading is decoding only.
 """
+
 from __future__ import annotations
 
 import filecmp
@@ -22,14 +23,24 @@ import numpy as np
 from PIL import Image, PngImagePlugin  # noqa: F401 (the PNG decoder, loaded with the module, not at the first frame)
 
 from pipeline.errors import NowcastError
-from pipeline.sources.base import (Frame, FrameRef, Listing, Source, one_line, resolve_duplicates, sample_frames,
-                                   walk_files)
+from pipeline.sources.base import (
+    Frame,
+    FrameRef,
+    Listing,
+    Source,
+    one_line,
+    resolve_duplicates,
+    sample_frames,
+    walk_files,
+)
 
 FRAME_DIR = "radarPNG"
 MASK_DIR = "radarPNG_mask"
 FRAME_SUFFIX = ".png"
 MASK_SUFFIX = ".mask"
-_NAME_RE = re.compile(r"^RAD([0-9]{2})([0-9]{2})([0-9]{2})([0-9]{2})([0-9]{2})([0-9]{2})$")  # ASCII digits only
+_NAME_RE = re.compile(
+    r"^RAD([0-9]{2})([0-9]{2})([0-9]{2})([0-9]{2})([0-9]{2})([0-9]{2})$"
+)  # ASCII digits only
 #: Largest frame decoded when the expected size is not known (the header is checked before decoding).
 MAX_FRAME_PIXELS = 4096 * 4096
 
@@ -99,7 +110,9 @@ def decode_frame(data: bytes, shape: tuple[int, int] | None = None) -> np.ndarra
             if shape is not None and (height, width) != tuple(shape):
                 raise FrameDecodeError(f"image size {(height, width)}, expected {tuple(shape)}")
             if height * width > MAX_FRAME_PIXELS:
-                raise FrameDecodeError(f"image size {(height, width)} is larger than {MAX_FRAME_PIXELS} pixels")
+                raise FrameDecodeError(
+                    f"image size {(height, width)} is larger than {MAX_FRAME_PIXELS} pixels"
+                )
             img.load()
             arr = np.asarray(img, dtype=np.uint8)
     except FrameDecodeError:
@@ -151,7 +164,12 @@ class MaskCache:
     def decode(self, data: bytes, shape: tuple[int, int]) -> np.ndarray:
         """``decode_mask(data, shape)``, reusing the previous result for identical bytes.
         The returned array is shared with the cache: callers copy it (e.g. into the unit array)."""
-        if self.data is not None and self.mask is not None and self.mask.shape == tuple(shape) and data == self.data:
+        if (
+            self.data is not None
+            and self.mask is not None
+            and self.mask.shape == tuple(shape)
+            and data == self.data
+        ):
             self.hits += 1
             return self.mask
         mask = decode_mask(data, shape)  # raises before the cache changes: a bad file is never cached
@@ -184,21 +202,29 @@ class Hko7Source(Source):
         """
         root = Path(root)
         if not self.detect(root):
-            raise NowcastError(f"{root} is not {self.hint}; pass the archive root, e.g. one made by `nowcast synth`")
+            raise NowcastError(
+                f"{root} is not {self.hint}; pass the archive root, e.g. one made by `nowcast synth`"
+            )
         bad: list[dict] = []
         found: dict[str, dict[int, str]] = {}
-        for kind, sub, suffix, canon in (("frames", FRAME_DIR, FRAME_SUFFIX, frame_path),
-                                         ("masks", MASK_DIR, MASK_SUFFIX, mask_path)):
+        for kind, sub, suffix, canon in (
+            ("frames", FRAME_DIR, FRAME_SUFFIX, frame_path),
+            ("masks", MASK_DIR, MASK_SUFFIX, mask_path),
+        ):
             claims: dict[int, list[str]] = {}
             for rel in walk_files(root, sub, bad, (FRAME_SUFFIX, MASK_SUFFIX)):
                 t = time_from_name(rel) if rel.endswith(suffix) else None
                 if t is None:
-                    bad.append({"path": rel, "reason": f"file name does not parse as RADyymmddHHMM00{suffix}"})
+                    bad.append(
+                        {"path": rel, "reason": f"file name does not parse as RADyymmddHHMM00{suffix}"}
+                    )
                     continue
                 claims.setdefault(t, []).append(rel)
             found[kind], dup = resolve_duplicates(
-                claims, same=lambda a, b: filecmp.cmp(root / a, root / b, shallow=False),
-                canonical=lambda t, rel, canon=canon: Path(rel) == canon(Path("."), t))
+                claims,
+                same=lambda a, b: filecmp.cmp(root / a, root / b, shallow=False),
+                canonical=lambda t, rel, canon=canon: Path(rel) == canon(Path("."), t),
+            )
             bad += dup
         masks = found["masks"]
         frames = [FrameRef(t, rel, mask_path=masks.get(t)) for t, rel in sorted(found["frames"].items())]
@@ -207,8 +233,9 @@ class Hko7Source(Source):
     def read_frame(self, root: Path, ref: FrameRef, shape: tuple[int, int] | None = None) -> Frame:
         return self._read(Path(root), ref, shape, None)
 
-    def read_frames(self, root: Path, refs: Sequence[FrameRef],
-                    shape: tuple[int, int] | None = None) -> Iterator[Frame]:
+    def read_frames(
+        self, root: Path, refs: Sequence[FrameRef], shape: tuple[int, int] | None = None
+    ) -> Iterator[Frame]:
         """Like :meth:`read_frame`, decoding a mask only when its bytes differ from the previous one
         (the returned mask may then be shared between frames: copy it, do not modify it)."""
         cache = MaskCache()

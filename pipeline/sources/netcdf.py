@@ -33,13 +33,14 @@ time, lead time, the grid and its grid-mapping variable; xarray, GIS tools and
 
 Readers report a bad file as a reason string, never as an exception.
 """
+
 from __future__ import annotations
 
 import functools
 import os
 import tempfile
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from os import PathLike
 from pathlib import Path
 from typing import Any
@@ -63,11 +64,22 @@ RAIN_NAMES = ("rainfall_rate", "lwe_precipitation_rate", "precipitation_flux", "
 #: Rain-rate units (normalised: lower case, no spaces, ``**``/``^`` removed, ``hr`` -> ``h``) -> factor
 #: to mm/h. 1 kg m-2 of water is 1 mm.
 RAIN_UNITS_TO_MM_H = {
-    "mm/h": 1.0, "mmh-1": 1.0, "kgm-2h-1": 1.0, "kg/m2/h": 1.0,
-    "mm/min": 60.0, "mmmin-1": 60.0,
-    "mm/s": 3600.0, "mms-1": 3600.0, "kgm-2s-1": 3600.0, "kg/m2/s": 3600.0,
-    "m/s": 3.6e6, "ms-1": 3.6e6,
-    "mm/d": 1 / 24, "mmd-1": 1 / 24, "mm/day": 1 / 24, "mmday-1": 1 / 24,
+    "mm/h": 1.0,
+    "mmh-1": 1.0,
+    "kgm-2h-1": 1.0,
+    "kg/m2/h": 1.0,
+    "mm/min": 60.0,
+    "mmmin-1": 60.0,
+    "mm/s": 3600.0,
+    "mms-1": 3600.0,
+    "kgm-2s-1": 3600.0,
+    "kg/m2/s": 3600.0,
+    "m/s": 3.6e6,
+    "ms-1": 3.6e6,
+    "mm/d": 1 / 24,
+    "mmd-1": 1 / 24,
+    "mm/day": 1 / 24,
+    "mmday-1": 1 / 24,
 }
 #: Reflectivity units (normalised) in dBZ, and linear Z in mm^6 m^-3.
 DBZ_UNITS = ("dbz",)
@@ -79,7 +91,7 @@ SPACING_TOLERANCE = 1e-2
 #: Fill value of the forecast writer's rain-rate variable.
 FILL_VALUE = -9999.0
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _X_NAMES = ("projection_x_coordinate", "longitude", "grid_longitude")
 _Y_NAMES = ("projection_y_coordinate", "latitude", "grid_latitude")
 
@@ -101,11 +113,15 @@ def is_netcdf(path: str | PathLike) -> bool:
             return False
         with h5py.File(path, "r") as f:
             conventions = f.attrs.get("Conventions", b"")
-            conventions = conventions.decode("ascii", "replace") if isinstance(conventions, bytes) else str(conventions)
+            conventions = (
+                conventions.decode("ascii", "replace") if isinstance(conventions, bytes) else str(conventions)
+            )
             if conventions.startswith("ODIM_H5") or ("what" in f and "object" in f["what"].attrs):
                 return False
             return "_NCProperties" in f.attrs or any(
-                isinstance(item, h5py.Dataset) and item.attrs.get("CLASS") == b"DIMENSION_SCALE" for item in f.values())
+                isinstance(item, h5py.Dataset) and item.attrs.get("CLASS") == b"DIMENSION_SCALE"
+                for item in f.values()
+            )
     except Exception:
         return False
 
@@ -132,8 +148,9 @@ def scan_file(path: str | PathLike, variable: str | None = None) -> FileInfo:
         return FileInfo.bad(f"unreadable NetCDF file: {one_line(exc)}")
 
 
-def read_frames(path: str | PathLike, indices: list[int] | None = None, *, variable: str | None = None,
-                zr: ZR = ZR()) -> list[RawFrame]:
+def read_frames(
+    path: str | PathLike, indices: list[int] | None = None, *, variable: str | None = None, zr: ZR = ZR()
+) -> list[RawFrame]:
     """Read frames of a CF-NetCDF file as dBZ + validity mask, opening the file once.
 
     Parameters
@@ -162,7 +179,9 @@ def read_frames(path: str | PathLike, indices: list[int] | None = None, *, varia
     return [RawFrame.bad(reason) for _ in (indices if indices is not None else [0])]
 
 
-def read_frame(path: str | PathLike, index: int = 0, *, variable: str | None = None, zr: ZR = ZR()) -> RawFrame:
+def read_frame(
+    path: str | PathLike, index: int = 0, *, variable: str | None = None, zr: ZR = ZR()
+) -> RawFrame:
     """Read frame ``index`` (position along the time axis) of a CF-NetCDF file; see :func:`read_frames`."""
     return read_frames(path, [index], variable=variable, zr=zr)[0]
 
@@ -193,9 +212,13 @@ def decode_times_s(values: np.ndarray, units: str, calendar: str = "standard") -
         if calendar in REAL_CALENDARS:
             date = date.change_calendar("proleptic_gregorian")
         try:
-            when = datetime(date.year, date.month, date.day, date.hour, date.minute, date.second, tzinfo=timezone.utc)
+            when = datetime(
+                date.year, date.month, date.day, date.hour, date.minute, date.second, tzinfo=UTC
+            )
         except ValueError:
-            raise ValueError(f"time {date} ({calendar} calendar) is not a date of the Gregorian calendar") from None
+            raise ValueError(
+                f"time {date} ({calendar} calendar) is not a date of the Gregorian calendar"
+            ) from None
         out[i] = round((when - _EPOCH).total_seconds() + date.microsecond / 1e6)
     return out
 
@@ -234,8 +257,10 @@ def _kind(var: xr.DataArray) -> _Kind | None:
     if units in RAIN_UNITS_TO_MM_H:
         return _Kind("rain", RAIN_UNITS_TO_MM_H[units])
     if standard_name in REFLECTIVITY_NAMES + RAIN_NAMES:
-        raise _Bad(f"variable {var.name} ({standard_name}) has units {var.attrs.get('units', '(none)')!r}: "
-                   "need dBZ or mm6 m-3 for reflectivity, a rain rate such as mm/h or kg m-2 s-1 for rain")
+        raise _Bad(
+            f"variable {var.name} ({standard_name}) has units {var.attrs.get('units', '(none)')!r}: "
+            "need dBZ or mm6 m-3 for reflectivity, a rain rate such as mm/h or kg m-2 s-1 for rain"
+        )
     return None
 
 
@@ -250,15 +275,19 @@ class _Layout:
         self.other_dims = [d for d in var.dims if d not in (self.time_dim, self.y_dim, self.x_dim)]
         big = [f"{d}={var.sizes[d]}" for d in self.other_dims if var.sizes[d] != 1]
         if big:
-            raise _Bad(f"variable {self.name} has dimensions {var.dims}: only time, y, x (and others of size 1) "
-                       f"are allowed, not {', '.join(big)}")
+            raise _Bad(
+                f"variable {self.name} has dimensions {var.dims}: only time, y, x (and others of size 1) "
+                f"are allowed, not {', '.join(big)}"
+            )
         self.grid, self.flip_y, self.flip_x = _grid(ds, var, self.y_dim, self.x_dim)
         self.valid_min, self.valid_max = _valid_limits(var)
 
     def read(self, ds: xr.Dataset, index: int, zr: ZR) -> RawFrame:
         """Frame ``index`` as dBZ + mask (a bad frame for an index out of range)."""
         if not 0 <= index < len(self.times_s):
-            return RawFrame.bad(f"frame {index} asked for, the file holds {len(self.times_s)}", quantity=self.name)
+            return RawFrame.bad(
+                f"frame {index} asked for, the file holds {len(self.times_s)}", quantity=self.name
+            )
         var = ds[self.name]
         select = {d: 0 for d in self.other_dims}
         if self.time_dim is not None:
@@ -266,7 +295,9 @@ class _Layout:
         try:
             value = np.asarray(var.isel(select).transpose(self.y_dim, self.x_dim).values, dtype=np.float64)
         except Exception as exc:
-            return RawFrame.bad(f"cannot read {self.name}[{index}]: {one_line(exc)}", self.times_s[index], self.name)
+            return RawFrame.bad(
+                f"cannot read {self.name}[{index}]: {one_line(exc)}", self.times_s[index], self.name
+            )
         if self.flip_y:
             value = value[::-1]
         if self.flip_x:
@@ -304,11 +335,15 @@ def _valid_limits(var: xr.DataArray) -> tuple[float | None, float | None]:
 def _choose_variable(ds: xr.Dataset, variable: str | None) -> tuple[str, _Kind]:
     if variable is not None:
         if variable not in ds.variables:
-            raise _Bad(f"no variable {variable!r} in the file (it holds {', '.join(map(str, ds.data_vars)) or 'none'})")
+            raise _Bad(
+                f"no variable {variable!r} in the file (it holds {', '.join(map(str, ds.data_vars)) or 'none'})"
+            )
         kind = _kind(ds[variable])
         if kind is None:
-            raise _Bad(f"variable {variable} has units {ds[variable].attrs.get('units', '(none)')!r}: need "
-                       "dBZ, mm6 m-3 or a rain rate such as mm/h, kg m-2 s-1")
+            raise _Bad(
+                f"variable {variable} has units {ds[variable].attrs.get('units', '(none)')!r}: need "
+                "dBZ, mm6 m-3 or a rain rate such as mm/h, kg m-2 s-1"
+            )
         return variable, kind
     found = {}
     for name, var in ds.data_vars.items():
@@ -317,8 +352,10 @@ def _choose_variable(ds: xr.Dataset, variable: str | None) -> tuple[str, _Kind]:
             if kind is not None:
                 found[str(name)] = kind
     if not found:
-        raise _Bad("no reflectivity or rain-rate variable: need standard_name "
-                   f"{' or '.join(REFLECTIVITY_NAMES + RAIN_NAMES)}, or units dBZ, mm/h, kg m-2 s-1")
+        raise _Bad(
+            "no reflectivity or rain-rate variable: need standard_name "
+            f"{' or '.join(REFLECTIVITY_NAMES + RAIN_NAMES)}, or units dBZ, mm/h, kg m-2 s-1"
+        )
     reflectivity = {n: k for n, k in found.items() if k.kind in ("dbz", "z")}
     if len(found) > 1 and len(reflectivity) == 1:
         found = reflectivity
@@ -337,19 +374,30 @@ def _times(ds: xr.Dataset, var: xr.DataArray) -> tuple[str | None, np.ndarray]:
     if time_dim is not None:
         time_var = ds[time_dim]
     else:
-        scalars = [ds[c] for c in list(var.coords) + ["time"] if c in ds.variables and ds[c].ndim == 0
-                   and _is_time(ds[c])]
+        scalars = [
+            ds[c]
+            for c in list(var.coords) + ["time"]
+            if c in ds.variables and ds[c].ndim == 0 and _is_time(ds[c])
+        ]
         if not scalars:
-            raise _Bad(f"variable {var.name} has no time: need a time coordinate with units '<unit> since <date>'")
+            raise _Bad(
+                f"variable {var.name} has no time: need a time coordinate with units '<unit> since <date>'"
+            )
         time_var = scalars[0]
     try:
-        times_s = decode_times_s(time_var.values, time_var.attrs["units"], time_var.attrs.get("calendar", "standard"))
+        times_s = decode_times_s(
+            time_var.values, time_var.attrs["units"], time_var.attrs.get("calendar", "standard")
+        )
     except Exception as exc:
-        raise _Bad(f"cannot decode {time_var.name} ({time_var.attrs.get('units')!r}, calendar "
-                   f"{time_var.attrs.get('calendar', 'standard')!r}): {one_line(exc)}") from exc
+        raise _Bad(
+            f"cannot decode {time_var.name} ({time_var.attrs.get('units')!r}, calendar "
+            f"{time_var.attrs.get('calendar', 'standard')!r}): {one_line(exc)}"
+        ) from exc
     if times_s.size > 1 and not np.all(np.diff(times_s) > 0):
         i = int(np.argmin(np.diff(times_s) > 0))
-        raise _Bad(f"time is not strictly increasing: {_iso(times_s[i])} is followed by {_iso(times_s[i + 1])}")
+        raise _Bad(
+            f"time is not strictly increasing: {_iso(times_s[i])} is followed by {_iso(times_s[i + 1])}"
+        )
     return time_dim, times_s
 
 
@@ -375,8 +423,10 @@ def _spatial_dims(ds: xr.Dataset, var: xr.DataArray, time_dim: str | None) -> tu
     ys = [d for d in dims if _axis_of(ds, d) == "y"]
     if len(xs) != 1 or len(ys) != 1:
         if len(dims) < 2 or xs or ys:
-            raise _Bad(f"variable {var.name} has dimensions {var.dims}: need one y and one x dimension "
-                       "(coordinates with axis Y/X or projection_y/x_coordinate, latitude/longitude)")
+            raise _Bad(
+                f"variable {var.name} has dimensions {var.dims}: need one y and one x dimension "
+                "(coordinates with axis Y/X or projection_y/x_coordinate, latitude/longitude)"
+            )
         ys, xs = [dims[-2]], [dims[-1]]  # CF recommends the order T, Z, Y, X
     for d in (ys[0], xs[0]):
         if d not in ds.variables:
@@ -403,7 +453,9 @@ def _grid_mapping_crs(ds: xr.Dataset, var: xr.DataArray, x_var: xr.DataArray) ->
 
 def _hashable(attrs: dict[str, Any]) -> tuple:
     """Attributes as a sorted tuple of (name, value) with arrays as tuples (a cache key)."""
-    return tuple(sorted((k, tuple(np.ravel(v).tolist()) if isinstance(v, np.ndarray) else v) for k, v in attrs.items()))
+    return tuple(
+        sorted((k, tuple(np.ravel(v).tolist()) if isinstance(v, np.ndarray) else v) for k, v in attrs.items())
+    )
 
 
 @functools.lru_cache(maxsize=64)
@@ -420,8 +472,9 @@ def _crs84() -> pyproj.CRS:
 
 
 @functools.lru_cache(maxsize=64)
-def _make_grid(crs: pyproj.CRS, shape: tuple[int, int], x_left: float, y_top: float, x_step: float,
-               y_step: float) -> Grid:
+def _make_grid(
+    crs: pyproj.CRS, shape: tuple[int, int], x_left: float, y_top: float, x_step: float, y_step: float
+) -> Grid:
     return Grid.from_crs(crs, shape, x_left, y_top, x_step, y_step)
 
 
@@ -436,7 +489,15 @@ def _grid(ds: xr.Dataset, var: xr.DataArray, y_dim: str, x_dim: str) -> tuple[Gr
             raise _Bad(f"coordinate {dim} needs at least 2 finite values to give the pixel size")
         units = _normalise_units(coord.attrs.get("units", ""))
         if crs.is_projected:
-            factor = {"": 1.0, "m": 1.0, "metre": 1.0, "meter": 1.0, "metres": 1.0, "meters": 1.0, "km": 1000.0}.get(units)
+            factor = {
+                "": 1.0,
+                "m": 1.0,
+                "metre": 1.0,
+                "meter": 1.0,
+                "metres": 1.0,
+                "meters": 1.0,
+                "km": 1000.0,
+            }.get(units)
             if factor is None:
                 raise _Bad(f"coordinate {dim} has units {coord.attrs.get('units')!r}: need m or km")
             values = values * factor
@@ -446,8 +507,14 @@ def _grid(ds: xr.Dataset, var: xr.DataArray, y_dim: str, x_dim: str) -> tuple[Gr
         centres[axis] = values
     x, y = centres["x"], centres["y"]
     x_step, y_step = abs(x[-1] - x[0]) / (x.size - 1), abs(y[-1] - y[0]) / (y.size - 1)
-    grid = _make_grid(crs, (y.size, x.size), float(x.min() - x_step / 2), float(y.max() + y_step / 2),
-                      float(x_step), float(y_step))
+    grid = _make_grid(
+        crs,
+        (y.size, x.size),
+        float(x.min() - x_step / 2),
+        float(y.max() + y_step / 2),
+        float(x_step),
+        float(y_step),
+    )
     return grid, bool(y[-1] > y[0]), bool(x[-1] < x[0])
 
 
@@ -455,9 +522,18 @@ def _grid(ds: xr.Dataset, var: xr.DataArray, y_dim: str, x_dim: str) -> tuple[Gr
 # Forecast writer
 # ---------------------------------------------------------------------------------------------------
 
-def write_forecast(path: str | PathLike, rain_mm_h: np.ndarray, grid: Grid, issue_time_s: int,
-                   lead_times_s: np.ndarray, *, mask: np.ndarray | None = None, overwrite: bool = False,
-                   attrs: dict[str, str] | None = None) -> Path:
+
+def write_forecast(
+    path: str | PathLike,
+    rain_mm_h: np.ndarray,
+    grid: Grid,
+    issue_time_s: int,
+    lead_times_s: np.ndarray,
+    *,
+    mask: np.ndarray | None = None,
+    overwrite: bool = False,
+    attrs: dict[str, str] | None = None,
+) -> Path:
     """Write a rain-rate forecast as a CF-1.8 NetCDF-4 file.
 
     Contents: ``precip_intensity`` (time, y, x) float32 in mm h-1 (standard_name ``rainfall_rate``,
@@ -485,20 +561,34 @@ def write_forecast(path: str | PathLike, rain_mm_h: np.ndarray, grid: Grid, issu
     path = Path(path)
     rain_mm_h = np.asarray(rain_mm_h, dtype=np.float32)
     lead_times_s = np.asarray(lead_times_s, dtype=np.int64).reshape(-1)
-    if rain_mm_h.ndim != 3 or rain_mm_h.shape[1:] != tuple(grid.shape) or rain_mm_h.shape[0] != lead_times_s.size:
-        raise ValueError(f"rain_mm_h {rain_mm_h.shape} must be (L, H, W) with L = {lead_times_s.size} lead times "
-                         f"and (H, W) = {tuple(grid.shape)}")
+    if (
+        rain_mm_h.ndim != 3
+        or rain_mm_h.shape[1:] != tuple(grid.shape)
+        or rain_mm_h.shape[0] != lead_times_s.size
+    ):
+        raise ValueError(
+            f"rain_mm_h {rain_mm_h.shape} must be (L, H, W) with L = {lead_times_s.size} lead times "
+            f"and (H, W) = {tuple(grid.shape)}"
+        )
     valid = np.isfinite(rain_mm_h)
     if mask is not None:
         valid &= np.broadcast_to(np.asarray(mask, dtype=bool), rain_mm_h.shape)
     if (path.exists() or path.is_symlink()) and not overwrite:
         raise NowcastError(f"{path} exists: remove it or choose another output path")
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)  # a new file, no symlink
+    fd, tmp_name = tempfile.mkstemp(
+        prefix=f".{path.name}.", suffix=".tmp", dir=path.parent
+    )  # a new file, no symlink
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        _write(tmp, np.where(valid, rain_mm_h, FILL_VALUE).astype(np.float32), grid, int(issue_time_s),
-               lead_times_s, attrs or {})
+        _write(
+            tmp,
+            np.where(valid, rain_mm_h, FILL_VALUE).astype(np.float32),
+            grid,
+            int(issue_time_s),
+            lead_times_s,
+            attrs or {},
+        )
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -506,26 +596,51 @@ def write_forecast(path: str | PathLike, rain_mm_h: np.ndarray, grid: Grid, issu
     return path
 
 
-def _write(path: Path, rain_mm_h: np.ndarray, grid: Grid, issue_time_s: int, lead_times_s: np.ndarray,
-           attrs: dict[str, str]) -> None:
+def _write(
+    path: Path,
+    rain_mm_h: np.ndarray,
+    grid: Grid,
+    issue_time_s: int,
+    lead_times_s: np.ndarray,
+    attrs: dict[str, str],
+) -> None:
     n_lead, height, width = rain_mm_h.shape
-    issue = datetime.fromtimestamp(issue_time_s, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    issue = datetime.fromtimestamp(issue_time_s, UTC).strftime("%Y-%m-%d %H:%M:%S")
     gm_name, gm_attrs = grid.to_cf()
     geographic = grid.crs.is_geographic
     with netCDF4.Dataset(path, "w", format="NETCDF4") as nc:
-        nc.setncatts({"Conventions": "CF-1.8", "title": "precipitation nowcast", "source": "nowcast",
-                      **{k: str(v) for k, v in attrs.items()}})
+        nc.setncatts(
+            {
+                "Conventions": "CF-1.8",
+                "title": "precipitation nowcast",
+                "source": "nowcast",
+                **{k: str(v) for k, v in attrs.items()},
+            }
+        )
         nc.createDimension("time", n_lead)
         nc.createDimension("y", height)
         nc.createDimension("x", width)
 
         time = nc.createVariable("time", "i8", ("time",))
-        time.setncatts({"standard_name": "time", "long_name": "forecast valid time",
-                        "units": f"seconds since {issue}", "calendar": "standard", "axis": "T"})
+        time.setncatts(
+            {
+                "standard_name": "time",
+                "long_name": "forecast valid time",
+                "units": f"seconds since {issue}",
+                "calendar": "standard",
+                "axis": "T",
+            }
+        )
         time[:] = lead_times_s
         ref = nc.createVariable("forecast_reference_time", "i8", ())
-        ref.setncatts({"standard_name": "forecast_reference_time", "long_name": "forecast issue time",
-                       "units": "seconds since 1970-01-01 00:00:00", "calendar": "standard"})
+        ref.setncatts(
+            {
+                "standard_name": "forecast_reference_time",
+                "long_name": "forecast issue time",
+                "units": "seconds since 1970-01-01 00:00:00",
+                "calendar": "standard",
+            }
+        )
         ref.assignValue(issue_time_s)
         lead = nc.createVariable("lead_time", "i8", ("time",))
         lead.setncatts({"standard_name": "forecast_period", "long_name": "lead time", "units": "s"})
@@ -534,11 +649,22 @@ def _write(path: Path, rain_mm_h: np.ndarray, grid: Grid, issue_time_s: int, lea
         for name, dim, values, axis in (("x", "x", grid.x_centres(), "X"), ("y", "y", grid.y_centres(), "Y")):
             coord = nc.createVariable(name, "f8", (dim,))
             if geographic:
-                coord.setncatts({"standard_name": "longitude" if axis == "X" else "latitude",
-                                 "units": "degrees_east" if axis == "X" else "degrees_north", "axis": axis})
+                coord.setncatts(
+                    {
+                        "standard_name": "longitude" if axis == "X" else "latitude",
+                        "units": "degrees_east" if axis == "X" else "degrees_north",
+                        "axis": axis,
+                    }
+                )
             else:
-                coord.setncatts({"standard_name": f"projection_{name}_coordinate", "units": "m", "axis": axis,
-                                 "long_name": f"{name} of the pixel centre in the projection"})
+                coord.setncatts(
+                    {
+                        "standard_name": f"projection_{name}_coordinate",
+                        "units": "m",
+                        "axis": axis,
+                        "long_name": f"{name} of the pixel centre in the projection",
+                    }
+                )
             coord[:] = values
 
         coordinates = None
@@ -554,10 +680,23 @@ def _write(path: Path, rain_mm_h: np.ndarray, grid: Grid, issue_time_s: int, lea
         gm = nc.createVariable(gm_name, "i4", ())
         gm.setncatts(gm_attrs)
 
-        precip = nc.createVariable("precip_intensity", "f4", ("time", "y", "x"), zlib=True, complevel=4,
-                                   chunksizes=(1, height, width), fill_value=np.float32(FILL_VALUE))
-        precip.setncatts({"standard_name": "rainfall_rate", "long_name": "forecast rain rate",
-                          "units": "mm h-1", "grid_mapping": gm_name})
+        precip = nc.createVariable(
+            "precip_intensity",
+            "f4",
+            ("time", "y", "x"),
+            zlib=True,
+            complevel=4,
+            chunksizes=(1, height, width),
+            fill_value=np.float32(FILL_VALUE),
+        )
+        precip.setncatts(
+            {
+                "standard_name": "rainfall_rate",
+                "long_name": "forecast rain rate",
+                "units": "mm h-1",
+                "grid_mapping": gm_name,
+            }
+        )
         if coordinates:
             precip.coordinates = coordinates
         precip.set_auto_mask(False)

@@ -22,10 +22,11 @@ What is read
 
 Every function here reports a bad file as a reason string, never as an exception.
 """
+
 from __future__ import annotations
 
 import functools
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from os import PathLike
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,17 @@ CARTESIAN_OBJECTS = ("COMP", "IMAGE")
 CORNER_TOLERANCE_PX = 1.0
 #: The attributes read (h5py reads each attribute for ~0.1 ms: the others are left alone).
 _TOP_WHAT_KEYS = ("object", "date", "time")
-_WHAT_KEYS = ("quantity", "gain", "offset", "nodata", "undetect", "startdate", "starttime", "enddate", "endtime")
+_WHAT_KEYS = (
+    "quantity",
+    "gain",
+    "offset",
+    "nodata",
+    "undetect",
+    "startdate",
+    "starttime",
+    "enddate",
+    "endtime",
+)
 _WHERE_KEYS = ("projdef", "xsize", "ysize", "xscale", "yscale", "LL_lon", "LL_lat", "UR_lon", "UR_lat")
 
 
@@ -91,7 +102,9 @@ def scan_file(path: str | PathLike, quantity: str | None = None) -> FileInfo:
         return FileInfo.bad(f"unreadable ODIM_H5 file: {one_line(exc)}")
 
 
-def read_frame(path: str | PathLike, index: int = 0, *, quantity: str | None = None, zr: ZR = ZR()) -> RawFrame:
+def read_frame(
+    path: str | PathLike, index: int = 0, *, quantity: str | None = None, zr: ZR = ZR()
+) -> RawFrame:
     """Read the frame of an ODIM_H5 file as dBZ + validity mask.
 
     Parameters
@@ -128,8 +141,9 @@ def read_file(path: str | PathLike, *, quantity: str | None = None, zr: ZR = ZR(
     return [read_frame(path, 0, quantity=quantity, zr=zr)]
 
 
-def scale(raw: np.ndarray, gain: float, offset: float, nodata: float | None,
-          undetect: float | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def scale(
+    raw: np.ndarray, gain: float, offset: float, nodata: float | None, undetect: float | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """ODIM raw values -> physical values.
 
     Parameters
@@ -164,8 +178,10 @@ class _Product:
         top_what = _attrs(f, "what", cache, _TOP_WHAT_KEYS)
         obj = _text(top_what.get("object", b""))
         if obj not in CARTESIAN_OBJECTS:
-            raise _Bad(f"what/object is {obj or 'missing'!r}: only 2-D Cartesian products "
-                       f"({', '.join(CARTESIAN_OBJECTS)}) can be ingested")
+            raise _Bad(
+                f"what/object is {obj or 'missing'!r}: only 2-D Cartesian products "
+                f"({', '.join(CARTESIAN_OBJECTS)}) can be ingested"
+            )
         self.time_s = _datetime_s(top_what, "date", "time", "what")
         dataset, data, self.quantity = _choose(f, quantity, cache)
         self.what = {**_attrs(dataset, "what", cache, _WHAT_KEYS), **_attrs(data, "what", cache, _WHAT_KEYS)}
@@ -178,8 +194,10 @@ class _Product:
             raise _Bad(f"{self.data.name} holds {self.data.dtype}, not numbers")
         self.grid = _grid(f, dataset, cache)
         if tuple(self.data.shape) != self.grid.shape:
-            raise _Bad(f"{self.data.name} is {self.data.shape[0]}x{self.data.shape[1]} but where/ysize x xsize "
-                       f"says {self.grid.shape[0]}x{self.grid.shape[1]}")
+            raise _Bad(
+                f"{self.data.name} is {self.data.shape[0]}x{self.data.shape[1]} but where/ysize x xsize "
+                f"says {self.grid.shape[0]}x{self.grid.shape[1]}"
+            )
         self.period_h = _accumulation_h(self.what) if self.quantity == "ACRR" else None
 
     def to_dbz(self, raw: np.ndarray, zr: ZR) -> tuple[np.ndarray, np.ndarray]:
@@ -188,7 +206,11 @@ class _Product:
         Integer images of up to 16 bits (the usual ODIM storage) go through a table of every raw level,
         computed with the same arithmetic: the same result at a fraction of the per-pixel cost."""
         raw = np.asarray(raw)
-        if raw.dtype.kind in "ui" and raw.dtype.itemsize <= 2 and raw.size > 4 * 2 ** (8 * raw.dtype.itemsize):
+        if (
+            raw.dtype.kind in "ui"
+            and raw.dtype.itemsize <= 2
+            and raw.size > 4 * 2 ** (8 * raw.dtype.itemsize)
+        ):
             info = np.iinfo(raw.dtype)
             levels = np.arange(info.min, info.max + 1, dtype=np.int64)
             dbz_table, valid_table = self._to_dbz(levels.astype(np.float64), zr)
@@ -197,8 +219,13 @@ class _Product:
         return self._to_dbz(raw.astype(np.float64), zr)
 
     def _to_dbz(self, raw: np.ndarray, zr: ZR) -> tuple[np.ndarray, np.ndarray]:
-        value, valid, undetected = scale(raw, _number(self.what, "gain", 1.0), _number(self.what, "offset", 0.0),
-                                         _number(self.what, "nodata", None), _number(self.what, "undetect", None))
+        value, valid, undetected = scale(
+            raw,
+            _number(self.what, "gain", 1.0),
+            _number(self.what, "offset", 0.0),
+            _number(self.what, "nodata", None),
+            _number(self.what, "undetect", None),
+        )
         if self.quantity in DBZ_QUANTITIES:
             dbz = value
         else:
@@ -229,7 +256,7 @@ def _numbered(group: h5py.Group, prefix: str) -> list[h5py.Group]:
     """Subgroups ``prefix1``, ``prefix2``, ... of ``group`` in numeric order."""
     items = []
     for name, item in group.items():
-        suffix = name[len(prefix):]
+        suffix = name[len(prefix) :]
         if name.startswith(prefix) and suffix.isdigit() and isinstance(item, h5py.Group):
             items.append((int(suffix), item))
     return [item for _, item in sorted(items, key=lambda pair: pair[0])]
@@ -241,14 +268,28 @@ def _grid(f: h5py.File, dataset: h5py.Group, cache: dict) -> Grid:
     projdef = _text(where.get("projdef", b""))
     if not projdef:
         raise _Bad("where/projdef is missing: cannot place the grid")
-    return _grid_from_where(projdef, int(_required(where, "xsize")), int(_required(where, "ysize")),
-                            _number(where, "xscale", None), _number(where, "yscale", None),
-                            *(_required(where, key) for key in ("LL_lon", "LL_lat", "UR_lon", "UR_lat")))
+    return _grid_from_where(
+        projdef,
+        int(_required(where, "xsize")),
+        int(_required(where, "ysize")),
+        _number(where, "xscale", None),
+        _number(where, "yscale", None),
+        *(_required(where, key) for key in ("LL_lon", "LL_lat", "UR_lon", "UR_lat")),
+    )
 
 
 @functools.lru_cache(maxsize=64)
-def _grid_from_where(projdef: str, width: int, height: int, x_step: float | None, y_step: float | None,
-                     ll_lon: float, ll_lat: float, ur_lon: float, ur_lat: float) -> Grid:
+def _grid_from_where(
+    projdef: str,
+    width: int,
+    height: int,
+    x_step: float | None,
+    y_step: float | None,
+    ll_lon: float,
+    ll_lat: float,
+    ur_lon: float,
+    ur_lat: float,
+) -> Grid:
     """The grid of ``where`` attributes (cached: an archive repeats one grid, and building a pyproj
     transformation costs tens of milliseconds)."""
     try:
@@ -264,10 +305,15 @@ def _grid_from_where(projdef: str, width: int, height: int, x_step: float | None
     y_step = (y_top - y_bottom) / height if y_step is None else y_step
     if not (np.isfinite([x_left, x_right, y_top, y_bottom]).all() and x_step > 0 and y_step > 0):
         raise _Bad("where: corner coordinates cannot be projected, or xscale/yscale is not positive")
-    for axis, extent, size, step in (("x", x_right - x_left, width, x_step), ("y", y_top - y_bottom, height, y_step)):
+    for axis, extent, size, step in (
+        ("x", x_right - x_left, width, x_step),
+        ("y", y_top - y_bottom, height, y_step),
+    ):
         if abs(extent - size * step) > CORNER_TOLERANCE_PX * step:
-            raise _Bad(f"where: the corners span {extent:.6g} in {axis} but {axis}size * {axis}scale = "
-                       f"{size * step:.6g}")
+            raise _Bad(
+                f"where: the corners span {extent:.6g} in {axis} but {axis}size * {axis}scale = "
+                f"{size * step:.6g}"
+            )
     return Grid.from_crs(crs, (height, width), x_left, y_top, x_step, y_step, projdef=projdef)
 
 
@@ -276,7 +322,9 @@ def _accumulation_h(what: dict[str, Any]) -> float:
     start_s = _datetime_s(what, "startdate", "starttime", "dataset what")
     end_s = _datetime_s(what, "enddate", "endtime", "dataset what")
     if end_s <= start_s:
-        raise _Bad(f"ACRR accumulation period ends {end_s - start_s} s after it starts: need a positive period")
+        raise _Bad(
+            f"ACRR accumulation period ends {end_s - start_s} s after it starts: need a positive period"
+        )
     return (end_s - start_s) / 3600.0
 
 
@@ -284,13 +332,15 @@ def _datetime_s(what: dict[str, Any], date_key: str, time_key: str, where: str) 
     """``YYYYMMDD`` + ``HHmmss`` attributes -> epoch seconds (UTC)."""
     date, time = _text(what.get(date_key, b"")), _text(what.get(time_key, b""))
     try:
-        when = datetime.strptime(date + time, "%Y%m%d%H%M%S").replace(tzinfo=timezone.utc)
+        when = datetime.strptime(date + time, "%Y%m%d%H%M%S").replace(tzinfo=UTC)
     except ValueError:
         raise _Bad(f"{where} {date_key}/{time_key} = {date!r}/{time!r}: need YYYYMMDD and HHmmss") from None
     return int(when.timestamp())
 
 
-def _attrs(group: h5py.Group, name: str, cache: dict | None = None, keys: tuple[str, ...] | None = None) -> dict[str, Any]:
+def _attrs(
+    group: h5py.Group, name: str, cache: dict | None = None, keys: tuple[str, ...] | None = None
+) -> dict[str, Any]:
     """The attributes of ``group[name]`` as a dict ({} when there is no such group): all of them, or
     those of ``keys`` that exist; ``cache`` keeps them by path for the next call (with the same keys)."""
     key = f"{group.name}/{name}"

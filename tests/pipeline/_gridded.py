@@ -5,6 +5,7 @@ Values are chosen so that the stored pixel is known exactly: dBZ = -10 + 70 * p 
 p in 0..255 (ODIM: raw p, gain 70/255, offset -10; NetCDF: the dBZ as float32), so the store holds p
 where the mask is True and 0 where it is False (``nodata`` / NaN).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -26,8 +27,8 @@ class GriddedArchive:
     root: Path
     size: int
     grid: GridSpec
-    frames: dict = field(default_factory=dict)   # time_s -> uint8 (H, W), 0 where masked
-    masks: dict = field(default_factory=dict)    # time_s -> bool (H, W)
+    frames: dict = field(default_factory=dict)  # time_s -> uint8 (H, W), 0 where masked
+    masks: dict = field(default_factory=dict)  # time_s -> bool (H, W)
 
     def times_s(self) -> np.ndarray:
         return np.asarray(sorted(self.frames), dtype=np.int64)
@@ -55,15 +56,22 @@ def stamp(time_s: int) -> str:
     return np.datetime64(int(time_s), "s").astype(object).strftime("%Y%m%d%H%M%S")
 
 
-def write_odim_frame(path: Path, time_s: int, size: int, grid: GridSpec | None = None, pix=None, mask=None) -> Path:
+def write_odim_frame(
+    path: Path, time_s: int, size: int, grid: GridSpec | None = None, pix=None, mask=None
+) -> Path:
     """One ODIM_H5 composite (DBZH, uint16 raw, nodata outside the mask) for ``time_s``."""
     if pix is None:
         pix, mask = pixels(time_s, size)
     raw = np.where(mask, pix.astype(np.uint16), np.uint16(NODATA))
     when = stamp(time_s)
     path.parent.mkdir(parents=True, exist_ok=True)
-    return write_odim(path, [OdimData("DBZH", raw, gain=70.0 / 255.0, offset=-10.0, nodata=NODATA, undetect=None)],
-                      grid=grid or GridSpec(shape=(size, size)), date=when[:8], time=when[8:])
+    return write_odim(
+        path,
+        [OdimData("DBZH", raw, gain=70.0 / 255.0, offset=-10.0, nodata=NODATA, undetect=None)],
+        grid=grid or GridSpec(shape=(size, size)),
+        date=when[:8],
+        time=when[8:],
+    )
 
 
 def odim_path(root: Path, time_s: int) -> Path:
@@ -96,17 +104,27 @@ def write_netcdf_file(path: Path, times_s, size: int, grid: GridSpec | None = No
         values.append(np.where(mask, dbz(pix), np.nan))
     path.parent.mkdir(parents=True, exist_ok=True)
     times = np.asarray(times_s, dtype=np.float64) - T0_S
-    return write_cf(path, CfSpec(np.stack(values), times, time_units="seconds since 2024-06-01 00:00:00",
-                                 grid=grid or GridSpec(shape=(size, size))))
+    return write_cf(
+        path,
+        CfSpec(
+            np.stack(values),
+            times,
+            time_units="seconds since 2024-06-01 00:00:00",
+            grid=grid or GridSpec(shape=(size, size)),
+        ),
+    )
 
 
-def netcdf_archive(root: Path, n: int, size: int = 32, per_file: int = 12, missing=(),
-                   start_s: int = T0_S) -> GriddedArchive:
+def netcdf_archive(
+    root: Path, n: int, size: int = 32, per_file: int = 12, missing=(), start_s: int = T0_S
+) -> GriddedArchive:
     """``n`` slots every 5 minutes from ``start_s``, ``per_file`` slots per NetCDF file (``hourly/...nc``),
     without the slots in ``missing``."""
     arch = GriddedArchive(Path(root), size, GridSpec(shape=(size, size)))
     for k0 in range(0, n, per_file):
-        add_netcdf(arch, [start_s + k * IV for k in range(k0, min(n, k0 + per_file)) if k not in set(missing)])
+        add_netcdf(
+            arch, [start_s + k * IV for k in range(k0, min(n, k0 + per_file)) if k not in set(missing)]
+        )
     return arch
 
 

@@ -1,4 +1,5 @@
 """Helpers shared by the ingest tests: a store's bytes, and an ingest killed with -9 mid-run."""
+
 from __future__ import annotations
 
 import os
@@ -19,8 +20,12 @@ def tree_bytes(root: Path) -> dict:
 def kill_after_units(script: str, args: list, store: Path, min_units: int, timeout_s: float = 120) -> int:
     """Run ``python -c script *args`` (an ingest into ``store``) and ``kill -9`` it once ``min_units`` unit
     markers exist -> the number of markers left. The script runs in its own session from the repository."""
-    proc = subprocess.Popen([sys.executable, "-c", script, *map(str, args)], cwd=REPO, start_new_session=True,
-                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, *map(str, args)],
+        cwd=REPO,
+        start_new_session=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     units_dir = store / "_ingest" / "units"
     deadline = time.monotonic() + timeout_s
     try:

@@ -1,5 +1,6 @@
 """Helpers shared by the train/tracking tests: a small synthetic store, a local Ray cluster,
 a real ``mlflow server`` subprocess on a loopback port, and a real ``ray start --head``."""
+
 from __future__ import annotations
 
 import contextlib
@@ -27,9 +28,18 @@ def make_store(root: Path) -> Path:
 
     archive = root / "archive"
     store = root / "store.zarr"
-    synth_archive(SynthConfig(out_dir=archive, days=STORE_DAYS, frames_per_day=STORE_FRAMES_PER_DAY,
-                              size_px=STORE_SIZE_PX, seed=3, missing_frame_rate=0.0, workers=1),
-                  progress=False)
+    synth_archive(
+        SynthConfig(
+            out_dir=archive,
+            days=STORE_DAYS,
+            frames_per_day=STORE_FRAMES_PER_DAY,
+            size_px=STORE_SIZE_PX,
+            seed=3,
+            missing_frame_rate=0.0,
+            workers=1,
+        ),
+        progress=False,
+    )
     ingest(IngestConfig(archive=archive, store=store, workers=0), progress=False)
     return store
 
@@ -63,14 +73,26 @@ def mlflow_server(workdir: Path):
     under ``workdir``; yields its http URI; stops the server's process group on exit."""
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-           "--workers", "1",
-           "--backend-store-uri", f"sqlite:///{workdir / 'server.db'}",
-           "--artifacts-destination", str(workdir / "artifacts"),
-           "--allowed-hosts", f"127.0.0.1:{port},localhost:{port},127.0.0.1,localhost"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--backend-store-uri",
+        f"sqlite:///{workdir / 'server.db'}",
+        "--artifacts-destination",
+        str(workdir / "artifacts"),
+        "--allowed-hosts",
+        f"127.0.0.1:{port},localhost:{port},127.0.0.1,localhost",
+    ]
     log = open(workdir / "server.log", "wb")
-    proc = subprocess.Popen(cmd, cwd=workdir, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = subprocess.Popen(cmd, cwd=workdir, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     uri = f"http://127.0.0.1:{port}"
     try:
         wait_health(uri + "/health", timeout_s=90, proc=proc)
@@ -94,8 +116,12 @@ def local_ray(num_cpus: int = 4):
     """A local Ray cluster for the duration of the block (shut down afterwards)."""
     import ray
 
-    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True,
-             runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).resolve().parents[2])}})
+    ray.init(
+        num_cpus=num_cpus,
+        include_dashboard=False,
+        log_to_driver=True,
+        runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).resolve().parents[2])}},
+    )
     try:
         yield
     finally:
@@ -107,16 +133,29 @@ def ray_head(workdir: Path, env: dict):
     """`ray start --head --block` on 127.0.0.1 with token auth; yields its address; stops it on exit."""
     port = free_port()
     temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # Ray's socket paths must stay under 107 bytes
-    cmd = ["ray", "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
-           "--num-cpus=2", "--include-dashboard=false", f"--temp-dir={temp_dir}"]
+    cmd = [
+        "ray",
+        "start",
+        "--head",
+        "--block",
+        "--node-ip-address=127.0.0.1",
+        f"--port={port}",
+        "--num-cpus=2",
+        "--include-dashboard=false",
+        f"--temp-dir={temp_dir}",
+    ]
     log = open(workdir / "ray-head.log", "wb")
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     address = f"127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 90
-        while subprocess.run(["ray", "status", f"--address={address}"], env=env, capture_output=True).returncode:
+        while subprocess.run(
+            ["ray", "status", f"--address={address}"], env=env, capture_output=True
+        ).returncode:
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("ray head did not start:\n" + (workdir / "ray-head.log").read_text()[-3000:])
+                raise RuntimeError(
+                    "ray head did not start:\n" + (workdir / "ray-head.log").read_text()[-3000:]
+                )
             time.sleep(1)
         yield address
     finally:

@@ -1,4 +1,5 @@
 """Fixtures that build tiny HKO-7 archives by hand with the pipeline.sources.hko7 codecs."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -18,8 +19,8 @@ class HandArchive:
     """What a hand-built archive holds: expected frames/masks by time (epoch s)."""
 
     root: Path
-    frames: dict = field(default_factory=dict)   # time_s -> u8 (H, W)
-    masks: dict = field(default_factory=dict)    # time_s -> bool (H, W) (all True if no mask file)
+    frames: dict = field(default_factory=dict)  # time_s -> u8 (H, W)
+    masks: dict = field(default_factory=dict)  # time_s -> bool (H, W) (all True if no mask file)
     size: int = 64
 
     def times_s(self) -> np.ndarray:
@@ -60,8 +61,9 @@ def add_frame(arch: HandArchive, time_s: int, with_mask: bool = True) -> None:
         arch.masks[time_s] = np.ones((arch.size, arch.size), dtype=bool)
 
 
-def build_archive(root: Path, n_frames: int, size: int = 64, start_s: int = T0_S, missing=(),
-                  day_lists: dict | None = None) -> HandArchive:
+def build_archive(
+    root: Path, n_frames: int, size: int = 64, start_s: int = T0_S, missing=(), day_lists: dict | None = None
+) -> HandArchive:
     """Archive of ``n_frames`` slots at the HKO-7 cadence from ``start_s``, skipping slot indices in
     ``missing``; ``day_lists`` {split: [days]} writes <split>_days.txt."""
     arch = HandArchive(Path(root), size=size)
@@ -76,8 +78,10 @@ def build_archive(root: Path, n_frames: int, size: int = 64, start_s: int = T0_S
 @pytest.fixture
 def hand_archive(tmp_path):
     """Factory: hand_archive(n_frames, **kw) -> HandArchive under tmp_path/archive."""
+
     def make(n_frames: int = 40, **kw) -> HandArchive:
         return build_archive(tmp_path / "archive", n_frames, **kw)
+
     return make
 
 
@@ -86,5 +90,10 @@ def archive_tools():
     """The helpers above as a namespace (test modules are not a package, so they cannot import them)."""
     from types import SimpleNamespace
 
-    return SimpleNamespace(T0_S=T0_S, add_frame=add_frame, build_archive=build_archive,
-                           frame_pixels=frame_pixels, mask_pixels=mask_pixels)
+    return SimpleNamespace(
+        T0_S=T0_S,
+        add_frame=add_frame,
+        build_archive=build_archive,
+        frame_pixels=frame_pixels,
+        mask_pixels=mask_pixels,
+    )

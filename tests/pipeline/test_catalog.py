@@ -1,4 +1,5 @@
 """Clip rules (HKO-7 sequential iterator / random population) on hand-built gap patterns."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -44,8 +45,12 @@ HAND_CASES = [
 @pytest.mark.parametrize("present, seq_len, stride, max_missing, want_seq, want_valid", HAND_CASES)
 def test_hand_patterns(present, seq_len, stride, max_missing, want_seq, want_valid):
     times = at(present)
-    got_seq = cat.sequent_clips(times, seq_len=seq_len, stride=stride, max_consecutive_missing=max_missing, interval=IV)
-    got_valid = cat.valid_clip_starts(times, seq_len=seq_len, max_consecutive_missing=max_missing, interval=IV)
+    got_seq = cat.sequent_clips(
+        times, seq_len=seq_len, stride=stride, max_consecutive_missing=max_missing, interval=IV
+    )
+    got_valid = cat.valid_clip_starts(
+        times, seq_len=seq_len, max_consecutive_missing=max_missing, interval=IV
+    )
     assert slots_of(got_seq) == want_seq
     assert slots_of(got_valid) == want_valid
 
@@ -113,8 +118,11 @@ def naive_sequent(times: list, seq_len, stride, max_missing, interval: dt.timede
 
 def naive_valid(times: list, seq_len, max_missing, interval: dt.timedelta) -> list:
     existing = set(times)
-    return [t for t in sorted(existing) if naive_is_valid(existing, [t + k * interval for k in range(seq_len)],
-                                                            max_missing)]
+    return [
+        t
+        for t in sorted(existing)
+        if naive_is_valid(existing, [t + k * interval for k in range(seq_len)], max_missing)
+    ]
 
 
 @pytest.mark.parametrize("seed", range(12))
@@ -139,13 +147,25 @@ def test_random_patterns_against_naive(seed):
 
 # ---------------------------------------------------------------- splits
 def test_select_days_and_range():
-    times = np.array(["2015-06-01T23:54", "2015-06-02T00:00", "2015-06-03T12:00", "2015-06-04T00:00"],
-                     dtype="datetime64[m]")
-    assert cat.select_days(times, ["2015-06-02", np.datetime64("2015-06-04")]).tolist() == [False, True, False, True]
+    times = np.array(
+        ["2015-06-01T23:54", "2015-06-02T00:00", "2015-06-03T12:00", "2015-06-04T00:00"],
+        dtype="datetime64[m]",
+    )
+    assert cat.select_days(times, ["2015-06-02", np.datetime64("2015-06-04")]).tolist() == [
+        False,
+        True,
+        False,
+        True,
+    ]
     assert cat.select_range(times, "2015-06-02", "2015-06-04").tolist() == [False, True, True, False]
     assert cat.select_range(times, None, "2015-06-02").tolist() == [True, False, False, False]
     assert cat.select_split(times, ("2015-06-03", None)).tolist() == [False, False, True, True]
-    assert cat.select_split(times, {"start": "2015-06-02", "end": "2015-06-03"}).tolist() == [False, True, False, False]
+    assert cat.select_split(times, {"start": "2015-06-02", "end": "2015-06-03"}).tolist() == [
+        False,
+        True,
+        False,
+        False,
+    ]
     assert cat.select_split(times, ["2015-06-01"]).tolist() == [True, False, False, False]
 
 

@@ -1,4 +1,5 @@
 """pipeline.checkpoints: the checkpoint format round trip, weights-only loading, RNG state."""
+
 from __future__ import annotations
 
 import json
@@ -29,14 +30,28 @@ def _model_and_optimizer():
 
 def test_checkpoint_round_trip_is_weights_only(tmp_path):
     model, optimizer, scheduler = _model_and_optimizer()
-    train_state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": 7,
-                   "rng": checkpoints.rng_state()}
-    meta = {"step": 7, "segments": [[1, 7]], checkpoints.RUN_ID_KEY: "run-1", "val_scores": None,
-            "champion_score": 0.25}
+    train_state = {
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "step": 7,
+        "rng": checkpoints.rng_state(),
+    }
+    meta = {
+        "step": 7,
+        "segments": [[1, 7]],
+        checkpoints.RUN_ID_KEY: "run-1",
+        "val_scores": None,
+        "champion_score": 0.25,
+    }
     checkpoints.save(tmp_path, model, train_state, meta)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        [checkpoints.MODEL_CONFIG_FILE, checkpoints.MODEL_STATE_FILE, checkpoints.TRAIN_STATE_FILE,
-         checkpoints.META_FILE])
+        [
+            checkpoints.MODEL_CONFIG_FILE,
+            checkpoints.MODEL_STATE_FILE,
+            checkpoints.TRAIN_STATE_FILE,
+            checkpoints.META_FILE,
+        ]
+    )
     assert checkpoints.read_meta(tmp_path) == meta and checkpoints.run_id(tmp_path) == "run-1"
     state = checkpoints.load_train_state(tmp_path)  # torch.load(weights_only=True) inside
     assert state["step"] == 7 and state["scheduler"]["last_epoch"] == 1
@@ -52,8 +67,12 @@ def test_checkpoint_round_trip_is_weights_only(tmp_path):
 
 def test_best_weights_are_saved_beside_and_serve_the_checkpoint(tmp_path):
     model, optimizer, scheduler = _model_and_optimizer()
-    train_state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": 9,
-                   "rng": checkpoints.rng_state()}
+    train_state = {
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "step": 9,
+        "rng": checkpoints.rng_state(),
+    }
     best_weights = {k: torch.full_like(v, 0.5) for k, v in model.state_dict().items()}
     best_meta = {"step": 6, "champion_score": 0.3, "val_scores": None, checkpoints.RUN_ID_KEY: "run-1"}
     checkpoints.save(tmp_path, model, train_state, {"step": 9}, best=(best_weights, best_meta))
@@ -112,10 +131,23 @@ class _RunsCode:
 
 def _checkpoint(path, step=3):
     model, optimizer, scheduler = _model_and_optimizer()
-    checkpoints.save(path, model, {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                                   "step": step, "rng": checkpoints.rng_state()},
-                     {"step": step, "segments": [[1, step]], checkpoints.RUN_ID_KEY: None, "val_scores": None,
-                      "champion_score": None})
+    checkpoints.save(
+        path,
+        model,
+        {
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "step": step,
+            "rng": checkpoints.rng_state(),
+        },
+        {
+            "step": step,
+            "segments": [[1, step]],
+            checkpoints.RUN_ID_KEY: None,
+            "val_scores": None,
+            "champion_score": None,
+        },
+    )
     return path
 
 
@@ -137,8 +169,18 @@ def test_a_checkpoint_file_that_would_run_code_is_refused_and_nothing_runs(tmp_p
     if name == checkpoints.MODEL_STATE_FILE:
         with pytest.raises(NowcastError, match="not loaded"):
             load_forecaster(str(ckpt))
-        result = CliRunner().invoke(cli.app, ["predict", "--model", str(ckpt), "--input", str(ckpt / name),
-                                              "--out-dir", str(tmp_path / "out")])
+        result = CliRunner().invoke(
+            cli.app,
+            [
+                "predict",
+                "--model",
+                str(ckpt),
+                "--input",
+                str(ckpt / name),
+                "--out-dir",
+                str(tmp_path / "out"),
+            ],
+        )
         assert result.exit_code == 1 and "not loaded" in result.output and "Traceback" not in result.output
     assert not marker.exists()
 
@@ -147,12 +189,15 @@ def test_problem_names_what_is_damaged(tmp_path):
     ckpt = _checkpoint(tmp_path / "ok")
     assert checkpoints.problem(ckpt) is None
     data = (ckpt / checkpoints.MODEL_STATE_FILE).read_bytes()
-    (ckpt / checkpoints.MODEL_STATE_FILE).write_bytes(data[: len(data) // 2])       # truncated
+    (ckpt / checkpoints.MODEL_STATE_FILE).write_bytes(data[: len(data) // 2])  # truncated
     assert "RuntimeError" in checkpoints.problem(ckpt)
     ckpt = _checkpoint(tmp_path / "no-meta")
     (ckpt / checkpoints.META_FILE).unlink()
     assert "FileNotFoundError" in checkpoints.problem(ckpt)
     ckpt = _checkpoint(tmp_path / "wrong-model")
-    (ckpt / checkpoints.MODEL_CONFIG_FILE).write_text(json.dumps(            # weights of another model
-        build_model("tiny", "convlstm", height=16, width=16, in_len=2, out_len=2).config.to_dict()))
+    (ckpt / checkpoints.MODEL_CONFIG_FILE).write_text(
+        json.dumps(  # weights of another model
+            build_model("tiny", "convlstm", height=16, width=16, in_len=2, out_len=2).config.to_dict()
+        )
+    )
     assert "state_dict" in checkpoints.problem(ckpt)

@@ -1,16 +1,17 @@
 """Clip dataset over the store: contents, absent slots, rank slices, DataLoader workers."""
+
 from __future__ import annotations
 
 import pickle
 
 import numpy as np
-import torch
 import pytest
+import torch
 
 from pipeline import ingest as ing
 from pipeline.dataset import ClipDataset, rank_slice
-from pipeline.store import Store
 from pipeline.errors import NowcastError
+from pipeline.store import Store
 
 IV = 360
 
@@ -21,8 +22,17 @@ def store(tmp_path_factory, archive_tools):
 
     tmp = tmp_path_factory.mktemp("ds")
     arch = archive_tools.build_archive(tmp / "archive", 60, size=32, missing=[10, 11, 40])
-    ing.ingest(ing.IngestConfig(arch.root, tmp / "s.zarr", workers=0, chunk_frames=1, shard_frames=8,
-                                splits={"train": ("2015-06-01", None)}), progress=False)
+    ing.ingest(
+        ing.IngestConfig(
+            arch.root,
+            tmp / "s.zarr",
+            workers=0,
+            chunk_frames=1,
+            shard_frames=8,
+            splits={"train": ("2015-06-01", None)},
+        ),
+        progress=False,
+    )
     return SimpleNamespace(path=tmp / "s.zarr", arch=arch)
 
 
@@ -44,7 +54,9 @@ def test_items_match_archive(store):
     assert len(ds) == starts.size
     for i in (0, len(ds) // 2, len(ds) - 1):
         x, m = ds[i]
-        assert x.shape == (25, 1, 32, 32) and str(x.dtype) == "torch.float32" and str(m.dtype) == "torch.float32"
+        assert (
+            x.shape == (25, 1, 32, 32) and str(x.dtype) == "torch.float32" and str(m.dtype) == "torch.float32"
+        )
         want_x, want_m = expected_clip(store.arch, int(starts[i]), 25)
         np.testing.assert_allclose(x.numpy(), want_x, rtol=0, atol=1e-7)
         np.testing.assert_array_equal(m.numpy(), want_m)
@@ -66,7 +78,9 @@ def test_rank_slice_is_disjoint_and_complete():
         assert sum(p.size for p in parts) == starts.size
         assert np.array_equal(np.sort(np.concatenate(parts)), starts)
         assert max(p.size for p in parts) - min(p.size for p in parts) <= 1
-        assert all(np.array_equal(rank_slice(starts, r, world), parts[r]) for r in range(world))  # deterministic
+        assert all(
+            np.array_equal(rank_slice(starts, r, world), parts[r]) for r in range(world)
+        )  # deterministic
     with pytest.raises(NowcastError):
         rank_slice(starts, 2, 2)
 
@@ -92,13 +106,15 @@ def test_dataloader_workers(store, ctx):
     got = torch.cat([x for x, _ in loader])
     assert got.shape == (starts.size, 25, 1, 32, 32)
     for i in (0, starts.size - 1):
-        np.testing.assert_allclose(got[i].numpy(), expected_clip(store.arch, int(starts[i]), 25)[0], atol=1e-7)
+        np.testing.assert_allclose(
+            got[i].numpy(), expected_clip(store.arch, int(starts[i]), 25)[0], atol=1e-7
+        )
 
 
 def _store_with_every_pixel_value(path):
     """A complete 4-frame store of 8x8 frames holding the pixel values 0..255 once each."""
-    from pipeline.catalog import INTERVAL_S
     from pipeline import store as st
+    from pipeline.catalog import INTERVAL_S
 
     g = st.create_store(path, 8, 8, st.StoreLayout(chunk_frames=2, shard_frames=4), {"interval_s": IV})
     frames = np.arange(256, dtype=np.uint8).reshape(4, 8, 8)
@@ -121,7 +137,9 @@ def test_float_conversion_is_exact_and_items_do_not_alias(store, tmp_path):
     ds = ClipDataset(Store.open(tmp_path / "all.zarr"), [t0, t0 + 2 * IV], seq_len=4)
     x, m = ds[0]
     assert x.shape == (4, 1, 8, 8)
-    want = np.array([float(v) / 255.0 for v in range(256)], dtype=np.float32).reshape(4, 1, 8, 8)  # slow reference
+    want = np.array([float(v) / 255.0 for v in range(256)], dtype=np.float32).reshape(
+        4, 1, 8, 8
+    )  # slow reference
     np.testing.assert_array_equal(x.numpy(), want)
     np.testing.assert_array_equal(m.numpy(), masks[:, None].astype(np.float32))
     x2, m2 = ds[1]  # slots 2, 3 present; 4, 5 absent
@@ -179,7 +197,9 @@ def test_collate_clips_falls_back_to_stacking(store):
     assert torch.equal(frames, want[0]) and torch.equal(masks, want[1]) and frames.shape == (3, 5, 1, 32, 32)
     # the default collation still works on the batched fetch (it stacks the per-item views)
     got = default_collate(ds.__getitems__([2, 0]))
-    assert torch.equal(got[0], torch.stack([ds[2][0], ds[0][0]])) and torch.equal(got[1], torch.stack([ds[2][1], ds[0][1]]))
+    assert torch.equal(got[0], torch.stack([ds[2][0], ds[0][0]])) and torch.equal(
+        got[1], torch.stack([ds[2][1], ds[0][1]])
+    )
     with pytest.raises(ValueError):
         collate_clips([])
 
@@ -194,10 +214,17 @@ def test_dataloader_collate_clips_matches_default(store, workers):
     from pipeline.dataset import collate_clips
 
     starts = Store.open(store.path).clip_starts("train")
-    ds = ClipDataset(Store.open(store.path), np.concatenate([starts[:9], store.arch.times_s()[[5, 31]]]), seq_len=25)
+    ds = ClipDataset(
+        Store.open(store.path), np.concatenate([starts[:9], store.arch.times_s()[[5, 31]]]), seq_len=25
+    )
     got = list(DataLoader(ds, batch_size=4, num_workers=workers, collate_fn=collate_clips))
-    want = [(torch.stack([ds[i][0] for i in range(b, min(b + 4, len(ds)))]),
-             torch.stack([ds[i][1] for i in range(b, min(b + 4, len(ds)))])) for b in range(0, len(ds), 4)]
+    want = [
+        (
+            torch.stack([ds[i][0] for i in range(b, min(b + 4, len(ds)))]),
+            torch.stack([ds[i][1] for i in range(b, min(b + 4, len(ds)))]),
+        )
+        for b in range(0, len(ds), 4)
+    ]
     assert len(got) == len(want) == 3
     for (gx, gm), (wx, wm) in zip(got, want):
         assert torch.equal(gx, wx) and torch.equal(gm, wm)
@@ -239,9 +266,9 @@ def test_augment_clips_is_deterministic_and_moves_frames_and_masks_together():
     f1, m1 = augment_clips(frames, masks, seed=3, rank=1, step=7)
     f2, m2 = augment_clips(frames, masks, seed=3, rank=1, step=7)
     assert torch.equal(f1, f2) and torch.equal(m1, m2)
-    assert torch.equal(m1, f1 > 0.5)                       # the same symmetry for frames and masks
+    assert torch.equal(m1, f1 > 0.5)  # the same symmetry for frames and masks
     ks = np.random.default_rng([3, 1, 7, 1]).integers(0, 8, 6)
-    for b, k in enumerate(ks):                             # each clip: one symmetry for all its frames
+    for b, k in enumerate(ks):  # each clip: one symmetry for all its frames
         assert torch.equal(f1[b], dihedral(frames[b], int(k)))
     assert not torch.equal(augment_clips(frames, masks, 3, 1, 8)[0], f1)
     # rectangles keep their shape: only the 4 symmetries of a rectangle

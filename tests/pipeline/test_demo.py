@@ -1,5 +1,6 @@
 """pipeline.demo: its settings are checked before any stage runs (the whole demo runs in the docs' CI
 job and in tests/test_docker.py's pipeline; here only what is cheap)."""
+
 from __future__ import annotations
 
 import pytest
@@ -10,12 +11,16 @@ from pipeline.demo import DemoConfig
 from pipeline.errors import NowcastError
 
 
-@pytest.mark.parametrize("args", [["--workers", "0"], ["--steps", "-5"], ["--steps", "0"], ["--workers", "3"]])
+@pytest.mark.parametrize(
+    "args", [["--workers", "0"], ["--steps", "-5"], ["--steps", "0"], ["--workers", "3"]]
+)
 def test_bad_demo_options_fail_before_synth_and_ingest(tmp_path, args):
     """Issue 10 item 14: `nowcast demo --workers 0` or `--steps -5` was rejected only after synth and ingest."""
     workdir = tmp_path / "demo"
     result = CliRunner().invoke(cli.app, ["demo", "--workdir", str(workdir), *args])
-    assert result.exit_code == 2 and "error:" in result.output and "Traceback" not in result.output, result.output
+    assert result.exit_code == 2 and "error:" in result.output and "Traceback" not in result.output, (
+        result.output
+    )
     assert not workdir.exists()
 
 

@@ -3,6 +3,7 @@
 The reference computation reads the store with zarr directly (not through pipeline.dataset or
 pipeline.store) and scores each clip with SkillScores one by one.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,8 +23,18 @@ def _make_store(root: Path, frames_per_day: int = 60, missing_frame_rate: float 
     from pipeline.ingest import IngestConfig, ingest
     from pipeline.synth import SynthConfig, synth_archive
 
-    synth_archive(SynthConfig(out_dir=root / "archive", days=3, frames_per_day=frames_per_day, size_px=SIZE,
-                              seed=3, workers=1, missing_frame_rate=missing_frame_rate), progress=False)
+    synth_archive(
+        SynthConfig(
+            out_dir=root / "archive",
+            days=3,
+            frames_per_day=frames_per_day,
+            size_px=SIZE,
+            seed=3,
+            workers=1,
+            missing_frame_rate=missing_frame_rate,
+        ),
+        progress=False,
+    )
     store = root / "store.zarr"
     ingest(IngestConfig(archive=root / "archive", store=store, workers=0), progress=False)
     return store
@@ -61,7 +72,7 @@ def _reference_persistence_scores(store: Path) -> dict:
     starts, clips = _reference_clips(store)
     ref = SkillScores(20)
     for fr, mk in clips:
-        truth = fr[5:25][:, None, None]                     # (20, 1, 1, H, W)
+        truth = fr[5:25][:, None, None]  # (20, 1, 1, H, W)
         pred = np.repeat(fr[4][None], 20, axis=0)[:, None, None]
         ref.update(pred, truth, mk[5:25][:, None, None])
     return ref.result()
@@ -180,8 +191,8 @@ def test_model_frame_size_must_match_store(store, tmp_path):
 
 def test_checkpoint_is_scored_like_its_module(store, tmp_path):
     """A checkpoint's scores equal scoring the rebuilt module by hand on the same clips."""
-    from pipeline.evaluate import evaluate
     from pipeline.checkpoints import load_model_files
+    from pipeline.evaluate import evaluate
 
     ckpt = _checkpoint(tmp_path, SIZE)
     res = evaluate(_cfg(store, str(ckpt), tmp_path, max_clips=2, batch_size=1))
@@ -209,8 +220,10 @@ def test_logs_to_mlflow_new_run_and_model_run(store, tmp_path):
     assert run.info.run_name == "evaluate-persistence"
     assert run.info.status == "FINISHED"
     m = run.data.metrics
-    for thr in ("0.5", "2", "5", "10", "30"):   # the names training uses for validation: {split}_csi_5mm_h
-        assert f"test_csi_{thr}mm_h" in m or np.all(np.isnan(res.scores["csi"][:, ["0.5", "2", "5", "10", "30"].index(thr)]))
+    for thr in ("0.5", "2", "5", "10", "30"):  # the names training uses for validation: {split}_csi_5mm_h
+        assert f"test_csi_{thr}mm_h" in m or np.all(
+            np.isnan(res.scores["csi"][:, ["0.5", "2", "5", "10", "30"].index(thr)])
+        )
     assert m["test_b_mse"] == pytest.approx(float(np.nanmean(res.scores["b_mse"])))
     assert m["test_csi_0.5mm_h"] == pytest.approx(float(np.nanmean(res.scores["csi"][:, 0])))
     history = client.get_metric_history(res.mlflow_run_id, "test_csi_0.5mm_h_by_lead")
@@ -231,8 +244,9 @@ def test_logs_to_mlflow_new_run_and_model_run(store, tmp_path):
 def test_compare_scores_models_on_identical_clips(store, tmp_path):
     from pipeline.evaluate import compare, compare_models, evaluate
 
-    out = compare_models(store, ["persistence", "optical-flow"], max_clips=3, log_to_mlflow=False,
-                         out_dir=tmp_path / "cmp")
+    out = compare_models(
+        store, ["persistence", "optical-flow"], max_clips=3, log_to_mlflow=False, out_dir=tmp_path / "cmp"
+    )
     assert out.n_clips == 3 and [r.n_clips for r in out.results] == [3, 3]
     assert "persistence" in out.table and "optical-flow" in out.table and "CSI" in out.table
     solo = evaluate(_cfg(store, "persistence", tmp_path, max_clips=3))
@@ -300,7 +314,7 @@ def test_checkpoint_from_another_directory_and_tracking_store(store, tmp_path, m
     here.mkdir()
     monkeypatch.chdir(here)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    mlflow.MlflowClient(f"sqlite:///{here / 'mlflow.db'}").search_experiments()   # ./mlflow.db exists
+    mlflow.MlflowClient(f"sqlite:///{here / 'mlflow.db'}").search_experiments()  # ./mlflow.db exists
     res = evaluate(_cfg(store, "../elsewhere/ckpt48", tmp_path, log_to_mlflow=True, max_clips=1))
     run = mlflow.MlflowClient(f"sqlite:///{here / 'mlflow.db'}").get_run(res.mlflow_run_id)
     assert run.info.run_name == "evaluate-elsewhere_ckpt48" and "test_csi_0.5mm_h" in run.data.metrics
@@ -315,27 +329,46 @@ def test_compare_logs_skill_plots_and_reuses_baseline_scores(store, tmp_path, mo
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = mlflow.MlflowClient(uri)
-    first = ev.compare_models(store, ["persistence", "optical-flow"], max_clips=2, tracking_uri=uri)   # no out_dir
-    for res in first.results:   # the skill plot is logged even without local files
-        names = {a.path.rsplit("/", 1)[-1] for a in client.list_artifacts(res.mlflow_run_id, "evaluation/test")}
+    first = ev.compare_models(
+        store, ["persistence", "optical-flow"], max_clips=2, tracking_uri=uri
+    )  # no out_dir
+    for res in first.results:  # the skill plot is logged even without local files
+        names = {
+            a.path.rsplit("/", 1)[-1] for a in client.list_artifacts(res.mlflow_run_id, "evaluation/test")
+        }
         assert any(n.endswith("_skill.png") for n in names), names
     out = tmp_path / "evaluation"
-    ev.compare_models(store, ["persistence", "optical-flow"], max_clips=2, tracking_uri=uri, out_dir=out,
-                      reuse_baselines=True)
+    ev.compare_models(
+        store,
+        ["persistence", "optical-flow"],
+        max_clips=2,
+        tracking_uri=uri,
+        out_dir=out,
+        reuse_baselines=True,
+    )
     n_runs = len(client.search_runs([e.experiment_id for e in client.search_experiments()]))
 
     def no_scoring(*args, **kwargs):
         raise AssertionError("a baseline was scored again")
 
     monkeypatch.setattr(ev, "score_clips", no_scoring)
-    again = ev.compare_models(store, ["persistence", "optical-flow"], max_clips=2, tracking_uri=uri, out_dir=out,
-                              reuse_baselines=True)
-    assert all(r.reused for r in again.results) and again.table.splitlines()[1:] == first.table.splitlines()[1:]
+    again = ev.compare_models(
+        store,
+        ["persistence", "optical-flow"],
+        max_clips=2,
+        tracking_uri=uri,
+        out_dir=out,
+        reuse_baselines=True,
+    )
+    assert (
+        all(r.reused for r in again.results) and again.table.splitlines()[1:] == first.table.splitlines()[1:]
+    )
     assert len(client.search_runs([e.experiment_id for e in client.search_experiments()])) == n_runs
     # other clips: scored again
     monkeypatch.undo()
-    third = ev.compare_models(store, ["persistence"], max_clips=1, log_to_mlflow=False, out_dir=out,
-                              reuse_baselines=True)
+    third = ev.compare_models(
+        store, ["persistence"], max_clips=1, log_to_mlflow=False, out_dir=out, reuse_baselines=True
+    )
     assert not third.results[0].reused and third.n_clips == 1
 
 
@@ -346,9 +379,24 @@ def test_cli_no_log(store, tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     mlflow_db = tmp_path / "mlflow.db"
-    result = CliRunner().invoke(cli.app, ["evaluate", str(store), "--model", "persistence", "--max-clips", "1",
-                                          "--no-log", "--out-json", str(tmp_path / "p.json"),
-                                          "--tracking-uri", f"sqlite:///{mlflow_db}"])
+    result = CliRunner().invoke(
+        cli.app,
+        [
+            "evaluate",
+            str(store),
+            "--model",
+            "persistence",
+            "--max-clips",
+            "1",
+            "--no-log",
+            "--out-json",
+            str(tmp_path / "p.json"),
+            "--tracking-uri",
+            f"sqlite:///{mlflow_db}",
+        ],
+    )
     assert result.exit_code == 0, result.output
-    assert not mlflow_db.exists() and "logged to MLflow" not in result.output and (tmp_path / "p.json").exists()
-    assert "evaluate persistence: 1/1" in result.output   # plain progress lines without a terminal
+    assert (
+        not mlflow_db.exists() and "logged to MLflow" not in result.output and (tmp_path / "p.json").exists()
+    )
+    assert "evaluate persistence: 1/1" in result.output  # plain progress lines without a terminal

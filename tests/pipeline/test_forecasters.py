@@ -1,4 +1,5 @@
 """pipeline.forecasters: baselines, checkpoints and URIs -> one Forecaster; the frame-size check."""
+
 from __future__ import annotations
 
 import pytest
@@ -56,7 +57,9 @@ def test_checkpoint_dir_round_trip(tmp_path):
 def test_baseline_names_and_absolute_uris(tmp_path, monkeypatch):
     assert BASELINES == ("persistence", "optical-flow")
     assert baseline_name("optical_flow") == baseline_name(" optical-flow ") == "optical-flow"
-    assert baseline_name("models:/x@champion") is None and load_forecaster("optical_flow").name == "optical-flow"
+    assert (
+        baseline_name("models:/x@champion") is None and load_forecaster("optical_flow").name == "optical-flow"
+    )
     monkeypatch.chdir(tmp_path)
     (tmp_path / "ck").mkdir()
     assert absolute_uri("ck") == str(tmp_path.resolve() / "ck")

@@ -1,4 +1,5 @@
 """Archive -> Zarr ingest: round trip, bad inputs, shard alignment, kill-and-resume, append, Dask."""
+
 from __future__ import annotations
 
 import io
@@ -54,7 +55,11 @@ def test_round_trip_layouts(hand_archive, tmp_path, chunk, shard):
     assert res.n_frames == 34 and res.n_new_frames == 34 and res.n_bad == 0
     assert_store_matches(tmp_path / "s.zarr", arch)
     g = st.open_store(tmp_path / "s.zarr")
-    assert g[st.FRAMES].chunks == (chunk, 64, 64) and g[st.FRAMES].dtype == np.uint8 and g[st.MASKS].dtype == bool
+    assert (
+        g[st.FRAMES].chunks == (chunk, 64, 64)
+        and g[st.FRAMES].dtype == np.uint8
+        and g[st.MASKS].dtype == bool
+    )
     assert g.attrs["interval_s"] == 360 and g.attrs["ingest_version"] == st.INGEST_VERSION
     assert "dBZ" in g.attrs["pixel_encoding"] and g.attrs["source"]["format"] == "HKO-7"
 
@@ -72,16 +77,18 @@ def test_every_bad_input_is_reported_and_missing(hand_archive, tmp_path):
     ts = arch.times_s()
     good = hko7.frame_path(arch.root, ts[0]).read_bytes()
     cases = {  # slot -> (file to damage, new bytes)
-        3: ("frame", b"\x89PNG\r\n\x1a\n this is not a png"),                        # corrupt
-        5: ("frame", good[: len(good) // 2]),                                       # truncated
-        8: ("frame", hko7.encode_frame(np.zeros((32, 32), np.uint8))),              # wrong size
-        11: ("frame", _png(np.zeros((64, 64), np.uint16) + 300)),                   # 16-bit
-        13: ("frame", _png(np.zeros((64, 64, 3), np.uint8))),                       # RGB
-        17: ("mask", b"garbage, not zlib"),                                         # unreadable mask
-        19: ("mask", hko7.encode_mask(np.ones((10, 10), bool))),                    # mask of wrong size
+        3: ("frame", b"\x89PNG\r\n\x1a\n this is not a png"),  # corrupt
+        5: ("frame", good[: len(good) // 2]),  # truncated
+        8: ("frame", hko7.encode_frame(np.zeros((32, 32), np.uint8))),  # wrong size
+        11: ("frame", _png(np.zeros((64, 64), np.uint16) + 300)),  # 16-bit
+        13: ("frame", _png(np.zeros((64, 64, 3), np.uint8))),  # RGB
+        17: ("mask", b"garbage, not zlib"),  # unreadable mask
+        19: ("mask", hko7.encode_mask(np.ones((10, 10), bool))),  # mask of wrong size
     }
     for slot, (kind, data) in cases.items():
-        path = hko7.frame_path(arch.root, ts[slot]) if kind == "frame" else hko7.mask_path(arch.root, ts[slot])
+        path = (
+            hko7.frame_path(arch.root, ts[slot]) if kind == "frame" else hko7.mask_path(arch.root, ts[slot])
+        )
         path.write_bytes(data)
         del arch.frames[int(ts[slot])]
     day_dir = hko7.frame_path(arch.root, ts[0]).parent
@@ -97,8 +104,10 @@ def test_every_bad_input_is_reported_and_missing(hand_archive, tmp_path):
     for slot, (kind, _) in cases.items():
         p = hko7.frame_path(arch.root, ts[slot]) if kind == "frame" else hko7.mask_path(arch.root, ts[slot])
         assert p.relative_to(arch.root).as_posix() in reported
-    assert {f"{day_dir.relative_to(arch.root).as_posix()}/{n}" for n in ("RADbad.png", "notes.txt",
-                                                                      "RAD150601006000.png")} <= reported
+    assert {
+        f"{day_dir.relative_to(arch.root).as_posix()}/{n}"
+        for n in ("RADbad.png", "notes.txt", "RAD150601006000.png")
+    } <= reported
     bad_times = {int(ts[s]) for s in cases}
     assert_store_matches(tmp_path / "s.zarr", arch, bad_times)
     g = st.open_store(tmp_path / "s.zarr")
@@ -107,8 +116,9 @@ def test_every_bad_input_is_reported_and_missing(hand_archive, tmp_path):
     assert {b["path"] for b in report["bad_files"]} == reported
     # the catalog treats bad frames as missing
     good_t = np.asarray(sorted(arch.frames), dtype=np.int64).astype("datetime64[s]")
-    want = cat.valid_clip_starts(good_t[cat.select_split(good_t, g.attrs["splits"]["train"])],
-                                 interval=np.timedelta64(IV, "s"))
+    want = cat.valid_clip_starts(
+        good_t[cat.select_split(good_t, g.attrs["splits"]["train"])], interval=np.timedelta64(IV, "s")
+    )
     np.testing.assert_array_equal(st.read_catalog(g, "train", "random"), want.astype(np.int64))
 
 
@@ -158,11 +168,14 @@ def test_unaligned_concurrent_writes_lose_data_aligned_do_not(tmp_path):
         async def set(self, key, value):  # widen the read-modify-write window
             if "/c/" in key:
                 import asyncio
+
                 await asyncio.sleep(0.3)
             await super().set(key, value)
 
     def writers(path, regions, shard):
-        zarr.create_array(LocalStore(path), shape=(16, 4, 4), dtype="uint8", chunks=(1, 4, 4), shards=(shard, 4, 4))
+        zarr.create_array(
+            LocalStore(path), shape=(16, 4, 4), dtype="uint8", chunks=(1, 4, 4), shards=(shard, 4, 4)
+        )
 
         def write(lo, hi):
             arr = zarr.open_array(SlowSetStore(path), mode="r+")
@@ -175,7 +188,7 @@ def test_unaligned_concurrent_writes_lose_data_aligned_do_not(tmp_path):
 
     unaligned = writers(tmp_path / "a.zarr", [(0, 8), (8, 16)], shard=16)  # both halves of ONE shard
     assert (unaligned == 0).all(axis=(1, 2)).any()  # one writer's rows were lost
-    aligned = writers(tmp_path / "b.zarr", [(0, 8), (8, 16)], shard=8)     # one shard per writer
+    aligned = writers(tmp_path / "b.zarr", [(0, 8), (8, 16)], shard=8)  # one shard per writer
     assert (aligned[:8] == 1).all() and (aligned[8:] == 9).all()
 
 
@@ -219,8 +232,12 @@ def test_grown_archive_appends(hand_archive, archive_tools, tmp_path):
 
 def test_day_lists_define_splits(hand_archive, tmp_path):
     day = 86400
-    arch = hand_archive(3 * 240, day_lists={"train": ["2015-06-01"], "valid": ["2015-06-02"], "test": ["2015-06-03"]},
-                        size=16, missing=[300, 301, 302, 500])
+    arch = hand_archive(
+        3 * 240,
+        day_lists={"train": ["2015-06-01"], "valid": ["2015-06-02"], "test": ["2015-06-03"]},
+        size=16,
+        missing=[300, 301, 302, 500],
+    )
     res = run(arch.root, tmp_path / "s.zarr", chunk_frames=20, shard_frames=240)
     g = st.open_store(tmp_path / "s.zarr")
     good = arch.times_s().astype("datetime64[s]")
@@ -229,7 +246,9 @@ def test_day_lists_define_splits(hand_archive, tmp_path):
         want_seq = cat.sequent_clips(good[sel], interval=np.timedelta64(IV, "s")).astype(np.int64)
         np.testing.assert_array_equal(st.read_catalog(g, split, "sequent"), want_seq)
         assert res.clips[split]["sequent_clips"] == want_seq.size > 0
-    assert g["catalog/test"].attrs["seq_len"] == 25 and g["catalog/test"].attrs["max_consecutive_missing"] == 2
+    assert (
+        g["catalog/test"].attrs["seq_len"] == 25 and g["catalog/test"].attrs["max_consecutive_missing"] == 2
+    )
 
 
 @pytest.mark.slow
@@ -239,8 +258,14 @@ def test_ingest_on_a_real_dask_scheduler(hand_archive, tmp_path):
 
     arch = hand_archive(60, missing=[7])
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
-        res = run(arch.root, tmp_path / "s.zarr", scheduler=cluster.scheduler_address, workers=None,
-                  chunk_frames=1, shard_frames=4)
+        res = run(
+            arch.root,
+            tmp_path / "s.zarr",
+            scheduler=cluster.scheduler_address,
+            workers=None,
+            chunk_frames=1,
+            shard_frames=4,
+        )
     assert res.n_units_written == 15 and res.n_frames == 59
     assert_store_matches(tmp_path / "s.zarr", arch)
     local = run(arch.root, tmp_path / "serial.zarr", chunk_frames=1, shard_frames=4)

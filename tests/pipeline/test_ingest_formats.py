@@ -1,6 +1,7 @@
 """Ingest of ODIM_H5 and CF-NetCDF archives (issue 11): values, bad files mixed in, cadence from the
 data, duplicates, crop/block/Z-R recorded and reused, format detection, kill-and-resume, append and
 Dask -- everything the HKO-7 path has, for each format."""
+
 from __future__ import annotations
 
 import json
@@ -53,6 +54,7 @@ def reasons(result: ing.IngestResult) -> dict[str, str]:
 
 # --------------------------------------------------------------------------- values and bad files
 
+
 def test_odim_archive_with_bad_files(tmp_path):
     arch = gd.odim_archive(tmp_path / "odim", 40, missing=[7])
     root, size = arch.root, arch.size
@@ -63,13 +65,22 @@ def test_odim_archive_with_bad_files(tmp_path):
     (root / "bad" / "notes.txt").write_text("radar maintenance on Tuesday")
     with h5py.File(root / "bad" / "plain.h5", "w") as f:  # HDF5, not ODIM
         f["x"] = np.zeros(3)
-    gd.write_odim_frame(root / "bad" / "shifted.h5", t(50), size, GridSpec(shape=(size, size), x_left=-150_000.0))
+    gd.write_odim_frame(
+        root / "bad" / "shifted.h5", t(50), size, GridSpec(shape=(size, size), x_left=-150_000.0)
+    )
     gd.write_odim_frame(root / "bad" / "offcadence.h5", t(30) + 60, size)
-    write_odim(root / "bad" / "rate_only.h5", [OdimData("RATE", np.ones((size, size), np.uint16), gain=0.01)],
-               grid=arch.grid, date=gd.stamp(t(51))[:8], time=gd.stamp(t(51))[8:])
-    shutil.copy(gd.odim_path(root, t(3)), root / "bad" / "copy_of_3.h5")         # identical duplicate: fine
+    write_odim(
+        root / "bad" / "rate_only.h5",
+        [OdimData("RATE", np.ones((size, size), np.uint16), gain=0.01)],
+        grid=arch.grid,
+        date=gd.stamp(t(51))[:8],
+        time=gd.stamp(t(51))[8:],
+    )
+    shutil.copy(gd.odim_path(root, t(3)), root / "bad" / "copy_of_3.h5")  # identical duplicate: fine
     pix, mask = gd.pixels(t(20), size)
-    gd.write_odim_frame(root / "bad" / "other_20.h5", t(20), size, pix=255 - pix, mask=mask)  # differs: neither
+    gd.write_odim_frame(
+        root / "bad" / "other_20.h5", t(20), size, pix=255 - pix, mask=mask
+    )  # differs: neither
     del arch.frames[t(20)], arch.masks[t(20)]
 
     res = run(root, tmp_path / "s.zarr")
@@ -79,8 +90,10 @@ def test_odim_archive_with_bad_files(tmp_path):
     assert "grid origin" in why["bad/shifted.h5"]
     assert "off the cadence" in why["bad/offcadence.h5"]
     assert "no DBZH" in why["bad/rate_only.h5"]
-    assert "duplicate time" in why["bad/copy_of_3.h5"] and gd.odim_path(root, t(3)).relative_to(root).as_posix() in why[
-        "bad/copy_of_3.h5"]
+    assert (
+        "duplicate time" in why["bad/copy_of_3.h5"]
+        and gd.odim_path(root, t(3)).relative_to(root).as_posix() in why["bad/copy_of_3.h5"]
+    )
     first_20 = gd.odim_path(root, t(20)).relative_to(root).as_posix()
     assert "differ" in why["bad/other_20.h5"] and "differ" in why[first_20]
     assert res.n_bad == len(why) == 9
@@ -90,7 +103,9 @@ def test_odim_archive_with_bad_files(tmp_path):
     settings = g.attrs["source"]["settings"]
     assert g.attrs["source"]["format"] == "ODIM_H5" and settings["variable"] == "DBZH"
     assert settings["grid"]["shape"] == [size, size] and settings["zr"] == ZR().to_attrs()
-    assert "+proj=stere" in settings["grid"]["projdef"] and settings["crop"] is None and settings["block"] == 1
+    assert (
+        "+proj=stere" in settings["grid"]["projdef"] and settings["crop"] is None and settings["block"] == 1
+    )
     report = json.loads(Path(res.report_path).read_text())
     assert {b["path"] for b in report["bad_files"]} == set(why) and report["interval_s"] == gd.IV
 
@@ -103,10 +118,12 @@ def test_netcdf_archive_with_bad_files(tmp_path):
     good = files[0].read_bytes()
     (root / "bad").mkdir()
     (root / "bad" / "truncated.nc").write_bytes(good[: len(good) // 3])
-    gd.write_netcdf_file(root / "bad" / "backwards.nc", [t(41), t(40)], size)           # time not increasing
-    gd.write_netcdf_file(root / "bad" / "shifted.nc", [t(42)], size, GridSpec(shape=(size, size), y_top=-3_800_000.0))
-    gd.write_netcdf_file(root / "bad" / "overlap.nc", [t(10), t(11)], size)              # identical duplicates
-    gd.add_netcdf(arch, [t(38), t(39) + 120])                                             # one time off the cadence
+    gd.write_netcdf_file(root / "bad" / "backwards.nc", [t(41), t(40)], size)  # time not increasing
+    gd.write_netcdf_file(
+        root / "bad" / "shifted.nc", [t(42)], size, GridSpec(shape=(size, size), y_top=-3_800_000.0)
+    )
+    gd.write_netcdf_file(root / "bad" / "overlap.nc", [t(10), t(11)], size)  # identical duplicates
+    gd.add_netcdf(arch, [t(38), t(39) + 120])  # one time off the cadence
     del arch.frames[t(39) + 120], arch.masks[t(39) + 120]
 
     res = run(root, tmp_path / "s.zarr")
@@ -135,15 +152,25 @@ def test_rain_rate_through_the_given_z_r_relation(tmp_path):
         raw = rng.integers(0, 5000, (size, size)).astype(np.uint16)  # 0.01 mm/h steps; raw 0 = undetect
         raw[0] = 65535
         when = gd.stamp(time_s)
-        write_odim(root / f"{when}.h5", [OdimData("RATE", raw, gain=0.01, offset=0.0, nodata=65535, undetect=0)],
-                   grid=GridSpec(shape=(size, size)), date=when[:8], time=when[8:])
+        write_odim(
+            root / f"{when}.h5",
+            [OdimData("RATE", raw, gain=0.01, offset=0.0, nodata=65535, undetect=0)],
+            grid=GridSpec(shape=(size, size)),
+            date=when[:8],
+            time=when[8:],
+        )
         rain = raw * 0.01
         with np.errstate(divide="ignore"):
             dbz = 10 * np.log10(200.0) + 16.0 * np.log10(rain)
-        want[time_s] = np.where(raw == 65535, 0, np.clip(np.rint(255 * (dbz + 10) / 70), 0, 255)).astype(np.uint8)
+        want[time_s] = np.where(raw == 65535, 0, np.clip(np.rint(255 * (dbz + 10) / 70), 0, 255)).astype(
+            np.uint8
+        )
     run(root, tmp_path / "s.zarr", zr="200,1.6")
     g = st.open_store(tmp_path / "s.zarr")
-    assert g.attrs["interval_s"] == 900 and g.attrs["source"]["settings"]["zr"] == {"zr_a": 200.0, "zr_b": 1.6}
+    assert g.attrs["interval_s"] == 900 and g.attrs["source"]["settings"]["zr"] == {
+        "zr_a": 200.0,
+        "zr_b": 1.6,
+    }
     assert g.attrs["source"]["settings"]["variable"] == "RATE"
     frames, masks = st.read_frames(g, np.asarray(sorted(want)))
     for i, time_s in enumerate(sorted(want)):
@@ -159,7 +186,10 @@ def _block_reference(pix: np.ndarray, mask: np.ndarray, box, n: int, zr: ZR) -> 
     out, valid = np.zeros((h, w), np.uint8), np.zeros((h, w), bool)
     for i in range(h):
         for j in range(w):
-            p, m = pix[i * n:(i + 1) * n, j * n:(j + 1) * n], mask[i * n:(i + 1) * n, j * n:(j + 1) * n]
+            p, m = (
+                pix[i * n : (i + 1) * n, j * n : (j + 1) * n],
+                mask[i * n : (i + 1) * n, j * n : (j + 1) * n],
+            )
             if m.any():
                 rain = (10 ** (gd.dbz(p[m]) / 10) / zr.a) ** (1 / zr.b)
                 dbz = 10 * np.log10(zr.a * rain.mean() ** zr.b)
@@ -179,7 +209,9 @@ def test_crop_block_and_z_r_are_applied_recorded_and_reused(fmt, tmp_path):
         pix, mask = gd.pixels(time_s, arch.size)
         want, valid = _block_reference(pix, mask, box, n, zr)
         np.testing.assert_array_equal(masks[i], valid)
-        assert np.abs(frames[i].astype(int) - want).max() <= 1 and (frames[i] == want).mean() > 0.9  # float rounding
+        assert (
+            np.abs(frames[i].astype(int) - want).max() <= 1 and (frames[i] == want).mean() > 0.9
+        )  # float rounding
     settings = st.Store.open(tmp_path / "s.zarr").source_settings
     assert settings["crop"] == list(box) and settings["block"] == n and settings["zr"] == zr.to_attrs()
     grid = settings["grid"]
@@ -194,17 +226,23 @@ def test_crop_block_and_z_r_are_applied_recorded_and_reused(fmt, tmp_path):
     with pytest.raises(NowcastError, match="does not fit"):
         run(arch.root, tmp_path / "other.zarr", crop="0,0,99,10")
     with pytest.raises(NowcastError, match="cannot be used with HKO-7"):
-        ing.ingest(ing.IngestConfig(tmp_path / "arch", tmp_path / "h.zarr", source="hko7", block=2, workers=0))
+        ing.ingest(
+            ing.IngestConfig(tmp_path / "arch", tmp_path / "h.zarr", source="hko7", block=2, workers=0)
+        )
 
 
 # --------------------------------------------------------------------------- format detection
+
 
 def test_mixed_archive_is_an_error_naming_files_and_format_forces_one(tmp_path):
     root = tmp_path / "mixed"
     gd.odim_archive(root / "o", 6)
     gd.netcdf_archive(root / "n", 6)
-    with pytest.raises(NowcastError, match=r"mixes archive formats: 6 ODIM_H5 file\(s\) \(o/.*\.h5.*1 CF-NetCDF "
-                                           r"file\(s\) \(n/hourly/radar_.*\.nc\)"):
+    with pytest.raises(
+        NowcastError,
+        match=r"mixes archive formats: 6 ODIM_H5 file\(s\) \(o/.*\.h5.*1 CF-NetCDF "
+        r"file\(s\) \(n/hourly/radar_.*\.nc\)",
+    ):
         run(root, tmp_path / "s.zarr")
     res = run(root, tmp_path / "s.zarr", source="odim")
     assert res.n_frames == 6 and list(reasons(res)) == [f"n/hourly/radar_{gd.stamp(gd.T0_S)}.nc"]
@@ -214,7 +252,6 @@ def test_mixed_archive_is_an_error_naming_files_and_format_forces_one(tmp_path):
 
 
 # --------------------------------------------------------------------------- resume, append, Dask
-
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -293,6 +330,8 @@ def test_an_archive_without_a_usable_file_says_why(tmp_path):
     root.mkdir()
     (root / "a.h5").write_bytes(b"\x89HDF\r\n\x1a\n not really")
     (root / "b.h5").write_bytes(b"nothing")
-    with pytest.raises(NowcastError, match=r"none of the 2 file\(s\) under .* holds a usable ODIM_H5 frame \(e.g. a.h5: "):
+    with pytest.raises(
+        NowcastError, match=r"none of the 2 file\(s\) under .* holds a usable ODIM_H5 frame \(e.g. a.h5: "
+    ):
         run(root, tmp_path / "s.zarr", source="odim")
     assert not (tmp_path / "s.zarr").exists()

@@ -3,6 +3,7 @@
 Persistence repeats the last input frame, and the HKO-7 encoding round-trips exactly
 (u8 -> u8/255 -> round(255 p)), so every forecast PNG must equal the last input frame (0 outside its mask) bit for bit.
 """
+
 from __future__ import annotations
 
 import json
@@ -12,8 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.sources import hko7
 from pipeline.errors import NowcastError
+from pipeline.sources import hko7
 
 SIZE = 48
 
@@ -24,8 +25,18 @@ def store(tmp_path_factory) -> Path:
     from pipeline.synth import SynthConfig, synth_archive
 
     root = tmp_path_factory.mktemp("pred")
-    synth_archive(SynthConfig(out_dir=root / "archive", days=1, frames_per_day=40, size_px=SIZE, seed=5,
-                              workers=1, missing_frame_rate=0.0), progress=False)
+    synth_archive(
+        SynthConfig(
+            out_dir=root / "archive",
+            days=1,
+            frames_per_day=40,
+            size_px=SIZE,
+            seed=5,
+            workers=1,
+            missing_frame_rate=0.0,
+        ),
+        progress=False,
+    )
     ingest(IngestConfig(archive=root / "archive", store=root / "store.zarr", workers=0), progress=False)
     return root / "store.zarr"
 
@@ -57,7 +68,7 @@ def test_predict_from_store_at_time(store, tmp_path):
     t = int(times[k])
     iso = str(np.datetime64(t, "s"))  # e.g. 2015-06-01T01:00:00
     res = predict(_cfg(out_dir=tmp_path / "out", store=store, time=iso))
-    assert res.input_times_s == [int(x) for x in times[k - 4:k + 1]]
+    assert res.input_times_s == [int(x) for x in times[k - 4 : k + 1]]
     assert res.forecast_times_s == [t + 360 * (j + 1) for j in range(20)]
     assert [p.name for p in res.paths] == [hko7.file_stem(x) + ".png" for x in res.forecast_times_s]
     for p in res.paths:
@@ -140,8 +151,9 @@ def test_zarr_output(store, tmp_path):
 def test_optical_flow_forecast_is_written(store, tmp_path):
     from pipeline.predict import predict
 
-    res = predict(_cfg("optical-flow", out_dir=tmp_path, store=store, time=int(_store_arrays(store)[0][20]),
-                       gif=False))
+    res = predict(
+        _cfg("optical-flow", out_dir=tmp_path, store=store, time=int(_store_arrays(store)[0][20]), gif=False)
+    )
     assert len(res.paths) == 20 and res.forecast.shape == (20, SIZE, SIZE)
     assert 0.0 <= res.forecast.min() and res.forecast.max() <= 1.0
 
@@ -153,15 +165,15 @@ def test_bad_inputs_raise(store, tmp_path):
     frames = np.zeros((5, 16, 16), np.uint8)
     pngs = _write_pngs(tmp_path / "in", frames)
     cases = [  # the config's own checks fail on construction, the others in predict
-        dict(out_dir=tmp_path),                                              # no inputs
-        dict(out_dir=tmp_path, store=store, input_pngs=pngs),                # both
-        dict(out_dir=tmp_path, input_pngs=pngs[:3]),                         # wrong count
+        dict(out_dir=tmp_path),  # no inputs
+        dict(out_dir=tmp_path, store=store, input_pngs=pngs),  # both
+        dict(out_dir=tmp_path, input_pngs=pngs[:3]),  # wrong count
         dict(out_dir=tmp_path, input_pngs=pngs[:4] + [tmp_path / "x.png"]),  # missing file
-        dict(out_dir=tmp_path, store=store, time=int(times[2])),             # not 5 frames before it
-        dict(out_dir=tmp_path, store=store, time="2016-01-01T00:00"),        # after the store
-        dict(out_dir=tmp_path, store=tmp_path / "nope.zarr"),               # no store
-        dict(out_dir=tmp_path, store=store, format="tiff"),                  # format
-        dict(out_dir=tmp_path, input_pngs=pngs, time="2015-06-01T00:00"),    # time with PNGs
+        dict(out_dir=tmp_path, store=store, time=int(times[2])),  # not 5 frames before it
+        dict(out_dir=tmp_path, store=store, time="2016-01-01T00:00"),  # after the store
+        dict(out_dir=tmp_path, store=tmp_path / "nope.zarr"),  # no store
+        dict(out_dir=tmp_path, store=store, format="tiff"),  # format
+        dict(out_dir=tmp_path, input_pngs=pngs, time="2015-06-01T00:00"),  # time with PNGs
     ]
     for kw in cases:
         with pytest.raises(NowcastError):
@@ -211,8 +223,8 @@ def test_missing_input_frame_raises(tmp_path, hand_archive):
 
 
 def test_checkpoint_size_must_match_inputs(tmp_path):
-    from pipeline.predict import predict
     from pipeline.checkpoints import save_model_files
+    from pipeline.predict import predict
     from trajgru import build_model
 
     ckpt = tmp_path / "ckpt"
@@ -233,18 +245,18 @@ def test_symlinks_in_out_dir_are_never_written_through(store, tmp_path):
     out, victim = tmp_path / "out", tmp_path / "victim.txt"
     victim.write_text("keep me")
     out.mkdir()
-    name = hko7.file_stem(int(times[10]) + 360) + ".png"   # the first forecast frame's name
+    name = hko7.file_stem(int(times[10]) + 360) + ".png"  # the first forecast frame's name
     (out / name).symlink_to(victim)
     (out / "forecast.gif").symlink_to(victim)
     with pytest.raises(NowcastError, match="--overwrite"):
         predict(_cfg(out_dir=out, store=store, time=int(times[10])))
     assert victim.read_text() == "keep me" and (out / name).is_symlink()
-    assert sorted(p.name for p in out.iterdir()) == sorted([name, "forecast.gif"])   # nothing written
+    assert sorted(p.name for p in out.iterdir()) == sorted([name, "forecast.gif"])  # nothing written
     res = predict(_cfg(out_dir=out, store=store, time=int(times[10]), overwrite=True))
     assert victim.read_text() == "keep me"
     assert not (out / name).is_symlink() and not res.gif_path.is_symlink()
     assert hko7.decode_frame((out / name).read_bytes()).shape == (SIZE, SIZE)
-    assert not [p for p in out.iterdir() if p.name.startswith(".")]   # no staging folder left
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no staging folder left
 
 
 def test_existing_forecast_zarr_is_kept_unless_predict_wrote_it(store, tmp_path):
@@ -262,7 +274,9 @@ def test_existing_forecast_zarr_is_kept_unless_predict_wrote_it(store, tmp_path)
     with pytest.raises(NowcastError, match="--overwrite"):
         predict(_cfg(out_dir=other, store=store, format="zarr", gif=False))
     res = predict(_cfg(out_dir=other, store=store, format="zarr", gif=False, overwrite=True))
-    assert res.paths == [other / "forecast.zarr"] and sorted(p.name for p in other.iterdir()) == ["forecast.zarr"]
+    assert res.paths == [other / "forecast.zarr"] and sorted(p.name for p in other.iterdir()) == [
+        "forecast.zarr"
+    ]
 
 
 def test_forecast_outside_radar_coverage_is_zero(tmp_path, hand_archive):
@@ -271,7 +285,7 @@ def test_forecast_outside_radar_coverage_is_zero(tmp_path, hand_archive):
     from pipeline.ingest import IngestConfig, ingest
     from pipeline.predict import predict
 
-    arch = hand_archive(12, size=16, day_lists={"test": ["2015-06-01"]})   # masks: a disc, noise everywhere
+    arch = hand_archive(12, size=16, day_lists={"test": ["2015-06-01"]})  # masks: a disc, noise everywhere
     ingest(IngestConfig(archive=arch.root, store=tmp_path / "s.zarr", workers=0), progress=False)
     t = int(arch.times_s()[8])
     outside = ~arch.masks[t]

@@ -1,4 +1,5 @@
 """pipeline.progress: the one Rich progress bar."""
+
 from __future__ import annotations
 
 from pipeline.progress import progress_bar, track

@@ -1,4 +1,5 @@
 """pipeline.raycluster: an unreachable Ray address fails fast with advice instead of hanging."""
+
 from __future__ import annotations
 
 import socket
@@ -41,13 +42,25 @@ def test_cli_train_on_unreachable_cluster_is_one_line(tmp_path):
     from pipeline.ingest import IngestConfig, ingest
     from pipeline.synth import SynthConfig, synth_archive
 
-    synth_archive(SynthConfig(out_dir=tmp_path / "a", days=3, frames_per_day=30, size_px=32, workers=1),
-                  progress=False)
+    synth_archive(
+        SynthConfig(out_dir=tmp_path / "a", days=3, frames_per_day=30, size_px=32, workers=1), progress=False
+    )
     ingest(IngestConfig(archive=tmp_path / "a", store=tmp_path / "s.zarr", workers=0), progress=False)
-    result = CliRunner().invoke(cli.app, [
-        "train", str(tmp_path / "s.zarr"), "--steps", "2", "--ray-address", f"127.0.0.1:{free_port()}",
-        "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}", "--storage-path", str(tmp_path / "rr"),
-    ])
+    result = CliRunner().invoke(
+        cli.app,
+        [
+            "train",
+            str(tmp_path / "s.zarr"),
+            "--steps",
+            "2",
+            "--ray-address",
+            f"127.0.0.1:{free_port()}",
+            "--tracking-uri",
+            f"sqlite:///{tmp_path / 'm.db'}",
+            "--storage-path",
+            str(tmp_path / "rr"),
+        ],
+    )
     assert result.exit_code == 1
     assert "error: no Ray cluster answers" in result.output
     assert "Traceback" not in result.output
@@ -74,7 +87,7 @@ def test_driver_link_relays_lines_and_reports_a_gone_driver(capsys):
         out = capsys.readouterr().out
         assert "[train] hello from a worker" in out, out
         assert not started or "[ray] started a local Ray; Ray's own logs: " in out, out
-        ray.kill(link.actor)   # what the driver's death does to the actor it owns (ray.kill is asynchronous)
+        ray.kill(link.actor)  # what the driver's death does to the actor it owns (ray.kill is asynchronous)
         with pytest.raises(DriverGone):
             for _ in range(300):
                 link.check()

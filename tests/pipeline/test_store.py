@@ -1,4 +1,5 @@
 """Store layout, open/validate errors, read_frames by timestamp, describe and fingerprint."""
+
 from __future__ import annotations
 
 import json
@@ -17,8 +18,10 @@ IV = 360
 @pytest.fixture
 def small_store(hand_archive, tmp_path):
     arch = hand_archive(30, missing=[4, 5, 6])
-    ing.ingest(ing.IngestConfig(arch.root, tmp_path / "s.zarr", workers=0, chunk_frames=2, shard_frames=6),
-               progress=False)
+    ing.ingest(
+        ing.IngestConfig(arch.root, tmp_path / "s.zarr", workers=0, chunk_frames=2, shard_frames=6),
+        progress=False,
+    )
     return tmp_path / "s.zarr", arch
 
 
@@ -61,7 +64,11 @@ def test_describe_and_fingerprint(small_store):
     assert set(d["splits"]) == {"train", "valid", "test"} and d["bad_files"] == 0
     fp = st.Store.open(path).fingerprint()
     json.dumps(fp)
-    assert fp["path"] == str(path.resolve()) and fp["ingest_version"] == st.INGEST_VERSION and fp["n_frames"] == 27
+    assert (
+        fp["path"] == str(path.resolve())
+        and fp["ingest_version"] == st.INGEST_VERSION
+        and fp["n_frames"] == 27
+    )
 
 
 def test_open_store_errors(tmp_path, small_store):
@@ -104,12 +111,14 @@ def _zarr_array(path, data, chunk, shard, compressor, level=1, write_empty=True,
     arr = arr.with_config({"write_empty_chunks": write_empty})
     unit = layout.unit_frames
     for i0 in range(0, data.shape[0], unit):
-        arr[i0:i0 + unit] = data[i0:i0 + unit]
+        arr[i0 : i0 + unit] = data[i0 : i0 + unit]
     return zarr.open_array(str(path), mode="r")
 
 
-@pytest.mark.parametrize("chunk, shard, compressor", [(1, 4, "zstd"), (2, 6, "zstd"), (5, 10, "blosc-lz4"),
-                                                      (3, 9, "none"), (4, 8, "blosc-zstd")])
+@pytest.mark.parametrize(
+    "chunk, shard, compressor",
+    [(1, 4, "zstd"), (2, 6, "zstd"), (5, 10, "blosc-lz4"), (3, 9, "none"), (4, 8, "blosc-zstd")],
+)
 @pytest.mark.parametrize("dtype", ["uint8", "bool"])
 @pytest.mark.parametrize("checksum", [True, False])
 def test_shard_file_reader_matches_zarr(tmp_path, chunk, shard, compressor, dtype, checksum):
@@ -121,7 +130,7 @@ def test_shard_file_reader_matches_zarr(tmp_path, chunk, shard, compressor, dtyp
     data = rng.integers(0, 256, (n, 6, 5)).astype(np.uint8)
     if dtype == "bool":
         data = data > 100
-    data[chunk:2 * chunk] = 0  # an all-fill chunk (written: ingest writes every chunk)
+    data[chunk : 2 * chunk] = 0  # an all-fill chunk (written: ingest writes every chunk)
     arr = _zarr_array(tmp_path / "a.zarr", data, chunk, shard, compressor, checksum=checksum)
     reader = st.ShardFileReader.for_array(arr)
     assert reader is not None and reader.checksum == checksum == st.has_checksums(arr)
@@ -136,6 +145,7 @@ def test_shard_file_reader_matches_zarr(tmp_path, chunk, shard, compressor, dtyp
         st.ShardFileReader.for_array(unwritten).read(0, n, np.empty((n, 6, 5), dtype=data.dtype))
     assert (info.value.lo, info.value.hi) == (chunk, 2 * chunk)
     import shutil
+
     shutil.rmtree(tmp_path / "a.zarr" / "c" / "1")  # shard 1 missing: damage naming its rows
     with pytest.raises(st.ChunkDamage, match="shard file a.zarr/c/1/0/0 is missing") as info:
         reader.read(0, n, np.empty((n, 6, 5), dtype=data.dtype))
@@ -150,11 +160,13 @@ def test_shard_file_reader_declines_other_layouts(tmp_path):
     assert st.ShardFileReader.for_array(unsharded) is None
     import zarr
 
-    partial_frames = zarr.create_array(str(tmp_path / "p.zarr"), shape=(4, 4, 4), dtype="uint8", chunks=(1, 2, 4),
-                                       shards=(2, 4, 4))
+    partial_frames = zarr.create_array(
+        str(tmp_path / "p.zarr"), shape=(4, 4, 4), dtype="uint8", chunks=(1, 2, 4), shards=(2, 4, 4)
+    )
     assert st.ShardFileReader.for_array(partial_frames) is None
-    wide = zarr.create_array(str(tmp_path / "w.zarr"), shape=(4, 4, 4), dtype="int16", chunks=(1, 4, 4),
-                             shards=(2, 4, 4))
+    wide = zarr.create_array(
+        str(tmp_path / "w.zarr"), shape=(4, 4, 4), dtype="int16", chunks=(1, 4, 4), shards=(2, 4, 4)
+    )
     assert st.ShardFileReader.for_array(wide) is None
 
 
@@ -165,8 +177,13 @@ def test_store_reader_fast_and_zarr_paths_agree(small_store):
     fast, slow = st.StoreReader(g), st.StoreReader(g, fast=False)
     assert fast.uses_fast_path and not slow.uses_fast_path
     t = arch.times_s()
-    queries = [t[0] + IV * np.arange(25), t[2] + IV * np.arange(10), np.array([t[-1], t[0], t[5]]),
-               t[7:20], np.array([t[0] - IV])]
+    queries = [
+        t[0] + IV * np.arange(25),
+        t[2] + IV * np.arange(10),
+        np.array([t[-1], t[0], t[5]]),
+        t[7:20],
+        np.array([t[0] - IV]),
+    ]
     for q in queries:
         for a, b in zip(fast.read(q), slow.read(q)):
             np.testing.assert_array_equal(a, b)
@@ -186,14 +203,20 @@ def test_store_handle(small_store, tmp_path, monkeypatch):
     store = st.Store.open(path.name)
     assert store.path == path.resolve() and store.interval_s == IV and store.frame_size == (64, 64)
     assert store.splits == ["test", "train", "valid"]
-    np.testing.assert_array_equal(store.clip_starts("train", "sequent"), st.read_catalog(store.group, "train", "sequent"))
+    np.testing.assert_array_equal(
+        store.clip_starts("train", "sequent"), st.read_catalog(store.group, "train", "sequent")
+    )
     np.testing.assert_array_equal(store.time_s, arch.times_s())
     assert store.present.all() and store.reader() is store.reader()
-    np.testing.assert_array_equal(store.slot_times_s(int(store.time_s[0]), 3), store.time_s[0] + IV * np.arange(3))
+    np.testing.assert_array_equal(
+        store.slot_times_s(int(store.time_s[0]), 3), store.time_s[0] + IV * np.arange(3)
+    )
     monkeypatch.chdir(tmp_path)
     clone = pickle.loads(pickle.dumps(store))
     assert clone.path == store.path and clone._reader is None and len(pickle.dumps(store)) < 500
-    np.testing.assert_array_equal(clone.reader().read(store.time_s[:2])[0], store.reader().read(store.time_s[:2])[0])
+    np.testing.assert_array_equal(
+        clone.reader().read(store.time_s[:2])[0], store.reader().read(store.time_s[:2])[0]
+    )
     with pytest.raises(NowcastError, match="split 'nope'"):
         store.clip_starts("nope")
     with pytest.raises(NowcastError, match="protocol"):
@@ -205,7 +228,9 @@ def test_store_handle(small_store, tmp_path, monkeypatch):
 def test_infer_interval_s_is_the_most_common_step():
     t = 1_000_000 + 360 * np.array([0, 1, 2, 3, 7, 8, 9, 30])
     assert st.infer_interval_s(t) == 360
-    assert st.infer_interval_s(np.array([0, 300, 600, 1200, 1500, 2100])) == 300  # tie 300 vs 600: the smaller
+    assert (
+        st.infer_interval_s(np.array([0, 300, 600, 1200, 1500, 2100])) == 300
+    )  # tie 300 vs 600: the smaller
     assert st.infer_interval_s(np.array([5, 5, 65])) == 60  # repeats ignored
     assert st.infer_interval_s(np.array([7])) == st.INTERVAL_S == 360  # no step: the HKO-7 cadence
 
@@ -226,15 +251,20 @@ def test_shard_reader_checks_the_index_crc_and_store_reader_names_the_frames(sma
     with pytest.raises(st.ChunkDamage, match="index checksum"):
         reader.read(0, 2, np.empty((2, 64, 64), np.uint8))
     t = arch.times_s()
-    with pytest.raises(NowcastError, match=f"damaged at frames 0-5 .{iso_utc(t[0])} to {iso_utc(t[5])}., array "
-                                           "frames: .*index checksum.*info --verify"):
+    with pytest.raises(
+        NowcastError,
+        match=f"damaged at frames 0-5 .{iso_utc(t[0])} to {iso_utc(t[5])}., array "
+        "frames: .*index checksum.*info --verify",
+    ):
         st.StoreReader(g).read(t[:2])
 
 
 def test_store_reader_logs_when_the_layout_is_not_the_fast_one(tmp_path, caplog):
     import logging
 
-    g = st.create_store(tmp_path / "u.zarr", 4, 4, st.StoreLayout(chunk_frames=2, shard_frames=None), {"interval_s": IV})
+    g = st.create_store(
+        tmp_path / "u.zarr", 4, 4, st.StoreLayout(chunk_frames=2, shard_frames=None), {"interval_s": IV}
+    )
     with caplog.at_level(logging.INFO, logger="nowcast.store"):
         reader = st.StoreReader(g)
     assert not reader.uses_fast_path and "reading through zarr" in caplog.text

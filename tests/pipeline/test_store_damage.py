@@ -1,5 +1,6 @@
 """Issue 10, item 6: a damaged store is an error naming the frames in every reader path (the
 training dataset, evaluate, predict) and in ``nowcast info --verify``, never different scores."""
+
 from __future__ import annotations
 
 import re
@@ -26,10 +27,22 @@ def intact(tmp_path_factory) -> Path:
     from pipeline.synth import SynthConfig, synth_archive
 
     root = tmp_path_factory.mktemp("damage")
-    synth_archive(SynthConfig(out_dir=root / "archive", days=3, frames_per_day=60, size_px=SIZE, seed=3, workers=1,
-                              missing_frame_rate=0.0), progress=False)
-    ingest(IngestConfig(archive=root / "archive", store=root / "store.zarr", workers=0, shard_frames=40),
-           progress=False)
+    synth_archive(
+        SynthConfig(
+            out_dir=root / "archive",
+            days=3,
+            frames_per_day=60,
+            size_px=SIZE,
+            seed=3,
+            workers=1,
+            missing_frame_rate=0.0,
+        ),
+        progress=False,
+    )
+    ingest(
+        IngestConfig(archive=root / "archive", store=root / "store.zarr", workers=0, shard_frames=40),
+        progress=False,
+    )
     return root / "store.zarr"
 
 
@@ -51,7 +64,7 @@ def damaged_copy(intact: Path, tmp_path: Path, how: str) -> tuple[Path, int]:
         shard.unlink()
     else:
         data = bytearray(shard.read_bytes())
-        index = np.frombuffer(bytes(data[-(16 * reader.chunks_per_shard + 4):-4]), "<u8").reshape(-1, 2)
+        index = np.frombuffer(bytes(data[-(16 * reader.chunks_per_shard + 4) : -4]), "<u8").reshape(-1, 2)
         offset, nbytes = (int(v) for v in index[(row % reader.shard_frames) // reader.chunk_frames])
         for k in (nbytes // 4, nbytes // 2, 3 * nbytes // 4):
             data[offset + k] ^= 0x5A
@@ -62,8 +75,9 @@ def damaged_copy(intact: Path, tmp_path: Path, how: str) -> tuple[Path, int]:
 def _evaluate(store: Path, tmp_path: Path) -> dict:
     from pipeline.evaluate import EvaluateConfig, evaluate
 
-    cfg = EvaluateConfig(store=store, model_uri="persistence", log_to_mlflow=False,
-                         out_json=tmp_path / f"{store.stem}.json")
+    cfg = EvaluateConfig(
+        store=store, model_uri="persistence", log_to_mlflow=False, out_json=tmp_path / f"{store.stem}.json"
+    )
     return evaluate(cfg)
 
 
@@ -79,21 +93,32 @@ def test_damage_is_an_error_naming_the_frames_in_every_reader_path(intact, tmp_p
     problem = "is missing" if how == "deleted" else "checksum does not match"
 
     def names_the_row(call):
-        with pytest.raises(NowcastError, match=f"is damaged at frames .*, array frames: .*{problem}.*info --verify") as e:
+        with pytest.raises(
+            NowcastError, match=f"is damaged at frames .*, array frames: .*{problem}.*info --verify"
+        ) as e:
             call()
         lo, hi = (int(v) for v in re.search(r"at frames (\d+)-(\d+) ", str(e.value)).groups())
         times = re.search(r"\((\S+Z) to (\S+Z)\)", str(e.value)).groups()
         assert lo <= row <= hi and times == (iso_utc(handle.time_s[lo]), iso_utc(handle.time_s[hi]))
 
-    names_the_row(lambda: _evaluate(store, tmp_path))                         # evaluate
+    names_the_row(lambda: _evaluate(store, tmp_path))  # evaluate
     starts = handle.clip_starts("test", "random")
     dataset = ClipDataset(handle, starts[starts <= handle.time_s[row]][-1:], seq_len=25)
-    names_the_row(lambda: dataset[0])                                         # the training dataset
+    names_the_row(lambda: dataset[0])  # the training dataset
     names_the_row(lambda: dataset.__getitems__([0]))
-    names_the_row(lambda: predict(PredictConfig(model_uri="persistence", out_dir=tmp_path / "forecast",  # predict
-                                                store=store, time=int(handle.time_s[row]), gif=False)))
+    names_the_row(
+        lambda: predict(
+            PredictConfig(
+                model_uri="persistence",
+                out_dir=tmp_path / "forecast",  # predict
+                store=store,
+                time=int(handle.time_s[row]),
+                gif=False,
+            )
+        )
+    )
 
-    report = handle.verify()                                                # info --verify
+    report = handle.verify()  # info --verify
     assert report["checksums"] and len(report["damaged"]) == 1
     damaged = report["damaged"][0]
     assert damaged["array"] == "frames" and damaged["rows"][0] <= row <= damaged["rows"][1]
@@ -118,7 +143,9 @@ def test_unsharded_store_damage_is_found_through_zarr_too(hand_archive, tmp_path
     t = arch.times_s()
     np.testing.assert_array_equal(reader.read(t[:6])[0], np.stack([arch.frames[x] for x in t[:6]]))
     (store / "frames" / "c" / "1" / "0" / "0").unlink()
-    with pytest.raises(NowcastError, match=f"damaged at frames 4-7 .{iso_utc(t[4])}.*frames/c/1/0/0 is missing"):
+    with pytest.raises(
+        NowcastError, match=f"damaged at frames 4-7 .{iso_utc(t[4])}.*frames/c/1/0/0 is missing"
+    ):
         st.Store.open(store).reader().read(t[:6])
     chunk = store / "masks" / "c" / "2" / "0" / "0"
     data = bytearray(chunk.read_bytes())

@@ -1,4 +1,5 @@
 """Tests for pipeline.synth: layout, codecs, masks, determinism, missing frames, day lists, weather."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -24,8 +25,9 @@ START = "2015-06-01"
 
 
 def _archive(root: Path, **kw) -> synth.SynthResult:
-    args = dict(start=START, days=DAYS, frames_per_day=FRAMES, size_px=SIZE, seed=0, missing_frame_rate=0.1,
-                workers=1)
+    args = dict(
+        start=START, days=DAYS, frames_per_day=FRAMES, size_px=SIZE, seed=0, missing_frame_rate=0.1, workers=1
+    )
     args.update(kw)
     return synth_archive(SynthConfig(root, **args), progress=False)
 
@@ -64,10 +66,14 @@ def test_layout_and_file_names(archive):
     masks = [p for p in (root / "radarPNG_mask").rglob("*") if p.is_file()]
     assert res.n_days == DAYS and res.n_frames == len(pngs) == len(masks)
     t0 = np.datetime64(START + "T00:00:00")
-    allowed = {t0 + np.timedelta64(d, "D") + np.timedelta64(6 * k, "m") for d in range(DAYS) for k in range(FRAMES)}
+    allowed = {
+        t0 + np.timedelta64(d, "D") + np.timedelta64(6 * k, "m") for d in range(DAYS) for k in range(FRAMES)
+    }
     for p in pngs:
         rel = p.relative_to(root).as_posix()
-        m = re.fullmatch(r"radarPNG/(\d{4})/(\d{2})/(\d{2})/RAD(\d{2})(\d{2})(\d{2})(\d{2})(\d{2})00\.png", rel)
+        m = re.fullmatch(
+            r"radarPNG/(\d{4})/(\d{2})/(\d{2})/RAD(\d{2})(\d{2})(\d{2})(\d{2})(\d{2})00\.png", rel
+        )
         assert m, rel
         yyyy, mm, dd, yy, mo, d2, hh, mi = m.groups()
         assert yyyy[2:] == yy and mm == mo and dd == d2
@@ -111,15 +117,19 @@ def test_masks_circular_coverage_and_clutter(archive):
     root, _ = archive
     paths = sorted((root / "radarPNG_mask").rglob("*.mask"))
     r0 = synth.COVERAGE_RADIUS * SIZE
-    circle = np.array([[(c + 0.5 - SIZE / 2) ** 2 + (r + 0.5 - SIZE / 2) ** 2 <= r0 * r0 for c in range(SIZE)]
-                       for r in range(SIZE)])
+    circle = np.array(
+        [
+            [(c + 0.5 - SIZE / 2) ** 2 + (r + 0.5 - SIZE / 2) ** 2 <= r0 * r0 for c in range(SIZE)]
+            for r in range(SIZE)
+        ]
+    )
     for mpath in paths[:10]:
         mask = _read_mask(mpath, (SIZE, SIZE))
         assert hko7.decode_mask(mpath.read_bytes(), (SIZE, SIZE)).tolist() == mask.tolist()
         assert not (mask & ~circle).any(), "valid pixels outside the radar range"
         holes = circle & ~mask  # clutter / outliers inside the coverage
         assert 1 <= holes.sum() <= 0.03 * circle.sum()
-        assert mask[SIZE // 2 - 3:SIZE // 2 + 3, SIZE // 2 - 3:SIZE // 2 + 3].sum() >= 30
+        assert mask[SIZE // 2 - 3 : SIZE // 2 + 3, SIZE // 2 - 3 : SIZE // 2 + 3].sum() >= 30
         png = _read_png(hko7.frame_path(root, hko7.time_from_name(mpath)))
         assert (png[~circle] == 0).all()
         assert (png[holes] >= dbz_to_u8(40.0)).all(), "clutter pixels carry high values"
@@ -212,7 +222,9 @@ def test_day_lists_partition_the_days(archive):
 def test_split_days_sizes(n):
     """synth's ~70/15/15 day lists: the catalog's one split rule with synth's fractions."""
     days = [np.datetime64("2015-01-01") + i for i in range(n)]
-    parts = {k: list(v) for k, v in split_days_by_fraction(days, synth.VALID_FRACTION, synth.TEST_FRACTION).items()}
+    parts = {
+        k: list(v) for k, v in split_days_by_fraction(days, synth.VALID_FRACTION, synth.TEST_FRACTION).items()
+    }
     assert parts["train"] + parts["valid"] + parts["test"] == days
     if n >= 3:
         assert all(len(p) >= 1 for p in parts.values())
@@ -278,8 +290,9 @@ def test_motion_is_not_a_uniform_shift():
     # control: one frame moved by a uniform shift, with sensor noise -> the measure is ~0
     rng = np.random.default_rng(0)
     base = frames[0][10]
-    control = np.stack([np.roll(base, (k // 3, 2 * (k // 3)), (0, 1)) + rng.normal(0, 1, base.shape)
-                        for k in range(30)])
+    control = np.stack(
+        [np.roll(base, (k // 3, 2 * (k // 3)), (0, 1)) + rng.normal(0, 1, base.shape) for k in range(30)]
+    )
     control_score = _non_uniform_fraction(control, np.ones(control.shape, bool))
     assert control_score < 0.02
     assert score > 0.1 and score > 5 * control_score, (score, control_score)
@@ -384,24 +397,47 @@ def test_render_bands_and_skirts_match_naive_loop():
             for k in range(len(bands)):
                 dx, dy = x - bands.x[k], y - bands.y[k]
                 along = dx * math.cos(bands.theta[k]) + dy * math.sin(bands.theta[k])
-                across = -dx * math.sin(bands.theta[k]) + dy * math.cos(bands.theta[k]) - bands.curvature[k] * along ** 2
+                across = (
+                    -dx * math.sin(bands.theta[k])
+                    + dy * math.cos(bands.theta[k])
+                    - bands.curvature[k] * along**2
+                )
                 q = (along / bands.sigma_major[k]) ** 2 + (across / bands.sigma_minor[k]) ** 2
                 naive_b[r, c] += bands.peak_mm_h[k] * env_b[k] * math.exp(-0.5 * q)
             for k in range(len(cells)):
                 sigma = synth.SKIRT_SIZE * cells.sigma_major[k] * (0.6 + 0.4 * env_c[k])
                 d2 = (x - cells.x[k]) ** 2 + (y - cells.y[k]) ** 2
-                naive_s[r, c] += synth.SKIRT_INTENSITY * cells.peak_mm_h[k] * env_c[k] * math.exp(-0.5 * d2 / sigma ** 2)
+                naive_s[r, c] += (
+                    synth.SKIRT_INTENSITY * cells.peak_mm_h[k] * env_c[k] * math.exp(-0.5 * d2 / sigma**2)
+                )
     np.testing.assert_allclose(fast_b, naive_b, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(fast_s, naive_s, rtol=1e-4, atol=1e-6)
 
 
 # --- configuration --------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("bad", [
-    dict(days=0), dict(days=2.5), dict(days=True), dict(frames_per_day=0), dict(frames_per_day=241),
-    dict(size_px=8), dict(size_px=96.0), dict(seed=-1), dict(seed=1.5), dict(missing_frame_rate=-0.1),
-    dict(missing_frame_rate=0.6), dict(missing_frame_rate="x"), dict(workers=0), dict(start="2015-13-01"),
-    dict(start="June"), dict(start="1999-12-31"), dict(start="2099-12-31", days=2), dict(out_dir=""),
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(days=0),
+        dict(days=2.5),
+        dict(days=True),
+        dict(frames_per_day=0),
+        dict(frames_per_day=241),
+        dict(size_px=8),
+        dict(size_px=96.0),
+        dict(seed=-1),
+        dict(seed=1.5),
+        dict(missing_frame_rate=-0.1),
+        dict(missing_frame_rate=0.6),
+        dict(missing_frame_rate="x"),
+        dict(workers=0),
+        dict(start="2015-13-01"),
+        dict(start="June"),
+        dict(start="1999-12-31"),
+        dict(start="2099-12-31", days=2),
+        dict(out_dir=""),
+    ],
+)
 def test_bad_config_raises(tmp_path, bad):
     kw = dict(out_dir=tmp_path / "a")
     kw.update(bad)
@@ -419,8 +455,15 @@ def test_out_dir_that_is_a_file_raises(tmp_path):
 
 def test_defaults_and_progress(tmp_path):
     cfg = SynthConfig(tmp_path / "a")
-    assert (cfg.start, cfg.days, cfg.frames_per_day, cfg.size_px, cfg.seed, cfg.missing_frame_rate, cfg.workers) \
-        == ("2015-06-01", 4, 240, 480, 0, 0.01, None)
+    assert (
+        cfg.start,
+        cfg.days,
+        cfg.frames_per_day,
+        cfg.size_px,
+        cfg.seed,
+        cfg.missing_frame_rate,
+        cfg.workers,
+    ) == ("2015-06-01", 4, 240, 480, 0, 0.01, None)
     res = synth_archive(SynthConfig(tmp_path / "b", days=1, frames_per_day=3, size_px=16), progress=True)
     assert res.out_dir == (tmp_path / "b").absolute() and res.seconds > 0 and res.n_days == 1
 
@@ -445,17 +488,31 @@ def test_cubic_resample_matches_keys_kernel_and_keeps_constants():
     def keys(d, a=-0.5):
         d = abs(d)
         if d <= 1:
-            return (a + 2) * d ** 3 - (a + 3) * d ** 2 + 1
-        return a * d ** 3 - 5 * a * d ** 2 + 8 * a * d - 4 * a if d < 2 else 0.0
+            return (a + 2) * d**3 - (a + 3) * d**2 + 1
+        return a * d**3 - 5 * a * d**2 + 8 * a * d - 4 * a if d < 2 else 0.0
 
     for j in range(n_out):
         x = (j + 0.5) * n_in / n_out - 0.5
-        ref = sum(keys(x - i) * signal[min(max(i, 0), n_in - 1)] for i in range(math.floor(x) - 1, math.floor(x) + 3))
+        ref = sum(
+            keys(x - i) * signal[min(max(i, 0), n_in - 1)]
+            for i in range(math.floor(x) - 1, math.floor(x) + 3)
+        )
         assert (w[:, j] * signal[idx[:, j]]).sum() == pytest.approx(ref, abs=1e-5)
     img = np.random.default_rng(2).normal(size=(4, 5)).astype(np.float32)
     rows, cols = synth.resample_taps(9, 4), synth.resample_taps(11, 5)
-    ref2 = np.array([[sum(rows[1][a, r] * cols[1][b, c] * img[rows[0][a, r], cols[0][b, c]]
-                          for a in range(2) for b in range(2)) for c in range(11)] for r in range(9)])
+    ref2 = np.array(
+        [
+            [
+                sum(
+                    rows[1][a, r] * cols[1][b, c] * img[rows[0][a, r], cols[0][b, c]]
+                    for a in range(2)
+                    for b in range(2)
+                )
+                for c in range(11)
+            ]
+            for r in range(9)
+        ]
+    )
     np.testing.assert_allclose(synth.resize2d(img, rows, cols), ref2, rtol=1e-5, atol=1e-6)
 
 
@@ -475,8 +532,11 @@ def test_bilinear_sample_matches_naive_with_reflection():
         yv = y[r, c]
         x0, y0 = math.floor(xv), math.floor(yv)
         fx, fy = xv - x0, yv - y0
-        val = sum(wy * wx * img[reflect(y0 + dy, 5), reflect(x0 + dx, 7)]
-                  for dy, wy in ((0, 1 - fy), (1, fy)) for dx, wx in ((0, 1 - fx), (1, fx)))
+        val = sum(
+            wy * wx * img[reflect(y0 + dy, 5), reflect(x0 + dx, 7)]
+            for dy, wy in ((0, 1 - fy), (1, fy))
+            for dx, wx in ((0, 1 - fx), (1, fx))
+        )
         assert fast[r, c] == pytest.approx(val, abs=1e-5)
 
 
@@ -494,7 +554,7 @@ def test_archive_matches_only_a_finished_archive_with_the_same_settings(tmp_path
     assert not synth.archive_matches(cfg)
     synth_archive(cfg, progress=False)
     assert synth.archive_matches(cfg)
-    assert synth.archive_matches(dataclasses.replace(cfg, workers=2))      # workers do not change the bytes
+    assert synth.archive_matches(dataclasses.replace(cfg, workers=2))  # workers do not change the bytes
     assert not synth.archive_matches(dataclasses.replace(cfg, seed=1))
     assert not synth.archive_matches(dataclasses.replace(cfg, size_px=48))
     (tmp_path / "a" / synth.CONFIG_FILE).write_text("{not json")

@@ -1,4 +1,5 @@
 """pipeline.times: epoch seconds <-> ISO 8601."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -10,8 +11,14 @@ from pipeline.times import iso_utc, parse_time_s
 
 def test_parse_time():
     t = int(np.datetime64("2015-06-04T12:00", "s").astype(np.int64))
-    for value in ("2015-06-04T12:00", "2015-06-04T12:00:00Z", "2015-06-04 12:00", "2015-06-04T12:00+00:00",
-                  str(t), t):
+    for value in (
+        "2015-06-04T12:00",
+        "2015-06-04T12:00:00Z",
+        "2015-06-04 12:00",
+        "2015-06-04T12:00+00:00",
+        str(t),
+        t,
+    ):
         assert parse_time_s(value) == t
     with pytest.raises(NowcastError):
         parse_time_s("yesterday")

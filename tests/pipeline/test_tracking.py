@@ -1,4 +1,5 @@
 """pipeline.tracking: URIs, runs, model logging/registration (loaded back as forecasters), the champion alias."""
+
 from __future__ import annotations
 
 import time
@@ -88,17 +89,17 @@ def test_champion_alias_moves_only_on_improvement(sqlite_uri):
 
     client = mlflow.MlflowClient()
     v1 = _version_with_score(client, "m", 0.30)
-    assert tracking.promote_if_better("m", v1, 0.30) is True          # first version: champion
+    assert tracking.promote_if_better("m", v1, 0.30) is True  # first version: champion
     assert _champion(client, "m") == v1
     v2 = _version_with_score(client, "m", 0.20)
-    assert tracking.promote_if_better("m", v2, 0.20) is False         # worse: stays v1
+    assert tracking.promote_if_better("m", v2, 0.20) is False  # worse: stays v1
     assert _champion(client, "m") == v1
     v3 = _version_with_score(client, "m", 0.30)
-    assert tracking.promote_if_better("m", v3, 0.30) is False         # tie: stays v1
+    assert tracking.promote_if_better("m", v3, 0.30) is False  # tie: stays v1
     v4 = _version_with_score(client, "m", float("nan"))
     assert tracking.promote_if_better("m", v4, float("nan")) is False  # NaN never wins
     v5 = _version_with_score(client, "m", 0.45)
-    assert tracking.promote_if_better("m", v5, 0.45) is True          # better: moves
+    assert tracking.promote_if_better("m", v5, 0.45) is True  # better: moves
     assert _champion(client, "m") == v5
     # the comparison reads the champion's *run metric*, not the caller's memory
     assert tracking.version_score("m", v5) == pytest.approx(0.45)
@@ -106,7 +107,7 @@ def test_champion_alias_moves_only_on_improvement(sqlite_uri):
     tracking.promote("m", v2)
     assert _champion(client, "m") == v2
     v6 = _version_with_score(client, "m", 0.25)
-    assert tracking.promote_if_better("m", v6, 0.25) is True          # 0.25 > v2's 0.20
+    assert tracking.promote_if_better("m", v6, 0.25) is True  # 0.25 > v2's 0.20
     assert _champion(client, "m") == v6
 
 
@@ -117,12 +118,12 @@ def test_version_score_is_the_registered_weights_score_not_the_runs_last(sqlite_
 
     client = mlflow.MlflowClient()
     v1 = _version_with_score(client, "best", 0.20)
-    assert tracking.version_score("best", v1) == pytest.approx(0.20)      # no tag: the run metric
+    assert tracking.version_score("best", v1) == pytest.approx(0.20)  # no tag: the run metric
     tracking.tag_version_score("best", v1, 0.40, 1500)
     assert tracking.version_score("best", v1) == pytest.approx(0.40)
     assert client.get_model_version("best", str(v1)).tags["best_step"] == "1500"
     assert tracking.promote_if_better("best", v1, 0.40) is True
-    v2 = _version_with_score(client, "best", 0.30)                         # beats 0.20, not 0.40
+    v2 = _version_with_score(client, "best", 0.30)  # beats 0.20, not 0.40
     assert tracking.promote_if_better("best", v2, 0.30) is False
 
 
@@ -139,11 +140,11 @@ def test_a_version_without_a_validation_score_never_becomes_champion(sqlite_uri)
     with pytest.raises(NowcastError, match="no validation score.*--force") as exc:
         tracking.promote("n", v1)
     assert exc.value.exit_code == 2 and tracking.champion_version("n") is None
-    tracking.promote("n", v1, alias="staging")                       # other aliases: no rule
+    tracking.promote("n", v1, alias="staging")  # other aliases: no rule
     tracking.promote("n", v1, force=True)
     assert _champion(client, "n") == v1
     v2 = _version_with_score(client, "n", 0.01)
-    assert tracking.promote_if_better("n", v2, 0.01) is True          # champion without metric = -inf
+    assert tracking.promote_if_better("n", v2, 0.01) is True  # champion without metric = -inf
 
 
 def test_champion_score_of_runs_before_the_metric_rename_is_read(sqlite_uri):
@@ -159,11 +160,20 @@ def test_champion_score_of_runs_before_the_metric_rename_is_read(sqlite_uri):
 
 
 def test_skill_metric_names_are_one_scheme():
-    result = {"thresholds": [0.5, 5.0], "csi": [[0.2, float("nan")], [0.4, 0.3]], "hss": [[0.1, 0.1], [0.3, 0.1]],
-              "b_mse": [1.0, 3.0], "b_mae": [2.0, 2.0], "mse": [1, 1], "mae": [1, 1]}
+    result = {
+        "thresholds": [0.5, 5.0],
+        "csi": [[0.2, float("nan")], [0.4, 0.3]],
+        "hss": [[0.1, 0.1], [0.3, 0.1]],
+        "b_mse": [1.0, 3.0],
+        "b_mae": [2.0, 2.0],
+        "mse": [1, 1],
+        "mae": [1, 1],
+    }
     for split in ("valid", "test"):
         m = tracking.skill_metrics(result, split)
-        assert m[f"{split}_csi_0.5mm_h"] == pytest.approx(0.3) and m[f"{split}_csi_5mm_h"] == pytest.approx(0.3)
+        assert m[f"{split}_csi_0.5mm_h"] == pytest.approx(0.3) and m[f"{split}_csi_5mm_h"] == pytest.approx(
+            0.3
+        )
         assert m[f"{split}_hss_5mm_h"] == pytest.approx(0.1) and m[f"{split}_b_mse"] == pytest.approx(2.0)
     curves = tracking.skill_curves(result, "test", 360)
     assert ("test_csi_5mm_h_by_lead", 0.3, 12) in curves and ("test_csi_5mm_h_by_lead", 0.3, 6) not in curves
@@ -185,12 +195,12 @@ def test_log_register_and_load_registered_model(sqlite_uri):
     exp_id = tracking.setup_experiment(sqlite_uri, "logtest")
     # artifacts next to the SQLite file, not in ./mlruns of whatever the current directory is
     location = mlflow.MlflowClient().get_experiment(exp_id).artifact_location
-    assert location == (Path(sqlite_uri[len("sqlite:///"):]).parent / "mlartifacts" / "logtest").as_uri()
+    assert location == (Path(sqlite_uri[len("sqlite:///") :]).parent / "mlartifacts" / "logtest").as_uri()
     with mlflow.start_run(experiment_id=exp_id) as run:
         mlflow.log_metric(tracking.CHAMPION_METRIC, 0.1)
         logged = tracking.log_and_register_model(model, example, "reg")
     assert logged.registered_version == 1
-    assert logged.serialization_format == "pt2"   # torch.export works for the recurrent model
+    assert logged.serialization_format == "pt2"  # torch.export works for the recurrent model
     assert tracking.promote_if_better("reg", 1, 0.1)
     x = torch.rand(2, 3, 1, 16, 16)
     with torch.no_grad():
@@ -220,10 +230,13 @@ def test_register_and_champion_against_real_mlflow_server(tmp_path):
         for score in (0.2, 0.1, 0.3):
             with mlflow.start_run(experiment_id=exp_id):
                 mlflow.log_metric(tracking.CHAMPION_METRIC, score)
-                logged = tracking.log_and_register_model(model, example, "srv",
-                                                         serialization_format="pickle")
-            versions.append((logged.registered_version,
-                             tracking.promote_if_better("srv", logged.registered_version, score)))
+                logged = tracking.log_and_register_model(model, example, "srv", serialization_format="pickle")
+            versions.append(
+                (
+                    logged.registered_version,
+                    tracking.promote_if_better("srv", logged.registered_version, score),
+                )
+            )
         assert versions == [(1, True), (2, False), (3, True)]
         f = load_forecaster("models:/srv@champion", tracking_uri=uri)
         assert f.name == "srv/3"

@@ -6,6 +6,7 @@ the interrupted-and-resumed run and the crashed-and-recovered run must end with 
 weights, which they can only do if every step 1..N was applied exactly once, in order, with
 the same batches.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,8 +20,8 @@ import pytest
 import torch
 
 from pipeline import train as tr
-from pipeline.errors import NowcastError
 from pipeline.checkpoints import MODEL_STATE_FILE
+from pipeline.errors import NowcastError
 from pipeline.tracking import BEST_METRIC, CHAMPION_METRIC, RUN_NAME_TAG
 from tests.pipeline._ray_fixtures import local_ray, make_store, mlflow_server
 
@@ -28,9 +29,16 @@ from tests.pipeline._ray_fixtures import local_ray, make_store, mlflow_server
 # ====================================================================== pure helpers
 def test_lr_factor_step_schedule_matches_hand_table():
     # HKO-7: 1e-4, x0.7 every 20k steps, floor 1e-6
-    step_lr = dict(schedule="step", total_steps=100_000, warmup_steps=0, base_lr=1e-4, min_lr=1e-6,
-                   decay=0.7, decay_every=20_000)
-    table = {0: 1.0, 19_999: 1.0, 20_000: 0.7, 40_000: 0.49, 99_999: 0.7 ** 4, 100_000: 0.7 ** 5}
+    step_lr = dict(
+        schedule="step",
+        total_steps=100_000,
+        warmup_steps=0,
+        base_lr=1e-4,
+        min_lr=1e-6,
+        decay=0.7,
+        decay_every=20_000,
+    )
+    table = {0: 1.0, 19_999: 1.0, 20_000: 0.7, 40_000: 0.49, 99_999: 0.7**4, 100_000: 0.7**5}
     for step, want in table.items():
         assert tr.lr_factor(step, **step_lr) == pytest.approx(want)
     # 0.7**13 = 0.0097 < 1e-6/1e-4 = 0.01: clamped at the floor
@@ -40,10 +48,15 @@ def test_lr_factor_step_schedule_matches_hand_table():
 def test_lr_factor_warmup_then_cosine_matches_hand_table():
     # warm-up 10 steps, cosine over the 100 - 10 = 90 that follow, from 1 down to 1e-5 / 1e-3 = 0.01
     cos = dict(schedule="cosine", total_steps=100, warmup_steps=10, base_lr=1e-3, min_lr=1e-5)
-    table = {0: 0.1, 4: 0.5, 9: 1.0,          # (s + 1) / 10
-             10: 1.0,                         # start of the decay
-             55: 0.01 + 0.99 * 0.5,           # half way: cos(pi/2) = 0
-             100: 0.01, 150: 0.01}            # the floor at the end and beyond
+    table = {
+        0: 0.1,
+        4: 0.5,
+        9: 1.0,  # (s + 1) / 10
+        10: 1.0,  # start of the decay
+        55: 0.01 + 0.99 * 0.5,  # half way: cos(pi/2) = 0
+        100: 0.01,
+        150: 0.01,
+    }  # the floor at the end and beyond
     for step, want in table.items():
         assert tr.lr_factor(step, **cos) == pytest.approx(want), step
     # slow reference over every step: monotone non-increasing after the warm-up
@@ -53,10 +66,22 @@ def test_lr_factor_warmup_then_cosine_matches_hand_table():
 
 def test_recipes_fill_unset_fields_and_options_win(tmp_path):
     cfg = tr.TrainConfig(store=str(tmp_path / "s"), preset="tiny", tracking_uri="sqlite:///x.db").resolved()
-    assert cfg.recipe == "tiny" and (cfg.batch_size, cfg.lr, cfg.lr_schedule, cfg.augment) == (16, 1e-3, "cosine", True)
-    paper = tr.TrainConfig(store="s", preset="tiny", recipe="hko7-paper", steps=10,
-                           tracking_uri="sqlite:///x.db").resolved()
-    assert (paper.steps, paper.lr, paper.beta1, paper.lr_schedule, paper.augment) == (10, 1e-4, 0.5, "step", False)
+    assert cfg.recipe == "tiny" and (cfg.batch_size, cfg.lr, cfg.lr_schedule, cfg.augment) == (
+        16,
+        1e-3,
+        "cosine",
+        True,
+    )
+    paper = tr.TrainConfig(
+        store="s", preset="tiny", recipe="hko7-paper", steps=10, tracking_uri="sqlite:///x.db"
+    ).resolved()
+    assert (paper.steps, paper.lr, paper.beta1, paper.lr_schedule, paper.augment) == (
+        10,
+        1e-4,
+        0.5,
+        "step",
+        False,
+    )
     with pytest.raises(NowcastError, match="unknown recipe"):
         tr.TrainConfig(store="s", recipe="fast")
     with pytest.raises(NowcastError, match="lr_schedule"):
@@ -79,14 +104,14 @@ def test_train_state_keeps_the_best_weights_and_counts_stale_validations():
 
     model = build_model("tiny", "convgru", height=16, width=16, in_len=2, out_len=2)
     state = tr.TrainState()
-    state.record_validation(model, 10, {"a": 1}, float("nan"))     # NaN never counts as best
+    state.record_validation(model, 10, {"a": 1}, float("nan"))  # NaN never counts as best
     assert state.best_step is None and state.stale_validations == 1
     state.record_validation(model, 20, {"a": 2}, 0.30)
     kept = {k: v.clone() for k, v in model.state_dict().items()}
     with torch.no_grad():
-        next(model.parameters()).add_(1.0)                           # training moves on
-    state.record_validation(model, 30, {"a": 3}, 0.25)              # worse: best stays at step 20
-    state.record_validation(model, 40, {"a": 4}, 0.30)              # a tie is not better
+        next(model.parameters()).add_(1.0)  # training moves on
+    state.record_validation(model, 30, {"a": 3}, 0.25)  # worse: best stays at step 20
+    state.record_validation(model, 40, {"a": 4}, 0.30)  # a tie is not better
     assert (state.best_step, state.best_score, state.best_val_scores) == (20, 0.30, {"a": 2})
     assert state.stale_validations == 2 and (state.val_scores, state.champion_score) == ({"a": 4}, 0.30)
     assert all(torch.equal(state.best_weights[k], kept[k]) for k in kept)
@@ -104,13 +129,14 @@ def test_batch_indices_cover_each_item_once_per_epoch_and_are_pure():
     stream = np.concatenate([tr.batch_indices(s, batch, n, seed=5, rank=1) for s in range(1, 15)])
     # 14 steps * 3 = 42 samples = 6 epochs of 7 items: each epoch is a permutation
     for e in range(6):
-        assert sorted(stream[e * n:(e + 1) * n]) == list(range(n))
+        assert sorted(stream[e * n : (e + 1) * n]) == list(range(n))
     # slow reference: the k-th sample is perm_{k // n}[k % n]
     ref = [np.random.default_rng([5, 1, k // n]).permutation(n)[k % n] for k in range(42)]
     assert stream.tolist() == ref
     # different ranks / seeds give different orders; the same arguments the same batch
-    assert not np.array_equal(stream[:n], np.concatenate(
-        [tr.batch_indices(s, batch, n, seed=5, rank=0) for s in range(1, 15)])[:n])
+    assert not np.array_equal(
+        stream[:n], np.concatenate([tr.batch_indices(s, batch, n, seed=5, rank=0) for s in range(1, 15)])[:n]
+    )
     assert np.array_equal(tr.batch_indices(9, batch, n, 5, 1), tr.batch_indices(9, batch, n, 5, 1))
 
 
@@ -197,7 +223,7 @@ def test_train_step_non_finite_loss_stops_before_the_update(where):
     with pytest.raises(tr.NonFiniteLoss) as info:
         tr.train_step(model, opt, loss_fn, inputs, truth, mask, step=7, clip_norm=50.0)
     assert info.value.step == 7
-    assert all(torch.equal(b, p) for b, p in zip(before, model.parameters()))   # weights untouched
+    assert all(torch.equal(b, p) for b, p in zip(before, model.parameters()))  # weights untouched
     assert all(p.grad is None for p in model.parameters())
 
 
@@ -207,25 +233,30 @@ def test_non_finite_summary_becomes_a_nowcast_error(tmp_path):
     (tmp_path / "ck").mkdir()
     (tmp_path / "ck" / "meta.json").write_text(json.dumps({"step": 5}))
     summary = {"status": "non_finite", "message": "non-finite loss nan / grad norm nan at step 7"}
-    with pytest.raises(NowcastError, match=r"step 7; the last good checkpoint, .*ck \(step 5\), is kept.*Lower --lr"):
+    with pytest.raises(
+        NowcastError, match=r"step 7; the last good checkpoint, .*ck \(step 5\), is kept.*Lower --lr"
+    ):
         tr.raise_if_stopped(summary, str(tmp_path / "ck"), "r")
     with pytest.raises(NowcastError) as exc:
         tr.raise_if_stopped(summary, None, "r")
     assert "there is no checkpoint yet" in str(exc.value) and "step 0" not in str(exc.value)
     with pytest.raises(NowcastError, match="no checkpoint"):
         tr.raise_if_stopped({"status": "ok"}, None, "r")
-    tr.raise_if_stopped({"status": "ok"}, str(tmp_path / "ck"), "r")   # fine: no exception
+    tr.raise_if_stopped({"status": "ok"}, str(tmp_path / "ck"), "r")  # fine: no exception
 
 
 def test_validation_metrics_average_over_lead_times():
     nan = float("nan")
-    result = {"thresholds": [0.5, 5.0],
-              "csi": [[0.5, 0.2], [0.3, nan], [0.1, 0.4]],
-              "hss": [[0.6, 0.1], [0.4, 0.3], [0.2, 0.2]],
-              "b_mse": [1.0, 2.0, 6.0], "b_mae": [3.0, 3.0, 3.0]}
+    result = {
+        "thresholds": [0.5, 5.0],
+        "csi": [[0.5, 0.2], [0.3, nan], [0.1, 0.4]],
+        "hss": [[0.6, 0.1], [0.4, 0.3], [0.2, 0.2]],
+        "b_mse": [1.0, 2.0, 6.0],
+        "b_mae": [3.0, 3.0, 3.0],
+    }
     m = tr.validation_metrics(result)
-    assert m["valid_csi_0.5mm_h"] == pytest.approx(0.3)      # the names of `nowcast evaluate --split valid`
-    assert m["valid_csi_5mm_h"] == pytest.approx(0.3)        # NaN lead time skipped
+    assert m["valid_csi_0.5mm_h"] == pytest.approx(0.3)  # the names of `nowcast evaluate --split valid`
+    assert m["valid_csi_5mm_h"] == pytest.approx(0.3)  # NaN lead time skipped
     assert m["valid_hss_5mm_h"] == pytest.approx(0.2)
     assert m["valid_b_mse"] == pytest.approx(3.0) and m["valid_b_mae"] == pytest.approx(3.0)
     assert m[CHAMPION_METRIC] == pytest.approx(0.3)
@@ -260,11 +291,26 @@ def sqlite_uri(tmp_path_factory):
 
 def _cfg(store, tmp: Path, run_name: str, **kw) -> tr.TrainConfig:
     assert "tracking_uri" in kw, "never let a test default to ./mlflow.db"
-    base = dict(store=str(store), preset="tiny", cell="trajgru", workers=2, steps=STEPS,
-                batch_size=2, checkpoint_every=3, val_every=3, val_clips=4, log_every=1,
-                in_len=3, out_len=3, run_name=run_name, storage_path=str(tmp / "ray"),
-                seed=0, model_format="pickle",
-                system_metrics=False, gif_clips=1)
+    base = dict(
+        store=str(store),
+        preset="tiny",
+        cell="trajgru",
+        workers=2,
+        steps=STEPS,
+        batch_size=2,
+        checkpoint_every=3,
+        val_every=3,
+        val_clips=4,
+        log_every=1,
+        in_len=3,
+        out_len=3,
+        run_name=run_name,
+        storage_path=str(tmp / "ray"),
+        seed=0,
+        model_format="pickle",
+        system_metrics=False,
+        gif_clips=1,
+    )
     base.update(kw)
     return tr.TrainConfig(**base)
 
@@ -281,8 +327,15 @@ def _same_weights(a: dict, b: dict) -> bool:
 def reference_run(store, ray_cluster, server, tmp_path_factory):
     """The uninterrupted 2-worker run, tracked on the real MLflow server, registered."""
     tmp = tmp_path_factory.mktemp("reference")
-    cfg = _cfg(store, tmp, "reference", tracking_uri=server, register_as="nowcast-test",
-               system_metrics=True, system_metrics_interval_s=1.0)
+    cfg = _cfg(
+        store,
+        tmp,
+        "reference",
+        tracking_uri=server,
+        register_as="nowcast-test",
+        system_metrics=True,
+        system_metrics_interval_s=1.0,
+    )
     return cfg, tr.train(cfg)
 
 
@@ -301,13 +354,22 @@ def test_two_worker_run_logs_to_mlflow_server_and_registers(reference_run, serve
     assert params["model.height"] == "32" and params["model.out_len"] == "3"
     assert run.data.tags["code_version"] and run.data.tags[RUN_NAME_TAG] == "reference"
     assert [m.step for m in client.get_metric_history(res.run_id, "loss")] == list(range(1, STEPS + 1))
-    for key in ("lr", "grad_norm", "samples_per_s", "valid_csi_5mm_h", "valid_hss_0.5mm_h",
-                "valid_b_mse", "valid_b_mae", CHAMPION_METRIC):
+    for key in (
+        "lr",
+        "grad_norm",
+        "samples_per_s",
+        "valid_csi_5mm_h",
+        "valid_hss_0.5mm_h",
+        "valid_b_mse",
+        "valid_b_mae",
+        CHAMPION_METRIC,
+    ):
         assert key in run.data.metrics, key
     assert [m.step for m in client.get_metric_history(res.run_id, CHAMPION_METRIC)] == [3, 6]
     assert any(k.startswith("system/") for k in run.data.metrics), sorted(run.data.metrics)
     # the champion score logged is the one computed from the returned validation scores
     from trajgru.metrics import champion_score
+
     assert run.data.metrics[CHAMPION_METRIC] == pytest.approx(champion_score(res.val_scores), nan_ok=True)
     files = {f.path for f in client.list_artifacts(res.run_id)}
     assert {"store_fingerprint.json", "model_config.json", "validation"} <= files
@@ -316,6 +378,7 @@ def test_two_worker_run_logs_to_mlflow_server_and_registers(reference_run, serve
     # registered version: the champion, loadable, equal to the final checkpoint
     assert client.get_model_version_by_alias("nowcast-test", "champion").version == "1"
     from pipeline.forecasters import load_forecaster
+
     f = load_forecaster("models:/nowcast-test@champion", tracking_uri=server)
     g = load_forecaster(res.checkpoint_path)
     x = torch.rand(3, 2, 1, 32, 32)
@@ -325,23 +388,35 @@ def test_two_worker_run_logs_to_mlflow_server_and_registers(reference_run, serve
     assert run_dir.name == str(Path(res.checkpoint_path) / "best") and run_dir.run_id == res.run_id
     assert client.get_run(res.run_id).info.status == "FINISHED"
     # the registered weights are the best validated ones, and MLflow says which step they come from
-    best = max((3, 6), key=lambda s: client.get_metric_history(res.run_id, CHAMPION_METRIC)[(s // 3) - 1].value)
+    best = max(
+        (3, 6), key=lambda s: client.get_metric_history(res.run_id, CHAMPION_METRIC)[(s // 3) - 1].value
+    )
     assert res.best_step == best and client.get_run(res.run_id).data.tags["best_step"] == str(best)
     version = client.get_model_version("nowcast-test", "1")
     assert version.tags["best_step"] == str(best) and float(version.tags[BEST_METRIC]) == pytest.approx(
-        [m.value for m in client.get_metric_history(res.run_id, CHAMPION_METRIC) if m.step == best][0])
+        [m.value for m in client.get_metric_history(res.run_id, CHAMPION_METRIC) if m.step == best][0]
+    )
     assert _same_weights(f.module.state_dict(), _weights(Path(res.checkpoint_path) / "best"))
 
 
 @pytest.mark.slow
 def test_early_stop_registers_the_best_and_does_not_resume(store, ray_cluster, sqlite_uri, tmp_path):
-    cfg = _cfg(store, tmp_path, "early", tracking_uri=sqlite_uri, steps=40, val_every=1, checkpoint_every=40,
-               early_stop_patience=2, register_as="nowcast-early")
+    cfg = _cfg(
+        store,
+        tmp_path,
+        "early",
+        tracking_uri=sqlite_uri,
+        steps=40,
+        val_every=1,
+        checkpoint_every=40,
+        early_stop_patience=2,
+        register_as="nowcast-early",
+    )
     res = tr.train(cfg)
     assert res.stopped_early and res.final_step < 40
-    if res.best_step is not None:   # two validations after the best one, none better
+    if res.best_step is not None:  # two validations after the best one, none better
         assert res.final_step == res.best_step + 2
-    again = tr.train(cfg)           # the same run name: nothing more to train
+    again = tr.train(cfg)  # the same run name: nothing more to train
     assert again.final_step == res.final_step and again.stopped_early
 
 
@@ -352,8 +427,7 @@ def test_stop_and_resume_continues_exactly(store, ray_cluster, reference_run, sq
     # the last worker dies at step 5 and no restart is allowed: the run stops after the
     # step-3 checkpoint
     with pytest.raises(NowcastError, match="Re-run with the same --run-name resume"):
-        tr.train(_cfg(store, tmp_path, "resume", fail_at_step=5, max_failures=0,
-                     tracking_uri=sqlite_uri))
+        tr.train(_cfg(store, tmp_path, "resume", fail_at_step=5, max_failures=0, tracking_uri=sqlite_uri))
     # the same run name resumes from step 3 and finishes
     res = tr.train(_cfg(store, tmp_path, "resume", tracking_uri=sqlite_uri))
     assert res.final_step == STEPS
@@ -362,12 +436,14 @@ def test_stop_and_resume_continues_exactly(store, ray_cluster, reference_run, sq
     assert _same_weights(_weights(res.checkpoint_path), _weights(reference_run[1].checkpoint_path))
     # one MLflow run across both attempts, whose step metrics reach the last step
     client = mlflow.MlflowClient(sqlite_uri)
-    runs = client.search_runs([client.get_experiment_by_name("nowcast").experiment_id],
-                              filter_string=f"tags.`{RUN_NAME_TAG}` = 'resume'")
+    runs = client.search_runs(
+        [client.get_experiment_by_name("nowcast").experiment_id],
+        filter_string=f"tags.`{RUN_NAME_TAG}` = 'resume'",
+    )
     assert [r.info.run_id for r in runs] == [res.run_id]
     assert client.get_run(res.run_id).info.status == "FINISHED"
     # artifacts live next to the SQLite file (absolute), not in a worker's current directory
-    db_dir = Path(sqlite_uri[len("sqlite:///"):]).parent
+    db_dir = Path(sqlite_uri[len("sqlite:///") :]).parent
     assert client.get_experiment_by_name("nowcast").artifact_location.startswith(db_dir.as_uri())
     assert {f.path for f in client.list_artifacts(res.run_id)} >= {"store_fingerprint.json", "validation"}
     # every step logged exactly once, although steps 4 (logged, then lost with the crash) was trained twice
@@ -375,17 +451,17 @@ def test_stop_and_resume_continues_exactly(store, ray_cluster, reference_run, sq
 
 
 @pytest.mark.slow
-def test_worker_crash_is_recovered_from_last_checkpoint(store, ray_cluster, reference_run, sqlite_uri,
-                                                        tmp_path):
-    res = tr.train(_cfg(store, tmp_path, "crash", fail_at_step=5, max_failures=1,
-                        tracking_uri=sqlite_uri))
-    assert (tmp_path / "ray" / "crash" / ".failed_at_5").exists()     # the crash did happen
+def test_worker_crash_is_recovered_from_last_checkpoint(
+    store, ray_cluster, reference_run, sqlite_uri, tmp_path
+):
+    res = tr.train(_cfg(store, tmp_path, "crash", fail_at_step=5, max_failures=1, tracking_uri=sqlite_uri))
+    assert (tmp_path / "ray" / "crash" / ".failed_at_5").exists()  # the crash did happen
     assert res.final_step == STEPS
-    assert res.segments == [[1, 3], [4, STEPS]]                          # restarted after step 3
+    assert res.segments == [[1, 3], [4, STEPS]]  # restarted after step 3
     import mlflow
 
     history = mlflow.MlflowClient(sqlite_uri).get_metric_history(res.run_id, "loss")
-    assert sorted(m.step for m in history) == list(range(1, STEPS + 1))   # step 4 retrained, logged once
+    assert sorted(m.step for m in history) == list(range(1, STEPS + 1))  # step 4 retrained, logged once
     assert _same_weights(_weights(res.checkpoint_path), _weights(reference_run[1].checkpoint_path))
 
 
@@ -407,9 +483,14 @@ def _store_with_splits(source_store: Path, out: Path, **splits) -> Path:
     from pipeline.ingest import IngestConfig, ingest
 
     nowhere = (np.datetime64("2030-01-01"), np.datetime64("2030-01-02"))
-    specs = {name: nowhere if days is None else tuple(np.datetime64(d) if d else None for d in days)
-             for name, days in splits.items()}
-    ingest(IngestConfig(archive=source_store.parent / "archive", store=out, workers=0, splits=specs), progress=False)
+    specs = {
+        name: nowhere if days is None else tuple(np.datetime64(d) if d else None for d in days)
+        for name, days in splits.items()
+    }
+    ingest(
+        IngestConfig(archive=source_store.parent / "archive", store=out, workers=0, splits=specs),
+        progress=False,
+    )
     return out
 
 
@@ -422,12 +503,26 @@ def _no_ray(monkeypatch):
 
 def test_config_values_are_typed_and_checked_before_anything_starts():
     """Issue 10 item 11."""
-    cfg = tr.TrainConfig(store="s", lr="1e-3", steps="10", beta1=0.5)     # YAML reads 1e-3 as text
+    cfg = tr.TrainConfig(store="s", lr="1e-3", steps="10", beta1=0.5)  # YAML reads 1e-3 as text
     assert cfg.lr == 0.001 and cfg.steps == 10
-    bad = [dict(steps=2.5), dict(steps="many"), dict(lr="fast"), dict(workers=True), dict(val_clips=0),
-           dict(beta1=1.5), dict(clip_norm=0), dict(clip_norm=-1), dict(gif_clips=-1), dict(max_failures=-1),
-           dict(use_gpu="yes"), dict(run_name="../../x"), dict(run_name="a'b"), dict(register_as="a/b"),
-           dict(model_format="onnx"), dict(mse_weight=0, mae_weight=0)]
+    bad = [
+        dict(steps=2.5),
+        dict(steps="many"),
+        dict(lr="fast"),
+        dict(workers=True),
+        dict(val_clips=0),
+        dict(beta1=1.5),
+        dict(clip_norm=0),
+        dict(clip_norm=-1),
+        dict(gif_clips=-1),
+        dict(max_failures=-1),
+        dict(use_gpu="yes"),
+        dict(run_name="../../x"),
+        dict(run_name="a'b"),
+        dict(register_as="a/b"),
+        dict(model_format="onnx"),
+        dict(mse_weight=0, mae_weight=0),
+    ]
     for kw in bad:
         with pytest.raises(NowcastError) as exc:
             tr.TrainConfig(store="s", **kw)
@@ -442,15 +537,28 @@ def test_cli_config_file_keys_of_cli_options_and_bad_values(tmp_path, monkeypatc
     import cli
 
     seen = {}
-    monkeypatch.setattr(tr, "train", lambda cfg: seen.setdefault("cfg", cfg) and (_ for _ in ()).throw(
-        NowcastError("stop here")))
-    (tmp_path / "c.yaml").write_text("workers: 4\nstore: other.zarr\npreset: hko7\ntracking_uri: sqlite:///x.db\n"
-                                     "lr: 1e-3\nsteps: 10\nbatch_size: 8\n")
-    result = CliRunner().invoke(cli.app, ["train", "s.zarr", "--config", str(tmp_path / "c.yaml"), "--steps", "20"])
+    monkeypatch.setattr(
+        tr,
+        "train",
+        lambda cfg: seen.setdefault("cfg", cfg) and (_ for _ in ()).throw(NowcastError("stop here")),
+    )
+    (tmp_path / "c.yaml").write_text(
+        "workers: 4\nstore: other.zarr\npreset: hko7\ntracking_uri: sqlite:///x.db\n"
+        "lr: 1e-3\nsteps: 10\nbatch_size: 8\n"
+    )
+    result = CliRunner().invoke(
+        cli.app, ["train", "s.zarr", "--config", str(tmp_path / "c.yaml"), "--steps", "20"]
+    )
     assert "Traceback" not in result.output and "stop here" in result.output, result.output
     cfg = seen["cfg"]
     assert (cfg.store, cfg.workers, cfg.preset, cfg.tracking_uri, cfg.lr, cfg.steps) == (
-        "s.zarr", 4, "hko7", "sqlite:///x.db", 0.001, 20)
+        "s.zarr",
+        4,
+        "hko7",
+        "sqlite:///x.db",
+        0.001,
+        20,
+    )
     for text in ("steps: 2.5\n", "val_clips: 0\n", "beta1: 2\n", "clip_norm: -1\n", "lr: fast\n"):
         (tmp_path / "bad.yaml").write_text(text)
         result = CliRunner().invoke(cli.app, ["train", "s.zarr", "--config", str(tmp_path / "bad.yaml")])
@@ -464,8 +572,17 @@ def test_run_name_cannot_leave_the_storage_path(tmp_path):
     import cli
 
     for name in ("../../x", "a/b", "a'b"):
-        result = CliRunner().invoke(cli.app, ["train", str(tmp_path / "s.zarr"), "--run-name", name,
-                                              "--storage-path", str(tmp_path / "deep" / "ray")])
+        result = CliRunner().invoke(
+            cli.app,
+            [
+                "train",
+                str(tmp_path / "s.zarr"),
+                "--run-name",
+                name,
+                "--storage-path",
+                str(tmp_path / "deep" / "ray"),
+            ],
+        )
         assert result.exit_code == 2 and "not a safe name" in result.output, result.output
     assert not any(tmp_path.rglob("*"))
 
@@ -486,32 +603,44 @@ def test_a_run_resumes_only_on_the_store_it_started_on(store, tmp_path, monkeypa
     from pipeline.store import Store
 
     cfg = _cfg(store, tmp_path, "fingerprint", tracking_uri=f"sqlite:///{tmp_path / 'm.db'}").resolved()
-    tr.check_run_store(cfg, Store.open(store))                      # first start: recorded
-    tr.check_run_store(cfg, Store.open(store))                      # same store: fine
+    tr.check_run_store(cfg, Store.open(store))  # first start: recorded
+    tr.check_run_store(cfg, Store.open(store))  # same store: fine
     moved = Path(shutil.copytree(store, tmp_path / "moved.zarr"))
-    tr.check_run_store(cfg, Store.open(moved))                      # the same data elsewhere: fine
-    other = _store_with_splits(store, tmp_path / "other.zarr", train=("2015-06-01", "2015-06-04"),
-                               valid=("2015-06-04", None), test=None)
+    tr.check_run_store(cfg, Store.open(moved))  # the same data elsewhere: fine
+    other = _store_with_splits(
+        store,
+        tmp_path / "other.zarr",
+        train=("2015-06-01", "2015-06-04"),
+        valid=("2015-06-04", None),
+        test=None,
+    )
     with pytest.raises(NowcastError, match="another --run-name.*--force") as exc:
         tr.check_run_store(cfg, Store.open(other))
     assert exc.value.exit_code == 2
     _no_ray(monkeypatch)
-    with pytest.raises(NowcastError, match="--force"):               # train() refuses before Ray starts
+    with pytest.raises(NowcastError, match="--force"):  # train() refuses before Ray starts
         tr.train(_cfg(other, tmp_path, "fingerprint", tracking_uri=f"sqlite:///{tmp_path / 'm.db'}"))
     tr.check_run_store(tr.dataclasses.replace(cfg, force=True), Store.open(other))
-    tr.check_run_store(cfg, Store.open(other))                      # --force moved the record to the new store
+    tr.check_run_store(cfg, Store.open(other))  # --force moved the record to the new store
 
 
 @pytest.mark.slow
-def test_empty_validation_split_registers_a_version_that_is_not_champion(store, ray_cluster, sqlite_uri,
-                                                                         tmp_path, capsys):
+def test_empty_validation_split_registers_a_version_that_is_not_champion(
+    store, ray_cluster, sqlite_uri, tmp_path, capsys
+):
     """Issue 10 item 12: training with an empty validation split registered a "champion" with no score."""
     import mlflow
 
-    no_valid = _store_with_splits(store, tmp_path / "no-valid.zarr", train=("2015-06-01", "2015-06-03"),
-                                  valid=None, test=("2015-06-03", None))
-    res = tr.train(_cfg(no_valid, tmp_path, "no-valid", tracking_uri=sqlite_uri, steps=3,
-                        register_as="nowcast-unscored"))
+    no_valid = _store_with_splits(
+        store,
+        tmp_path / "no-valid.zarr",
+        train=("2015-06-01", "2015-06-03"),
+        valid=None,
+        test=("2015-06-03", None),
+    )
+    res = tr.train(
+        _cfg(no_valid, tmp_path, "no-valid", tracking_uri=sqlite_uri, steps=3, register_as="nowcast-unscored")
+    )
     assert "no validation score" in capsys.readouterr().out
     assert res.registered_version == 1 and not res.promoted and res.best_step is None
     client = mlflow.MlflowClient(sqlite_uri)
@@ -520,15 +649,16 @@ def test_empty_validation_split_registers_a_version_that_is_not_champion(store, 
 
 
 @pytest.mark.slow
-def test_a_damaged_latest_checkpoint_is_set_aside_and_the_previous_one_resumes(store, ray_cluster, sqlite_uri,
-                                                                               tmp_path, capsys):
+def test_a_damaged_latest_checkpoint_is_set_aside_and_the_previous_one_resumes(
+    store, ray_cluster, sqlite_uri, tmp_path, capsys
+):
     """Issue 10 items 9 and 1: a corrupt latest checkpoint blocked resume forever; here its train_state.pt
     is a pickle that would run code: it is never unpickled, it is set aside, and the run resumes from
     the previous good checkpoint, logging no step twice."""
     import mlflow
 
     cfg = _cfg(store, tmp_path, "damaged", tracking_uri=sqlite_uri)
-    latest = Path(tr.train(cfg).checkpoint_path)                     # checkpoints at steps 3 and 6
+    latest = Path(tr.train(cfg).checkpoint_path)  # checkpoints at steps 3 and 6
     marker = tmp_path / "code-ran"
     torch.save({"step": 6, "payload": _RunsCode(marker)}, latest / "train_state.pt")
     res = tr.train(tr.dataclasses.replace(cfg, steps=9))
@@ -542,16 +672,20 @@ def test_a_damaged_latest_checkpoint_is_set_aside_and_the_previous_one_resumes(s
 
 
 #: Lines of Ray's own that used to fill the terminal (issue 10 item 15).
-RAY_NOISE = re.compile(r"\(\w+ pid=\d+|PlacementGroupCleaner|State API|Token authentication|core_worker|"
-                       r"INFO worker\.py|packaging\.py|PreemptionWatcher")
+RAY_NOISE = re.compile(
+    r"\(\w+ pid=\d+|PlacementGroupCleaner|State API|Token authentication|core_worker|"
+    r"INFO worker\.py|packaging\.py|PreemptionWatcher"
+)
 
 
 def _loss_steps(uri: str, run_name: str) -> list[int]:
     import mlflow
 
     client = mlflow.MlflowClient(uri)
-    (run,) = client.search_runs([client.get_experiment_by_name("nowcast").experiment_id],
-                                filter_string=f"tags.`{RUN_NAME_TAG}` = '{run_name}'")
+    (run,) = client.search_runs(
+        [client.get_experiment_by_name("nowcast").experiment_id],
+        filter_string=f"tags.`{RUN_NAME_TAG}` = '{run_name}'",
+    )
     return sorted(m.step for m in client.get_metric_history(run.info.run_id, "loss"))
 
 
@@ -573,21 +707,43 @@ def test_killing_the_driver_stops_the_workers_and_no_step_is_logged_twice(store,
     env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(16), PYTHONPATH=str(repo))
     env.pop("RAY_ADDRESS", None)
     uri = f"sqlite:///{tmp_path / 'm.db'}"
-    (tmp_path / "c.yaml").write_text("in_len: 3\nout_len: 3\nlog_every: 1\nsystem_metrics: false\nval_clips: 4\n"
-                                     "cell: convgru\nbatch_size: 2\ncheckpoint_every: 3\nval_every: 0\n")
+    (tmp_path / "c.yaml").write_text(
+        "in_len: 3\nout_len: 3\nlog_every: 1\nsystem_metrics: false\nval_clips: 4\n"
+        "cell: convgru\nbatch_size: 2\ncheckpoint_every: 3\nval_every: 0\n"
+    )
     run_dir = tmp_path / "ray" / "killed"
 
     def command(steps: int, address: str) -> list[str]:
-        return [sys.executable, "-m", "cli", "train", str(store), "--steps", str(steps), "--run-name", "killed",
-                "--config", str(tmp_path / "c.yaml"), "--storage-path", str(tmp_path / "ray"),
-                "--tracking-uri", uri, "--ray-address", address]
+        return [
+            sys.executable,
+            "-m",
+            "cli",
+            "train",
+            str(store),
+            "--steps",
+            str(steps),
+            "--run-name",
+            "killed",
+            "--config",
+            str(tmp_path / "c.yaml"),
+            "--storage-path",
+            str(tmp_path / "ray"),
+            "--tracking-uri",
+            uri,
+            "--ray-address",
+            address,
+        ]
 
     with ray_head(tmp_path, env) as address:
         out = open(tmp_path / "driver.out", "w")
-        driver = subprocess.Popen(command(400, address), env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT)
+        driver = subprocess.Popen(
+            command(400, address), env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT
+        )
         deadline = time.monotonic() + 600
         while "[train] step 5/400" not in (tmp_path / "driver.out").read_text():
-            assert driver.poll() is None and time.monotonic() < deadline, (tmp_path / "driver.out").read_text()
+            assert driver.poll() is None and time.monotonic() < deadline, (
+                tmp_path / "driver.out"
+            ).read_text()
             time.sleep(0.5)
         driver.send_signal(signal.SIGKILL)
         driver.wait()
@@ -596,11 +752,17 @@ def test_killing_the_driver_stops_the_workers_and_no_step_is_logged_twice(store,
         time.sleep(15)
         assert _loss_steps(uri, "killed") == logged and sorted(run_dir.glob("checkpoint_*")) == kept
         assert logged == list(range(1, logged[-1] + 1)) and logged[-1] < 400
-        resumed = subprocess.run(command(logged[-1] + 4, address), env=env, cwd=tmp_path, capture_output=True,
-                                 text=True, timeout=600)
+        resumed = subprocess.run(
+            command(logged[-1] + 4, address),
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    assert _loss_steps(uri, "killed") == list(range(1, logged[-1] + 5))       # each step once
-    assert len([d for d in run_dir.glob("checkpoint_*") if d.is_dir()]) <= 2    # num_to_keep
+    assert _loss_steps(uri, "killed") == list(range(1, logged[-1] + 5))  # each step once
+    assert len([d for d in run_dir.glob("checkpoint_*") if d.is_dir()]) <= 2  # num_to_keep
     output = (tmp_path / "driver.out").read_text() + resumed.stdout + resumed.stderr
     assert "[train] step 5/400" in output and "[ray] connected to" in output
     assert not [line for line in output.splitlines() if RAY_NOISE.search(line)]

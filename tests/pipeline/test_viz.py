@@ -1,4 +1,5 @@
 """Tests for pipeline.viz: colour scale, skill plot, forecast GIF, HKO-7 PNG writing."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -108,8 +109,8 @@ def test_forecast_gif_with_truth_is_wider_and_masks(tmp_path):
     double = viz.forecast_gif(inputs, truth, fc, tmp_path / "two.gif", mask=mask)
     n, sizes = _gif_frames(double)
     assert n == 7
-    (w2, _), = sizes
-    (w1, _), = _gif_frames(single)[1]
+    ((w2, _),) = sizes
+    ((w1, _),) = _gif_frames(single)[1]
     assert w2 > w1
     per_frame = np.ones((7, *inputs.shape[1:]), bool)
     assert _gif_frames(viz.forecast_gif(inputs, truth, fc, tmp_path / "m.gif", mask=per_frame))[0] == 7
@@ -121,4 +122,6 @@ def test_forecast_gif_rejects_bad_shapes(tmp_path):
     with pytest.raises(ValueError):
         viz.forecast_gif(_rain_frames(2, h=8), None, _rain_frames(4), tmp_path / "x.gif")
     with pytest.raises(ValueError):
-        viz.forecast_gif(_rain_frames(2), None, _rain_frames(4), tmp_path / "x.gif", mask=np.ones((3, 3), bool))
+        viz.forecast_gif(
+            _rain_frames(2), None, _rain_frames(4), tmp_path / "x.gif", mask=np.ones((3, 3), bool)
+        )

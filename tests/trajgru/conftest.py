@@ -1,4 +1,5 @@
 """Shared fixtures of the model-library tests."""
+
 import os
 
 import pytest

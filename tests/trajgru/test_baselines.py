@@ -1,4 +1,5 @@
 """Persistence and optical-flow extrapolation."""
+
 import numpy as np
 import pytest
 import torch
@@ -8,17 +9,18 @@ from trajgru.baselines import advect, estimate_flow, optical_flow, persistence
 
 def blob(size, cy, cx, sigma=5.0, amp=0.8):
     y, x = np.mgrid[0:size, 0:size]
-    return amp * np.exp(-((y - cy) ** 2 + (x - cx) ** 2) / (2 * sigma ** 2))
+    return amp * np.exp(-((y - cy) ** 2 + (x - cx) ** 2) / (2 * sigma**2))
 
 
 def moving_blob(size=96, shift=(1, 2), start=(36, 14), n=13, sigma=5.0):
     """(n, size, size) float32: a Gaussian blob moving by shift = (rows, cols) per frame."""
-    return np.stack([blob(size, start[0] + shift[0] * t, start[1] + shift[1] * t, sigma)
-                     for t in range(n)]).astype(np.float32)
+    return np.stack(
+        [blob(size, start[0] + shift[0] * t, start[1] + shift[1] * t, sigma) for t in range(n)]
+    ).astype(np.float32)
 
 
 def centroid(frame):
-    y, x = np.mgrid[0:frame.shape[0], 0:frame.shape[1]]
+    y, x = np.mgrid[0 : frame.shape[0], 0 : frame.shape[1]]
     m = frame.sum()
     return (frame * y).sum() / m, (frame * x).sum() / m
 
@@ -84,7 +86,7 @@ def test_advect_integer_shift_is_exact():
     out = advect(frame, flow, 3)
     for k in (1, 2, 3):
         expect = np.zeros_like(frame)
-        expect[5 - k:8 - k, 4 + 2 * k:6 + 2 * k] = frame[5:8, 4:6]
+        expect[5 - k : 8 - k, 4 + 2 * k : 6 + 2 * k] = frame[5:8, 4:6]
         np.testing.assert_allclose(out[k - 1], expect, atol=1e-6)
 
 

@@ -1,4 +1,5 @@
 """Recurrent cells against step-by-step references written from the paper's equations."""
+
 from __future__ import annotations
 
 import math

@@ -1,5 +1,6 @@
 """trajgru.fast: the fast path agrees with the plain path; captured steps keep the trainer's
 semantics. Kernels run on CUDA where present, else through Triton's CPU interpreter."""
+
 from __future__ import annotations
 
 import copy
@@ -96,7 +97,9 @@ def test_channels_last_alone_changes_nothing(channels_last):
 @pytest.mark.parametrize("cell", ["trajgru", "convgru"])
 def test_fast_path_matches_plain_forward_and_gradients(cell):
     plain = small_model(cell).to(DEVICE)
-    fast = enable_fast_path(copy.deepcopy(plain), channels_last=True, backend="triton" if not HAS_CUDA else "auto")
+    fast = enable_fast_path(
+        copy.deepcopy(plain), channels_last=True, backend="triton" if not HAS_CUDA else "auto"
+    )
     status = fast_path_status(fast)
     assert status["enabled"] and status["triton_kernels_active"] and status["channels_last"]
     x = torch.rand(2, 2, 1, 32, 32, device=DEVICE)
@@ -217,8 +220,10 @@ def test_captured_train_step_matches_eager_on_gpu(fast):
     s1 = torch.optim.lr_scheduler.StepLR(o1, 2, 0.5)
     s2 = torch.optim.lr_scheduler.StepLR(o2, 2, 0.5)
     gen = torch.Generator(device="cpu").manual_seed(0)
-    batches = [(torch.rand(2, 2, 1, 32, 32, generator=gen).cuda(), torch.rand(3, 2, 1, 32, 32, generator=gen).cuda())
-               for _ in range(4)]
+    batches = [
+        (torch.rand(2, 2, 1, 32, 32, generator=gen).cuda(), torch.rand(3, 2, 1, 32, 32, generator=gen).cuda())
+        for _ in range(4)
+    ]
     graphed = CapturedTrainStep(m1, o1, _mse, batches[0], clip_norm=0.05, autocast_dtype=None)
     eager = CapturedTrainStep(m2, o2, _mse, batches[0], clip_norm=0.05, autocast_dtype=None, use_graph=False)
     assert graphed.graphed, graphed.fallback_reason

@@ -6,6 +6,7 @@ reshaped like the port (forecaster upsampling 192 -> 64 channels into stage 0, t
 forecaster's L per stage reversed, no coordinate channels) ours counts exactly the port's
 figures.
 """
+
 from __future__ import annotations
 
 import pytest

@@ -9,13 +9,13 @@ References (``trajgru.kernels.reference``): the defining formula of the warp wri
 whose autograd gradient is the formula's own gradient; and the GRU equations transcribed
 from the paper in float64.
 """
+
 from __future__ import annotations
 
 import os
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 HAS_CUDA = torch.cuda.is_available()
 if not HAS_CUDA:
@@ -45,7 +45,9 @@ def gen():
 
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("negate", [True, False])
-@pytest.mark.parametrize("shape", [(2, 5, 6, 7, 3), (1, 70, 4, 5, 2)])  # (B, C, H, W, L); C=70: two channel blocks
+@pytest.mark.parametrize(
+    "shape", [(2, 5, 6, 7, 3), (1, 70, 4, 5, 2)]
+)  # (B, C, H, W, L); C=70: two channel blocks
 def test_warp_concat_forward_matches_formula(shape, negate, channels_last, gen):
     b, c, h, w, n_flows = shape
     x = torch.randn(b, c, h, w, generator=gen)
@@ -53,7 +55,10 @@ def test_warp_concat_forward_matches_formula(shape, negate, channels_last, gen):
     expected = dense_warp_concat(x, flows, negate)
     x_d, f_d = x.to(DEVICE), flows.to(DEVICE)
     if channels_last:
-        x_d, f_d = x_d.contiguous(memory_format=torch.channels_last), f_d.contiguous(memory_format=torch.channels_last)
+        x_d, f_d = (
+            x_d.contiguous(memory_format=torch.channels_last),
+            f_d.contiguous(memory_format=torch.channels_last),
+        )
     got = warp_concat_triton(x_d, f_d, negate)
     assert got.shape == (b, h, w, n_flows * c) and got.dtype == torch.float32 and got.is_contiguous()
     torch.testing.assert_close(got.cpu().double(), expected, atol=1e-5, rtol=1e-5)
@@ -118,7 +123,9 @@ def test_warp_concat_bf16(gen):
     the output's own bf16 rounding."""
     x = torch.randn(2, 8, 12, 10, generator=gen).bfloat16()
     flows = ((torch.rand(2, 6, 12, 10, generator=gen) * 2 - 1) * 4).bfloat16()
-    got = warp_concat_triton(x.to(DEVICE).contiguous(memory_format=torch.channels_last), flows.to(DEVICE), True)
+    got = warp_concat_triton(
+        x.to(DEVICE).contiguous(memory_format=torch.channels_last), flows.to(DEVICE), True
+    )
     assert got.dtype == torch.bfloat16
     expected = dense_warp_concat(x.float(), flows.float(), True)
     torch.testing.assert_close(got.cpu().double(), expected, atol=2e-2, rtol=8e-3)
@@ -143,7 +150,9 @@ def test_dispatch_falls_back_on_cpu_without_interpreter(monkeypatch, gen):
 def test_portable_warp_concat_gradcheck(gen):
     x = torch.randn(1, 2, 4, 5, generator=gen, dtype=torch.float64).requires_grad_()
     flows = kink_free_flows(1, 2, 4, 5, 1.5, gen).requires_grad_()
-    assert torch.autograd.gradcheck(lambda a, f: warp_concat_torch(a, f, True), (x, flows), eps=1e-6, atol=1e-5)
+    assert torch.autograd.gradcheck(
+        lambda a, f: warp_concat_torch(a, f, True), (x, flows), eps=1e-6, atol=1e-5
+    )
 
 
 # ---------------------------------------------------------------- GRU gates
@@ -163,7 +172,11 @@ def test_gru_gates_forward_and_backward_match_equations(has_i2h, channels_last, 
     ref_out = gru_equations(refs[0] if has_i2h else None, refs[-2], refs[-1], 0.2)
     ref_grads = torch.autograd.grad(ref_out, refs, g_out)
 
-    devs = [t.float().to(DEVICE).contiguous(memory_format=fmt).requires_grad_() for t in (i2h, h2h, h_prev) if t is not None]
+    devs = [
+        t.float().to(DEVICE).contiguous(memory_format=fmt).requires_grad_()
+        for t in (i2h, h2h, h_prev)
+        if t is not None
+    ]
     out = gru_gates_triton(devs[0] if has_i2h else None, devs[-2], devs[-1], 0.2)
     assert out.dtype == torch.float32 and out.stride() == devs[-1].stride()
     torch.testing.assert_close(out.cpu().double(), ref_out.detach(), atol=1e-5, rtol=1e-5)
@@ -184,14 +197,17 @@ def test_gru_gates_non_contiguous_slices_and_bf16(gen):
     expected = gru_equations(i2h.double(), h2h.double(), h_prev.double(), 0.2)
     torch.testing.assert_close(out.double(), expected, atol=2e-2, rtol=1e-2)
     # the portable twin agrees on the same inputs
-    torch.testing.assert_close(_gru_update(i2h.float(), h2h.float(), h_prev.float(), 0.2).double(), expected,
-                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        _gru_update(i2h.float(), h2h.float(), h_prev.float(), 0.2).double(), expected, atol=1e-5, rtol=1e-5
+    )
 
 
 def test_portable_gru_update_gradcheck(gen):
-    args = [torch.randn(1, 6, 3, 3, generator=gen, dtype=torch.float64).requires_grad_(),
-            torch.randn(1, 6, 3, 3, generator=gen, dtype=torch.float64).requires_grad_(),
-            torch.randn(1, 2, 3, 3, generator=gen, dtype=torch.float64).requires_grad_()]
+    args = [
+        torch.randn(1, 6, 3, 3, generator=gen, dtype=torch.float64).requires_grad_(),
+        torch.randn(1, 6, 3, 3, generator=gen, dtype=torch.float64).requires_grad_(),
+        torch.randn(1, 2, 3, 3, generator=gen, dtype=torch.float64).requires_grad_(),
+    ]
     assert torch.autograd.gradcheck(lambda a, b, h: _gru_update(a, b, h, 0.2), args)
     assert torch.autograd.gradcheck(lambda b, h: _gru_update(None, b, h, 0.2), args[1:])
 
@@ -225,8 +241,14 @@ def test_kernels_compile_for_h100_without_register_spills():
         pytest.skip(f"Triton without its compiler backends: {exc}")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    proc = subprocess.run([sys.executable, "-m", "trajgru.kernels.compile_check"], capture_output=True,
-                          text=True, env=env, timeout=600, cwd=root)
+    proc = subprocess.run(
+        [sys.executable, "-m", "trajgru.kernels.compile_check"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        cwd=root,
+    )
     out = proc.stdout + proc.stderr
     if "ptxas" in out and "No such file" in out:
         pytest.skip("Triton's ptxas is not installed")

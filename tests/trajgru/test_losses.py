@@ -1,4 +1,5 @@
 """Balanced MSE/MAE against a naive per-pixel loop."""
+
 import numpy as np
 import pytest
 import torch
@@ -75,7 +76,8 @@ def test_loss_matches_naive_loop(mse_w, mae_w, scale):
     pred, truth, mask = random_case()
     ref = loss_reference(pred, truth, mask, mse_w, mae_w, scale)
     loss = BalancedLoss(mse_weight=mse_w, mae_weight=mae_w, scale=scale)(
-        torch.from_numpy(pred), torch.from_numpy(truth), torch.from_numpy(mask))
+        torch.from_numpy(pred), torch.from_numpy(truth), torch.from_numpy(mask)
+    )
     assert loss.dim() == 0 and loss.dtype == torch.float32
     assert loss.item() == pytest.approx(ref, rel=1e-5)
 
@@ -86,11 +88,13 @@ def test_loss_lead_time_weighting_matches_naive_loop():
     lead_w = [1.0, 1 + 4 / 3, 1 + 8 / 3, 5.0]
     ref = loss_reference(pred, truth, mask, 1.0, 1.0, 1.0, lead_w)
     loss = BalancedLoss(scale=1.0, lead_time_weighting=True)(
-        torch.from_numpy(pred), torch.from_numpy(truth), torch.from_numpy(mask))
+        torch.from_numpy(pred), torch.from_numpy(truth), torch.from_numpy(mask)
+    )
     assert loss.item() == pytest.approx(ref, rel=1e-5)
     ref3 = loss_reference(pred, truth, mask, 1.0, 1.0, 1.0, [1.0, 5 / 3, 7 / 3, 3.0])
     loss3 = BalancedLoss(scale=1.0, lead_time_weighting=True, lead_time_weight_max=3.0)(
-        torch.from_numpy(pred), torch.from_numpy(truth), torch.from_numpy(mask))
+        torch.from_numpy(pred), torch.from_numpy(truth), torch.from_numpy(mask)
+    )
     assert loss3.item() == pytest.approx(ref3, rel=1e-5)
 
 
@@ -118,7 +122,9 @@ def test_mask_none_equals_all_ones_and_mask_zero_gives_zero():
     p, t = torch.from_numpy(pred), torch.from_numpy(truth)
     loss = BalancedLoss()
     assert loss(p, t).item() == pytest.approx(loss(p, t, torch.ones_like(t)).item(), rel=1e-7)
-    assert loss(p, t, torch.ones_like(t, dtype=torch.bool)).item() == pytest.approx(loss(p, t).item(), rel=1e-7)
+    assert loss(p, t, torch.ones_like(t, dtype=torch.bool)).item() == pytest.approx(
+        loss(p, t).item(), rel=1e-7
+    )
     assert loss(p, t, torch.zeros_like(t)).item() == 0.0
 
 
@@ -141,8 +147,14 @@ def test_bf16_inputs_computed_in_float32():
     m = torch.tensor(mask)
     loss = BalancedLoss(scale=1.0)(p16, t16, m)
     assert loss.dtype == torch.float32
-    ref = loss_reference(p16.detach().float().numpy().astype(np.float64), t16.float().numpy().astype(np.float64),
-                         mask, 1.0, 1.0, 1.0)
+    ref = loss_reference(
+        p16.detach().float().numpy().astype(np.float64),
+        t16.float().numpy().astype(np.float64),
+        mask,
+        1.0,
+        1.0,
+        1.0,
+    )
     assert loss.item() == pytest.approx(ref, rel=1e-5)
     loss.backward()
     assert p16.grad is not None and p16.grad.dtype == torch.bfloat16

@@ -1,4 +1,5 @@
 """SkillScores against a hand-computed contingency table and a naive per-pixel reference."""
+
 import json
 import math
 
@@ -79,7 +80,9 @@ def test_mask_removes_pixels():
     assert r["mse"][0] == pytest.approx(0.19 - 0.04)
     assert r["b_mse"][0] == pytest.approx(0.28 - 0.08)
     # float 0/1 masks, 5-D masks and broadcast (H, W) masks mean the same thing
-    r2 = SkillScores(2, (2, 5)).update(pred[:, :, None], truth[:, :, None], mask[:, :, None].astype(np.float32))
+    r2 = SkillScores(2, (2, 5)).update(
+        pred[:, :, None], truth[:, :, None], mask[:, :, None].astype(np.float32)
+    )
     np.testing.assert_array_equal(r2.result()["tn"], r["tn"])
     hw = np.array([[True, False, True, True], [True, True, True, True]])
     r3 = SkillScores(2, (2, 5)).update(pred, truth, hw).result()
@@ -148,7 +151,9 @@ def test_random_batch_matches_naive_reference():
     counts, errs = naive_reference(pred, truth, mask, thresholds)
     for idx, name in enumerate(("tp", "fn", "fp", "tn")):
         np.testing.assert_array_equal(r[name], counts[idx], err_msg=name)
-    assert (counts[0].sum(axis=0) > 0).all() and (counts[1].sum(axis=0) > 0).all()  # events at every threshold
+    assert (counts[0].sum(axis=0) > 0).all() and (
+        counts[1].sum(axis=0) > 0
+    ).all()  # events at every threshold
     for idx, name in enumerate(("mse", "mae", "b_mse", "b_mae")):
         np.testing.assert_allclose(r[name], errs[idx], rtol=1e-5, err_msg=name)
 
@@ -164,8 +169,9 @@ def test_merge_equals_single_accumulator():
     assert merged.n_sequences == single.n_sequences == 6
     a, b = single.result(), merged.result()
     for key in a:
-        np.testing.assert_allclose(np.asarray(a[key], dtype=float), np.asarray(b[key], dtype=float),
-                                   rtol=1e-12, err_msg=key)
+        np.testing.assert_allclose(
+            np.asarray(a[key], dtype=float), np.asarray(b[key], dtype=float), rtol=1e-12, err_msg=key
+        )
     with pytest.raises(ValueError, match="cannot merge"):
         SkillScores(3).merge(SkillScores(4))
     with pytest.raises(ValueError, match="cannot merge"):
@@ -177,7 +183,11 @@ def test_numpy_and_torch_and_layouts_agree():
     ref = SkillScores(3).update(pred, truth, mask).result()
     variants = [
         (torch.from_numpy(pred), torch.from_numpy(truth), torch.from_numpy(mask)),
-        (torch.from_numpy(pred)[:, :, None], torch.from_numpy(truth)[:, :, None], torch.from_numpy(mask)[:, :, None]),
+        (
+            torch.from_numpy(pred)[:, :, None],
+            torch.from_numpy(truth)[:, :, None],
+            torch.from_numpy(mask)[:, :, None],
+        ),
         (pred[:, :, None], truth[:, :, None], mask[:, :, None].astype(np.float32)),
         (torch.from_numpy(pred).double(), truth, mask),  # mixed kinds
     ]

@@ -1,4 +1,5 @@
 """Encoder-forecaster: presets, structure of the HKO-7 network, config round trip, training."""
+
 from __future__ import annotations
 
 import json
@@ -65,11 +66,19 @@ def test_hko7_structure():
     assert cfg.total_stride == 30
     stem = model.stem.conv
     assert (stem.in_channels, stem.out_channels, stem.kernel_size, stem.stride, stem.padding) == (
-        4, 8, (7, 7), (5, 5), (1, 1)
+        4,
+        8,
+        (7, 7),
+        (5, 5),
+        (1, 1),
     )
-    downs = [(d.conv.out_channels, d.conv.kernel_size[0], d.conv.stride[0], d.conv.padding[0]) for d in model.downs]
+    downs = [
+        (d.conv.out_channels, d.conv.kernel_size[0], d.conv.stride[0], d.conv.padding[0]) for d in model.downs
+    ]
     assert downs == [(192, 5, 3, 1), (192, 3, 2, 1)]
-    ups = [(u.conv.out_channels, u.conv.kernel_size[0], u.conv.stride[0], u.conv.padding[0]) for u in model.ups]
+    ups = [
+        (u.conv.out_channels, u.conv.kernel_size[0], u.conv.stride[0], u.conv.padding[0]) for u in model.ups
+    ]
     assert ups == [(192, 5, 3, 1), (192, 4, 2, 1)]  # ups[i]: stage i+1 -> stage i
     deconvs = [m for m in model.modules() if isinstance(m, nn.ConvTranspose2d)]
     assert len(deconvs) == 3 and all(d.bias is None for d in deconvs)
@@ -129,7 +138,11 @@ def test_shapes_every_preset_and_cell(preset, cell):
 def test_preset_defaults():
     mnist = build_model("mnist++").config
     assert (mnist.in_len, mnist.out_len, mnist.height, mnist.filters, mnist.n_flows) == (
-        10, 10, 64, (64, 96, 96), (13, 13, 13)
+        10,
+        10,
+        64,
+        (64, 96, 96),
+        (13, 13, 13),
     )
     tiny = build_model("tiny").config
     assert (tiny.in_len, tiny.out_len, tiny.height, tiny.width) == (5, 20, 96, 96)
@@ -268,7 +281,9 @@ def test_public_api():
 
 def moving_blob_batch(seq_len, batch, size, generator):
     """A Gaussian blob moving diagonally: learnable structure, values in [0, 1]."""
-    ys, xs = torch.meshgrid(torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32), indexing="ij")
+    ys, xs = torch.meshgrid(
+        torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32), indexing="ij"
+    )
     frames = torch.zeros(seq_len, batch, 1, size, size)
     start = torch.rand(batch, 2, generator=generator) * size / 3 + 4
     for t in range(seq_len):

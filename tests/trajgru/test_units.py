@@ -1,4 +1,5 @@
 """trajgru.units against hand-computed values and an independent Z = a R^b formulation."""
+
 import math
 
 import numpy as np
@@ -32,8 +33,9 @@ def test_dbz_to_rainfall_hand_values():
 
 
 # rain rate (mm/h) -> pixel, computed by hand: dBZ = 17.6737 + 15.6 log10(R); pixel = (dBZ + 10) / 70
-@pytest.mark.parametrize("rain, pixel", [
-    (0.5, 0.328253), (2.0, 0.462426), (5.0, 0.551110), (10.0, 0.618197), (30.0, 0.724527)])
+@pytest.mark.parametrize(
+    "rain, pixel", [(0.5, 0.328253), (2.0, 0.462426), (5.0, 0.551110), (10.0, 0.618197), (30.0, 0.724527)]
+)
 def test_rainfall_to_pixel_hko7_thresholds(rain, pixel):
     assert units.rainfall_to_pixel(rain) == pytest.approx(pixel, abs=1e-6)
     assert units.pixel_to_rainfall(pixel) == pytest.approx(rain, rel=1e-4)
@@ -49,7 +51,9 @@ def test_round_trips_numpy():
 
 
 def test_clipping():
-    np.testing.assert_array_equal(units.dbz_to_pixel(np.array([-30.0, -10.0, 60.0, 80.0])), [0.0, 0.0, 1.0, 1.0])
+    np.testing.assert_array_equal(
+        units.dbz_to_pixel(np.array([-30.0, -10.0, 60.0, 80.0])), [0.0, 0.0, 1.0, 1.0]
+    )
     # rain rates beyond the encodable range clip to the ends of [0, 1]
     assert units.rainfall_to_pixel(1e-6) == 0.0  # -76 dBZ
     assert units.rainfall_to_pixel(1e6) == 1.0  # 111 dBZ

@@ -1,4 +1,5 @@
 """trajgru.warp against a naive loop over the defining formula."""
+
 from __future__ import annotations
 
 import pytest
@@ -111,7 +112,9 @@ def test_gradcheck_x_and_flow(gen):
     assert warp(x, flow).dtype == torch.float64
     assert torch.autograd.gradcheck(warp, (x, flow), eps=1e-6, atol=1e-5)
     flows = torch.stack((flow, 0.5 * flow.detach() + 0.3), dim=1).detach().requires_grad_()
-    assert torch.autograd.gradcheck(lambda a, f: warp_stack(a, f, negate=True), (x, flows), eps=1e-6, atol=1e-5)
+    assert torch.autograd.gradcheck(
+        lambda a, f: warp_stack(a, f, negate=True), (x, flows), eps=1e-6, atol=1e-5
+    )
 
 
 def test_gradient_against_finite_differences_of_naive(gen):

@@ -18,10 +18,11 @@ Kernel modules name ``triton.language`` as the global ``tl``, bound by :func:`ji
 Kernels call no helper functions (a helper would have to be jitted as well): each one is
 self-contained.
 """
+
 from __future__ import annotations
 
 import os
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -68,8 +69,11 @@ def tracing(*tensors: torch.Tensor) -> bool:
     """True while ``torch.export`` or ``torch.compile`` trace (tensors are then fake)."""
     from torch._subclasses.fake_tensor import FakeTensor
 
-    return (torch.compiler.is_compiling() or torch.compiler.is_exporting()
-            or any(isinstance(t, FakeTensor) for t in tensors))
+    return (
+        torch.compiler.is_compiling()
+        or torch.compiler.is_exporting()
+        or any(isinstance(t, FakeTensor) for t in tensors)
+    )
 
 
 def use_triton(backend: str, *tensors: torch.Tensor) -> bool:

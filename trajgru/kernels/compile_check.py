@@ -9,6 +9,7 @@ of the compiled dialect, unsupported operations, register/shared-memory overflow
 Run it without ``TRITON_INTERPRET=1`` (the interpreter's library functions cannot be
 compiled); it prints one line per kernel variant and exits non-zero on any failure.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,9 +18,9 @@ import sys
 
 from . import jit
 from .gru_gates import _GENERIC as _GATE_GENERIC
-from .gru_gates import _gru_bwd_kernel, _gru_fwd_kernel
 from .gru_gates import BLOCK as _GATE_BLOCK
 from .gru_gates import NUM_WARPS as _GATE_WARPS
+from .gru_gates import _gru_bwd_kernel, _gru_fwd_kernel
 from .warp_concat import _GENERIC as _WARP_GENERIC
 from .warp_concat import BWD_CONFIG, FWD_CONFIG, _warp_concat_bwd_kernel, _warp_concat_fwd_kernel
 
@@ -31,9 +32,22 @@ def _hko7_stage0_values(wide: bool) -> dict[str, int]:
     """Integer arguments of the kernels at hko7 stage 0 (B=4, C=64, 96x96, L=13), channels-last
     bf16 activations: what the runtime specialises on (``== 1``, divisibility by 16)."""
     b, c, h, w, n_flows = 4, 64, 96, 96, 13
-    v = dict(n_pix=b * h * w, H=h, W=w, C=c, L=n_flows, n_elem=b * c * h * w,
-             h_sb=h * w * c, h_sc=1, h_sy=w * c, h_sx=c,
-             f_sb=h * w * 2 * n_flows, f_sc=1, f_sy=w * 2 * n_flows, f_sx=2 * n_flows)
+    v = dict(
+        n_pix=b * h * w,
+        H=h,
+        W=w,
+        C=c,
+        L=n_flows,
+        n_elem=b * c * h * w,
+        h_sb=h * w * c,
+        h_sc=1,
+        h_sy=w * c,
+        h_sx=c,
+        f_sb=h * w * 2 * n_flows,
+        f_sc=1,
+        f_sy=w * 2 * n_flows,
+        f_sx=2 * n_flows,
+    )
     for t, ch in (("i", 3 * c), ("g", 3 * c), ("h", c), ("o", c)):
         v.update({f"{t}_sb": h * w * ch, f"{t}_sc": 1, f"{t}_sy": w * ch, f"{t}_sx": ch})
     return v
@@ -67,25 +81,80 @@ def variants(dtype: str, wide: bool = False) -> list[tuple]:
     fwd_meta = {"SIGN": -1.0, "BLOCK_P": FWD_CONFIG[0], "BLOCK_C": FWD_CONFIG[1], "WIDE": wide}
     bwd_meta = {"SIGN": -1.0, "BLOCK_P": BWD_CONFIG[0], "BLOCK_C": BWD_CONFIG[1], "WIDE": wide}
     out = [
-        (f"warp_concat fwd wide={wide}", _warp_concat_fwd_kernel, _WARP_GENERIC,
-         {"h_ptr": f"*{dtype}", "flow_ptr": f"*{dtype}", "out_ptr": f"*{dtype}", **warp_sizes,
-          **{k: "constexpr" for k in fwd_meta}}, fwd_meta, FWD_CONFIG[2]),
-        (f"warp_concat bwd wide={wide}", _warp_concat_bwd_kernel, _WARP_GENERIC,
-         {"h_ptr": f"*{dtype}", "flow_ptr": f"*{dtype}", "gout_ptr": f"*{dtype}", "gh_ptr": "*fp32",
-          "gflow_ptr": "*fp32", **warp_sizes, **{k: "constexpr" for k in bwd_meta}}, bwd_meta, BWD_CONFIG[2]),
+        (
+            f"warp_concat fwd wide={wide}",
+            _warp_concat_fwd_kernel,
+            _WARP_GENERIC,
+            {
+                "h_ptr": f"*{dtype}",
+                "flow_ptr": f"*{dtype}",
+                "out_ptr": f"*{dtype}",
+                **warp_sizes,
+                **{k: "constexpr" for k in fwd_meta},
+            },
+            fwd_meta,
+            FWD_CONFIG[2],
+        ),
+        (
+            f"warp_concat bwd wide={wide}",
+            _warp_concat_bwd_kernel,
+            _WARP_GENERIC,
+            {
+                "h_ptr": f"*{dtype}",
+                "flow_ptr": f"*{dtype}",
+                "gout_ptr": f"*{dtype}",
+                "gh_ptr": "*fp32",
+                "gflow_ptr": "*fp32",
+                **warp_sizes,
+                **{k: "constexpr" for k in bwd_meta},
+            },
+            bwd_meta,
+            BWD_CONFIG[2],
+        ),
     ]
     if wide:
         return out
-    gate_sizes = {"n_elem": i32, "C": i32, "H": i32, "W": i32, "slope": "fp32", **{s: i32 for s in _GATE_STRIDES}}
+    gate_sizes = {
+        "n_elem": i32,
+        "C": i32,
+        "H": i32,
+        "W": i32,
+        "slope": "fp32",
+        **{s: i32 for s in _GATE_STRIDES},
+    }
     for has_i2h in (True, False):
         meta = {"HAS_I2H": has_i2h, "CHANNELS_LAST": True, "BLOCK": _GATE_BLOCK, "WIDE": False}
-        out.append((f"gru_gates fwd i2h={has_i2h}", _gru_fwd_kernel, _GATE_GENERIC,
-                    {**{p: f"*{dtype}" for p in ("i2h_ptr", "h2h_ptr", "h_ptr", "out_ptr")}, **gate_sizes,
-                     **{k: "constexpr" for k in meta}}, meta, _GATE_WARPS))
-        out.append((f"gru_gates bwd i2h={has_i2h}", _gru_bwd_kernel, _GATE_GENERIC,
-                    {**{p: f"*{dtype}" for p in ("i2h_ptr", "h2h_ptr", "h_ptr", "gout_ptr", "gi2h_ptr",
-                                                  "gh2h_ptr", "gh_ptr")}, **gate_sizes,
-                     **{k: "constexpr" for k in meta}}, meta, _GATE_WARPS))
+        out.append(
+            (
+                f"gru_gates fwd i2h={has_i2h}",
+                _gru_fwd_kernel,
+                _GATE_GENERIC,
+                {
+                    **{p: f"*{dtype}" for p in ("i2h_ptr", "h2h_ptr", "h_ptr", "out_ptr")},
+                    **gate_sizes,
+                    **{k: "constexpr" for k in meta},
+                },
+                meta,
+                _GATE_WARPS,
+            )
+        )
+        out.append(
+            (
+                f"gru_gates bwd i2h={has_i2h}",
+                _gru_bwd_kernel,
+                _GATE_GENERIC,
+                {
+                    **{
+                        p: f"*{dtype}"
+                        for p in ("i2h_ptr", "h2h_ptr", "h_ptr", "gout_ptr", "gi2h_ptr", "gh2h_ptr", "gh_ptr")
+                    },
+                    **gate_sizes,
+                    **{k: "constexpr" for k in meta},
+                },
+                meta,
+                _GATE_WARPS,
+            )
+        )
     return out
 
 
@@ -104,13 +173,20 @@ def _ptxas_report(compiled, arch: int) -> str:
         with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as fh:
             fh.write(compiled.asm["ptx"])
         try:
-            proc = subprocess.run([ptxas, f"--gpu-name=sm_{arch}a", "-v", fh.name, "-o", os.devnull],
-                                  capture_output=True, text=True, timeout=120)
+            proc = subprocess.run(
+                [ptxas, f"--gpu-name=sm_{arch}a", "-v", fh.name, "-o", os.devnull],
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
         finally:
             os.unlink(fh.name)
         if proc.returncode == 0:
-            return " ".join(ln.split("info    : ")[-1].strip() for ln in proc.stderr.splitlines()
-                            if "spill" in ln or "registers" in ln)
+            return " ".join(
+                ln.split("info    : ")[-1].strip()
+                for ln in proc.stderr.splitlines()
+                if "spill" in ln or "registers" in ln
+            )
     return ""
 
 
@@ -129,7 +205,9 @@ def compile_all(arch: int = 90, dtypes=("bf16", "fp32")) -> list[tuple[str, bool
         for name, fn, generic, signature, constexprs, warps in variants(dtype) + variants(dtype, wide=True):
             label = f"{name} {dtype} sm_{arch}"
             try:
-                sig, consts, attrs = _specialise(fn, signature, constexprs, _hko7_stage0_values(constexprs.get("WIDE", False)), generic)
+                sig, consts, attrs = _specialise(
+                    fn, signature, constexprs, _hko7_stage0_values(constexprs.get("WIDE", False)), generic
+                )
                 src = ASTSource(fn=jit(fn, generic), signature=sig, constexprs=consts, attrs=attrs)
                 compiled = triton.compile(src, target=target, options={"num_warps": warps})
                 report = _ptxas_report(compiled, arch)
@@ -150,7 +228,10 @@ def main(argv=None) -> int:
         return 2
     results = compile_all(args.arch, tuple(args.dtypes.split(",")))
     for label, ok, detail, spills in results:
-        print(f"{'ok  ' if ok else 'FAIL'} {label}: {detail}" + (f"  <- {spills} bytes spilled" if spills else ""))
+        print(
+            f"{'ok  ' if ok else 'FAIL'} {label}: {detail}"
+            + (f"  <- {spills} bytes spilled" if spills else "")
+        )
     return 0 if all(ok for _, ok, _, _ in results) else 1
 
 

@@ -15,6 +15,7 @@ inputs instead of storing them. Arithmetic in float32; inputs and outputs in the
 dtypes (bf16 under autocast); any strides (``CHANNELS_LAST`` only picks the index order
 that makes the accesses contiguous).
 """
+
 from __future__ import annotations
 
 import torch
@@ -32,13 +33,35 @@ _INT32_MAX = 2**31 - 1
 
 
 def _gru_fwd_kernel(
-    i2h_ptr, h2h_ptr, h_ptr, out_ptr,
-    n_elem, C, H, W, slope,
-    i_sb, i_sc, i_sy, i_sx,
-    g_sb, g_sc, g_sy, g_sx,
-    h_sb, h_sc, h_sy, h_sx,
-    o_sb, o_sc, o_sy, o_sx,
-    HAS_I2H: tl.constexpr, CHANNELS_LAST: tl.constexpr, BLOCK: tl.constexpr, WIDE: tl.constexpr,
+    i2h_ptr,
+    h2h_ptr,
+    h_ptr,
+    out_ptr,
+    n_elem,
+    C,
+    H,
+    W,
+    slope,
+    i_sb,
+    i_sc,
+    i_sy,
+    i_sx,
+    g_sb,
+    g_sc,
+    g_sy,
+    g_sx,
+    h_sb,
+    h_sc,
+    h_sy,
+    h_sx,
+    o_sb,
+    o_sc,
+    o_sy,
+    o_sx,
+    HAS_I2H: tl.constexpr,
+    CHANNELS_LAST: tl.constexpr,
+    BLOCK: tl.constexpr,
+    WIDE: tl.constexpr,
 ):
     """1-D grid over B*C*H*W elements of h. ``WIDE``: int64 offsets."""
     idx = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
@@ -79,13 +102,38 @@ def _gru_fwd_kernel(
 
 
 def _gru_bwd_kernel(
-    i2h_ptr, h2h_ptr, h_ptr, gout_ptr, gi2h_ptr, gh2h_ptr, gh_ptr,
-    n_elem, C, H, W, slope,
-    i_sb, i_sc, i_sy, i_sx,
-    g_sb, g_sc, g_sy, g_sx,
-    h_sb, h_sc, h_sy, h_sx,
-    o_sb, o_sc, o_sy, o_sx,
-    HAS_I2H: tl.constexpr, CHANNELS_LAST: tl.constexpr, BLOCK: tl.constexpr, WIDE: tl.constexpr,
+    i2h_ptr,
+    h2h_ptr,
+    h_ptr,
+    gout_ptr,
+    gi2h_ptr,
+    gh2h_ptr,
+    gh_ptr,
+    n_elem,
+    C,
+    H,
+    W,
+    slope,
+    i_sb,
+    i_sc,
+    i_sy,
+    i_sx,
+    g_sb,
+    g_sc,
+    g_sy,
+    g_sx,
+    h_sb,
+    h_sc,
+    h_sy,
+    h_sx,
+    o_sb,
+    o_sc,
+    o_sy,
+    o_sx,
+    HAS_I2H: tl.constexpr,
+    CHANNELS_LAST: tl.constexpr,
+    BLOCK: tl.constexpr,
+    WIDE: tl.constexpr,
 ):
     """1-D grid over B*C*H*W. gi2h / gh2h share the strides of i2h / h2h, gh those of h;
     gout has strides o_*. ``WIDE``: int64 offsets."""
@@ -155,17 +203,28 @@ def _check(i2h, h2h, h):
 
 def _needs_int64(*tensors) -> bool:
     """True if some element offset may not fit in int32."""
-    return any(t is not None and (t.numel() > _INT32_MAX or max(t.stride()) * max(t.shape) > _INT32_MAX)
-               for t in tensors)
+    return any(
+        t is not None and (t.numel() > _INT32_MAX or max(t.stride()) * max(t.shape) > _INT32_MAX)
+        for t in tensors
+    )
 
 
 def _common_args(i2h, h2h, h, slope):
     batch, channels, height, width = h.shape
     return dict(
-        n_elem=h.numel(), C=channels, H=height, W=width, slope=float(slope),
+        n_elem=h.numel(),
+        C=channels,
+        H=height,
+        W=width,
+        slope=float(slope),
         strides=(*(h2h.stride() if i2h is None else i2h.stride()), *h2h.stride(), *h.stride()),
-        meta=dict(HAS_I2H=i2h is not None, CHANNELS_LAST=_is_channels_last(h), BLOCK=BLOCK,
-                  WIDE=_needs_int64(i2h, h2h, h), num_warps=NUM_WARPS),
+        meta=dict(
+            HAS_I2H=i2h is not None,
+            CHANNELS_LAST=_is_channels_last(h),
+            BLOCK=BLOCK,
+            WIDE=_needs_int64(i2h, h2h, h),
+            num_warps=NUM_WARPS,
+        ),
         grid=(-(-h.numel() // BLOCK),),
     )
 
@@ -176,8 +235,18 @@ def gru_gates_fwd(i2h, h2h, h, slope: float) -> torch.Tensor:
     a = _common_args(i2h, h2h, h, slope)
     out = torch.empty_like(h)
     jit(_gru_fwd_kernel, _GENERIC)[a["grid"]](
-        h2h if i2h is None else i2h, h2h, h, out,
-        a["n_elem"], a["C"], a["H"], a["W"], a["slope"], *a["strides"], *out.stride(), **a["meta"],
+        h2h if i2h is None else i2h,
+        h2h,
+        h,
+        out,
+        a["n_elem"],
+        a["C"],
+        a["H"],
+        a["W"],
+        a["slope"],
+        *a["strides"],
+        *out.stride(),
+        **a["meta"],
     )
     return out
 
@@ -188,14 +257,28 @@ def gru_gates_bwd(i2h, h2h, h, grad_out, slope: float):
     g_i2h = None if i2h is None else torch.empty_like(i2h)
     g_h2h = torch.empty_like(h2h)
     g_h = torch.empty_like(h)
-    if g_h2h.stride() != h2h.stride() or g_h.stride() != h.stride() or (
-        i2h is not None and g_i2h.stride() != i2h.stride()
+    if (
+        g_h2h.stride() != h2h.stride()
+        or g_h.stride() != h.stride()
+        or (i2h is not None and g_i2h.stride() != i2h.stride())
     ):
         raise RuntimeError("gru_gates backward needs dense (non-overlapping) inputs")
     jit(_gru_bwd_kernel, _GENERIC)[a["grid"]](
-        h2h if i2h is None else i2h, h2h, h, grad_out,
-        g_h2h if g_i2h is None else g_i2h, g_h2h, g_h,
-        a["n_elem"], a["C"], a["H"], a["W"], a["slope"], *a["strides"], *grad_out.stride(), **a["meta"],
+        h2h if i2h is None else i2h,
+        h2h,
+        h,
+        grad_out,
+        g_h2h if g_i2h is None else g_i2h,
+        g_h2h,
+        g_h,
+        a["n_elem"],
+        a["C"],
+        a["H"],
+        a["W"],
+        a["slope"],
+        *a["strides"],
+        *grad_out.stride(),
+        **a["meta"],
     )
     return g_i2h, g_h2h, g_h
 
@@ -217,7 +300,9 @@ class _GruGates(torch.autograd.Function):
         return g_i2h, g_h2h, g_h, None
 
 
-def gru_gates_triton(i2h: torch.Tensor | None, h2h: torch.Tensor, h: torch.Tensor, slope: float) -> torch.Tensor:
+def gru_gates_triton(
+    i2h: torch.Tensor | None, h2h: torch.Tensor, h: torch.Tensor, slope: float
+) -> torch.Tensor:
     """GRU update with the Triton kernels (see module doc).
 
     Parameters
@@ -232,4 +317,3 @@ def gru_gates_triton(i2h: torch.Tensor | None, h2h: torch.Tensor, h: torch.Tenso
     (B, C, H, W) new state with ``h``'s strides and dtype; differentiable in all inputs.
     """
     return _GruGates.apply(i2h, h2h, h, float(slope))
-

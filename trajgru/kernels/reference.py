@@ -3,6 +3,7 @@
 They share no code with the kernels or with the portable path: each is the defining formula
 written out densely in float64, so autograd through it gives the formula's own gradient.
 """
+
 from __future__ import annotations
 
 import torch

@@ -22,6 +22,7 @@ deterministic); ``grad_h`` scatters to the 4 corners with float32 atomics into a
 buffer (like cuDNN's sampler backward: the summation order, and so the last bits, can
 vary from run to run).
 """
+
 from __future__ import annotations
 
 import torch
@@ -40,11 +41,26 @@ _INT32_MAX = 2**31 - 1
 
 
 def _warp_concat_fwd_kernel(
-    h_ptr, flow_ptr, out_ptr,
-    n_pix, H, W, C, L,
-    h_sb, h_sc, h_sy, h_sx,
-    f_sb, f_sc, f_sy, f_sx,
-    SIGN: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, WIDE: tl.constexpr,
+    h_ptr,
+    flow_ptr,
+    out_ptr,
+    n_pix,
+    H,
+    W,
+    C,
+    L,
+    h_sb,
+    h_sc,
+    h_sy,
+    h_sx,
+    f_sb,
+    f_sc,
+    f_sy,
+    f_sx,
+    SIGN: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    WIDE: tl.constexpr,
 ):
     """Grid (cdiv(B*H*W, BLOCK_P), L). out: (B*H*W, L*C) contiguous. ``WIDE``: int64 offsets."""
     pid = tl.program_id(0)
@@ -103,16 +119,34 @@ def _warp_concat_fwd_kernel(
         acc += w01 * tl.load(h_ptr + (o01 + coff), mask=m01 & cmask, other=0.0).to(tl.float32)
         acc += w10 * tl.load(h_ptr + (o10 + coff), mask=m10 & cmask, other=0.0).to(tl.float32)
         acc += w11 * tl.load(h_ptr + (o11 + coff), mask=m11 & cmask, other=0.0).to(tl.float32)
-        tl.store(out_ptr + (out_row + c[None, :]), acc.to(out_ptr.dtype.element_ty),
-                 mask=pmask[:, None] & cmask)
+        tl.store(
+            out_ptr + (out_row + c[None, :]), acc.to(out_ptr.dtype.element_ty), mask=pmask[:, None] & cmask
+        )
 
 
 def _warp_concat_bwd_kernel(
-    h_ptr, flow_ptr, gout_ptr, gh_ptr, gflow_ptr,
-    n_pix, H, W, C, L,
-    h_sb, h_sc, h_sy, h_sx,
-    f_sb, f_sc, f_sy, f_sx,
-    SIGN: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, WIDE: tl.constexpr,
+    h_ptr,
+    flow_ptr,
+    gout_ptr,
+    gh_ptr,
+    gflow_ptr,
+    n_pix,
+    H,
+    W,
+    C,
+    L,
+    h_sb,
+    h_sc,
+    h_sy,
+    h_sx,
+    f_sb,
+    f_sc,
+    f_sy,
+    f_sx,
+    SIGN: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    WIDE: tl.constexpr,
 ):
     """Grid (cdiv(B*H*W, BLOCK_P), L).
 
@@ -205,13 +239,17 @@ def _block_c(channels: int, max_block: int) -> int:
 
 def _needs_int64(*tensors: torch.Tensor) -> bool:
     """True if some element offset may not fit in int32."""
-    return any(t.numel() > _INT32_MAX or max(t.stride(), default=0) * max(t.shape, default=0) > _INT32_MAX
-               for t in tensors)
+    return any(
+        t.numel() > _INT32_MAX or max(t.stride(), default=0) * max(t.shape, default=0) > _INT32_MAX
+        for t in tensors
+    )
 
 
 def _check(h: torch.Tensor, flows: torch.Tensor) -> int:
     if h.dim() != 4 or flows.dim() != 4 or flows.shape[1] % 2:
-        raise ValueError(f"expected h (B,C,H,W) and flows (B,2L,H,W); got {tuple(h.shape)}, {tuple(flows.shape)}")
+        raise ValueError(
+            f"expected h (B,C,H,W) and flows (B,2L,H,W); got {tuple(h.shape)}, {tuple(flows.shape)}"
+        )
     if h.shape[0] != flows.shape[0] or h.shape[-2:] != flows.shape[-2:]:
         raise ValueError(f"h {tuple(h.shape)} and flows {tuple(flows.shape)} must share B, H, W")
     return flows.shape[1] // 2
@@ -226,10 +264,21 @@ def warp_concat_fwd(h: torch.Tensor, flows: torch.Tensor, negate: bool) -> torch
     block_p, block_c, warps = FWD_CONFIG
     grid = (-(-n_pix // block_p), n_flows)
     jit(_warp_concat_fwd_kernel, _GENERIC)[grid](
-        h, flows, out, n_pix, height, width, channels, n_flows,
-        *h.stride(), *flows.stride(),
-        SIGN=-1.0 if negate else 1.0, BLOCK_P=block_p, BLOCK_C=_block_c(channels, block_c),
-        WIDE=_needs_int64(h, flows, out), num_warps=warps,
+        h,
+        flows,
+        out,
+        n_pix,
+        height,
+        width,
+        channels,
+        n_flows,
+        *h.stride(),
+        *flows.stride(),
+        SIGN=-1.0 if negate else 1.0,
+        BLOCK_P=block_p,
+        BLOCK_C=_block_c(channels, block_c),
+        WIDE=_needs_int64(h, flows, out),
+        num_warps=warps,
     )
     return out
 
@@ -245,10 +294,23 @@ def warp_concat_bwd(h, flows, grad_out, negate: bool) -> tuple[torch.Tensor, tor
     block_p, block_c, warps = BWD_CONFIG
     grid = (-(-n_pix // block_p), n_flows)
     jit(_warp_concat_bwd_kernel, _GENERIC)[grid](
-        h, flows, grad_out, grad_h, grad_flows, n_pix, height, width, channels, n_flows,
-        *h.stride(), *flows.stride(),
-        SIGN=-1.0 if negate else 1.0, BLOCK_P=block_p, BLOCK_C=_block_c(channels, block_c),
-        WIDE=_needs_int64(h, flows, grad_out, grad_h, grad_flows), num_warps=warps,
+        h,
+        flows,
+        grad_out,
+        grad_h,
+        grad_flows,
+        n_pix,
+        height,
+        width,
+        channels,
+        n_flows,
+        *h.stride(),
+        *flows.stride(),
+        SIGN=-1.0 if negate else 1.0,
+        BLOCK_P=block_p,
+        BLOCK_C=_block_c(channels, block_c),
+        WIDE=_needs_int64(h, flows, grad_out, grad_h, grad_flows),
+        num_warps=warps,
     )
     return grad_h, grad_flows
 
@@ -295,7 +357,9 @@ def warp_concat_torch(h: torch.Tensor, flows: torch.Tensor, negate: bool = True)
     return warped.permute(0, 3, 4, 2, 1).flatten(3)  # (B, H, W, L*C), copy made by flatten
 
 
-def warp_concat(h: torch.Tensor, flows: torch.Tensor, negate: bool = True, backend: str = "auto") -> torch.Tensor:
+def warp_concat(
+    h: torch.Tensor, flows: torch.Tensor, negate: bool = True, backend: str = "auto"
+) -> torch.Tensor:
     """:func:`warp_concat_triton` where :func:`trajgru.kernels.use_triton` allows, else the portable twin."""
     if use_triton(backend, h, flows):
         return warp_concat_triton(h, flows, negate)

@@ -18,10 +18,11 @@ CF-1.8 NetCDF: a (time, y, x) variable with standard_name/units, a grid-mapping 
 ``grid_mapping`` attribute, x/y coordinate variables with axis/standard_name/units, a time coordinate
 with units "<unit> since <date>" and a calendar.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import h5py
@@ -50,8 +51,12 @@ class GridSpec:
         x_right, y_bottom = self.x_left + w * self.step, self.y_top - h * self.step
         inv = pyproj.Transformer.from_crs(pyproj.CRS.from_proj4(self.projdef), "OGC:CRS84", always_xy=True)
         out = {}
-        for name, (x, y) in {"LL": (self.x_left, y_bottom), "UL": (self.x_left, self.y_top),
-                             "UR": (x_right, self.y_top), "LR": (x_right, y_bottom)}.items():
+        for name, (x, y) in {
+            "LL": (self.x_left, y_bottom),
+            "UL": (self.x_left, self.y_top),
+            "UR": (x_right, self.y_top),
+            "LR": (x_right, y_bottom),
+        }.items():
             lon, lat = inv.transform(x, y)
             out[f"{name}_lon"], out[f"{name}_lat"] = float(lon), float(lat)
         return out
@@ -81,7 +86,7 @@ class OdimData:
     undetect: float | None = 0.0
     level: str = "data"
     dataset_offset: float = 0.0
-    start: str = "20240601114500"   # YYYYMMDDHHmmss
+    start: str = "20240601114500"  # YYYYMMDDHHmmss
     end: str = "20240601120000"
     product: str = "PCAPPI"
 
@@ -91,31 +96,63 @@ def b(text: str) -> np.bytes_:
     return np.bytes_(text)
 
 
-def write_odim(path: Path, datas: list[OdimData], *, grid: GridSpec = GridSpec(), date: str = "20240601",
-               time: str = "120000", obj: str = "COMP", quality: bool = True, where_ints: bool = True) -> Path:
+def write_odim(
+    path: Path,
+    datas: list[OdimData],
+    *,
+    grid: GridSpec = GridSpec(),
+    date: str = "20240601",
+    time: str = "120000",
+    obj: str = "COMP",
+    quality: bool = True,
+    where_ints: bool = True,
+) -> Path:
     """Write an ODIM_H5 v2.3 Cartesian product: one ``datasetN`` per entry of ``datas`` (data1 in each),
     plus a QIND quality field when ``quality``."""
     with h5py.File(path, "w") as f:
         f.attrs["Conventions"] = b("ODIM_H5/V2_3")
         what = f.create_group("what")
-        what.attrs.update({"object": b(obj), "version": b("H5rad 2.3"), "date": b(date), "time": b(time),
-                           "source": b("ORG:247,CMT:nowcast test")})
+        what.attrs.update(
+            {
+                "object": b(obj),
+                "version": b("H5rad 2.3"),
+                "date": b(date),
+                "time": b(time),
+                "source": b("ORG:247,CMT:nowcast test"),
+            }
+        )
         where = f.create_group("where")
         h, w = grid.shape
         size_type = np.int64 if where_ints else np.float64
-        where.attrs.update({"projdef": b(grid.projdef), "xsize": size_type(w), "ysize": size_type(h),
-                            "xscale": np.float64(grid.step), "yscale": np.float64(grid.step)})
+        where.attrs.update(
+            {
+                "projdef": b(grid.projdef),
+                "xsize": size_type(w),
+                "ysize": size_type(h),
+                "xscale": np.float64(grid.step),
+                "yscale": np.float64(grid.step),
+            }
+        )
         where.attrs.update({k: np.float64(v) for k, v in grid.corners_lonlat().items()})
         f.create_group("how").attrs["software"] = b("nowcast tests")
         for n, spec in enumerate(datas, start=1):
             dataset = f.create_group(f"dataset{n}")
             d_what = dataset.create_group("what")
-            d_what.attrs.update({"product": b(spec.product), "startdate": b(spec.start[:8]),
-                                 "starttime": b(spec.start[8:]), "enddate": b(spec.end[:8]),
-                                 "endtime": b(spec.end[8:])})
+            d_what.attrs.update(
+                {
+                    "product": b(spec.product),
+                    "startdate": b(spec.start[:8]),
+                    "starttime": b(spec.start[8:]),
+                    "enddate": b(spec.end[:8]),
+                    "endtime": b(spec.end[8:]),
+                }
+            )
             data = dataset.create_group("data1")
-            scaling = {"quantity": b(spec.quantity), "gain": np.float64(spec.gain),
-                       "offset": np.float64(spec.offset)}
+            scaling = {
+                "quantity": b(spec.quantity),
+                "gain": np.float64(spec.gain),
+                "offset": np.float64(spec.offset),
+            }
             if spec.nodata is not None:
                 scaling["nodata"] = np.float64(spec.nodata)
             if spec.undetect is not None:
@@ -132,37 +169,38 @@ def write_odim(path: Path, datas: list[OdimData], *, grid: GridSpec = GridSpec()
             array.attrs["IMAGE_VERSION"] = b("1.2")
             if quality:
                 q = data.create_group("quality1")
-                q.create_group("what").attrs.update({"quantity": b("QIND"), "gain": np.float64(1 / 255),
-                                                     "offset": np.float64(0.0)})
+                q.create_group("what").attrs.update(
+                    {"quantity": b("QIND"), "gain": np.float64(1 / 255), "offset": np.float64(0.0)}
+                )
                 q.create_dataset("data", data=np.full(spec.raw.shape, 200, dtype=np.uint8))
     return path
 
 
 def epoch_s(text: str) -> int:
     """``YYYYMMDDHHmmss`` -> epoch seconds (UTC)."""
-    return int(datetime.strptime(text, "%Y%m%d%H%M%S").replace(tzinfo=timezone.utc).timestamp())
+    return int(datetime.strptime(text, "%Y%m%d%H%M%S").replace(tzinfo=UTC).timestamp())
 
 
 @dataclass
 class CfSpec:
     """What :func:`write_cf` writes."""
 
-    values: np.ndarray                       # (T, H, W) physical values, NaN = missing, north-first rows
-    times: np.ndarray                        # (T,) numbers in time_units
+    values: np.ndarray  # (T, H, W) physical values, NaN = missing, north-first rows
+    times: np.ndarray  # (T,) numbers in time_units
     time_units: str = "seconds since 1970-01-01 00:00:00"
     calendar: str | None = "standard"
     name: str = "reflectivity"
     standard_name: str | None = "equivalent_reflectivity_factor"
     units: str = "dBZ"
     grid: GridSpec = field(default_factory=GridSpec)
-    y_ascending: bool = True                 # store rows south -> north (y increasing), as many CF files do
+    y_ascending: bool = True  # store rows south -> north (y increasing), as many CF files do
     xy_units: str = "m"
     packed: tuple[float, float] | None = None  # (scale_factor, add_offset) into int16
     fill_value: float = -9999.0
-    time_dim: bool = True                    # False: a 2-D variable with a scalar time coordinate
+    time_dim: bool = True  # False: a 2-D variable with a scalar time coordinate
     grid_mapping: bool = True
-    wkt_in_grid_mapping: bool = False        # write crs_wkt beside the CF parameters
-    extra_dim: int | None = None             # a "height" dimension of this size between time and y
+    wkt_in_grid_mapping: bool = False  # write crs_wkt beside the CF parameters
+    extra_dim: int | None = None  # a "height" dimension of this size between time and y
 
 
 def write_cf(path: Path, spec: CfSpec) -> Path:

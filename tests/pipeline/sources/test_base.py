@@ -1,4 +1,5 @@
 """The source interface's shared parts: the default frame_shape and read_frames, and dbz_to_u8."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -56,5 +57,7 @@ def test_sample_frames_spreads_over_the_listing():
 
 def test_dbz_to_u8_is_the_stored_encoding():
     dbz = np.array([-30.0, -10.0, 0.0, 25.0, 60.0, 80.0])
-    np.testing.assert_array_equal(dbz_to_u8(dbz), np.clip(np.rint(255 * (dbz + 10) / 70), 0, 255).astype(np.uint8))
+    np.testing.assert_array_equal(
+        dbz_to_u8(dbz), np.clip(np.rint(255 * (dbz + 10) / 70), 0, 255).astype(np.uint8)
+    )
     assert dbz_to_u8(dbz).dtype == np.uint8

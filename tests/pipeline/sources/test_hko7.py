@@ -1,4 +1,5 @@
 """The HKO-7 source: names, codecs, listing an archive, reading frames, and the source registry."""
+
 from __future__ import annotations
 
 import pickle
@@ -59,7 +60,9 @@ def test_list_frames_reports_bad_names_and_duplicates(hand_archive):
     (day_dir / "RAD150601006000.png").write_bytes(b"x")  # minute 60
     elsewhere = root / "radarPNG" / "2015" / "06" / "02"
     elsewhere.mkdir(parents=True)
-    dup = elsewhere / (hko7.file_stem(ts[1]) + ".png")  # same time as a canonical frame: the canonical one wins
+    dup = elsewhere / (
+        hko7.file_stem(ts[1]) + ".png"
+    )  # same time as a canonical frame: the canonical one wins
     dup.write_bytes(b"x")
     hko7.mask_path(root, ts[4]).unlink()
     listing = Hko7Source().list_frames(root)
@@ -130,9 +133,8 @@ def test_mask_cache_reuses_only_identical_bytes():
         cache.decode(da, (3, 5))
 
 
-
-
 # --------------------------------------------------------------------------- issue 10, items 7 and 8
+
 
 def png_bomb(width: int, height: int) -> bytes:
     """A valid 8-bit grayscale PNG of width x height black pixels, compressed row by row (it never
@@ -146,8 +148,12 @@ def png_bomb(width: int, height: int) -> bytes:
     packer = zlib.compressobj(9)
     row = bytes(width + 1)  # filter byte 0 + the row
     idat = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
-            + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+        + chunk(b"IDAT", idat)
+        + chunk(b"IEND", b"")
+    )
 
 
 def zlib_bomb(n_bytes: int) -> bytes:
@@ -189,8 +195,14 @@ def test_decompression_bombs_are_refused_without_inflating(kind, tmp_path):
     path = tmp_path / "bomb"
     path.write_bytes(data)
     repo = Path(__file__).resolve().parents[3]
-    out = subprocess.run([sys.executable, "-c", BOMB_SCRIPT, kind, str(path)], capture_output=True, text=True,
-                         cwd=repo, env={"PYTHONPATH": str(repo), "PATH": "/usr/bin:/bin"}, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", BOMB_SCRIPT, kind, str(path)],
+        capture_output=True,
+        text=True,
+        cwd=repo,
+        env={"PYTHONPATH": str(repo), "PATH": "/usr/bin:/bin"},
+        timeout=120,
+    )
     lines = out.stdout.strip().splitlines()
     assert out.returncode == 0, out.stderr
     assert lines[0].startswith("refused:"), lines
@@ -254,4 +266,7 @@ def test_listing_reports_folders_and_chooses_duplicates_deterministically(hand_a
     assert frames[int(ts[1])] == f"radarPNG/2015/06/a/{stem1}.png"
     assert bad[f"radarPNG/2015/06/b/{stem1}.png"].endswith(f"radarPNG/2015/06/a/{stem1}.png is used")
     assert int(ts[2]) not in frames
-    assert "differ" in bad[f"radarPNG/2015/06/a/{stem2}.png"] and "differ" in bad[f"radarPNG/2015/06/b/{stem2}.png"]
+    assert (
+        "differ" in bad[f"radarPNG/2015/06/a/{stem2}.png"]
+        and "differ" in bad[f"radarPNG/2015/06/b/{stem2}.png"]
+    )

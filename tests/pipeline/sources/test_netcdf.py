@@ -1,5 +1,6 @@
 """CF-NetCDF reader and forecast writer: values, units, time and calendars, grid and orientation, bad
 files; cross-checked against plain netCDF4, the ODIM reader and pysteps' NetCDF importer."""
+
 from __future__ import annotations
 
 import math
@@ -15,8 +16,16 @@ import xarray as xr
 from pipeline.errors import NowcastError
 from pipeline.sources import netcdf, odim
 from pipeline.sources.grid import ZR, Grid
-from tests.pipeline.sources._files import (LAEA, STERE, CfSpec, GridSpec, OdimData, epoch_s, write_cf,
-                                            write_odim)
+from tests.pipeline.sources._files import (
+    LAEA,
+    STERE,
+    CfSpec,
+    GridSpec,
+    OdimData,
+    epoch_s,
+    write_cf,
+    write_odim,
+)
 
 H, W = 12, 16
 T0 = "2024-06-01 12:00:00"
@@ -55,13 +64,15 @@ def test_reflectivity_north_up_with_times_and_mask(tmp_path):
 def test_matches_plain_netcdf4(tmp_path):
     """Independent reader: netCDF4 with its own masking/unpacking, rows put north-first by the y values."""
     values = dbz_field(2, seed=3)
-    path = write_cf(tmp_path / "p.nc", CfSpec(values, times_minutes(2), time_units=f"minutes since {T0}",
-                                              packed=(0.01, 20.0)))
+    path = write_cf(
+        tmp_path / "p.nc",
+        CfSpec(values, times_minutes(2), time_units=f"minutes since {T0}", packed=(0.01, 20.0)),
+    )
     with netCDF4.Dataset(path) as nc:
-        data = nc["reflectivity"][:]           # masked array, unpacked with scale_factor/add_offset
+        data = nc["reflectivity"][:]  # masked array, unpacked with scale_factor/add_offset
         y = nc["y"][:]
         times = netCDF4.num2date(nc["time"][:], nc["time"].units, only_use_cftime_datetimes=False)
-    order = np.argsort(-y)                     # north first
+    order = np.argsort(-y)  # north first
     expected = np.ma.filled(data.astype(np.float64), np.nan)[:, order, :]
     frames = netcdf.read_file(path)
     for frame, exp, when in zip(frames, expected, times):
@@ -72,9 +83,19 @@ def test_matches_plain_netcdf4(tmp_path):
 
 
 # Rain-rate units -> factor to mm/h, hand-made: 1 kg m-2 of water is 1 mm.
-UNITS_TABLE = [("mm/h", 1.0), ("mm h-1", 1.0), ("mm hr-1", 1.0), ("kg m-2 h-1", 1.0), ("mm/min", 60.0),
-               ("kg m-2 s-1", 3600.0), ("kg m**-2 s**-1", 3600.0), ("mm s-1", 3600.0), ("m s-1", 3.6e6),
-               ("m/s", 3.6e6), ("mm/day", 1 / 24)]
+UNITS_TABLE = [
+    ("mm/h", 1.0),
+    ("mm h-1", 1.0),
+    ("mm hr-1", 1.0),
+    ("kg m-2 h-1", 1.0),
+    ("mm/min", 60.0),
+    ("kg m-2 s-1", 3600.0),
+    ("kg m**-2 s**-1", 3600.0),
+    ("mm s-1", 3600.0),
+    ("m s-1", 3.6e6),
+    ("m/s", 3.6e6),
+    ("mm/day", 1 / 24),
+]
 
 
 @pytest.mark.parametrize("units,to_mm_h", UNITS_TABLE)
@@ -83,13 +104,22 @@ def test_rain_rate_units_converted_then_zr(tmp_path, units, to_mm_h):
     values = np.zeros((1, H, W))
     values[0, 0, :5] = rain_mm_h / to_mm_h
     values[0, 1, 0] = np.nan
-    values[0, 1, 1] = -1.0 / to_mm_h           # negative: no rain
-    path = write_cf(tmp_path / "r.nc", CfSpec(values, [0.0], time_units=f"seconds since {T0}", name="rr",
-                                              standard_name="rainfall_rate", units=units))
+    values[0, 1, 1] = -1.0 / to_mm_h  # negative: no rain
+    path = write_cf(
+        tmp_path / "r.nc",
+        CfSpec(
+            values,
+            [0.0],
+            time_units=f"seconds since {T0}",
+            name="rr",
+            standard_name="rainfall_rate",
+            units=units,
+        ),
+    )
     zr = ZR(200.0, 1.6)
     frame = netcdf.read_frame(path, zr=zr)
     assert frame.ok, frame.reason
-    expected = [-math.inf, 18.19382, 23.01030, 39.01030, 55.01030]   # 10 log10(200) + 16 log10(R), by hand
+    expected = [-math.inf, 18.19382, 23.01030, 39.01030, 55.01030]  # 10 log10(200) + 16 log10(R), by hand
     np.testing.assert_allclose(frame.dbz[0, :5], expected, atol=1e-3)
     assert not frame.mask[1, 0] and np.isnan(frame.dbz[1, 0])
     assert frame.mask[1, 1] and frame.dbz[1, 1] == -np.inf
@@ -114,13 +144,17 @@ def test_linear_z_goes_to_dbz(tmp_path):
 # Time decoding, hand-computed expectations: (units, calendar, values, epoch seconds)
 TIME_TABLE = [
     (f"minutes since {T0}", "standard", [0.0, 6.0], [T0_S, T0_S + 360]),
-    (f"seconds since {T0}", None, [0.0, 900.0], [T0_S, T0_S + 900]),                  # no calendar: standard
+    (f"seconds since {T0}", None, [0.0, 900.0], [T0_S, T0_S + 900]),  # no calendar: standard
     ("hours since 2024-06-01 14:00:00 +02:00", "gregorian", [0.0, 0.25], [T0_S, T0_S + 900]),
-    ("days since 1970-01-01 00:00:00", "proleptic_gregorian", [19875.5, 19875.5 + 5 / 1440],
-     [epoch_s("20240601120000"), epoch_s("20240601120500")]),
-    ("days since 2024-01-01", "noleap", [151.5], [epoch_s("20240601120000")]),         # no 29 Feb in noleap
-    ("days since 2024-01-01", "360_day", [150.5], [epoch_s("20240601120000")]),        # 5 months of 30 days
-    ("days since 2024-01-01", "julian", [0.0], [epoch_s("20240114000000")]),           # Julian is 13 days behind
+    (
+        "days since 1970-01-01 00:00:00",
+        "proleptic_gregorian",
+        [19875.5, 19875.5 + 5 / 1440],
+        [epoch_s("20240601120000"), epoch_s("20240601120500")],
+    ),
+    ("days since 2024-01-01", "noleap", [151.5], [epoch_s("20240601120000")]),  # no 29 Feb in noleap
+    ("days since 2024-01-01", "360_day", [150.5], [epoch_s("20240601120000")]),  # 5 months of 30 days
+    ("days since 2024-01-01", "julian", [0.0], [epoch_s("20240114000000")]),  # Julian is 13 days behind
     ("milliseconds since 2024-06-01T12:00:00Z", "standard", [300_000.4], [T0_S + 300]),
 ]
 
@@ -134,7 +168,9 @@ def test_time_decoding(tmp_path, units, calendar, values, expected):
 
 
 def test_scalar_time_coordinate(tmp_path):
-    path = write_cf(tmp_path / "s.nc", CfSpec(dbz_field(1), [30.0], time_units=f"minutes since {T0}", time_dim=False))
+    path = write_cf(
+        tmp_path / "s.nc", CfSpec(dbz_field(1), [30.0], time_units=f"minutes since {T0}", time_dim=False)
+    )
     frames = netcdf.read_file(path)
     assert len(frames) == 1 and frames[0].ok and frames[0].time_s == T0_S + 1800
 
@@ -152,11 +188,16 @@ def test_same_field_from_odim_and_netcdf_is_identical(tmp_path, y_ascending):
     rng = np.random.default_rng(7)
     raw = rng.integers(0, 256, size=(H, W), dtype=np.uint8)
     spec = GridSpec(projdef=LAEA, x_left=1_000_000.0, y_top=3_000_000.0, step=2000.0, shape=(H, W))
-    path_h5 = write_odim(tmp_path / "a.h5", [OdimData("DBZH", raw, gain=0.5, offset=-32.0, nodata=255.0,
-                                                      undetect=None)], grid=spec)
+    path_h5 = write_odim(
+        tmp_path / "a.h5",
+        [OdimData("DBZH", raw, gain=0.5, offset=-32.0, nodata=255.0, undetect=None)],
+        grid=spec,
+    )
     values = np.where(raw == 255, np.nan, -32.0 + 0.5 * raw)[None]
-    path_nc = write_cf(tmp_path / "a.nc", CfSpec(values, [0.0], time_units=f"seconds since {T0}", grid=spec,
-                                                 y_ascending=y_ascending))
+    path_nc = write_cf(
+        tmp_path / "a.nc",
+        CfSpec(values, [0.0], time_units=f"seconds since {T0}", grid=spec, y_ascending=y_ascending),
+    )
     a, b = odim.read_frame(path_h5), netcdf.read_frame(path_nc)
     np.testing.assert_array_equal(a.mask, b.mask)
     np.testing.assert_array_equal(a.dbz, b.dbz)
@@ -169,7 +210,9 @@ def test_grid_from_grid_mapping(tmp_path):
     frame = netcdf.read_frame(write_cf(tmp_path / "g.nc", CfSpec(dbz_field(1), [0.0], grid=spec)))
     g = frame.grid
     assert g.shape == (H, W)
-    assert (g.x_left, g.y_top, g.x_step, g.y_step) == pytest.approx((spec.x_left, spec.y_top, spec.step, spec.step))
+    assert (g.x_left, g.y_top, g.x_step, g.y_step) == pytest.approx(
+        (spec.x_left, spec.y_top, spec.step, spec.step)
+    )
     assert g.crs.to_cf()["grid_mapping_name"] == "polar_stereographic"
     xy = pyproj.Transformer.from_crs("OGC:CRS84", pyproj.CRS.from_proj4(STERE), always_xy=True)
     corners = g.corners_lonlat()
@@ -179,7 +222,9 @@ def test_grid_from_grid_mapping(tmp_path):
 
 def test_crs_wkt_in_grid_mapping_and_km_coordinates(tmp_path):
     spec = GridSpec()
-    path = write_cf(tmp_path / "k.nc", CfSpec(dbz_field(1), [0.0], grid=spec, xy_units="km", wkt_in_grid_mapping=True))
+    path = write_cf(
+        tmp_path / "k.nc", CfSpec(dbz_field(1), [0.0], grid=spec, xy_units="km", wkt_in_grid_mapping=True)
+    )
     g = netcdf.read_frame(path).grid
     assert (g.x_left, g.y_top, g.x_step) == pytest.approx((spec.x_left, spec.y_top, spec.step))
 
@@ -214,12 +259,13 @@ def test_lat_lon_grid_without_grid_mapping(tmp_path):
     assert frame.ok, frame.reason
     assert frame.grid.crs.is_geographic and frame.grid.xy_unit == "degrees"
     assert (frame.grid.x_left, frame.grid.y_top, frame.grid.x_step) == pytest.approx((3.75, 51.75, 0.5))
-    assert frame.dbz[0, 0] == 15.0      # northernmost row first
+    assert frame.dbz[0, 0] == 15.0  # northernmost row first
 
 
 # ---------------------------------------------------------------------------------------------------
 # Bad files: a reason, never an exception
 # ---------------------------------------------------------------------------------------------------
+
 
 def _good(tmp_path, file_name="good.nc", **kwargs):
     spec = dict(values=dbz_field(3), times=times_minutes(3), time_units=f"minutes since {T0}")
@@ -246,6 +292,7 @@ def _two_rain_variables(tmp_path):
     def add(nc):
         v = nc.createVariable("rr2", "f4", ("time", "y", "x"))
         v.units = "mm/h"
+
     return _edit(path, add)
 
 
@@ -259,20 +306,36 @@ BAD_CASES = {
     "truncated": (_truncated, "unreadable NetCDF"),
     "garbage": (lambda p: (p / "g.nc").write_bytes(b"CDF\x01garbage") or p / "g.nc", "unreadable NetCDF"),
     "not netcdf": (lambda p: (p / "t.nc").write_text("hello") or p / "t.nc", "unreadable NetCDF"),
-    "no recognised variable": (lambda p: _good(p, standard_name=None, units="K"), "no reflectivity or rain-rate"),
-    "units not convertible": (lambda p: _good(p, standard_name="rainfall_rate", units="mm"), "has units 'mm'"),
+    "no recognised variable": (
+        lambda p: _good(p, standard_name=None, units="K"),
+        "no reflectivity or rain-rate",
+    ),
+    "units not convertible": (
+        lambda p: _good(p, standard_name="rainfall_rate", units="mm"),
+        "has units 'mm'",
+    ),
     "two candidates": (_two_rain_variables, "several variables"),
     "non-monotonic time": (lambda p: _good(p, times=np.array([0.0, 10.0, 5.0])), "not strictly increasing"),
     "repeated time": (lambda p: _good(p, times=np.array([0.0, 5.0, 5.0])), "not strictly increasing"),
     "bad time units": (lambda p: _good(p, time_units="minutes"), "no time"),
     "undecodable time": (lambda p: _good(p, time_units="fortnights since 2024-01-01"), "cannot decode time"),
-    "360_day date not gregorian": (lambda p: _good(p, times=np.array([59.0, 59.5, 60.0]), calendar="360_day",
-                                                   time_units="days since 2024-01-01"), "not a date of the Gregorian"),
+    "360_day date not gregorian": (
+        lambda p: _good(
+            p, times=np.array([59.0, 59.5, 60.0]), calendar="360_day", time_units="days since 2024-01-01"
+        ),
+        "not a date of the Gregorian",
+    ),
     "no grid mapping": (lambda p: _good(p, grid_mapping=False), "no grid_mapping"),
-    "missing grid mapping variable": (lambda p: _edit(_good(p), lambda nc: nc["reflectivity"].setncattr(
-        "grid_mapping", "crs")), "not in the file"),
-    "bad grid mapping": (lambda p: _edit(_good(p), lambda nc: nc["polar_stereographic"].setncattr(
-        "grid_mapping_name", "nonsense")), "cannot read the projection"),
+    "missing grid mapping variable": (
+        lambda p: _edit(_good(p), lambda nc: nc["reflectivity"].setncattr("grid_mapping", "crs")),
+        "not in the file",
+    ),
+    "bad grid mapping": (
+        lambda p: _edit(
+            _good(p), lambda nc: nc["polar_stereographic"].setncattr("grid_mapping_name", "nonsense")
+        ),
+        "cannot read the projection",
+    ),
     "irregular x": (lambda p: _edit(_good(p), _irregular_x), "not regularly spaced"),
     "xy units": (lambda p: _good(p, xy_units="furlong"), "need m or km"),
     "extra dimension": (lambda p: _good(p, extra_dim=2), "height=2"),
@@ -302,7 +365,9 @@ def test_is_netcdf(tmp_path):
     with netCDF4.Dataset(tmp_path / "c.nc", "w", format="NETCDF3_CLASSIC") as nc:
         nc.createDimension("x", 2)
     assert netcdf.is_netcdf(tmp_path / "c.nc")
-    assert not netcdf.is_netcdf(write_odim(tmp_path / "o.h5", [OdimData("DBZH", np.zeros((12, 16), np.uint8))]))
+    assert not netcdf.is_netcdf(
+        write_odim(tmp_path / "o.h5", [OdimData("DBZH", np.zeros((12, 16), np.uint8))])
+    )
     (tmp_path / "t.txt").write_text("x")
     assert not netcdf.is_netcdf(tmp_path / "t.txt")
     assert not netcdf.is_netcdf(tmp_path / "missing.nc")
@@ -315,9 +380,17 @@ def test_is_netcdf(tmp_path):
 # Forecast writer
 # ---------------------------------------------------------------------------------------------------
 
+
 def _forecast(grid_spec=GridSpec(), n_lead=4):
-    grid = Grid.from_crs(pyproj.CRS.from_proj4(grid_spec.projdef), grid_spec.shape, grid_spec.x_left,
-                         grid_spec.y_top, grid_spec.step, grid_spec.step, projdef=grid_spec.projdef)
+    grid = Grid.from_crs(
+        pyproj.CRS.from_proj4(grid_spec.projdef),
+        grid_spec.shape,
+        grid_spec.x_left,
+        grid_spec.y_top,
+        grid_spec.step,
+        grid_spec.step,
+        projdef=grid_spec.projdef,
+    )
     rng = np.random.default_rng(11)
     rain = rng.gamma(0.5, 2.0, size=(n_lead,) + grid_spec.shape).astype(np.float32)
     rain[:, 0, 0] = 0.0
@@ -329,9 +402,10 @@ def _forecast(grid_spec=GridSpec(), n_lead=4):
 @pytest.mark.parametrize("projdef", [STERE, LAEA])
 def test_forecast_file_read_by_xarray(tmp_path, projdef):
     grid, rain, mask, lead_s = _forecast(GridSpec(projdef=projdef, x_left=1_000_000.0, y_top=3_000_000.0))
-    path = netcdf.write_forecast(tmp_path / "f.nc", rain, grid, T0_S, lead_s, mask=mask,
-                                 attrs={"institution": "test"})
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.nc"]       # no temporary left
+    path = netcdf.write_forecast(
+        tmp_path / "f.nc", rain, grid, T0_S, lead_s, mask=mask, attrs={"institution": "test"}
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.nc"]  # no temporary left
     with xr.open_dataset(path, decode_coords="all") as ds:
         p = ds["precip_intensity"]
         assert p.dims == ("time", "y", "x") and p.attrs["units"] == "mm h-1"
@@ -348,13 +422,15 @@ def test_forecast_file_read_by_xarray(tmp_path, projdef):
         gm = ds[p.encoding.get("grid_mapping") or p.attrs["grid_mapping"]]
         assert pyproj.CRS.from_cf(gm.attrs).equals(grid.crs)
         lon, lat = pyproj.Transformer.from_crs(grid.crs, "OGC:CRS84", always_xy=True).transform(
-            grid.x_centres()[5], grid.y_centres()[2])
+            grid.x_centres()[5], grid.y_centres()[2]
+        )
         assert (float(ds["lon"][2, 5]), float(ds["lat"][2, 5])) == pytest.approx((lon, lat), abs=1e-4)
-    frames = netcdf.read_file(path, zr=ZR())        # our own reader reads it back
+    frames = netcdf.read_file(path, zr=ZR())  # our own reader reads it back
     assert [f.time_s for f in frames] == (T0_S + lead_s).tolist()
     assert frames[0].grid.matches(grid)
-    np.testing.assert_allclose(ZR().dbz_to_rain(frames[1].dbz), np.where(mask, rain[1], np.nan), rtol=1e-5,
-                               equal_nan=True)
+    np.testing.assert_allclose(
+        ZR().dbz_to_rain(frames[1].dbz), np.where(mask, rain[1], np.nan), rtol=1e-5, equal_nan=True
+    )
 
 
 def test_forecast_file_read_by_pysteps(tmp_path):
@@ -368,10 +444,12 @@ def test_forecast_file_read_by_pysteps(tmp_path):
     assert meta["leadtimes"].tolist() == (lead_s / 60).tolist()
     assert meta["timestamps"][0].strftime("%Y-%m-%d %H:%M:%S") == "2024-06-01 12:06:00"
     assert (meta["x1"], meta["y1"], meta["x2"], meta["y2"]) == pytest.approx(
-        (grid.x_left, grid.y_bottom, grid.x_right, grid.y_top))
+        (grid.x_left, grid.y_bottom, grid.x_right, grid.y_top)
+    )
     assert meta["xpixelsize"] == grid.x_step and meta["unit"] == "mm/h"
-    assert pyproj.CRS.from_proj4(meta["projection"]).equals(grid.crs) or \
-        Grid.from_crs(meta["projection"], grid.shape, grid.x_left, grid.y_top, grid.x_step, grid.y_step).matches(grid)
+    assert pyproj.CRS.from_proj4(meta["projection"]).equals(grid.crs) or Grid.from_crs(
+        meta["projection"], grid.shape, grid.x_left, grid.y_top, grid.x_step, grid.y_step
+    ).matches(grid)
 
 
 def test_forecast_writer_refuses_to_replace_and_checks_shapes(tmp_path):

@@ -1,4 +1,5 @@
 """ODIM_H5 reader: values, quantities, time, grid, bad files; cross-checked against pysteps' reader."""
+
 from __future__ import annotations
 
 import math
@@ -19,8 +20,8 @@ def dbzh_raw(seed: int = 0) -> np.ndarray:
     """uint8 DBZH raw values with nodata (255) and undetect (0) pixels."""
     rng = np.random.default_rng(seed)
     raw = rng.integers(1, 255, size=(H, W), dtype=np.uint8)
-    raw[0, :5] = 255      # nodata
-    raw[3, 2:9] = 0       # undetect
+    raw[0, :5] = 255  # nodata
+    raw[3, 2:9] = 0  # undetect
     raw[-1, -1] = 255
     return raw
 
@@ -75,8 +76,10 @@ def test_dbzh_scaled_with_gain_offset_nodata_undetect(tmp_path, level):
 
 def test_data_level_what_overrides_dataset_level(tmp_path):
     raw = dbzh_raw()
-    path = write_odim(tmp_path / "a.h5", [OdimData("DBZH", raw, gain=0.5, offset=-30.0, level="split",
-                                                   dataset_offset=-32.0)])
+    path = write_odim(
+        tmp_path / "a.h5",
+        [OdimData("DBZH", raw, gain=0.5, offset=-30.0, level="split", dataset_offset=-32.0)],
+    )
     frame = odim.read_frame(path)
     assert_dbz_matches_reference(frame, reference_values(raw, 0.5, -30.0, 255, 0))
     assert frame.dbz[1, 1] == pytest.approx(-30.0 + 0.5 * float(raw[1, 1]))
@@ -84,7 +87,9 @@ def test_data_level_what_overrides_dataset_level(tmp_path):
 
 def test_no_nodata_or_undetect_attributes_means_every_pixel_is_a_value(tmp_path):
     raw = dbzh_raw()
-    path = write_odim(tmp_path / "a.h5", [OdimData("DBZH", raw, gain=0.5, offset=-32.0, nodata=None, undetect=None)])
+    path = write_odim(
+        tmp_path / "a.h5", [OdimData("DBZH", raw, gain=0.5, offset=-32.0, nodata=None, undetect=None)]
+    )
     frame = odim.read_frame(path)
     assert frame.mask.all()
     np.testing.assert_allclose(frame.dbz, -32.0 + 0.5 * raw.astype(np.float64), atol=1e-5)
@@ -104,16 +109,21 @@ def test_float_data_with_nan_is_masked(tmp_path):
 #   HKO-7 (58.53, 1.56): 10 log10(58.53) = 17.67379
 #   Marshall-Palmer (200, 1.6): 10 log10(200) = 23.01030
 ZR_TABLE = [
-    (ZR(), 0.1, 2.07379), (ZR(), 1.0, 17.67379), (ZR(), 10.0, 33.27379), (ZR(), 100.0, 48.87379),
-    (ZR(200.0, 1.6), 0.5, 18.19382), (ZR(200.0, 1.6), 1.0, 23.01030), (ZR(200.0, 1.6), 10.0, 39.01030),
+    (ZR(), 0.1, 2.07379),
+    (ZR(), 1.0, 17.67379),
+    (ZR(), 10.0, 33.27379),
+    (ZR(), 100.0, 48.87379),
+    (ZR(200.0, 1.6), 0.5, 18.19382),
+    (ZR(200.0, 1.6), 1.0, 23.01030),
+    (ZR(200.0, 1.6), 10.0, 39.01030),
 ]
 
 
 @pytest.mark.parametrize("zr,rain_mm_h,dbz", ZR_TABLE)
 def test_rate_goes_to_dbz_through_the_zr_relation(tmp_path, zr, rain_mm_h, dbz):
     raw = np.full((H, W), round(rain_mm_h / 0.01), dtype=np.uint16)
-    raw[0, 0] = 0          # undetect: no rain
-    raw[0, 1] = 65535      # nodata
+    raw[0, 0] = 0  # undetect: no rain
+    raw[0, 1] = 65535  # nodata
     path = write_odim(tmp_path / "r.h5", [OdimData("RATE", raw, gain=0.01, nodata=65535.0, undetect=0.0)])
     frame = odim.read_frame(path, zr=zr)
     assert frame.quantity == "RATE"
@@ -131,18 +141,20 @@ def test_negative_rain_rate_counts_as_no_rain(tmp_path):
 
 # ACRR periods, hand-computed: (start, end, accumulation mm, rain rate mm/h)
 ACRR_TABLE = [
-    ("20240601114500", "20240601120000", 1.0, 4.0),     # 15 min (OPERA)
-    ("20240601110000", "20240601120000", 2.5, 2.5),     # 1 h
-    ("20240531235500", "20240601000500", 0.5, 3.0),     # 10 min across midnight
-    ("20240601115500", "20240601120000", 0.25, 3.0),    # 5 min (DWD)
+    ("20240601114500", "20240601120000", 1.0, 4.0),  # 15 min (OPERA)
+    ("20240601110000", "20240601120000", 2.5, 2.5),  # 1 h
+    ("20240531235500", "20240601000500", 0.5, 3.0),  # 10 min across midnight
+    ("20240601115500", "20240601120000", 0.25, 3.0),  # 5 min (DWD)
 ]
 
 
 @pytest.mark.parametrize("start,end,acc_mm,rain_mm_h", ACRR_TABLE)
 def test_acrr_is_divided_by_its_accumulation_period(tmp_path, start, end, acc_mm, rain_mm_h):
     raw = np.full((H, W), round(acc_mm / 0.01), dtype=np.uint16)
-    path = write_odim(tmp_path / "acrr.h5", [OdimData("ACRR", raw, gain=0.01, nodata=65535.0, undetect=0.0,
-                                                      start=start, end=end, product="RR")])
+    path = write_odim(
+        tmp_path / "acrr.h5",
+        [OdimData("ACRR", raw, gain=0.01, nodata=65535.0, undetect=0.0, start=start, end=end, product="RR")],
+    )
     zr = ZR(200.0, 1.6)
     frame = odim.read_frame(path, zr=zr)
     assert frame.ok, frame.reason
@@ -151,16 +163,22 @@ def test_acrr_is_divided_by_its_accumulation_period(tmp_path, start, end, acc_mm
 
 def test_acrr_without_a_positive_period_is_bad(tmp_path):
     raw = np.full((H, W), 100, dtype=np.uint16)
-    path = write_odim(tmp_path / "acrr.h5", [OdimData("ACRR", raw, gain=0.01, start="20240601120000",
-                                                      end="20240601120000")])
+    path = write_odim(
+        tmp_path / "acrr.h5", [OdimData("ACRR", raw, gain=0.01, start="20240601120000", end="20240601120000")]
+    )
     frame = odim.read_frame(path)
     assert not frame.ok and "accumulation period" in frame.reason
 
 
 def test_quantity_preference_and_explicit_choice(tmp_path):
-    path = write_odim(tmp_path / "multi.h5", [OdimData("RATE", rate_raw(), gain=0.01, nodata=65535.0),
-                                              OdimData("DBZH", dbzh_raw(), gain=0.5, offset=-32.0)])
-    assert odim.read_frame(path).quantity == "DBZH"          # reflectivity first by default
+    path = write_odim(
+        tmp_path / "multi.h5",
+        [
+            OdimData("RATE", rate_raw(), gain=0.01, nodata=65535.0),
+            OdimData("DBZH", dbzh_raw(), gain=0.5, offset=-32.0),
+        ],
+    )
+    assert odim.read_frame(path).quantity == "DBZH"  # reflectivity first by default
     assert odim.scan_file(path).quantity == "DBZH"
     assert odim.read_frame(path, quantity="RATE").quantity == "RATE"
     missing = odim.read_frame(path, quantity="TH")
@@ -169,14 +187,20 @@ def test_quantity_preference_and_explicit_choice(tmp_path):
 
 
 def test_time_is_the_nominal_time_from_metadata_not_the_file_name(tmp_path):
-    path = write_odim(tmp_path / "T_PAAH21_C_EUOC_20000101000000.h5", [OdimData("DBZH", dbzh_raw())],
-                      date="20240601", time="121500")
+    path = write_odim(
+        tmp_path / "T_PAAH21_C_EUOC_20000101000000.h5",
+        [OdimData("DBZH", dbzh_raw())],
+        date="20240601",
+        time="121500",
+    )
     assert odim.read_frame(path).time_s == epoch_s("20240601121500")
     assert odim.scan_file(path).times_s == (epoch_s("20240601121500"),)
 
 
-@pytest.mark.parametrize("spec", [GridSpec(), GridSpec(projdef=LAEA, x_left=1_000_000.0, y_top=3_000_000.0,
-                                                       step=1000.0, shape=(H, W))])
+@pytest.mark.parametrize(
+    "spec",
+    [GridSpec(), GridSpec(projdef=LAEA, x_left=1_000_000.0, y_top=3_000_000.0, step=1000.0, shape=(H, W))],
+)
 def test_grid_from_where(tmp_path, spec):
     path = write_odim(tmp_path / "g.h5", [OdimData("DBZH", dbzh_raw())], grid=spec)
     grid = odim.read_frame(path).grid
@@ -193,7 +217,7 @@ def test_grid_from_where(tmp_path, spec):
 
 def test_first_row_is_north(tmp_path):
     raw = np.zeros((H, W), dtype=np.uint8)
-    raw[0, :] = 100      # northern edge, as ODIM stores it
+    raw[0, :] = 100  # northern edge, as ODIM stores it
     frame = odim.read_frame(write_odim(tmp_path / "n.h5", [OdimData("DBZH", raw, gain=0.5, offset=-32.0)]))
     assert np.all(frame.dbz[0] == 18.0) and np.all(frame.dbz[1:] == -np.inf)
     assert frame.grid.y_centres()[0] > frame.grid.y_centres()[-1]
@@ -208,22 +232,39 @@ def test_image_object_and_float_sizes(tmp_path):
 # Cross-check with pysteps.io.importers.import_odim_hdf5 (an independent reader of the same file)
 # ---------------------------------------------------------------------------------------------------
 
+
 def _pysteps_odim(path, qty):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         from pysteps.io.importers import import_odim_hdf5
+
         return import_odim_hdf5(str(path), qty=qty)
 
 
 @pytest.mark.parametrize("level", ["data", "dataset"])
-@pytest.mark.parametrize("grid", [GridSpec(), GridSpec(projdef=LAEA, x_left=1_000_000.0, y_top=3_000_000.0,
-                                                       step=1000.0, shape=(H, W))])
+@pytest.mark.parametrize(
+    "grid",
+    [GridSpec(), GridSpec(projdef=LAEA, x_left=1_000_000.0, y_top=3_000_000.0, step=1000.0, shape=(H, W))],
+)
 def test_matches_pysteps_reader(tmp_path, level, grid):
-    path = write_odim(tmp_path / "x.h5", [OdimData("DBZH", dbzh_raw(3), gain=0.5, offset=-32.0, level=level),
-                                          OdimData("RATE", rate_raw(4), gain=0.01, nodata=65535.0, level=level),
-                                          OdimData("ACRR", rate_raw(5), gain=0.01, nodata=65535.0, level=level,
-                                                   start="20240601114500", end="20240601120000", product="RR")],
-                      grid=grid)
+    path = write_odim(
+        tmp_path / "x.h5",
+        [
+            OdimData("DBZH", dbzh_raw(3), gain=0.5, offset=-32.0, level=level),
+            OdimData("RATE", rate_raw(4), gain=0.01, nodata=65535.0, level=level),
+            OdimData(
+                "ACRR",
+                rate_raw(5),
+                gain=0.01,
+                nodata=65535.0,
+                level=level,
+                start="20240601114500",
+                end="20240601120000",
+                product="RR",
+            ),
+        ],
+        grid=grid,
+    )
     zr = ZR(200.0, 1.6)
 
     ours = odim.read_frame(path, quantity="DBZH", zr=zr)
@@ -237,11 +278,17 @@ def test_matches_pysteps_reader(tmp_path, level, grid):
         ours = odim.read_frame(path, quantity=qty, zr=zr)
         theirs, _, _ = _pysteps_odim(path, qty)
         np.testing.assert_array_equal(ours.mask, np.isfinite(theirs))
-        np.testing.assert_allclose(zr.dbz_to_rain(ours.dbz[ours.mask]), theirs[ours.mask] * per_hour, rtol=1e-5)
+        np.testing.assert_allclose(
+            zr.dbz_to_rain(ours.dbz[ours.mask]), theirs[ours.mask] * per_hour, rtol=1e-5
+        )
 
     g = ours.grid
-    assert meta["x1"] == pytest.approx(g.x_left, abs=1e-3) and meta["x2"] == pytest.approx(g.x_right, abs=1e-3)
-    assert meta["y1"] == pytest.approx(g.y_bottom, abs=1e-3) and meta["y2"] == pytest.approx(g.y_top, abs=1e-3)
+    assert meta["x1"] == pytest.approx(g.x_left, abs=1e-3) and meta["x2"] == pytest.approx(
+        g.x_right, abs=1e-3
+    )
+    assert meta["y1"] == pytest.approx(g.y_bottom, abs=1e-3) and meta["y2"] == pytest.approx(
+        g.y_top, abs=1e-3
+    )
     assert (meta["xpixelsize"], meta["ypixelsize"]) == (g.x_step, g.y_step)
     assert meta["yorigin"] == "upper" and meta["projection"] == g.projdef
 
@@ -249,6 +296,7 @@ def test_matches_pysteps_reader(tmp_path, level, grid):
 # ---------------------------------------------------------------------------------------------------
 # Bad files: a reason, never an exception
 # ---------------------------------------------------------------------------------------------------
+
 
 def _good(tmp_path, name="good.h5", **kwargs):
     return write_odim(tmp_path / name, [OdimData("DBZH", dbzh_raw(), gain=0.5, offset=-32.0)], **kwargs)
@@ -283,21 +331,39 @@ BAD_CASES = {
     "not hdf5": (_text_file, "unreadable ODIM_H5"),
     "empty file": (lambda p: (p / "empty.h5").write_bytes(b"") or p / "empty.h5", "unreadable ODIM_H5"),
     "polar volume": (lambda p: _good(p, obj="PVOL"), "only 2-D Cartesian"),
-    "no object": (lambda p: _edit(_good(p), lambda f: f["what"].attrs.__delitem__("object")), "only 2-D Cartesian"),
-    "missing quantity": (lambda p: write_odim(p / "q.h5", [OdimData("VRADH", dbzh_raw())]), "no DBZH or TH or RATE"),
+    "no object": (
+        lambda p: _edit(_good(p), lambda f: f["what"].attrs.__delitem__("object")),
+        "only 2-D Cartesian",
+    ),
+    "missing quantity": (
+        lambda p: write_odim(p / "q.h5", [OdimData("VRADH", dbzh_raw())]),
+        "no DBZH or TH or RATE",
+    ),
     "3-D data": (lambda p: _edit(_good(p), lambda f: _replace_data(f, np.zeros((2, H, W), np.uint8))), "2-D"),
-    "size mismatch": (lambda p: _edit(_good(p), lambda f: _replace_data(f, np.zeros((H, W + 1), np.uint8))),
-                      "where/ysize x xsize"),
-    "string data": (lambda p: _edit(_good(p), lambda f: _replace_data(f, np.full((H, W), b"x"))), "not numbers"),
+    "size mismatch": (
+        lambda p: _edit(_good(p), lambda f: _replace_data(f, np.zeros((H, W + 1), np.uint8))),
+        "where/ysize x xsize",
+    ),
+    "string data": (
+        lambda p: _edit(_good(p), lambda f: _replace_data(f, np.full((H, W), b"x"))),
+        "not numbers",
+    ),
     "bad date": (lambda p: _good(p, date="2024-06-01"), "YYYYMMDD"),
     "no date": (lambda p: _edit(_good(p), lambda f: f["what"].attrs.__delitem__("date")), "what date/time"),
     "no projdef": (lambda p: _edit(_good(p), lambda f: f["where"].attrs.__delitem__("projdef")), "projdef"),
-    "bad projdef": (lambda p: _edit(_good(p), lambda f: f["where"].attrs.__setitem__("projdef", b"+proj=nonsense")),
-                    "not a projection"),
+    "bad projdef": (
+        lambda p: _edit(_good(p), lambda f: f["where"].attrs.__setitem__("projdef", b"+proj=nonsense")),
+        "not a projection",
+    ),
     "no corners": (lambda p: _edit(_good(p), lambda f: f["where"].attrs.__delitem__("UR_lat")), "UR_lat"),
-    "corners disagree": (lambda p: _edit(_good(p), lambda f: f["where"].attrs.__setitem__("xscale", 3000.0)),
-                         "the corners span"),
-    "no data array": (lambda p: _edit(_good(p), lambda f: f["dataset1/data1"].__delitem__("data")), "no 'data'"),
+    "corners disagree": (
+        lambda p: _edit(_good(p), lambda f: f["where"].attrs.__setitem__("xscale", 3000.0)),
+        "the corners span",
+    ),
+    "no data array": (
+        lambda p: _edit(_good(p), lambda f: f["dataset1/data1"].__delitem__("data")),
+        "no 'data'",
+    ),
 }
 
 
@@ -340,11 +406,17 @@ def test_scale_reference_loop():
                 assert valid[i, j] and not undetected[i, j] and value[i, j] == ref[i][j]
 
 
-@pytest.mark.parametrize("quantity, dtype, gain, offset, nodata, undetect", [
-    ("DBZH", np.uint8, 0.5, -32.0, 255.0, 0.0), ("RATE", np.uint16, 0.01, 0.0, 65535.0, 0.0),
-    ("TH", np.int16, 0.01, 0.0, -32768.0, -32767.0)])
-def test_integer_images_through_the_level_table_equal_the_pixelwise_scaling(tmp_path, quantity, dtype, gain, offset,
-                                                                             nodata, undetect):
+@pytest.mark.parametrize(
+    "quantity, dtype, gain, offset, nodata, undetect",
+    [
+        ("DBZH", np.uint8, 0.5, -32.0, 255.0, 0.0),
+        ("RATE", np.uint16, 0.01, 0.0, 65535.0, 0.0),
+        ("TH", np.int16, 0.01, 0.0, -32768.0, -32767.0),
+    ],
+)
+def test_integer_images_through_the_level_table_equal_the_pixelwise_scaling(
+    tmp_path, quantity, dtype, gain, offset, nodata, undetect
+):
     """Large integer images are scaled through a table of every raw level: the same values, NaN, -inf
     and mask as scaling each pixel."""
     info = np.iinfo(dtype)
@@ -352,12 +424,18 @@ def test_integer_images_through_the_level_table_equal_the_pixelwise_scaling(tmp_
     raw = rng.integers(info.min, info.max, size=(600, 600), endpoint=True).astype(dtype)
     raw[0, :10] = nodata
     raw[1, :10] = undetect
-    path = write_odim(tmp_path / "big.h5", [OdimData(quantity, raw[:H, :W], gain=gain, offset=offset, nodata=nodata,
-                                                     undetect=undetect)])
+    path = write_odim(
+        tmp_path / "big.h5",
+        [OdimData(quantity, raw[:H, :W], gain=gain, offset=offset, nodata=nodata, undetect=undetect)],
+    )
     with h5py.File(path) as f:
         product = odim._Product(f, quantity)
         table_dbz, table_valid = product.to_dbz(raw, ZR(200.0, 1.6))
         pixel_dbz, pixel_valid = product._to_dbz(raw.astype(np.float64), ZR(200.0, 1.6))
     np.testing.assert_array_equal(table_valid, pixel_valid)
     np.testing.assert_array_equal(table_dbz, pixel_dbz)  # NaN and -inf in the same places too
-    assert table_dbz.dtype == np.float32 and not table_valid[0, :10].any() and np.isneginf(table_dbz[1, :10]).all()
+    assert (
+        table_dbz.dtype == np.float32
+        and not table_valid[0, :10].any()
+        and np.isneginf(table_dbz[1, :10]).all()
+    )
