@@ -39,11 +39,11 @@ from rich.console import Console
 from rich.table import Table
 
 from pipeline import files, tracking, viz
-from pipeline.dataset import ClipDataset, collate_clips, rank_slice
+from pipeline.dataset import rank_slice
 from pipeline.errors import NowcastError, check
 from pipeline.forecasters import Forecaster, absolute_uri, baseline_name, load_forecaster
-from pipeline.progress import track
 from pipeline.raycluster import connect_ray
+from pipeline.scoring import score_clips
 from pipeline.store import Store
 from trajgru.metrics import DEFAULT_THRESHOLDS_MM_H, SkillScores, champion_score, nanmean
 
@@ -191,60 +191,6 @@ def _protocol_clips(store: Store, split: str, max_clips: int | None = None) -> n
 
 
 # --------------------------------------------------------------------------- scoring
-def _batches(store: Store, starts_s: np.ndarray, seq_len: int, batch_size: int):
-    """Yield (frames, masks) torch float32 (seq_len, B, 1, H, W) over the clips, in order."""
-    dataset = ClipDataset(store, np.asarray(starts_s, dtype=np.int64), seq_len=seq_len)
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_size=max(1, int(batch_size)), shuffle=False, num_workers=0, collate_fn=collate_clips
-    )
-    for frames, masks in loader:
-        yield frames.transpose(0, 1), masks.transpose(0, 1)
-
-
-def score_clips(
-    forecaster: Forecaster,
-    store: Store,
-    starts_s: np.ndarray,
-    in_len: int,
-    out_len: int,
-    batch_size: int = 4,
-    thresholds_mm_h: Sequence[float] = DEFAULT_THRESHOLDS_MM_H,
-    progress: bool = False,
-) -> SkillScores:
-    """Score ``forecaster`` on the clips starting at ``starts_s`` (int64 epoch s) in this process.
-
-    Inputs are frames [0, in_len), truth frames [in_len, in_len + out_len) with their masks.
-    ``progress`` shows a bar over the batches. Returns a :class:`trajgru.metrics.SkillScores`
-    (seq_len = out_len).
-    """
-    skill = SkillScores(out_len, thresholds_mm_h)
-    if len(starts_s) == 0:
-        return skill
-    n_batches = -(-len(starts_s) // max(1, int(batch_size)))
-    batches = track(
-        _batches(store, starts_s, in_len + out_len, batch_size),
-        f"evaluate {forecaster.name}",
-        total=n_batches,
-        enabled=progress,
-        transient=True,
-    )
-    with torch.no_grad():
-        for frames, masks in batches:
-            pred = forecaster(frames[:in_len])
-            if pred.shape[0] < out_len or tuple(pred.shape[1:]) != tuple(frames.shape[1:]):
-                raise NowcastError(
-                    f"{forecaster.name} returned shape {tuple(pred.shape)} for inputs "
-                    f"{tuple(frames[:in_len].shape)}; expected ({out_len}, *{tuple(frames.shape[1:])})"
-                )
-            pred = pred[:out_len].float().clamp(0.0, 1.0).cpu()
-            skill.update(
-                pred,
-                frames[in_len : in_len + out_len].contiguous(),
-                masks[in_len : in_len + out_len].contiguous(),
-            )
-    return skill
-
-
 def _score_slice(
     store: Store,
     starts_s: np.ndarray,
@@ -565,7 +511,8 @@ def _evaluate_loaded(
 
 
 def _prepare(cfg: EvaluateConfig) -> tuple[Store, Forecaster, int, int]:
-    """Open the store, load the forecaster and check one against the other -> (store, forecaster, in_len, out_len)."""
+    """Open the store, load the forecaster and check one against the other
+    -> (store, forecaster, in_len, out_len)."""
     store = Store.open(cfg.store)  # NowcastError if the store is missing
     forecaster = _load(cfg.model_uri, cfg.tracking_uri, cfg.device, cfg.in_len, cfg.out_len, cfg.fast_path)
     in_len, out_len = _lengths(forecaster, cfg.in_len, cfg.out_len)
@@ -592,8 +539,8 @@ def _fmt(x: float) -> str:
 
 def table_row(result: EvaluateResult) -> dict:
     """The numbers of a comparison row, means over the lead times (NaN ignored; None when undefined):
-    ``{"csi": {"0.5": ..., "5": ...}, "hss": {...}, "b_mse", "b_mae", "csi5_by_lead", "n_clips", "interval_s"}``
-    (the row format of ``benchmarks/bench_skill.py`` results)."""
+    ``{"csi": {"0.5": ..., "5": ...}, "hss": {...}, "b_mse", "b_mae", "csi5_by_lead", "n_clips",
+    "interval_s"}`` (the row format of ``benchmarks/bench_skill.py`` results)."""
 
     def mean(values) -> float | None:
         value = float(nanmean(np.asarray(values, dtype=float)))
@@ -742,7 +689,10 @@ def compare_models(
             fast_path=fast_path,
         )
         results.append(_evaluate_loaded(cfg, handle, loaded[uri], starts, in_len, out_len, out_json))
-    title = f"HKO-7 skill on the {split} split: {len(starts)} clips, {in_len} -> {out_len} frames (avg over lead times)"
+    title = (
+        f"HKO-7 skill on the {split} split: {len(starts)} clips, {in_len} -> {out_len} frames "
+        "(avg over lead times)"
+    )
     return CompareResult(results, render_comparison(results, title), int(len(starts)))
 
 

@@ -72,7 +72,9 @@ from torch.utils.data import DataLoader
 from pipeline import checkpoints, files, tracking, viz
 from pipeline.dataset import ClipDataset, augment_clips, collate_clips, rank_slice
 from pipeline.errors import NowcastError, check, check_name, check_types
+from pipeline.forecasters import Forecaster
 from pipeline.raycluster import DriverGone, DriverLink, connect_ray, ray_logs_dir
+from pipeline.scoring import score_clips
 from pipeline.store import Store
 from trajgru.fast import enable_fast_path, fused_adam
 from trajgru.losses import BalancedLoss
@@ -681,34 +683,27 @@ def validation_metrics(result: dict) -> dict[str, float]:
     }
 
 
-def _score_clips(module, ctx: WorkerContext, starts_s: np.ndarray) -> tuple[SkillScores, list]:
-    """Score ``module`` on this rank's validation clips -> (SkillScores, up to ``gif_clips`` (inputs,
-    truth, forecast) examples on rank 0)."""
-    scores, gifs = SkillScores(ctx.out_len), []
-    if not len(starts_s):
-        return scores, gifs
-    loader = DataLoader(
-        ClipDataset(ctx.store, starts_s, seq_len=ctx.in_len + ctx.out_len),
-        batch_size=max(1, ctx.cfg.batch_size // ctx.cfg.workers),
-        collate_fn=collate_clips,
+def _validation_forecaster(module, ctx: WorkerContext) -> Forecaster:
+    """The model being trained as a :class:`pipeline.forecasters.Forecaster` (bf16 autocast on a GPU)."""
+    return Forecaster(
+        fn=lambda inputs: _forward(module, inputs, ctx.autocast_device),
+        in_len=ctx.in_len,
+        out_len=ctx.out_len,
+        name="validation",
+        device=str(ctx.device),
     )
-    with torch.no_grad():
-        for frames, masks in loader:
-            inputs, truth, mask = split_clip(
-                frames.to(ctx.device), masks.to(ctx.device), ctx.in_len, ctx.out_len
-            )
-            pred = _forward(module, inputs, ctx.autocast_device).float().clamp(0, 1)
-            scores.update(pred, truth, mask)
-            for b in range(inputs.shape[1]):
-                if ctx.rank == 0 and len(gifs) < ctx.cfg.gif_clips:
-                    gifs.append(
-                        (
-                            inputs[:, b, 0].cpu().numpy(),
-                            truth[:, b, 0].cpu().numpy(),
-                            pred[:, b, 0].cpu().numpy(),
-                        )
-                    )
-    return scores, gifs
+
+
+def _gif_collector(ctx: WorkerContext, gifs: list):
+    """An ``on_batch`` for :func:`pipeline.scoring.score_clips` that keeps up to ``gif_clips`` (inputs,
+    truth, forecast) numpy examples (rank 0 only)."""
+
+    def keep(inputs, truth, pred) -> None:
+        for b in range(inputs.shape[1]):
+            if ctx.rank == 0 and len(gifs) < ctx.cfg.gif_clips:
+                gifs.append((inputs[:, b, 0].numpy(), truth[:, b, 0].numpy(), pred[:, b, 0].numpy()))
+
+    return keep
 
 
 def _merge_over_ranks(scores: SkillScores, ctx: WorkerContext) -> SkillScores:
@@ -730,7 +725,16 @@ def score_validation(model, ctx: WorkerContext, starts_s: np.ndarray, step: int)
     """
     module = getattr(model, "module", model)
     module.eval()
-    scores, gifs = _score_clips(module, ctx, rank_slice(starts_s, ctx.rank, ctx.world))
+    gifs: list = []
+    scores = score_clips(
+        _validation_forecaster(module, ctx),
+        ctx.store,
+        rank_slice(starts_s, ctx.rank, ctx.world),
+        ctx.in_len,
+        ctx.out_len,
+        batch_size=max(1, ctx.cfg.batch_size // ctx.cfg.workers),
+        on_batch=_gif_collector(ctx, gifs),
+    )
     module.train()
     scores = _merge_over_ranks(scores, ctx)
     if scores.n_sequences == 0:
