@@ -15,22 +15,18 @@ API
 ``fused_adam(params, lr, betas)``
     ``torch.optim.Adam(fused=True, capturable=True)`` with a tensor learning rate on CUDA
     (LR schedulers still work: they ``fill_`` a tensor lr); the ordinary Adam elsewhere.
-``CapturedTrainStep(model, optimizer, loss_fn, example_batch, clip_norm=...)``
-    forward + loss + backward + gradient clipping + optimizer step replayed as one CUDA
-    graph; a non-finite loss or gradient norm skips the update on the device (the weights
-    and Adam moments stay those of the last good step), like the eager trainer.
 ``CapturedForecaster(model, example_inputs)``
-    the forecast (no grad) replayed as one CUDA graph.
+    the forecast (no grad) replayed as one CUDA graph; eager, with the same semantics, where
+    CUDA graphs are not available (CPU tensors) or capture failed (``.fallback_reason`` says why).
 
-Both captured helpers run eagerly, with the same semantics, where CUDA graphs are not
-available (CPU tensors), or where capture failed (``.fallback_reason`` says why).
+The captured *training* step is :class:`trajgru.step.TrainStep` (the project's one training step),
+built on :class:`GraphReplay` and :class:`ParamSnapshot` from here.
 """
 
 from __future__ import annotations
 
-import math
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
@@ -42,7 +38,9 @@ __all__ = [
     "disable_fast_path",
     "fast_path_status",
     "fused_adam",
-    "CapturedTrainStep",
+    "GraphReplay",
+    "ParamSnapshot",
+    "graphs_possible",
     "CapturedForecaster",
 ]
 
@@ -130,7 +128,7 @@ def fused_adam(params, lr: float, betas: tuple[float, float] = (0.9, 0.999), **k
     """Adam for the fast path: ``fused=True`` on CUDA (one multi-tensor kernel for all
     parameters), plain ``torch.optim.Adam(params, lr, betas)`` elsewhere.
 
-    Same state-dict layout as the plain Adam. :class:`CapturedTrainStep` switches the groups
+    Same state-dict layout as the plain Adam. :class:`trajgru.step.TrainStep` switches the groups
     to ``capturable=True`` with a device-tensor ``lr`` when it captures (LR schedulers then
     update that tensor in place).
     """
@@ -148,7 +146,7 @@ def _autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
 
 
-def _graphs_possible(tensors: Sequence[torch.Tensor]) -> str | None:
+def graphs_possible(tensors: Sequence[torch.Tensor]) -> str | None:
     """None if a CUDA graph can be captured over ``tensors``, else the reason it cannot."""
     if not torch.cuda.is_available():
         return "CUDA is not available"
@@ -157,7 +155,7 @@ def _graphs_possible(tensors: Sequence[torch.Tensor]) -> str | None:
     return None
 
 
-class _Snapshot:
+class ParamSnapshot:
     """Copies of parameters and optimizer state, restored in place (same storage)."""
 
     def __init__(self, params: list[torch.Tensor], optimizer: torch.optim.Optimizer | None):
@@ -191,8 +189,8 @@ class _Snapshot:
                     v.copy_(saved[k])
 
 
-class _GraphReplay:
-    """What CapturedTrainStep and CapturedForecaster share: capture once, or fall back to eager
+class GraphReplay:
+    """What trajgru.step.TrainStep and CapturedForecaster share: capture once, or fall back to eager
     calls with the reason in ``fallback_reason`` (set by the subclass's ``__init__``)."""
 
     graph: torch.cuda.CUDAGraph | None
@@ -213,153 +211,7 @@ class _GraphReplay:
         return self.graph is not None
 
 
-class CapturedTrainStep(_GraphReplay):
-    """A whole training step replayed as one CUDA graph (eager where graphs are unavailable).
-
-    ``loss = loss_fn(model(batch[0]).float(), *batch[1:])``, then backward, then the global
-    gradient norm (clipped to ``clip_norm`` if given), then ``optimizer.step()``, all on the
-    device with no host synchronisation. If the loss or the gradient norm is not finite,
-    the update is skipped on the device (fused Adam's ``found_inf``): weights and moments
-    stay those of the last good step, as the eager trainer's check guarantees.
-
-    Parameters
-    ----------
-    model : nn.Module on the device (ideally with :func:`enable_fast_path`)
-    optimizer : for capture, ``torch.optim.Adam(fused=True)`` (see :func:`fused_adam`); its
-        groups are switched to ``capturable=True`` and a 0-dim device-tensor lr (schedulers
-        ``fill_`` it; ``state_dict()`` then holds that tensor).
-    loss_fn : ``loss_fn(pred_float32, *batch[1:]) -> 0-dim tensor``; must itself be
-        capturable (no host-device copies or syncs: e.g. constants already on the device).
-    example_batch : tuple of device tensors with the shapes and dtypes of every batch.
-    clip_norm : global gradient-norm clip (``clip_grad_norm_``), or None.
-    autocast_dtype : e.g. ``torch.bfloat16`` (default) or None for float32.
-    warmup : eager steps before capture (kernel compilation, cuDNN autotuning, lazy state);
-        their effect on weights and optimizer state is undone before the first real step.
-
-    Call ``step(*batch) -> (loss, grad_norm)``: 0-dim float32 device tensors, overwritten
-    by the next call (``.item()`` them or clone). ``applied`` is 1.0 if the update was
-    applied, 0.0 if skipped.
-    """
-
-    def __init__(
-        self,
-        model: nn.Module,
-        optimizer: torch.optim.Optimizer,
-        loss_fn: Callable[..., torch.Tensor],
-        example_batch: Sequence[torch.Tensor],
-        *,
-        clip_norm: float | None = None,
-        autocast_dtype: torch.dtype | None = torch.bfloat16,
-        warmup: int = 2,
-        use_graph: bool = True,
-    ):
-        self.model, self.optimizer, self.loss_fn = model, optimizer, loss_fn
-        self.clip_norm = clip_norm
-        self.params = [p for p in model.parameters() if p.requires_grad]
-        self.device = self.params[0].device
-        self.autocast_dtype = autocast_dtype if self.device.type == "cuda" else None
-        self.graph: torch.cuda.CUDAGraph | None = None
-        self.fallback_reason: str | None = None if use_graph else "use_graph=False"
-        self.static_batch = [t.detach().clone() for t in example_batch]
-        if self.fallback_reason is None:
-            self.fallback_reason = _graphs_possible([*self.static_batch, *self.params])
-        if self.fallback_reason is None and not all(g.get("fused") for g in optimizer.param_groups):
-            self.fallback_reason = "the optimizer is not fused Adam (use trajgru.fast.fused_adam)"
-        if self.fallback_reason is None:
-            self._capture_or_run_eagerly(warmup)
-
-    # -- the step body, shared by warm-up, capture and the eager fallback
-    def _forward_backward(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
-        with _autocast(self.device, self.autocast_dtype):
-            pred = self.model(batch[0])
-        loss = self.loss_fn(pred.float(), *batch[1:]).float()
-        loss.backward()
-        if self.clip_norm is not None:
-            norm = torch.nn.utils.clip_grad_norm_(self.params, self.clip_norm, foreach=True)
-        else:
-            grads = [p.grad for p in self.params if p.grad is not None]
-            norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-        return loss.detach(), norm.detach().float()
-
-    def _graph_body(self) -> None:
-        loss, norm = self._forward_backward(self.static_batch)
-        bad = ~(torch.isfinite(loss) & torch.isfinite(norm))
-        self.found_inf.copy_(bad.float())
-        self.optimizer.found_inf = self.found_inf  # read by fused Adam: skip the update if 1
-        try:
-            self.optimizer.step()
-        finally:
-            # only the captured kernels may see it: a stale flag would silently skip every
-            # later eager step of this optimizer
-            del self.optimizer.found_inf
-        self.static_loss, self.static_norm = loss, norm
-        self.static_applied = 1.0 - self.found_inf
-
-    def _prepare_optimizer(self) -> None:
-        for group in self.optimizer.param_groups:
-            group["capturable"] = True
-            if not torch.is_tensor(group["lr"]):
-                group["lr"] = torch.tensor(float(group["lr"]), dtype=torch.float32, device=self.device)
-        self.found_inf = torch.zeros(
-            (), dtype=torch.float32, device=self.device
-        )  # 0-dim, like the step counts
-
-    def _capture(self, warmup: int) -> None:
-        self._prepare_optimizer()
-        snapshot = _Snapshot(self.params, self.optimizer)
-        side = torch.cuda.Stream(self.device)
-        side.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(side):
-            for _ in range(max(1, warmup)):
-                self.optimizer.zero_grad(set_to_none=True)
-                self._graph_body()
-        torch.cuda.current_stream(self.device).wait_stream(side)
-        torch.cuda.synchronize(self.device)
-        snapshot.restore()
-        self.optimizer.zero_grad(set_to_none=True)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            self._graph_body()
-        self.graph = graph
-        torch.cuda.synchronize(self.device)
-        snapshot.restore()  # capture runs nothing, but be exact anyway
-        del snapshot
-
-    def step(self, *batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One training step on ``batch`` (same shapes as ``example_batch``)."""
-        if len(batch) != len(self.static_batch):
-            raise ValueError(f"expected {len(self.static_batch)} tensors, got {len(batch)}")
-        if self.graph is None:
-            return self._eager_step(batch)
-        for dst, src in zip(self.static_batch, batch):
-            if dst.shape != src.shape:
-                raise ValueError(f"captured for shape {tuple(dst.shape)}, got {tuple(src.shape)}")
-            dst.copy_(src, non_blocking=True)
-        self.graph.replay()
-        return self.static_loss, self.static_norm
-
-    __call__ = step
-
-    @property
-    def applied(self) -> float:
-        """1.0 if the last step's update was applied, 0.0 if skipped (non-finite)."""
-        if self.graph is None:
-            return self._eager_applied
-        return float(self.static_applied)
-
-    def _eager_step(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
-        batch = [t.to(self.device) for t in batch]
-        self.optimizer.zero_grad(set_to_none=True)
-        loss, norm = self._forward_backward(batch)
-        self._eager_applied = float(math.isfinite(loss.item()) and math.isfinite(norm.item()))
-        if self._eager_applied:
-            self.optimizer.step()
-        else:
-            self.optimizer.zero_grad(set_to_none=True)
-        return loss, norm
-
-
-class CapturedForecaster(_GraphReplay):
+class CapturedForecaster(GraphReplay):
     """``model(inputs)`` without gradients, replayed as one CUDA graph (eager elsewhere).
 
     Parameters
@@ -391,7 +243,7 @@ class CapturedForecaster(_GraphReplay):
         self.graph: torch.cuda.CUDAGraph | None = None
         params = list(model.parameters())
         self.fallback_reason = (
-            "use_graph=False" if not use_graph else _graphs_possible([self.static_inputs, *params])
+            "use_graph=False" if not use_graph else graphs_possible([self.static_inputs, *params])
         )
         if self.fallback_reason is None:
             self._capture_or_run_eagerly(warmup)
