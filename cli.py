@@ -327,7 +327,7 @@ def train(
     preset: str = typer.Option("tiny", help="Model preset: hko7 | mnist++ | tiny."),
     cell: str = typer.Option("trajgru", help="Recurrent cell: trajgru | convgru | convlstm."),
     recipe: str | None = typer.Option(
-        None, help="Training recipe: tiny | hko7 | hko7-paper | mnist++ (default: the preset's; see README)."
+        None, help="Training recipe: tiny | tiny-demo | hko7-paper (default: the preset's; see README)."
     ),
     workers: int = typer.Option(2, help="Ray Train workers (data-parallel)."),
     gpu: bool = typer.Option(False, "--gpu", help="One GPU per worker (NCCL, bf16 autocast)."),

@@ -7,6 +7,7 @@ import math
 import os
 import re
 import typing
+from collections.abc import Iterator
 
 #: Names that become folder names or MLflow names (``--run-name``, ``--register-as``): letters, digits,
 #: ``_ . -``, starting with a letter, digit or ``_``, at most 100 characters (no ``/``, no ``..`` alone,
@@ -27,24 +28,51 @@ class NowcastError(Exception):
 
 
 def check(ok: bool, message: str) -> None:
-    """The one way configs are validated: every stage's config dataclass calls this in ``__post_init__``
-    for each rule, and a broken rule is a usage error (NowcastError, exit code 2) with ``message``."""
+    """A usage error (NowcastError, exit code 2) with ``message`` unless ``ok``."""
     if not ok:
         raise NowcastError(message, exit_code=2)
 
 
-def check_name(value: str | None, option: str) -> None:
-    """Usage error (see :func:`check`) unless ``value`` is None or matches :data:`NAME_PATTERN`."""
-    check(
+#: The largest whole number a config field takes (2**53: every int up to it is exact as a float too).
+MAX_INT = 2**53
+
+
+class Validated:
+    """The one way configs are validated: every config dataclass derives from this.
+
+    On construction, every field is coerced or refused by its annotation (:func:`check_types`), then
+    each ``(ok, message)`` of :meth:`rules` is checked in turn (:func:`check`: the first broken rule is
+    a usage error). ``rules`` is a generator, so a rule may rely on the ones before it.
+    """
+
+    def __post_init__(self) -> None:
+        check_types(self)
+        for ok, message in self.rules():
+            check(ok, message)
+
+    def rules(self) -> Iterator[tuple[bool, str]]:
+        """``(ok, message)`` per rule, in order (none by default)."""
+        return iter(())
+
+
+def name_rule(value: str | None, option: str) -> tuple[bool, str]:
+    """The rule (for :meth:`Validated.rules`) that ``value`` is None or matches :data:`NAME_PATTERN`."""
+    return (
         value is None or (isinstance(value, str) and NAME_PATTERN.fullmatch(value) is not None),
         f"{option} {value!r} is not a safe name: use letters, digits, '_', '.' and '-' (at most 100, "
         "not starting with '.' or '-')",
     )
 
 
+def check_name(value: str | None, option: str) -> None:
+    """Usage error (see :func:`check`) unless ``value`` is None or matches :data:`NAME_PATTERN`."""
+    check(*name_rule(value, option))
+
+
 def check_types(config) -> None:
     """Coerce or refuse every field of the dataclass ``config`` by its annotation, in place (usage errors
-    as in :func:`check`): ``int`` takes whole numbers (``3``, ``3.0``, ``"3"``; not ``2.5`` or ``True``),
+    as in :func:`check`): ``int`` takes whole numbers up to :data:`MAX_INT` (``3``, ``3.0``, ``"3"``;
+    not ``2.5``, ``True`` or ``1e100``),
     ``float`` any finite number or numeric text (YAML reads ``1e-3`` as text), ``bool`` only booleans,
     ``str`` text (a path becomes text); ``None`` only where the annotation allows it. Other annotations
     are left alone."""
@@ -57,7 +85,7 @@ def check_types(config) -> None:
             continue
         for kind in (int, float, bool, str):
             if kind in kinds:
-                setattr(config, f.name, _coerce(f.name, value, kind))
+                object.__setattr__(config, f.name, _coerce(f.name, value, kind))  # frozen ones too
                 break
 
 
@@ -76,4 +104,5 @@ def _coerce(name: str, value, kind: type):
     if kind is float:
         return number
     check(number.is_integer(), f"{name} must be a whole number, got {value!r}")
+    check(abs(number) <= MAX_INT, f"{name} must be a whole number of at most {MAX_INT}, got {value!r}")
     return int(number)

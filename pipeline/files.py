@@ -17,6 +17,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -106,3 +107,32 @@ def write_text(path: Path | str, text: str, overwrite: bool = True) -> Path:
 def write_json(path: Path | str, value, overwrite: bool = True) -> Path:
     """:func:`write_text` of ``value`` as indented JSON (NaN refused: it is not JSON)."""
     return write_text(path, json.dumps(value, indent=1, allow_nan=False) + "\n", overwrite)
+
+
+@contextlib.contextmanager
+def exclusive_lock(lock: Path, busy: str) -> Iterator[Path]:
+    """Hold an exclusive lock on the file ``lock`` for the duration of the block (the one lock of the
+    project: a store's ingest lock, a training run's lock).
+
+    An advisory ``flock`` (the file is never opened through a symlink), released by the kernel when
+    this process ends, however it ends (so a ``kill -9`` leaves no stale lock). The file holds the
+    holder's pid. Raises NowcastError at once when another process holds the lock (``busy``, with
+    ``{pid}`` replaced by the holder's pid), or when the lock file cannot be created.
+    """
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise NowcastError(
+            f"cannot create the lock file {lock}: {exc}; choose a writable location (and not a symlink)"
+        ) from exc
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "unknown"
+            raise NowcastError(busy.format(pid=holder)) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield Path(lock)
+    finally:
+        os.close(fd)  # releases the lock

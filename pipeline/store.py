@@ -29,7 +29,6 @@ touches one or two shard files and 5-6 chunks; :class:`ShardFileReader` reads th
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
 from collections import Counter
@@ -45,6 +44,7 @@ from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, ShardingCodec, Zstd
 from zarr.codecs.sharding import ShardingCodecIndexLocation
 from zarr.storage import LocalStore
 
+from pipeline import files
 from pipeline.catalog import INTERVAL_S
 from pipeline.errors import NowcastError, check
 from pipeline.times import iso_utc
@@ -317,27 +317,12 @@ def ingest_lock(path: str | Path) -> Iterator[Path]:
     Raises NowcastError at once when another process holds the lock, or when the lock file cannot be
     created.
     """
-    lock = lock_path(path)
-    try:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-    except OSError as exc:
-        raise NowcastError(
-            f"cannot create the lock file {lock}: {exc}; choose a writable store location (and not a symlink)"
-        ) from exc
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "unknown"
-            raise NowcastError(
-                f"another `nowcast ingest` (pid {holder}) is writing {path}; wait for it to finish "
-                "and re-run this one (it then resumes or appends)"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    busy = (
+        f"another `nowcast ingest` (pid {{pid}}) is writing {path}; wait for it to finish "
+        "and re-run this one (it then resumes or appends)"
+    )
+    with files.exclusive_lock(lock_path(path), busy) as lock:
         yield lock
-    finally:
-        os.close(fd)  # releases the lock
 
 
 _NO_CHUNK = 2**64 - 1  # shard-index entry of a chunk that was never written (Zarr v3 sharding spec)

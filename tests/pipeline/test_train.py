@@ -9,8 +9,8 @@ the same batches.
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import math
 import os
 import re
 from pathlib import Path
@@ -23,7 +23,9 @@ from pipeline import train as tr
 from pipeline.checkpoints import MODEL_STATE_FILE
 from pipeline.errors import NowcastError
 from pipeline.tracking import BEST_METRIC, CHAMPION_METRIC, RUN_NAME_TAG
+from pipeline.train import driver
 from tests.pipeline._ray_fixtures import local_ray, make_store, mlflow_server
+from tests.pipeline._train_faults import crash_once_at_step_5
 
 
 # ====================================================================== pure helpers
@@ -190,59 +192,26 @@ def test_load_config_file_yaml_json_and_unknown_keys(tmp_path):
         tr.load_config_file(tmp_path / "none.yaml")
 
 
-def _tiny_setup(seed=0):
-    from trajgru.losses import BalancedLoss
-    from trajgru.model import build_model
-
-    torch.manual_seed(seed)
-    model = build_model("tiny", "convgru", height=16, width=16, in_len=2, out_len=2)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3, betas=(0.5, 0.999))
-    x = torch.rand(4, 2, 1, 16, 16)
-    return model, opt, BalancedLoss(), x[:2], x[2:], torch.ones_like(x[2:])
-
-
-def test_train_step_updates_weights_on_finite_loss():
-    model, opt, loss_fn, inputs, truth, mask = _tiny_setup()
-    before = [p.detach().clone() for p in model.parameters()]
-    with torch.no_grad():
-        expected = float(loss_fn(model(inputs), truth, mask))
-    loss, gnorm = tr.train_step(model, opt, loss_fn, inputs, truth, mask, step=1, clip_norm=50.0)
-    assert loss == pytest.approx(expected, rel=1e-6)
-    assert math.isfinite(gnorm) and gnorm > 0
-    assert any(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
-
-
-@pytest.mark.parametrize("where", ["input", "truth"])
-def test_train_step_non_finite_loss_stops_before_the_update(where):
-    model, opt, loss_fn, inputs, truth, mask = _tiny_setup()
-    if where == "input":
-        inputs[0, 0, 0, 3, 3] = float("nan")
-    else:
-        truth[1, 1, 0, 2, 2] = float("inf")
-    before = [p.detach().clone() for p in model.parameters()]
-    with pytest.raises(tr.NonFiniteLoss) as info:
-        tr.train_step(model, opt, loss_fn, inputs, truth, mask, step=7, clip_norm=50.0)
-    assert info.value.step == 7
-    assert all(torch.equal(b, p) for b, p in zip(before, model.parameters()))  # weights untouched
-    assert all(p.grad is None for p in model.parameters())
+def _worker_result(status: str, message: str = "") -> tr.WorkerResult:
+    return tr.WorkerResult(status, 7, [[1, 7]], None, None, None, None, False, message)
 
 
 def test_non_finite_summary_becomes_a_nowcast_error(tmp_path):
-    """Issue 10 item 11: the message names the last good checkpoint once, with its step, and never
-    contradicts itself ("step 0 is kept ... none")."""
+    """The message names the last good checkpoint once, with its step, and never contradicts itself
+    ("step 0 is kept ... none")."""
     (tmp_path / "ck").mkdir()
     (tmp_path / "ck" / "meta.json").write_text(json.dumps({"step": 5}))
-    summary = {"status": "non_finite", "message": "non-finite loss nan / grad norm nan at step 7"}
+    stopped = _worker_result("non_finite", "non-finite loss nan / grad norm nan at step 7")
     with pytest.raises(
         NowcastError, match=r"step 7; the last good checkpoint, .*ck \(step 5\), is kept.*Lower --lr"
     ):
-        tr.raise_if_stopped(summary, str(tmp_path / "ck"), "r")
-    with pytest.raises(NowcastError) as exc:
-        tr.raise_if_stopped(summary, None, "r")
-    assert "there is no checkpoint yet" in str(exc.value) and "step 0" not in str(exc.value)
+        tr.raise_if_stopped(stopped, str(tmp_path / "ck"), "r")
+    with pytest.raises(NowcastError, match="there is no checkpoint yet") as exc:
+        tr.raise_if_stopped(stopped, None, "r")
+    assert "step 0" not in str(exc.value)
     with pytest.raises(NowcastError, match="no checkpoint"):
-        tr.raise_if_stopped({"status": "ok"}, None, "r")
-    tr.raise_if_stopped({"status": "ok"}, str(tmp_path / "ck"), "r")  # fine: no exception
+        tr.raise_if_stopped(_worker_result("ok"), None, "r")
+    tr.raise_if_stopped(_worker_result("ok"), str(tmp_path / "ck"), "r")  # fine: no exception
 
 
 def test_validation_metrics_average_over_lead_times():
@@ -421,15 +390,24 @@ def test_early_stop_registers_the_best_and_does_not_resume(store, ray_cluster, s
 
 
 @pytest.mark.slow
-def test_stop_and_resume_continues_exactly(store, ray_cluster, reference_run, sqlite_uri, tmp_path):
+def test_stop_and_resume_continues_exactly(
+    store, ray_cluster, reference_run, sqlite_uri, tmp_path, monkeypatch, capfd
+):
+    """A run stopped by a worker crash and resumed by a second `train` ends with the weights of the
+    uninterrupted run; one MLflow run, every step logged once; Ray's INFO lines stay off the terminal."""
     import mlflow
 
     # the last worker dies at step 5 and no restart is allowed: the run stops after the
     # step-3 checkpoint
-    with pytest.raises(NowcastError, match="Re-run with the same --run-name resume"):
-        tr.train(_cfg(store, tmp_path, "resume", fail_at_step=5, max_failures=0, tracking_uri=sqlite_uri))
+    with monkeypatch.context() as patch:
+        patch.setattr(driver, "train_loop_per_worker", crash_once_at_step_5)
+        with pytest.raises(NowcastError, match="Re-run with the same --run-name resume"):
+            tr.train(_cfg(store, tmp_path, "resume", max_failures=0, tracking_uri=sqlite_uri))
     # the same run name resumes from step 3 and finishes
+    capfd.readouterr()
     res = tr.train(_cfg(store, tmp_path, "resume", tracking_uri=sqlite_uri))
+    resumed_output = "".join(capfd.readouterr())
+    assert "resuming after step 3" in resumed_output and "run snapshot" not in resumed_output
     assert res.final_step == STEPS
     assert res.segments == [[1, 3], [4, STEPS]]
     assert tr.expand_segments(res.segments) == list(range(1, STEPS + 1))  # none twice, none skipped
@@ -452,9 +430,12 @@ def test_stop_and_resume_continues_exactly(store, ray_cluster, reference_run, sq
 
 @pytest.mark.slow
 def test_worker_crash_is_recovered_from_last_checkpoint(
-    store, ray_cluster, reference_run, sqlite_uri, tmp_path
+    store, ray_cluster, reference_run, sqlite_uri, tmp_path, monkeypatch
 ):
-    res = tr.train(_cfg(store, tmp_path, "crash", fail_at_step=5, max_failures=1, tracking_uri=sqlite_uri))
+    """A worker that dies at step 5 is restarted from the step-3 checkpoint within the same `train`; the
+    weights equal the uninterrupted run's and every step is logged once."""
+    monkeypatch.setattr(driver, "train_loop_per_worker", crash_once_at_step_5)
+    res = tr.train(_cfg(store, tmp_path, "crash", max_failures=1, tracking_uri=sqlite_uri))
     assert (tmp_path / "ray" / "crash" / ".failed_at_5").exists()  # the crash did happen
     assert res.final_step == STEPS
     assert res.segments == [[1, 3], [4, STEPS]]  # restarted after step 3
@@ -498,7 +479,7 @@ def _no_ray(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("Ray was started")
 
-    monkeypatch.setattr(tr, "connect_ray", refuse)
+    monkeypatch.setattr(driver, "connect_ray", refuse)
 
 
 def test_config_values_are_typed_and_checked_before_anything_starts():
@@ -527,6 +508,66 @@ def test_config_values_are_typed_and_checked_before_anything_starts():
         with pytest.raises(NowcastError) as exc:
             tr.TrainConfig(store="s", **kw)
         assert exc.value.exit_code == 2, kw
+
+
+def test_absurd_step_counts_are_refused_with_the_bound():
+    """`steps: 1e100` (a float that is a whole number) and ints beyond any run are usage errors that say
+    the bound, not a run that trains."""
+    with pytest.raises(NowcastError, match=r"steps must be a whole number of at most 9007199254740992"):
+        tr.TrainConfig(store="s", steps=1e100)
+    with pytest.raises(NowcastError, match=r"steps must be at most 1,000,000,000, got 10,000,000,000"):
+        tr.TrainConfig(store="s", steps=10**10)
+    with pytest.raises(NowcastError, match=r"val_every must be at most 1,000,000,000"):
+        tr.TrainConfig(store="s", val_every="1e12")
+    assert tr.TrainConfig(store="s", steps="1e6").steps == 1_000_000
+
+
+@pytest.mark.parametrize(
+    "name, text, where",
+    [
+        ("bad.yaml", "steps: 10\nlr: [1e-3\nbatch_size: 8\n", r"line 3, column 11"),
+        ("bad.yaml", "steps: 10\n  lr: 1\n", r"line 2, column 5"),
+        ("bad.json", '{"steps": 10,\n "lr": }', r"line 2, column 8"),
+    ],
+)
+def test_a_broken_config_file_is_one_line_with_its_position(tmp_path, name, text, where):
+    """The parser's complaint comes as one line naming the file, the problem, its line and column."""
+    (tmp_path / name).write_text(text)
+    with pytest.raises(NowcastError, match=rf"cannot parse config file .*{name}: .* at {where}$") as exc:
+        tr.load_config_file(tmp_path / name)
+    assert "\n" not in str(exc.value) and exc.value.exit_code == 2
+
+
+def test_a_second_train_of_the_same_run_is_refused_with_the_holders_pid(store, tmp_path, monkeypatch):
+    """While one `nowcast train` holds a run (its lock in the run's folder), another of the same run name
+    and storage path stops at once, before Ray, naming the holder's pid; another run name is not held."""
+    import subprocess
+    import sys
+
+    _no_ray(monkeypatch)
+    cfg = _cfg(store, tmp_path, "busy", tracking_uri=f"sqlite:///{tmp_path / 'm.db'}")
+    lock = tmp_path / "ray" / "busy" / driver.RUN_LOCK
+    lock.parent.mkdir(parents=True)
+    holder_code = (
+        "import sys\nfrom pathlib import Path\nfrom pipeline.files import exclusive_lock\n"
+        f"with exclusive_lock(Path({str(lock)!r}), 'busy'):\n"
+        "    print('held', flush=True)\n    sys.stdin.read()\n"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", holder_code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(
+            NowcastError, match=rf"another `nowcast train` \(pid {holder.pid}\) is training run 'busy'"
+        ):
+            tr.train(cfg)
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    assert not (tmp_path / "m.db").exists()
+    with pytest.raises(AssertionError, match="Ray was started"):  # free again: it goes on to start Ray
+        tr.train(cfg)
 
 
 def test_cli_config_file_keys_of_cli_options_and_bad_values(tmp_path, monkeypatch):
@@ -620,7 +661,7 @@ def test_a_run_resumes_only_on_the_store_it_started_on(store, tmp_path, monkeypa
     _no_ray(monkeypatch)
     with pytest.raises(NowcastError, match="--force"):  # train() refuses before Ray starts
         tr.train(_cfg(other, tmp_path, "fingerprint", tracking_uri=f"sqlite:///{tmp_path / 'm.db'}"))
-    tr.check_run_store(tr.dataclasses.replace(cfg, force=True), Store.open(other))
+    tr.check_run_store(dataclasses.replace(cfg, force=True), Store.open(other))
     tr.check_run_store(cfg, Store.open(other))  # --force moved the record to the new store
 
 
@@ -644,7 +685,7 @@ def test_empty_validation_split_registers_a_version_that_is_not_champion(
     assert "no validation score" in capsys.readouterr().out
     assert res.registered_version == 1 and not res.promoted and res.best_step is None
     client = mlflow.MlflowClient(sqlite_uri)
-    with pytest.raises(Exception):
+    with pytest.raises(mlflow.exceptions.MlflowException, match="champion"):
         client.get_model_version_by_alias("nowcast-unscored", "champion")
 
 
@@ -661,7 +702,7 @@ def test_a_damaged_latest_checkpoint_is_set_aside_and_the_previous_one_resumes(
     latest = Path(tr.train(cfg).checkpoint_path)  # checkpoints at steps 3 and 6
     marker = tmp_path / "code-ran"
     torch.save({"step": 6, "payload": _RunsCode(marker)}, latest / "train_state.pt")
-    res = tr.train(tr.dataclasses.replace(cfg, steps=9))
+    res = tr.train(dataclasses.replace(cfg, steps=9))
     out = capsys.readouterr().out
     assert "is damaged" in out and "kept aside" in out and "(step 3)" in out, out
     assert not marker.exists()
@@ -674,8 +715,24 @@ def test_a_damaged_latest_checkpoint_is_set_aside_and_the_previous_one_resumes(
 #: Lines of Ray's own that used to fill the terminal (issue 10 item 15).
 RAY_NOISE = re.compile(
     r"\(\w+ pid=\d+|PlacementGroupCleaner|State API|Token authentication|core_worker|"
-    r"INFO worker\.py|packaging\.py|PreemptionWatcher"
+    r"INFO worker\.py|packaging\.py|PreemptionWatcher|run snapshot"
 )
+
+
+def _train_workers_alive(auth_token: str) -> list[int]:
+    """Pids of the Ray Train worker processes (their titles name RayTrainWorker) of the cluster started
+    with ``auth_token`` (inherited by its processes; other clusters on the machine do not count)."""
+    import psutil
+
+    alive = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            ours = proc.environ().get("RAY_AUTH_TOKEN") == auth_token
+        except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
+            continue
+        if ours and "RayTrainWorker" in " ".join(proc.info["cmdline"] or ()):
+            alive.append(proc.info["pid"])
+    return alive
 
 
 def _loss_steps(uri: str, run_name: str) -> list[int]:
@@ -745,12 +802,17 @@ def test_killing_the_driver_stops_the_workers_and_no_step_is_logged_twice(store,
                 tmp_path / "driver.out"
             ).read_text()
             time.sleep(0.5)
+        token = env["RAY_AUTH_TOKEN"]
+        assert _train_workers_alive(token)  # the condition polled below can become false
         driver.send_signal(signal.SIGKILL)
         driver.wait()
-        time.sleep(30)
-        logged, kept = _loss_steps(uri, "killed"), sorted(run_dir.glob("checkpoint_*"))
-        time.sleep(15)
-        assert _loss_steps(uri, "killed") == logged and sorted(run_dir.glob("checkpoint_*")) == kept
+        # the workers stop once their driver is gone: when no worker process of this cluster is left,
+        # nothing can log or checkpoint any more
+        deadline = time.monotonic() + 180
+        while _train_workers_alive(token):
+            assert time.monotonic() < deadline, "Ray Train workers still alive 180 s after the driver died"
+            time.sleep(0.5)
+        logged = _loss_steps(uri, "killed")
         assert logged == list(range(1, logged[-1] + 1)) and logged[-1] < 400
         resumed = subprocess.run(
             command(logged[-1] + 4, address),
