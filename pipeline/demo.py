@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline import files
-from pipeline.errors import NowcastError, check, check_name, check_types
+from pipeline.errors import NowcastError, Validated, name_rule
 from pipeline.evaluate import compare_models, table_row
 from pipeline.ingest import IngestConfig, ingest
 from pipeline.predict import PredictConfig, predict
@@ -31,7 +31,7 @@ from pipeline.train import TrainConfig, train
 
 
 @dataclass
-class DemoConfig:
+class DemoConfig(Validated):
     """Settings of the demo; the defaults finish in a few minutes on a 2-core machine."""
 
     workdir: Path = Path("nowcast-demo")
@@ -47,17 +47,16 @@ class DemoConfig:
     ray_address: str | None = None
     max_eval_clips: int | None = None
 
-    def __post_init__(self):
-        """Every setting is checked here, before anything runs (usage errors, exit code 2)."""
-        check_types(self)
+    def rules(self):
+        """Every setting is checked on construction, before anything runs (usage errors, exit code 2)."""
         for name in ("days", "frames_per_day", "size_px", "steps", "batch_size", "workers", "max_eval_clips"):
             value = getattr(self, name)
-            check(value is None or value >= 1, f"--{name.replace('_', '-')} must be >= 1, got {value}")
-        check(
+            yield value is None or value >= 1, f"--{name.replace('_', '-')} must be >= 1, got {value}"
+        yield (
             self.batch_size is None or self.batch_size % self.workers == 0,
             f"the batch size {self.batch_size} must be a multiple of --workers {self.workers}",
         )
-        check_name(self.model_name, "the model name")
+        yield name_rule(self.model_name, "the model name")
 
 
 #: The demo's scores, beside its outputs (see the module doc).

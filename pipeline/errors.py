@@ -74,8 +74,9 @@ def check_types(config) -> None:
     as in :func:`check`): ``int`` takes whole numbers up to :data:`MAX_INT` (``3``, ``3.0``, ``"3"``;
     not ``2.5``, ``True`` or ``1e100``),
     ``float`` any finite number or numeric text (YAML reads ``1e-3`` as text), ``bool`` only booleans,
-    ``str`` text (a path becomes text); ``None`` only where the annotation allows it. Other annotations
-    are left alone."""
+    ``str`` text (a path becomes text); ``None`` only where the annotation allows it. A value that already
+    has one of the types of a union (``str | int``, ``str | Path``) is kept. Other annotations are left
+    alone."""
     hints = typing.get_type_hints(type(config))
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
@@ -83,10 +84,19 @@ def check_types(config) -> None:
         if value is None:
             check(type(None) in typing.get_args(hints[f.name]), f"{f.name} must be set, got None")
             continue
+        if len(kinds) > 1 and any(_is_a(value, kind) for kind in kinds):
+            continue
         for kind in (int, float, bool, str):
             if kind in kinds:
                 object.__setattr__(config, f.name, _coerce(f.name, value, kind))  # frozen ones too
                 break
+
+
+def _is_a(value, kind) -> bool:
+    """``isinstance`` for plain classes, where a bool is not an int (other annotations: False)."""
+    if not isinstance(kind, type):
+        return False
+    return isinstance(value, kind) and not (isinstance(value, bool) and kind is not bool)
 
 
 def _coerce(name: str, value, kind: type):

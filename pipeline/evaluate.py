@@ -40,7 +40,7 @@ from rich.table import Table
 
 from pipeline import files, tracking, viz
 from pipeline.dataset import rank_slice
-from pipeline.errors import NowcastError, check
+from pipeline.errors import NowcastError, Validated, check
 from pipeline.forecasters import Forecaster, absolute_uri, baseline_name, load_forecaster
 from pipeline.raycluster import connect_ray
 from pipeline.scoring import score_clips
@@ -51,7 +51,7 @@ PROTOCOL = "sequent"
 
 
 @dataclass
-class EvaluateConfig:
+class EvaluateConfig(Validated):
     """What to evaluate and how.
 
     store : Zarr store written by ``nowcast ingest``.
@@ -91,13 +91,10 @@ class EvaluateConfig:
     thresholds_mm_h: tuple[float, ...] = DEFAULT_THRESHOLDS_MM_H
     interval_s: int | None = None  # None: the store's interval (HKO-7: 360 s)
 
-    def __post_init__(self):
-        check(int(self.workers) >= 0, f"workers must be >= 0, got {self.workers}")
-        check(int(self.batch_size) >= 1, f"batch_size must be >= 1, got {self.batch_size}")
-        check(
-            self.max_clips is None or int(self.max_clips) >= 1,
-            f"max_clips must be >= 1, got {self.max_clips}",
-        )
+    def rules(self):
+        yield self.workers >= 0, f"workers must be >= 0, got {self.workers}"
+        yield self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"
+        yield self.max_clips is None or self.max_clips >= 1, f"max_clips must be >= 1, got {self.max_clips}"
 
 
 @dataclass

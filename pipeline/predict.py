@@ -37,7 +37,7 @@ import zarr
 
 from pipeline import files, viz
 from pipeline.catalog import INTERVAL_S
-from pipeline.errors import NowcastError, check
+from pipeline.errors import NowcastError, Validated
 from pipeline.forecasters import Forecaster, load_forecaster
 from pipeline.sources import PIXEL_ENCODING, hko7, netcdf
 from pipeline.sources.grid import Grid
@@ -55,7 +55,7 @@ _ZARR_MARK = "nowcast_forecast"
 
 
 @dataclass
-class PredictConfig:
+class PredictConfig(Validated):
     """What to forecast from and where to write it.
 
     model_uri : ``models:/NAME@ALIAS``, ``models:/NAME/VERSION``, a checkpoint path, ``persistence``
@@ -82,21 +82,25 @@ class PredictConfig:
     gif: bool = True
     overwrite: bool = False
 
-    def __post_init__(self):
-        check(self.format in FORMATS, f"unknown format {self.format!r}: use png, zarr or netcdf")
-        check(
+    def rules(self):
+        yield self.format in FORMATS, f"unknown format {self.format!r}: use png, zarr or netcdf"
+        yield (
             self.format != "netcdf" or self.store is not None,
-            "--format netcdf writes the forecast on the radar grid a store records: give the inputs as --store",
+            "--format netcdf writes the forecast on the radar grid a store records: give the inputs as "
+            "--store",
         )
-        check(
+        yield (
             (self.store is None) != (not self.input_pngs),
             "give the inputs either as a store (--store, optionally --time) or as PNG frames "
             "(--input, repeated), not both and not neither",
         )
-        check(
+        yield (
             not (self.input_pngs and self.time is not None),
             "--time applies to --store inputs only; PNG inputs carry their times in their names",
         )
+
+    def __post_init__(self):
+        super().__post_init__()
         if self.time is not None:
             self.time = parse_time_s(self.time)  # a malformed time fails here, before any model loads
 

@@ -47,7 +47,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import catalog as cat
-from pipeline.errors import NowcastError, check
+from pipeline.errors import NowcastError, Validated
 from pipeline.progress import progress_bar
 from pipeline.sources import hko7
 from pipeline.sources.base import PIXEL_ENCODING, dbz_to_u8
@@ -83,7 +83,7 @@ SKIRT_INTENSITY = 0.025  # cell skirt peak / core peak
 
 
 @dataclass(frozen=True)
-class SynthConfig:
+class SynthConfig(Validated):
     """What to synthesise.
 
     out_dir: archive root (created if needed; files with the same names are replaced).
@@ -106,8 +106,58 @@ class SynthConfig:
     missing_frame_rate: float = 0.01
     workers: int | None = None
 
-    def __post_init__(self):
-        _check_config(self)
+    def rules(self):
+        """Every option (:class:`pipeline.errors.Validated`), naming it and the accepted range."""
+        for ok, message in self._rules():
+            yield ok, f"synth: {message}"
+
+    def _rules(self):
+        yield (
+            isinstance(self.out_dir, (str, os.PathLike)) and str(self.out_dir) != "",
+            f"out_dir must be a directory path, got {self.out_dir!r}",
+        )
+        yield (
+            not Path(self.out_dir).exists() or Path(self.out_dir).is_dir(),
+            f"out_dir {self.out_dir} exists and is not a directory; choose another path",
+        )
+        try:
+            day = np.datetime64(str(self.start), "D")
+        except ValueError:
+            day = None
+        yield (
+            day is not None and len(str(self.start)) == 10,
+            f"start must be a date YYYY-MM-DD, got {self.start!r}",
+        )
+        year = day.astype(object).year
+        yield (
+            2000 <= year <= 2099,
+            f"start year must be 2000-2099 (HKO-7 file names have two-digit years), got {self.start}",
+        )
+        yield (_is_int(self.days) and self.days >= 1, f"days must be an integer >= 1, got {self.days!r}")
+        last_year = (day + int(self.days) - 1).astype(object).year
+        yield (last_year <= 2099, f"the last day falls in {last_year}; keep the archive within 2000-2099")
+        yield (
+            _is_int(self.frames_per_day) and 1 <= self.frames_per_day <= SLOTS_PER_DAY,
+            f"frames_per_day must be an integer in 1..{SLOTS_PER_DAY} (6-minute slots), "
+            f"got {self.frames_per_day!r}",
+        )
+        yield (
+            _is_int(self.size_px) and 16 <= self.size_px <= 4096,
+            f"size_px must be an integer in 16..4096, got {self.size_px!r}",
+        )
+        yield (
+            _is_int(self.seed) and self.seed >= 0,
+            f"seed must be a non-negative integer, got {self.seed!r}",
+        )
+        rate = self.missing_frame_rate
+        yield (
+            not isinstance(rate, bool) and isinstance(rate, (int, float, np.floating)) and 0.0 <= rate <= 0.5,
+            f"missing_frame_rate must be a number in [0, 0.5], got {rate!r}",
+        )
+        yield (
+            self.workers is None or (_is_int(self.workers) and self.workers >= 1),
+            f"workers must be an integer >= 1 (or None for all cores), got {self.workers!r}",
+        )
 
     @property
     def start_day(self) -> np.datetime64:
@@ -132,53 +182,6 @@ class SynthResult:
 
 def _is_int(x) -> bool:
     return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
-
-
-def _check_config(cfg: SynthConfig) -> None:
-    """Check every option (NowcastError, exit code 2, naming the option and the accepted range)."""
-
-    def ok(condition: bool, msg: str) -> None:
-        check(condition, f"synth: {msg}")
-
-    ok(
-        isinstance(cfg.out_dir, (str, os.PathLike)) and str(cfg.out_dir) != "",
-        f"out_dir must be a directory path, got {cfg.out_dir!r}",
-    )
-    ok(
-        not Path(cfg.out_dir).exists() or Path(cfg.out_dir).is_dir(),
-        f"out_dir {cfg.out_dir} exists and is not a directory; choose another path",
-    )
-    try:
-        day = np.datetime64(str(cfg.start), "D")
-    except ValueError:
-        day = None
-    ok(day is not None and len(str(cfg.start)) == 10, f"start must be a date YYYY-MM-DD, got {cfg.start!r}")
-    year = day.astype(object).year
-    ok(
-        2000 <= year <= 2099,
-        f"start year must be 2000-2099 (HKO-7 file names have two-digit years), got {cfg.start}",
-    )
-    ok(_is_int(cfg.days) and cfg.days >= 1, f"days must be an integer >= 1, got {cfg.days!r}")
-    last_year = (day + int(cfg.days) - 1).astype(object).year
-    ok(last_year <= 2099, f"the last day falls in {last_year}; keep the archive within 2000-2099")
-    ok(
-        _is_int(cfg.frames_per_day) and 1 <= cfg.frames_per_day <= SLOTS_PER_DAY,
-        f"frames_per_day must be an integer in 1..{SLOTS_PER_DAY} (6-minute slots), got {cfg.frames_per_day!r}",
-    )
-    ok(
-        _is_int(cfg.size_px) and 16 <= cfg.size_px <= 4096,
-        f"size_px must be an integer in 16..4096, got {cfg.size_px!r}",
-    )
-    ok(_is_int(cfg.seed) and cfg.seed >= 0, f"seed must be a non-negative integer, got {cfg.seed!r}")
-    rate = cfg.missing_frame_rate
-    ok(
-        not isinstance(rate, bool) and isinstance(rate, (int, float, np.floating)) and 0.0 <= rate <= 0.5,
-        f"missing_frame_rate must be a number in [0, 0.5], got {rate!r}",
-    )
-    ok(
-        cfg.workers is None or (_is_int(cfg.workers) and cfg.workers >= 1),
-        f"workers must be an integer >= 1 (or None for all cores), got {cfg.workers!r}",
-    )
 
 
 # --- random streams ---------------------------------------------------------------------------------------
@@ -431,7 +434,8 @@ def _new_bands(rng: np.random.Generator, n: int, random_age: bool) -> Population
 def _cell_cores(cells: Population, size_px: int) -> tuple[np.ndarray, ...]:
     """Elliptical cores of the cells, in pixels: (cx, cy, a, b, theta, amp_mm_h), each (n_cores,).
 
-    Main core: intensity ``peak * env`` and axes ``sigma * (0.6 + 0.4 env)`` with ``env = sin(pi age/life)^1.5``.
+    Main core: intensity ``peak * env`` and axes ``sigma * (0.6 + 0.4 env)`` with
+    ``env = sin(pi age/life)^1.5``.
     Satellite (multicell growth on the downshear flank): on the major axis 1.3 axes away, 0.7x the size,
     intensity ``satellite * peak`` with a life cycle lagging by a quarter of the cell's life.
     """
@@ -545,7 +549,8 @@ def clutter_mask(size_px: int, seed: int) -> np.ndarray:
 
 def missing_slots(rng: np.random.Generator, n_slots: int, rate: float) -> np.ndarray:
     """(n_slots,) bool, True = frame missing: independent drop-outs with probability ``rate`` plus outages
-    of OUTAGE_FRAMES consecutive frames starting with probability ``rate * OUTAGE_START_PER_MISSING`` per slot."""
+    of OUTAGE_FRAMES consecutive frames starting with probability ``rate * OUTAGE_START_PER_MISSING`` per
+    slot."""
     missing = rng.random(n_slots) < rate
     starts = np.flatnonzero(rng.random(n_slots) < rate * OUTAGE_START_PER_MISSING)
     lengths = rng.integers(OUTAGE_FRAMES[0], OUTAGE_FRAMES[1] + 1, len(starts))
@@ -833,8 +838,9 @@ def synth_archive(cfg: SynthConfig, progress: bool = True) -> SynthResult:
                 name, n, rain = _synth_day(args)
                 results[name] = (n, rain)
         else:
-            # fork where available: no re-import of the caller's __main__ (works from any script or REPL) and
-            # no start-up cost. The workers use numpy only (no OpenCV, whose thread pool can deadlock after fork).
+            # fork where available: no re-import of the caller's __main__ (works from any script or REPL)
+            # and no start-up cost. The workers use numpy only (no OpenCV, whose thread pool can deadlock
+            # after fork).
             methods = multiprocessing.get_all_start_methods()
             ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
             with ProcessPoolExecutor(workers, mp_context=ctx) as pool:

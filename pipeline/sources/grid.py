@@ -19,7 +19,6 @@ Conventions
 
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import dataclass, replace
 from typing import Any
@@ -27,7 +26,7 @@ from typing import Any
 import numpy as np
 import pyproj
 
-from pipeline.errors import NowcastError
+from pipeline.errors import NowcastError, Validated
 from trajgru import units
 
 #: Relative tolerance (in pixels) within which two grids are the same grid.
@@ -40,7 +39,7 @@ GRID_TOLERANCE_PX = 1e-3
 
 
 @dataclass(frozen=True)
-class ZR:
+class ZR(Validated):
     """A Z-R relation ``Z = a * R ** b`` (Z in mm^6/m^3, R in mm/h).
 
     The default is the HKO-7 one of :mod:`trajgru.units` (a = 58.53, b = 1.56); Marshall-Palmer is
@@ -50,11 +49,8 @@ class ZR:
     a: float = units.ZR_A
     b: float = units.ZR_B
 
-    def __post_init__(self):
-        if not (math.isfinite(self.a) and math.isfinite(self.b) and self.a > 0 and self.b > 0):
-            raise NowcastError(
-                f"a Z-R relation needs a > 0 and b > 0, got a={self.a}, b={self.b}", exit_code=2
-            )
+    def rules(self):
+        yield self.a > 0 and self.b > 0, f"a Z-R relation needs a > 0 and b > 0, got a={self.a}, b={self.b}"
 
     @classmethod
     def parse(cls, text: str) -> ZR:

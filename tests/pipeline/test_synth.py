@@ -424,7 +424,6 @@ def test_render_bands_and_skirts_match_naive_loop():
         dict(frames_per_day=0),
         dict(frames_per_day=241),
         dict(size_px=8),
-        dict(size_px=96.0),
         dict(seed=-1),
         dict(seed=1.5),
         dict(missing_frame_rate=-0.1),
