@@ -15,7 +15,13 @@ every model on one plot). ``python benchmarks/update_readme.py`` copies the tabl
 
     python benchmarks/bench_skill.py                       # the README's benchmark (hours on 2 CPU cores)
     python benchmarks/bench_skill.py --steps 200 --days 12  # a quick look
-    python benchmarks/bench_skill.py --workers 4 --gpu     # on a GPU node of a Ray cluster
+    python benchmarks/bench_skill.py --gpu --workdir DIR --steps 2000  # one GPU: train --gpu --workers 1
+
+With ``--gpu`` every model trains with ``nowcast train --gpu`` (one Ray Train worker per GPU, default 1:
+bf16, the fast path and its CUDA-graph step) and is evaluated on the GPU; the results go to
+``OUT/skill_gpu.*`` (the CPU results ``OUT/skill.*`` stay), with the GPU minutes of the training and
+model-evaluation stages (``gpu_minutes``). ``--tag`` keeps the runs of one setting apart from another's
+(a recipe sweep: ``benchmarks/skill_sweep.py``).
 """
 
 from __future__ import annotations
@@ -169,8 +175,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--cells", default=",".join(CELLS))
     p.add_argument("--preset", default="tiny")
     p.add_argument("--steps", type=int, default=None, help="training steps per model (default: the recipe's)")
-    p.add_argument("--workers", type=int, default=2, help="Ray Train workers per model")
-    p.add_argument("--gpu", action="store_true", help="one GPU per Ray Train worker")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="Ray Train workers per model (default: 1 with --gpu, else 2)",
+    )
+    p.add_argument(
+        "--gpu", action="store_true", help="train and evaluate the models on GPUs (one per worker)"
+    )
+    p.add_argument("--tag", default=None, help="a name for this setting, part of the run and model names")
     p.add_argument(
         "--config", type=Path, default=None, help="YAML/JSON of training overrides for every model"
     )
@@ -179,11 +193,16 @@ def parse_args(argv=None) -> argparse.Namespace:
         action="store_true",
         help="keep the baselines' scores from WORKDIR/evaluations when they were made on this store",
     )
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.workers is None:
+        args.workers = 1 if args.gpu else 2
+    return args
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    if args.gpu and not _cuda_available():
+        raise SystemExit("--gpu: PyTorch sees no CUDA device here; run without --gpu to use the CPU")
     work = args.workdir.resolve()
     work.mkdir(parents=True, exist_ok=True)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -221,6 +240,7 @@ def main(argv=None) -> None:
         "steps": args.steps,
         "workers": args.workers,
         "gpu": args.gpu,
+        "tag": args.tag,
         "machine": machine(),
         "minutes": minutes,
         "command": "python benchmarks/bench_skill.py " + " ".join(argv if argv is not None else sys.argv[1:]),
@@ -245,6 +265,7 @@ def main(argv=None) -> None:
                         "16",
                         "--out-json",
                         str(out_json),
+                        *(["--device", "cpu" if label in BASELINES else "cuda"] if args.gpu else []),
                     ],
                     log,
                     env,
@@ -257,9 +278,13 @@ def main(argv=None) -> None:
     for baseline in BASELINES:
         evaluate(baseline, baseline)
     steps_tag = f"{args.steps}" if args.steps else "recipe"
+    setting = f"-{args.tag}" if args.tag else ""
     for cell in args.cells.split(","):
-        run_name = f"bench-{args.preset}-{cell}-{steps_tag}-seed{args.seed}-{args.days}d{args.size}px"
-        name = f"bench-{args.preset}-{cell}"
+        run_name = (
+            f"bench-{args.preset}-{cell}{setting}-{steps_tag}-seed{args.seed}-{args.days}d{args.size}px"
+            f"{'-gpu' if args.gpu else ''}"
+        )
+        name = f"bench-{args.preset}-{cell}{setting}"
         train_args = [
             "train",
             str(store),
@@ -290,16 +315,39 @@ def main(argv=None) -> None:
         )
     print(markdown_table(results))
     print(f"minutes: {results['minutes']}")
+    if args.gpu:
+        print(f"GPU minutes (training and model evaluation): {gpu_minutes(results['minutes']):.1f}")
+
+
+def gpu_minutes(minutes: dict[str, float]) -> float:
+    """Minutes of the stages that ran on the GPU with --gpu: training and the models' evaluation (the
+    baselines are scored on the CPU)."""
+    return sum(
+        v
+        for k, v in minutes.items()
+        if k.startswith("train ") or (k.startswith("evaluate ") and k[len("evaluate ") :] not in BASELINES)
+    )
 
 
 def write_results(results: dict, out: Path) -> None:
-    """skill.json, skill.md and the CSI-vs-lead plot from the rows so far (models first, then baselines)."""
+    """skill.json, skill.md and the CSI-vs-lead plot from the rows so far (models first, then baselines);
+    skill_gpu.* for a --gpu run, with its GPU minutes."""
     rows = results["rows"]
     ordered = {k: rows[k] for k in sorted(rows, key=lambda k: (k in BASELINES, k))}
     results = {**results, "minutes": {k: round(v, 2) for k, v in results["minutes"].items()}, "rows": ordered}
-    (out / "skill.json").write_text(json.dumps(results, indent=1) + "\n")
-    (out / "skill.md").write_text(markdown_table(results) + "\n")
-    plot(results, out / "skill_csi_vs_lead.png")
+    stem = "skill"
+    if results["gpu"]:
+        stem = "skill_gpu"
+        results["gpu_minutes"] = round(gpu_minutes(results["minutes"]), 2)
+    (out / f"{stem}.json").write_text(json.dumps(results, indent=1) + "\n")
+    (out / f"{stem}.md").write_text(markdown_table(results) + "\n")
+    plot(results, out / f"{stem}_csi_vs_lead.png")
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _scored_on(evaluation_json: Path, store: Path) -> bool:

@@ -23,8 +23,10 @@ fresh model with the same seed and weights; the table adds model TFLOP/s (FLOPs 
 ``torch.utils.flop_counter`` on the plain model, forward + backward for a training step),
 the fraction of the device's dense bf16 peak (datasheet figure, see ``PEAK_BF16_TFLOPS``)
 and the speed-up over ``plain-fp32`` (the plain eager fp32 path measured in the same run).
-Every training step includes gradient clipping at norm 50 as the trainer does. Inputs are
-random frames in [0, 1]; the loss is plain MSE.
+Every training step is :class:`trajgru.step.TrainStep`, the step ``nowcast train`` runs (gradient
+clipping at norm 50, the loss read back and checked each step; ``--graph``: its captured path;
+``--bf16``: autocast on CUDA only, as in the trainer). Inputs are random frames in [0, 1]; the loss
+is plain MSE.
 
 Reference point, not re-run here: the popular PyTorch port of TrajGRU (Hzzone's
 Precipitation-Nowcasting) as published, fp32, batch 4, took 0.720 s per training step and
@@ -36,6 +38,7 @@ our own plain eager fp32 path.
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import json
 import re
@@ -52,14 +55,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from trajgru import build_model  # noqa: E402
 from trajgru.cells import TrajGRUCell  # noqa: E402
-from trajgru.fast import (  # noqa: E402
-    CapturedForecaster,
-    CapturedTrainStep,
-    enable_fast_path,
-    fast_path_status,
-    fused_adam,
-)
+from trajgru.fast import CapturedForecaster, enable_fast_path, fast_path_status, fused_adam  # noqa: E402
 from trajgru.model import _ConvAct  # noqa: E402
+from trajgru.step import TrainStep  # noqa: E402
 
 #: Dense bf16 tensor-core peak (TFLOP/s, no sparsity) by device-name substring, from the
 #: vendors' datasheets; first match wins. PERF_NOTES measured ~790 achievable on H100/H200.
@@ -253,30 +251,20 @@ def measure(
     out: dict = dict(fast_path=fast_path_status(model))
 
     _reset_peak(device)
+    # the project's one training step (trajgru.step.TrainStep), as `nowcast train` runs it
+    step = TrainStep(
+        model,
+        opt,
+        _mse,
+        clip_norm=CLIP_NORM,
+        autocast_dtype=amp_dtype,
+        capture_example=(x_train, y_train) if graph else None,
+    )
     if graph:
-        captured = CapturedTrainStep(
-            model, opt, _mse, (x_train, y_train), clip_norm=CLIP_NORM, autocast_dtype=amp_dtype
-        )
-        out["train_graphed"], out["train_fallback"] = captured.graphed, captured.fallback_reason
-
-        def train_step():
-            captured(x_train, y_train)
-    else:
-        autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
-
-        def train_step():
-            with autocast:
-                pred = model(x_train)
-            loss = _mse(pred.float(), y_train)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP_NORM)
-            opt.step()
-
-    out["train_step_s"] = _timed(train_step, args.steps, args.warmup, device)
+        out["train_graphed"], out["train_fallback"] = step.graphed, step.fallback_reason
+    out["train_step_s"] = _timed(functools.partial(step, x_train, y_train), args.steps, args.warmup, device)
     out["train_peak_mib"] = peak_memory_mib(device)
-    if graph:
-        del captured
+    del step
     opt.zero_grad(set_to_none=True)
     del opt
     _reset_peak(device)
@@ -304,7 +292,6 @@ def measure(
         forecast_samples_per_s=forecast_batch / out["forecast_s"],
         params=sum(p.numel() for p in model.parameters()),
     )
-    del model
     _reset_peak(device)
     return out
 
@@ -624,21 +611,20 @@ def numerics(args, device: torch.device) -> dict:
         else:
             opt = torch.optim.Adam(model.parameters(), lr=1e-3, betas=(0.5, 0.999))
         first = data[0].to(device)
-        step = CapturedTrainStep(
+        step = TrainStep(
             model,
             opt,
             _mse,
-            (first[: cfg.in_len], first[cfg.in_len :]),
             clip_norm=CLIP_NORM,
             autocast_dtype=torch.bfloat16 if fast else None,
-            use_graph=fast and device.type == "cuda",
+            capture_example=(first[: cfg.in_len], first[cfg.in_len :]) if fast else None,
         )
         losses = []
         t0 = time.perf_counter()
         for s in range(steps):
             clip = data[s % n_data].to(device)
-            loss, _ = step(clip[: cfg.in_len], clip[cfg.in_len :])
-            losses.append(float(loss))
+            loss, _ = step(clip[: cfg.in_len], clip[cfg.in_len :], step=s + 1)
+            losses.append(loss)
         _sync(device)
         elapsed = time.perf_counter() - t0
         with torch.no_grad():

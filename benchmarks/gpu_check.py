@@ -258,10 +258,11 @@ def stage_checks(out: Path, quick: bool) -> int:
 
     from trajgru import build_model, kernels
     from trajgru.cells import TrajGRUCell
-    from trajgru.fast import CapturedForecaster, CapturedTrainStep, enable_fast_path, fused_adam
+    from trajgru.fast import CapturedForecaster, enable_fast_path, fused_adam
     from trajgru.kernels.gru_gates import gru_gates_triton
     from trajgru.kernels.reference import dense_warp_concat, gru_equations, kink_free_flows
     from trajgru.kernels.warp_concat import warp_concat_torch, warp_concat_triton
+    from trajgru.step import NonFiniteLoss, TrainStep
 
     cuda = torch.cuda.is_available()
     dev = torch.device("cuda" if cuda else "cpu")
@@ -467,21 +468,25 @@ def stage_checks(out: Path, quick: bool) -> int:
             for _ in range(5)
         ]
         mse = lambda p, t: F.mse_loss(p, t)  # noqa: E731
-        g1 = CapturedTrainStep(m1, o1, mse, batches[0], clip_norm=0.05, autocast_dtype=None)
-        e2 = CapturedTrainStep(m2, o2, mse, batches[0], clip_norm=0.05, autocast_dtype=None, use_graph=False)
+        g1 = TrainStep(m1, o1, mse, clip_norm=0.05, capture_example=batches[0])
+        e2 = TrainStep(m2, o2, mse, clip_norm=0.05)
         if not g1.graphed:
             return dict(ok=False, fallback=g1.fallback_reason)
         diffs = []
         for x, y in batches:
             l1, n1 = g1(x, y)
             l2, n2 = e2(x, y)
-            diffs.append(abs(float(l1) - float(l2)) / abs(float(l2)))
+            diffs.append(abs(l1 - l2) / abs(l2))
             s1.step()
             s2.step()
         pdiff = max(_rel_l2(a, b) for a, b in zip(m1.parameters(), m2.parameters()))
         before = [p.detach().clone() for p in m1.parameters()]
-        g1(batches[0][0], torch.full_like(batches[0][1], float("nan")))
-        skipped = g1.applied == 0.0 and all(torch.equal(p, b) for p, b in zip(m1.parameters(), before))
+        try:
+            g1(batches[0][0], torch.full_like(batches[0][1], float("nan")))
+            refused = False
+        except NonFiniteLoss:
+            refused = True
+        skipped = refused and all(torch.equal(p, b) for p, b in zip(m1.parameters(), before))
         torch.backends.cudnn.deterministic = False
         return dict(
             ok=max(diffs) < 1e-4 and pdiff < 1e-3 and skipped,
@@ -491,7 +496,7 @@ def stage_checks(out: Path, quick: bool) -> int:
             lr_now=float(o1.param_groups[0]["lr"]),
         )
 
-    checks.run("CapturedTrainStep (graph) == eager steps, fp32, clip, StepLR, NaN skip", captured_train)
+    checks.run("TrainStep captured == plain steps, fp32, clip, StepLR, NaN refused", captured_train)
 
     def captured_forecast():
         if not cuda:
@@ -668,6 +673,7 @@ def stage_profile(out: Path, quick: bool) -> int:
 
     from trajgru import build_model
     from trajgru.fast import enable_fast_path, fused_adam
+    from trajgru.step import TrainStep
 
     cuda = torch.cuda.is_available()
     dev = torch.device("cuda" if cuda else "cpu")
@@ -681,14 +687,10 @@ def stage_profile(out: Path, quick: bool) -> int:
     y = torch.rand(cfg.out_len, b, 1, cfg.height, cfg.width, device=dev)
     torch.backends.cudnn.benchmark = True
 
+    train_step = TrainStep(model, opt, F.mse_loss, clip_norm=50.0, autocast_dtype=torch.bfloat16)
+
     def step():
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cuda):
-            pred = model(x)
-        loss = F.mse_loss(pred.float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 50.0)
-        opt.step()
+        train_step(x, y)
 
     for _ in range(2):
         step()
@@ -706,7 +708,10 @@ def stage_profile(out: Path, quick: bool) -> int:
         table = prof.key_averages().table(
             sort_by="self_cuda_time_total" if cuda else sort, row_limit=30, max_name_column_width=70
         )
-    head = f"profile of one fast-path bf16 training step, {cfg.preset} {cfg.height}x{cfg.width}, batch {b} (eager)\n"
+    head = (
+        f"profile of one fast-path bf16 training step (trajgru.step.TrainStep, plain path), {cfg.preset} "
+        f"{cfg.height}x{cfg.width}, batch {b}\n"
+    )
     (out / "profile.txt").write_text(head + table)
     try:
         kernels = [e for e in prof.events() if "CUDA" in str(getattr(e, "device_type", ""))]

@@ -22,8 +22,8 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from bench_skill import markdown_table, plot  # noqa: E402
 
-#: The GPU runs of skill_sweep.py shown in the full table and plot (TrajGRU and ConvGRU as long as the
-#: deadline allowed, then the three cells at equal steps).
+#: The GPU runs of the old skill_sweep.py loop shown in the full table and plot (TrajGRU and ConvGRU as
+#: long as the deadline allowed, then the three cells at equal steps).
 GPU_ROWS = ("trajgru_graph", "convgru_graph", "trajgru_2k", "convgru_2k", "convlstm_2k")
 GPU_PLOT = RESULTS / "skill_gpu_csi_vs_lead.png"
 
@@ -34,10 +34,13 @@ def _load(name: str) -> dict | None:
 
 
 def skill_pipeline() -> str | None:
-    """bench_skill.py's table, with what ran it and how long each stage took."""
+    """bench_skill.py's table (CPU run), with what ran it and how long each stage took."""
     results = _load("skill.json")
-    if results is None:
-        return None
+    return None if results is None else _pipeline_block(results)
+
+
+def _pipeline_block(results: dict) -> str:
+    """A bench_skill.py result: the command, the setting, the machine, the minutes, then the table."""
     m = results["machine"]
     hardware = m.get("gpu") or f"{m['cpu_cores']} CPU cores ({m['cpu']})"
     minutes = results["minutes"]
@@ -52,24 +55,34 @@ def skill_pipeline() -> str | None:
         if key not in minutes
     ]
     reused = f" ({', '.join(kept)} kept from an earlier run of the same command)" if kept else ""
+    gpu = f", {results['gpu_minutes']:.1f} GPU minutes" if results.get("gpu_minutes") is not None else ""
     return "\n".join(
         [
-            f"`{results['command'].strip()}` — {results['archive']['days']} days of {results['archive']['size']} px, "
-            f"seed {results['archive']['seed']}; `{results['preset']}` preset and recipe, {steps} steps per model, "
+            f"`{results['command'].strip()}` — {results['archive']['days']} days of "
+            f"{results['archive']['size']} px, seed {results['archive']['seed']}; "
+            f"`{results['preset']}` preset and recipe, {steps} steps per model, "
             f"{results['workers']} Ray Train workers; {hardware}, torch {m['torch']}; "
-            f"{train_min:.0f} min of training in all, {sum(minutes.values()):.0f} min for the stages that ran{reused}. "
-            f"Test split, means over the 20 lead times:",
+            f"{train_min:.0f} min of training in all, {sum(minutes.values()):.0f} min for the "
+            f"stages that ran{reused}{gpu}. Test split, means over the 20 lead times:",
             "",
             markdown_table(results),
         ]
     )
 
 
+#: Above every table of the old skill_sweep.py loop: kept until bench_skill.py --gpu regenerates them.
+RERUN_NOTE = (
+    "**Needs a rerun through `nowcast train`:** these GPU numbers come from the side training loop that "
+    "`benchmarks/skill_sweep.py` had before every benchmark trained through the pipeline's step; "
+    "`python benchmarks/bench_skill.py --gpu` regenerates them (`benchmarks/results/skill_gpu.json`)."
+)
+
+
 def _sweep_table(runs: dict, baselines: dict) -> str:
     """skill_sweep.py runs (one row each, the recipe spelled out) under the two baselines' rows."""
     rows = [
-        "| run | cell | width (filters) | steps × batch | lr schedule | augmentation | CUDA graph | best step | "
-        "val CSI ≥5 | test CSI ≥5 | test CSI ≥10 | test B-MSE | test B-MAE |",
+        "| run | cell | width (filters) | steps × batch | lr schedule | augmentation | CUDA graph | "
+        "best step | val CSI ≥5 | test CSI ≥5 | test CSI ≥10 | test B-MSE | test B-MAE |",
         "|" + "---|" * 13,
     ]
     for which, label in (("persistence", "persistence"), ("optical_flow", "optical flow (DIS)")):
@@ -94,13 +107,21 @@ def _sweep_table(runs: dict, baselines: dict) -> str:
 
 
 def skill_gpu() -> str | None:
-    """The second GPU run of skill_sweep.py: the tiny recipe, cells at equal steps, and the long fast-path runs."""
+    """The second GPU run of the old skill_sweep.py loop: the tiny recipe, cells at equal steps, and the long
+    fast-path runs (marked as needing a rerun)."""
     runs, first = _load("skill_sweep_h200_run2.json"), _load("skill_sweep_h200_run1.json")
-    return None if runs is None or first is None else _sweep_table(runs, first["baselines"])
+    return (
+        None
+        if runs is None or first is None
+        else RERUN_NOTE + "\n\n" + _sweep_table(runs, first["baselines"])
+    )
 
 
 def gpu_results() -> dict | None:
-    """skill_sweep.py's second GPU run as bench_skill results (rows: GPU_ROWS, then the two baselines)."""
+    """The old skill_sweep.py loop's second GPU run as bench_skill results (rows: GPU_ROWS, then the two
+    baselines); None once bench_skill.py --gpu has written skill_gpu.json."""
+    if _load("skill_gpu.json") is not None:
+        return None
     runs, first = _load("skill_sweep_h200_run2.json"), _load("skill_sweep_h200_run1.json")
     if runs is None or first is None:
         return None
@@ -116,19 +137,25 @@ def gpu_results() -> dict | None:
 
 
 def skill_gpu_full() -> str | None:
-    """Every threshold, HSS, B-MSE and B-MAE of the GPU runs (the table format of bench_skill.py)."""
+    """Every threshold, HSS, B-MSE and B-MAE of the GPU runs (the table format of bench_skill.py): from
+    bench_skill.py --gpu (through `nowcast train`) when it ran, else the old loop's, marked."""
+    through_pipeline = _load("skill_gpu.json")
+    if through_pipeline is not None:
+        return _pipeline_block(through_pipeline)
     results = gpu_results()
-    return None if results is None else markdown_table(results)
+    return None if results is None else RERUN_NOTE + "\n\n" + markdown_table(results)
 
 
 def skill_sweep1() -> str | None:
-    """The first GPU run of skill_sweep.py: schedules, augmentation and widths (short runs)."""
+    """The first GPU run of the old skill_sweep.py loop: schedules, augmentation and widths (short runs;
+    marked as needing a rerun)."""
     first = _load("skill_sweep_h200_run1.json")
-    return None if first is None else _sweep_table(first, first["baselines"])
+    return None if first is None else RERUN_NOTE + "\n\n" + _sweep_table(first, first["baselines"])
 
 
 def demo() -> str | None:
-    """``nowcast demo``'s ``demo_results.json`` (copied to benchmarks/results/): minutes per stage and the table."""
+    """``nowcast demo``'s ``demo_results.json`` (copied to benchmarks/results/): minutes per stage and the
+    table."""
     results = _load("demo_results.json")
     if results is None:
         return None
@@ -136,8 +163,9 @@ def demo() -> str | None:
     stages = ", ".join(f"{stage} {value:.1f}" for stage, value in minutes.items())
     return "\n".join(
         [
-            f"`{results['command']}` ({results['settings']['days']} days of {results['settings']['size_px']} px, "
-            f"{results['steps']} training steps): **{sum(minutes.values()):.1f} min** in all (minutes per stage: {stages}); "
+            f"`{results['command']}` ({results['settings']['days']} days of "
+            f"{results['settings']['size_px']} px, {results['steps']} training steps): "
+            f"**{sum(minutes.values()):.1f} min** in all (minutes per stage: {stages}); "
             f"test split, {results['n_clips']} clips, means over the 20 lead times:",
             "",
             markdown_table(results),
@@ -156,15 +184,16 @@ def gpu_bench() -> str | None:
         f"{bench['device']} (torch {bench['torch']}); % of the datasheet dense bf16 peak "
         f"({bench['peak_bf16_tflops_datasheet']:.0f} TFLOP/s); model FLOPs from torch.utils.flop_counter.",
         "",
-        "| variant | batch | train ms/step | samples/s | peak GiB | TFLOP/s | % peak | × the port | forecast batch "
-        "| forecast ms | forecasts/s |",
+        "| variant | batch | train ms/step | samples/s | peak GiB | TFLOP/s | % peak | × the port "
+        "| forecast batch | forecast ms | forecasts/s |",
         "|" + "---|" * 11,
     ]
     for r in bench["results"]:
         vs_port = f"{port['train_step_s_b4_fp32'] / r['train_step_s']:.1f}×" if r["batch"] == 4 else "–"
         rows.append(
-            f"| {r['variant']} | {r['batch']} | {1e3 * r['train_step_s']:.1f} | {r['train_samples_per_s']:.1f} | "
-            f"{r['train_peak_mib'] / 1024:.2f} | {r['train_tflops']:.1f} | {100 * r['train_frac_bf16_peak']:.1f}% | "
+            f"| {r['variant']} | {r['batch']} | {1e3 * r['train_step_s']:.1f} | "
+            f"{r['train_samples_per_s']:.1f} | {r['train_peak_mib'] / 1024:.2f} | {r['train_tflops']:.1f} | "
+            f"{100 * r['train_frac_bf16_peak']:.1f}% | "
             f"{vs_port} | {r['forecast_batch']} | {1e3 * r['forecast_s']:.1f} | "
             f"{r['forecast_samples_per_s']:.1f} |"
         )

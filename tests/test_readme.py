@@ -64,6 +64,37 @@ def test_demo_block_renders_demo_results(tmp_path, monkeypatch):
     assert update_readme.render(empty) == out and update_readme.render(out) == out
 
 
+def test_gpu_skill_tables_are_marked_until_bench_skill_gpu_regenerates_them(tmp_path, monkeypatch):
+    """The old skill_sweep loop's GPU tables carry the "needs a rerun through `nowcast train`" note; once
+    bench_skill.py --gpu has written skill_gpu.json, the full GPU table is rendered from it, unmarked, with
+    its GPU minutes."""
+    for name in ("skill_sweep_h200_run1.json", "skill_sweep_h200_run2.json"):
+        (tmp_path / name).write_text((update_readme.RESULTS / name).read_text())
+    monkeypatch.setattr(update_readme, "RESULTS", tmp_path)
+    blocks = ("skill-gpu-full", "skill-gpu", "skill-sweep1")
+    text = "".join(f"<!-- BEGIN {b} -->\n<!-- END {b} -->\n" for b in blocks)
+    marked = update_readme.render(text)
+    assert marked.count("**Needs a rerun through `nowcast train`:**") == 3
+    results = {
+        "command": "python benchmarks/bench_skill.py --gpu --steps 2000",
+        "archive": {"days": 120, "size": 96, "seed": 7},
+        "preset": "tiny",
+        "steps": 2000,
+        "workers": 1,
+        "gpu": True,
+        "machine": {"gpu": "NVIDIA H100", "torch": "2.13", "cpu_cores": 16, "cpu": "x"},
+        "minutes": {"train trajgru": 3.0, "evaluate tiny trajgru": 0.5},
+        "gpu_minutes": 3.5,
+        "rows": {"tiny trajgru": _row(0.4, 300.0), "persistence": _row(0.2, 500.0)},
+    }
+    (tmp_path / "skill_gpu.json").write_text(json.dumps(results))
+    regenerated = update_readme.render(text)
+    full = regenerated.split("<!-- BEGIN skill-gpu-full -->\n")[1].split("<!-- END skill-gpu-full -->")[0]
+    assert "Needs a rerun" not in full and "3.5 GPU minutes" in full and "| tiny trajgru | 0.400 |" in full
+    assert full.startswith("`python benchmarks/bench_skill.py --gpu --steps 2000` — 120 days of 96 px")
+    assert update_readme.gpu_results() is None  # the old loop's plot is no longer drawn
+
+
 @pytest.mark.parametrize(
     "split, path_ok, frames_ok, expected",
     [
