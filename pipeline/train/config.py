@@ -7,6 +7,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,7 +77,6 @@ RECIPES["tiny-demo"] = dict(
 #: The recipe each model preset (:data:`trajgru.model.PRESETS`) trains with unless ``--recipe`` says
 #: otherwise.
 PRESET_RECIPES: dict[str, str] = {"tiny": "tiny", "hko7": "hko7-paper", "mnist++": "hko7-paper"}
-assert set(PRESET_RECIPES) == set(PRESETS) and set(PRESET_RECIPES.values()) <= set(RECIPES)
 LR_SCHEDULES = ("step", "cosine")
 #: The most steps a run may be given (a bound that catches typos such as ``steps: 1e100``).
 MAX_STEPS = 10**9
@@ -97,7 +97,7 @@ class TrainConfig(Validated):
     cell: str = "trajgru"
     workers: int = 2
     use_gpu: bool = False
-    recipe: str | None = None  # a key of RECIPES (None: the preset's name)
+    recipe: str | None = None  # a key of RECIPES (None: PRESET_RECIPES[preset])
     steps: int | None = None
     batch_size: int | None = None  # global batch (split evenly over workers)
     lr: float | None = None  # peak learning rate
@@ -201,7 +201,8 @@ class TrainConfig(Validated):
         values["ray_address"] = self.ray_address or os.environ.get("RAY_ADDRESS") or None
         values["tracking_uri"] = tracking.resolve_tracking_uri(self.tracking_uri)
         if not values["run_name"]:
-            values["run_name"] = f"{self.preset}-{self.cell}-{time.strftime('%Y%m%d-%H%M%S')}"
+            preset = re.sub(r"[^A-Za-z0-9_.-]", "", self.preset)  # a safe name: mnist++ -> mnist
+            values["run_name"] = f"{preset}-{self.cell}-{time.strftime('%Y%m%d-%H%M%S')}"
         return TrainConfig(**values)
 
     def model_overrides(self) -> dict[str, int]:

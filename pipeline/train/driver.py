@@ -72,9 +72,9 @@ def _mlflow_run(cfg: TrainConfig, model_config: dict, store: Store) -> str:
     return run_id
 
 
-def raise_if_stopped(result: WorkerResult | None, checkpoint_path: str | None, run_name: str) -> None:
+def raise_if_stopped(result: WorkerResult, checkpoint_path: str | None, run_name: str) -> None:
     """NowcastError if the workers stopped on a non-finite loss or left no checkpoint."""
-    if result is not None and result.status == "non_finite":
+    if result.status == "non_finite":
         kept = (
             f"the last good checkpoint, {checkpoint_path} "
             f"(step {checkpoints.read_meta(checkpoint_path)['step']}), is kept"
@@ -315,14 +315,13 @@ def train(cfg: TrainConfig) -> TrainResult:
         resume_from = resume_point(cfg)
         run_id = _mlflow_run(cfg, _model_config(cfg), store)
         result, ckpt_path = _fit(cfg, run_id, resume_from)
-        if result is None or result.status != "ok" or ckpt_path is None:
+        if result.status != "ok" or ckpt_path is None:
             tracking.set_run_status(run_id, "FAILED")
         raise_if_stopped(result, ckpt_path, cfg.run_name)
-        final_step = result.final_step if result else checkpoints.read_meta(ckpt_path)["step"]
         logged, promoted = _finish_model(cfg, store, run_id, ckpt_path, result)
     return TrainResult(
         run_id=run_id,
-        final_step=int(final_step),
+        final_step=result.final_step,
         checkpoint_path=ckpt_path,
         model_uri=logged.model_uri,
         registered_version=logged.registered_version,
@@ -335,7 +334,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     )
 
 
-def _fit(cfg: TrainConfig, run_id: str, resume_from: str | None) -> tuple[WorkerResult | None, str | None]:
+def _fit(cfg: TrainConfig, run_id: str, resume_from: str | None) -> tuple[WorkerResult, str | None]:
     """Run the workers (:func:`pipeline.train.worker.train_loop_per_worker`) on Ray Train -> (rank 0's
     result, the latest checkpoint's path)."""
     connect_ray(cfg.ray_address)
@@ -361,4 +360,10 @@ def _fit(cfg: TrainConfig, run_id: str, resume_from: str | None) -> tuple[Worker
             f"{cfg.run_name} (and --storage-path {cfg.storage_path}) to resume from its last "
             f"checkpoint; Ray's own logs are in {ray_logs_dir()}."
         ) from exc
+    if not isinstance(result.return_value, WorkerResult):
+        tracking.set_run_status(run_id, "FAILED")
+        raise NowcastError(
+            f"the workers of run {cfg.run_name!r} ended without a result; re-run with the same --run-name "
+            f"to resume; Ray's own logs are in {ray_logs_dir()}."
+        )
     return result.return_value, result.checkpoint.path if result.checkpoint is not None else None

@@ -90,6 +90,17 @@ def test_recipes_fill_unset_fields_and_options_win(tmp_path):
         tr.TrainConfig(store="s", lr_schedule="linear")
 
 
+def test_every_preset_trains_with_a_recipe_given_by_data():
+    """Each model preset maps to an existing recipe (no recipe found by matching the preset's name)."""
+    from trajgru.model import PRESETS
+
+    assert set(tr.PRESET_RECIPES) == set(PRESETS) and set(tr.PRESET_RECIPES.values()) <= set(tr.RECIPES)
+    for preset, recipe in (("tiny", "tiny"), ("hko7", "hko7-paper"), ("mnist++", "hko7-paper")):
+        cfg = tr.TrainConfig(store="s", preset=preset, tracking_uri="sqlite:///x.db").resolved()
+        assert cfg.recipe == recipe and cfg.steps == tr.RECIPES[recipe]["steps"]
+    assert cfg.run_name.startswith("mnist-trajgru-")  # a safe default run name for mnist++
+
+
 def test_validation_starts_are_evenly_spaced_over_the_split():
     class FakeStore:
         def clip_starts(self, split, protocol):
