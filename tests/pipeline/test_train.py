@@ -23,7 +23,7 @@ from pipeline import train as tr
 from pipeline.checkpoints import MODEL_STATE_FILE
 from pipeline.errors import NowcastError
 from pipeline.tracking import BEST_METRIC, CHAMPION_METRIC, RUN_NAME_TAG
-from pipeline.train import driver
+from pipeline.train import driver, worker
 from tests.pipeline._ray_fixtures import local_ray, make_store, mlflow_server
 from tests.pipeline._train_faults import crash_once_at_step_5
 
@@ -205,6 +205,26 @@ def test_load_config_file_yaml_json_and_unknown_keys(tmp_path):
 
 def _worker_result(status: str, message: str = "") -> tr.WorkerResult:
     return tr.WorkerResult(status, 7, [[1, 7]], None, None, None, None, False, message)
+
+
+@pytest.mark.parametrize("fast_path", [True, False])
+def test_the_worker_trains_with_the_plain_step_on_a_cpu_and_says_why(fast_path):
+    """Without a GPU the worker's step is the plain TrainStep with the run's loss weights and clip norm,
+    and rank 0 says why it is not a CUDA graph."""
+    from types import SimpleNamespace
+
+    from trajgru.model import build_model
+    from trajgru.step import TrainStep
+
+    said = []
+    cfg = tr.TrainConfig(store="s", clip_norm=3.0, mse_weight=0.0, fast_path=fast_path)
+    ctx = SimpleNamespace(cfg=cfg, device=torch.device("cpu"), autocast_device=None, world=1, say=said.append)
+    model = build_model("tiny", "convgru", height=16, width=16, in_len=2, out_len=2)
+    batch = (torch.rand(2, 1, 1, 16, 16), torch.rand(2, 1, 1, 16, 16), torch.ones(2, 1, 1, 16, 16))
+    step = worker.make_train_step(ctx, model, torch.optim.Adam(model.parameters()), batch)
+    assert isinstance(step, TrainStep) and not step.graphed
+    assert (step.clip_norm, step.loss_fn.mse_weight, step.loss_fn.mae_weight) == (3.0, 0.0, 1.0)
+    assert said == ["training step: plain (no GPU)"]
 
 
 def test_non_finite_summary_becomes_a_nowcast_error(tmp_path):
