@@ -635,6 +635,11 @@ def test_cli_config_file_keys_of_cli_options_and_bad_values(tmp_path, monkeypatc
         (tmp_path / "bad.yaml").write_text(text)
         result = CliRunner().invoke(cli.app, ["train", "s.zarr", "--config", str(tmp_path / "bad.yaml")])
         assert result.exit_code == 2 and "error:" in result.output and "Traceback" not in result.output, text
+    for text, said in (("steps: 1e100\n", "steps must be a whole number"), ("lr: [1\nsteps: 2\n", "line 2")):
+        (tmp_path / "bad.yaml").write_text(text)
+        result = CliRunner().invoke(cli.app, ["train", "s.zarr", "--config", str(tmp_path / "bad.yaml")])
+        assert result.exit_code == 2 and said in result.output, result.output
+        assert len(result.output.strip().splitlines()) == 1, result.output  # one line, no YAML dump
 
 
 def test_run_name_cannot_leave_the_storage_path(tmp_path):
