@@ -3,8 +3,10 @@ the MLflow run, Ray Train, and after training the logged, registered and maybe p
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import logging
 import math
 import os
 import time
@@ -13,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import ray.train
-from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from pipeline import checkpoints, files, tracking
@@ -235,7 +237,8 @@ def resume_point(cfg: TrainConfig) -> str | None:
     """
     run_dir = Path(cfg.storage_path) / cfg.run_name
     try:
-        result = ray.train.Result.from_path(str(run_dir))
+        with _ray_train_info_off():
+            result = ray.train.Result.from_path(str(run_dir))
     except Exception:  # noqa: BLE001 (RuntimeError: no run there yet)
         return None
     tracked = {Path(ckpt.path).name for ckpt, _ in result.best_checkpoints or []}
@@ -287,15 +290,26 @@ def _run_lock(cfg: TrainConfig):
 
 
 def run_config(cfg: TrainConfig) -> RunConfig:
-    """Ray Train's run settings: the run's folder, restarts, two checkpoints kept; Ray Train's own INFO
-    lines (e.g. "A run snapshot was found" on every resume) go to Ray's log folder, not the terminal."""
+    """Ray Train's run settings: the run's folder, restarts, two checkpoints kept."""
     return RunConfig(
         name=cfg.run_name,
         storage_path=cfg.storage_path,
         failure_config=FailureConfig(max_failures=cfg.max_failures),
         checkpoint_config=CheckpointConfig(num_to_keep=2),
-        logging_config=LoggingConfig(log_level="WARNING"),
     )
+
+
+@contextlib.contextmanager
+def _ray_train_info_off():
+    """Ray Train's INFO lines off for the block: reading a run's checkpoint list in this process prints
+    "A run snapshot was found ..." (several lines) on every resume; warnings and errors still show."""
+    logger = logging.getLogger("ray.train")
+    level = logger.level
+    logger.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def train(cfg: TrainConfig) -> TrainResult:
