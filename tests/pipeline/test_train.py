@@ -13,6 +13,8 @@ import dataclasses
 import json
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -422,10 +424,11 @@ def test_early_stop_registers_the_best_and_does_not_resume(store, ray_cluster, s
 
 @pytest.mark.slow
 def test_stop_and_resume_continues_exactly(
-    store, ray_cluster, reference_run, sqlite_uri, tmp_path, monkeypatch, capfd
+    store, ray_cluster, reference_run, sqlite_uri, tmp_path, monkeypatch
 ):
     """A run stopped by a worker crash and resumed by a second `train` ends with the weights of the
-    uninterrupted run; one MLflow run, every step logged once; Ray's INFO lines stay off the terminal."""
+    uninterrupted run; one MLflow run, every step logged once; finding the resume point in a fresh
+    process (as `nowcast train` does, before Ray starts) prints none of Ray's INFO lines."""
     import mlflow
 
     # the last worker dies at step 5 and no restart is allowed: the run stops after the
@@ -435,10 +438,7 @@ def test_stop_and_resume_continues_exactly(
         with pytest.raises(NowcastError, match="Re-run with the same --run-name resume"):
             tr.train(_cfg(store, tmp_path, "resume", max_failures=0, tracking_uri=sqlite_uri))
     # the same run name resumes from step 3 and finishes
-    capfd.readouterr()
     res = tr.train(_cfg(store, tmp_path, "resume", tracking_uri=sqlite_uri))
-    resumed_output = "".join(capfd.readouterr())
-    assert "resuming after step 3" in resumed_output and "run snapshot" not in resumed_output
     assert res.final_step == STEPS
     assert res.segments == [[1, 3], [4, STEPS]]
     assert tr.expand_segments(res.segments) == list(range(1, STEPS + 1))  # none twice, none skipped
@@ -457,6 +457,13 @@ def test_stop_and_resume_continues_exactly(
     assert {f.path for f in client.list_artifacts(res.run_id)} >= {"store_fingerprint.json", "validation"}
     # every step logged exactly once, although steps 4 (logged, then lost with the crash) was trained twice
     assert [m.step for m in client.get_metric_history(res.run_id, "loss")] == list(range(1, STEPS + 1))
+    code = (
+        "from pipeline.train import TrainConfig, driver\n"
+        f"cfg = TrainConfig(store='s', run_name='resume', storage_path={str(tmp_path / 'ray')!r})\n"
+        "print('resume point:', driver.resume_point(cfg))\n"
+    )
+    fresh = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert fresh.stdout == "resume point: None\n" and "run snapshot" not in fresh.stderr, fresh.stderr
 
 
 @pytest.mark.slow
@@ -571,10 +578,7 @@ def test_a_broken_config_file_is_one_line_with_its_position(tmp_path, name, text
 
 def test_a_second_train_of_the_same_run_is_refused_with_the_holders_pid(store, tmp_path, monkeypatch):
     """While one `nowcast train` holds a run (its lock in the run's folder), another of the same run name
-    and storage path stops at once, before Ray, naming the holder's pid; another run name is not held."""
-    import subprocess
-    import sys
-
+    and storage path stops at once, before Ray, naming the holder's pid; once the holder ends it is free."""
     _no_ray(monkeypatch)
     cfg = _cfg(store, tmp_path, "busy", tracking_uri=f"sqlite:///{tmp_path / 'm.db'}")
     lock = tmp_path / "ray" / "busy" / driver.RUN_LOCK
