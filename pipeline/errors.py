@@ -6,6 +6,7 @@ import dataclasses
 import math
 import os
 import re
+import types
 import typing
 from collections.abc import Iterator
 
@@ -79,10 +80,11 @@ def check_types(config) -> None:
     alone."""
     hints = typing.get_type_hints(type(config))
     for f in dataclasses.fields(config):
-        value = getattr(config, f.name)
-        kinds = [k for k in typing.get_args(hints[f.name]) or (hints[f.name],) if k is not type(None)]
+        value, hint = getattr(config, f.name), hints[f.name]
+        union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+        kinds = [k for k in typing.get_args(hint) if k is not type(None)] if union else [hint]
         if value is None:
-            check(type(None) in typing.get_args(hints[f.name]), f"{f.name} must be set, got None")
+            check(union and type(None) in typing.get_args(hint), f"{f.name} must be set, got None")
             continue
         if len(kinds) > 1 and any(_is_a(value, kind) for kind in kinds):
             continue

@@ -16,6 +16,7 @@ class _Config(Validated):
     steps: int = 1
     rate: float = 0.5
     when: str | int | None = None
+    thresholds: tuple[float, ...] = (0.5, 5.0)
 
     def rules(self):
         yield self.steps >= 1, f"steps must be >= 1, got {self.steps}"
