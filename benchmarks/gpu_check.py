@@ -563,7 +563,8 @@ def stage_pytest(out: Path, quick: bool) -> int:
         )
         print("pytest not installed: skipped")
         return 0
-    targets = ["tests/trajgru/test_kernels.py", "tests/trajgru/test_fast.py"] if quick else ["tests/trajgru"]
+    quick_targets = [f"tests/trajgru/test_{name}.py" for name in ("kernels", "fast", "step")]
+    targets = quick_targets if quick else ["tests/trajgru"]
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", *targets],
         cwd=ROOT,
