@@ -89,6 +89,8 @@ VARIANTS = {
     "graph-fp32": dict(fast=True, bf16=False, graph=True),
 }
 CLIP_NORM = 50.0
+#: What the training-step timings measure (recorded in the JSON; README tables from older runs say so).
+TRAIN_STEP = "trajgru.step.TrainStep"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -419,6 +421,7 @@ def _report(args, label: str, results: list[dict]) -> dict:
         steps=args.steps,
         warmup=args.warmup,
         clip_norm=CLIP_NORM,
+        train_step=TRAIN_STEP,
         peak_bf16_tflops_datasheet=peak_bf16_tflops(label),
         achievable_bf16_tflops_h100=ACHIEVABLE_BF16_TFLOPS_H100,
         port_reference=PORT_REFERENCE,

@@ -70,6 +70,12 @@ def _pipeline_block(results: dict) -> str:
     )
 
 
+#: Above the GPU speed table while its bench.json predates trajgru.step.TrainStep.
+STEP_RERUN_NOTE = (
+    "**Needs a rerun through the pipeline's training step:** these timings are of the earlier "
+    "`CapturedTrainStep` (the same captured graph, without the per-step loss check of "
+    "`trajgru.step.TrainStep`, which `nowcast train` and `bench_trajgru.py` now run)."
+)
 #: Above every table of the old skill_sweep.py loop: kept until bench_skill.py --gpu regenerates them.
 RERUN_NOTE = (
     "**Needs a rerun through `nowcast train`:** these GPU numbers come from the side training loop that "
@@ -179,7 +185,8 @@ def gpu_bench() -> str | None:
     if bench is None:
         return None
     port = bench["port_reference"]
-    rows = [
+    rows = [] if bench.get("train_step") == "trajgru.step.TrainStep" else [STEP_RERUN_NOTE, ""]
+    rows += [
         f"`{bench['preset']}` {bench['size']}, {bench['in_len']} → {bench['out_len']}, Adam, on one "
         f"{bench['device']} (torch {bench['torch']}); % of the datasheet dense bf16 peak "
         f"({bench['peak_bf16_tflops_datasheet']:.0f} TFLOP/s); model FLOPs from torch.utils.flop_counter.",

@@ -95,6 +95,20 @@ def test_gpu_skill_tables_are_marked_until_bench_skill_gpu_regenerates_them(tmp_
     assert update_readme.gpu_results() is None  # the old loop's plot is no longer drawn
 
 
+def test_gpu_speed_table_is_marked_until_bench_trajgru_times_the_pipelines_step(tmp_path, monkeypatch):
+    """bench.json without ``train_step`` (timed the old CapturedTrainStep) gets the rerun note; one that
+    records trajgru.step.TrainStep does not."""
+    (tmp_path / "gpu_check_h200").mkdir()
+    bench = json.loads((update_readme.RESULTS / "gpu_check_h200" / "bench.json").read_text())
+    bench.pop("train_step", None)
+    (tmp_path / "gpu_check_h200" / "bench.json").write_text(json.dumps(bench))
+    monkeypatch.setattr(update_readme, "RESULTS", tmp_path)
+    assert update_readme.gpu_bench().startswith("**Needs a rerun through the pipeline's training step:**")
+    bench["train_step"] = "trajgru.step.TrainStep"
+    (tmp_path / "gpu_check_h200" / "bench.json").write_text(json.dumps(bench))
+    assert "Needs a rerun" not in update_readme.gpu_bench()
+
+
 @pytest.mark.parametrize(
     "split, path_ok, frames_ok, expected",
     [
