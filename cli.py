@@ -608,13 +608,19 @@ def demo(
     workers: int = typer.Option(2, help="Ray Train workers."),
     tracking_uri: str | None = typer.Option(None, envvar="MLFLOW_TRACKING_URI", help=TRACKING_HELP),
     ray_address: str | None = typer.Option(None, envvar="RAY_ADDRESS", help=RAY_HELP),
+    watch: bool = typer.Option(
+        False, "--watch", help="Then replay test frames into a live archive and watch forecasts appear."
+    ),
+    watch_cycles: int = typer.Option(5, help="With --watch: frames replayed (cycles)."),
+    watch_every_s: float = typer.Option(3.0, "--watch-every-s", help="With --watch: seconds between frames."),
 ) -> None:
     """Run the whole pipeline on a small synthetic archive: synth, ingest, train (Ray), evaluate vs baselines,
-    register as champion (MLflow), forecast GIF. Safe to re-run.
+    register as champion (MLflow), forecast GIF. Safe to re-run. With --watch (after a demo run, or
+    running one first): new frames land every few seconds and `nowcast watch` forecasts each one.
 
-    Example: nowcast demo --workdir nowcast-demo
+    Example: nowcast demo --workdir nowcast-demo; nowcast demo --workdir nowcast-demo --watch
     """
-    from pipeline.demo import DemoConfig, run_demo
+    from pipeline.demo import DemoConfig, replay_watch, run_demo
 
     overrides = {"steps": steps} if steps is not None else {}
     cfg = _run(
@@ -625,6 +631,9 @@ def demo(
         ray_address=ray_address,
         **overrides,
     )
+    if watch:
+        _run(replay_watch, cfg, watch_cycles, watch_every_s, echo=lambda line: typer.echo(line))
+        return
     result = _run(run_demo, cfg)
     typer.echo(result.summary)
 
