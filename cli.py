@@ -548,6 +548,7 @@ def watch(
     ),
     max_cycles: int | None = typer.Option(None, help="Stop after N cycles (default: run until SIGTERM)."),
     gif: bool = typer.Option(False, "--gif/--no-gif", help="Also write forecast.gif per cycle."),
+    threads: int | None = typer.Option(None, help="CPU threads of the model (1 on a shared node)."),
     device: str = typer.Option("auto", help="cpu | cuda | auto (a GPU when one is visible)."),
     tracking_uri: str | None = typer.Option(None, envvar="MLFLOW_TRACKING_URI", help=TRACKING_HELP),
 ) -> None:
@@ -572,6 +573,7 @@ def watch(
         gif=gif,
         tracking_uri=tracking_uri,
         device=device,
+        threads=threads,
     )
     n = _run(run_watch, cfg, echo=lambda line: typer.echo(line))
     typer.echo(f"stopped after {n} cycle(s)")

@@ -119,7 +119,7 @@ def _stats(values: list[float]) -> dict:
     return {"median": float(np.median(a)), "p95": float(np.percentile(a, 95)), "max": float(a.max())}
 
 
-def latency_case(name: str, cycles: int, workdir: Path) -> dict:
+def latency_case(name: str, cycles: int, workdir: Path, threads: int | None) -> dict:
     """Run one case (see the module doc) -> its result dict."""
     preset, size, archive_format, out_format, target_s = CASES[name]
     root, store, out = workdir / "archive", workdir / "store.zarr", workdir / "out"
@@ -136,6 +136,8 @@ def latency_case(name: str, cycles: int, workdir: Path) -> dict:
     log = workdir / "watch.log"
     cmd = [sys.executable, "-m", "cli", "watch", str(root), str(store), "--model", str(model_dir)]
     cmd += ["--out-dir", str(out), "--format", out_format, "--poll-s", str(POLL_S), "--device", "cpu"]
+    if threads is not None:
+        cmd += ["--threads", str(threads)]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     with open(log, "w") as f:
         proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=workdir, env=env)
@@ -180,6 +182,7 @@ def latency_case(name: str, cycles: int, workdir: Path) -> dict:
         "target_median_s": target_s,
         "cycles": cycles,
         "poll_s": POLL_S,
+        "threads": threads,
         **{key: _stats([r[key] for r in rows]) for key in rows[0]},
         "rows": rows,
     }
@@ -200,7 +203,7 @@ def latency(args) -> dict:
     results = {"command": " ".join(["python benchmarks/bench_service.py", *sys.argv[1:]]), "cases": {}}
     for name in args.cases.split(","):
         with tempfile.TemporaryDirectory(prefix=f"bench_service_{name}_") as tmp:
-            results["cases"][name] = latency_case(name, args.cycles, Path(tmp))
+            results["cases"][name] = latency_case(name, args.cycles, Path(tmp), args.threads)
     results["machine"] = _machine()
     return results
 
@@ -225,6 +228,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--part", choices=("latency", "serving", "all"), default="all")
     p.add_argument("--cycles", type=int, default=12, help="cycles measured per case")
+    p.add_argument("--threads", type=int, default=None, help="nowcast watch --threads (default: torch's)")
     p.add_argument("--cases", default="tiny,hko7", help=f"comma-separated, of {', '.join(CASES)}")
     args = p.parse_args(argv)
     RESULTS.mkdir(parents=True, exist_ok=True)
