@@ -219,43 +219,19 @@ def test_kill_9_then_restart_neither_redoes_nor_skips_cycles(tmp_path, watched, 
 
 
 def test_bad_options_are_one_line_errors(tmp_path):
-    """A missing archive or a bad --keep fails at once with one line and exit code 1."""
+    """A missing archive or a bad --keep fails at once with one line and a non-zero exit."""
+    from typer.testing import CliRunner
+
+    import cli
+
     (tmp_path / "a").mkdir()
-    run = [sys.executable, "-m", "cli", "watch"]
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    out = subprocess.run(
-        [
-            *run,
-            str(tmp_path / "nope"),
-            str(tmp_path / "s.zarr"),
-            "--model",
-            "persistence",
-            "--out-dir",
-            str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-    )
-    assert out.returncode != 0 and "is not a folder" in out.stderr
-    out = subprocess.run(
-        [
-            *run,
-            str(tmp_path / "a"),
-            str(tmp_path / "s.zarr"),
-            "--model",
-            "persistence",
-            "--out-dir",
-            str(tmp_path),
-        ]
-        + ["--keep", "0"],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-    )
-    assert out.returncode != 0 and "--keep must be >= 1" in out.stderr
+    common = [str(tmp_path / "s.zarr"), "--model", "persistence", "--out-dir", str(tmp_path / "out")]
+    runner = CliRunner()
+    result = runner.invoke(cli.app, ["watch", str(tmp_path / "nope"), *common])
+    assert result.exit_code != 0 and "is not a folder" in result.output
+    result = runner.invoke(cli.app, ["watch", str(tmp_path / "a"), *common, "--keep", "0"])
+    assert result.exit_code != 0 and "--keep must be >= 1" in result.output
+    assert not (tmp_path / "out").exists()  # nothing written
 
 
 @pytest.mark.slow
