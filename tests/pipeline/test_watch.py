@@ -327,3 +327,25 @@ def test_demo_watch_replays_test_frames_cycle_by_cycle(tmp_path):
     assert [r["frame_time_s"] for r in settled] == sorted(r["frame_time_s"] for r in settled)
     assert any(line.startswith("[demo] ") and "latency median" in line for line in lines)
     assert (out / "latest").is_symlink()
+
+
+def test_ingest_until_s_appends_only_up_to_that_time(tmp_path, archive_tools):
+    """IngestConfig.until_s (how the watch holds newer frames back) stores exactly the frames at or
+    before it; a later ingest without it appends the rest."""
+    from pipeline.ingest import IngestConfig, ingest
+    from pipeline.store import Store
+
+    arch = archive_tools.build_archive(tmp_path / "archive", 8, size=16)
+    until = archive_tools.T0_S + 4 * DT
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ingest(
+            IngestConfig(archive=arch.root, store=tmp_path / "s.zarr", workers=0, until_s=until),
+            progress=False,
+        )
+        assert Store.open(tmp_path / "s.zarr").time_s.tolist() == [t for t in arch.times_s() if t <= until]
+        ingest(IngestConfig(archive=arch.root, store=tmp_path / "s.zarr", workers=0), progress=False)
+    store = Store.open(tmp_path / "s.zarr")
+    assert store.time_s.tolist() == arch.times_s().tolist()
+    frames, _ = store.reader().read(store.time_s)
+    np.testing.assert_array_equal(frames, np.stack([arch.frames[t] for t in arch.times_s().tolist()]))
