@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import files
-from pipeline.errors import NowcastError, Validated, name_rule
+from pipeline.errors import NowcastError, Validated, check, name_rule
 from pipeline.evaluate import compare_models, table_row
 from pipeline.forecasters import load_forecaster
 from pipeline.ingest import IngestConfig, ingest
