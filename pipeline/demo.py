@@ -135,14 +135,15 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
     t = stage("synth", t0)
     print(f"[demo] 2/5 ingesting it into {store} (Dask)")
     ingest(IngestConfig(archive=archive, store=store))
+    handle = Store.open(store)  # opened once, handed to every later stage
     t = stage("ingest", t)
     print(f"[demo] 3/5 training the tiny TrajGRU on {cfg.workers} Ray workers for {steps} steps")
-    trained = train(train_cfg)
+    trained = train(train_cfg, store=handle)
     t = stage("train", t)
     model_uri = f"models:/{cfg.model_name}/{trained.registered_version}"
     print("[demo] 4/5 evaluating the model against persistence and optical flow on the test split")
     compared = compare_models(
-        store,
+        handle,
         [model_uri, "persistence", "optical-flow"],
         split="test",
         tracking_uri=tracking_uri,
@@ -156,8 +157,8 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
         PredictConfig(
             model_uri=f"models:/{cfg.model_name}@champion",
             out_dir=workdir / "forecast",
-            store=store,
-            time=str(_demo_forecast_time(Store.open(store))),
+            store=handle,
+            time=str(_demo_forecast_time(handle)),
             tracking_uri=tracking_uri,
             overwrite=True,
         )

@@ -39,7 +39,7 @@ from pipeline import files, viz
 from pipeline.catalog import INTERVAL_S
 from pipeline.errors import NowcastError, check
 from pipeline.forecasters import Forecaster, load_forecaster
-from pipeline.sources import PIXEL_ENCODING, hko7, netcdf
+from pipeline.sources import PIXEL_ENCODING, FrameDecodeError, get_source
 from pipeline.sources.grid import Grid
 from pipeline.sources.gridded import parse_zr
 from pipeline.store import Store
@@ -72,7 +72,7 @@ class PredictConfig:
 
     model_uri: str
     out_dir: str | Path
-    store: str | Path | None = None
+    store: Store | str | Path | None = None
     time: str | int | None = None
     input_pngs: Sequence[str | Path] | None = None
     format: str = "png"
@@ -190,8 +190,8 @@ def _inputs_from_pngs(paths: Sequence[str | Path], in_len: int) -> _Inputs:
         if not p.is_file():
             raise NowcastError(f"input frame {p} does not exist", exit_code=2)
         try:
-            frames.append(hko7.decode_frame(p.read_bytes()))
-        except hko7.FrameDecodeError as exc:
+            frames.append(get_source("hko7").decode_frame(p.read_bytes()))
+        except FrameDecodeError as exc:
             raise NowcastError(
                 f"cannot use input frame {p}: {exc}; inputs must be 8-bit grayscale PNGs in "
                 "HKO-7 encoding (pixel = round(255 * (dBZ + 10) / 70))"
@@ -199,7 +199,7 @@ def _inputs_from_pngs(paths: Sequence[str | Path], in_len: int) -> _Inputs:
     shapes = {f.shape for f in frames}
     if len(shapes) != 1:
         raise NowcastError(f"the input frames differ in size ({sorted(shapes)}); give frames of one size")
-    times = [hko7.time_from_name(p) for p in paths]
+    times = [get_source("hko7").time_from_name(p) for p in paths]
     if any(t is None for t in times):
         return _Inputs(np.stack(frames), None, INTERVAL_S)
     steps = set(np.diff(times).tolist())
@@ -234,7 +234,7 @@ def _write_netcdf(
     rain_mm_h[np.rint(forecast * 255.0) == 0] = 0.0  # pixel 0: -10 dBZ or less, no rain
     lead_times_s = inputs.interval_s * np.arange(1, forecast.shape[0] + 1, dtype=np.int64)
     mask = inputs.input_masks[-1] if inputs.input_masks is not None else None
-    return netcdf.write_forecast(
+    return get_source("netcdf").write_forecast(
         out_dir / NETCDF_NAME,
         rain_mm_h,
         _store_grid(store),
@@ -306,7 +306,7 @@ def predict(cfg: PredictConfig) -> PredictResult:
     """
     store = None
     if cfg.store is not None:
-        store = Store.open(cfg.store)
+        store = Store.of(cfg.store)
         _check_time_in_store(store, cfg.time)  # before the model loads (seconds)
         if cfg.format == "netcdf":
             _store_grid(store)

@@ -836,11 +836,24 @@ class Store:
         path = Path(path).expanduser().resolve()
         return cls(path, open_store(path, mode=mode, require_complete=require_complete), require_complete)
 
+    @classmethod
+    def of(cls, store: Store | str | Path) -> Store:
+        """``store`` itself when it is a Store (the handle an orchestrator opened once and hands to every
+        stage), else the store at that path, opened (:meth:`open`)."""
+        return store if isinstance(store, Store) else cls.open(store)
+
     def __reduce__(self):
         return (Store.open, (str(self.path), self.require_complete))
 
     def __repr__(self) -> str:
         return f"Store({str(self.path)!r})"
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    def __fspath__(self) -> str:
+        """A Store stands for its path wherever a path is taken (``Path(store)``, messages)."""
+        return str(self.path)
 
     @property
     def time_s(self) -> np.ndarray:

@@ -1186,15 +1186,19 @@ def resume_point(cfg: TrainConfig) -> str | None:
     return str(previous)
 
 
-def train(cfg: TrainConfig) -> TrainResult:
+def train(cfg: TrainConfig, store: Store | None = None) -> TrainResult:
     """Train (or resume) a model as configured; see the module docstring.
 
     Raises NowcastError on bad options, a missing store, a train split too small for the workers, a
     resume on another store (without ``force``), unreachable Ray/MLflow, a worker failure beyond
     ``max_failures`` (re-run with the same run name to resume) or a non-finite loss.
+    ``store``: the open handle of ``cfg.store`` when the caller has one (``demo``); None opens it.
     """
     t0 = time.perf_counter()
-    store = Store.open(cfg.store)
+    store = Store.of(store or cfg.store)
+    check(
+        store.path == Path(cfg.store).expanduser().resolve(), f"the store handle {store} is not {cfg.store}"
+    )
     cfg = _with_store_frame_size(cfg.resolved(), store)
     check_splits(cfg, store)
     check_run_store(cfg, store)

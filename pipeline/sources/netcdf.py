@@ -711,6 +711,7 @@ class NetcdfSource(GridSource):
     name = "netcdf"
     title = "CF-NetCDF"
     hint = "a CF-NetCDF archive (NetCDF files with a reflectivity or rain-rate variable)"
+    write_forecast = staticmethod(write_forecast)  # predict's CF-NetCDF output, through the registry
 
     def claims(self, root: Path, rel: str) -> bool:
         return is_netcdf(Path(root) / rel)

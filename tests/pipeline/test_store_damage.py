@@ -267,3 +267,34 @@ def test_verify_of_a_store_before_version_3_says_what_it_cannot_check(intact, tm
     assert any("a shard file copied over another is not found" in line for line in report["unchecked"])
     result = runner.invoke(cli.app, ["info", str(store), "--verify"])
     assert result.exit_code == 0 and "not checked: no per-file digests recorded" in result.output
+
+
+def test_stages_take_the_open_store_handle(intact, tmp_path, monkeypatch):
+    """evaluate, compare_models and predict use a Store handed to them (as demo does) without opening the
+    store again; a Store also stands for its path."""
+    from pipeline.evaluate import EvaluateConfig, compare_models, evaluate
+    from pipeline.predict import PredictConfig, predict
+
+    handle = st.Store.open(intact)
+    assert st.Store.of(handle) is handle and Path(handle) == handle.path == intact.resolve()
+
+    def no_second_open(*args, **kwargs):
+        raise AssertionError("the store was opened again")
+
+    monkeypatch.setattr(st.Store, "open", no_second_open)
+    scored = evaluate(
+        EvaluateConfig(
+            store=handle,
+            model_uri="persistence",
+            log_to_mlflow=False,
+            max_clips=2,
+            out_json=tmp_path / "e.json",
+        )
+    )
+    assert scored.n_clips == 2
+    compared = compare_models(handle, ["persistence"], max_clips=2, log_to_mlflow=False)
+    assert compared.n_clips == 2
+    forecast = predict(
+        PredictConfig(model_uri="persistence", out_dir=tmp_path / "f", store=handle, gif=False)
+    )
+    assert len(forecast.paths) == 20
