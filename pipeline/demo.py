@@ -15,6 +15,7 @@ from which the README's demo table is generated.
 from __future__ import annotations
 
 import dataclasses
+import shlex
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -183,6 +184,7 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
     )
     summary = _summary(
         workdir,
+        cfg.model_name,
         store,
         model_uri,
         trained,
@@ -205,8 +207,10 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
 
 
 def _summary(
-    workdir, store, model_uri, trained, gif_path, compared, tracking_uri, seconds, results_path
+    workdir, model_name, store, model_uri, trained, gif_path, compared, tracking_uri, seconds, results_path
 ) -> str:
+    champion_uri = shlex.quote(f"models:/{model_name}@champion")
+    store_arg = shlex.quote(str(store))
     champion = "took the champion alias" if trained.promoted else "did not beat the current champion"
     reused = [r.model_name for r in compared.results if r.reused]
     return "\n".join(
@@ -226,6 +230,13 @@ def _summary(
             f"  checkpoint: {trained.checkpoint_path}",
             f"  forecast:   {gif_path}",
             f"  scores:     {results_path}",
-            f"  MLflow UI:  mlflow ui --backend-store-uri {tracking_uri}",
+            "",
+            "next, in this shell:",
+            f"  export MLFLOW_TRACKING_URI={shlex.quote(tracking_uri)}",
+            f"  nowcast info {store_arg} --verify",
+            f"  nowcast evaluate {store_arg} --model {champion_uri}",
+            f"  nowcast predict --model {champion_uri} --store {store_arg} "
+            f"--out-dir {shlex.quote(str(workdir / 'forecast-2'))}",
+            f"  mlflow ui --backend-store-uri {shlex.quote(tracking_uri)}",
         ]
     )

@@ -605,11 +605,22 @@ def registered_model_files(uri: str, tracking_uri: str | None = None) -> tuple[P
     """Download the model files of a registered version -> (local model directory, ``NAME/VERSION``,
     the run that logged it).
 
-    Raises NowcastError for a malformed URI, an unknown name/version/alias, an unreachable tracking
-    server, or a model that was not logged by :func:`log_and_register_model`.
+    Reading a registry never creates a tracking store: with no ``tracking_uri``, no
+    ``MLFLOW_TRACKING_URI`` and no ``./mlflow.db``, this is an error saying how to point at one.
+
+    Raises NowcastError for a malformed URI, no tracking store configured, an unknown
+    name/version/alias, an unreachable tracking server, or a model that was not logged by
+    :func:`log_and_register_model`.
     """
     name, version, alias = parse_models_uri(uri)
-    client = _client(tracking_uri or resolve_tracking_uri(None))
+    existing = existing_tracking_uri(tracking_uri)
+    if existing is None:
+        raise NowcastError(
+            f"{uri} names a model in an MLflow registry, and no tracking store is configured (no "
+            f"--tracking-uri, no MLFLOW_TRACKING_URI, no ./{DEFAULT_DB_NAME} here): pass --tracking-uri or "
+            "`export MLFLOW_TRACKING_URI=...` (the line `nowcast demo` prints at its end)"
+        )
+    client = _client(existing)
     try:
         mv = (
             client.get_model_version_by_alias(name, alias)

@@ -29,3 +29,28 @@ def test_demo_config_types_are_checked():
     for kw in (dict(days=0), dict(size_px=2.5), dict(model_name="a b"), dict(max_eval_clips=0)):
         with pytest.raises(NowcastError):
             DemoConfig(**kw)
+
+
+def test_demo_summary_ends_with_the_tracking_export_and_working_next_commands(tmp_path):
+    """The demo's closing lines give the `export MLFLOW_TRACKING_URI=...` line for its registry and next
+    commands that the CLI accepts (each parses: command and options exist)."""
+    import shlex
+    from types import SimpleNamespace
+
+    from pipeline.demo import _summary
+
+    store = tmp_path / "my demo" / "store.zarr"
+    uri = f"sqlite:///{tmp_path / 'my demo' / 'mlflow.db'}"
+    trained = SimpleNamespace(promoted=True, checkpoint_path="ck")
+    compared = SimpleNamespace(table="TABLE", results=[])
+    text = _summary(
+        tmp_path, "nowcast-tiny", store, "models:/nowcast-tiny/1", trained, "g.gif", compared, uri, 60, "r"
+    )
+    lines = [line.strip() for line in text.splitlines()]
+    assert f"export MLFLOW_TRACKING_URI={shlex.quote(uri)}" in lines
+    commands = [shlex.split(line) for line in lines if line.startswith("nowcast ")]
+    assert {c[1] for c in commands} == {"info", "evaluate", "predict"}
+    for command in commands:
+        assert str(store) in command and all("@champion" in c for c in command if c.startswith("models:/"))
+        result = CliRunner().invoke(cli.app, [*command[1:], "--help"])
+        assert result.exit_code == 0, result.output
