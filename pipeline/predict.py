@@ -125,21 +125,38 @@ class _Inputs:
 
 
 # --------------------------------------------------------------------------- inputs
-def _check_time_in_store(store: Store, time_s: int | None, in_len: int = 1) -> None:
-    """NowcastError when the store is empty or ``time_s`` is outside what ``in_len`` input frames allow.
+def _check_time_in_store(store: Store, time_s: int | None, in_len: int | None = None) -> None:
+    """NowcastError (exit code 2 for a time) when the store is empty, or ``time_s`` (epoch s) is off the
+    store's cadence, outside the store, or (``in_len`` given) too early for ``in_len`` input frames.
 
-    Called with ``in_len=1`` before the model is loaded (a quick check), and again with the model's."""
+    Called without ``in_len`` before the model is loaded (a quick check), and again with the model's."""
     times = store.reader().time_s
     if times.size == 0:
         raise NowcastError(f"the store {store.path} holds no frames; ingest an archive into it first")
     if time_s is None:
         return
-    first_ok = int(times[0]) + (in_len - 1) * store.interval_s
-    if time_s < first_ok or time_s > int(times[-1]) + store.interval_s:
+    interval_s = store.interval_s
+    every = f"{interval_s // 60} min" if interval_s % 60 == 0 else f"{interval_s} s"
+    span = f"the store covers {iso_utc(times[0])} to {iso_utc(times[-1])}, a frame every {every}"
+    off_s = (time_s - int(times[0])) % interval_s
+    if off_s:
+        before = time_s - off_s
         raise NowcastError(
-            f"time {iso_utc(time_s)} is outside the store: the store covers {iso_utc(times[0])} to "
-            f"{iso_utc(times[-1])}; pick a time from {iso_utc(first_ok)} to {iso_utc(times[-1])} "
-            f"(the forecast needs the {in_len} frames before it)",
+            f"time {iso_utc(time_s)} is not on the store's cadence ({span}); "
+            f"use {iso_utc(before)} or {iso_utc(before + interval_s)}",
+            exit_code=2,
+        )
+    first_ok = int(times[0]) + (in_len - 1 if in_len else 0) * interval_s
+    if time_s < times[0] or time_s > times[-1]:
+        raise NowcastError(
+            f"time {iso_utc(time_s)} is outside the store ({span}); pick a time from {iso_utc(first_ok)} "
+            f"to {iso_utc(times[-1])}",
+            exit_code=2,
+        )
+    if time_s < first_ok:
+        raise NowcastError(
+            f"time {iso_utc(time_s)} is too early: the model takes the {in_len} frames up to it, and the "
+            f"store starts at {iso_utc(times[0])}; pick a time from {iso_utc(first_ok)} to {iso_utc(times[-1])}",
             exit_code=2,
         )
 
