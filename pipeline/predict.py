@@ -156,7 +156,8 @@ def _check_time_in_store(store: Store, time_s: int | None, in_len: int | None = 
     if time_s < first_ok:
         raise NowcastError(
             f"time {iso_utc(time_s)} is too early: the model takes the {in_len} frames up to it, and the "
-            f"store starts at {iso_utc(times[0])}; pick a time from {iso_utc(first_ok)} to {iso_utc(times[-1])}",
+            f"store starts at {iso_utc(times[0])}; pick a time from {iso_utc(first_ok)} to "
+            f"{iso_utc(times[-1])}",
             exit_code=2,
         )
 
