@@ -180,8 +180,21 @@ def test_skill_metric_names_are_one_scheme():
     assert tracking.CHAMPION_METRIC == "valid_champion_score"
 
 
-def test_promote_unknown_version_is_a_nowcast_error(sqlite_uri):
-    with pytest.raises(NowcastError, match="cannot set alias"):
+def test_promote_unknown_version_is_a_nowcast_error(sqlite_uri, tmp_path):
+    """Promoting a version that does not exist names the versions the registry holds (with their
+    aliases), or the registered names, and gives a working command to browse the registry."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    client.create_registered_model("promo-list")
+    for _ in range(2):
+        client.create_model_version("promo-list", source=tmp_path.as_uri())
+    client.set_registered_model_alias("promo-list", "champion", "2")
+    browse = f"browse the registry with `mlflow ui --backend-store-uri {sqlite_uri}`"
+    with pytest.raises(NowcastError, match="cannot set alias") as exc:
+        tracking.promote("promo-list", 7)
+    assert f"promo-list has version(s) 1, 2 (champion); {browse}" in str(exc.value)
+    with pytest.raises(NowcastError, match=r"no model is registered as 'nope' \(registered: .*promo-list"):
         tracking.promote("nope", 3)
     with pytest.raises(NowcastError, match="not found"):
         load_forecaster("models:/nope@champion", tracking_uri=sqlite_uri)
