@@ -187,19 +187,23 @@ def test_bad_inputs_raise(store, tmp_path):
     times, _ = _store_arrays(store)
     frames = np.zeros((5, 16, 16), np.uint8)
     pngs = _write_pngs(tmp_path / "in", frames)
+    both = "give the inputs either as a store"
     cases = [  # the config's own checks fail on construction, the others in predict
-        dict(out_dir=tmp_path),  # no inputs
-        dict(out_dir=tmp_path, store=store, input_pngs=pngs),  # both
-        dict(out_dir=tmp_path, input_pngs=pngs[:3]),  # wrong count
-        dict(out_dir=tmp_path, input_pngs=pngs[:4] + [tmp_path / "x.png"]),  # missing file
-        dict(out_dir=tmp_path, store=store, time=int(times[2])),  # not 5 frames before it
-        dict(out_dir=tmp_path, store=store, time="2016-01-01T00:00"),  # after the store
-        dict(out_dir=tmp_path, store=tmp_path / "nope.zarr"),  # no store
-        dict(out_dir=tmp_path, store=store, format="tiff"),  # format
-        dict(out_dir=tmp_path, input_pngs=pngs, time="2015-06-01T00:00"),  # time with PNGs
+        (dict(out_dir=tmp_path), both),  # no inputs
+        (dict(out_dir=tmp_path, store=store, input_pngs=pngs), both),
+        (dict(out_dir=tmp_path, input_pngs=pngs[:3]), "takes 5 input frames but 3 PNG"),
+        (dict(out_dir=tmp_path, input_pngs=pngs[:4] + [tmp_path / "x.png"]), "x.png does not exist"),
+        (dict(out_dir=tmp_path, store=store, time=int(times[2])), "is too early"),  # not 5 frames before it
+        (dict(out_dir=tmp_path, store=store, time="2016-01-01T00:00"), "is outside the store"),
+        (dict(out_dir=tmp_path, store=tmp_path / "nope.zarr"), "no store at"),
+        (dict(out_dir=tmp_path, store=store, format="tiff"), "unknown format 'tiff'"),
+        (
+            dict(out_dir=tmp_path, input_pngs=pngs, time="2015-06-01T00:00"),
+            "--time applies to --store inputs",
+        ),
     ]
-    for kw in cases:
-        with pytest.raises(NowcastError):
+    for kw, message in cases:
+        with pytest.raises(NowcastError, match=message):
             predict(_cfg(**kw))
 
 
@@ -214,7 +218,7 @@ def test_bad_pngs_raise(tmp_path):
     # an RGB image is not an HKO-7 frame
     rgb = _write_pngs(tmp_path / "b", frames)
     Image.new("RGB", (16, 16)).save(rgb[0])
-    with pytest.raises(NowcastError):
+    with pytest.raises(NowcastError, match="cannot use input frame .*HKO-7 encoding"):
         predict(_cfg(out_dir=tmp_path, input_pngs=rgb))
     # sizes differ
     mixed = _write_pngs(tmp_path / "c", frames)
@@ -260,7 +264,7 @@ def test_checkpoint_size_must_match_inputs(tmp_path):
     assert len(res.paths) == 20 and json.loads((ckpt / "model_config.json").read_text())["height"] == 32
 
 
-# ---------------------------------------------------------------- issue 10: safe outputs, masks, early checks
+# ---------------------------------------------------------------- safe outputs, masks, early checks
 def test_symlinks_in_out_dir_are_never_written_through(store, tmp_path):
     from pipeline.predict import predict
 

@@ -1,4 +1,4 @@
-"""Issue 10, item 6: a damaged store is an error naming the frames in every reader path (the
+"""A damaged store is an error naming the frames in every reader path (the
 training dataset, evaluate, predict) and in ``nowcast info --verify``, never different scores."""
 
 from __future__ import annotations

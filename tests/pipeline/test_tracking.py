@@ -128,7 +128,7 @@ def test_version_score_is_the_registered_weights_score_not_the_runs_last(sqlite_
 
 
 def test_a_version_without_a_validation_score_never_becomes_champion(sqlite_uri):
-    """Issue 10 item 12: an empty validation split gives no score; such a version is registered but
+    """An empty validation split gives no score; such a version is registered but
     is not champion, not even as the first version; `nowcast promote` refuses it without --force."""
     import mlflow
 
@@ -259,7 +259,7 @@ def test_register_and_champion_against_real_mlflow_server(tmp_path):
     mlflow.set_tracking_uri("")
 
 
-# ------------------------------------------------------------------ issue 10 item 2: names and filters
+# ------------------------------------------------------------------ names and filters
 def test_run_names_with_quotes_are_found_not_injected(sqlite_uri):
     """The search filter quotes the value; a quote in a name neither breaks nor widens the search."""
     ids = {}
