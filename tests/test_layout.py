@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = {"pipeline.train", "pipeline.evaluate", "pipeline.predict", "pipeline.ingest"}
+STAGES = {"pipeline.train", "pipeline.evaluate", "pipeline.predict", "pipeline.ingest", "pipeline.watch"}
 
 
 def _modules(package: str):
@@ -69,7 +69,10 @@ def test_ingest_knows_archives_only_through_the_sources_interface():
     assert formats and not {m for m, _ in _imports(tree)} & formats, "ingest imports a format module directly"
 
 
-@pytest.mark.parametrize("module", ["pipeline.predict", "pipeline.viz", "pipeline.synth", "pipeline.demo"])
+@pytest.mark.parametrize(
+    "module",
+    ["pipeline.predict", "pipeline.viz", "pipeline.synth", "pipeline.demo", "pipeline.outputs.netcdf"],
+)
 def test_stages_reach_archive_formats_through_the_sources_registry(module):
     """predict, viz, synth and demo use a format through ``pipeline.sources`` (``get_source``), never by
     importing the format's module."""
