@@ -105,6 +105,7 @@ class IngestConfig:
     block: int | None = None
     zr: str | tuple | None = None
     variable: str | None = None
+    until_s: int | None = None
 
     def __post_init__(self):
         check(
@@ -625,6 +626,10 @@ def _ingest_locked(
     listing = source.list_frames(root)
     source = source.configure(**listing.settled)
     listing, interval_s = _on_cadence(listing, group)
+    if cfg.until_s is not None:
+        listing = Listing(
+            [f for f in listing.frames if f.time_s <= cfg.until_s], listing.bad, listing.settled
+        )
     if not listing.frames:
         if listing.bad:
             first = listing.bad[0]

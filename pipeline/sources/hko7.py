@@ -188,6 +188,8 @@ class Hko7Source(Source):
     # The layout's names and encodings, for the stages that read or write HKO-7 files through the
     # registry (``get_source("hko7")``): predict's PNG inputs, viz's PNG frames, synth's archive.
     file_stem = staticmethod(file_stem)
+    frame_path = staticmethod(frame_path)
+    mask_path = staticmethod(mask_path)
     time_from_name = staticmethod(time_from_name)
     encode_frame = staticmethod(encode_frame)
     decode_frame = staticmethod(decode_frame)
