@@ -282,7 +282,8 @@ def info(
     verify: bool = typer.Option(
         False,
         "--verify",
-        help="Read and check every chunk of the frames and masks (exit 1 when one is missing or damaged).",
+        help="Check every chunk of every array, every file against its recorded digest, and the arrays "
+        "against each other (exit 1 on any damage).",
     ),
 ) -> None:
     """Summarise a store: frames, time span, gaps, splits and clip counts, bad-file counts.
@@ -292,32 +293,36 @@ def info(
     from pipeline.store import Store
 
     handle = _run(lambda: Store.open(store))
-    summary = _run(handle.describe)
-    _print_table(list(summary.items()), title=str(store))
-    if verify:
-        from pipeline.progress import track
+    if not verify:
+        _print_table(list(_run(handle.describe).items()), title=str(store))
+        return
+    from pipeline.errors import NowcastError
+    from pipeline.progress import track
 
-        result = _run(
-            lambda: handle.verify(lambda items, name: track(items, f"verify {name}", transient=True))
+    try:  # a damaged time or present array stops the summary, not the check
+        _print_table(list(handle.describe().items()), title=str(store))
+    except NowcastError as exc:
+        typer.echo(f"no summary: {exc}")
+    result = _run(lambda: handle.verify(lambda items, name: track(items, f"verify {name}", transient=True)))
+    checks = (
+        "crc32c checksums"
+        if result["checksums"]
+        else "no checksums (ingested before version 2: only missing or undecodable chunks are found)"
+    )
+    for item in result["damaged"]:
+        when = f" ({item['times'][0]} to {item['times'][1]})" if item["times"] else ""
+        typer.echo(f"  {item['array']} frames {item['rows'][0]}-{item['rows'][1]}{when}: {item['problem']}")
+    for line in result["problems"]:
+        typer.echo(f"  {line}")
+    for line in result["unchecked"]:
+        typer.echo(f"  not checked: {line}")
+    n_damage = len(result["damaged"]) + len(result["problems"])
+    if not n_damage:
+        typer.echo(
+            f"verified {result['chunks_checked']} chunks ({checks}) and the arrays' agreement: no damage"
         )
-        checks = (
-            "crc32c checksums"
-            if result["checksums"]
-            else "no checksums (ingested before version 2: only missing or undecodable chunks are found)"
-        )
-        if not result["damaged"]:
-            typer.echo(f"verified {result['chunks_checked']} chunks ({checks}): no damage")
-            return
-        for item in result["damaged"]:
-            typer.echo(
-                f"  {item['array']} frames {item['rows'][0]}-{item['rows'][1]} "
-                f"({item['times'][0]} to {item['times'][1]}): {item['problem']}"
-            )
-        _fail(
-            f"{len(result['damaged'])} damaged range(s) in {store} ({checks}); re-ingest the archive into a new "
-            "store",
-            1,
-        )
+        return
+    _fail(f"{n_damage} damage(s) found in {store} ({checks}); re-ingest the archive into a new store", 1)
 
 
 @command()

@@ -215,7 +215,8 @@ def breakdown(root: Path, tmp: Path) -> None:
     """Where one unit's time goes (CPU ms per frame), default layout."""
     plan = _prepared_store(root, tmp / "breakdown.zarr", "zstd", 1)
     i0, slots = plan.unit_slots(0)
-    shape = tuple(st.open_store(tmp / "breakdown.zarr", require_complete=False)[st.FRAMES].shape[1:])
+    store = st.Store.open(tmp / "breakdown.zarr", require_complete=False, mode="r+")
+    shape = store.frame_size
     reads = {}
     t_read = _cpu(
         lambda: reads.update(
@@ -226,8 +227,7 @@ def breakdown(root: Path, tmp: Path) -> None:
     masks = np.stack([hko7.decode_mask(m, shape) for _, m in reads.values()])
     t_png = _cpu(lambda: [hko7.decode_frame(b, shape) for b, _ in reads.values()])
     t_mask = _cpu(lambda: [hko7.decode_mask(m, shape) for _, m in reads.values()])
-    g = st.open_store(tmp / "breakdown.zarr", mode="r+", require_complete=False)
-    fa, ma = (g[k].with_config({"write_empty_chunks": True}) for k in (st.FRAMES, st.MASKS))
+    fa, ma = (store.group[k].with_config({"write_empty_chunks": True}) for k in (st.FRAMES, st.MASKS))
     t_write = _cpu(
         lambda: (
             fa.__setitem__(slice(i0, i0 + len(slots)), frames),

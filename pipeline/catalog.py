@@ -236,6 +236,30 @@ def select_split(times: np.ndarray, spec) -> np.ndarray:
     return select_days(times, spec)
 
 
+def split_clip_starts(
+    good_time_s: np.ndarray,
+    spec,
+    seq_len: int,
+    stride: int,
+    max_consecutive_missing: int,
+    interval_s: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The clip catalog of one split: the rule ingest stores and ``nowcast info --verify`` re-checks.
+
+    good_time_s : (N,) int64 epoch seconds of the usable frames (the store's ``time[present]``).
+    spec : the split (see :func:`select_split`); the rest is the clip rule (:func:`valid_clip_starts`,
+    :func:`sequent_clips`) at the cadence ``interval_s``.
+
+    Returns (random_starts_s, sequent_starts_s), int64 epoch seconds, ascending.
+    """
+    times = np.asarray(good_time_s, dtype=np.int64).astype("datetime64[s]")
+    sub_times = times[select_split(times, spec)]
+    interval = np.timedelta64(int(interval_s), "s")
+    rnd = valid_clip_starts(sub_times, seq_len, max_consecutive_missing, interval)
+    seq = sequent_clips(sub_times, seq_len, stride, max_consecutive_missing, interval)
+    return rnd.astype("datetime64[s]").astype(np.int64), seq.astype("datetime64[s]").astype(np.int64)
+
+
 def parse_split_option(text: str) -> tuple[str, object]:
     """Parse a command-line split: ``NAME=DAYLIST_FILE`` (HKO-7 ``YYYYMMDD, rain`` lines) or
     ``NAME=START..END`` (ISO dates/times, END exclusive; either side may be empty).
@@ -246,7 +270,8 @@ def parse_split_option(text: str) -> tuple[str, object]:
     name, sep, value = text.partition("=")
     if not sep or not name.strip() or not value.strip():
         raise ValueError(
-            f"split {text!r}: expected NAME=DAYLIST_FILE or NAME=START..END (e.g. test=2015-01-01..2016-01-01)"
+            f"split {text!r}: expected NAME=DAYLIST_FILE or NAME=START..END "
+            "(e.g. test=2015-01-01..2016-01-01)"
         )
     name, value = name.strip(), value.strip()
     if ".." in value:

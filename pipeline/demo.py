@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shlex
 import shutil
 import threading
 import time
@@ -33,7 +34,7 @@ from pipeline.evaluate import compare_models, table_row
 from pipeline.forecasters import load_forecaster
 from pipeline.ingest import IngestConfig, ingest
 from pipeline.predict import PredictConfig, predict
-from pipeline.sources import hko7
+from pipeline.sources import get_source
 from pipeline.store import Store
 from pipeline.synth import SynthConfig, archive_matches, synth_archive
 from pipeline.tracking import champion_version, resolve_tracking_uri
@@ -145,14 +146,15 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
     t = stage("synth", t0)
     print(f"[demo] 2/5 ingesting it into {store} (Dask)")
     ingest(IngestConfig(archive=archive, store=store))
+    handle = Store.open(store)  # opened once, handed to every later stage
     t = stage("ingest", t)
     print(f"[demo] 3/5 training the tiny TrajGRU on {cfg.workers} Ray workers for {steps} steps")
-    trained = train(train_cfg)
+    trained = train(train_cfg, store=handle)
     t = stage("train", t)
     model_uri = f"models:/{cfg.model_name}/{trained.registered_version}"
     print("[demo] 4/5 evaluating the model against persistence and optical flow on the test split")
     compared = compare_models(
-        store,
+        handle,
         [model_uri, "persistence", "optical-flow"],
         split="test",
         tracking_uri=tracking_uri,
@@ -166,8 +168,8 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
         PredictConfig(
             model_uri=f"models:/{cfg.model_name}@champion",
             out_dir=workdir / "forecast",
-            store=store,
-            time=str(_demo_forecast_time(Store.open(store))),
+            store=handle,
+            time=str(_demo_forecast_time(handle)),
             tracking_uri=tracking_uri,
             overwrite=True,
         )
@@ -192,6 +194,7 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
     )
     summary = _summary(
         workdir,
+        cfg.model_name,
         store,
         model_uri,
         trained,
@@ -214,8 +217,10 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
 
 
 def _summary(
-    workdir, store, model_uri, trained, gif_path, compared, tracking_uri, seconds, results_path
+    workdir, model_name, store, model_uri, trained, gif_path, compared, tracking_uri, seconds, results_path
 ) -> str:
+    champion_uri = shlex.quote(f"models:/{model_name}@champion")
+    store_arg = shlex.quote(str(store))
     champion = "took the champion alias" if trained.promoted else "did not beat the current champion"
     reused = [r.model_name for r in compared.results if r.reused]
     return "\n".join(
@@ -236,7 +241,14 @@ def _summary(
             f"  checkpoint: {trained.checkpoint_path}",
             f"  forecast:   {gif_path}",
             f"  scores:     {results_path}",
-            f"  MLflow UI:  mlflow ui --backend-store-uri {tracking_uri}",
+            "",
+            "next, in this shell:",
+            f"  export MLFLOW_TRACKING_URI={shlex.quote(tracking_uri)}",
+            f"  nowcast info {store_arg} --verify",
+            f"  nowcast evaluate {store_arg} --model {champion_uri}",
+            f"  nowcast predict --model {champion_uri} --store {store_arg} "
+            f"--out-dir {shlex.quote(str(workdir / 'forecast-2'))}",
+            f"  mlflow ui --backend-store-uri {shlex.quote(tracking_uri)}",
         ]
     )
 
@@ -252,6 +264,7 @@ def _land_copy(src: Path, dst: Path) -> None:
 
 def _land_frame(archive: Path, live: Path, time_s: int) -> None:
     """Copy one HKO-7 frame of the demo archive into the live archive: its mask first, then the frame."""
+    hko7 = get_source("hko7")
     for path_of in (hko7.mask_path, hko7.frame_path):
         src = path_of(archive, time_s)
         if src.is_file():

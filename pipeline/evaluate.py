@@ -73,7 +73,7 @@ class EvaluateConfig(Validated):
         in_len cannot change, out_len may be shorter than the model's (forecasts truncated).
     """
 
-    store: str | Path
+    store: Store | str | Path
     model_uri: str
     split: str = "test"
     workers: int = 0
@@ -510,7 +510,7 @@ def _evaluate_loaded(
 def _prepare(cfg: EvaluateConfig) -> tuple[Store, Forecaster, int, int]:
     """Open the store, load the forecaster and check one against the other
     -> (store, forecaster, in_len, out_len)."""
-    store = Store.open(cfg.store)  # NowcastError if the store is missing
+    store = Store.of(cfg.store)  # NowcastError if the store is missing
     forecaster = _load(cfg.model_uri, cfg.tracking_uri, cfg.device, cfg.in_len, cfg.out_len, cfg.fast_path)
     in_len, out_len = _lengths(forecaster, cfg.in_len, cfg.out_len)
     forecaster.check_frame_size(store.frame_size, f"the store {cfg.store}")
@@ -609,7 +609,7 @@ def _reused_result(record: dict, path: Path, uri: str) -> EvaluateResult:
 
 
 def compare_models(
-    store: str | Path,
+    store: Store | str | Path,
     model_uris: Sequence[str],
     split: str = "test",
     *,
@@ -634,7 +634,7 @@ def compare_models(
     """
     check(bool(model_uris), "give at least one model to compare")
     check(max_clips is None or int(max_clips) >= 1, f"max_clips must be >= 1, got {max_clips}")
-    handle = Store.open(store)
+    handle = Store.of(store)
     uris = [str(u).strip() for u in model_uris]
     trained = [u for u in uris if baseline_name(u) is None]
     lead = trained[0] if trained else uris[0]

@@ -81,13 +81,39 @@ def publish(
     return target
 
 
+def umask() -> int:
+    """The process's file-mode creation mask (read without changing it where Linux tells it; else set and
+    restored at once)."""
+    with contextlib.suppress(OSError, ValueError, StopIteration):
+        with open("/proc/self/status") as status:
+            return int(next(line for line in status if line.startswith("Umask:")).split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def temp_file(path: Path | str) -> tuple[int, Path]:
+    """A new empty file beside ``path`` under a temporary name -> (open fd, its path), with the mode a
+    plain ``open`` would give (0666 less the umask), not ``tempfile.mkstemp``'s private 0600: it is
+    renamed onto ``path`` once written."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o666 & ~umask())
+    except BaseException:
+        os.close(fd)
+        os.unlink(tmp)
+        raise
+    return fd, Path(tmp)
+
+
 def write_bytes(path: Path | str, data: bytes, overwrite: bool = True) -> Path:
     """Write ``data`` to ``path`` under a temporary name in the same folder, then rename it into place
     (never through a symlink at ``path``). Without ``overwrite`` an existing ``path`` is an error."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     check_free([path], overwrite)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = temp_file(path)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

@@ -18,8 +18,8 @@ How it runs
    so no two tasks ever write the same shard/chunk file.
 3. One Dask task per unit reads that unit's frames and masks (``Source.read_frames``) and writes the
    whole region ``frames[i0:i1]``, ``masks[i0:i1]`` directly; then it writes a done marker (an empty
-   Zarr group ``_ingest/units/u<N>`` whose attributes list the unit's bad files). A bad frame or mask
-   makes the whole slot zeros / mask False (never a half-written frame).
+   Zarr group ``_ingest/units/u<N>`` whose attributes list the unit's bad files and its files'
+   digests). A bad frame or mask makes the whole slot zeros / mask False (never a half-written frame).
    The store's cadence (``interval_s``) is derived from the listed frame times when the store is
    created (``store.infer_interval_s``).
 4. Finalise in the driver: ``present``, the bad-file report (attrs + a JSON report file), the clip
@@ -204,7 +204,13 @@ def ingest_unit(store_path: str, source: Source, archive: str, unit: int, i0: in
         ]
     frames_arr[i0 : i0 + n] = frames
     masks_arr[i0 : i0 + n] = masks
-    marker = {"i0": int(i0), "n": int(n), "bad": bad, "no_mask": no_mask}
+    marker = {
+        "i0": int(i0),
+        "n": int(n),
+        "bad": bad,
+        "no_mask": no_mask,
+        "digests": st.unit_file_digests(group, unit),
+    }
     group.create_group(_unit_name(unit), attributes=marker, overwrite=True)
     return marker
 
@@ -412,36 +418,28 @@ def _jsonable_spec(spec):
 
 
 def _write_catalogs(group, splits: dict, good_time_s: np.ndarray, cfg: IngestConfig, interval_s: int) -> dict:
-    times = good_time_s.astype("datetime64[s]")
-    interval = np.timedelta64(interval_s, "s")
     rule = {
         "seq_len": cfg.seq_len,
         "stride": cfg.stride,
         "max_consecutive_missing": cfg.max_consecutive_missing,
         "interval_s": interval_s,
     }
+    times = good_time_s.astype("datetime64[s]")
     counts = {}
     for name, spec in splits.items():
-        sub_times = times[cat.select_split(times, spec)]
-        rnd = cat.valid_clip_starts(sub_times, cfg.seq_len, cfg.max_consecutive_missing, interval)
-        seq = cat.sequent_clips(sub_times, cfg.seq_len, cfg.stride, cfg.max_consecutive_missing, interval)
-        st.write_catalog(
-            group,
-            name,
-            rnd.astype("datetime64[s]").astype(np.int64),
-            seq.astype("datetime64[s]").astype(np.int64),
-            rule,
-        )
+        rnd, seq = cat.split_clip_starts(good_time_s, spec, **rule)
+        st.write_catalog(group, name, rnd, seq, rule)
         counts[name] = {
             "random_clips": int(rnd.size),
             "sequent_clips": int(seq.size),
-            "frames": int(sub_times.size),
+            "frames": int(cat.select_split(times, spec).sum()),
         }
     return counts
 
 
-def _collect_markers(group, n_units: int) -> tuple[list, list]:
-    bad, no_mask = [], []
+def _collect_markers(group, n_units: int) -> tuple[list, list, dict]:
+    """The units' markers -> (bad files, files without a mask, file digests)."""
+    bad, no_mask, digests = [], [], {}
     missing = sorted(set(range(n_units)) - _done_units(group))
     if missing:
         raise NowcastError(
@@ -452,11 +450,12 @@ def _collect_markers(group, n_units: int) -> tuple[list, list]:
         attrs = group[_unit_name(unit)].attrs
         bad += list(attrs.get("bad", []))
         no_mask += list(attrs.get("no_mask", []))
-    return bad, no_mask
+        digests.update(attrs.get("digests", {}))  # none in the markers of an ingest before version 3
+    return bad, no_mask, digests
 
 
 def _finalise(group, plan: _Plan, listing: Listing, cfg: IngestConfig, root: Path, report_path: Path) -> dict:
-    unit_bad, no_mask = _collect_markers(group, plan.n_units)
+    unit_bad, no_mask, digests = _collect_markers(group, plan.n_units)
     present = np.ones(plan.time_s.size, dtype=bool)
     rows = np.asarray([b["row"] for b in unit_bad], dtype=np.int64)
     present[rows] = False
@@ -501,6 +500,7 @@ def _finalise(group, plan: _Plan, listing: Listing, cfg: IngestConfig, root: Pat
                 "stride": cfg.stride,
                 "max_consecutive_missing": cfg.max_consecutive_missing,
             },
+            st.FILE_DIGESTS: {**digests, **st.vector_file_digests(group)},
             "ingest_state": st.STATE_COMPLETE,
         }
     )
@@ -518,18 +518,10 @@ def _remove_partial_files(store_path: Path) -> None:
 
 
 def _existing_group(store_path: Path):
-    """The store's zarr.Group (mode r+) when ``store_path`` exists, else None."""
+    """The store's zarr.Group (mode r+) when ``store_path`` exists (validated by ``Store``), else None."""
     if not store_path.exists():
         return None
-    try:
-        group = zarr.open_group(str(store_path), mode="r+")
-    except Exception as exc:  # noqa: BLE001
-        raise NowcastError(
-            f"{store_path} exists but is not a Zarr store ({exc}); choose another store path or delete it"
-        ) from exc
-    if "layout" not in group.attrs or st.FRAMES not in group:
-        raise NowcastError(f"{store_path} is not a nowcast store; choose another store path or delete it")
-    return group
+    return st.Store.open(store_path, require_complete=False, mode="r+").group
 
 
 def _configured_source(cfg: IngestConfig, root: Path, group) -> Source:

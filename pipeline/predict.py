@@ -30,7 +30,7 @@ from pipeline.catalog import INTERVAL_S
 from pipeline.errors import NowcastError, Validated
 from pipeline.forecasters import load_forecaster
 from pipeline.outputs import FORMATS, Forecast
-from pipeline.sources import hko7
+from pipeline.sources import FrameDecodeError, get_source
 from pipeline.store import Store
 from pipeline.times import iso_utc, parse_time_s
 
@@ -53,7 +53,7 @@ class PredictConfig(Validated):
 
     model_uri: str
     out_dir: str | Path
-    store: str | Path | None = None
+    store: Store | str | Path | None = None
     time: str | int | None = None
     input_pngs: Sequence[str | Path] | None = None
     format: str = "png"
@@ -110,21 +110,39 @@ class _Inputs:
 
 
 # --------------------------------------------------------------------------- inputs
-def _check_time_in_store(store: Store, time_s: int | None, in_len: int = 1) -> None:
-    """NowcastError when the store is empty or ``time_s`` is outside what ``in_len`` input frames allow.
+def _check_time_in_store(store: Store, time_s: int | None, in_len: int | None = None) -> None:
+    """NowcastError (exit code 2 for a time) when the store is empty, or ``time_s`` (epoch s) is off the
+    store's cadence, outside the store, or (``in_len`` given) too early for ``in_len`` input frames.
 
-    Called with ``in_len=1`` before the model is loaded (a quick check), and again with the model's."""
+    Called without ``in_len`` before the model is loaded (a quick check), and again with the model's."""
     times = store.reader().time_s
     if times.size == 0:
         raise NowcastError(f"the store {store.path} holds no frames; ingest an archive into it first")
     if time_s is None:
         return
-    first_ok = int(times[0]) + (in_len - 1) * store.interval_s
-    if time_s < first_ok or time_s > int(times[-1]) + store.interval_s:
+    interval_s = store.interval_s
+    every = f"{interval_s // 60} min" if interval_s % 60 == 0 else f"{interval_s} s"
+    span = f"the store covers {iso_utc(times[0])} to {iso_utc(times[-1])}, a frame every {every}"
+    off_s = (time_s - int(times[0])) % interval_s
+    if off_s:
+        before = time_s - off_s
         raise NowcastError(
-            f"time {iso_utc(time_s)} is outside the store: the store covers {iso_utc(times[0])} to "
-            f"{iso_utc(times[-1])}; pick a time from {iso_utc(first_ok)} to {iso_utc(times[-1])} "
-            f"(the forecast needs the {in_len} frames before it)",
+            f"time {iso_utc(time_s)} is not on the store's cadence ({span}); "
+            f"use {iso_utc(before)} or {iso_utc(before + interval_s)}",
+            exit_code=2,
+        )
+    first_ok = int(times[0]) + (in_len - 1 if in_len else 0) * interval_s
+    if time_s < times[0] or time_s > times[-1]:
+        raise NowcastError(
+            f"time {iso_utc(time_s)} is outside the store ({span}); pick a time from {iso_utc(first_ok)} "
+            f"to {iso_utc(times[-1])}",
+            exit_code=2,
+        )
+    if time_s < first_ok:
+        raise NowcastError(
+            f"time {iso_utc(time_s)} is too early: the model takes the {in_len} frames up to it, and the "
+            f"store starts at {iso_utc(times[0])}; pick a time from {iso_utc(first_ok)} to "
+            f"{iso_utc(times[-1])}",
             exit_code=2,
         )
 
@@ -175,8 +193,8 @@ def _inputs_from_pngs(paths: Sequence[str | Path], in_len: int) -> _Inputs:
         if not p.is_file():
             raise NowcastError(f"input frame {p} does not exist", exit_code=2)
         try:
-            frames.append(hko7.decode_frame(p.read_bytes()))
-        except hko7.FrameDecodeError as exc:
+            frames.append(get_source("hko7").decode_frame(p.read_bytes()))
+        except FrameDecodeError as exc:
             raise NowcastError(
                 f"cannot use input frame {p}: {exc}; inputs must be 8-bit grayscale PNGs in "
                 "HKO-7 encoding (pixel = round(255 * (dBZ + 10) / 70))"
@@ -184,7 +202,7 @@ def _inputs_from_pngs(paths: Sequence[str | Path], in_len: int) -> _Inputs:
     shapes = {f.shape for f in frames}
     if len(shapes) != 1:
         raise NowcastError(f"the input frames differ in size ({sorted(shapes)}); give frames of one size")
-    times = [hko7.time_from_name(p) for p in paths]
+    times = [get_source("hko7").time_from_name(p) for p in paths]
     if any(t is None for t in times):
         return _Inputs(np.stack(frames), None, INTERVAL_S)
     steps = set(np.diff(times).tolist())
@@ -208,7 +226,7 @@ def predict(cfg: PredictConfig) -> PredictResult:
     store = None
     output = outputs.get_output(cfg.format)
     if cfg.store is not None:
-        store = Store.open(cfg.store)
+        store = Store.of(cfg.store)
         _check_time_in_store(store, cfg.time)  # before the model loads (seconds)
     output.check(store)
     forecaster = load_forecaster(

@@ -29,6 +29,7 @@ touches one or two shard files and 5-6 chunks; :class:`ShardFileReader` reads th
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 from collections import Counter
@@ -44,14 +45,16 @@ from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, ShardingCodec, Zstd
 from zarr.codecs.sharding import ShardingCodecIndexLocation
 from zarr.storage import LocalStore
 
-from pipeline import files
+from pipeline import catalog, files
 from pipeline.catalog import INTERVAL_S
 from pipeline.errors import NowcastError, check
 from pipeline.times import iso_utc
 
 log = logging.getLogger("nowcast.store")
 
-INGEST_VERSION = 2  # 2: crc32c after every chunk (StoreLayout.checksum)
+# 2: crc32c after every chunk of frames and masks (StoreLayout.checksum);
+# 3: crc32c after every chunk of every array, and a digest of every array file in the attrs (FILE_DIGESTS)
+INGEST_VERSION = 3
 FRAMES, MASKS, TIME, PRESENT, CATALOG, INGEST_GROUP = (
     "frames",
     "masks",
@@ -66,6 +69,12 @@ COMPRESSORS = ("zstd", "blosc-lz4", "blosc-zstd", "none")
 STATE_COMPLETE = "complete"
 STATE_IN_PROGRESS = "in_progress"
 _VECTOR_CHUNK = 1 << 16  # entries per chunk of the 1-D arrays (time, present, catalogs)
+FILE_DIGESTS = "file_digests"  # group attribute: {"<array>/<chunk key>": file_digest of the file}
+
+
+def _vector_codecs() -> tuple:
+    """The bytes-to-bytes codecs of a 1-D array's chunk: zstd, then a crc32c checksum."""
+    return (ZstdCodec(level=0), Crc32cCodec())
 
 
 @dataclass(frozen=True)
@@ -140,8 +149,10 @@ def create_store(path: str | Path, height: int, width: int, layout: StoreLayout,
             fill_value=0 if dtype == "uint8" else False,
             **_frame_array_kwargs(layout, height, width),
         )
-    group.create_array(TIME, shape=(0,), dtype="int64", chunks=(_VECTOR_CHUNK,), fill_value=0)
-    group.create_array(PRESENT, shape=(0,), dtype="bool", chunks=(_VECTOR_CHUNK,), fill_value=False)
+    for name, dtype in ((TIME, "int64"), (PRESENT, "bool")):
+        group.create_array(
+            name, shape=(0,), dtype=dtype, chunks=(_VECTOR_CHUNK,), fill_value=0, compressors=_vector_codecs()
+        )
     group.require_group(UNITS_GROUP)
     group.attrs.update(
         {
@@ -170,6 +181,7 @@ def write_vector(group, name: str, values: np.ndarray) -> None:
             dtype=values.dtype,
             chunks=(_VECTOR_CHUNK,),
             fill_value=0,
+            compressors=_vector_codecs(),
             overwrite=True,
         )
     if values.size:
@@ -256,13 +268,16 @@ def open_store(path: str | Path, mode: str = "r", require_complete: bool = True)
         group = zarr.open_group(str(p), mode=mode)
     except Exception as exc:  # zarr raises several types for non-stores
         raise NowcastError(
-            f"{p} is not a Zarr store ({exc}); point to the store made by `nowcast ingest`"
+            f"{p} is not a Zarr store ({exc}); point to a store made by `nowcast ingest` "
+            "(or give `nowcast ingest` a new store path)"
         ) from exc
-    missing = [n for n in (FRAMES, MASKS, TIME) if n not in group]
+    missing = [n for n in (FRAMES, MASKS, TIME) if n not in group] + [
+        f"attribute {key}" for key in ("layout", "interval_s") if key not in group.attrs
+    ]
     if missing:
         raise NowcastError(
             f"{p} is a Zarr group but not a nowcast store (missing {', '.join(missing)}); "
-            "create one with `nowcast ingest ARCHIVE STORE`"
+            "create one with `nowcast ingest ARCHIVE STORE` (or give `nowcast ingest` a new store path)"
         )
     if require_complete and group.attrs.get("ingest_state") != STATE_COMPLETE:
         raise NowcastError(
@@ -282,7 +297,80 @@ def read_catalog(group, split: str, protocol: str = "random") -> np.ndarray:
             f"split {split!r} is not in the store's catalog (available: {', '.join(splits) or 'none'})",
             exit_code=2,
         )
-    return np.asarray(group[f"{CATALOG}/{split}/{protocol}_starts_s"][:], dtype=np.int64)
+    return read_vector(group, f"{CATALOG}/{split}/{protocol}_starts_s").astype(np.int64)
+
+
+def _read_problem(exc: Exception) -> str:
+    """Why a chunk of a 1-D array cannot be read, in a few words."""
+    return "a chunk fails its crc32c checksum" if "checksum" in str(exc) else " ".join(str(exc).split())
+
+
+def read_vector(group, name: str) -> np.ndarray:
+    """The whole 1-D array ``name`` (time, present, a catalog) of the store's group.
+
+    Raises NowcastError (what is damaged, what to do) when a chunk fails its checksum or does not decode.
+    """
+    try:
+        return np.asarray(group[name][:])
+    except Exception as exc:  # noqa: BLE001 - a checksum mismatch or a codec error
+        root = Path(getattr(group.store, "root", "")).as_posix()
+        raise NowcastError(
+            f"the store {root} is damaged: array {name} cannot be read ({_read_problem(exc)}); "
+            f"`nowcast info --verify {root}` lists the damage; re-ingest the archive into a new store"
+        ) from exc
+
+
+def vector_names(group) -> list[str]:
+    """The 1-D arrays of the store: time, present and every split's two catalogs."""
+    names = [n for n in (TIME, PRESENT) if n in group]
+    if CATALOG in group:
+        for split in sorted(group[CATALOG].group_keys()):
+            names += [f"{CATALOG}/{split}/{protocol}_starts_s" for protocol in PROTOCOLS]
+    return names
+
+
+def array_files(group, name: str) -> dict[str, Path]:
+    """The chunk (or shard) files of array ``name`` on disk -> {"<name>/<chunk key>": path}
+    (metadata excluded; symlinks are not followed)."""
+    root = Path(group.store.root) / group.path
+    folder = root / name
+    if not folder.is_dir() or folder.is_symlink():
+        return {}
+    return {
+        path.relative_to(root).as_posix(): path
+        for path in sorted(folder.rglob("*"))
+        if path.is_file() and not path.is_symlink() and path.name != "zarr.json"
+    }
+
+
+def file_digest(path: Path) -> str:
+    """The BLAKE2b digest (16 bytes, hex) of a file's bytes.
+
+    Not a crc32c: a chunk file ends with the crc32c of its content, and the crc32c of data followed by its
+    own crc32c is the same constant for every file."""
+    return hashlib.blake2b(path.read_bytes(), digest_size=16).hexdigest()
+
+
+def unit_file_digests(group, unit: int) -> dict[str, str]:
+    """Digests of the files of write unit ``unit`` (its frames and masks shard, or chunk, files), keyed by
+    their position: ``{"frames/c/<unit>/0/0": file_digest, ...}``. Recorded in the store's attrs
+    (:data:`FILE_DIGESTS`), they bind each file's content to its position, so a shard copied over
+    another is found by :meth:`Store.verify`."""
+    root = Path(group.store.root) / group.path
+    digests = {}
+    for name in (FRAMES, MASKS):
+        key = f"{name}/{group[name].metadata.encode_chunk_key((int(unit), 0, 0))}"
+        digests[key] = file_digest(root / key)
+    return digests
+
+
+def vector_file_digests(group) -> dict[str, str]:
+    """Digests of every chunk file of the 1-D arrays (see :func:`unit_file_digests`)."""
+    return {
+        key: file_digest(path)
+        for name in vector_names(group)
+        for key, path in array_files(group, name).items()
+    }
 
 
 def list_splits(group) -> list[str]:
@@ -519,11 +607,12 @@ class StoreReader:
     damaged chunk is a NowcastError naming the frames (never zeros or wrong values).
     """
 
-    def __init__(self, group, fast: bool = True):
+    def __init__(self, group, fast: bool = True, time_s: np.ndarray | None = None):
+        """time_s : the (T,) time axis when already read (else it is read from the group)."""
         self.group = group
         self.frames = group[FRAMES]
         self.masks = group[MASKS]
-        self.time_s = np.asarray(group[TIME][:], dtype=np.int64)
+        self.time_s = np.asarray(read_vector(group, TIME) if time_s is None else time_s, dtype=np.int64)
         self.height, self.width = self.frames.shape[1:]
         self._arrays = {FRAMES: self.frames, MASKS: self.masks}
         self._fast = {}
@@ -589,7 +678,8 @@ class StoreReader:
                 raise self.damage_error(name, exc) from exc
 
     def damage_error(self, name: str, damage: ChunkDamage) -> NowcastError:
-        """The user-facing error for damaged rows of array ``name``: which frames, what is wrong, what to do."""
+        """The user-facing error for damaged rows of array ``name``: which frames, what is wrong, what
+        to do."""
         lo, hi = damage.lo, max(damage.hi - 1, damage.lo)
         when = (
             f" ({iso_utc(self.time_s[lo])} to {iso_utc(self.time_s[min(hi, self.time_s.size - 1)])})"
@@ -695,7 +785,7 @@ class Store:
     Attributes
     ----------
     path : Path, absolute (Ray workers change directory).
-    group : the read-only zarr.Group.
+    group : the zarr.Group (read-only unless opened with mode "r+").
     attrs : dict, the group's attributes as opened.
     interval_s : int, the cadence in seconds (the ``interval_s`` attribute ingest derived from the data).
     frame_size : (H, W) in pixels.
@@ -727,16 +817,32 @@ class Store:
         self._reader_pid: int | None = None
 
     @classmethod
-    def open(cls, path: str | Path, require_complete: bool = True) -> Store:
-        """Open and validate the store at ``path`` (see :func:`open_store` for the errors)."""
+    def open(cls, path: str | Path, require_complete: bool = True, mode: str = "r") -> Store:
+        """Open and validate the store at ``path`` (see :func:`open_store` for the errors).
+
+        mode : "r", or "r+" for ingest's writer (it validates an existing store with the same rules).
+        """
         path = Path(path).expanduser().resolve()
-        return cls(path, open_store(path, require_complete=require_complete), require_complete)
+        return cls(path, open_store(path, mode=mode, require_complete=require_complete), require_complete)
+
+    @classmethod
+    def of(cls, store: Store | str | Path) -> Store:
+        """``store`` itself when it is a Store (the handle an orchestrator opened once and hands to every
+        stage), else the store at that path, opened (:meth:`open`)."""
+        return store if isinstance(store, Store) else cls.open(store)
 
     def __reduce__(self):
         return (Store.open, (str(self.path), self.require_complete))
 
     def __repr__(self) -> str:
         return f"Store({str(self.path)!r})"
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    def __fspath__(self) -> str:
+        """A Store stands for its path wherever a path is taken (``Path(store)``, messages)."""
+        return str(self.path)
 
     @property
     def time_s(self) -> np.ndarray:
@@ -748,7 +854,7 @@ class Store:
         """(T,) bool: False for a row whose input file was bad."""
         if PRESENT not in self.group:
             return np.ones(self.time_s.size, dtype=bool)
-        return np.asarray(self.group[PRESENT][:], dtype=bool)
+        return read_vector(self.group, PRESENT).astype(bool)
 
     def clip_starts(self, split: str, protocol: str = "random") -> np.ndarray:
         """Clip starts (int64 epoch seconds, ascending) of ``split`` from the catalog.
@@ -816,16 +922,142 @@ class Store:
         return dict(dict(self.attrs.get("source", {})).get("settings", {}))
 
     def verify(self, progress=None) -> dict:
-        """Read every chunk of frames and masks and check it (see :meth:`StoreReader.verify`).
+        """Check the whole store: every chunk of every array, every file against the digest ingest recorded
+        for its position, and the arrays against each other.
 
-        Returns ``{"chunks_checked": int, "checksums": bool, "damaged": [...]}``; a store without
-        checksums (ingest version 1) can only be checked for missing chunks and decoding errors.
+        Returns ``{"chunks_checked": int, "checksums": bool, "damaged": [...], "problems": [str],
+        "unchecked": [str]}``: ``damaged`` lists the damaged frame/mask chunks
+        (:meth:`StoreReader.verify`; their ``times`` are None when ``time`` itself cannot be read),
+        ``problems`` one line per other damage (a 1-D array that fails its checksum, a file whose digest
+        differs from the one recorded for its position, ``time`` not ascending or off the cadence,
+        ``present`` or a catalog disagreeing with the rest), ``unchecked`` what this store's ingest
+        version records too little to check.
         """
-        reader = self.reader()
+        problems, unchecked = [], []
+        vectors = {}
+        for name in vector_names(self.group):
+            try:
+                vectors[name] = np.asarray(self.group[name][:])
+            except Exception as exc:  # noqa: BLE001 - a checksum mismatch or a codec error
+                problems.append(f"{name}: cannot be read ({_read_problem(exc)})")
+        time_s = vectors.get(TIME)
+        n = int(self.group[FRAMES].shape[0])
+        reader = StoreReader(self.group, time_s=np.zeros(n, np.int64) if time_s is None else time_s)
         damaged = reader.verify(progress)
-        n = reader.time_s.size
+        if time_s is None:
+            for item in damaged:
+                item["times"] = None
         chunks = sum(-(-n // int(self.group[name].chunks[0])) for name in (FRAMES, MASKS))
-        return {"chunks_checked": chunks, "checksums": self.checksums, "damaged": damaged}
+        no_crc = [name for name in vector_names(self.group) if not has_checksums(self.group[name])]
+        if no_crc:
+            unchecked.append(
+                f"{', '.join(no_crc)} carry no checksums (ingested before version 3): a damaged value "
+                "there is found only when it breaks the checks between arrays"
+            )
+        problems += self._check_digests(unchecked)
+        if time_s is not None:
+            problems += self._check_time(time_s)
+            present = vectors.get(PRESENT)
+            if present is not None:
+                problems += self._check_present(time_s, present.astype(bool), vectors, unchecked)
+        return {
+            "chunks_checked": chunks,
+            "checksums": self.checksums,
+            "damaged": damaged,
+            "problems": problems,
+            "unchecked": unchecked,
+        }
+
+    def _check_digests(self, unchecked: list[str]) -> list[str]:
+        """Every array file against the digest ingest recorded for its position -> problem lines."""
+        recorded = self.attrs.get(FILE_DIGESTS)
+        if not recorded:
+            unchecked.append(
+                "no per-file digests recorded (ingested before version 3): a shard file copied over "
+                "another is not found"
+            )
+            return []
+        problems, unknown = [], 0
+        on_disk = {}
+        for name in (FRAMES, MASKS, *vector_names(self.group)):
+            on_disk.update(array_files(self.group, name))
+        for key, path in on_disk.items():
+            if key not in recorded:
+                unknown += 1
+            elif file_digest(path) != recorded[key]:
+                problems.append(
+                    f"{key}: not the content ingest wrote at this position (its digest differs: "
+                    "changed, or another chunk file copied over it)"
+                )
+        problems += [f"{key}: the file is missing" for key in sorted(set(recorded) - set(on_disk))]
+        if unknown:
+            unchecked.append(f"{unknown} file(s) written by an ingest before version 3 have no digest")
+        return problems
+
+    def _check_time(self, time_s: np.ndarray) -> list[str]:
+        """``time`` strictly ascending, on the store's cadence and as long as the frames -> problem lines."""
+        problems = []
+        n = int(self.group[FRAMES].shape[0])
+        if time_s.size != n:
+            problems.append(f"{TIME}: {time_s.size} times for {n} frames")
+        back = np.flatnonzero(np.diff(time_s) <= 0)
+        if back.size:
+            r = int(back[0])
+            problems.append(
+                f"{TIME}: not strictly ascending at {back.size} row(s) (first: rows {r}-{r + 1}, "
+                f"{iso_utc(time_s[r])} then {iso_utc(time_s[r + 1])})"
+            )
+        if time_s.size:
+            phase_s = int(time_s[0]) % self.interval_s
+            off = np.flatnonzero(np.mod(time_s, self.interval_s) != phase_s)
+            if off.size:
+                r = int(off[0])
+                problems.append(
+                    f"{TIME}: {off.size} time(s) off the store's cadence of {self.interval_s} s "
+                    f"(first: row {r}, {iso_utc(time_s[r])})"
+                )
+            for key, value in (("time_start_s", time_s[0]), ("time_end_s", time_s[-1])):
+                if key in self.attrs and self.attrs[key] != int(value):
+                    problems.append(f"{TIME}: starts or ends at {iso_utc(value)}, ingest recorded otherwise")
+        return problems
+
+    def _check_present(
+        self, time_s: np.ndarray, present: np.ndarray, vectors: dict, unchecked: list[str]
+    ) -> list[str]:
+        """``present`` against ingest's count, and each split's catalog against ``time[present]`` (the
+        catalog recomputed with the recorded clip rule) -> problem lines."""
+        problems = []
+        if present.size != time_s.size:
+            return [f"{PRESENT}: {present.size} entries for {time_s.size} times"]
+        if "n_present" in self.attrs and int(self.attrs["n_present"]) != int(present.sum()):
+            problems.append(
+                f"{PRESENT}: {int(present.sum())} usable frames, but ingest recorded "
+                f"{self.attrs['n_present']}"
+            )
+        specs = self.attrs.get("splits", {})
+        for split in self.splits:
+            rule = dict(self.group[f"{CATALOG}/{split}"].attrs)
+            try:
+                expected = catalog.split_clip_starts(
+                    time_s[present],
+                    specs[split],
+                    int(rule["seq_len"]),
+                    int(rule["stride"]),
+                    int(rule["max_consecutive_missing"]),
+                    int(rule.get("interval_s", self.interval_s)),
+                )
+            except KeyError:
+                unchecked.append(f"{CATALOG}/{split}: no clip rule recorded, the catalog is not re-checked")
+                continue
+            for protocol, starts in zip(PROTOCOLS, expected):
+                name = f"{CATALOG}/{split}/{protocol}_starts_s"
+                stored = vectors.get(name)
+                if stored is not None and not np.array_equal(stored, starts):
+                    problems.append(
+                        f"{name}: does not agree with {TIME} and {PRESENT} ({stored.size} clip starts "
+                        f"stored, {starts.size} by the clip rule)"
+                    )
+        return problems
 
     def _source_summary(self) -> dict:
         """The archive format and how it was read, in short (the grid without its WKT)."""

@@ -49,8 +49,7 @@ import numpy as np
 from pipeline import catalog as cat
 from pipeline.errors import NowcastError, Validated
 from pipeline.progress import progress_bar
-from pipeline.sources import hko7
-from pipeline.sources.base import PIXEL_ENCODING, dbz_to_u8
+from pipeline.sources import PIXEL_ENCODING, dbz_to_u8, get_source
 from trajgru.units import ZR_A, ZR_B, rainfall_to_dbz
 
 SYNTH_VERSION = 1
@@ -767,17 +766,11 @@ def _synth_day(args: tuple) -> tuple[str, int, float]:
     out_dir = Path(out_dir)
     clutter = clutter_mask(size_px, seed)
     written, rain_mm = 0, 0.0
-    made_dirs = False
+    hko7 = get_source("hko7")
     for frame in simulate_day(seed, day, frames_per_day, size_px, rate, clutter):
         rain_mm += frame.mean_rain_mm_h * INTERVAL_S / 3600.0
         if not frame.missing:
-            fpath, mpath = hko7.frame_path(out_dir, frame.time_s), hko7.mask_path(out_dir, frame.time_s)
-            if not made_dirs:
-                fpath.parent.mkdir(parents=True, exist_ok=True)
-                mpath.parent.mkdir(parents=True, exist_ok=True)
-                made_dirs = True
-            fpath.write_bytes(hko7.encode_frame(stored_pixels(frame)))
-            mpath.write_bytes(hko7.encode_mask(frame.mask))
+            hko7.write_frame(out_dir, frame.time_s, stored_pixels(frame), frame.mask)
             written += 1
         if on_frame is not None:
             on_frame()

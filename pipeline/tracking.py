@@ -475,6 +475,33 @@ def _finite(score) -> bool:
     return score is not None and math.isfinite(float(score))
 
 
+def _registered_versions(client, name: str) -> str:
+    """What the registry holds under ``name`` (its versions and their aliases, or the registered names),
+    and a command to browse it, for an error message."""
+    uri = mlflow.get_tracking_uri()
+    browse = (
+        f"open {uri} to browse the registry"
+        if uri.startswith(("http://", "https://"))
+        else f"browse the registry with `mlflow ui --backend-store-uri {uri}`"
+    )
+    try:
+        versions = client.search_model_versions(f"name = {filter_value(name)}")
+        if not versions:
+            names = sorted(m.name for m in client.search_registered_models())
+            return f"no model is registered as {name!r} (registered: {', '.join(names) or 'none'}); {browse}"
+        aliases = dict(client.get_registered_model(name).aliases or {})  # {alias: version}
+    except Exception:  # noqa: BLE001 - the listing is a hint; the error above stands
+        return browse
+    by_version: dict[str, list[str]] = {}
+    for alias, version in sorted(aliases.items()):
+        by_version.setdefault(str(version), []).append(alias)
+    listed = ", ".join(
+        version + (f" ({', '.join(by_version[version])})" if version in by_version else "")
+        for version in sorted((str(v.version) for v in versions), key=int)
+    )
+    return f"{name} has version(s) {listed}; {browse}"
+
+
 def promote(
     name: str,
     version: int | str,
@@ -492,8 +519,8 @@ def promote(
         client.get_model_version(name, str(version))
     except Exception as exc:  # noqa: BLE001 (MlflowException; keep message)
         raise NowcastError(
-            f"cannot set alias {alias!r} on {name} version {version}: {exc}. Check the name "
-            "and version (`mlflow models` UI or MlflowClient.search_model_versions)."
+            f"cannot set alias {alias!r} on {name} version {version}: {exc}; "
+            f"{_registered_versions(client, name)}"
         ) from exc
     if alias == CHAMPION_ALIAS and not force and not _finite(version_score(name, version)):
         raise NowcastError(
@@ -619,11 +646,22 @@ def registered_model_files(uri: str, tracking_uri: str | None = None) -> tuple[P
     """Download the model files of a registered version -> (local model directory, ``NAME/VERSION``,
     the run that logged it).
 
-    Raises NowcastError for a malformed URI, an unknown name/version/alias, an unreachable tracking
-    server, or a model that was not logged by :func:`log_and_register_model`.
+    Reading a registry never creates a tracking store: with no ``tracking_uri``, no
+    ``MLFLOW_TRACKING_URI`` and no ``./mlflow.db``, this is an error saying how to point at one.
+
+    Raises NowcastError for a malformed URI, no tracking store configured, an unknown
+    name/version/alias, an unreachable tracking server, or a model that was not logged by
+    :func:`log_and_register_model`.
     """
     name, version, alias = parse_models_uri(uri)
-    client = _client(tracking_uri or resolve_tracking_uri(None))
+    existing = existing_tracking_uri(tracking_uri)
+    if existing is None:
+        raise NowcastError(
+            f"{uri} names a model in an MLflow registry, and no tracking store is configured (no "
+            f"--tracking-uri, no MLFLOW_TRACKING_URI, no ./{DEFAULT_DB_NAME} here): pass --tracking-uri or "
+            "`export MLFLOW_TRACKING_URI=...` (the line `nowcast demo` prints at its end)"
+        )
+    client = _client(existing)
     try:
         mv = (
             client.get_model_version_by_alias(name, alias)

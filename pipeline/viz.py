@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from pipeline import files
-from pipeline.sources import hko7
+from pipeline.sources import get_source
 from trajgru.metrics import DEFAULT_THRESHOLDS_MM_H
 from trajgru.units import pixel_to_rainfall
 
@@ -67,9 +67,9 @@ def pixel_to_u8(frames_pixel: np.ndarray) -> np.ndarray:
 
 def png_names(n: int, times_s: Sequence[int] | None = None, names: Sequence[str] | None = None) -> list[str]:
     """The file names :func:`save_frames_png` gives ``n`` frames: ``RADyymmddHHMM00.png`` by time
-    (``hko7.file_stem``), else ``names`` (stems), else ``forecast_01.png`` ..."""
+    (the HKO-7 source's ``file_stem``), else ``names`` (stems), else ``forecast_01.png`` ..."""
     if times_s is not None:
-        stems = [hko7.file_stem(int(t)) for t in times_s]
+        stems = [get_source("hko7").file_stem(int(t)) for t in times_s]
     elif names is not None:
         stems = [str(Path(s).stem) if str(s).endswith(".png") else str(s) for s in names]
     else:
@@ -104,7 +104,7 @@ def save_frames_png(
     out = Path(out_dir)
     u8 = pixel_to_u8(frames)
     return [
-        files.write_bytes(out / name, hko7.encode_frame(np.ascontiguousarray(frame)))
+        files.write_bytes(out / name, get_source("hko7").encode_frame(np.ascontiguousarray(frame)))
         for name, frame in zip(png_names(frames.shape[0], times_s, names), u8)
     ]
 

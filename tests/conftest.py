@@ -11,7 +11,7 @@ import pytest
 @pytest.fixture(autouse=True, scope="session")
 def no_files_left_in_the_working_directory():
     """Tests write into their tmp_path only: nothing may appear in the directory pytest runs in
-    (issue 10 item 16: evaluate-*.json, skill PNGs, mlflow.db, mlartifacts/, mlruns/ were left there)."""
+    (evaluate-*.json, skill PNGs, mlflow.db, mlartifacts/, mlruns/ were left there)."""
     cwd = Path.cwd()
     before = set(os.listdir(cwd))
     yield

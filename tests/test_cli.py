@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -127,7 +128,7 @@ def test_parse_split_option_range_and_day_list(tmp_path):
     name, spec = parse_split_option(f"train={day_list}")
     assert name == "train" and spec == [np.datetime64("2015-06-01"), np.datetime64("2015-06-02")]
     for bad in ("test", "=x", "test=", "test=2015-13-45..", f"test={tmp_path / 'missing.txt'}"):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match=f"split '{re.escape(bad)}': "):
             parse_split_option(bad)
 
 

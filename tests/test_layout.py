@@ -74,3 +74,19 @@ def test_ingest_knows_archives_only_through_the_sources_interface():
     }
     tree = dict(_modules("pipeline"))["pipeline.ingest"]
     assert formats and not {m for m, _ in _imports(tree)} & formats, "ingest imports a format module directly"
+
+
+@pytest.mark.parametrize(
+    "module",
+    ["pipeline.predict", "pipeline.viz", "pipeline.synth", "pipeline.demo", "pipeline.outputs.netcdf"],
+)
+def test_stages_reach_archive_formats_through_the_sources_registry(module):
+    """predict, viz, synth and demo use a format through ``pipeline.sources`` (``get_source``), never by
+    importing the format's module."""
+    from pipeline.sources import SOURCES
+
+    formats = {type(source).__module__ for source in SOURCES.values()}
+    tree = dict(_modules("pipeline"))[module]
+    imported = {m for m, _ in _imports(tree)}  # from pipeline.sources import hko7: listed
+    assert formats == {"pipeline.sources.hko7", "pipeline.sources.odim", "pipeline.sources.netcdf"}
+    assert not imported & formats, f"{module} imports {imported & formats}"

@@ -14,7 +14,7 @@ import numpy as np
 
 from pipeline.errors import NowcastError
 from pipeline.outputs.base import Forecast, OutputFormat
-from pipeline.sources import netcdf as cf
+from pipeline.sources import get_source
 from pipeline.sources.grid import Grid
 from pipeline.sources.gridded import parse_zr
 from pipeline.store import Store
@@ -55,7 +55,7 @@ class NetcdfOutput(OutputFormat):
         values = forecast.forecast
         rain_mm_h = parse_zr(store.source_settings.get("zr")).dbz_to_rain(units.pixel_to_dbz(values))
         rain_mm_h[np.rint(values * 255.0) == 0] = 0.0  # pixel 0: -10 dBZ or less, no rain
-        path = cf.write_forecast(
+        path = get_source("netcdf").write_forecast(
             Path(folder) / NETCDF_NAME,
             rain_mm_h,
             store_grid(store),

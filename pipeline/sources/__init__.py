@@ -16,7 +16,7 @@ from pathlib import Path
 
 from pipeline.errors import NowcastError
 from pipeline.sources.base import PIXEL_ENCODING, Frame, FrameRef, Listing, Source, dbz_to_u8, walk_files
-from pipeline.sources.hko7 import Hko7Source
+from pipeline.sources.hko7 import FrameDecodeError, Hko7Source
 from pipeline.sources.netcdf import NetcdfSource
 from pipeline.sources.odim import OdimSource
 
@@ -78,6 +78,7 @@ __all__ = [
     "SOURCES",
     "PIXEL_ENCODING",
     "Frame",
+    "FrameDecodeError",
     "FrameRef",
     "Listing",
     "Source",

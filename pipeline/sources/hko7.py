@@ -185,6 +185,25 @@ class Hko7Source(Source):
     title = "HKO-7"
     hint = "an HKO-7 archive (no radarPNG/ folder)"
 
+    # The layout's names and encodings, for the stages that read or write HKO-7 files through the
+    # registry (``get_source("hko7")``): predict's PNG inputs, viz's PNG frames, synth's archive.
+    file_stem = staticmethod(file_stem)
+    frame_path = staticmethod(frame_path)
+    mask_path = staticmethod(mask_path)
+    time_from_name = staticmethod(time_from_name)
+    encode_frame = staticmethod(encode_frame)
+    decode_frame = staticmethod(decode_frame)
+
+    def write_frame(self, root: Path, time_s: int, pixels_u8: np.ndarray, mask: np.ndarray) -> None:
+        """Write one frame (uint8 (H, W)) and its mask (bool (H, W)) at their paths under ``root``
+        (folders created as needed)."""
+        for path, data in (
+            (frame_path(root, time_s), encode_frame(pixels_u8)),
+            (mask_path(root, time_s), encode_mask(mask)),
+        ):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+
     def detect(self, root: Path) -> bool:
         return (Path(root) / FRAME_DIR).is_dir()
 

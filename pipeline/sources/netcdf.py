@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import functools
 import os
-import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from os import PathLike
@@ -52,6 +51,7 @@ import numpy as np
 import pyproj
 import xarray as xr
 
+from pipeline import files
 from pipeline.errors import NowcastError
 from pipeline.sources.base import one_line
 from pipeline.sources.grid import ZR, FileInfo, Grid, RawFrame
@@ -573,11 +573,8 @@ def write_forecast(
         valid &= np.broadcast_to(np.asarray(mask, dtype=bool), rain_mm_h.shape)
     if (path.exists() or path.is_symlink()) and not overwrite:
         raise NowcastError(f"{path} exists: remove it or choose another output path")
-    fd, tmp_name = tempfile.mkstemp(
-        prefix=f".{path.name}.", suffix=".tmp", dir=path.parent
-    )  # a new file, no symlink
+    fd, tmp = files.temp_file(path)  # a new file (no symlink), with the umask's mode
     os.close(fd)
-    tmp = Path(tmp_name)
     try:
         _write(
             tmp,
@@ -709,6 +706,7 @@ class NetcdfSource(GridSource):
     name = "netcdf"
     title = "CF-NetCDF"
     hint = "a CF-NetCDF archive (NetCDF files with a reflectivity or rain-rate variable)"
+    write_forecast = staticmethod(write_forecast)  # predict's CF-NetCDF output, through the registry
 
     def claims(self, root: Path, rel: str) -> bool:
         return is_netcdf(Path(root) / rel)

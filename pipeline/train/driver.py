@@ -20,7 +20,7 @@ from ray.train.torch import TorchTrainer
 
 from pipeline import checkpoints, files, tracking
 from pipeline.dataset import ClipDataset
-from pipeline.errors import NowcastError
+from pipeline.errors import NowcastError, check
 from pipeline.raycluster import DriverLink, connect_ray, ray_logs_dir
 from pipeline.store import Store
 from pipeline.train.config import TrainConfig
@@ -312,16 +312,20 @@ def _ray_train_info_off():
         logger.setLevel(level)
 
 
-def train(cfg: TrainConfig) -> TrainResult:
+def train(cfg: TrainConfig, store: Store | None = None) -> TrainResult:
     """Train (or resume) a model as configured; see the package docstring.
 
     Raises NowcastError on bad options, a missing store, a train split too small for the workers, a
     resume on another store (without ``force``), a run that another ``nowcast train`` is training,
     unreachable Ray/MLflow, a worker failure beyond ``max_failures`` (re-run with the same run name to
     resume) or a non-finite loss.
+    ``store``: the open handle of ``cfg.store`` when the caller has one (``demo``); None opens it.
     """
     t0 = time.perf_counter()
-    store = Store.open(cfg.store)
+    store = Store.of(store or cfg.store)
+    check(
+        store.path == Path(cfg.store).expanduser().resolve(), f"the store handle {store} is not {cfg.store}"
+    )
     cfg = _with_store_frame_size(cfg.resolved(), store)
     check_splits(cfg, store)
     with _run_lock(cfg):

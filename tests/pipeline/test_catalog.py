@@ -78,9 +78,9 @@ def test_any_unit_any_order_duplicates():
 def test_empty_and_bad_input():
     empty = np.array([], dtype="datetime64[s]")
     assert cat.sequent_clips(empty).size == 0 and cat.valid_clip_starts(empty).size == 0
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="times must be a numpy datetime64 array"):
         cat.sequent_clips(np.arange(3))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="times contains NaT"):
         cat.sequent_clips(np.array(["NaT"], dtype="datetime64[s]"))
 
 

@@ -116,7 +116,7 @@ def test_find_refuses_what_is_not_a_checkpoint(tmp_path):
     assert checkpoints.run_id(tmp_path) is None
 
 
-# ---------------------------------------------------------------- issue 10 items 1 and 9
+# ---------------------------------------------------------------- no unpickling; damaged checkpoints
 class _RunsCode:
     """A pickle payload that would run a command when unpickled (it touches a marker file)."""
 
@@ -153,7 +153,7 @@ def _checkpoint(path, step=3):
 
 @pytest.mark.parametrize("name", [checkpoints.TRAIN_STATE_FILE, checkpoints.MODEL_STATE_FILE])
 def test_a_checkpoint_file_that_would_run_code_is_refused_and_nothing_runs(tmp_path, name):
-    """Issue 10 item 1: a crafted train_state.pt / model_state.pt (a pickle whose loading calls os.system)
+    """A crafted train_state.pt / model_state.pt (a pickle whose loading calls os.system)
     is refused by every reader (resume, forecasters, the CLI) with a one-line error; the command never runs."""
     from typer.testing import CliRunner
 

@@ -67,7 +67,7 @@ def test_items_match_archive(store):
     assert float(x[5].abs().sum()) == 0 and float(m[5].sum()) == 0 and float(m[4].sum()) > 0
     seq = Store.open(store.path).clip_starts("train", "sequent")
     assert seq.size > 0 and np.isin(seq, starts).sum() >= 1
-    with pytest.raises(NowcastError):
+    with pytest.raises(NowcastError, match="split 'test' is not in the store's catalog"):
         Store.open(store.path).clip_starts("test")
 
 
@@ -81,7 +81,7 @@ def test_rank_slice_is_disjoint_and_complete():
         assert all(
             np.array_equal(rank_slice(starts, r, world), parts[r]) for r in range(world)
         )  # deterministic
-    with pytest.raises(NowcastError):
+    with pytest.raises(NowcastError, match="need 0 <= rank < world_size"):
         rank_slice(starts, 2, 2)
 
 
@@ -180,7 +180,7 @@ def test_getitems_equals_per_item_stacking(store):
     gap_rows = [b for b, i in enumerate(idx) if int(ds.starts_s[i]) in gap]
     assert gap_rows and all(float(masks[b].flatten(1).sum(1).min()) == 0 for b in gap_rows)
     assert batch[1][0].data_ptr() == frames[1].data_ptr()  # items are views, no copy
-    with pytest.raises(IndexError):
+    with pytest.raises(IndexError, match=f"clip index {len(ds)} out of range for {len(ds)} clips"):
         ds.__getitems__([0, len(ds)])
 
 
@@ -200,7 +200,7 @@ def test_collate_clips_falls_back_to_stacking(store):
     assert torch.equal(got[0], torch.stack([ds[2][0], ds[0][0]])) and torch.equal(
         got[1], torch.stack([ds[2][1], ds[0][1]])
     )
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="empty batch"):
         collate_clips([])
 
 

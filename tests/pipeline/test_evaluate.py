@@ -162,11 +162,11 @@ def test_split_without_clips_raises(tmp_path):
 def test_missing_store_and_unknown_model_raise(store, tmp_path):
     from pipeline.evaluate import evaluate
 
-    with pytest.raises(NowcastError):
+    with pytest.raises(NowcastError, match="no store at .*nope.zarr"):
         evaluate(_cfg(tmp_path / "nope.zarr", "persistence", tmp_path))
-    with pytest.raises(NowcastError):
+    with pytest.raises(NowcastError, match="unknown model 'no-such-model'"):
         evaluate(_cfg(store, "no-such-model", tmp_path))
-    with pytest.raises(NowcastError):
+    with pytest.raises(NowcastError, match="split 'no-such-split' is not in the store's catalog"):
         evaluate(_cfg(store, "persistence", tmp_path, split="no-such-split"))
 
 
@@ -285,7 +285,7 @@ def test_default_json_path_and_short_names(store, tmp_path, monkeypatch):
     assert short_name("/runs/demo/checkpoint_000004") == "demo_checkpoint_000004"
 
 
-# ---------------------------------------------------------------- issue 10 item 16
+# ---------------------------------------------------------------- output locations
 def test_evaluate_leaves_nothing_in_the_current_directory(store, tmp_path, monkeypatch):
     """No JSON, plot, mlflow.db, mlruns/ or mlartifacts/ in the cwd; without a tracking store nothing
     is logged, and a note says so."""

@@ -76,3 +76,13 @@ def test_frame_size_check(tmp_path):
     g.check_frame_size((16, 16), "the store s")
     with pytest.raises(NowcastError, match="16x16 frames but the store s holds 32x32"):
         g.check_frame_size((32, 32), "the store s")
+
+
+def test_registry_model_without_a_tracking_store_is_an_error_and_creates_none(tmp_path, monkeypatch):
+    """`models:/NAME@alias` with no --tracking-uri, no MLFLOW_TRACKING_URI and no ./mlflow.db: a one-line
+    error saying how to point at a registry, and no ./mlflow.db is created (reading never creates one)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with pytest.raises(NowcastError, match=r"no tracking store is configured .*export MLFLOW_TRACKING_URI"):
+        load_forecaster("models:/x@champion")
+    assert list(tmp_path.iterdir()) == []

@@ -1,4 +1,4 @@
-"""ODIM_H5 and CF-NetCDF archives through the later stages (issue 11): ``predict --format netcdf``
+"""ODIM_H5 and CF-NetCDF archives through the later stages: ``predict --format netcdf``
 writes the forecast on the store's grid, and the CLI runs ingest, train, evaluate and predict on
 these archives exactly as on HKO-7."""
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -132,7 +131,7 @@ def test_nothing_usable_and_unwritable(tmp_path):
         run(root, tmp_path / "s.zarr")
     for k in range(3):
         hko7.frame_path(root, T0_S + k * IV).write_bytes(b"broken")
-    with pytest.raises(NowcastError):
+    with pytest.raises(NowcastError, match="no readable PNG frame found in .*nothing to ingest"):
         run(root, tmp_path / "s2.zarr")
     p.write_bytes(hko7.encode_frame(np.ones((16, 16), np.uint8)))
     blocker = tmp_path / "a_file"
@@ -158,38 +157,22 @@ def test_units_are_whole_shards(hand_archive, tmp_path, monkeypatch):
     assert_store_matches(tmp_path / "s.zarr", arch)
 
 
-def test_unaligned_concurrent_writes_lose_data_aligned_do_not(tmp_path):
-    """Why the ingest writes whole shards: two writers filling halves of one shard at the same time
-    read-modify-write the same shard file, and one half is lost. Aligned writers never collide."""
-    import zarr
-    from zarr.storage import LocalStore
-
-    class SlowSetStore(LocalStore):
-        async def set(self, key, value):  # widen the read-modify-write window
-            if "/c/" in key:
-                import asyncio
-
-                await asyncio.sleep(0.3)
-            await super().set(key, value)
-
-    def writers(path, regions, shard):
-        zarr.create_array(
-            LocalStore(path), shape=(16, 4, 4), dtype="uint8", chunks=(1, 4, 4), shards=(shard, 4, 4)
-        )
-
-        def write(lo, hi):
-            arr = zarr.open_array(SlowSetStore(path), mode="r+")
-            arr[lo:hi] = np.full((hi - lo, 4, 4), lo + 1, np.uint8)
-
-        threads = [threading.Thread(target=write, args=r) for r in regions]
-        [t.start() for t in threads]
-        [t.join() for t in threads]
-        return zarr.open_array(LocalStore(path), mode="r")[:]
-
-    unaligned = writers(tmp_path / "a.zarr", [(0, 8), (8, 16)], shard=16)  # both halves of ONE shard
-    assert (unaligned == 0).all(axis=(1, 2)).any()  # one writer's rows were lost
-    aligned = writers(tmp_path / "b.zarr", [(0, 8), (8, 16)], shard=8)  # one shard per writer
-    assert (aligned[:8] == 1).all() and (aligned[8:] == 9).all()
+def test_each_unit_writes_whole_shard_files_of_its_own(hand_archive, tmp_path):
+    """Why two ingest tasks never write the same file at once: every unit starts on a shard boundary,
+    holds at most one shard of rows, the units tile the time axis, and each unit's recorded digests name
+    exactly its own frames and masks shard files (which exist on disk, one per unit)."""
+    arch = hand_archive(19)
+    store = tmp_path / "s.zarr"
+    run(arch.root, store, chunk_frames=2, shard_frames=4)
+    group = st.open_store(store)
+    markers = [
+        dict(group[f"{st.UNITS_GROUP}/{name}"].attrs) for name in sorted(group[st.UNITS_GROUP].group_keys())
+    ]
+    assert [(m["i0"], m["n"]) for m in markers] == [(0, 4), (4, 4), (8, 4), (12, 4), (16, 3)]
+    for unit, marker in enumerate(markers):
+        assert set(marker["digests"]) == {f"frames/c/{unit}/0/0", f"masks/c/{unit}/0/0"}
+    on_disk = {k for name in (st.FRAMES, st.MASKS) for k in st.array_files(group, name)}
+    assert on_disk == {key for m in markers for key in m["digests"]}
 
 
 KILL_SCRIPT = slow_ingest_script("pipeline.sources.hko7:Hko7Source._read", 0.04)

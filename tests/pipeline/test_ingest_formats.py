@@ -1,4 +1,4 @@
-"""Ingest of ODIM_H5 and CF-NetCDF archives (issue 11): values, bad files mixed in, cadence from the
+"""Ingest of ODIM_H5 and CF-NetCDF archives: values, bad files mixed in, cadence from the
 data, duplicates, crop/block/Z-R recorded and reused, format detection, kill-and-resume, append and
 Dask -- everything the HKO-7 path has, for each format."""
 
@@ -318,8 +318,13 @@ def test_dask_local_cluster_and_external_scheduler(tmp_path, monkeypatch):
 def test_sources_are_configured_by_name():
     odim = get_source("odim").configure(crop="1, 2, 3, 4", block=2, zr="200,1.6", variable="TH")
     assert (odim.crop, odim.block, odim.zr, odim.variable) == ((1, 2, 3, 4), 2, ZR(200.0, 1.6), "TH")
-    for bad in ({"crop": "1,2,3"}, {"block": 0}, {"zr": "200"}, {"block": 1.5}):
-        with pytest.raises(NowcastError) as info:
+    for bad, message in (
+        ({"crop": "1,2,3"}, "cannot read the crop box"),
+        ({"block": 0}, "--block must be a whole number"),
+        ({"zr": "200"}, "cannot read the Z-R relation"),
+        ({"block": 1.5}, "--block must be a whole number"),
+    ):
+        with pytest.raises(NowcastError, match=message) as info:
             get_source("netcdf").configure(**bad)
         assert info.value.exit_code == 2
     assert get_source("odim").configure(**odim.settings()) == odim

@@ -1,4 +1,4 @@
-"""Issue 10 at ingest: one lock per store (two real processes), archive edge cases end to end, empty
+"""Ingest hardening: one lock per store (two real processes), archive edge cases end to end, empty
 splits, and ``--workers 0``."""
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def run(archive, store, **kw) -> ing.IngestResult:
     return ing.ingest(ing.IngestConfig(archive, store, **kw), progress=False)
 
 
-# --------------------------------------------------------------------------- item 5: one ingest per store
+# --------------------------------------------------------------------------- one ingest per store
 
 SLOW_INGEST = slow_ingest_script(
     "pipeline.sources.hko7:Hko7Source._read", 1.0
@@ -94,7 +94,7 @@ def test_lock_refuses_a_symlinked_lock_file(tmp_path):
     assert target.read_text() == "keep me"
 
 
-# --------------------------------------------------------------------------- item 8: archive edge cases
+# --------------------------------------------------------------------------- archive edge cases
 
 
 def test_archive_edge_cases_are_reported_and_never_stored(hand_archive, tmp_path):
@@ -122,7 +122,7 @@ def test_archive_edge_cases_are_reported_and_never_stored(hand_archive, tmp_path
     assert not g[st.PRESENT][3] and not g[st.FRAMES][3].any()
 
 
-# --------------------------------------------------------------------------- item 12 (ingest half)
+# --------------------------------------------------------------------------- splits that match no frame
 
 
 def test_a_split_that_matches_no_day_is_warned_about(hand_archive, tmp_path):
@@ -150,7 +150,7 @@ def test_a_split_that_matches_no_day_is_warned_about(hand_archive, tmp_path):
     assert "warning: split 'test' matches no frame" in result.output
 
 
-# --------------------------------------------------------------------------- item 14: --workers 0
+# --------------------------------------------------------------------------- --workers 0
 
 
 def test_ingest_workers_zero_runs_in_process_and_bad_worker_options_are_usage_errors(

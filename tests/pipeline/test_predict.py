@@ -1,7 +1,8 @@
 """Tests for pipeline.predict: inputs from a store or from PNGs, PNG/zarr/GIF outputs, errors.
 
 Persistence repeats the last input frame, and the HKO-7 encoding round-trips exactly
-(u8 -> u8/255 -> round(255 p)), so every forecast PNG must equal the last input frame (0 outside its mask) bit for bit.
+(u8 -> u8/255 -> round(255 p)), so every forecast PNG must equal the last input frame (0 outside its mask)
+bit for bit.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from PIL import Image
 
 from pipeline.errors import NowcastError
 from pipeline.sources import hko7
+from pipeline.times import iso_utc
 
 SIZE = 48
 
@@ -77,13 +79,34 @@ def test_predict_from_store_at_time(store, tmp_path):
     assert res.gif_path.exists() and _gif_n_frames(res.gif_path) == 25
 
 
-def test_time_between_frames_uses_the_frame_before(store, tmp_path):
+def test_time_off_the_cadence_is_refused_naming_the_times_on_it(store, tmp_path):
+    """--time 3 min after a frame of a 6-min store is an error naming the frame before and after (not a
+    forecast silently made from the frame before), raised before the model loads."""
     from pipeline.predict import predict
 
-    times, frames = _store_arrays(store)
-    res = predict(_cfg(out_dir=tmp_path, store=store, time=int(times[7]) + 200, gif=False))
-    assert res.input_times_s[-1] == int(times[7]) and res.gif_path is None
-    assert np.array_equal(hko7.decode_frame(res.paths[0].read_bytes()), frames[7])
+    times, _ = _store_arrays(store)
+    t = int(times[7]) + 180
+    with pytest.raises(NowcastError, match="not on the store's cadence") as exc:
+        predict(_cfg("models:/not-loaded@champion", out_dir=tmp_path, store=store, time=t))
+    assert f"use {iso_utc(times[7])} or {iso_utc(times[8])}" in str(exc.value) and exc.value.exit_code == 2
+    assert not tmp_path.joinpath("forecast_01.png").exists() and list(tmp_path.iterdir()) == []
+
+
+def test_out_of_range_time_hints_name_the_usable_range(store, tmp_path):
+    """The store's own first frame is not called "outside the store": it is too early for the model's 5
+    input frames, and the hint names the first usable time; a time after the store is outside it."""
+    from pipeline.predict import predict
+
+    times, _ = _store_arrays(store)
+    with pytest.raises(NowcastError, match=r"is too early: the model takes the 5 frames up to it") as exc:
+        predict(_cfg(out_dir=tmp_path, store=store, time=int(times[0])))
+    assert f"pick a time from {iso_utc(times[4])} to {iso_utc(times[-1])}" in str(exc.value)
+    assert "outside" not in str(exc.value)
+    with pytest.raises(NowcastError, match=r"is outside the store \(the store covers") as exc:
+        predict(_cfg(out_dir=tmp_path, store=store, time=int(times[-1]) + 360))
+    assert f"pick a time from {iso_utc(times[0])} to {iso_utc(times[-1])}" in str(exc.value)
+    res = predict(_cfg(out_dir=tmp_path, store=store, time=int(times[4]), gif=False))
+    assert res.input_times_s == [int(x) for x in times[:5]]
 
 
 def test_default_time_is_the_last_frame(store, tmp_path):
@@ -164,19 +187,23 @@ def test_bad_inputs_raise(store, tmp_path):
     times, _ = _store_arrays(store)
     frames = np.zeros((5, 16, 16), np.uint8)
     pngs = _write_pngs(tmp_path / "in", frames)
+    both = "give the inputs either as a store"
     cases = [  # the config's own checks fail on construction, the others in predict
-        dict(out_dir=tmp_path),  # no inputs
-        dict(out_dir=tmp_path, store=store, input_pngs=pngs),  # both
-        dict(out_dir=tmp_path, input_pngs=pngs[:3]),  # wrong count
-        dict(out_dir=tmp_path, input_pngs=pngs[:4] + [tmp_path / "x.png"]),  # missing file
-        dict(out_dir=tmp_path, store=store, time=int(times[2])),  # not 5 frames before it
-        dict(out_dir=tmp_path, store=store, time="2016-01-01T00:00"),  # after the store
-        dict(out_dir=tmp_path, store=tmp_path / "nope.zarr"),  # no store
-        dict(out_dir=tmp_path, store=store, format="tiff"),  # format
-        dict(out_dir=tmp_path, input_pngs=pngs, time="2015-06-01T00:00"),  # time with PNGs
+        (dict(out_dir=tmp_path), both),  # no inputs
+        (dict(out_dir=tmp_path, store=store, input_pngs=pngs), both),
+        (dict(out_dir=tmp_path, input_pngs=pngs[:3]), "takes 5 input frames but 3 PNG"),
+        (dict(out_dir=tmp_path, input_pngs=pngs[:4] + [tmp_path / "x.png"]), "x.png does not exist"),
+        (dict(out_dir=tmp_path, store=store, time=int(times[2])), "is too early"),  # not 5 frames before it
+        (dict(out_dir=tmp_path, store=store, time="2016-01-01T00:00"), "is outside the store"),
+        (dict(out_dir=tmp_path, store=tmp_path / "nope.zarr"), "no store at"),
+        (dict(out_dir=tmp_path, store=store, format="tiff"), "unknown format 'tiff'"),
+        (
+            dict(out_dir=tmp_path, input_pngs=pngs, time="2015-06-01T00:00"),
+            "--time applies to --store inputs",
+        ),
     ]
-    for kw in cases:
-        with pytest.raises(NowcastError):
+    for kw, message in cases:
+        with pytest.raises(NowcastError, match=message):
             predict(_cfg(**kw))
 
 
@@ -191,7 +218,7 @@ def test_bad_pngs_raise(tmp_path):
     # an RGB image is not an HKO-7 frame
     rgb = _write_pngs(tmp_path / "b", frames)
     Image.new("RGB", (16, 16)).save(rgb[0])
-    with pytest.raises(NowcastError):
+    with pytest.raises(NowcastError, match="cannot use input frame .*HKO-7 encoding"):
         predict(_cfg(out_dir=tmp_path, input_pngs=rgb))
     # sizes differ
     mixed = _write_pngs(tmp_path / "c", frames)
@@ -214,9 +241,9 @@ def test_missing_input_frame_raises(tmp_path, hand_archive):
     t_last = int(np.datetime64("2015-06-01T00:00", "s").astype(np.int64)) + 10 * 360
     with pytest.raises(NowcastError, match="missing"):
         predict(_cfg(out_dir=tmp_path / "o", store=tmp_path / "s.zarr", time=t_last))
-    # a time inside the gap: no frame in the 6 min up to it
+    # the time of the missing frame: no frame in the 6 min up to it
     with pytest.raises(NowcastError, match="no frame"):
-        predict(_cfg(out_dir=tmp_path / "o", store=tmp_path / "s.zarr", time=t_last - 2 * 360 + 60))
+        predict(_cfg(out_dir=tmp_path / "o", store=tmp_path / "s.zarr", time=t_last - 2 * 360))
     # frames 2..6 exist: fine
     res = predict(_cfg(out_dir=tmp_path / "o", store=tmp_path / "s.zarr", time=t_last - 4 * 360, gif=False))
     assert len(res.paths) == 20
@@ -237,7 +264,7 @@ def test_checkpoint_size_must_match_inputs(tmp_path):
     assert len(res.paths) == 20 and json.loads((ckpt / "model_config.json").read_text())["height"] == 32
 
 
-# ---------------------------------------------------------------- issue 10: safe outputs, masks, early checks
+# ---------------------------------------------------------------- safe outputs, masks, early checks
 def test_symlinks_in_out_dir_are_never_written_through(store, tmp_path):
     from pipeline.predict import predict
 

@@ -17,7 +17,7 @@ def test_progress_bar_advances():
 
 
 def test_without_a_terminal_progress_is_plain_lines(capsys):
-    """Issue 10 item 16: piped output got blank lines from the live bar; now one plain line per tenth."""
+    """Piped (non-terminal) output gets one plain progress line per tenth, no blank lines of a live bar."""
     assert list(track(range(25), "evaluate persistence")) == list(range(25))
     lines = capsys.readouterr().out.splitlines()
     assert lines and all(line.startswith("evaluate persistence: ") for line in lines)

@@ -88,7 +88,7 @@ def test_driver_link_relays_lines_and_reports_a_gone_driver(capsys):
         assert "[train] hello from a worker" in out, out
         assert not started or "[ray] started a local Ray; Ray's own logs: " in out, out
         ray.kill(link.actor)  # what the driver's death does to the actor it owns (ray.kill is asynchronous)
-        with pytest.raises(DriverGone):
+        with pytest.raises(DriverGone, match="the driver of this run is gone"):
             for _ in range(300):
                 link.check()
                 time.sleep(0.1)

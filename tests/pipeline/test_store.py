@@ -93,9 +93,9 @@ def test_open_store_errors(tmp_path, small_store):
 
 
 def test_layout_validation():
-    with pytest.raises(NowcastError):
+    with pytest.raises(NowcastError, match=r"shard_frames \(10\) must be a multiple of chunk_frames \(3\)"):
         st.StoreLayout(chunk_frames=3, shard_frames=10)
-    with pytest.raises(NowcastError):
+    with pytest.raises(NowcastError, match="unknown compressor 'lzma'"):
         st.StoreLayout(compressor="lzma")
     assert st.StoreLayout(chunk_frames=5, shard_frames=None).unit_frames == 5
     assert st.StoreLayout(chunk_frames=1, shard_frames=120).unit_frames == 120
@@ -150,7 +150,7 @@ def test_shard_file_reader_matches_zarr(tmp_path, chunk, shard, compressor, dtyp
     with pytest.raises(st.ChunkDamage, match="shard file a.zarr/c/1/0/0 is missing") as info:
         reader.read(0, n, np.empty((n, 6, 5), dtype=data.dtype))
     assert (info.value.lo, info.value.hi) == (shard, 2 * shard)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="do not fit the array"):
         reader.read(0, n + 1, np.empty((n + 1, 6, 5), dtype=data.dtype))
 
 

@@ -1,4 +1,4 @@
-"""Issue 10, item 6: a damaged store is an error naming the frames in every reader path (the
+"""A damaged store is an error naming the frames in every reader path (the
 training dataset, evaluate, predict) and in ``nowcast info --verify``, never different scores."""
 
 from __future__ import annotations
@@ -125,7 +125,7 @@ def test_damage_is_an_error_naming_the_frames_in_every_reader_path(intact, tmp_p
     assert problem in damaged["problem"] and damaged["times"][0] == when
     result = runner.invoke(cli.app, ["info", str(store), "--verify"])
     assert result.exit_code == 1
-    assert "1 damaged range(s)" in result.output and problem in result.output
+    assert "damage(s) found" in result.output and problem in result.output
     result = runner.invoke(cli.app, ["info", str(intact), "--verify"])
     assert result.exit_code == 0 and "no damage" in result.output and "crc32c checksums" in result.output
 
@@ -153,3 +153,148 @@ def test_unsharded_store_damage_is_found_through_zarr_too(hand_archive, tmp_path
     chunk.write_bytes(bytes(data))
     damaged = st.Store.open(store).verify()["damaged"]
     assert [(d["array"], d["rows"]) for d in damaged] == [("frames", [4, 7]), ("masks", [8, 11])]
+
+
+def _copy(intact: Path, tmp_path: Path, name: str) -> Path:
+    store = tmp_path / f"{name}.zarr"
+    shutil.copytree(intact, store)
+    return store
+
+
+def _flip_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+def _verify_cli(store: Path) -> str:
+    result = runner.invoke(cli.app, ["info", str(store), "--verify"])
+    assert result.exit_code == 1, result.output
+    return result.output
+
+
+@pytest.mark.parametrize(
+    "array", ["time", "present", "catalog/test/sequent_starts_s", "catalog/train/random_starts_s"]
+)
+def test_verify_finds_a_bit_flip_in_every_1d_array(intact, tmp_path, array):
+    """A flipped bit in time, present or a catalog fails that array's crc32c: `info --verify` names the array
+    and exits 1, and a stage reading it gets a one-line error naming it (not different counts or scores)."""
+    store = _copy(intact, tmp_path, array.replace("/", "_"))
+    _flip_byte(store / array / "c" / "0")
+    report = st.Store.open(store).verify()
+    assert any(line.startswith(f"{array}:") and "checksum" in line for line in report["problems"])
+    assert f"{array}: " in _verify_cli(store)
+    with pytest.raises(NowcastError, match=f"damaged: array {array} cannot be read"):
+        st.read_vector(st.open_store(store), array)
+
+
+def test_verify_finds_a_shard_copied_over_another(intact, tmp_path):
+    """Shard files pass their own checksums wherever they lie; the digest ingest recorded for each position
+    finds one copied over another (frames or masks)."""
+    store = _copy(intact, tmp_path, "copied")
+    for name in ("frames", "masks"):
+        shutil.copyfile(store / name / "c" / "0" / "0" / "0", store / name / "c" / "1" / "0" / "0")
+    report = st.Store.open(store).verify()
+    assert report["damaged"] == []  # every chunk decodes and matches its crc32c
+    for name in ("frames", "masks"):
+        assert any(
+            line.startswith(f"{name}/c/1/0/0: not the content ingest wrote") for line in report["problems"]
+        )
+    assert "frames/c/1/0/0: not the content ingest wrote at this position" in _verify_cli(store)
+    assert st.Store.open(intact).verify()["problems"] == []
+
+
+def _rewrite(store: Path, name: str, values: np.ndarray) -> None:
+    """Rewrite a 1-D array with valid checksums (damage no crc32c can see)."""
+    st.write_vector(st.open_store(store, mode="r+"), name, values)
+
+
+def test_verify_checks_time_against_order_and_cadence(intact, tmp_path):
+    """A time axis rewritten with valid checksums is found: rows out of order, a time off the cadence."""
+    time_s = st.Store.open(intact).time_s
+    swapped = time_s.copy()
+    swapped[[3, 4]] = swapped[[4, 3]]
+    store = _copy(intact, tmp_path, "swapped")
+    _rewrite(store, "time", swapped)
+    problems = st.Store.open(store).verify()["problems"]
+    assert any(p.startswith("time: not strictly ascending at 1 row(s) (first: rows 3-4") for p in problems)
+    shifted = time_s.copy()
+    shifted[10] += 60
+    store = _copy(intact, tmp_path, "shifted")
+    _rewrite(store, "time", shifted)
+    problems = st.Store.open(store).verify()["problems"]
+    assert any(
+        p.startswith("time: 1 time(s) off the store's cadence of 360 s (first: row 10") for p in problems
+    )
+    assert "off the store's cadence" in _verify_cli(store)
+
+
+def test_verify_checks_present_against_ingest_and_the_catalog(intact, tmp_path):
+    """`present` rewritten with valid checksums (a usable frame inside a test clip marked absent): its count
+    differs from ingest's, and the test catalog no longer agrees with time[present] under the clip rule."""
+    handle = st.Store.open(intact)
+    present = handle.present.copy()
+    present[_first_test_clip_row(intact)] = False
+    store = _copy(intact, tmp_path, "present")
+    _rewrite(store, "present", present)
+    problems = st.Store.open(store).verify()["problems"]
+    assert (
+        f"present: {int(present.sum())} usable frames, but ingest recorded {int(handle.present.sum())}"
+        in problems
+    )
+    assert any(
+        p.startswith("catalog/test/random_starts_s: does not agree with time and present") for p in problems
+    )
+    assert any(p.startswith("present/c/0: not the content ingest wrote") for p in problems), problems
+
+
+def test_verify_of_a_store_before_version_3_says_what_it_cannot_check(intact, tmp_path):
+    """A store of an older ingest (no file digests, 1-D arrays without checksums) still verifies, and the
+    report says which checks it cannot make."""
+    store = _copy(intact, tmp_path, "old")
+    group = st.open_store(store, mode="r+")
+    time_s = np.asarray(group["time"][:])
+    group.create_array(
+        "time", shape=time_s.shape, dtype="int64", chunks=(65536,), fill_value=0, overwrite=True
+    )
+    group["time"][:] = time_s
+    attrs = dict(group.attrs)
+    del attrs[st.FILE_DIGESTS]
+    group.attrs.put({**attrs, "ingest_version": 2})
+    report = st.Store.open(store).verify()
+    assert report["problems"] == [] and report["damaged"] == []
+    assert any(line.startswith("time carry no checksums") for line in report["unchecked"])
+    assert any("a shard file copied over another is not found" in line for line in report["unchecked"])
+    result = runner.invoke(cli.app, ["info", str(store), "--verify"])
+    assert result.exit_code == 0 and "not checked: no per-file digests recorded" in result.output
+
+
+def test_stages_take_the_open_store_handle(intact, tmp_path, monkeypatch):
+    """evaluate, compare_models and predict use a Store handed to them (as demo does) without opening the
+    store again; a Store also stands for its path."""
+    from pipeline.evaluate import EvaluateConfig, compare_models, evaluate
+    from pipeline.predict import PredictConfig, predict
+
+    handle = st.Store.open(intact)
+    assert st.Store.of(handle) is handle and Path(handle) == handle.path == intact.resolve()
+
+    def no_second_open(*args, **kwargs):
+        raise AssertionError("the store was opened again")
+
+    monkeypatch.setattr(st.Store, "open", no_second_open)
+    scored = evaluate(
+        EvaluateConfig(
+            store=handle,
+            model_uri="persistence",
+            log_to_mlflow=False,
+            max_clips=2,
+            out_json=tmp_path / "e.json",
+        )
+    )
+    assert scored.n_clips == 2
+    compared = compare_models(handle, ["persistence"], max_clips=2, log_to_mlflow=False)
+    assert compared.n_clips == 2
+    forecast = predict(
+        PredictConfig(model_uri="persistence", out_dir=tmp_path / "f", store=handle, gif=False)
+    )
+    assert len(forecast.paths) == 20

@@ -20,7 +20,7 @@ def test_parse_time():
         t,
     ):
         assert parse_time_s(value) == t
-    with pytest.raises(NowcastError):
+    with pytest.raises(NowcastError, match="cannot read the time 'yesterday'"):
         parse_time_s("yesterday")
     assert parse_time_s("2015-06-04T20:00+08:00") == t  # an offset is honoured
     assert parse_time_s(np.int64(t)) == t and parse_time_s(float(t)) == t

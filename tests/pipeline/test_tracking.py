@@ -128,7 +128,7 @@ def test_version_score_is_the_registered_weights_score_not_the_runs_last(sqlite_
 
 
 def test_a_version_without_a_validation_score_never_becomes_champion(sqlite_uri):
-    """Issue 10 item 12: an empty validation split gives no score; such a version is registered but
+    """An empty validation split gives no score; such a version is registered but
     is not champion, not even as the first version; `nowcast promote` refuses it without --force."""
     import mlflow
 
@@ -180,8 +180,21 @@ def test_skill_metric_names_are_one_scheme():
     assert tracking.CHAMPION_METRIC == "valid_champion_score"
 
 
-def test_promote_unknown_version_is_a_nowcast_error(sqlite_uri):
-    with pytest.raises(NowcastError, match="cannot set alias"):
+def test_promote_unknown_version_is_a_nowcast_error(sqlite_uri, tmp_path):
+    """Promoting a version that does not exist names the versions the registry holds (with their
+    aliases), or the registered names, and gives a working command to browse the registry."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    client.create_registered_model("promo-list")
+    for _ in range(2):
+        client.create_model_version("promo-list", source=tmp_path.as_uri())
+    client.set_registered_model_alias("promo-list", "champion", "2")
+    browse = f"browse the registry with `mlflow ui --backend-store-uri {sqlite_uri}`"
+    with pytest.raises(NowcastError, match="cannot set alias") as exc:
+        tracking.promote("promo-list", 7)
+    assert f"promo-list has version(s) 1, 2 (champion); {browse}" in str(exc.value)
+    with pytest.raises(NowcastError, match=r"no model is registered as 'nope' \(registered: .*promo-list"):
         tracking.promote("nope", 3)
     with pytest.raises(NowcastError, match="not found"):
         load_forecaster("models:/nope@champion", tracking_uri=sqlite_uri)
@@ -246,7 +259,7 @@ def test_register_and_champion_against_real_mlflow_server(tmp_path):
     mlflow.set_tracking_uri("")
 
 
-# ------------------------------------------------------------------ issue 10 item 2: names and filters
+# ------------------------------------------------------------------ names and filters
 def test_run_names_with_quotes_are_found_not_injected(sqlite_uri):
     """The search filter quotes the value; a quote in a name neither breaks nor widens the search."""
     ids = {}

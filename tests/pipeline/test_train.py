@@ -484,7 +484,7 @@ def test_worker_crash_is_recovered_from_last_checkpoint(
     assert _same_weights(_weights(res.checkpoint_path), _weights(reference_run[1].checkpoint_path))
 
 
-# ====================================================================== issue 10: hardening
+# ============================================================ hardening: bad input, resume, recovery
 class _RunsCode:
     """A pickle payload that would run a command when unpickled (it touches a marker file)."""
 
@@ -521,7 +521,8 @@ def _no_ray(monkeypatch):
 
 
 def test_config_values_are_typed_and_checked_before_anything_starts():
-    """Issue 10 item 11."""
+    """Config values are coerced to their types (YAML's "1e-3" -> 0.001) or refused with a message naming
+    the option, before anything starts."""
     cfg = tr.TrainConfig(store="s", lr="1e-3", steps="10", beta1=0.5)  # YAML reads 1e-3 as text
     assert cfg.lr == 0.001 and cfg.steps == 10
     bad = [
@@ -543,7 +544,7 @@ def test_config_values_are_typed_and_checked_before_anything_starts():
         dict(mse_weight=0, mae_weight=0),
     ]
     for kw in bad:
-        with pytest.raises(NowcastError) as exc:
+        with pytest.raises(NowcastError, match=next(iter(kw)).replace("_", "[-_]")) as exc:
             tr.TrainConfig(store="s", **kw)
         assert exc.value.exit_code == 2, kw
 
@@ -606,8 +607,8 @@ def test_a_second_train_of_the_same_run_is_refused_with_the_holders_pid(store, t
 
 
 def test_cli_config_file_keys_of_cli_options_and_bad_values(tmp_path, monkeypatch):
-    """Issue 10 item 11: `workers`, `store`, `preset`, `tracking_uri` in --config crashed; `steps: 2.5`
-    failed only after Ray started. The command line wins over the file, the file over the defaults."""
+    """`workers`, `store`, `preset`, `tracking_uri` in --config are taken; `steps: 2.5` fails before Ray
+    starts. The command line wins over the file, the file over the defaults."""
     from typer.testing import CliRunner
 
     import cli
@@ -647,7 +648,7 @@ def test_cli_config_file_keys_of_cli_options_and_bad_values(tmp_path, monkeypatc
 
 
 def test_run_name_cannot_leave_the_storage_path(tmp_path):
-    """Issue 10 item 2: `--run-name ../../x` wrote checkpoints outside --storage-path."""
+    """`--run-name ../../x` is refused: checkpoints never go outside --storage-path."""
     from typer.testing import CliRunner
 
     import cli
@@ -669,7 +670,7 @@ def test_run_name_cannot_leave_the_storage_path(tmp_path):
 
 
 def test_empty_train_split_is_refused_before_ray_starts(store, tmp_path, monkeypatch):
-    """Issue 10 item 12: an empty train split failed after 35 s and 3 retries."""
+    """An empty train split is refused at once, before Ray starts (not after retries)."""
     _no_ray(monkeypatch)
     empty = _store_with_splits(store, tmp_path / "no-train.zarr", train=None, valid=("2015-06-01", None))
     with pytest.raises(NowcastError, match="train split .* 0 training clip") as exc:
@@ -678,7 +679,7 @@ def test_empty_train_split_is_refused_before_ray_starts(store, tmp_path, monkeyp
 
 
 def test_a_run_resumes_only_on_the_store_it_started_on(store, tmp_path, monkeypatch):
-    """Issue 10 item 13: resuming a run name on a different store resumed silently."""
+    """Resuming a run name on a different store is refused (unless --force), not done silently."""
     import shutil
 
     from pipeline.store import Store
@@ -709,7 +710,8 @@ def test_a_run_resumes_only_on_the_store_it_started_on(store, tmp_path, monkeypa
 def test_empty_validation_split_registers_a_version_that_is_not_champion(
     store, ray_cluster, sqlite_uri, tmp_path, capsys
 ):
-    """Issue 10 item 12: training with an empty validation split registered a "champion" with no score."""
+    """Training with an empty validation split registers a version that is not champion (it has no
+    score)."""
     import mlflow
 
     no_valid = _store_with_splits(
@@ -733,7 +735,7 @@ def test_empty_validation_split_registers_a_version_that_is_not_champion(
 def test_a_damaged_latest_checkpoint_is_set_aside_and_the_previous_one_resumes(
     store, ray_cluster, sqlite_uri, tmp_path, capsys
 ):
-    """Issue 10 items 9 and 1: a corrupt latest checkpoint blocked resume forever; here its train_state.pt
+    """A corrupt latest checkpoint does not block resume: here its train_state.pt
     is a pickle that would run code: it is never unpickled, it is set aside, and the run resumes from
     the previous good checkpoint, logging no step twice."""
     import mlflow
@@ -752,7 +754,7 @@ def test_a_damaged_latest_checkpoint_is_set_aside_and_the_previous_one_resumes(
     assert sorted(m.step for m in history) == list(range(1, 10))
 
 
-#: Lines of Ray's own that used to fill the terminal (issue 10 item 15).
+#: Lines of Ray's own that used to fill the terminal.
 RAY_NOISE = re.compile(
     r"\(\w+ pid=\d+|PlacementGroupCleaner|State API|Token authentication|core_worker|"
     r"INFO worker\.py|packaging\.py|PreemptionWatcher|run snapshot"
@@ -789,7 +791,7 @@ def _loss_steps(uri: str, run_name: str) -> list[int]:
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
 def test_killing_the_driver_stops_the_workers_and_no_step_is_logged_twice(store, tmp_path):
-    """Issue 10 items 10 and 15: `kill -9` of the `nowcast train` driver on a Ray cluster (a real
+    """`kill -9` of the `nowcast train` driver on a Ray cluster (a real
     `ray start --head`); the workers log and checkpoint nothing more, a resumed run logs every step exactly
     once and keeps at most num_to_keep checkpoints; the driver's output holds no Ray log lines."""
     import secrets

@@ -25,7 +25,7 @@ def test_rain_colormap_bins_follow_levels():
 
 
 def test_rain_colormap_rejects_unsorted_levels():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="at least two ascending values"):
         viz.rain_colormap((5, 2, 10))
 
 
@@ -53,9 +53,9 @@ def test_save_frames_png_default_names_and_errors(tmp_path):
     paths = viz.save_frames_png(frames, tmp_path)
     assert [p.name for p in paths] == ["forecast_01.png", "forecast_02.png"]
     assert [p.name for p in viz.save_frames_png(frames, tmp_path, names=["a", "b.png"])] == ["a.png", "b.png"]
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="frames but 1 names/times"):
         viz.save_frames_png(frames, tmp_path, names=["only-one"])
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"frames_pixel must be \(S, H, W\)"):
         viz.save_frames_png(frames[0], tmp_path)
 
 
@@ -75,7 +75,7 @@ def test_plot_skill_vs_lead_writes_png(tmp_path):
 def test_plot_skill_vs_lead_accepts_json_lists_with_none(tmp_path):
     res = {"csi": [[0.5, None], [0.4, None]], "hss": [[0.3, None], [0.2, 0.1]], "thresholds": [0.5, 2]}
     assert viz.plot_skill_vs_lead(res, tmp_path / "s.png").exists()
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="scores hold 2 thresholds but 3 threshold values"):
         viz.plot_skill_vs_lead(res, tmp_path / "t.png", thresholds=[0.5, 2, 5])
 
 
@@ -117,11 +117,11 @@ def test_forecast_gif_with_truth_is_wider_and_masks(tmp_path):
 
 
 def test_forecast_gif_rejects_bad_shapes(tmp_path):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="must have the forecast's shape"):
         viz.forecast_gif(_rain_frames(2), _rain_frames(3), _rain_frames(4), tmp_path / "x.gif")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="frame size differs"):
         viz.forecast_gif(_rain_frames(2, h=8), None, _rain_frames(4), tmp_path / "x.gif")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"mask must be \(32, 40\) or"):
         viz.forecast_gif(
             _rain_frames(2), None, _rain_frames(4), tmp_path / "x.gif", mask=np.ones((3, 3), bool)
         )

@@ -1,4 +1,4 @@
-"""Where the hko7 network's FLOPs come from (issue 12: 6.11 vs the port's 4.18 TFLOP/step).
+"""Where the hko7 network's FLOPs come from (6.11 vs the port's 4.18 TFLOP/step).
 
 Counted with ``torch.utils.flop_counter`` on the meta device (nothing is computed). The
 whole gap is the port's different network, not counting conventions or duplicated work:

@@ -102,7 +102,7 @@ def test_lead_time_weights_values():
     assert lead_time_weights(5).tolist() == [1.0, 2.0, 3.0, 4.0, 5.0]
     assert lead_time_weights(1).tolist() == [1.0]
     assert lead_time_weights(3, 2.0).tolist() == [1.0, 1.5, 2.0]
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="weight_max must be >= 1"):
         lead_time_weights(3, 0.5)
 
 

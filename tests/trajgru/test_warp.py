@@ -228,7 +228,7 @@ def test_cuda_matches_cpu(gen):
 
 @pytest.mark.parametrize("size", [(480, 480), (7, 9)])
 def test_float64_zero_flow_is_exact(size, gen):
-    """Issue 10 item 18: the float64 path builds its base grid in float64, so zero flow is
+    """The float64 path builds its base grid in float64, so zero flow is
     the identity to float64 rounding (a float32 grid cast to float64 was off by ~7e-5 at 480)."""
     clear_grid_cache()
     h, w = size

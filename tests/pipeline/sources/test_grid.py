@@ -59,7 +59,7 @@ def test_zr_parse():
     assert ZR.parse("200,1.6") == ZR(200.0, 1.6)
     assert ZR().to_attrs() == {"zr_a": 58.53, "zr_b": 1.56}
     for text in ("200", "a,b", "200,1.6,3", "-1,1.6", "200,0"):
-        with pytest.raises(NowcastError):
+        with pytest.raises(NowcastError, match=r"cannot read the Z-R relation|needs a > 0 and b > 0"):
             ZR.parse(text)
 
 
