@@ -38,7 +38,8 @@ import numpy as np
 
 from pipeline.errors import NowcastError
 from pipeline.sources.base import Frame, FrameRef, Listing, Source, dbz_to_u8, resolve_duplicates, walk_files
-from pipeline.sources.grid import ZR, FileInfo, Grid, RawFrame, fit_frame
+from pipeline.sources.grid import MAX_FRAME_PIXELS, ZR, FileInfo, Grid, RawFrame, fit_frame
+from pipeline.store import infer_interval_s
 
 #: Root-level files that belong to the archive but hold no frames (the optional day lists).
 DAY_LIST_SUFFIX = "_days.txt"
@@ -87,6 +88,9 @@ class GridSource(Source):
     block : block-average N x N pixels (over the valid pixels, in rain rate); 1 = none.
     zr : the Z-R relation for rain-rate quantities and block averages.
     source_grid : the grid every file must lie on, before crop and block; None = settled by the listing.
+    cadence_s : the archive's cadence in seconds, the accumulation period of accumulations whose files do
+        not state one; None = settled by the listing (from two or more frame times).
+    max_pixels : the largest frame (H * W) read; a file declaring more is bad (not recorded in the store).
     """
 
     variable: str | None = None
@@ -94,8 +98,10 @@ class GridSource(Source):
     block: int = 1
     zr: ZR = field(default_factory=ZR)
     source_grid: Grid | None = None
+    cadence_s: int | None = None
+    max_pixels: int = MAX_FRAME_PIXELS
 
-    options = ("variable", "crop", "block", "zr", "source_grid")
+    options = ("variable", "crop", "block", "zr", "source_grid", "cadence_s", "max_pixels")
     #: What the format calls ``variable`` in messages ("quantity", "variable").
     variable_label = "variable"
 
@@ -126,6 +132,12 @@ class GridSource(Source):
                     f"--block must be a whole number of pixels >= 1, got {block!r}", exit_code=2
                 )
             changes["block"] = int(block)
+        if "max_pixels" in changes:
+            limit = changes["max_pixels"]
+            if isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 1:
+                raise NowcastError(
+                    f"--max-frame-pixels must be a whole number >= 1, got {limit!r}", exit_code=2
+                )
         if isinstance(changes.get("source_grid"), dict):
             changes["source_grid"] = Grid.from_attrs(changes["source_grid"])
         return replace(self, **changes)
@@ -148,6 +160,7 @@ class GridSource(Source):
             "zr": self.zr.to_attrs(),
             "source_grid": self.source_grid.to_attrs() if self.source_grid is not None else None,
             "grid": grid.to_attrs() if grid is not None else None,
+            "cadence_s": self.cadence_s,
         }
 
     # ------------------------------------------------------------------ listing
@@ -178,8 +191,11 @@ class GridSource(Source):
         chosen, dup = resolve_duplicates(
             claims, same=lambda a, b: reader._same_frame(root, a, b), path=lambda ref: ref.path
         )
+        frames = sorted(chosen.values())
         settled = {} if grid is None else {"variable": variable, "source_grid": grid}
-        return Listing(sorted(chosen.values()), bad + dup, settled)
+        if grid is not None and self.cadence_s is None and len(frames) > 1:
+            settled["cadence_s"] = infer_interval_s(np.array([ref.time_s for ref in frames]))
+        return Listing(frames, bad + dup, settled)
 
     def _same_frame(self, root: Path, a: FrameRef, b: FrameRef) -> bool:
         """True when two frames hold the same values, mask and grid."""

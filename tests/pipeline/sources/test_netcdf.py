@@ -337,7 +337,7 @@ BAD_CASES = {
         "cannot read the projection",
     ),
     "irregular x": (lambda p: _edit(_good(p), _irregular_x), "not regularly spaced"),
-    "xy units": (lambda p: _good(p, xy_units="furlong"), "need m or km"),
+    "xy units": (lambda p: _good(p, xy_units="furlong"), "need a length"),
     "extra dimension": (lambda p: _good(p, extra_dim=2), "height=2"),
 }
 
