@@ -9,7 +9,11 @@ What is read
   :data:`RAIN_NAMES`) or, without one, by ``units``:
   reflectivity in dBZ (or linear Z in mm6 m-3, taken to dBZ), rain rate in mm/h, kg m-2 s-1, mm s-1,
   m s-1, ... (:data:`RAIN_UNITS_TO_MM_H`), taken to dBZ through the Z-R relation (negative rates count
-  as 0; a rate of 0 is "valid, no echo", -inf dBZ).
+  as 0; a rate of 0 is "valid, no echo", -inf dBZ). Accumulations (:data:`ACCUMULATION_NAMES`, in mm,
+  kg m-2, cm or m; without a standard name, units mm or kg m-2) become rates over their period: from the
+  time variable's CF ``bounds``, else a ``start_time`` variable (BoM Rainfields), else the archive's
+  cadence (``cadence_s``, settled by the listing); a frame's time is the END of its period, as pysteps
+  and the providers label it.
 - Values are decoded by xarray (``scale_factor``, ``add_offset``); NaN, ``_FillValue`` and
   ``missing_value`` mean not valid (mask False), and so do values outside ``valid_min``/``valid_max``
   or ``valid_range`` (given in the packed units, as CF says: compared with the packed values).
@@ -21,10 +25,15 @@ What is read
   proleptic_gregorian, julian) give the true instant; for model calendars (noleap, all_leap,
   360_day, ...) the date as written is taken as a Gregorian date, and one that does not exist there
   (360_day's 30 February) is a reason. Times within a file must be strictly increasing.
-  A variable without a time dimension takes a scalar time coordinate.
+  A variable without a time dimension takes a scalar time: one of its coordinates, else a scalar
+  variable CF marks as time (``standard_name: time``, ``axis: T`` or named ``time``; BoM's
+  ``valid_time``). A time dimension of length 1 is one frame too.
+- Size: a variable whose y x x size exceeds ``max_pixels``
+  (:data:`~pipeline.sources.grid.MAX_FRAME_PIXELS`) is refused from its declared shape, before reading.
 - Grid: the CF ``grid_mapping`` variable (``pyproj.CRS.from_cf``; with none, longitude/latitude
   coordinates mean a regular lon/lat grid and projection coordinates are a reason), the x/y
-  coordinates (cell centres, m or km; they must be regularly spaced). Arrays are returned north-up
+  coordinates (cell centres in any length unit PROJ knows: m, km, kilometers, ft, ...; they must be
+  regularly spaced). Arrays are returned north-up
   (row 0 = largest y) and west-to-east, whatever order the file stores.
 
 The forecast writer :func:`write_forecast` writes rain rate in mm/h with CF time, forecast reference
@@ -90,9 +99,19 @@ ACCUMULATION_NAMES = (
     "lwe_thickness_of_rainfall_amount",
 )
 #: Accumulation units (normalised) -> factor to mm. 1 kg m-2 of water is 1 mm.
-AMOUNT_UNITS_TO_MM = {"mm": 1.0, "kgm-2": 1.0, "kg/m2": 1.0, "cm": 10.0, "m": 1000.0}
+AMOUNT_UNITS_TO_MM = {
+    "mm": 1.0,
+    "millimetre": 1.0,
+    "millimetres": 1.0,
+    "kgm-2": 1.0,
+    "kg/m2": 1.0,
+    "cm": 10.0,
+    "m": 1000.0,
+    "metre": 1000.0,
+    "metres": 1000.0,
+}
 #: Accumulation units recognised without a standard name (``m`` alone could be anything).
-_AMOUNT_UNITS_ALONE = ("mm", "kgm-2", "kg/m2")
+_AMOUNT_UNITS_ALONE = ("mm", "millimetre", "millimetres", "kgm-2", "kg/m2")
 #: Reflectivity units (normalised) in dBZ, and linear Z in mm^6 m^-3.
 DBZ_UNITS = ("dbz",)
 LINEAR_Z_UNITS = ("mm6m-3", "mm6/m3")
