@@ -40,7 +40,6 @@ frames (and the last, partial unit) are written.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import itertools
 import json
 import logging
@@ -51,6 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import dask
+import google_crc32c
 import numpy as np
 import zarr
 from dask.distributed import Client, LocalCluster, as_completed
@@ -231,10 +231,11 @@ def ingest_unit(store_path: str, source: Source, archive: str, unit: int, i0: in
 
 
 def file_stamp(path: Path) -> list | None:
-    """``[size, mtime_ns, blake2b hex digest]`` of a file as ingest read it; None when it is gone."""
+    """``[size, mtime_ns, crc32c of the bytes]`` of a file as ingest read it (crc32c: hardware-accelerated,
+    a fraction of the file's decode time; it detects changes, not tampering); None when it is gone."""
     try:
         info = os.stat(path, follow_symlinks=False)
-        digest = hashlib.blake2b(path.read_bytes(), digest_size=16).hexdigest()
+        digest = int(google_crc32c.value(path.read_bytes()))
     except OSError:
         return None
     return [int(info.st_size), int(info.st_mtime_ns), digest]

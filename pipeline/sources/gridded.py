@@ -14,7 +14,11 @@ Listing (:meth:`GridSource.list_frames`)
   file's on a tie); files that offer another are scanned again for it.
 - The grid: the configured ``source_grid`` (a store's, on resume or append), else the most common
   grid of the files (the first file's on a tie). A file on another grid is reported with the
-  difference. The listing settles both (``Listing.settled``), and ingest configures the source with them.
+  difference.
+- The cadence (``cadence_s``): the configured one (a store's), else the most common step between the
+  archive's times (``store.infer_interval_s``; none for a single time): the period of accumulations
+  whose files state none. The listing settles the three (``Listing.settled``), and ingest configures
+  the source with them.
 - Two files (or two frames) for one time: identical frames keep the smallest path, frames that
   differ are all reported and the time is missing (:func:`~pipeline.sources.base.resolve_duplicates`).
 
@@ -187,15 +191,16 @@ class GridSource(Source):
                 continue
             for index, time_s in enumerate(info.times_s):
                 claims.setdefault(int(time_s), []).append(FrameRef(int(time_s), rel, index))
-        reader = replace(self, variable=variable)  # duplicates are compared on the settled variable
+        cadence_s = self.cadence_s
+        if cadence_s is None and len(claims) > 1:
+            cadence_s = infer_interval_s(np.fromiter(claims, dtype=np.int64))
+        # duplicates are compared as they will be read: the settled variable and cadence
+        reader = replace(self, variable=variable, cadence_s=cadence_s)
         chosen, dup = resolve_duplicates(
             claims, same=lambda a, b: reader._same_frame(root, a, b), path=lambda ref: ref.path
         )
-        frames = sorted(chosen.values())
-        settled = {} if grid is None else {"variable": variable, "source_grid": grid}
-        if grid is not None and self.cadence_s is None and len(frames) > 1:
-            settled["cadence_s"] = infer_interval_s(np.array([ref.time_s for ref in frames]))
-        return Listing(frames, bad + dup, settled)
+        settled = {} if grid is None else {"variable": variable, "source_grid": grid, "cadence_s": cadence_s}
+        return Listing(sorted(chosen.values()), bad + dup, settled)
 
     def _same_frame(self, root: Path, a: FrameRef, b: FrameRef) -> bool:
         """True when two frames hold the same values, mask and grid."""
