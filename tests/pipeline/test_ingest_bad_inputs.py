@@ -105,3 +105,18 @@ def test_files_declaring_huge_frames_are_bad_and_the_ingest_goes_on(tmp_path):
     np.testing.assert_array_equal(st.Store.open(tmp_path / "s.zarr").time_s, arch.times_s())
     with pytest.raises(NowcastError, match="more than the limit of 1,000"):
         run(arch.root, tmp_path / "t.zarr", max_frame_pixels=1000)
+
+
+def test_cli_options_set_the_time_window_and_the_frame_size_limit(tmp_path):
+    """`nowcast ingest --latest` reports later frames as bad; `--max-frame-pixels` below the frame size is
+    a one-line error naming the limit."""
+    arch = gd.odim_archive(tmp_path / "a", 6)
+    late = gd.T0_S + 3 * gd.IV
+    base = ["ingest", str(arch.root), "--workers", "0"]
+    result = runner.invoke(cli.app, [*base[:2], str(tmp_path / "s.zarr"), *base[2:], "--latest", str(late)])
+    assert result.exit_code == 0, result.output
+    assert "4 frames" in result.output and "2 bad files" in result.output
+    result = runner.invoke(
+        cli.app, [*base[:2], str(tmp_path / "t.zarr"), *base[2:], "--max-frame-pixels", "100"]
+    )
+    assert result.exit_code == 1 and "more than the limit of 100" in result.output, result.output
