@@ -433,6 +433,10 @@ def _is_time(var: xr.DataArray) -> bool:
     return " since " in str(var.attrs.get("units", ""))
 
 
+#: Scalar times that are not the frame's time (the start of its period, the forecast's issue time).
+_NOT_THE_TIME = ("start_time", "forecast_reference_time", "reference_time")
+
+
 def _names_time(var: xr.DataArray) -> bool:
     """True for a variable CF marks as the time coordinate (standard_name time, axis T, or named time)."""
     return (
@@ -447,15 +451,21 @@ def _times(ds: xr.Dataset, var: xr.DataArray) -> tuple[str | None, xr.DataArray,
 
     The time is the coordinate variable of one of ``var``'s dimensions; else a scalar time: one of
     ``var``'s coordinates, else a scalar variable of the file CF marks as time (a file per time, e.g.
-    BoM Rainfields' ``valid_time``)."""
+    BoM Rainfields' ``valid_time``), else the only other scalar with time units that is not a start
+    or reference time."""
     time_dim = next((d for d in var.dims if d in ds.variables and _is_time(ds[d])), None)
     if time_dim is not None:
         time_var = ds[time_dim]
     else:
         scalars = [ds[c] for c in var.coords if ds[c].ndim == 0 and _is_time(ds[c])]
-        scalars += [
-            ds[n] for n, v in ds.variables.items() if v.ndim == 0 and _is_time(v) and _names_time(ds[n])
+        timed = [ds[n] for n, v in ds.variables.items() if v.ndim == 0 and _is_time(v)]
+        scalars += [v for v in timed if _names_time(v)]
+        unmarked = [
+            v
+            for v in timed
+            if not ({v.name, v.attrs.get("standard_name")} & set(_NOT_THE_TIME) or _names_time(v))
         ]
+        scalars += unmarked if len(unmarked) == 1 else []  # the one other scalar time, even unmarked
         if not scalars:
             raise _Bad(
                 f"variable {var.name} has no time: need a time coordinate with units '<unit> since <date>'"

@@ -206,6 +206,7 @@ class CfSpec:
     start_time: np.ndarray | None = None  # (T,) a "start_time" variable in time_units (BoM Rainfields)
     time_name: str = "time"  # the time variable's name (BoM: valid_time)
     time_coordinate: bool = True  # a scalar time is named in the variable's ``coordinates``
+    time_standard_name: bool = True  # the time variable has standard_name "time"
 
 
 def write_cf(path: Path, spec: CfSpec) -> Path:
@@ -230,7 +231,8 @@ def write_cf(path: Path, spec: CfSpec) -> Path:
         nc.createDimension("x", w)
         tdims = ("time",) if spec.time_dim else ()
         t = nc.createVariable(spec.time_name, "f8", tdims)
-        t.standard_name = "time"
+        if spec.time_standard_name:
+            t.standard_name = "time"
         t.units = spec.time_units
         if spec.calendar is not None:
             t.calendar = spec.calendar

@@ -537,9 +537,11 @@ def test_accumulation_over_time_bounds_is_a_rate_at_the_period_end(tmp_path, sta
         _assert_rate(frame, amount, 10 / 60)
 
 
-def test_accumulation_with_scalar_valid_time_and_start_time(tmp_path):
-    """The BoM Rainfields layout: no time dimension, a scalar ``valid_time`` (standard_name time, not in
-    the variable's coordinates) and a ``start_time``: one frame at valid_time, rate over the 6 minutes."""
+@pytest.mark.parametrize("marked", [True, False])
+def test_accumulation_with_scalar_valid_time_and_start_time(tmp_path, marked):
+    """The BoM Rainfields layout: no time dimension, a scalar ``valid_time`` (standard_name time, or no
+    standard name: the one scalar time besides start_time; not in the variable's coordinates) and a
+    ``start_time``: one frame at valid_time, rate over the 6 minutes."""
     amounts = _amounts(1)
     spec = CfSpec(
         amounts,
@@ -551,6 +553,7 @@ def test_accumulation_with_scalar_valid_time_and_start_time(tmp_path):
         time_dim=False,
         time_name="valid_time",
         time_coordinate=False,
+        time_standard_name=marked,
         start_time=np.array([1440.0]),
         xy_units="km",
     )
