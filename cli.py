@@ -286,7 +286,7 @@ def ingest(
         f"{result.frames_per_s:.0f} frames/s; {result.n_bad} bad files"
     )
     if result.n_bad:
-        typer.echo(f"bad files (treated as missing frames; full list in {result.report_path}):")
+        typer.echo(f"bad files, each with its reason (full list in {result.report_path}):")
         for item in list(result.bad_files)[:10]:
             typer.echo(f"  {item}")
     if result.n_skipped_old:
