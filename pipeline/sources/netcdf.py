@@ -28,7 +28,7 @@ What is read
   A variable without a time dimension takes a scalar time: one of its coordinates, else a scalar
   variable CF marks as time (``standard_name: time``, ``axis: T`` or named ``time``; BoM's
   ``valid_time``). A time dimension of length 1 is one frame too.
-- Size: a variable whose y x x size exceeds ``max_pixels``
+- Size: a variable whose y x x size, or whose storage chunk, exceeds ``max_pixels``
   (:data:`~pipeline.sources.grid.MAX_FRAME_PIXELS`) is refused from its declared shape, before reading.
 - Grid: the CF ``grid_mapping`` variable (``pyproj.CRS.from_cf``; with none, longitude/latitude
   coordinates mean a regular lon/lat grid and projection coordinates are a reason), the x/y
@@ -325,6 +325,12 @@ class _Layout:
         too_large = frame_size_problem(var.sizes[self.y_dim], var.sizes[self.x_dim], max_pixels)
         if too_large:
             raise _Bad(f"variable {self.name}: {too_large}")
+        chunk = int(np.prod(var.encoding.get("chunksizes") or (1,)))
+        if chunk > max_pixels:  # reading one frame decompresses whole chunks (several times each)
+            raise _Bad(
+                f"variable {self.name} is stored in chunks of {chunk:,} values, more than the limit of "
+                f"{max_pixels:,} (--max-frame-pixels): refused before reading"
+            )
         self.other_dims = [d for d in var.dims if d not in (self.time_dim, self.y_dim, self.x_dim)]
         big = [f"{d}={var.sizes[d]}" for d in self.other_dims if var.sizes[d] != 1]
         if big:

@@ -642,3 +642,10 @@ def test_huge_declared_frame_is_refused_before_reading(tmp_path):
     small = write_cf(tmp_path / "small.nc", CfSpec(dbz_field(1), times_minutes(1)))
     assert netcdf.scan_file(small).ok
     assert "more than the limit of 100" in netcdf.scan_file(small, max_pixels=100).reason
+    times = write_cf(tmp_path / "times.nc", CfSpec(dbz_field(3), times_minutes(3)))
+    with netCDF4.Dataset(times) as nc:
+        assert nc["reflectivity"].chunking() == [3, H, W]  # one chunk holds every time
+    assert netcdf.scan_file(times, max_pixels=H * W).reason.startswith(
+        f"variable reflectivity is stored in chunks of {3 * H * W:,} values"
+    )
+    assert netcdf.scan_file(times, max_pixels=3 * H * W).ok
