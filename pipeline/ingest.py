@@ -309,8 +309,10 @@ def _plan(listing: Listing, group) -> _Plan:
     last = kept_time[-1] if n_committed else None
     listed = listing.times_s()
     new_times = listed if last is None else listed[listed > last]
-    refused = [] if last is None else [ref for ref in listing.frames if ref.time_s <= last]
-    refused = [ref for ref in refused if ref.time_s not in set(kept_time.tolist())]
+    stored = set(kept_time.tolist())
+    refused = [
+        ref for ref in listing.frames if last is not None and ref.time_s <= last and ref.time_s not in stored
+    ]
     time_s = np.concatenate([kept_time, new_times])
     by_time = {ref.time_s: ref for ref in listing.frames}
     slots = [by_time.get(t) for t in time_s.tolist()]
