@@ -25,8 +25,8 @@ How it runs
 3. One Dask task per unit reads that unit's frames and masks (``Source.read_frames``) and writes the
    whole region ``frames[i0:i1]``, ``masks[i0:i1]`` directly; then it writes a done marker (an empty
    Zarr group ``_ingest/units/u<N>`` whose attributes list the unit's bad files and the size, mtime and
-   digest of each file it read). A bad frame or mask makes the
-   whole slot zeros / mask False (never a half-written frame).
+   digest of each file it read). A bad frame or mask makes the whole slot zeros / mask False (never a
+   half-written frame).
    The store's cadence (``interval_s``) is derived from the listed frame times when the store is
    created (``store.infer_interval_s``).
 4. Finalise in the driver: ``present``, the bad-file report (attrs + a JSON report file), the clip
@@ -124,6 +124,7 @@ class IngestConfig:
     max_frame_pixels: int | None = None
     earliest_time: str | int | None = EARLIEST_TIME
     latest_time: str | int | None = None
+    until_s: int | None = None
 
     def __post_init__(self):
         check(
@@ -727,6 +728,10 @@ def _ingest_locked(
     listing = _in_time_window(source.list_frames(root), cfg)
     source = source.configure(**listing.settled)
     listing, interval_s = _on_cadence(listing, group)
+    if cfg.until_s is not None:
+        listing = Listing(
+            [f for f in listing.frames if f.time_s <= cfg.until_s], listing.bad, listing.settled
+        )
     if not listing.frames:
         if listing.bad:
             first = listing.bad[0]
