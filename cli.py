@@ -233,11 +233,23 @@ def ingest(
         help="ODIM quantity (DBZH | TH | RATE | ACRR) or NetCDF variable "
         "to read (default: reflectivity if present).",
     ),
+    max_frame_pixels: int | None = typer.Option(
+        None,
+        help="ODIM/NetCDF: refuse files declaring frames of more than this many pixels (H*W), before "
+        "reading them (default: 25000000, i.e. 5000x5000).",
+    ),
+    earliest: str | None = typer.Option(
+        "1990-01-01", help="Frames dated before this (UTC) are reported as bad files."
+    ),
+    latest: str | None = typer.Option(
+        None, help="Frames dated after this (UTC) are reported as bad files (default: now + 1 day)."
+    ),
 ) -> None:
     """Turn a radar archive into a chunked, compressed Zarr v3 store of frames, masks and clip catalogs.
 
     Resumable and idempotent: re-run after an interruption, or after new days arrive, to finish or append;
     the store's --crop, --block, --zr and --variable are reused. One ingest per store at a time.
+    Exits 1 (after writing the rest) when frames older than the store's last time were refused.
 
     Example: nowcast ingest archive/ data/store.zarr --scheduler tcp://10.0.0.5:8786
     """
@@ -260,6 +272,9 @@ def ingest(
         block=block,
         zr=zr,
         variable=variable,
+        max_frame_pixels=max_frame_pixels,
+        earliest_time=earliest,
+        latest_time=latest,
     )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
@@ -267,13 +282,19 @@ def ingest(
     for warning in caught:
         typer.secho(f"warning: {warning.message}", fg=typer.colors.YELLOW, err=True)
     typer.echo(
-        f"{result.n_frames} frames in {store} ({result.n_new_frames} new) at {result.frames_per_s:.0f} frames/s; "
-        f"{result.n_bad} bad files"
+        f"{result.n_frames} frames in {store} ({result.n_new_frames} new) at "
+        f"{result.frames_per_s:.0f} frames/s; {result.n_bad} bad files"
     )
     if result.n_bad:
-        typer.echo(f"bad files (treated as missing frames; full list in {result.report_path}):")
+        typer.echo(f"bad files, each with its reason (full list in {result.report_path}):")
         for item in list(result.bad_files)[:10]:
             typer.echo(f"  {item}")
+    if result.n_skipped_old:
+        _fail(
+            f"{result.n_skipped_old} frame(s) older than the store's last time were refused (first: "
+            f"{result.first_skipped_old}); the rest is stored; ingest into a new store to include them",
+            1,
+        )
 
 
 @command()

@@ -10,16 +10,23 @@ How it runs
    store fails at once with a message, instead of racing the first.
 1. List the archive's frames (``Source.list_frames``); files that cannot be listed are reported as bad.
    The source is configured with the options (crop, block, Z-R, variable) given now or recorded in
-   the store, which must agree. Frames whose time is off the cadence (``store.infer_cadence``: the
-   store's ``interval_s``, or the archive's for a new store) are reported and skipped.
+   the store, which must agree. Frames dated outside the accepted window (``earliest_time`` ..
+   ``latest_time``: by default 1990-01-01 .. now + 1 day) are reported as bad: one bogus date would
+   otherwise stretch the time axis over centuries. Frames whose time is off the cadence
+   (``store.infer_cadence``: the store's ``interval_s``, or the archive's for a new store) are
+   reported and skipped.
 2. Plan the time axis: the stored times plus every new frame time after the last stored time
-   (frames older than the store's last time are skipped with a warning: ingest into a fresh store
-   to include them). The axis is cut into *units* = whole shards (or whole chunks when unsharded),
-   so no two tasks ever write the same shard/chunk file.
+   (frames older than the store's last time are refused with a warning and counted in
+   ``IngestResult.n_skipped_old``; ``nowcast ingest`` then exits 1: ingest into a fresh store to
+   include them). Files already ingested whose bytes changed since (size and mtime differ, and so does
+   their digest, recorded per file in the unit markers) are reported: the store keeps what it read.
+   The axis is cut into *units* = whole shards (or whole chunks when unsharded), so no two tasks ever
+   write the same shard/chunk file.
 3. One Dask task per unit reads that unit's frames and masks (``Source.read_frames``) and writes the
    whole region ``frames[i0:i1]``, ``masks[i0:i1]`` directly; then it writes a done marker (an empty
-   Zarr group ``_ingest/units/u<N>`` whose attributes list the unit's bad files and its files'
-   digests). A bad frame or mask makes the whole slot zeros / mask False (never a half-written frame).
+   Zarr group ``_ingest/units/u<N>`` whose attributes list the unit's bad files and the size, mtime and
+   digest of each file it read, and the digests of the shard files it wrote). A bad frame or mask makes the whole slot zeros / mask False (never a
+   half-written frame).
    The store's cadence (``interval_s``) is derived from the listed frame times when the store is
    created (``store.infer_interval_s``).
 4. Finalise in the driver: ``present``, the bad-file report (attrs + a JSON report file), the clip
@@ -43,6 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import dask
+import google_crc32c
 import numpy as np
 import zarr
 from dask.distributed import Client, LocalCluster, as_completed
@@ -52,10 +60,14 @@ from pipeline import store as st
 from pipeline.errors import NowcastError, check
 from pipeline.progress import track
 from pipeline.sources import PIXEL_ENCODING, SOURCES, Listing, Source, detect_format, get_source
-from pipeline.times import iso_utc
+from pipeline.times import iso_utc, parse_time_s
 
 log = logging.getLogger("nowcast.ingest")
 _MAX_LISTED = 1000  # bad files listed in the store attrs (all of them go to the report file)
+#: Default earliest accepted frame time (digital radar composites are younger), and how far after now
+#: the latest accepted frame time lies by default (clock skew, files named for the end of a period).
+EARLIEST_TIME = "1990-01-01"
+LATEST_AHEAD_S = 86400
 
 
 class IngestWarning(UserWarning):
@@ -83,6 +95,10 @@ class IngestConfig:
         ``pipeline.sources.gridded.GridSource``): crop box ``"x0,y0,x1,y1"`` (pixels), N x N block
         average, Z-R relation ``"A,B"``, quantity/variable to read. None = the store's recorded value
         (on resume/append), else the default. HKO-7 archives take none of them.
+    max_frame_pixels : gridded formats: the largest frame (H * W) read; a file declaring more is bad.
+        None = ``pipeline.sources.grid.MAX_FRAME_PIXELS`` (25 M, 5000 x 5000).
+    earliest_time, latest_time : the accepted frame times (ISO 8601 UTC or epoch s); frames outside
+        are reported as bad files. None for ``latest_time`` = now + 1 day.
     """
 
     archive: str | Path
@@ -105,6 +121,9 @@ class IngestConfig:
     block: int | None = None
     zr: str | tuple | None = None
     variable: str | None = None
+    max_frame_pixels: int | None = None
+    earliest_time: str | int | None = EARLIEST_TIME
+    latest_time: str | int | None = None
     until_s: int | None = None
 
     def __post_init__(self):
@@ -142,6 +161,7 @@ class IngestResult:
     n_units_skipped: int = 0
     n_without_mask: int = 0
     n_skipped_old: int = 0
+    first_skipped_old: str = ""  # the first refused frame's file, when n_skipped_old > 0
     clips: dict = field(default_factory=dict)
     cluster_seconds: float = 0.0  # starting/connecting and closing the Dask cluster (part of ``seconds``)
     write_seconds: float = 0.0  # decoding + writing the units (part of ``seconds``)
@@ -177,11 +197,13 @@ def ingest_unit(store_path: str, source: Source, archive: str, unit: int, i0: in
     n = len(slots)
     frames = np.zeros((n,) + shape, dtype=np.uint8)
     masks = np.zeros((n,) + shape, dtype=bool)
-    bad, no_mask = [], []
+    bad, no_mask, files = [], [], {}
     rows = [j for j, ref in enumerate(slots) if ref is not None]
     kept = [j for j, ref in enumerate(slots) if ref is None]
     for j, frame in zip(rows, source.read_frames(Path(archive), [slots[j] for j in rows], shape)):
         ref = slots[j]
+        for rel in filter(None, (ref.path, ref.mask_path)):
+            files[rel] = file_stamp(Path(archive) / rel)
         if not frame.ok:
             bad.append({"path": frame.bad_path or ref.path, "reason": frame.reason, "row": i0 + j})
             continue
@@ -209,10 +231,48 @@ def ingest_unit(store_path: str, source: Source, archive: str, unit: int, i0: in
         "n": int(n),
         "bad": bad,
         "no_mask": no_mask,
+        "files": files,
         "digests": st.unit_file_digests(group, unit),
     }
     group.create_group(_unit_name(unit), attributes=marker, overwrite=True)
     return marker
+
+
+def file_stamp(path: Path) -> list | None:
+    """``[size, mtime_ns, crc32c of the bytes]`` of a file as ingest read it (crc32c: hardware-accelerated,
+    a fraction of the file's decode time; it detects changes, not tampering); None when it is gone."""
+    try:
+        info = os.stat(path, follow_symlinks=False)
+        digest = int(google_crc32c.value(path.read_bytes()))
+    except OSError:
+        return None
+    return [int(info.st_size), int(info.st_mtime_ns), digest]
+
+
+def _changed_files(group, units: list[int], root: Path) -> list[dict]:
+    """Bad-file entries for the files of already-written ``units`` whose bytes changed since they were
+    ingested: size or mtime differ from the unit marker's stamp, and so does the digest (a ``touch``
+    alone is not a change). Files gone from the archive are not reported (their rows are kept)."""
+    changed = []
+    for unit in units:
+        for rel, stamp in group[_unit_name(unit)].attrs.get("files", {}).items():
+            path = root / rel
+            try:
+                info = os.stat(path, follow_symlinks=False)
+            except OSError:
+                continue
+            if stamp is None or [int(info.st_size), int(info.st_mtime_ns)] == stamp[:2]:
+                continue
+            now = file_stamp(path)
+            if now is not None and now[2] != stamp[2]:
+                changed.append(
+                    {
+                        "path": rel,
+                        "reason": "changed since it was ingested (other bytes): the store keeps the frame "
+                        "it read then; ingest into a new store to use the new data",
+                    }
+                )
+    return changed
 
 
 def _timed_unit(store_path: str, source: Source, archive: str, unit: int, i0: int, slots: list) -> dict:
@@ -237,6 +297,7 @@ class _Plan:
     slots: list  # (T,) FrameRef | None (None: keep the stored row)
     unit_frames: int
     n_skipped_old: int
+    first_skipped_old: str = ""
 
     @property
     def n_units(self) -> int:
@@ -256,13 +317,15 @@ def _plan(listing: Listing, group) -> _Plan:
     last = kept_time[-1] if n_committed else None
     listed = listing.times_s()
     new_times = listed if last is None else listed[listed > last]
-    n_skipped_old = (0 if last is None else int((listed <= last).sum())) - int(
-        np.isin(kept_time, listed).sum()
-    )
+    stored = set(kept_time.tolist())
+    refused = [
+        ref for ref in listing.frames if last is not None and ref.time_s <= last and ref.time_s not in stored
+    ]
     time_s = np.concatenate([kept_time, new_times])
     by_time = {ref.time_s: ref for ref in listing.frames}
     slots = [by_time.get(t) for t in time_s.tolist()]
-    return _Plan(time_s, n_committed, slots, layout.unit_frames, max(n_skipped_old, 0))
+    first = f"{refused[0].path} ({iso_utc(refused[0].time_s)})" if refused else ""
+    return _Plan(time_s, n_committed, slots, layout.unit_frames, len(refused), first)
 
 
 def _apply_plan(group, plan: _Plan) -> list[int]:
@@ -526,7 +589,13 @@ def _existing_group(store_path: Path):
 
 def _configured_source(cfg: IngestConfig, root: Path, group) -> Source:
     """The archive's source with the options given now, checked against those the store recorded."""
-    options = {"crop": cfg.crop, "block": cfg.block, "zr": cfg.zr, "variable": cfg.variable}
+    options = {
+        "crop": cfg.crop,
+        "block": cfg.block,
+        "zr": cfg.zr,
+        "variable": cfg.variable,
+        "max_pixels": cfg.max_frame_pixels,
+    }
     source = get_source(cfg.source) if cfg.source else None
     if group is None:
         source = source or detect_format(root)
@@ -556,6 +625,32 @@ def _configured_source(cfg: IngestConfig, root: Path, group) -> Source:
             "store's are used), or ingest into a new store"
         )
     return before
+
+
+def _in_time_window(listing: Listing, cfg: IngestConfig) -> Listing:
+    """``listing`` without the frames dated outside ``cfg.earliest_time`` .. ``cfg.latest_time`` (default
+    now + 1 day), which are reported as bad files."""
+    earliest_s = parse_time_s(cfg.earliest_time) if cfg.earliest_time is not None else None
+    latest_s = (
+        parse_time_s(cfg.latest_time) if cfg.latest_time is not None else int(time.time()) + LATEST_AHEAD_S
+    )
+    window = f"{iso_utc(earliest_s) if earliest_s is not None else '...'}..{iso_utc(latest_s)}"
+    inside = [
+        (earliest_s is None or ref.time_s >= earliest_s) and ref.time_s <= latest_s for ref in listing.frames
+    ]
+    if all(inside):
+        return listing
+    bad = [
+        {
+            "path": ref.path,
+            "reason": f"time {iso_utc(ref.time_s)} is outside the accepted window {window} "
+            "(--earliest/--latest): a wrong date in the file?",
+        }
+        for ref, ok in zip(listing.frames, inside)
+        if not ok
+    ]
+    frames = [ref for ref, ok in zip(listing.frames, inside) if ok]
+    return Listing(frames, listing.bad + bad, listing.settled)
 
 
 def _on_cadence(listing: Listing, group) -> tuple[Listing, int]:
@@ -623,7 +718,7 @@ def _ingest_locked(
 ) -> IngestResult:
     group = _existing_group(store_path)
     source = _configured_source(cfg, root, group)
-    listing = source.list_frames(root)
+    listing = _in_time_window(source.list_frames(root), cfg)
     source = source.configure(**listing.settled)
     listing, interval_s = _on_cadence(listing, group)
     if cfg.until_s is not None:
@@ -643,6 +738,7 @@ def _ingest_locked(
         group = _create(cfg, store_path, root, source, listing, interval_s)
     plan = _plan(listing, group)
     todo = _apply_plan(group, plan)
+    listing.bad.extend(_changed_files(group, sorted(_done_units(group) - set(todo)), root))
     n_new = plan.time_s.size - plan.n_committed
     cluster_s = write_s = 0.0
     stats = []
@@ -679,6 +775,7 @@ def _ingest_locked(
         n_units_skipped=plan.n_units - len(todo),
         n_without_mask=len(final["no_mask"]),
         n_skipped_old=plan.n_skipped_old,
+        first_skipped_old=plan.first_skipped_old,
         clips=final["clips"],
         cluster_seconds=cluster_s,
         write_seconds=write_s,

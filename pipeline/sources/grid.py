@@ -31,6 +31,20 @@ from trajgru import units
 
 #: Relative tolerance (in pixels) within which two grids are the same grid.
 GRID_TOLERANCE_PX = 1e-3
+#: Largest frame (H * W pixels) a reader accepts by default: 5000 x 5000, six times the OPERA composite
+#: (1900 x 2200). A file declaring more is refused from its metadata, before any pixel is decompressed
+#: (a few KB of gzip can declare 40000 x 40000).
+MAX_FRAME_PIXELS = 25_000_000
+
+
+def frame_size_problem(height: int, width: int, max_pixels: int = MAX_FRAME_PIXELS) -> str | None:
+    """Why a declared (height, width) frame is refused (one line), or None when H * W <= ``max_pixels``."""
+    if int(height) * int(width) <= max_pixels:
+        return None
+    return (
+        f"declares {height}x{width} = {int(height) * int(width):,} pixels per frame, more than the limit "
+        f"of {max_pixels:,} (--max-frame-pixels): refused before reading"
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -201,7 +215,10 @@ class Grid:
                 f"{_fmt((self.x_left, self.y_top, self.x_step, self.y_step))}"
             )
         if not _same_projection(self, other, tol_px):
-            return f"grid projection differs: {other.projdef or other.crs_wkt!r}, expected {self.projdef or self.crs_wkt!r}"
+            return (
+                f"grid projection differs: {other.projdef or other.crs_wkt!r}, "
+                f"expected {self.projdef or self.crs_wkt!r}"
+            )
         return None
 
     def matches(self, other: Grid, tol_px: float = GRID_TOLERANCE_PX) -> bool:

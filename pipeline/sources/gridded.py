@@ -14,7 +14,11 @@ Listing (:meth:`GridSource.list_frames`)
   file's on a tie); files that offer another are scanned again for it.
 - The grid: the configured ``source_grid`` (a store's, on resume or append), else the most common
   grid of the files (the first file's on a tie). A file on another grid is reported with the
-  difference. The listing settles both (``Listing.settled``), and ingest configures the source with them.
+  difference.
+- The cadence (``cadence_s``): the configured one (a store's), else the most common step between the
+  archive's times (``store.infer_interval_s``; none for a single time): the period of accumulations
+  whose files state none. The listing settles the three (``Listing.settled``), and ingest configures
+  the source with them.
 - Two files (or two frames) for one time: identical frames keep the smallest path, frames that
   differ are all reported and the time is missing (:func:`~pipeline.sources.base.resolve_duplicates`).
 
@@ -38,7 +42,8 @@ import numpy as np
 
 from pipeline.errors import NowcastError
 from pipeline.sources.base import Frame, FrameRef, Listing, Source, dbz_to_u8, resolve_duplicates, walk_files
-from pipeline.sources.grid import ZR, FileInfo, Grid, RawFrame, fit_frame
+from pipeline.sources.grid import MAX_FRAME_PIXELS, ZR, FileInfo, Grid, RawFrame, fit_frame
+from pipeline.store import infer_interval_s
 
 #: Root-level files that belong to the archive but hold no frames (the optional day lists).
 DAY_LIST_SUFFIX = "_days.txt"
@@ -87,6 +92,9 @@ class GridSource(Source):
     block : block-average N x N pixels (over the valid pixels, in rain rate); 1 = none.
     zr : the Z-R relation for rain-rate quantities and block averages.
     source_grid : the grid every file must lie on, before crop and block; None = settled by the listing.
+    cadence_s : the archive's cadence in seconds, the accumulation period of accumulations whose files do
+        not state one; None = settled by the listing (from two or more frame times).
+    max_pixels : the largest frame (H * W) read; a file declaring more is bad (not recorded in the store).
     """
 
     variable: str | None = None
@@ -94,8 +102,10 @@ class GridSource(Source):
     block: int = 1
     zr: ZR = field(default_factory=ZR)
     source_grid: Grid | None = None
+    cadence_s: int | None = None
+    max_pixels: int = MAX_FRAME_PIXELS
 
-    options = ("variable", "crop", "block", "zr", "source_grid")
+    options = ("variable", "crop", "block", "zr", "source_grid", "cadence_s", "max_pixels")
     #: What the format calls ``variable`` in messages ("quantity", "variable").
     variable_label = "variable"
 
@@ -126,6 +136,12 @@ class GridSource(Source):
                     f"--block must be a whole number of pixels >= 1, got {block!r}", exit_code=2
                 )
             changes["block"] = int(block)
+        if "max_pixels" in changes:
+            limit = changes["max_pixels"]
+            if isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 1:
+                raise NowcastError(
+                    f"--max-frame-pixels must be a whole number >= 1, got {limit!r}", exit_code=2
+                )
         if isinstance(changes.get("source_grid"), dict):
             changes["source_grid"] = Grid.from_attrs(changes["source_grid"])
         return replace(self, **changes)
@@ -148,6 +164,7 @@ class GridSource(Source):
             "zr": self.zr.to_attrs(),
             "source_grid": self.source_grid.to_attrs() if self.source_grid is not None else None,
             "grid": grid.to_attrs() if grid is not None else None,
+            "cadence_s": self.cadence_s,
         }
 
     # ------------------------------------------------------------------ listing
@@ -174,11 +191,15 @@ class GridSource(Source):
                 continue
             for index, time_s in enumerate(info.times_s):
                 claims.setdefault(int(time_s), []).append(FrameRef(int(time_s), rel, index))
-        reader = replace(self, variable=variable)  # duplicates are compared on the settled variable
+        cadence_s = self.cadence_s
+        if cadence_s is None and len(claims) > 1:
+            cadence_s = infer_interval_s(np.fromiter(claims, dtype=np.int64))
+        # duplicates are compared as they will be read: the settled variable and cadence
+        reader = replace(self, variable=variable, cadence_s=cadence_s)
         chosen, dup = resolve_duplicates(
             claims, same=lambda a, b: reader._same_frame(root, a, b), path=lambda ref: ref.path
         )
-        settled = {} if grid is None else {"variable": variable, "source_grid": grid}
+        settled = {} if grid is None else {"variable": variable, "source_grid": grid, "cadence_s": cadence_s}
         return Listing(sorted(chosen.values()), bad + dup, settled)
 
     def _same_frame(self, root: Path, a: FrameRef, b: FrameRef) -> bool:

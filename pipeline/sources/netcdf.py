@@ -9,7 +9,11 @@ What is read
   :data:`RAIN_NAMES`) or, without one, by ``units``:
   reflectivity in dBZ (or linear Z in mm6 m-3, taken to dBZ), rain rate in mm/h, kg m-2 s-1, mm s-1,
   m s-1, ... (:data:`RAIN_UNITS_TO_MM_H`), taken to dBZ through the Z-R relation (negative rates count
-  as 0; a rate of 0 is "valid, no echo", -inf dBZ).
+  as 0; a rate of 0 is "valid, no echo", -inf dBZ). Accumulations (:data:`ACCUMULATION_NAMES`, in mm,
+  kg m-2, cm or m; without a standard name, units mm or kg m-2) become rates over their period: from the
+  time variable's CF ``bounds``, else a ``start_time`` variable (BoM Rainfields), else the archive's
+  cadence (``cadence_s``, settled by the listing); a frame's time is the END of its period, as pysteps
+  and the providers label it.
 - Values are decoded by xarray (``scale_factor``, ``add_offset``); NaN, ``_FillValue`` and
   ``missing_value`` mean not valid (mask False), and so do values outside ``valid_min``/``valid_max``
   or ``valid_range`` (given in the packed units, as CF says: compared with the packed values).
@@ -21,10 +25,15 @@ What is read
   proleptic_gregorian, julian) give the true instant; for model calendars (noleap, all_leap,
   360_day, ...) the date as written is taken as a Gregorian date, and one that does not exist there
   (360_day's 30 February) is a reason. Times within a file must be strictly increasing.
-  A variable without a time dimension takes a scalar time coordinate.
+  A variable without a time dimension takes a scalar time: one of its coordinates, else a scalar
+  variable CF marks as time (``standard_name: time``, ``axis: T`` or named ``time``; BoM's
+  ``valid_time``). A time dimension of length 1 is one frame too.
+- Size: a variable whose y x x size, or whose storage chunk, exceeds ``max_pixels``
+  (:data:`~pipeline.sources.grid.MAX_FRAME_PIXELS`) is refused from its declared shape, before reading.
 - Grid: the CF ``grid_mapping`` variable (``pyproj.CRS.from_cf``; with none, longitude/latitude
   coordinates mean a regular lon/lat grid and projection coordinates are a reason), the x/y
-  coordinates (cell centres, m or km; they must be regularly spaced). Arrays are returned north-up
+  coordinates (cell centres in any length unit PROJ knows: m, km, kilometers, ft, ...; they must be
+  regularly spaced). Arrays are returned north-up
   (row 0 = largest y) and west-to-east, whatever order the file stores.
 
 The forecast writer :func:`write_forecast` writes rain rate in mm/h with CF time, forecast reference
@@ -54,7 +63,7 @@ import xarray as xr
 from pipeline import files
 from pipeline.errors import NowcastError
 from pipeline.sources.base import one_line
-from pipeline.sources.grid import ZR, FileInfo, Grid, RawFrame
+from pipeline.sources.grid import MAX_FRAME_PIXELS, ZR, FileInfo, Grid, RawFrame, frame_size_problem
 from pipeline.sources.gridded import GridSource
 
 #: CF standard names of reflectivity.
@@ -81,6 +90,28 @@ RAIN_UNITS_TO_MM_H = {
     "mm/day": 1 / 24,
     "mmday-1": 1 / 24,
 }
+#: CF standard names of precipitation accumulations (water depth or mass per area over a period).
+ACCUMULATION_NAMES = (
+    "precipitation_amount",
+    "rainfall_amount",
+    "thickness_of_rainfall_amount",
+    "lwe_thickness_of_precipitation_amount",
+    "lwe_thickness_of_rainfall_amount",
+)
+#: Accumulation units (normalised) -> factor to mm. 1 kg m-2 of water is 1 mm.
+AMOUNT_UNITS_TO_MM = {
+    "mm": 1.0,
+    "millimetre": 1.0,
+    "millimetres": 1.0,
+    "kgm-2": 1.0,
+    "kg/m2": 1.0,
+    "cm": 10.0,
+    "m": 1000.0,
+    "metre": 1000.0,
+    "metres": 1000.0,
+}
+#: Accumulation units recognised without a standard name (``m`` alone could be anything).
+_AMOUNT_UNITS_ALONE = ("mm", "millimetre", "millimetres", "kgm-2", "kg/m2")
 #: Reflectivity units (normalised) in dBZ, and linear Z in mm^6 m^-3.
 DBZ_UNITS = ("dbz",)
 LINEAR_Z_UNITS = ("mm6m-3", "mm6/m3")
@@ -126,13 +157,16 @@ def is_netcdf(path: str | PathLike) -> bool:
         return False
 
 
-def scan_file(path: str | PathLike, variable: str | None = None) -> FileInfo:
+def scan_file(
+    path: str | PathLike, variable: str | None = None, *, max_pixels: int = MAX_FRAME_PIXELS
+) -> FileInfo:
     """The times, grid and variable of a CF-NetCDF file, from its metadata (no pixel data is read).
 
     Parameters
     ----------
     path : the file.
     variable : the variable to read, or None to recognise it (see the module docstring).
+    max_pixels : largest H * W accepted (:func:`~pipeline.sources.grid.frame_size_problem`).
 
     Returns
     -------
@@ -140,7 +174,7 @@ def scan_file(path: str | PathLike, variable: str | None = None) -> FileInfo:
     """
     try:
         with _open(path) as ds:
-            layout = _Layout(ds, variable)
+            layout = _Layout(ds, variable, max_pixels)
             return FileInfo(tuple(layout.times_s), layout.grid, layout.name)
     except _Bad as exc:
         return FileInfo.bad(str(exc))
@@ -149,7 +183,13 @@ def scan_file(path: str | PathLike, variable: str | None = None) -> FileInfo:
 
 
 def read_frames(
-    path: str | PathLike, indices: list[int] | None = None, *, variable: str | None = None, zr: ZR = ZR()
+    path: str | PathLike,
+    indices: list[int] | None = None,
+    *,
+    variable: str | None = None,
+    zr: ZR = ZR(),
+    cadence_s: int | None = None,
+    max_pixels: int = MAX_FRAME_PIXELS,
 ) -> list[RawFrame]:
     """Read frames of a CF-NetCDF file as dBZ + validity mask, opening the file once.
 
@@ -159,6 +199,9 @@ def read_frames(
     indices : positions along the file's time axis (as listed by :func:`scan_file`); None for all.
     variable : the variable to read, or None to recognise it.
     zr : the Z-R relation for rain rates.
+    cadence_s : the archive's cadence in seconds: the accumulation period of an accumulation whose file
+        has no time bounds and no ``start_time`` (None: such a frame is bad).
+    max_pixels : largest H * W accepted, checked before any pixel is read.
 
     Returns
     -------
@@ -168,10 +211,10 @@ def read_frames(
     """
     try:
         with _open(path) as ds:
-            layout = _Layout(ds, variable)
+            layout = _Layout(ds, variable, max_pixels)
             if indices is None:
                 indices = list(range(len(layout.times_s)))
-            return [layout.read(ds, index, zr) for index in indices]
+            return [layout.read(ds, index, zr, cadence_s) for index in indices]
     except _Bad as exc:
         reason = str(exc)
     except Exception as exc:
@@ -179,16 +222,15 @@ def read_frames(
     return [RawFrame.bad(reason) for _ in (indices if indices is not None else [0])]
 
 
-def read_frame(
-    path: str | PathLike, index: int = 0, *, variable: str | None = None, zr: ZR = ZR()
-) -> RawFrame:
-    """Read frame ``index`` (position along the time axis) of a CF-NetCDF file; see :func:`read_frames`."""
-    return read_frames(path, [index], variable=variable, zr=zr)[0]
+def read_frame(path: str | PathLike, index: int = 0, **options) -> RawFrame:
+    """Read frame ``index`` (position along the time axis) of a CF-NetCDF file; ``options`` as for
+    :func:`read_frames`."""
+    return read_frames(path, [index], **options)[0]
 
 
-def read_file(path: str | PathLike, *, variable: str | None = None, zr: ZR = ZR()) -> list[RawFrame]:
-    """Every frame of a CF-NetCDF file; see :func:`read_frames`."""
-    return read_frames(path, None, variable=variable, zr=zr)
+def read_file(path: str | PathLike, **options) -> list[RawFrame]:
+    """Every frame of a CF-NetCDF file; ``options`` as for :func:`read_frames`."""
+    return read_frames(path, None, **options)
 
 
 def decode_times_s(values: np.ndarray, units: str, calendar: str = "standard") -> np.ndarray:
@@ -237,10 +279,11 @@ def _open(path: str | PathLike) -> xr.Dataset:
 
 @dataclass
 class _Kind:
-    """How a variable's values become dBZ: ``"dbz"``, ``"z"`` (linear mm6 m-3) or ``"rain"`` (x factor -> mm/h)."""
+    """How a variable's values become dBZ: ``"dbz"``, ``"z"`` (linear mm6 m-3), ``"rain"`` (x ``factor`` ->
+    mm/h) or ``"amount"`` (x ``factor`` -> mm over the frame's accumulation period)."""
 
     kind: str
-    to_mm_h: float = 1.0
+    factor: float = 1.0
 
 
 def _kind(var: xr.DataArray) -> _Kind | None:
@@ -254,10 +297,15 @@ def _kind(var: xr.DataArray) -> _Kind | None:
         return _Kind("z")
     if units in RAIN_UNITS_TO_MM_H:
         return _Kind("rain", RAIN_UNITS_TO_MM_H[units])
-    if standard_name in REFLECTIVITY_NAMES + RAIN_NAMES:
+    if units in AMOUNT_UNITS_TO_MM and (
+        standard_name in ACCUMULATION_NAMES or (not standard_name and units in _AMOUNT_UNITS_ALONE)
+    ):
+        return _Kind("amount", AMOUNT_UNITS_TO_MM[units])
+    if standard_name in REFLECTIVITY_NAMES + RAIN_NAMES + ACCUMULATION_NAMES:
         raise _Bad(
             f"variable {var.name} ({standard_name}) has units {var.attrs.get('units', '(none)')!r}: "
-            "need dBZ or mm6 m-3 for reflectivity, a rain rate such as mm/h or kg m-2 s-1 for rain"
+            "need dBZ or mm6 m-3 for reflectivity, a rain rate such as mm/h or kg m-2 s-1 for rain, "
+            "mm or kg m-2 for an accumulation"
         )
     return None
 
@@ -265,11 +313,24 @@ def _kind(var: xr.DataArray) -> _Kind | None:
 class _Layout:
     """Where the frames of an open CF-NetCDF file are (raises _Bad with a reason)."""
 
-    def __init__(self, ds: xr.Dataset, variable: str | None):
+    def __init__(self, ds: xr.Dataset, variable: str | None, max_pixels: int = MAX_FRAME_PIXELS):
         self.name, self.kind = _choose_variable(ds, variable)
         var = ds[self.name]
-        self.time_dim, self.times_s = _times(ds, var)
+        self.time_dim, time_var, self.times_s = _times(ds, var)
+        self.period_s = None  # (T,) accumulation periods in s, None: from the cadence
+        if self.kind.kind == "amount":
+            self.times_s, self.period_s = _accumulation_periods(ds, time_var, self.times_s)
+        _check_increasing(self.times_s)
         self.y_dim, self.x_dim = _spatial_dims(ds, var, self.time_dim)
+        too_large = frame_size_problem(var.sizes[self.y_dim], var.sizes[self.x_dim], max_pixels)
+        if too_large:
+            raise _Bad(f"variable {self.name}: {too_large}")
+        chunk = int(np.prod(var.encoding.get("chunksizes") or (1,)))
+        if chunk > max_pixels:  # reading one frame decompresses whole chunks (several times each)
+            raise _Bad(
+                f"variable {self.name} is stored in chunks of {chunk:,} values, more than the limit of "
+                f"{max_pixels:,} (--max-frame-pixels): refused before reading"
+            )
         self.other_dims = [d for d in var.dims if d not in (self.time_dim, self.y_dim, self.x_dim)]
         big = [f"{d}={var.sizes[d]}" for d in self.other_dims if var.sizes[d] != 1]
         if big:
@@ -280,11 +341,20 @@ class _Layout:
         self.grid, self.flip_y, self.flip_x = _grid(ds, var, self.y_dim, self.x_dim)
         self.valid_min, self.valid_max = _valid_limits(var)
 
-    def read(self, ds: xr.Dataset, index: int, zr: ZR) -> RawFrame:
-        """Frame ``index`` as dBZ + mask (a bad frame for an index out of range)."""
+    def read(self, ds: xr.Dataset, index: int, zr: ZR, cadence_s: int | None = None) -> RawFrame:
+        """Frame ``index`` as dBZ + mask (a bad frame for an index out of range, or an accumulation
+        whose period neither the file nor ``cadence_s`` gives)."""
         if not 0 <= index < len(self.times_s):
             return RawFrame.bad(
                 f"frame {index} asked for, the file holds {len(self.times_s)}", quantity=self.name
+            )
+        period_s = self.period_s[index] if self.period_s is not None else cadence_s
+        if self.kind.kind == "amount" and not period_s:
+            return RawFrame.bad(
+                f"{self.name} is an accumulation, but its period is unknown: the file has no time bounds "
+                "and no start_time, and the archive has a single time (no cadence)",
+                self.times_s[index],
+                self.name,
             )
         var = ds[self.name]
         select = {d: 0 for d in self.other_dims}
@@ -310,8 +380,10 @@ class _Layout:
                 dbz = value
             elif self.kind.kind == "z":
                 dbz = 10.0 * np.log10(np.maximum(value, 0.0))
-            else:
-                dbz = zr.rain_to_dbz(np.maximum(value * self.kind.to_mm_h, 0.0))
+            elif self.kind.kind == "rain":
+                dbz = zr.rain_to_dbz(np.maximum(value * self.kind.factor, 0.0))
+            else:  # an amount over period_s -> mm/h
+                dbz = zr.rain_to_dbz(np.maximum(value * self.kind.factor * 3600.0 / period_s, 0.0))
         dbz = np.where(valid, dbz, np.nan).astype(np.float32)
         return RawFrame(int(self.times_s[index]), np.ascontiguousarray(dbz), valid, self.grid, self.name)
 
@@ -334,7 +406,8 @@ def _choose_variable(ds: xr.Dataset, variable: str | None) -> tuple[str, _Kind]:
     if variable is not None:
         if variable not in ds.variables:
             raise _Bad(
-                f"no variable {variable!r} in the file (it holds {', '.join(map(str, ds.data_vars)) or 'none'})"
+                f"no variable {variable!r} in the file "
+                f"(it holds {', '.join(map(str, ds.data_vars)) or 'none'})"
             )
         kind = _kind(ds[variable])
         if kind is None:
@@ -366,37 +439,98 @@ def _is_time(var: xr.DataArray) -> bool:
     return " since " in str(var.attrs.get("units", ""))
 
 
-def _times(ds: xr.Dataset, var: xr.DataArray) -> tuple[str | None, np.ndarray]:
-    """(time dimension or None, int64 (T,) epoch seconds)."""
+#: Scalar times that are not the frame's time (the start of its period, the forecast's issue time).
+_NOT_THE_TIME = ("start_time", "forecast_reference_time", "reference_time")
+
+
+def _names_time(var: xr.DataArray) -> bool:
+    """True for a variable CF marks as the time coordinate (standard_name time, axis T, or named time)."""
+    return (
+        str(var.attrs.get("standard_name", "")).strip() == "time"
+        or str(var.attrs.get("axis", "")).strip().upper() == "T"
+        or var.name == "time"
+    )
+
+
+def _times(ds: xr.Dataset, var: xr.DataArray) -> tuple[str | None, xr.DataArray, np.ndarray]:
+    """(time dimension or None, the time variable, int64 (T,) epoch seconds).
+
+    The time is the coordinate variable of one of ``var``'s dimensions; else a scalar time: one of
+    ``var``'s coordinates, else a scalar variable of the file CF marks as time (a file per time, e.g.
+    BoM Rainfields' ``valid_time``), else the only other scalar with time units that is not a start
+    or reference time."""
     time_dim = next((d for d in var.dims if d in ds.variables and _is_time(ds[d])), None)
     if time_dim is not None:
         time_var = ds[time_dim]
     else:
-        scalars = [
-            ds[c]
-            for c in list(var.coords) + ["time"]
-            if c in ds.variables and ds[c].ndim == 0 and _is_time(ds[c])
+        scalars = [ds[c] for c in var.coords if ds[c].ndim == 0 and _is_time(ds[c])]
+        timed = [ds[n] for n, v in ds.variables.items() if v.ndim == 0 and _is_time(v)]
+        scalars += [v for v in timed if _names_time(v)]
+        unmarked = [
+            v
+            for v in timed
+            if not ({v.name, v.attrs.get("standard_name")} & set(_NOT_THE_TIME) or _names_time(v))
         ]
+        scalars += unmarked if len(unmarked) == 1 else []  # the one other scalar time, even unmarked
         if not scalars:
             raise _Bad(
                 f"variable {var.name} has no time: need a time coordinate with units '<unit> since <date>'"
             )
         time_var = scalars[0]
+    return time_dim, time_var, _decode_time_var(time_var, time_var.values)
+
+
+def _decode_time_var(time_var: xr.DataArray, values, units_from: xr.DataArray | None = None) -> np.ndarray:
+    """``values`` in the units and calendar of ``units_from`` (default ``time_var``) -> int64 epoch s."""
+    ref = time_var if units_from is None else units_from
+    units, calendar = ref.attrs.get("units"), ref.attrs.get("calendar", "standard")
     try:
-        times_s = decode_times_s(
-            time_var.values, time_var.attrs["units"], time_var.attrs.get("calendar", "standard")
-        )
+        return decode_times_s(values, units, calendar)
     except Exception as exc:
         raise _Bad(
-            f"cannot decode {time_var.name} ({time_var.attrs.get('units')!r}, calendar "
-            f"{time_var.attrs.get('calendar', 'standard')!r}): {one_line(exc)}"
+            f"cannot decode {time_var.name} ({units!r}, calendar {calendar!r}): {one_line(exc)}"
         ) from exc
+
+
+def _check_increasing(times_s: np.ndarray) -> None:
     if times_s.size > 1 and not np.all(np.diff(times_s) > 0):
         i = int(np.argmin(np.diff(times_s) > 0))
         raise _Bad(
             f"time is not strictly increasing: {_iso(times_s[i])} is followed by {_iso(times_s[i + 1])}"
         )
-    return time_dim, times_s
+
+
+def _accumulation_periods(
+    ds: xr.Dataset, time_var: xr.DataArray, times_s: np.ndarray
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """(end time of each frame's accumulation period, its length in s or None) for an accumulation,
+    both int64 (T,). From the time variable's CF ``bounds``, else a ``start_time`` variable (the
+    period ends at the time), else None: the archive's cadence gives it, ending at the time."""
+    bounds_name = time_var.attrs.get("bounds") or time_var.encoding.get("bounds")
+    if bounds_name:
+        if bounds_name not in ds.variables:
+            raise _Bad(f"{time_var.name}:bounds names {bounds_name}, which is not in the file")
+        bounds = ds[bounds_name]
+        values = np.asarray(bounds.values, dtype=np.float64)
+        if values.size != 2 * times_s.size:
+            raise _Bad(f"{bounds_name} has shape {values.shape}: need 2 bounds per time ({times_s.size})")
+        units_from = bounds if "units" in bounds.attrs else time_var
+        edges = _decode_time_var(bounds, values.reshape(-1), units_from).reshape(-1, 2)
+        start_s, end_s = edges.min(axis=1), edges.max(axis=1)
+    elif "start_time" in ds.variables and _is_time(ds["start_time"]):
+        start = ds["start_time"]
+        if start.size != times_s.size:
+            raise _Bad(f"start_time holds {start.size} values for {times_s.size} times")
+        start_s, end_s = _decode_time_var(start, np.ravel(start.values)), times_s
+    else:
+        return times_s, None
+    period_s = end_s - start_s
+    if np.any(period_s <= 0):
+        i = int(np.argmin(period_s))
+        raise _Bad(
+            f"accumulation period {_iso(start_s[i])}..{_iso(end_s[i])} is not positive: need start < end"
+        )
+    return end_s, period_s
 
 
 def _iso(time_s: int) -> str:
@@ -404,7 +538,8 @@ def _iso(time_s: int) -> str:
 
 
 def _axis_of(ds: xr.Dataset, dim: str) -> str | None:
-    """``"x"``, ``"y"`` or None for a dimension, from its coordinate variable (axis, standard_name) or name."""
+    """``"x"``, ``"y"`` or None for a dimension, from its coordinate variable (axis, standard_name) or
+    its name."""
     attrs = ds[dim].attrs if dim in ds.variables else {}
     axis = str(attrs.get("axis", "")).upper()
     standard_name = str(attrs.get("standard_name", ""))
@@ -476,6 +611,21 @@ def _make_grid(
     return Grid.from_crs(crs, shape, x_left, y_top, x_step, y_step)
 
 
+#: Abbreviations of length units (PROJ's unit table names them in full).
+_LENGTH_ABBREVIATIONS = {"": "metre", "m": "metre", "km": "kilometre", "cm": "centimetre", "ft": "foot"}
+
+
+@functools.lru_cache(maxsize=64)
+def _metres_per_unit(units: str) -> float | None:
+    """Metres per coordinate unit (``m``, ``km``, ``kilometers``, ``US survey foot``, ...; none: metres),
+    from PROJ's unit table (``pyproj.get_units_map``); None when ``units`` is not a length."""
+    name = str(units).strip().lower().replace("meter", "metre")
+    name = _LENGTH_ABBREVIATIONS.get(name, name)
+    table = {k.lower(): u for k, u in pyproj.get_units_map().items() if u.category == "linear"}
+    unit = table.get(name) or table.get(name.removesuffix("s"))
+    return float(unit.conv_factor) if unit is not None else None
+
+
 def _grid(ds: xr.Dataset, var: xr.DataArray, y_dim: str, x_dim: str) -> tuple[Grid, bool, bool]:
     """(north-up grid, flip rows?, flip columns?)."""
     crs = _grid_mapping_crs(ds, var, ds[x_dim])
@@ -485,19 +635,12 @@ def _grid(ds: xr.Dataset, var: xr.DataArray, y_dim: str, x_dim: str) -> tuple[Gr
         values = np.asarray(coord.values, dtype=np.float64)
         if values.ndim != 1 or values.size < 2 or not np.isfinite(values).all():
             raise _Bad(f"coordinate {dim} needs at least 2 finite values to give the pixel size")
-        units = _normalise_units(coord.attrs.get("units", ""))
         if crs.is_projected:
-            factor = {
-                "": 1.0,
-                "m": 1.0,
-                "metre": 1.0,
-                "meter": 1.0,
-                "metres": 1.0,
-                "meters": 1.0,
-                "km": 1000.0,
-            }.get(units)
+            factor = _metres_per_unit(coord.attrs.get("units", ""))
             if factor is None:
-                raise _Bad(f"coordinate {dim} has units {coord.attrs.get('units')!r}: need m or km")
+                raise _Bad(
+                    f"coordinate {dim} has units {coord.attrs.get('units')!r}: need a length (m, km, ...)"
+                )
             values = values * factor
         step = (values[-1] - values[0]) / (values.size - 1)
         if step == 0 or np.abs(np.diff(values) - step).max() > SPACING_TOLERANCE * abs(step):
@@ -712,7 +855,14 @@ class NetcdfSource(GridSource):
         return is_netcdf(Path(root) / rel)
 
     def scan(self, path: Path, variable: str | None) -> FileInfo:
-        return scan_file(path, variable=variable)
+        return scan_file(path, variable=variable, max_pixels=self.max_pixels)
 
     def read_raw(self, path: Path, indices: list[int]) -> list[RawFrame]:
-        return read_frames(path, indices, variable=self.variable, zr=self.zr)
+        return read_frames(
+            path,
+            indices,
+            variable=self.variable,
+            zr=self.zr,
+            cadence_s=self.cadence_s,
+            max_pixels=self.max_pixels,
+        )

@@ -4,12 +4,19 @@ and single-radar images (``IMAGE``), read with h5py.
 What is read
 ------------
 - ``/what/object`` must be ``COMP`` or ``IMAGE``; polar volumes, scans and profiles are refused.
-- The quantity: the first ``/datasetN/dataM`` (N, M ascending; ``qualityK`` groups ignored) whose
-  ``what/quantity`` is the requested one, or, with none requested, the first of
-  :data:`QUANTITIES` present (reflectivity first: the store keeps dBZ).
+- The quantity: the ``/datasetN/dataM`` (``qualityK`` groups ignored) whose ``what/quantity`` is the
+  requested one, or, with none requested, the first of :data:`QUANTITIES` present (reflectivity first:
+  the store keeps dBZ; the listing then asks every file for the archive's most common quantity),
+  wherever it is in the file. When several datasets hold that quantity, the one whose period ends at
+  the nominal time is read; when that does not single one out (e.g. several heights), the file is bad
+  with a reason naming them.
 - Values: ``value = offset + gain * raw`` with ``gain``/``offset``/``nodata``/``undetect`` from the
   dataset-level ``what`` overridden by the data-level ``what`` (spec defaults gain 1, offset 0).
   ``nodata`` (and non-finite raw values) -> not valid (mask False); ``undetect`` -> valid, no echo.
+  A gain of 0, a non-finite gain or offset, or values beyond :data:`PLAUSIBLE_RANGE` (a saturating
+  gain) make the file bad. Float data without these attributes (RMI's QPE RATE) are read as they are.
+- Size: a data array larger than ``max_pixels`` (H * W, :data:`~pipeline.sources.grid.MAX_FRAME_PIXELS`)
+  is refused from its declared shape, before any of it is decompressed.
 - DBZH and TH are dBZ. RATE (mm/h) and ACRR (mm, divided by the accumulation period from the
   ``startdate``/``starttime`` - ``enddate``/``endtime`` of the ``what`` groups, in hours) go to dBZ
   through the Z-R relation (:class:`~pipeline.sources.grid.ZR`); negative rain rates count as 0.
@@ -36,13 +43,16 @@ import numpy as np
 import pyproj
 
 from pipeline.sources.base import one_line
-from pipeline.sources.grid import ZR, FileInfo, Grid, RawFrame
+from pipeline.sources.grid import MAX_FRAME_PIXELS, ZR, FileInfo, Grid, RawFrame, frame_size_problem
 from pipeline.sources.gridded import GridSource
 
 #: Quantities that can be read, in the default order of preference.
 QUANTITIES = ("DBZH", "TH", "RATE", "ACRR")
 #: Quantities already in dBZ.
 DBZ_QUANTITIES = ("DBZH", "TH")
+#: Values (dBZ, mm/h, mm) no radar product holds, far beyond the physical ones (about -30..80 dBZ,
+#: 0..2000 mm/h): a value beyond them comes from broken scaling (e.g. a gain of 1e30).
+PLAUSIBLE_RANGE = {"DBZH": (-1e3, 1e3), "TH": (-1e3, 1e3), "RATE": (-1e5, 1e5), "ACRR": (-1e5, 1e6)}
 #: ODIM ``what/object`` values of 2-D Cartesian products.
 CARTESIAN_OBJECTS = ("COMP", "IMAGE")
 #: How far (pixels) the corner coordinates may disagree with xsize * xscale.
@@ -80,13 +90,16 @@ def is_odim(path: str | PathLike) -> bool:
         return False
 
 
-def scan_file(path: str | PathLike, quantity: str | None = None) -> FileInfo:
+def scan_file(
+    path: str | PathLike, quantity: str | None = None, *, max_pixels: int = MAX_FRAME_PIXELS
+) -> FileInfo:
     """The time, grid and quantity of an ODIM_H5 file, from its metadata (no pixel data is read).
 
     Parameters
     ----------
     path : the file.
     quantity : one of :data:`QUANTITIES`, or None for the first present in that order.
+    max_pixels : largest H * W accepted (:func:`~pipeline.sources.grid.frame_size_problem`).
 
     Returns
     -------
@@ -94,7 +107,7 @@ def scan_file(path: str | PathLike, quantity: str | None = None) -> FileInfo:
     """
     try:
         with h5py.File(path, "r") as f:
-            product = _Product(f, quantity)
+            product = _Product(f, quantity, max_pixels)
             return FileInfo((product.time_s,), product.grid, product.quantity)
     except _Bad as exc:
         return FileInfo.bad(str(exc))
@@ -103,7 +116,12 @@ def scan_file(path: str | PathLike, quantity: str | None = None) -> FileInfo:
 
 
 def read_frame(
-    path: str | PathLike, index: int = 0, *, quantity: str | None = None, zr: ZR = ZR()
+    path: str | PathLike,
+    index: int = 0,
+    *,
+    quantity: str | None = None,
+    zr: ZR = ZR(),
+    max_pixels: int = MAX_FRAME_PIXELS,
 ) -> RawFrame:
     """Read the frame of an ODIM_H5 file as dBZ + validity mask.
 
@@ -113,6 +131,7 @@ def read_frame(
     index : must be 0 (an ODIM_H5 product holds one nominal time).
     quantity : one of :data:`QUANTITIES`, or None for the first present in that order.
     zr : the Z-R relation for RATE and ACRR.
+    max_pixels : largest H * W accepted, checked from the declared shape before reading.
 
     Returns
     -------
@@ -123,22 +142,22 @@ def read_frame(
         return RawFrame.bad(f"an ODIM_H5 product holds one frame, asked for frame {index}")
     try:
         with h5py.File(path, "r") as f:
-            product = _Product(f, quantity)
+            product = _Product(f, quantity, max_pixels)
             try:
                 raw = np.asarray(product.data[()])
             except Exception as exc:
                 raise _Bad(f"cannot read {product.data.name}: {one_line(exc)}") from exc
+        dbz, mask = product.to_dbz(raw, zr)
     except _Bad as exc:
         return RawFrame.bad(str(exc))
     except Exception as exc:
         return RawFrame.bad(f"unreadable ODIM_H5 file: {one_line(exc)}")
-    dbz, mask = product.to_dbz(raw, zr)
     return RawFrame(product.time_s, dbz, mask, product.grid, product.quantity)
 
 
-def read_file(path: str | PathLike, *, quantity: str | None = None, zr: ZR = ZR()) -> list[RawFrame]:
-    """Every frame of an ODIM_H5 file (one), as :func:`read_frame` returns it."""
-    return [read_frame(path, 0, quantity=quantity, zr=zr)]
+def read_file(path: str | PathLike, **options) -> list[RawFrame]:
+    """Every frame of an ODIM_H5 file (one), as :func:`read_frame` returns it (same ``options``)."""
+    return [read_frame(path, 0, **options)]
 
 
 def scale(
@@ -171,7 +190,7 @@ def scale(
 class _Product:
     """The metadata of the chosen quantity of an open ODIM_H5 file (raises _Bad with a reason)."""
 
-    def __init__(self, f: h5py.File, quantity: str | None):
+    def __init__(self, f: h5py.File, quantity: str | None, max_pixels: int = MAX_FRAME_PIXELS):
         if quantity is not None and quantity not in QUANTITIES:
             raise _Bad(f"quantity {quantity!r} cannot be ingested; use one of {', '.join(QUANTITIES)}")
         cache: dict = {}  # attributes of each group, read once (h5py attribute reads cost ~0.1 ms each)
@@ -183,7 +202,7 @@ class _Product:
                 f"({', '.join(CARTESIAN_OBJECTS)}) can be ingested"
             )
         self.time_s = _datetime_s(top_what, "date", "time", "what")
-        dataset, data, self.quantity = _choose(f, quantity, cache)
+        dataset, data, self.quantity = _choose(f, quantity, cache, self.time_s)
         self.what = {**_attrs(dataset, "what", cache, _WHAT_KEYS), **_attrs(data, "what", cache, _WHAT_KEYS)}
         if "data" not in data or not isinstance(data["data"], h5py.Dataset):
             raise _Bad(f"{data.name} holds no 'data' array")
@@ -192,6 +211,15 @@ class _Product:
             raise _Bad(f"{self.data.name} has shape {self.data.shape}: a 2-D Cartesian image is needed")
         if not np.issubdtype(self.data.dtype, np.number):
             raise _Bad(f"{self.data.name} holds {self.data.dtype}, not numbers")
+        too_large = frame_size_problem(*self.data.shape, max_pixels)
+        if too_large:
+            raise _Bad(f"{self.data.name} {too_large}")
+        self.gain, self.offset = _number(self.what, "gain", 1.0), _number(self.what, "offset", 0.0)
+        if not (np.isfinite(self.gain) and self.gain != 0 and np.isfinite(self.offset)):
+            raise _Bad(
+                f"{data.name}/what gain = {self.gain:g}, offset = {self.offset:g}: need a finite, "
+                "non-zero gain and a finite offset"
+            )
         self.grid = _grid(f, dataset, cache)
         if tuple(self.data.shape) != self.grid.shape:
             raise _Bad(
@@ -202,6 +230,7 @@ class _Product:
 
     def to_dbz(self, raw: np.ndarray, zr: ZR) -> tuple[np.ndarray, np.ndarray]:
         """Raw values -> (dBZ float32 (H, W) with NaN = not valid and -inf = no echo, mask bool (H, W)).
+        Raises _Bad when a valid value is beyond :data:`PLAUSIBLE_RANGE` (broken scaling).
 
         Integer images of up to 16 bits (the usual ODIM storage) go through a table of every raw level,
         computed with the same arithmetic: the same result at a fraction of the per-pixel cost."""
@@ -213,19 +242,26 @@ class _Product:
         ):
             info = np.iinfo(raw.dtype)
             levels = np.arange(info.min, info.max + 1, dtype=np.int64)
-            dbz_table, valid_table = self._to_dbz(levels.astype(np.float64), zr)
             index = raw.astype(np.int64) - info.min if info.min else raw
+            present = np.bincount(index.ravel(), minlength=levels.size) > 0
+            dbz_table, valid_table = self._to_dbz(levels.astype(np.float64), zr, present)
             return dbz_table[index], valid_table[index]
         return self._to_dbz(raw.astype(np.float64), zr)
 
-    def _to_dbz(self, raw: np.ndarray, zr: ZR) -> tuple[np.ndarray, np.ndarray]:
+    def _to_dbz(
+        self, raw: np.ndarray, zr: ZR, present: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``to_dbz`` of float raw values; ``present`` (same shape, bool) marks the values that occur in
+        the image (all by default), the ones checked against :data:`PLAUSIBLE_RANGE`."""
         value, valid, undetected = scale(
             raw,
-            _number(self.what, "gain", 1.0),
-            _number(self.what, "offset", 0.0),
+            self.gain,
+            self.offset,
             _number(self.what, "nodata", None),
             _number(self.what, "undetect", None),
         )
+        measured = valid & ~undetected if present is None else valid & ~undetected & present
+        self._check_plausible(value[measured])
         if self.quantity in DBZ_QUANTITIES:
             dbz = value
         else:
@@ -234,9 +270,24 @@ class _Product:
         dbz = np.where(undetected, -np.inf, dbz)
         return dbz.astype(np.float32), valid
 
+    def _check_plausible(self, values: np.ndarray) -> None:
+        """Raise _Bad when ``values`` (the measured physical values) leave the quantity's plausible range."""
+        if not values.size:
+            return
+        low, high = PLAUSIBLE_RANGE[self.quantity]
+        lowest, highest = float(values.min()), float(values.max())
+        if not (np.isfinite(lowest) and np.isfinite(highest) and low <= lowest and highest <= high):
+            raise _Bad(
+                f"{self.quantity} values span {lowest:.4g}..{highest:.4g} with gain {self.gain:g} and offset "
+                f"{self.offset:g}, beyond any real {self.quantity} ({low:g}..{high:g}): the scaling is broken"
+            )
 
-def _choose(f: h5py.File, quantity: str | None, cache: dict) -> tuple[h5py.Group, h5py.Group, str]:
-    """(datasetN, dataM, quantity) of the quantity to read."""
+
+def _choose(
+    f: h5py.File, quantity: str | None, cache: dict, time_s: int
+) -> tuple[h5py.Group, h5py.Group, str]:
+    """(datasetN, dataM, quantity) of the quantity to read (see the module docstring); ``time_s`` is the
+    nominal time, which singles out one of several datasets of the quantity."""
     found: list[tuple[h5py.Group, h5py.Group, str]] = []
     for dataset in _numbered(f, "dataset"):
         dataset_quantity = _text(_attrs(dataset, "what", cache, _WHAT_KEYS).get("quantity", b""))
@@ -245,11 +296,28 @@ def _choose(f: h5py.File, quantity: str | None, cache: dict) -> tuple[h5py.Group
             found.append((dataset, data, q))
     wanted = (quantity,) if quantity else QUANTITIES
     for q in wanted:
-        for dataset, data, found_q in found:
-            if found_q == q:
-                return dataset, data, q
+        candidates = [(dataset, data) for dataset, data, found_q in found if found_q == q]
+        if len(candidates) > 1:
+            candidates = [(d, m) for d, m in candidates if _ends_at(d, m, cache, time_s)] or candidates
+        if len(candidates) > 1:
+            names = ", ".join(data.name for _, data in candidates)
+            raise _Bad(
+                f"{len(candidates)} datasets hold {q} ({names}) and none alone ends at the nominal time: "
+                "cannot tell which to read"
+            )
+        if candidates:
+            return candidates[0][0], candidates[0][1], q
     held = sorted({q for _, _, q in found if q}) or ["nothing"]
     raise _Bad(f"no {' or '.join(wanted)} data in the file (it holds {', '.join(held)})")
+
+
+def _ends_at(dataset: h5py.Group, data: h5py.Group, cache: dict, time_s: int) -> bool:
+    """True when the dataset's period (what/enddate + endtime) ends at ``time_s``."""
+    what = {**_attrs(dataset, "what", cache, _WHAT_KEYS), **_attrs(data, "what", cache, _WHAT_KEYS)}
+    try:
+        return _datetime_s(what, "enddate", "endtime", "dataset what") == time_s
+    except _Bad:
+        return False
 
 
 def _numbered(group: h5py.Group, prefix: str) -> list[h5py.Group]:
@@ -399,7 +467,10 @@ class OdimSource(GridSource):
         return is_odim(Path(root) / rel)
 
     def scan(self, path: Path, variable: str | None) -> FileInfo:
-        return scan_file(path, quantity=variable)
+        return scan_file(path, quantity=variable, max_pixels=self.max_pixels)
 
     def read_raw(self, path: Path, indices: list[int]) -> list[RawFrame]:
-        return [read_frame(path, index, quantity=self.variable, zr=self.zr) for index in indices]
+        return [
+            read_frame(path, index, quantity=self.variable, zr=self.zr, max_pixels=self.max_pixels)
+            for index in indices
+        ]

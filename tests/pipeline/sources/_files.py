@@ -8,7 +8,8 @@ ODIM_H5 v2.3 (EUMETNET OPERA, "ODIM_H5 information model"), 2-D Cartesian produc
                       LL_lon, LL_lat, UL_lon, UL_lat, UR_lon, UR_lat, LR_lon, LR_lat (double, degrees;
                       outer corners of the corner pixels)
     /how              (optional)
-    /datasetN/what    product, startdate, starttime, enddate, endtime [+ quantity, gain, offset, nodata, undetect]
+    /datasetN/what    product, startdate, starttime, enddate, endtime
+                      [+ quantity, gain, offset, nodata, undetect]
     /datasetN/dataM/what   quantity, gain, offset, nodata, undetect (override the dataset level)
     /datasetN/dataM/data   the 2-D array, first row = northern edge; attributes CLASS = "IMAGE",
                            IMAGE_VERSION = "1.2"
@@ -201,6 +202,11 @@ class CfSpec:
     grid_mapping: bool = True
     wkt_in_grid_mapping: bool = False  # write crs_wkt beside the CF parameters
     extra_dim: int | None = None  # a "height" dimension of this size between time and y
+    bounds: np.ndarray | None = None  # (T, 2) time bounds in time_units: a "time_bnds" variable
+    start_time: np.ndarray | None = None  # (T,) a "start_time" variable in time_units (BoM Rainfields)
+    time_name: str = "time"  # the time variable's name (BoM: valid_time)
+    time_coordinate: bool = True  # a scalar time is named in the variable's ``coordinates``
+    time_standard_name: bool = True  # the time variable has standard_name "time"
 
 
 def write_cf(path: Path, spec: CfSpec) -> Path:
@@ -224,8 +230,9 @@ def write_cf(path: Path, spec: CfSpec) -> Path:
         nc.createDimension("y", h)
         nc.createDimension("x", w)
         tdims = ("time",) if spec.time_dim else ()
-        t = nc.createVariable("time", "f8", tdims)
-        t.standard_name = "time"
+        t = nc.createVariable(spec.time_name, "f8", tdims)
+        if spec.time_standard_name:
+            t.standard_name = "time"
         t.units = spec.time_units
         if spec.calendar is not None:
             t.calendar = spec.calendar
@@ -233,6 +240,15 @@ def write_cf(path: Path, spec: CfSpec) -> Path:
             t[:] = spec.times
         else:
             t.assignValue(spec.times[0])
+        if spec.bounds is not None:
+            nc.createDimension("nv", 2)
+            t.bounds = "time_bnds"
+            tb = nc.createVariable("time_bnds", "f8", tdims + ("nv",))
+            tb[:] = spec.bounds if spec.time_dim else spec.bounds[0]
+        if spec.start_time is not None:
+            st = nc.createVariable("start_time", "f8", tdims)
+            st.setncatts({"long_name": "accumulation start time", "units": spec.time_units})
+            st[:] = spec.start_time if spec.time_dim else spec.start_time[0]
         xv = nc.createVariable("x", "f8", ("x",))
         xv.setncatts({"standard_name": "projection_x_coordinate", "units": spec.xy_units, "axis": "X"})
         xv[:] = x / scale
@@ -261,8 +277,8 @@ def write_cf(path: Path, spec: CfSpec) -> Path:
         var.units = spec.units
         if spec.grid_mapping:
             var.grid_mapping = gm_name
-        if not spec.time_dim:
-            var.coordinates = "time"
+        if not spec.time_dim and spec.time_coordinate:
+            var.coordinates = spec.time_name
         data = values if spec.time_dim else values[0]
         if spec.extra_dim:
             data = np.repeat(data[:, None], spec.extra_dim, axis=1)

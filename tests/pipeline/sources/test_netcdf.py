@@ -337,7 +337,7 @@ BAD_CASES = {
         "cannot read the projection",
     ),
     "irregular x": (lambda p: _edit(_good(p), _irregular_x), "not regularly spaced"),
-    "xy units": (lambda p: _good(p, xy_units="furlong"), "need m or km"),
+    "xy units": (lambda p: _good(p, xy_units="furlong"), "need a length"),
     "extra dimension": (lambda p: _good(p, extra_dim=2), "height=2"),
 }
 
@@ -481,3 +481,171 @@ def test_values_outside_the_valid_range_are_masked(tmp_path):
     frame = netcdf.read_frame(packed)
     np.testing.assert_array_equal(frame.mask[0], [False, True, True, True, False, False])
     np.testing.assert_allclose(frame.dbz[0, 1:4], [-10.0, 20.0, 70.0])
+
+
+# --------------------------------------------------------------------------- accumulations
+
+
+def _amounts(n_times: int = 2, seed: int = 5) -> np.ndarray:
+    """(T, H, W) accumulations (mm), some zero, with NaN holes."""
+    rng = np.random.default_rng(seed)
+    values = rng.uniform(0.0, 4.0, size=(n_times, H, W)).round(2)
+    values[:, 2, :3] = 0.0
+    values[:, 0, :4] = np.nan
+    return values
+
+
+def _rain_dbz(rain_mm_h: np.ndarray) -> np.ndarray:
+    """The reference: rain rate (mm/h) -> dBZ with Z = 58.53 R^1.56 written out (0 -> -inf)."""
+    with np.errstate(divide="ignore"):
+        return 10.0 * np.log10(58.53 * rain_mm_h**1.56)
+
+
+def _assert_rate(frame, amount_mm: np.ndarray, period_h: float) -> None:
+    assert frame.ok, frame.reason
+    np.testing.assert_array_equal(frame.mask, np.isfinite(amount_mm))
+    expected = _rain_dbz(amount_mm[frame.mask] / period_h).astype(np.float32)
+    np.testing.assert_allclose(frame.dbz[frame.mask], expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("standard_name", "units", "to_mm"),
+    [
+        ("precipitation_amount", "kg m-2", 1.0),
+        ("lwe_thickness_of_precipitation_amount", "mm", 1.0),
+        ("thickness_of_rainfall_amount", "m", 1000.0),
+    ],
+)
+def test_accumulation_over_time_bounds_is_a_rate_at_the_period_end(tmp_path, standard_name, units, to_mm):
+    """An accumulation with CF time bounds (time at the middle of each 10-minute period, as CF allows)
+    becomes amount / period as rain rate, at the end of its period."""
+    amounts = _amounts()
+    mid = np.array([5.0, 15.0])
+    spec = CfSpec(
+        amounts / to_mm,
+        mid,
+        time_units=f"minutes since {T0}",
+        name="precip",
+        standard_name=standard_name,
+        units=units,
+        bounds=np.stack([mid - 5.0, mid + 5.0], axis=1),
+    )
+    path = write_cf(tmp_path / "acc.nc", spec)
+    info = netcdf.scan_file(path)
+    assert info.ok and info.times_s == (T0_S + 600, T0_S + 1200), info.reason
+    for frame, amount in zip(netcdf.read_file(path), amounts):
+        _assert_rate(frame, amount, 10 / 60)
+
+
+@pytest.mark.parametrize("marked", [True, False])
+def test_accumulation_with_scalar_valid_time_and_start_time(tmp_path, marked):
+    """The BoM Rainfields layout: no time dimension, a scalar ``valid_time`` (standard_name time, or no
+    standard name: the one scalar time besides start_time; not in the variable's coordinates) and a
+    ``start_time``: one frame at valid_time, rate over the 6 minutes."""
+    amounts = _amounts(1)
+    spec = CfSpec(
+        amounts,
+        np.array([1800.0]),
+        time_units=f"seconds since {T0}",
+        name="precipitation",
+        standard_name="precipitation_amount",
+        units="kg m-2",
+        time_dim=False,
+        time_name="valid_time",
+        time_coordinate=False,
+        time_standard_name=marked,
+        start_time=np.array([1440.0]),
+        xy_units="km",
+    )
+    path = write_cf(tmp_path / "rf3.nc", spec)
+    (frame,) = netcdf.read_file(path)
+    assert frame.time_s == T0_S + 1800
+    _assert_rate(frame, amounts[0], 0.1)
+
+
+def test_accumulation_without_a_period_takes_the_cadence(tmp_path):
+    """Without bounds or start_time, the period is the cadence given (the listing settles the archive's);
+    with no cadence either, the frame is bad with the reason."""
+    amounts = _amounts(3)
+    spec = CfSpec(
+        amounts,
+        times_minutes(3, step=15),
+        time_units=f"minutes since {T0}",
+        name="rain",
+        standard_name="lwe_thickness_of_precipitation_amount",
+        units="mm",
+    )
+    path = write_cf(tmp_path / "a.nc", spec)
+    for frame, amount in zip(netcdf.read_file(path, cadence_s=900), amounts):
+        _assert_rate(frame, amount, 0.25)
+    assert "period is unknown" in netcdf.read_frame(path).reason
+    source = netcdf.NetcdfSource()
+    listing = source.list_frames(tmp_path)
+    assert listing.settled["cadence_s"] == 900
+    frames = list(source.configure(**listing.settled).read_frames(tmp_path, listing.frames))
+    assert all(frame.ok for frame in frames)
+
+
+def test_grid_coordinates_in_km_and_m_give_one_grid(tmp_path):
+    """The same grid written with x/y in km, in m and in 'kilometers' is one grid (metres in the store)."""
+    values = dbz_field(1)
+    grids = [
+        netcdf.scan_file(write_cf(tmp_path / f"{u}.nc", CfSpec(values, times_minutes(1), xy_units=u))).grid
+        for u in ("m", "km")
+    ]
+    path = write_cf(tmp_path / "long.nc", CfSpec(values, times_minutes(1), xy_units="km"))
+    _edit(path, lambda nc: [nc[name].setncattr("units", "kilometers") for name in ("x", "y")])
+    grids.append(netcdf.scan_file(path).grid)
+    assert grids[0] is not None and grids[0].difference(grids[1]) is None
+    assert grids[0].difference(grids[2]) is None and grids[0].x_step == GridSpec().step
+
+
+# --------------------------------------------------------------------------- size guard
+
+
+def _declared_bomb(path, size: int = 40_000):
+    """A small NetCDF-4 file declaring a (size, size) float32 variable (no chunk written)."""
+    with netCDF4.Dataset(path, "w") as nc:
+        nc.createDimension("y", size)
+        nc.createDimension("x", size)
+        for name, axis in (("x", "X"), ("y", "Y")):
+            coord = nc.createVariable(name, "f4", (name,))
+            coord.setncatts({"standard_name": f"projection_{name}_coordinate", "units": "m", "axis": axis})
+            coord[:] = np.arange(size, dtype=np.float32) * 1000.0
+        gm = nc.createVariable("crs", "i4", ())
+        gm.setncatts(pyproj.CRS.from_proj4(STERE).to_cf())
+        t = nc.createVariable("time", "f8", ())
+        t.setncatts({"standard_name": "time", "units": f"seconds since {T0}"})
+        t.assignValue(0.0)
+        var = nc.createVariable("dbz", "f4", ("y", "x"), zlib=True, chunksizes=(1000, 1000))
+        var.setncatts({"units": "dBZ", "grid_mapping": "crs", "coordinates": "time"})
+    return path
+
+
+def test_huge_declared_frame_is_refused_before_reading(tmp_path):
+    """A file declaring 40000 x 40000 float32 (6 GB) is bad from its metadata; reading it allocates
+    nothing near the frame's size (numpy allocations traced), and the limit is configurable."""
+    import tracemalloc
+
+    path = _declared_bomb(tmp_path / "bomb.nc")
+    assert path.stat().st_size < 2_000_000
+    info = netcdf.scan_file(path)
+    assert not info.ok and "refused before reading" in info.reason and "40000x40000" in info.reason
+    tracemalloc.start()
+    try:
+        frame = netcdf.read_frame(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert not frame.ok and "refused before reading" in frame.reason
+    assert peak < 50_000_000
+    small = write_cf(tmp_path / "small.nc", CfSpec(dbz_field(1), times_minutes(1)))
+    assert netcdf.scan_file(small).ok
+    assert "more than the limit of 100" in netcdf.scan_file(small, max_pixels=100).reason
+    times = write_cf(tmp_path / "times.nc", CfSpec(dbz_field(3), times_minutes(3)))
+    with netCDF4.Dataset(times) as nc:
+        assert nc["reflectivity"].chunking() == [3, H, W]  # one chunk holds every time
+    assert netcdf.scan_file(times, max_pixels=H * W).reason.startswith(
+        f"variable reflectivity is stored in chunks of {3 * H * W:,} values"
+    )
+    assert netcdf.scan_file(times, max_pixels=3 * H * W).ok

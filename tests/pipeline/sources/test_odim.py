@@ -439,3 +439,112 @@ def test_integer_images_through_the_level_table_equal_the_pixelwise_scaling(
         and not table_valid[0, :10].any()
         and np.isneginf(table_dbz[1, :10]).all()
     )
+
+
+# --------------------------------------------------------------------------- several datasets
+
+
+def _expected_dbzh(raw, gain, offset):
+    """Reference DBZH dBZ (NaN nodata 255, -inf undetect 0) written out per pixel."""
+    values = [
+        [v if isinstance(v, float) else math.nan for v in row]
+        for row in reference_values(raw, gain, offset, 255, 0)
+    ]
+    out = np.array(values, dtype=np.float64)
+    out[raw == 0] = -np.inf
+    return out
+
+
+def test_dataset_of_the_requested_quantity_not_the_first(tmp_path):
+    """A file whose dataset1 is TH and dataset2 DBZH: the default (reflectivity DBZH first) and
+    quantity="DBZH" read dataset2's values, quantity="TH" dataset1's."""
+    th, dbzh = dbzh_raw(3), dbzh_raw(4)
+    path = write_odim(
+        tmp_path / "two.h5",
+        [OdimData("TH", th, gain=0.5, offset=-32.0), OdimData("DBZH", dbzh, gain=0.4, offset=-30.0)],
+    )
+    for quantity, raw, gain, offset in (
+        (None, dbzh, 0.4, -30.0),
+        ("DBZH", dbzh, 0.4, -30.0),
+        ("TH", th, 0.5, -32.0),
+    ):
+        frame = odim.read_frame(path, quantity=quantity)
+        assert frame.ok and frame.quantity == (quantity or "DBZH"), frame.reason
+        np.testing.assert_allclose(frame.dbz, _expected_dbzh(raw, gain, offset).astype(np.float32), rtol=1e-6)
+
+
+def test_several_datasets_of_one_quantity(tmp_path):
+    """Two DBZH datasets: the one whose period ends at the nominal time is read; when neither (or both)
+    does, the file is bad with a reason naming them (not silently the first)."""
+    early, late = dbzh_raw(5), dbzh_raw(6)
+    path = write_odim(
+        tmp_path / "periods.h5",
+        [
+            OdimData("DBZH", early, gain=0.5, offset=-32.0, start="20240601113000", end="20240601114500"),
+            OdimData("DBZH", late, gain=0.5, offset=-32.0, start="20240601114500", end="20240601120000"),
+        ],
+    )
+    frame = odim.read_frame(path)
+    assert frame.ok, frame.reason
+    np.testing.assert_allclose(frame.dbz, _expected_dbzh(late, 0.5, -32.0).astype(np.float32), rtol=1e-6)
+    heights = write_odim(
+        tmp_path / "heights.h5",
+        [OdimData("DBZH", early, gain=0.5, offset=-32.0), OdimData("DBZH", late, gain=0.5, offset=-32.0)],
+    )
+    for result in (odim.read_frame(heights), odim.scan_file(heights)):
+        assert not result.ok and "2 datasets hold DBZH" in result.reason
+        assert "/dataset1/data1" in result.reason and "/dataset2/data1" in result.reason
+
+
+# --------------------------------------------------------------------------- broken scaling, size guard
+
+
+@pytest.mark.parametrize(
+    ("attrs", "words"),
+    [
+        ({"gain": 0.0}, "non-zero gain"),
+        ({"gain": math.nan}, "non-zero gain"),
+        ({"offset": math.inf}, "finite offset"),
+        ({"gain": 1e30}, "the scaling is broken"),
+    ],
+)
+def test_scaling_that_is_not_a_number_makes_the_file_bad(tmp_path, attrs, words):
+    """gain 0 or NaN and an infinite offset are bad from the metadata (scan and read); a saturating gain
+    (1e30: values no radar holds) is bad when read; none gives a frame marked valid."""
+    path = _edit(_good(tmp_path), lambda f: f["dataset1/data1/what"].attrs.update(attrs))
+    frame = odim.read_frame(path)
+    assert not frame.ok and words in frame.reason, frame.reason
+    if attrs.get("gain") != 1e30:
+        assert words in odim.scan_file(path).reason
+
+
+def test_huge_declared_dataset_is_refused_before_reading(tmp_path):
+    """A few-KB ODIM file whose where/ and gzip dataset declare 40000 x 40000 is bad from its metadata:
+    reading it allocates nothing near the frame's size (numpy allocations traced); the limit is
+    configurable."""
+    import tracemalloc
+
+    big = GridSpec(shape=(40_000, 40_000), step=1000.0, x_left=-2e7, y_top=2e7, projdef=LAEA)
+    path = _good(tmp_path, "bomb.h5")
+
+    def inflate(f):
+        del f["dataset1/data1/data"]
+        f["dataset1/data1"].create_dataset(
+            "data", shape=big.shape, dtype=np.uint8, chunks=(1000, 1000), compression="gzip"
+        )
+        f["where"].attrs.update({"projdef": np.bytes_(LAEA), "xsize": 40_000, "ysize": 40_000})
+        f["where"].attrs.update({k: np.float64(v) for k, v in big.corners_lonlat().items()})
+
+    _edit(path, inflate)
+    assert path.stat().st_size < 100_000
+    tracemalloc.start()
+    try:
+        frame = odim.read_frame(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert not frame.ok and "40000x40000" in frame.reason and "refused before reading" in frame.reason
+    assert peak < 50_000_000
+    assert "refused before reading" in odim.scan_file(path).reason
+    good = _good(tmp_path)
+    assert odim.scan_file(good).ok and "limit of 100" in odim.scan_file(good, max_pixels=100).reason
