@@ -379,6 +379,7 @@ def serve_nowcaster(
     """
     if replicas < 1 or max_batch_size < 1:
         raise NowcastError("--replicas and --max-batch-size must be >= 1", exit_code=2)
+    spec = load_nowcaster(download_model(model_uri, tracking_uri), "cpu").spec  # fails here, before Ray
     started_ray = connect_ray(ray_address)
     stop = stop or _stop_on_signals()
     try:
@@ -392,15 +393,18 @@ def serve_nowcaster(
         serve.run(app, name=APP_NAME, route_prefix="/")
         device = "a GPU" if gpus else f"{cpus:g} CPU"
         print(
-            f"[serve] {model_uri}: {replicas} replica(s) with {device} each, batches of up to "
-            f"{max_batch_size} requests; POST http://{host}:{port}/invocations (Ctrl-C stops)",
+            f"[serve] {model_uri} ({spec.in_len} frames of {spec.height}x{spec.width} every "
+            f"{spec.interval_s} s -> {spec.out_len}): {replicas} replica(s) with {device} each, "
+            f"batches of up to {max_batch_size} requests; POST http://{host}:{port}/invocations "
+            "(Ctrl-C stops)",
             flush=True,
         )
         stop.wait()
     finally:
-        serve.shutdown()
         if started_ray:
-            ray.shutdown()
+            ray.shutdown()  # the local cluster, Serve with it (serve.shutdown waits 30 s on its controller)
+        else:
+            serve.delete(APP_NAME)
     print("[serve] stopped", flush=True)
 
 

@@ -660,3 +660,23 @@ def registered_model_files(uri: str, tracking_uri: str | None = None) -> tuple[P
             "log models with pipeline.tracking.log_and_register_model."
         )
     return extra, f"{name}/{mv.version}", mv.run_id
+
+
+def pinned_model_uri(uri: str, tracking_uri: str | None = None) -> str:
+    """``models:/NAME@ALIAS`` -> ``models:/NAME/VERSION`` of the version holding the alias now (so that
+    every server replica loads the same version); ``models:/NAME/VERSION`` unchanged; a local path made
+    absolute; other URIs (``runs:/``, ``models:/m-...``) unchanged. NowcastError for an unknown alias."""
+    uri = str(uri).strip()
+    if not uri.startswith("models:/") or uri.startswith("models:/m-"):
+        path = Path(uri).expanduser()
+        return str(path.resolve()) if "://" not in uri and not uri.startswith("runs:/") else uri
+    name, version, alias = parse_models_uri(uri)
+    if alias:
+        mv = champion_version(name, alias, resolve_tracking_uri(tracking_uri))
+        if mv is None:
+            raise NowcastError(
+                f"no version of {name} holds the alias {alias!r} at {mlflow.get_tracking_uri()}; check the "
+                "name and --tracking-uri, or set it with `nowcast promote NAME VERSION`"
+            )
+        version = mv.version
+    return f"models:/{name}/{version}"
