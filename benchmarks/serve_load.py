@@ -180,14 +180,16 @@ def _wait_answers(url: str, proc: subprocess.Popen, timeout_s: float, log_path: 
 
 
 def _stop(proc: subprocess.Popen) -> None:
-    for sig, wait_s in ((signal.SIGTERM, 60), (signal.SIGKILL, 20)):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, sig)
-        try:
-            proc.wait(timeout=wait_s)
-            return
-        except subprocess.TimeoutExpired:
-            continue
+    """SIGTERM to the server (it shuts down what it started), SIGKILL to it after 60 s; then SIGKILL to
+    whatever of its process group is left."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=20)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
 
 
 def measure_servers(

@@ -15,7 +15,8 @@ Request and response (the MLflow scoring protocol, for both servers)::
 ``frames`` are the last ``in_len`` radar frames, oldest first, as rain rate (mm/h, >= 0) or reflectivity
 (dBZ, ``-inf`` = no echo); NaN marks pixels without data, which the model sees as no echo (as the store
 keeps masked pixels). ``time_s`` are their times (int seconds since the Unix epoch, UTC), one
-``interval_s`` apart. The answer's ``time_s`` are the forecast's valid times.
+``interval_s`` apart. The answer's ``time_s`` are the forecast's valid times; its rain rate is 0 where
+the forecast pixel is 0 and outside the last input frame's coverage (as ``nowcast predict`` writes).
 
 What the model needs to know is in the MLmodel ``metadata["nowcaster"]`` (:class:`NowcasterSpec`):
 input and output length, frame size, cadence ``interval_s``, the Z-R relation (``zr_a``, ``zr_b``) and
@@ -51,6 +52,7 @@ from pipeline import checkpoints
 from pipeline.errors import NowcastError
 from pipeline.raycluster import connect_ray
 from pipeline.sources.grid import ZR
+from pipeline.sources.gridded import parse_zr
 from trajgru import units
 from trajgru.fast import enable_fast_path
 
@@ -93,7 +95,7 @@ class NowcasterSpec:
     def from_store(cls, store, model_config: dict) -> NowcasterSpec:
         """The spec of a model (its ``model_config``) trained on ``store`` (a ``pipeline.store.Store``)."""
         settings = store.source_settings
-        zr = ZR(settings["zr"]["zr_a"], settings["zr"]["zr_b"]) if settings.get("zr") else ZR()
+        zr = parse_zr(settings.get("zr"))
         return cls(
             in_len=int(model_config["in_len"]),
             out_len=int(model_config["out_len"]),
@@ -162,8 +164,11 @@ class Nowcaster:
         self.spec = spec
         self.device = device
 
-    def check_request(self, frames, time_s, unit: str = UNITS[0]) -> tuple[np.ndarray, np.ndarray]:
-        """Validate a request -> (pixels float32 (B, in_len, H, W) in [0, 1], times int64 (B, in_len)).
+    def check_request(
+        self, frames, time_s, unit: str = UNITS[0]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Validate a request -> (pixels float32 (B, in_len, H, W) in [0, 1], times int64 (B, in_len),
+        coverage bool (B, H, W): True where the last input frame has data).
 
         RequestError (one line saying what is wrong) for a wrong shape or frame count, times that are
         not ``interval_s`` apart, an unknown unit, or values that are not rain rates / reflectivities.
@@ -194,7 +199,7 @@ class Nowcaster:
                 f"the input times must be {spec.interval_s} s apart (the model's cadence), oldest first; "
                 f"request {bad} has steps {steps[bad].tolist()} s"
             )
-        return self._to_pixels(frames, unit), time_s.astype(np.int64)
+        return self._to_pixels(frames, unit), time_s.astype(np.int64), ~np.isnan(frames[:, -1])
 
     def _to_pixels(self, frames: np.ndarray, unit: str) -> np.ndarray:
         """Rain rate (mm/h) or dBZ -> pixel values (NaN -> 0, no echo)."""
@@ -218,17 +223,23 @@ class Nowcaster:
             out = self.model(x.to(self.device)).clamp(0.0, 1.0)
         return out[:, :, 0].transpose(0, 1).float().cpu().numpy()
 
-    def answer(self, out_pixels: np.ndarray, time_s: np.ndarray) -> dict[str, np.ndarray]:
-        """Forecast pixels (B, out_len, H, W) and the input times (B, in_len) -> ``rain_mm_h`` float32
-        (B, out_len, H, W) and the valid times ``time_s`` int64 (B, out_len)."""
+    def answer(
+        self, out_pixels: np.ndarray, time_s: np.ndarray, coverage: np.ndarray
+    ) -> dict[str, np.ndarray]:
+        """Forecast pixels (B, out_len, H, W), the input times (B, in_len) and ``coverage`` (B, H, W) ->
+        ``rain_mm_h`` float32 (B, out_len, H, W) and the valid times ``time_s`` int64 (B, out_len).
+
+        As ``nowcast predict`` writes them: pixel 0 (-10 dBZ or less) is no rain, and so is every pixel
+        outside the coverage of the last input frame."""
         rain = self.spec.zr.dbz_to_rain(units.pixel_to_dbz(out_pixels.astype(np.float64)))
+        rain[(np.rint(out_pixels * 255.0) == 0) | ~coverage[:, None]] = 0.0
         leads_s = self.spec.interval_s * np.arange(1, self.spec.out_len + 1, dtype=np.int64)
         return {"rain_mm_h": rain.astype(np.float32), "time_s": time_s[:, -1:] + leads_s}
 
     def predict(self, frames, time_s, unit: str = UNITS[0]) -> dict[str, np.ndarray]:
         """:meth:`check_request`, :meth:`forecast_pixels` and :meth:`answer` in one."""
-        pixels, times = self.check_request(frames, time_s, unit)
-        return self.answer(self.forecast_pixels(pixels), times)
+        pixels, times, coverage = self.check_request(frames, time_s, unit)
+        return self.answer(self.forecast_pixels(pixels), times, coverage)
 
 
 def load_nowcaster(model_dir: Path | str, device: str = "auto") -> Nowcaster:
@@ -346,7 +357,7 @@ class NowcastDeployment:
         try:
             body = json.loads(await request.body())
             inputs, params = body["inputs"], body.get("params") or {}
-            pixels, times = self.nowcaster.check_request(
+            pixels, times, coverage = self.nowcaster.check_request(
                 inputs["frames"], inputs["time_s"], params.get("unit", UNITS[0])
             )
         except (ValueError, KeyError, TypeError):
@@ -355,7 +366,7 @@ class NowcastDeployment:
             )
         except RequestError as exc:
             return _error(400, str(exc))
-        answer = self.nowcaster.answer(await self._forecast(pixels), times)
+        answer = self.nowcaster.answer(await self._forecast(pixels), times, coverage)
         return {"predictions": {k: v.tolist() for k, v in answer.items()}}
 
 
