@@ -64,6 +64,8 @@ METADATA_KEY = "nowcaster"
 UNITS = ("mm/h", "dBZ")
 #: Folder of the MLflow model holding the model files (``mlflow.pytorch``'s extra_files).
 MODEL_FILES_DIR = "extra_files"
+#: Decimals of the answers' rain rates (0.001 mm/h): short JSON numbers, far finer than radar's precision.
+RAIN_DECIMALS = 3
 #: The Ray Serve application's name.
 APP_NAME = "nowcast"
 
@@ -130,7 +132,7 @@ class NowcasterSpec:
             outputs=Schema(
                 [
                     TensorSpec(
-                        np.dtype(np.float32), (-1, self.out_len, self.height, self.width), "rain_mm_h"
+                        np.dtype(np.float64), (-1, self.out_len, self.height, self.width), "rain_mm_h"
                     ),
                     TensorSpec(np.dtype(np.int64), (-1, self.out_len), "time_s"),
                 ]
@@ -227,14 +229,15 @@ class Nowcaster:
         self, out_pixels: np.ndarray, time_s: np.ndarray, coverage: np.ndarray
     ) -> dict[str, np.ndarray]:
         """Forecast pixels (B, out_len, H, W), the input times (B, in_len) and ``coverage`` (B, H, W) ->
-        ``rain_mm_h`` float32 (B, out_len, H, W) and the valid times ``time_s`` int64 (B, out_len).
+        ``rain_mm_h`` (B, out_len, H, W), rounded to :data:`RAIN_DECIMALS`, and the valid times ``time_s``
+        int64 (B, out_len).
 
         As ``nowcast predict`` writes them: pixel 0 (-10 dBZ or less) is no rain, and so is every pixel
         outside the coverage of the last input frame."""
         rain = self.spec.zr.dbz_to_rain(units.pixel_to_dbz(out_pixels.astype(np.float64)))
         rain[(np.rint(out_pixels * 255.0) == 0) | ~coverage[:, None]] = 0.0
         leads_s = self.spec.interval_s * np.arange(1, self.spec.out_len + 1, dtype=np.int64)
-        return {"rain_mm_h": rain.astype(np.float32), "time_s": time_s[:, -1:] + leads_s}
+        return {"rain_mm_h": np.round(rain, RAIN_DECIMALS), "time_s": time_s[:, -1:] + leads_s}
 
     def predict(self, frames, time_s, unit: str = UNITS[0]) -> dict[str, np.ndarray]:
         """:meth:`check_request`, :meth:`forecast_pixels` and :meth:`answer` in one."""

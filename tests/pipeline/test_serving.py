@@ -9,6 +9,7 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+import warnings
 from pathlib import Path
 
 import mlflow
@@ -30,6 +31,8 @@ REPO = Path(__file__).resolve().parents[2]
 #: The test archive's Z-R relation (Marshall-Palmer, not the HKO-7 default) and cadence.
 ZR_A, ZR_B = 200.0, 1.6
 SIZE = 32
+#: Answers give rain rates to 0.001 mm/h (half of it is the largest rounding error).
+RAIN_ROUNDING_MM_H = 0.0005
 
 
 def rain_from_pixels(pixel: np.ndarray) -> np.ndarray:
@@ -73,8 +76,8 @@ def test_forecast_in_mm_h_and_dbz_matches_the_model_through_the_z_r_relation(now
     expected = reference_forecast(nowcaster.model, pixels)
     for frames, unit in ((rain_from_pixels(pixels), "mm/h"), (70.0 * pixels - 10.0, "dBZ")):
         out = nowcaster.predict(frames, times, unit)
-        assert out["rain_mm_h"].dtype == np.float32 and out["rain_mm_h"].shape == (2, 3, SIZE, SIZE)
-        np.testing.assert_allclose(out["rain_mm_h"], expected, rtol=1e-4, atol=1e-6)
+        assert out["rain_mm_h"].shape == (2, 3, SIZE, SIZE)
+        np.testing.assert_allclose(out["rain_mm_h"], expected, rtol=1e-4, atol=RAIN_ROUNDING_MM_H)
         assert out["time_s"].tolist() == [[600, 900, 1200], [1200, 1500, 1800]]
 
 
@@ -89,7 +92,7 @@ def test_no_data_is_no_echo_and_no_forecast(nowcaster):
     expected = reference_forecast(nowcaster.model, request_pixels(batch=1) * (dry > rain_from_pixels(0)))
     expected[:, :, 20:30, 20:30] = 0.0
     got = nowcaster.predict(rain, times)["rain_mm_h"]
-    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=RAIN_ROUNDING_MM_H)
     assert (got[:, :, 20:30, 20:30] == 0).all() and (got[:, :, :20] > 0).any()
 
 
@@ -135,9 +138,12 @@ def registered(tmp_path_factory):
     store, with the nowcaster of an ODIM store (32x32, every 300 s, Z = 200 R^1.6)."""
     root = tmp_path_factory.mktemp("serving")
     arch = gd.odim_archive(root / "odim", 6, size=SIZE)
-    ingest(
-        IngestConfig(archive=arch.root, store=root / "store.zarr", workers=0, zr="200,1.6"), progress=False
-    )
+    with warnings.catch_warnings():  # six frames: no valid or test split, which serving does not need
+        warnings.simplefilter("ignore")
+        ingest(
+            IngestConfig(archive=arch.root, store=root / "store.zarr", workers=0, zr="200,1.6"),
+            progress=False,
+        )
     store = Store.open(root / "store.zarr")
     uri = f"sqlite:///{root / 'mlflow.db'}"
     model = tiny_model()
@@ -258,7 +264,10 @@ def test_mlflow_models_predict_writes_the_forecast(registered, tmp_path):
     )
     answer = json.loads((tmp_path / "out.json").read_text())["predictions"]
     np.testing.assert_allclose(
-        np.asarray(answer["rain_mm_h"]), reference_forecast(registered["model"], pixels), rtol=1e-4
+        np.asarray(answer["rain_mm_h"]),
+        reference_forecast(registered["model"], pixels),
+        rtol=1e-4,
+        atol=RAIN_ROUNDING_MM_H,
     )
     assert answer["time_s"] == [[600, 900, 1200]]
 
