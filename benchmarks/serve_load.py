@@ -253,6 +253,7 @@ def main(argv=None) -> int:
     p.add_argument("--max-batch-size", type=int, default=8, help="nowcast serve --max-batch-size")
     p.add_argument("--out", type=Path, default=RESULTS / "serving.json")
     args = p.parse_args(argv)
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="serve-load-") as tmp:
         model_uri, tracking_uri, spec = register_tiny(Path(tmp), args.size)
         rows = measure_servers(
@@ -278,6 +279,7 @@ def main(argv=None) -> int:
         "replicas": args.replicas,
         "max_batch_size": args.max_batch_size,
         "machine": machine(),
+        "load_average_1min": [round(load_before, 1), round(os.getloadavg()[0], 1)],  # before, after
         "rows": rows,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

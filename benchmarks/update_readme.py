@@ -187,7 +187,9 @@ def serving() -> str | None:
         f"`{results['command'].strip()}` — `{model['preset']}` {model['cell']} at {model['size_px']}², "
         f"{model['in_len']} frames in, {model['out_len']} out, one domain per request; `nowcast serve` with "
         f"{results['replicas']} replica(s), batches of up to {results['max_batch_size']}; {hardware}, "
-        f"torch {m['torch']}; client and server on the same machine (loopback).",
+        f"torch {m['torch']}; client and server on the same machine (loopback), whose 1-minute load "
+        f"average was {results['load_average_1min'][0]:g} before and {results['load_average_1min'][1]:g} after "
+        "(other jobs shared it).",
         "",
         "| server | clients | requests/s | median latency | p95 latency | requests (errors) |",
         "|---|---:|---:|---:|---:|---:|",

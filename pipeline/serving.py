@@ -47,6 +47,7 @@ from mlflow.models.utils import _save_example
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.types import ParamSchema, ParamSpec, Schema, TensorSpec
 from ray import serve
+from starlette.responses import JSONResponse
 
 from pipeline import checkpoints
 from pipeline.errors import NowcastError
@@ -328,9 +329,7 @@ def download_model(model_uri: str, tracking_uri: str | None) -> Path:
         raise NowcastError(f"cannot load model {model_uri}: {exc}") from exc
 
 
-def _error(status: int, message: str):
-    from starlette.responses import JSONResponse
-
+def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error_code": "BAD_REQUEST", "message": message}, status_code=status)
 
 
@@ -339,8 +338,8 @@ class NowcastDeployment:
     """One replica: the nowcaster of ``model_uri``; ``POST /invocations`` forecasts (requests batched up
     to ``max_batch_size`` per model call), ``GET /metadata`` tells the :class:`NowcasterSpec`."""
 
-    def __init__(self, model_uri: str, tracking_uri: str | None, max_batch_size: int):
-        self.nowcaster = load_nowcaster(download_model(model_uri, tracking_uri))
+    def __init__(self, model_uri: str, tracking_uri: str | None, max_batch_size: int, device: str):
+        self.nowcaster = load_nowcaster(download_model(model_uri, tracking_uri), device)
         self.model_uri = model_uri
         self._forecast.set_max_batch_size(max_batch_size)
 
@@ -403,7 +402,7 @@ def serve_nowcaster(
         serve.start(http_options={"host": host, "port": int(port)})
         app = NowcastDeployment.options(
             num_replicas=replicas, ray_actor_options={"num_cpus": 0 if gpus else cpus, "num_gpus": gpus}
-        ).bind(model_uri, tracking_uri, max_batch_size)
+        ).bind(model_uri, tracking_uri, max_batch_size, "cuda" if gpus else "cpu")
         serve.run(app, name=APP_NAME, route_prefix="/")
         device = "a GPU" if gpus else f"{cpus:g} CPU"
         print(

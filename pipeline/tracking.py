@@ -488,7 +488,8 @@ def _log_model(module, name: str, example: np.ndarray, signature, fmt: str, extr
     if store is None:
         return mlflow.pytorch.log_model(module, name=name, **torch_kwargs)
     spec = serving.NowcasterSpec.from_store(store, module.config.to_dict())
-    last_time_s = int(store.reader().time_s[-1]) if store.reader().time_s.size else 0
+    times_s = store.reader().time_s
+    last_time_s = int(times_s[-1]) if times_s.size else 0
     return mlflow.models.Model.log(
         artifact_path=None,
         name=name,
