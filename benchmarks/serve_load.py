@@ -42,7 +42,7 @@ from bench_skill import machine  # noqa: E402
 
 from pipeline import tracking  # noqa: E402
 from pipeline.ingest import IngestConfig, ingest  # noqa: E402
-from pipeline.serving import NowcasterSpec  # noqa: E402
+from pipeline.serving import METADATA_KEY, NowcasterSpec  # noqa: E402
 from pipeline.store import Store  # noqa: E402
 from pipeline.synth import SynthConfig, synth_archive  # noqa: E402
 from trajgru import build_model  # noqa: E402
@@ -196,7 +196,7 @@ def measure_servers(
     model_uri: str,
     tracking_uri: str,
     workdir: Path,
-    spec: dict,
+    spec: dict | None = None,
     *,
     clients: tuple[int, ...] = (1, 8),
     requests: int = 40,
@@ -205,9 +205,13 @@ def measure_servers(
     max_batch_size: int = 8,
     servers: tuple[str, ...] = SERVERS,
 ) -> list[dict]:
-    """Serve ``model_uri`` (a registered version with a nowcaster; its ``metadata["nowcaster"]`` is
-    ``spec``) with each of ``servers`` in turn and :func:`load` it at each client count (after 2 warm-up
-    requests) -> one row per (server, clients). ``requests`` and ``time_limit_s`` bound each row."""
+    """Serve ``model_uri`` (a registered version with a nowcaster at ``tracking_uri``) with each of
+    ``servers`` in turn and :func:`load` it at each client count (after 2 warm-up requests) -> one row per
+    (server, clients). ``requests`` and ``time_limit_s`` bound each row. ``spec``: the model's
+    ``metadata["nowcaster"]`` (None: read from the registry)."""
+    if spec is None:
+        mlflow.set_tracking_uri(tracking_uri)
+        spec = mlflow.models.get_model_info(model_uri).metadata[METADATA_KEY]
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "PYTHONPATH": str(REPO)}
