@@ -206,9 +206,11 @@ def measure_servers(
     servers: tuple[str, ...] = SERVERS,
 ) -> list[dict]:
     """Serve ``model_uri`` (a registered version with a nowcaster at ``tracking_uri``) with each of
-    ``servers`` in turn and :func:`load` it at each client count (after 2 warm-up requests) -> one row per
-    (server, clients). ``requests`` and ``time_limit_s`` bound each row. ``spec``: the model's
-    ``metadata["nowcaster"]`` (None: read from the registry)."""
+    ``servers`` in turn and :func:`load` it at each client count -> one row per (server, clients).
+
+    Each server first gets a warm-up of 2 requests per client at the most clients. ``requests`` and
+    ``time_limit_s`` bound each row (and the warm-up). ``spec``: the model's ``metadata["nowcaster"]``
+    (None: read from the registry)."""
     if spec is None:
         mlflow.set_tracking_uri(tracking_uri)
         spec = mlflow.models.get_model_info(model_uri).metadata[METADATA_KEY]
@@ -220,7 +222,8 @@ def measure_servers(
     for kind in servers:
         command = server_command(kind, model_uri, free_port(), replicas, max_batch_size)
         with running_server(kind, command, workdir, env) as url:
-            load(url, body, 1, 2, time_limit_s, spec["out_len"])  # warm-up: first calls load lazily
+            # warm-up: the first requests after a start are slow (lazy loading, thread pools)
+            load(url, body, max(clients), 2 * max(clients), time_limit_s, spec["out_len"])
             for n in clients:
                 row = load(url, body, n, requests, time_limit_s, spec["out_len"])
                 rows.append({"server": kind, **row})
