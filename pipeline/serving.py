@@ -216,8 +216,7 @@ class Nowcaster:
             dbz = frames
         else:
             raise RequestError(f"unknown unit {unit!r}: use one of {', '.join(UNITS)}")
-        pixels = units.dbz_to_pixel(np.nan_to_num(dbz, nan=-math.inf, posinf=math.inf, neginf=-math.inf))
-        return pixels.astype(np.float32)
+        return units.dbz_to_pixel(np.where(np.isnan(dbz), -math.inf, dbz)).astype(np.float32)
 
     def forecast_pixels(self, pixels: np.ndarray) -> np.ndarray:
         """The model on pixels (B, in_len, H, W) -> forecast pixels (B, out_len, H, W), clipped to [0, 1]."""
