@@ -232,6 +232,7 @@ def _check_server(url: str, registered) -> None:
         np.asarray(answer["predictions"]["rain_mm_h"]),
         reference_forecast(registered["model"], pixels),
         rtol=1e-4,
+        atol=RAIN_ROUNDING_MM_H,
     )
     assert answer["predictions"]["time_s"] == [[600, 900, 1200], [900, 1200, 1500]]
     body["inputs"]["time_s"] = [[0, 360], [300, 600]]
