@@ -24,12 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from pipeline import files, outputs
 from pipeline.catalog import INTERVAL_S
 from pipeline.errors import NowcastError, check
-from pipeline.forecasters import Forecaster, load_forecaster
+from pipeline.forecasters import load_forecaster
 from pipeline.outputs import FORMATS, Forecast
 from pipeline.sources import hko7
 from pipeline.store import Store
@@ -196,15 +195,6 @@ def _inputs_from_pngs(paths: Sequence[str | Path], in_len: int) -> _Inputs:
     return _Inputs(np.stack(frames), int(times[-1]), interval_s, input_times_s=[int(t) for t in times])
 
 
-# --------------------------------------------------------------------------- forecast
-def _run_forecaster(forecaster: Forecaster, frames_u8: np.ndarray) -> np.ndarray:
-    """(in_len, H, W) uint8 -> (out_len, H, W) float pixel values clamped to [0, 1]."""
-    x = torch.from_numpy(frames_u8.astype(np.float32) / 255.0)[:, None, None]  # (in_len, 1, 1, H, W)
-    with torch.no_grad():
-        y = forecaster(x)
-    return y[:, 0, 0].float().clamp(0.0, 1.0).cpu().numpy()
-
-
 def predict(cfg: PredictConfig) -> PredictResult:
     """Forecast ``out_len`` frames after the inputs and write them (see the module doc).
 
@@ -230,7 +220,7 @@ def predict(cfg: PredictConfig) -> PredictResult:
         where = "the input PNGs"
     forecaster.check_frame_size(inputs.frames_u8.shape[1:], where)
     forecast = Forecast(
-        forecast=_run_forecaster(forecaster, inputs.frames_u8),
+        forecast=forecaster.forecast_frames(inputs.frames_u8),
         interval_s=inputs.interval_s,
         last_time_s=inputs.last_time_s,
         model_uri=str(cfg.model_uri),
