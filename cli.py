@@ -557,6 +557,38 @@ def predict(
 
 
 @command()
+def serve(
+    model: str = typer.Option(
+        ..., "--model", help="models:/NAME@ALIAS, models:/NAME/VERSION or an MLflow model directory."
+    ),
+    replicas: int = typer.Option(1, help="Model replicas (each takes a GPU when the cluster has enough)."),
+    max_batch_size: int = typer.Option(8, help="Requests a replica forecasts together in one model call."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0: every interface)."),
+    port: int = typer.Option(8000, help="HTTP port."),
+    tracking_uri: str | None = typer.Option(None, envvar="MLFLOW_TRACKING_URI", help=TRACKING_HELP),
+    ray_address: str | None = typer.Option(None, envvar="RAY_ADDRESS", help=RAY_HELP),
+) -> None:
+    """Serve a registered nowcaster over HTTP on Ray Serve (POST /invocations; Ctrl-C stops).
+
+    Example: nowcast serve --model models:/nowcast-tiny@champion --replicas 2 --port 8000
+    """
+    from pipeline.serving import serve_nowcaster
+    from pipeline.tracking import pinned_model_uri, resolve_tracking_uri
+
+    uri = _run(pinned_model_uri, model, tracking_uri)
+    _run(
+        serve_nowcaster,
+        uri,
+        resolve_tracking_uri(tracking_uri),
+        replicas=replicas,
+        max_batch_size=max_batch_size,
+        host=host,
+        port=port,
+        ray_address=ray_address,
+    )
+
+
+@command()
 def watch(
     archive: Path = typer.Argument(..., help="The radar archive new files land in (any supported format)."),
     store: Path = typer.Argument(..., help="The Zarr store they are appended to (created when missing)."),

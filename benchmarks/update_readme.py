@@ -212,6 +212,32 @@ def gpu_bench() -> str | None:
     return "\n".join(rows)
 
 
+def serving() -> str | None:
+    """serve_load.py's table: requests/s and latency of the two servers at each client count."""
+    results = _load("serving.json")
+    if results is None:
+        return None
+    m, model = results["machine"], results["model"]
+    hardware = m.get("gpu") or f"{m['cpu_cores']} CPU cores ({m['cpu']})"
+    rows = [
+        f"`{results['command'].strip()}` — `{model['preset']}` {model['cell']} at {model['size_px']}², "
+        f"{model['in_len']} frames in, {model['out_len']} out, one domain per request; `nowcast serve` with "
+        f"{results['replicas']} replica(s), batches of up to {results['max_batch_size']}; {hardware}, "
+        f"torch {m['torch']}; client and server on the same machine (loopback), whose 1-minute load "
+        f"average was {results['load_average_1min'][0]:g} before and {results['load_average_1min'][1]:g} after "
+        "(other jobs shared it).",
+        "",
+        "| server | clients | requests/s | median latency | p95 latency | requests (errors) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in results["rows"]:
+        rows.append(
+            f"| `{r['server']}` | {r['clients']} | {r['requests_per_s']:.1f} | {r['p50_ms']:.0f} ms | "
+            f"{r['p95_ms']:.0f} ms | {r['requests']} ({r['errors']}) |"
+        )
+    return "\n".join(rows)
+
+
 def service_latency() -> str | None:
     """bench_service.py --part latency: median and p95 per case, split into its parts."""
     results = _load("service_latency.json")
@@ -246,6 +272,7 @@ BLOCKS = {
     "skill-gpu": skill_gpu,
     "skill-sweep1": skill_sweep1,
     "gpu-bench": gpu_bench,
+    "serving": serving,
     "service-latency": service_latency,
 }
 

@@ -4,7 +4,9 @@ the ``champion`` alias.
 Logged models carry the model files of ``pipeline.checkpoints`` as ``extra_files``
 (:func:`log_and_register_model`); :func:`registered_model_files` finds them again for a
 ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` URI. The MLflow model itself is saved in the
-``pt2`` (``torch.export``) format when the export succeeds, else ``pickle``.
+``pt2`` (``torch.export``) format when the export succeeds, else ``pickle``. A model logged with its
+store is also a nowcaster: its ``python_function`` flavor takes and gives physical units
+(``pipeline.serving``), so ``mlflow models serve -m models:/NAME@champion`` forecasts rain rates.
 
 Metric names
 ------------
@@ -45,7 +47,7 @@ from mlflow.entities import Metric, RunTag
 from mlflow.models import ModelSignature
 from mlflow.types import Schema, TensorSpec
 
-from pipeline import checkpoints
+from pipeline import checkpoints, serving
 from pipeline.errors import NowcastError
 from trajgru.metrics import nanmean
 
@@ -411,6 +413,7 @@ def log_and_register_model(
     serialization_format: str | None = None,
     run_id: str | None = None,
     tracking_uri: str | None = None,
+    store=None,
 ) -> LoggedModel:
     """Log ``model`` to the active MLflow run (or to run ``run_id`` at ``tracking_uri``) and optionally
     register it.
@@ -424,8 +427,13 @@ def log_and_register_model(
     serialization_format : "pt2", "pickle" or None. None tries ``pt2`` (torch.export; safe to
         load, MLflow's default) and falls back to ``pickle`` with a warning if export fails.
 
-    The signature is inferred from the example and the model's output on it, with the batch
-    dimension marked variable. ``model_config.json`` + ``model_state.pt`` are attached as
+    store : the ``pipeline.store.Store`` the model was trained on, or None. With it, the model's
+        ``python_function`` flavor is the nowcaster of ``pipeline.serving`` (physical units, the store's
+        Z-R relation, cadence and grid in ``metadata["nowcaster"]``; its signature and a request as the
+        input example); without it, MLflow's pixel-valued torch pyfunc.
+
+    Without a store, the signature is inferred from the example and the model's output on it, with
+    the batch dimension marked variable. ``model_config.json`` + ``model_state.pt`` are attached as
     ``extra_files``; :func:`registered_model_files` finds them.
     """
     if run_id is not None:
@@ -433,7 +441,12 @@ def log_and_register_model(
             mlflow.set_tracking_uri(tracking_uri)
         with mlflow.start_run(run_id=run_id):
             return log_and_register_model(
-                model, input_example, register_as, name=name, serialization_format=serialization_format
+                model,
+                input_example,
+                register_as,
+                name=name,
+                serialization_format=serialization_format,
+                store=store,
             )
     module = getattr(model, "module", model).cpu().eval()
     example = np.ascontiguousarray(input_example, dtype=np.float32)
@@ -448,15 +461,7 @@ def log_and_register_model(
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    info = mlflow.pytorch.log_model(
-                        module,
-                        name=name,
-                        input_example=example,
-                        signature=signature,
-                        serialization_format=fmt,
-                        extra_files=extra,
-                        pip_requirements=_pip_requirements(),
-                    )
+                    info = _log_model(module, name, example, signature, fmt, extra, store)
                 break
             except Exception as exc:  # noqa: BLE001 (export failures are many kinds)
                 last_exc = exc
@@ -468,6 +473,32 @@ def log_and_register_model(
         mv = mlflow.register_model(info.model_uri, register_as)
         version = int(mv.version)
     return LoggedModel(info.model_uri, register_as, version, fmt)
+
+
+def _log_model(module, name: str, example: np.ndarray, signature, fmt: str, extra: list[str], store):
+    """``mlflow.pytorch.log_model`` of ``module``; with a ``store``, through ``pipeline.serving``'s flavor,
+    which adds the nowcaster (:func:`log_and_register_model`)."""
+    torch_kwargs = dict(
+        input_example=example,
+        signature=signature,
+        serialization_format=fmt,
+        extra_files=extra,
+        pip_requirements=_pip_requirements(),
+    )
+    if store is None:
+        return mlflow.pytorch.log_model(module, name=name, **torch_kwargs)
+    spec = serving.NowcasterSpec.from_store(store, module.config.to_dict())
+    times_s = store.reader().time_s
+    last_time_s = int(times_s[-1]) if times_s.size else 0
+    return mlflow.models.Model.log(
+        artifact_path=None,
+        name=name,
+        flavor=serving,
+        pytorch_model=module,
+        spec=spec,
+        example=spec.example(example, last_time_s),
+        **torch_kwargs,
+    )
 
 
 # --------------------------------------------------------------------------- champion alias
@@ -682,3 +713,23 @@ def registered_model_files(uri: str, tracking_uri: str | None = None) -> tuple[P
             "log models with pipeline.tracking.log_and_register_model."
         )
     return extra, f"{name}/{mv.version}", mv.run_id
+
+
+def pinned_model_uri(uri: str, tracking_uri: str | None = None) -> str:
+    """``models:/NAME@ALIAS`` -> ``models:/NAME/VERSION`` of the version holding the alias now (so that
+    every server replica loads the same version); ``models:/NAME/VERSION`` unchanged; a local path made
+    absolute; other URIs (``runs:/``, ``models:/m-...``) unchanged. NowcastError for an unknown alias."""
+    uri = str(uri).strip()
+    if not uri.startswith("models:/") or uri.startswith("models:/m-"):
+        path = Path(uri).expanduser()
+        return str(path.resolve()) if "://" not in uri and not uri.startswith("runs:/") else uri
+    name, version, alias = parse_models_uri(uri)
+    if alias:
+        mv = champion_version(name, alias, resolve_tracking_uri(tracking_uri))
+        if mv is None:
+            raise NowcastError(
+                f"no version of {name} holds the alias {alias!r} at {mlflow.get_tracking_uri()}; check the "
+                "name and --tracking-uri, or set it with `nowcast promote NAME VERSION`"
+            )
+        version = mv.version
+    return f"models:/{name}/{version}"

@@ -133,6 +133,7 @@ def _finish_model(cfg: TrainConfig, store: Store, run_id: str, checkpoint_dir: s
         serialization_format=cfg.model_format,
         run_id=run_id,
         tracking_uri=cfg.tracking_uri,
+        store=store,
     )
     promoted = False
     if logged.registered_version is not None:
