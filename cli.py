@@ -351,9 +351,7 @@ def train(
         None, help="Stop after N validations without a better score (0: never)."
     ),
     run_name: str | None = typer.Option(None, help="Ray run name; re-running the same name resumes it."),
-    storage_path: Path | None = typer.Option(
-        None, help="Ray storage for checkpoints (shared on a cluster)."
-    ),
+    storage_path: Path | None = typer.Option(None, help="Ray storage for checkpoints (shared on a cluster)."),
     config: Path | None = typer.Option(None, help="YAML/JSON file of TrainConfig overrides."),
     register_as: str | None = typer.Option(
         None, help="Register the model under this name in the MLflow registry."
@@ -420,12 +418,21 @@ def evaluate(
     model: str = typer.Option(
         ...,
         "--model",
-        help="models:/NAME@ALIAS, models:/NAME/VERSION, a checkpoint path, persistence or optical-flow.",
+        help="models:/NAME@ALIAS, models:/NAME/VERSION, a checkpoint path, or a baseline: persistence, "
+        "optical-flow, extrapolation, sprog, steps (options: steps:members=20,seed=1).",
     ),
     split: str = typer.Option("test", help="Split to score (train | valid | test)."),
     workers: int = typer.Option(0, help="Score in parallel on N Ray workers (0: in this process)."),
     batch_size: int = typer.Option(4, help="Clips per forward pass."),
     max_clips: int | None = typer.Option(None, help="Score only the first N clips (quick checks)."),
+    clip_stride: int = typer.Option(
+        1, help="Score every Nth clip: an evenly spaced subset (e.g. for STEPS), before --max-clips."
+    ),
+    neighbourhood: int | None = typer.Option(
+        None,
+        help="Neighbourhood (pixels) of a deterministic forecast's exceedance probabilities "
+        "(default: pipeline.probabilities.DEFAULT_NEIGHBOURHOOD_PX).",
+    ),
     out_json: Path | None = typer.Option(
         None,
         help="Write the scores as JSON here (and a skill plot beside it). Default: <store>.evaluations/.",
@@ -460,6 +467,8 @@ def evaluate(
         workers=workers,
         batch_size=batch_size,
         max_clips=max_clips,
+        clip_stride=clip_stride,
+        **({} if neighbourhood is None else {"neighbourhood_px": neighbourhood}),
         out_json=out_json,
         log_to_mlflow=not no_log,
         tracking_uri=tracking_uri,

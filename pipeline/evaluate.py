@@ -11,6 +11,11 @@ Protocol
 * Scores: :class:`trajgru.metrics.SkillScores` pooled over every clip (contingency counts summed
   before any ratio), CSI/HSS/POD/FAR/GSS per lead time and threshold (0.5, 2, 5, 10, 30 mm/h),
   MSE/MAE/B-MSE/B-MAE per lead time.
+* Verification (:class:`pipeline.verification.Verification`, in rain rate through the store's Z–R):
+  FSS per lead time, threshold and neighbourhood; CRPS, Brier score and skill, reliability, ROC AUC of
+  the exceedance probabilities (ensembles: member fractions, with a rank histogram; deterministic
+  forecasts: neighbourhood probabilities, :mod:`pipeline.probabilities`). An ensemble's deterministic
+  scores (HKO-7 and FSS) are those of its mean in rain rate.
 * Data-parallel: ``workers=N > 0`` splits the clips with ``pipeline.dataset.rank_slice`` over N Ray
   tasks; each loads the forecaster, scores its slice, and the accumulators are merged (pooled
   counts are exactly those of the in-process run).
@@ -39,12 +44,15 @@ from rich.console import Console
 from rich.table import Table
 
 from pipeline import files, tracking, viz
+from pipeline.baselines_pysteps import Radar, pixel_to_rain, rain_to_pixel, store_radar
 from pipeline.dataset import ClipDataset, collate_clips, rank_slice
 from pipeline.errors import NowcastError, check
 from pipeline.forecasters import Forecaster, absolute_uri, baseline_name, load_forecaster
+from pipeline.probabilities import DEFAULT_NEIGHBOURHOOD_PX
 from pipeline.progress import track
 from pipeline.raycluster import connect_ray
 from pipeline.store import Store
+from pipeline.verification import Verification, plot_verification, verification_metrics
 from trajgru.metrics import DEFAULT_THRESHOLDS_MM_H, SkillScores, champion_score, nanmean
 
 PROTOCOL = "sequent"
@@ -62,6 +70,9 @@ class EvaluateConfig:
         ``RAY_ADDRESS`` joins a cluster, else a local Ray is started and shut down again).
     batch_size : clips per forward pass.
     max_clips : score only the first N sequential clips (quick checks); None = all.
+    clip_stride : score every Nth sequential clip (an evenly spaced subset, applied before ``max_clips``);
+        1 = all.
+    neighbourhood_px : the neighbourhood (pixels) of a deterministic forecast's exceedance probabilities.
     out_json : where to write the scores as JSON; None = ``<model>-<split>.json`` in the folder
         ``<store>.evaluations`` beside the store (:func:`default_out_dir`; never the current directory).
         A skill-versus-lead-time plot is written beside it (``*_skill.png``).
@@ -90,6 +101,8 @@ class EvaluateConfig:
     experiment: str = "nowcast-evaluate"
     thresholds_mm_h: tuple[float, ...] = DEFAULT_THRESHOLDS_MM_H
     interval_s: int | None = None  # None: the store's interval (HKO-7: 360 s)
+    clip_stride: int = 1
+    neighbourhood_px: int = DEFAULT_NEIGHBOURHOOD_PX
 
     def __post_init__(self):
         check(int(self.workers) >= 0, f"workers must be >= 0, got {self.workers}")
@@ -98,6 +111,8 @@ class EvaluateConfig:
             self.max_clips is None or int(self.max_clips) >= 1,
             f"max_clips must be >= 1, got {self.max_clips}",
         )
+        check(int(self.clip_stride) >= 1, f"clip_stride must be >= 1, got {self.clip_stride}")
+        check(int(self.neighbourhood_px) >= 1, f"neighbourhood_px must be >= 1, got {self.neighbourhood_px}")
 
 
 @dataclass
@@ -122,6 +137,7 @@ class EvaluateResult:
     mlflow_run_id: str | None = None
     seconds: float = 0.0
     skill: object = field(default=None, repr=False)  # the merged SkillScores (None when reused)
+    verification: dict | None = None  # Verification.result() (None when reused from an older record)
     notes: list[str] = field(default_factory=list)  # what the user should know (e.g. not logged)
     reused: bool = False  # scores read back from an earlier JSON record
     interval_s: int = 360  # the cadence the lead times are counted in
@@ -144,6 +160,7 @@ def _load(
     in_len: int | None,
     out_len: int | None,
     fast_path: bool = True,
+    radar: Radar | None = None,
 ) -> Forecaster:
     return load_forecaster(
         model_uri,
@@ -152,6 +169,7 @@ def _load(
         in_len=in_len,
         out_len=out_len,
         fast_path=fast_path,
+        radar=radar,
     )
 
 
@@ -174,12 +192,17 @@ def _lengths(forecaster: Forecaster, in_len: int | None, out_len: int | None) ->
     return n_in, n_out
 
 
-def _protocol_clips(store: Store, split: str, max_clips: int | None = None) -> np.ndarray:
-    """The HKO-7 sequential clip starts (int64 epoch s) of ``split``, the first ``max_clips`` of them.
+def _protocol_clips(
+    store: Store, split: str, max_clips: int | None = None, clip_stride: int = 1
+) -> np.ndarray:
+    """The HKO-7 sequential clip starts (int64 epoch s) of ``split``: every ``clip_stride``-th one, the first
+    ``max_clips`` of those.
 
     Raises NowcastError when the split has no clips.
     """
-    starts = store.clip_starts(split, PROTOCOL)[: None if max_clips is None else int(max_clips)]
+    starts = store.clip_starts(split, PROTOCOL)[:: int(clip_stride)][
+        : None if max_clips is None else int(max_clips)
+    ]
     if starts.size == 0:
         raise NowcastError(
             f"the {split!r} split of {store.path} has no evaluation clips (25 frames with at most 2 "
@@ -210,14 +233,18 @@ def score_clips(
     batch_size: int = 4,
     thresholds_mm_h: Sequence[float] = DEFAULT_THRESHOLDS_MM_H,
     progress: bool = False,
+    verification: Verification | None = None,
+    radar: Radar | None = None,
 ) -> SkillScores:
     """Score ``forecaster`` on the clips starting at ``starts_s`` (int64 epoch s) in this process.
 
-    Inputs are frames [0, in_len), truth frames [in_len, in_len + out_len) with their masks.
+    Inputs are frames [0, in_len) with their masks, truth frames [in_len, in_len + out_len) with their masks.
     ``progress`` shows a bar over the batches. Returns a :class:`trajgru.metrics.SkillScores`
-    (seq_len = out_len).
+    (seq_len = out_len); ``verification`` (when given) is updated in place, in rain rate through
+    ``radar.zr`` (the store's Z–R, :func:`pipeline.baselines_pysteps.store_radar`; None: HKO-7's).
     """
     skill = SkillScores(out_len, thresholds_mm_h)
+    zr = (radar or Radar()).zr
     if len(starts_s) == 0:
         return skill
     n_batches = -(-len(starts_s) // max(1, int(batch_size)))
@@ -230,19 +257,37 @@ def score_clips(
     )
     with torch.no_grad():
         for frames, masks in batches:
-            pred = forecaster(frames[:in_len])
-            if pred.shape[0] < out_len or tuple(pred.shape[1:]) != tuple(frames.shape[1:]):
-                raise NowcastError(
-                    f"{forecaster.name} returned shape {tuple(pred.shape)} for inputs "
-                    f"{tuple(frames[:in_len].shape)}; expected ({out_len}, *{tuple(frames.shape[1:])})"
-                )
-            pred = pred[:out_len].float().clamp(0.0, 1.0).cpu()
-            skill.update(
-                pred,
-                frames[in_len : in_len + out_len].contiguous(),
-                masks[in_len : in_len + out_len].contiguous(),
-            )
+            pred, members_mm_h = _forecast(forecaster, frames[:in_len], masks[:in_len], out_len, zr)
+            truth, truth_masks = frames[in_len : in_len + out_len], masks[in_len : in_len + out_len]
+            skill.update(pred, truth.contiguous(), truth_masks.contiguous())
+            if verification is not None:
+                truth_mm_h = pixel_to_rain(truth[:, :, 0].numpy(), truth_masks[:, :, 0].numpy() > 0, zr)
+                verification.update(members_mm_h, truth_mm_h)
     return skill
+
+
+def _forecast(
+    forecaster: Forecaster, inputs: torch.Tensor, masks: torch.Tensor, out_len: int, zr
+) -> tuple[torch.Tensor, np.ndarray]:
+    """(deterministic forecast pixels (out_len, B, 1, H, W) clamped to [0, 1] on the CPU, members in rain
+    rate (M, out_len, B, H, W) mm/h). An ensemble's deterministic forecast is its mean in rain rate."""
+    members = forecaster.ensemble(inputs, masks)
+    expected = (out_len, *inputs.shape[1:])
+    if (
+        members.dim() != 6
+        or members.shape[1] < out_len
+        or tuple(members.shape[2:]) != tuple(inputs.shape[1:])
+    ):
+        raise NowcastError(
+            f"{forecaster.name} returned shape {tuple(members.shape[1:])} for inputs "
+            f"{tuple(inputs.shape)}; expected {expected}"
+        )
+    members = members[:, :out_len].float().clamp(0.0, 1.0).cpu()
+    members_mm_h = pixel_to_rain(members[:, :, :, 0].numpy(), None, zr)
+    if members.shape[0] == 1:
+        return members[0], members_mm_h
+    mean_pixel = rain_to_pixel(members_mm_h.mean(axis=0), zr)
+    return torch.from_numpy(mean_pixel).unsqueeze(2), members_mm_h
 
 
 def _score_slice(
@@ -256,11 +301,17 @@ def _score_slice(
     batch_size: int,
     thresholds_mm_h: tuple,
     fast_path: bool,
-) -> SkillScores:
-    """One Ray task: load the forecaster and score a slice of clips -> SkillScores."""
+    neighbourhood_px: int = DEFAULT_NEIGHBOURHOOD_PX,
+) -> tuple[SkillScores, Verification]:
+    """One Ray task: load the forecaster and score a slice of clips -> (SkillScores, Verification)."""
     torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1") or 1)))
-    forecaster = _load(model_uri, tracking_uri, device, in_len, out_len, fast_path)
-    return score_clips(forecaster, store, starts_s, in_len, out_len, batch_size, thresholds_mm_h)
+    radar = store_radar(store)
+    forecaster = _load(model_uri, tracking_uri, device, in_len, out_len, fast_path, radar)
+    verification = Verification(out_len, forecaster.members, neighbourhood_px)
+    skill = score_clips(
+        forecaster, store, starts_s, in_len, out_len, batch_size, thresholds_mm_h, False, verification, radar
+    )
+    return skill, verification
 
 
 def score_clips_ray(
@@ -276,8 +327,11 @@ def score_clips_ray(
     thresholds_mm_h: Sequence[float] = DEFAULT_THRESHOLDS_MM_H,
     ray_address: str | None = None,
     fast_path: bool = True,
-) -> SkillScores:
-    """Score on ``workers`` Ray tasks, each a disjoint slice (``pipeline.dataset.rank_slice``); merged.
+    neighbourhood_px: int = DEFAULT_NEIGHBOURHOOD_PX,
+    members: int = 1,
+) -> tuple[SkillScores, Verification]:
+    """Score on ``workers`` Ray tasks, each a disjoint slice (``pipeline.dataset.rank_slice``); merged
+    (SkillScores, Verification) (``members``: the forecaster's ensemble size).
 
     The store travels as its absolute path, checkpoint paths and the tracking URI are made absolute;
     a Ray started here ships this source tree to the tasks (``raycluster.connect_ray``) and is shut
@@ -305,12 +359,15 @@ def score_clips_ray(
                         batch_size,
                         tuple(thresholds_mm_h),
                         fast_path,
+                        neighbourhood_px,
                     )
                 )
         merged = SkillScores(out_len, thresholds_mm_h)
-        for part_scores in ray.get(refs):
+        verification = Verification(out_len, members, neighbourhood_px)
+        for part_scores, part_verification in ray.get(refs):
             merged.merge(part_scores)
-        return merged
+            verification.merge(part_verification)
+        return merged, verification
     finally:
         if started:
             ray.shutdown()
@@ -364,8 +421,10 @@ def evaluation_record(
     store: Store,
     workers: int,
     seconds: float,
+    verification: Verification | None = None,
 ) -> dict:
-    """The JSON document written by :func:`evaluate` (scores + what was scored)."""
+    """The JSON document written by :func:`evaluate` (scores + what was scored; ``verification``: the
+    spatial and probabilistic scores, under the key ``verification``)."""
     result = skill.result()
     try:
         champ = champion_score(result)
@@ -388,6 +447,7 @@ def evaluation_record(
         "seconds": round(float(seconds), 3),
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "scores": skill.to_json_dict(),
+        "verification": None if verification is None else verification.to_json_dict(),
     }
 
 
@@ -417,9 +477,11 @@ def log_evaluation_to_mlflow(
     interval_s: int,
     n_clips: int,
     files: Sequence[Path],
+    verified: dict | None = None,
 ) -> str:
-    """Log :func:`tracking.skill_metrics` (step 0), :func:`tracking.skill_curves`, tags and ``files``
-    (artifacts under ``evaluation/<split>``).
+    """Log :func:`tracking.skill_metrics` (step 0), :func:`tracking.skill_curves`,
+    :func:`pipeline.verification.verification_metrics` of ``verified`` (FSS, CRPS, Brier skill, ...), tags
+    and ``files`` (artifacts under ``evaluation/<split>``).
 
     Under ``run_id`` when given (the model's training run), else a new run ``evaluate-<model>``
     in ``experiment``. Returns the run id.
@@ -431,7 +493,9 @@ def log_evaluation_to_mlflow(
         experiment=experiment,
         run_name=f"evaluate-{short_name(model_name)}",
         new_run_tags={"nowcast.stage": "evaluate"},
-        metrics=[(k, v, 0) for k, v in summary.items()] + tracking.skill_curves(result, split, interval_s),
+        metrics=[(k, v, 0) for k, v in summary.items()]
+        + tracking.skill_curves(result, split, interval_s)
+        + ([] if verified is None else verification_metrics(verified, split)),
         tags={f"eval.{split}.n_clips": str(n_clips), f"eval.{split}.model": model_name},
         files=files,
         artifact_path=f"evaluation/{split}",
@@ -446,6 +510,7 @@ def _log(
     n_clips: int,
     paths: Sequence[Path],
     notes: list[str],
+    verified: dict | None = None,
 ) -> str | None:
     """Log an evaluation where :class:`EvaluateConfig` says; returns the run id (None when not logged,
     with the reason appended to ``notes``)."""
@@ -473,6 +538,7 @@ def _log(
         interval_s=interval_s,
         n_clips=n_clips,
         files=paths,
+        verified=verified,
     )
 
 
@@ -491,7 +557,7 @@ def _evaluate_loaded(
     interval_s = int(cfg.interval_s or store.interval_s)
     t0 = time.perf_counter()
     if int(cfg.workers) > 0:
-        skill = score_clips_ray(
+        skill, verification = score_clips_ray(
             cfg.model_uri,
             store,
             starts_s,
@@ -504,10 +570,22 @@ def _evaluate_loaded(
             cfg.thresholds_mm_h,
             cfg.ray_address,
             cfg.fast_path,
+            cfg.neighbourhood_px,
+            forecaster.members,
         )
     else:
+        verification = Verification(out_len, forecaster.members, cfg.neighbourhood_px)
         skill = score_clips(
-            forecaster, store, starts_s, in_len, out_len, cfg.batch_size, cfg.thresholds_mm_h, progress=True
+            forecaster,
+            store,
+            starts_s,
+            in_len,
+            out_len,
+            cfg.batch_size,
+            cfg.thresholds_mm_h,
+            progress=True,
+            verification=verification,
+            radar=store_radar(store),
         )
     seconds = time.perf_counter() - t0
     result = skill.result()
@@ -527,13 +605,19 @@ def _evaluate_loaded(
         store=store,
         workers=cfg.workers,
         seconds=seconds,
+        verification=verification,
     )
+    verified = verification.result()
     notes: list[str] = []
     run_id = None
     with tempfile.TemporaryDirectory() as tmp:
         json_path = Path(out_json) if out_json else Path(tmp) / json_name(forecaster.name, cfg.split)
         plot_path = json_path.with_name(json_path.stem + "_skill.png")
+        verification_plot = json_path.with_name(json_path.stem + "_verification.png")
         if out_json or cfg.log_to_mlflow:
+            plot_verification(
+                verified, verification_plot, f"{forecaster.name}, {cfg.split} split", interval_s
+            )
             files.write_json(json_path, record)
             viz.plot_skill_vs_lead(
                 result,
@@ -542,7 +626,8 @@ def _evaluate_loaded(
                 title=f"{forecaster.name}, {cfg.split} split, {len(starts_s)} clips",
             )
         if cfg.log_to_mlflow:
-            run_id = _log(cfg, forecaster, result, interval_s, len(starts_s), [json_path, plot_path], notes)
+            paths = [json_path, plot_path, verification_plot]
+            run_id = _log(cfg, forecaster, result, interval_s, len(starts_s), paths, notes, verified)
     if not out_json:
         json_path = plot_path = None
     return EvaluateResult(
@@ -559,7 +644,8 @@ def _evaluate_loaded(
         run_id,
         seconds,
         skill,
-        notes,
+        verification=verified,
+        notes=notes,
         interval_s=interval_s,
     )
 
@@ -567,7 +653,15 @@ def _evaluate_loaded(
 def _prepare(cfg: EvaluateConfig) -> tuple[Store, Forecaster, int, int]:
     """Open the store, load the forecaster and check one against the other -> (store, forecaster, in_len, out_len)."""
     store = Store.open(cfg.store)  # NowcastError if the store is missing
-    forecaster = _load(cfg.model_uri, cfg.tracking_uri, cfg.device, cfg.in_len, cfg.out_len, cfg.fast_path)
+    forecaster = _load(
+        cfg.model_uri,
+        cfg.tracking_uri,
+        cfg.device,
+        cfg.in_len,
+        cfg.out_len,
+        cfg.fast_path,
+        store_radar(store),
+    )
     in_len, out_len = _lengths(forecaster, cfg.in_len, cfg.out_len)
     forecaster.check_frame_size(store.frame_size, f"the store {cfg.store}")
     return store, forecaster, in_len, out_len
@@ -581,7 +675,7 @@ def evaluate(cfg: EvaluateConfig) -> EvaluateResult:
     whose frame size differs from the store's, or an unknown model URI.
     """
     store, forecaster, in_len, out_len = _prepare(cfg)
-    starts = _protocol_clips(store, cfg.split, cfg.max_clips)
+    starts = _protocol_clips(store, cfg.split, cfg.max_clips, cfg.clip_stride)
     out_json = Path(cfg.out_json or default_out_dir(cfg.store) / json_name(forecaster.name, cfg.split))
     return _evaluate_loaded(cfg, store, forecaster, starts, in_len, out_len, out_json)
 
@@ -694,11 +788,12 @@ def compare_models(
     uris = [str(u).strip() for u in model_uris]
     trained = [u for u in uris if baseline_name(u) is None]
     lead = trained[0] if trained else uris[0]
-    loaded = {lead: _load(lead, tracking_uri, device, None, None, fast_path)}
+    radar = store_radar(handle)
+    loaded = {lead: _load(lead, tracking_uri, device, None, None, fast_path, radar)}
     in_len, out_len = loaded[lead].in_len, loaded[lead].out_len
     for uri in uris:
         if uri not in loaded:
-            loaded[uri] = _load(uri, tracking_uri, device, in_len, out_len, fast_path)
+            loaded[uri] = _load(uri, tracking_uri, device, in_len, out_len, fast_path, radar)
         _lengths(loaded[uri], in_len, out_len)
         loaded[uri].check_frame_size(handle.frame_size, f"the store {store}")
     starts = _protocol_clips(handle, split, max_clips)
