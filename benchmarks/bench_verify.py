@@ -46,7 +46,7 @@ DEFAULT_CLIP_STRIDE = 4
 
 
 def evaluate(store: Path, uri: str, out_json: Path, args, env: dict, log: Path) -> float:
-    """One ``nowcast evaluate`` on the test split -> wall seconds (SystemExit with the log tail if it fails)."""
+    """One ``nowcast evaluate`` on the test split -> seconds; SystemExit with the log tail if it fails."""
     cmd = [
         "evaluate",
         str(store),
