@@ -430,8 +430,7 @@ def evaluate(
     ),
     neighbourhood: int | None = typer.Option(
         None,
-        help="Neighbourhood (pixels) of a deterministic forecast's exceedance probabilities "
-        "(default: pipeline.probabilities.DEFAULT_NEIGHBOURHOOD_PX).",
+        help="Neighbourhood (pixels) of a deterministic forecast's exceedance probabilities (default: 9).",
     ),
     out_json: Path | None = typer.Option(
         None,
@@ -488,7 +487,10 @@ def evaluate(
 @command()
 def predict(
     model: str = typer.Option(
-        ..., "--model", help="models:/NAME@ALIAS, models:/NAME/VERSION or a checkpoint path."
+        ...,
+        "--model",
+        help="models:/NAME@ALIAS, models:/NAME/VERSION, a checkpoint path, or a baseline (persistence, "
+        "optical-flow, extrapolation, sprog, steps:members=20,seed=1).",
     ),
     out_dir: Path = typer.Option(Path("forecast"), help="Folder for the forecast frames and GIF."),
     store: Path | None = typer.Option(None, help="Take the input frames from this store..."),
@@ -507,6 +509,14 @@ def predict(
     overwrite: bool = typer.Option(
         False, "--overwrite", help="Replace the files of an earlier forecast in --out-dir."
     ),
+    probabilities: str | None = typer.Option(
+        None,
+        help="Also write P(rain >= t) per lead time for these thresholds in mm/h (e.g. 1,5,10) into the "
+        "zarr or netcdf output.",
+    ),
+    neighbourhood: int | None = typer.Option(
+        None, help="Neighbourhood (pixels) of a deterministic forecast's probabilities (default: 9)."
+    ),
     device: str = typer.Option("auto", help="cpu | cuda | auto (a GPU when one is visible)."),
     fast_path: bool = typer.Option(
         True,
@@ -521,9 +531,12 @@ def predict(
     """
     from pipeline.predict import PredictConfig
     from pipeline.predict import predict as run_predict
+    from pipeline.probabilities import parse_thresholds
 
     cfg = _run(
         PredictConfig,
+        probabilities_mm_h=None if probabilities is None else _run(parse_thresholds, probabilities),
+        **({} if neighbourhood is None else {"neighbourhood_px": neighbourhood}),
         model_uri=model,
         out_dir=out_dir,
         store=store,

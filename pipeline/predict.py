@@ -17,6 +17,10 @@ false, are 0 in every format):
   time (``pipeline.sources.netcdf.write_forecast``); pixels go to mm/h through the store's Z-R
   relation, pixel 0 (-10 dBZ or less) is 0 mm/h, and pixels outside the last input's radar coverage
   are missing;
+* ``probabilities_mm_h`` (zarr and netcdf): also P(rain >= t) per lead time and threshold, the CF variable
+  ``probability_of_rainfall_rate_above_threshold`` (time, threshold, y, x) with a ``threshold`` coordinate
+  in mm/h (:mod:`pipeline.probabilities`): member fractions of an ensemble (``steps``), neighbourhood
+  probabilities of a deterministic forecast; missing outside the last input's radar coverage;
 * all: ``forecast.gif``, the observed frames then the forecast (beside the observation when the
   store holds it), colour scale in mm/h.
 
@@ -35,7 +39,8 @@ import numpy as np
 import torch
 import zarr
 
-from pipeline import files, viz
+from pipeline import files, probabilities, viz
+from pipeline.baselines_pysteps import Radar, pixel_to_rain, rain_to_pixel, store_radar
 from pipeline.catalog import INTERVAL_S
 from pipeline.errors import NowcastError, check
 from pipeline.forecasters import Forecaster, load_forecaster
@@ -66,6 +71,8 @@ class PredictConfig:
     input_pngs : or: ``in_len`` HKO-7 PNG paths, oldest first.
     format : "png", "zarr" or "netcdf" (store inputs from an ODIM_H5 or CF-NetCDF archive only).
     gif : also write ``forecast.gif``.
+    probabilities_mm_h : thresholds (mm/h) of exceedance probabilities to write (zarr, netcdf); None: none.
+    neighbourhood_px : the neighbourhood of a deterministic forecast's probabilities.
     overwrite : replace outputs of an earlier forecast (files, symlinks, a ``forecast.zarr`` that
         ``predict`` wrote); without it an existing output is an error and nothing is written.
     """
@@ -81,9 +88,16 @@ class PredictConfig:
     fast_path: bool = True  # trajgru.fast.enable_fast_path for trained models
     gif: bool = True
     overwrite: bool = False
+    probabilities_mm_h: tuple[float, ...] | None = None
+    neighbourhood_px: int = probabilities.DEFAULT_NEIGHBOURHOOD_PX
 
     def __post_init__(self):
         check(self.format in FORMATS, f"unknown format {self.format!r}: use png, zarr or netcdf")
+        check(
+            not self.probabilities_mm_h or self.format != "png",
+            "--probabilities are written into --format zarr or netcdf; PNG frames cannot hold them",
+        )
+        check(int(self.neighbourhood_px) >= 1, f"neighbourhood_px must be >= 1, got {self.neighbourhood_px}")
         check(
             self.format != "netcdf" or self.store is not None,
             "--format netcdf writes the forecast on the radar grid a store records: give the inputs as --store",
@@ -111,6 +125,7 @@ class PredictResult:
     forecast_times_s: list[int] | None
     input_times_s: list[int] | None = None
     forecast: np.ndarray | None = field(default=None, repr=False)  # (out_len, H, W) float pixel
+    probabilities: np.ndarray | None = field(default=None, repr=False)  # (out_len, n_thresholds, H, W)
 
 
 @dataclass
@@ -246,19 +261,29 @@ def _write_netcdf(
 
 
 def _write_zarr(
-    out_dir: Path, forecast_u8: np.ndarray, times_s: list[int] | None, interval_s: int, attrs: dict
+    out_dir: Path,
+    forecast_u8: np.ndarray,
+    times_s: list[int] | None,
+    interval_s: int,
+    attrs: dict,
+    exceedance: tuple[np.ndarray, tuple[float, ...]] | None = None,
 ) -> Path:
-    """A Zarr v3 group with ``forecast`` (out_len, H, W) uint8, ``lead_time_s`` and (when known) ``time``."""
+    """A Zarr v3 group with ``forecast`` (out_len, H, W) uint8, ``lead_time_s``, (when known) ``time`` and
+    (``exceedance`` = (probabilities (out_len, n, H, W), thresholds mm/h)) the exceedance probabilities."""
     path = out_dir / ZARR_NAME
     group = zarr.open_group(str(path), mode="w-", zarr_format=3)
     n, h, w = forecast_u8.shape
-    arr = group.create_array("forecast", shape=(n, h, w), dtype="uint8", chunks=(1, h, w))
+    arr = group.create_array(
+        "forecast", shape=(n, h, w), dtype="uint8", chunks=(1, h, w), dimension_names=("time", "y", "x")
+    )
     arr[:] = forecast_u8
-    lead = group.create_array("lead_time_s", shape=(n,), dtype="int64")
+    lead = group.create_array("lead_time_s", shape=(n,), dtype="int64", dimension_names=("time",))
     lead[:] = interval_s * np.arange(1, n + 1, dtype=np.int64)
     if times_s is not None:
-        tarr = group.create_array("time", shape=(n,), dtype="int64")
+        tarr = group.create_array("time", shape=(n,), dtype="int64", dimension_names=("time",))
         tarr[:] = np.asarray(times_s, dtype=np.int64)
+    if exceedance is not None:
+        probabilities.write_zarr_probabilities(group, *exceedance)
     group.attrs.update({**attrs, _ZARR_MARK: True})
     return path
 
@@ -280,12 +305,25 @@ def _gif_mask(inputs: _Inputs) -> np.ndarray | None:
     return inputs.input_masks[-1]
 
 
-def _run_forecaster(forecaster: Forecaster, frames_u8: np.ndarray) -> np.ndarray:
-    """(in_len, H, W) uint8 -> (out_len, H, W) float pixel values clamped to [0, 1]."""
-    x = torch.from_numpy(frames_u8.astype(np.float32) / 255.0)[:, None, None]  # (in_len, 1, 1, H, W)
-    with torch.no_grad():
-        y = forecaster(x)
-    return y[:, 0, 0].float().clamp(0.0, 1.0).cpu().numpy()
+def _run_forecaster(
+    forecaster: Forecaster, inputs: _Inputs, radar: Radar, cfg: PredictConfig
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """-> (forecast float pixels (out_len, H, W) clamped to [0, 1], exceedance probabilities (out_len,
+    n_thresholds, H, W) or None when not asked for). An ensemble runs once: its forecast is the members'
+    mean in rain rate."""
+    x = torch.from_numpy(inputs.frames_u8.astype(np.float32) / 255.0)[:, None, None]  # (in_len, 1, 1, H, W)
+    masks = None if inputs.input_masks is None else torch.from_numpy(inputs.input_masks)[:, None, None]
+    if not cfg.probabilities_mm_h and forecaster.members == 1:
+        return forecaster(x, masks)[:, 0, 0].float().clamp(0.0, 1.0).cpu().numpy(), None
+    members = forecaster.ensemble(x, masks)[:, :, 0, 0].float().clamp(0.0, 1.0).cpu().numpy()
+    members_mm_h = pixel_to_rain(members, None, radar.zr)  # (M, out_len, H, W)
+    forecast = members[0] if forecaster.members == 1 else rain_to_pixel(members_mm_h.mean(axis=0), radar.zr)
+    if not cfg.probabilities_mm_h:
+        return forecast, None
+    exceedance = probabilities.exceedance_probabilities(
+        members_mm_h, cfg.probabilities_mm_h, cfg.neighbourhood_px
+    )
+    return forecast, exceedance
 
 
 def _output_names(cfg: PredictConfig, out_len: int, times: list[int] | None) -> list[str]:
@@ -310,8 +348,9 @@ def predict(cfg: PredictConfig) -> PredictResult:
         _check_time_in_store(store, cfg.time)  # before the model loads (seconds)
         if cfg.format == "netcdf":
             _store_grid(store)
+    radar = store_radar(store) if store is not None else Radar()
     forecaster = load_forecaster(
-        cfg.model_uri, tracking_uri=cfg.tracking_uri, device=cfg.device, fast_path=cfg.fast_path
+        cfg.model_uri, tracking_uri=cfg.tracking_uri, device=cfg.device, fast_path=cfg.fast_path, radar=radar
     )
     in_len, out_len = int(forecaster.in_len), int(forecaster.out_len)
     if store is not None:
@@ -328,14 +367,18 @@ def predict(cfg: PredictConfig) -> PredictResult:
     names = _output_names(cfg, out_len, times)
     files.check_free([out_dir / name for name in names], cfg.overwrite, _is_forecast_zarr)
 
-    forecast = _run_forecaster(forecaster, inputs.frames_u8)
+    forecast, exceedance = _run_forecaster(forecaster, inputs, radar, cfg)
     if inputs.input_masks is not None:
         forecast = np.where(inputs.input_masks[-1], forecast, 0.0).astype(forecast.dtype)
+        if exceedance is not None:
+            exceedance = np.where(inputs.input_masks[-1], exceedance, np.nan)
     with files.staging_dir(out_dir) as tmp:
         if cfg.format == "png":
             viz.save_frames_png(forecast, tmp, times_s=times)
         elif cfg.format == "netcdf":
-            _write_netcdf(tmp, forecast, store, inputs, forecaster.name)
+            path = _write_netcdf(tmp, forecast, store, inputs, forecaster.name)
+            if exceedance is not None:
+                probabilities.write_netcdf_probabilities(path, exceedance, cfg.probabilities_mm_h)
         else:
             attrs = {
                 "model_uri": str(cfg.model_uri),
@@ -344,7 +387,8 @@ def predict(cfg: PredictConfig) -> PredictResult:
                 "pixel_encoding": PIXEL_ENCODING,
                 "issued_after_s": inputs.last_time_s,
             }
-            _write_zarr(tmp, viz.pixel_to_u8(forecast), times, inputs.interval_s, attrs)
+            pair = None if exceedance is None else (exceedance, cfg.probabilities_mm_h)
+            _write_zarr(tmp, viz.pixel_to_u8(forecast), times, inputs.interval_s, attrs, pair)
         if cfg.gif:
             truth = None if inputs.truth_u8 is None else inputs.truth_u8.astype(np.float32) / 255.0
             when = f" after {iso_utc(inputs.last_time_s)}" if inputs.last_time_s is not None else ""
@@ -361,7 +405,7 @@ def predict(cfg: PredictConfig) -> PredictResult:
             files.publish(tmp / name, out_dir / name, cfg.overwrite, _is_forecast_zarr) for name in names
         ]
     gif_path = written.pop() if cfg.gif else None
-    return PredictResult(written, gif_path, times, inputs.input_times_s, forecast)
+    return PredictResult(written, gif_path, times, inputs.input_times_s, forecast, exceedance)
 
 
 __all__ = ["PredictConfig", "PredictResult", "predict"]
