@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import io
 import math
+import warnings
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -184,7 +185,7 @@ def forecast_rain(
 
 def _forecast_rain(rain_mm_h: np.ndarray, spec: PystepsSpec, out_len: int, radar: Radar) -> np.ndarray:
     from pysteps.motion.lucaskanade import dense_lucaskanade
-    from pysteps.nowcasts import extrapolation, sprog, steps
+    from pysteps.nowcasts import extrapolation
 
     recent = rain_mm_h[-MOTION_FRAMES:]
     dbr = _to_dbr(recent)
@@ -192,12 +193,34 @@ def _forecast_rain(rain_mm_h: np.ndarray, spec: PystepsSpec, out_len: int, radar
     velocity = dense_lucaskanade(motion_input, verbose=False)
     if not np.all(np.isfinite(velocity)):
         velocity = np.nan_to_num(velocity)
+    last = np.nan_to_num(rain_mm_h[-1], nan=0.0)
     if spec.name == "extrapolation":
-        last = np.nan_to_num(rain_mm_h[-1], nan=0.0)
         return extrapolation.forecast(last, velocity, out_len)[None]
     wet_dbr = 10.0 * math.log10(RAIN_THRESHOLD_MM_H)
     if np.count_nonzero(dbr[-1] > wet_dbr) < 10:  # too little rain for a cascade: nothing to forecast
         return np.zeros((spec.members if spec.name == "steps" else 1, out_len, *dbr.shape[1:]))
+    try:
+        return _cascade_forecast(dbr, velocity, spec, out_len, radar)
+    except RuntimeError as exc:  # pysteps: "nonstationary AR(p) process" (rain that does not evolve at all)
+        if "nonstationary" not in str(exc):
+            raise
+        warnings.warn(
+            f"{spec.name}: pysteps found the AR(2) cascade nonstationary (rain that only moves); this "
+            "forecast is the plain extrapolation, the limit of S-PROG/STEPS for a correlation of 1",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        members = spec.members if spec.name == "steps" else 1
+        return np.repeat(extrapolation.forecast(last, velocity, out_len)[None], members, axis=0)
+
+
+def _cascade_forecast(
+    dbr: np.ndarray, velocity: np.ndarray, spec: PystepsSpec, out_len: int, radar: Radar
+) -> np.ndarray:
+    """S-PROG or STEPS on dBR (3, H, W) -> rain rate (M, out_len, H, W) mm/h."""
+    from pysteps.nowcasts import sprog, steps
+
+    wet_dbr = 10.0 * math.log10(RAIN_THRESHOLD_MM_H)
     levels = _levels(spec, dbr.shape[1:])
     if spec.name == "sprog":
         out = sprog.forecast(dbr, velocity, out_len, precip_thr=wet_dbr, n_cascade_levels=levels)
