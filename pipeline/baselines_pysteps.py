@@ -183,22 +183,36 @@ def forecast_rain(
         return _forecast_rain(rain_mm_h, spec, out_len, radar)
 
 
-def _forecast_rain(rain_mm_h: np.ndarray, spec: PystepsSpec, out_len: int, radar: Radar) -> np.ndarray:
+def _motion(rain_mm_h: np.ndarray) -> np.ndarray:
+    """Lucas–Kanade motion (2, H, W) in pixels per frame of consecutive rain fields (S >= 2, H, W), NaN = no
+    data; NaN motion (no features) -> 0."""
     from pysteps.motion.lucaskanade import dense_lucaskanade
+
+    dbr = np.where(np.isfinite(rain_mm_h), _to_dbr(rain_mm_h), np.nan)
+    return np.nan_to_num(dense_lucaskanade(dbr, verbose=False))
+
+
+def _forecast_rain(rain_mm_h: np.ndarray, spec: PystepsSpec, out_len: int, radar: Radar) -> np.ndarray:
     from pysteps.nowcasts import extrapolation
 
-    recent = rain_mm_h[-MOTION_FRAMES:]
-    dbr = _to_dbr(recent)
-    motion_input = np.where(np.isfinite(recent), dbr, np.nan)
-    velocity = dense_lucaskanade(motion_input, verbose=False)
-    if not np.all(np.isfinite(velocity)):
-        velocity = np.nan_to_num(velocity)
+    n_members = spec.members if spec.name == "steps" else 1
+    present = np.isfinite(rain_mm_h).any(axis=(1, 2))  # a frame without one valid pixel is missing
+    if not present[-MOTION_FRAMES:].all():
+        warnings.warn(
+            f"{spec.name}: a missing frame among the last {MOTION_FRAMES} inputs; this forecast extrapolates "
+            "the last present frame with the motion of the last two consecutive present frames",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return np.repeat(_extrapolate_with_gaps(rain_mm_h, present, out_len)[None], n_members, axis=0)
+    velocity = _motion(rain_mm_h[-MOTION_FRAMES:])
+    dbr = _to_dbr(rain_mm_h[-MOTION_FRAMES:])
     last = np.nan_to_num(rain_mm_h[-1], nan=0.0)
     if spec.name == "extrapolation":
         return extrapolation.forecast(last, velocity, out_len)[None]
     wet_dbr = 10.0 * math.log10(RAIN_THRESHOLD_MM_H)
     if np.count_nonzero(dbr[-1] > wet_dbr) < 10:  # too little rain for a cascade: nothing to forecast
-        return np.zeros((spec.members if spec.name == "steps" else 1, out_len, *dbr.shape[1:]))
+        return np.zeros((n_members, out_len, *dbr.shape[1:]))
     try:
         return _cascade_forecast(dbr, velocity, spec, out_len, radar)
     except RuntimeError as exc:  # pysteps: "nonstationary AR(p) process" (rain that does not evolve at all)
@@ -210,8 +224,24 @@ def _forecast_rain(rain_mm_h: np.ndarray, spec: PystepsSpec, out_len: int, radar
             RuntimeWarning,
             stacklevel=2,
         )
-        members = spec.members if spec.name == "steps" else 1
-        return np.repeat(extrapolation.forecast(last, velocity, out_len)[None], members, axis=0)
+        return np.repeat(extrapolation.forecast(last, velocity, out_len)[None], n_members, axis=0)
+
+
+def _extrapolate_with_gaps(rain_mm_h: np.ndarray, present: np.ndarray, out_len: int) -> np.ndarray:
+    """Inputs with missing frames -> (out_len, H, W) mm/h: the last present frame extrapolated (with the
+    motion of the last two consecutive present frames, else none) to the lead times after the last input."""
+    from pysteps.nowcasts import extrapolation
+
+    if not present.any():
+        return np.zeros((out_len, *rain_mm_h.shape[1:]))
+    last = int(np.flatnonzero(present)[-1])
+    pairs = np.flatnonzero(present[:-1] & present[1:])
+    velocity = (
+        _motion(rain_mm_h[pairs[-1] : pairs[-1] + 2]) if pairs.size else np.zeros((2, *rain_mm_h.shape[1:]))
+    )
+    lag = rain_mm_h.shape[0] - 1 - last  # frames from the last present one to the last input time
+    out = extrapolation.forecast(np.nan_to_num(rain_mm_h[last], nan=0.0), velocity, out_len + lag)
+    return out[lag:]
 
 
 def _cascade_forecast(

@@ -260,7 +260,8 @@ def score_clips(
             pred, members_mm_h = _forecast(forecaster, frames[:in_len], masks[:in_len], out_len, zr)
             truth, truth_masks = frames[in_len : in_len + out_len], masks[in_len : in_len + out_len]
             skill.update(pred, truth.contiguous(), truth_masks.contiguous())
-            if verification is not None:
+            if verification is not None:  # forecast rain outside the last input's coverage: none (as predict)
+                members_mm_h = np.where(masks[in_len - 1, :, 0].numpy() > 0, members_mm_h, 0.0)
                 truth_mm_h = pixel_to_rain(truth[:, :, 0].numpy(), truth_masks[:, :, 0].numpy() > 0, zr)
                 verification.update(members_mm_h, truth_mm_h)
     return skill

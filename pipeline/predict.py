@@ -317,6 +317,8 @@ def _run_forecaster(
         return forecaster(x, masks)[:, 0, 0].float().clamp(0.0, 1.0).cpu().numpy(), None
     members = forecaster.ensemble(x, masks)[:, :, 0, 0].float().clamp(0.0, 1.0).cpu().numpy()
     members_mm_h = pixel_to_rain(members, None, radar.zr)  # (M, out_len, H, W)
+    if inputs.input_masks is not None:  # no rain outside the radar's coverage (as in the forecast written)
+        members_mm_h = np.where(inputs.input_masks[-1], members_mm_h, 0.0)
     forecast = members[0] if forecaster.members == 1 else rain_to_pixel(members_mm_h.mean(axis=0), radar.zr)
     if not cfg.probabilities_mm_h:
         return forecast, None

@@ -131,3 +131,21 @@ def test_rain_that_only_moves_falls_back_to_extrapolation():
     with pytest.warns(RuntimeWarning, match="nonstationary"):
         sprog = PystepsBaseline(parse_spec("sprog"), 3)(inputs)
     assert torch.equal(sprog, PystepsBaseline(parse_spec("extrapolation"), 3)(inputs))
+
+
+@pytest.mark.parametrize("name", ["sprog", "steps:members=2"])
+def test_missing_input_frame_still_follows_the_motion(name):
+    """A wholly missing input frame (mask false everywhere, as the HKO-7 protocol allows) does not break
+    S-PROG or STEPS: they warn and extrapolate the last frame with the motion of the last two consecutive
+    present frames (blob moving 2 px/frame: ~10 px further right at lead 5)."""
+    frames = _moving_blob(5)
+    inputs = torch.from_numpy(frames).float()[:, None, None]
+    masks = torch.ones_like(inputs, dtype=torch.bool)
+    masks[3] = False
+    with pytest.warns(RuntimeWarning, match="missing frame"):
+        forecast = PystepsBaseline(parse_spec(name), 5)(inputs, masks)[:, 0, 0].numpy()
+    cols = np.arange(64)
+    shift = (forecast[-1].sum(0) * cols).sum() / forecast[-1].sum() - (
+        frames[-1].sum(0) * cols
+    ).sum() / frames[-1].sum()
+    assert shift == pytest.approx(10.0, abs=1.5)
