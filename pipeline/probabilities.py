@@ -17,6 +17,9 @@ from collections.abc import Sequence
 import numpy as np
 from scipy.ndimage import uniform_filter
 
+from pipeline.errors import NowcastError
+from pipeline.sources.netcdf import FILL_VALUE
+
 PROBABILITY_THRESHOLDS_MM_H = (1.0, 5.0, 10.0)
 DEFAULT_NEIGHBOURHOOD_PX = 9
 
@@ -78,8 +81,6 @@ THRESHOLD_ATTRS = {
 def parse_thresholds(text: str) -> tuple[float, ...]:
     """``"1,5,10"`` -> (1.0, 5.0, 10.0) mm/h. Raises NowcastError (exit code 2) unless positive numbers
     in increasing order."""
-    from pipeline.errors import NowcastError
-
     try:
         values = tuple(float(v) for v in str(text).split(",") if v.strip())
     except ValueError:
@@ -99,8 +100,6 @@ def write_netcdf_probabilities(path, probabilities: np.ndarray, thresholds_mm_h:
     ``y``, ``x`` dimensions and ``precip_intensity``'s grid mapping). probabilities: float (L, n, H, W),
     NaN = missing (stored as the fill value)."""
     import netCDF4
-
-    from pipeline.sources.netcdf import FILL_VALUE
 
     with netCDF4.Dataset(path, "a") as nc:
         nc.createDimension(THRESHOLD_VAR, len(thresholds_mm_h))
