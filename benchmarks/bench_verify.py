@@ -42,7 +42,7 @@ BASELINE_ROWS = {
     "pysteps extrapolation": "extrapolation",
     "S-PROG": "sprog",
 }
-DEFAULT_CLIP_STRIDE = 4
+DEFAULT_CLIP_STRIDE = 8
 
 
 def evaluate(store: Path, uri: str, out_json: Path, args, env: dict, log: Path) -> float:
