@@ -18,7 +18,6 @@ import numpy as np
 from scipy.ndimage import uniform_filter
 
 from pipeline.errors import NowcastError
-from pipeline.sources.netcdf import FILL_VALUE
 
 PROBABILITY_THRESHOLDS_MM_H = (1.0, 5.0, 10.0)
 DEFAULT_NEIGHBOURHOOD_PX = 9
@@ -59,9 +58,9 @@ def exceedance_probabilities(
 
 
 # --------------------------------------------------------------------------- CF variables
-#: The names of the exceedance-probability variables in the forecast outputs (the CF convention of the
-#: Met Office's IMPROVER: a probability variable with the threshold as a coordinate of the thresholded
-#: quantity, ``spp__relative_to_threshold`` saying which side of it counts).
+#: The names and attributes of the exceedance-probability variables that pipeline.outputs writes (the CF
+#: convention of the Met Office's IMPROVER: a probability variable with the threshold as a coordinate of
+#: the thresholded quantity, ``spp__relative_to_threshold`` saying which side of it counts).
 PROBABILITY_VAR = "probability_of_rainfall_rate_above_threshold"
 THRESHOLD_VAR = "threshold"
 PROBABILITY_ATTRS = {
@@ -92,51 +91,3 @@ def parse_thresholds(text: str) -> tuple[float, ...]:
             exit_code=2,
         )
     return values
-
-
-def write_netcdf_probabilities(path, probabilities: np.ndarray, thresholds_mm_h: Sequence[float]) -> None:
-    """Add :data:`PROBABILITY_VAR` (time, threshold, y, x) and its :data:`THRESHOLD_VAR` coordinate to the
-    CF-NetCDF forecast at ``path`` (written by ``pipeline.sources.netcdf.write_forecast``: its ``time``,
-    ``y``, ``x`` dimensions and ``precip_intensity``'s grid mapping). probabilities: float (L, n, H, W),
-    NaN = missing (stored as the fill value)."""
-    import netCDF4
-
-    with netCDF4.Dataset(path, "a") as nc:
-        nc.createDimension(THRESHOLD_VAR, len(thresholds_mm_h))
-        threshold = nc.createVariable(THRESHOLD_VAR, "f4", (THRESHOLD_VAR,))
-        threshold.setncatts(THRESHOLD_ATTRS)
-        threshold[:] = np.asarray(thresholds_mm_h, dtype=np.float32)
-        var = nc.createVariable(
-            PROBABILITY_VAR,
-            "f4",
-            ("time", THRESHOLD_VAR, "y", "x"),
-            zlib=True,
-            fill_value=np.float32(FILL_VALUE),
-        )
-        grid_mapping = nc.variables["precip_intensity"].getncattr("grid_mapping")
-        var.setncatts({**PROBABILITY_ATTRS, "grid_mapping": grid_mapping})
-        var[:] = np.where(np.isfinite(probabilities), probabilities, FILL_VALUE).astype(np.float32)
-
-
-def write_zarr_probabilities(group, probabilities: np.ndarray, thresholds_mm_h: Sequence[float]) -> None:
-    """Add :data:`PROBABILITY_VAR` float32 (time, threshold, y, x) (NaN = missing) and :data:`THRESHOLD_VAR`
-    (mm/h) to a Zarr v3 forecast group, with the CF attributes and dimension names xarray reads."""
-    n, k, h, w = probabilities.shape
-    threshold = group.create_array(
-        THRESHOLD_VAR,
-        shape=(k,),
-        dtype="float32",
-        dimension_names=(THRESHOLD_VAR,),
-        attributes=THRESHOLD_ATTRS,
-    )
-    threshold[:] = np.asarray(thresholds_mm_h, dtype=np.float32)
-    prob = group.create_array(
-        PROBABILITY_VAR,
-        shape=(n, k, h, w),
-        dtype="float32",
-        chunks=(1, k, h, w),
-        fill_value=np.nan,
-        dimension_names=("time", THRESHOLD_VAR, "y", "x"),
-        attributes=PROBABILITY_ATTRS,
-    )
-    prob[:] = probabilities.astype(np.float32)

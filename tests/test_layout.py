@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = {"pipeline.train", "pipeline.evaluate", "pipeline.predict", "pipeline.ingest"}
+STAGES = {"pipeline.train", "pipeline.evaluate", "pipeline.predict", "pipeline.ingest", "pipeline.watch"}
 
 
 def _modules(package: str):
