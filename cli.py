@@ -430,7 +430,7 @@ def evaluate(
     ),
     neighbourhood: int | None = typer.Option(
         None,
-        help="Neighbourhood (pixels) of a deterministic forecast's exceedance probabilities (default: 9).",
+        help="Neighbourhood (pixels) of a deterministic forecast's exceedance probabilities (default: 25).",
     ),
     out_json: Path | None = typer.Option(
         None,
@@ -515,7 +515,7 @@ def predict(
         "zarr or netcdf output.",
     ),
     neighbourhood: int | None = typer.Option(
-        None, help="Neighbourhood (pixels) of a deterministic forecast's probabilities (default: 9)."
+        None, help="Neighbourhood (pixels) of a deterministic forecast's probabilities (default: 25)."
     ),
     device: str = typer.Option("auto", help="cpu | cuda | auto (a GPU when one is visible)."),
     fast_path: bool = typer.Option(

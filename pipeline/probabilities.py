@@ -20,7 +20,7 @@ from scipy.ndimage import uniform_filter
 from pipeline.errors import NowcastError
 
 PROBABILITY_THRESHOLDS_MM_H = (1.0, 5.0, 10.0)
-DEFAULT_NEIGHBOURHOOD_PX = 9
+DEFAULT_NEIGHBOURHOOD_PX = 25
 
 
 def neighbourhood_fraction(event: np.ndarray, size_px: int) -> np.ndarray:
