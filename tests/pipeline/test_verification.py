@@ -159,3 +159,13 @@ def test_exceedance_probabilities_ensemble_and_binary():
     np.testing.assert_allclose(prob[:, 0, 0], [0.75, 0.5, 0.25])
     binary = exceedance_probabilities(np.array([[[6.0]]]), (1.0, 5.0, 10.0), neighbourhood_px=1)
     np.testing.assert_array_equal(binary[:, 0, 0], [1.0, 1.0, 0.0])
+
+
+def test_cli_help_states_the_default_neighbourhood():
+    """`nowcast evaluate/predict --help` name the default neighbourhood of pipeline.probabilities."""
+    from pathlib import Path
+
+    from pipeline.probabilities import DEFAULT_NEIGHBOURHOOD_PX
+
+    cli = (Path(__file__).resolve().parents[2] / "cli.py").read_text()
+    assert cli.count(f"(default: {DEFAULT_NEIGHBOURHOOD_PX}).") == 2
