@@ -63,8 +63,9 @@ class EvaluateConfig:
     """What to evaluate and how.
 
     store : Zarr store written by ``nowcast ingest``.
-    model_uri : ``models:/NAME@ALIAS``, ``models:/NAME/VERSION``, a checkpoint path,
-        ``persistence`` or ``optical-flow``.
+    model_uri : ``models:/NAME@ALIAS``, ``models:/NAME/VERSION``, a checkpoint path, or a baseline
+        (``pipeline.forecasters.BASELINES``: ``persistence``, ``optical-flow``, ``extrapolation``, ``sprog``,
+        ``steps[:members=M,seed=S]``).
     split : catalog split to score (train | valid | test).
     workers : 0 scores in this process; N > 0 on N Ray tasks (``ray_address`` / env
         ``RAY_ADDRESS`` joins a cluster, else a local Ray is started and shut down again).
