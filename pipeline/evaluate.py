@@ -617,15 +617,15 @@ def _evaluate_loaded(
         plot_path = json_path.with_name(json_path.stem + "_skill.png")
         verification_plot = json_path.with_name(json_path.stem + "_verification.png")
         if out_json or cfg.log_to_mlflow:
-            plot_verification(
-                verified, verification_plot, f"{forecaster.name}, {cfg.split} split", interval_s
-            )
-            files.write_json(json_path, record)
+            files.write_json(json_path, record)  # (creates the folder)
             viz.plot_skill_vs_lead(
                 result,
                 plot_path,
                 interval_min=interval_s / 60.0,
                 title=f"{forecaster.name}, {cfg.split} split, {len(starts_s)} clips",
+            )
+            plot_verification(
+                verified, verification_plot, f"{forecaster.name}, {cfg.split} split", interval_s
             )
         if cfg.log_to_mlflow:
             paths = [json_path, plot_path, verification_plot]

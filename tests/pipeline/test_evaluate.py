@@ -229,7 +229,14 @@ def test_logs_to_mlflow_new_run_and_model_run(store, tmp_path):
     history = client.get_metric_history(res.mlflow_run_id, "test_csi_0.5mm_h_by_lead")
     assert sorted(h.step for h in history) == [6 * (k + 1) for k in range(20)]
     arts = {a.path for a in client.list_artifacts(res.mlflow_run_id, "evaluation/test")}
-    assert arts == {f"evaluation/test/{res.json_path.name}", f"evaluation/test/{res.plot_path.name}"}
+    verification_plot = res.json_path.with_name(res.json_path.stem + "_verification.png").name
+    assert arts == {
+        f"evaluation/test/{res.json_path.name}",
+        f"evaluation/test/{res.plot_path.name}",
+        f"evaluation/test/{verification_plot}",
+    }
+    assert m["test_crps"] == pytest.approx(float(np.nanmean(res.verification["crps"])))
+    assert "test_fss_1mm_h_17px" in m and "test_brier_skill_1mm_h" in m
 
     # a checkpoint that names its training run: the evaluation is logged there
     exp = client.create_experiment("train", artifact_location=(tmp_path / "train-artifacts").as_uri())
