@@ -184,7 +184,7 @@ def main(argv=None) -> None:
     rows[f"STEPS ({args.members} members)"] = f"steps:members={args.members},seed={args.seed}"
     results = {
         "command": "python benchmarks/bench_verify.py "
-        + " ".join(argv if argv is not None else sys.argv[1:]),
+        + shlex.join(argv if argv is not None else sys.argv[1:]),
         "store": str(store),
         "clip_stride": args.clip_stride,
         "machine": machine(),
