@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from pipeline import checkpoints
@@ -95,6 +96,16 @@ class Forecaster:
                 return self.fn(*self._args(inputs, masks)).unsqueeze(0)
             return self.ensemble_fn(*self._args(inputs, masks))
 
+    def forecast_frames(self, frames_u8: np.ndarray, masks: np.ndarray | None = None) -> np.ndarray:
+        """(in_len, H, W) uint8 stored pixels (masks: bool (in_len, H, W), True = valid, for the forecasters
+        that take them) -> (out_len, H, W) float pixel values clamped to [0, 1] (an ensemble: its mean)."""
+        return self(*_one_sequence(frames_u8, masks))[:, 0, 0].float().clamp(0.0, 1.0).cpu().numpy()
+
+    def ensemble_frames(self, frames_u8: np.ndarray, masks: np.ndarray | None = None) -> np.ndarray:
+        """Like :meth:`forecast_frames`, the members: (M, out_len, H, W) float pixel values in [0, 1]."""
+        members = self.ensemble(*_one_sequence(frames_u8, masks))
+        return members[:, :, 0, 0].float().clamp(0.0, 1.0).cpu().numpy()
+
     @property
     def frame_size(self) -> tuple[int, int] | None:
         """(H, W) the model was built for, or None when it takes any size (baselines)."""
@@ -111,6 +122,12 @@ class Forecaster:
                 f"{data_hw[0]}x{data_hw[1]} frames; evaluate it on a store ingested at the model's size "
                 "or train a model on this store"
             )
+
+
+def _one_sequence(frames_u8: np.ndarray, masks: np.ndarray | None) -> tuple:
+    """uint8 frames (S, H, W) and bool masks -> the model layout (S, 1, 1, H, W): (pixels, masks or None)."""
+    x = torch.from_numpy(frames_u8.astype(np.float32) / 255.0)[:, None, None]
+    return x, None if masks is None else torch.from_numpy(np.asarray(masks, dtype=bool))[:, None, None]
 
 
 def baseline_name(uri: str) -> str | None:

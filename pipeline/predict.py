@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from pipeline import files, outputs, probabilities
 from pipeline.baselines_pysteps import Radar, pixel_to_rain, rain_to_pixel, store_radar
@@ -219,11 +218,9 @@ def _run_forecaster(
     """-> (forecast float pixels (out_len, H, W) clamped to [0, 1], exceedance probabilities (out_len,
     n_thresholds, H, W) or None when not asked for). An ensemble runs once: its forecast is the members'
     mean in rain rate."""
-    x = torch.from_numpy(inputs.frames_u8.astype(np.float32) / 255.0)[:, None, None]  # (in_len, 1, 1, H, W)
-    masks = None if inputs.input_masks is None else torch.from_numpy(inputs.input_masks)[:, None, None]
     if not cfg.probabilities_mm_h and forecaster.members == 1:
-        return forecaster(x, masks)[:, 0, 0].float().clamp(0.0, 1.0).cpu().numpy(), None
-    members = forecaster.ensemble(x, masks)[:, :, 0, 0].float().clamp(0.0, 1.0).cpu().numpy()
+        return forecaster.forecast_frames(inputs.frames_u8, inputs.input_masks), None
+    members = forecaster.ensemble_frames(inputs.frames_u8, inputs.input_masks)
     members_mm_h = pixel_to_rain(members, None, radar.zr)  # (M, out_len, H, W)
     if inputs.input_masks is not None:  # no rain outside the radar's coverage (as in the forecast written)
         members_mm_h = np.where(inputs.input_masks[-1], members_mm_h, 0.0)
