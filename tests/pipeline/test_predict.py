@@ -313,7 +313,7 @@ def test_time_is_checked_before_the_model_loads(store, tmp_path, monkeypatch):
 
 
 def _naive_neighbourhood_probability(rain_mm_h: np.ndarray, threshold: float, size: int):
-    """Fraction of pixels >= threshold in the size x size square around each pixel, inside the frame (loops)."""
+    """Fraction of pixels >= threshold in the size x size square around each pixel, inside the frame."""
     h, w = rain_mm_h.shape
     half = size // 2
     out = np.zeros((h, w))
