@@ -40,6 +40,9 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
+with contextlib.redirect_stdout(io.StringIO()):  # pysteps announces its configuration file when imported
+    import pysteps  # noqa: F401
+
 from pipeline.errors import NowcastError
 from pipeline.sources.grid import ZR
 from pipeline.sources.gridded import parse_zr

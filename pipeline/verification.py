@@ -23,12 +23,16 @@ The exceedance probabilities P(rain >= t) come from :mod:`pipeline.probabilities
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 
 import numpy as np
-from pysteps.verification import ensscores, probscores, spatialscores
 
 from pipeline.probabilities import PROBABILITY_THRESHOLDS_MM_H, exceedance_probabilities
+
+with contextlib.redirect_stdout(io.StringIO()):  # pysteps announces its configuration file when imported
+    from pysteps.verification import ensscores, probscores, spatialscores
 
 FSS_THRESHOLDS_MM_H = (1.0, 5.0, 10.0)
 FSS_SCALES_PX = (1, 5, 17)
