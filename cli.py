@@ -444,12 +444,20 @@ def evaluate(
     model: str = typer.Option(
         ...,
         "--model",
-        help="models:/NAME@ALIAS, models:/NAME/VERSION, a checkpoint path, persistence or optical-flow.",
+        help="models:/NAME@ALIAS, models:/NAME/VERSION, a checkpoint path, or a baseline: persistence, "
+        "optical-flow, extrapolation, sprog, steps (options: steps:members=20,seed=1).",
     ),
     split: str = typer.Option("test", help="Split to score (train | valid | test)."),
     workers: int = typer.Option(0, help="Score in parallel on N Ray workers (0: in this process)."),
     batch_size: int = typer.Option(4, help="Clips per forward pass."),
     max_clips: int | None = typer.Option(None, help="Score only the first N clips (quick checks)."),
+    clip_stride: int = typer.Option(
+        1, help="Score every Nth clip: an evenly spaced subset (e.g. for STEPS), before --max-clips."
+    ),
+    neighbourhood: int | None = typer.Option(
+        None,
+        help="Neighbourhood (pixels) of a deterministic forecast's exceedance probabilities (default: 25).",
+    ),
     out_json: Path | None = typer.Option(
         None,
         help="Write the scores as JSON here (and a skill plot beside it). Default: <store>.evaluations/.",
@@ -484,6 +492,8 @@ def evaluate(
         workers=workers,
         batch_size=batch_size,
         max_clips=max_clips,
+        clip_stride=clip_stride,
+        **({} if neighbourhood is None else {"neighbourhood_px": neighbourhood}),
         out_json=out_json,
         log_to_mlflow=not no_log,
         tracking_uri=tracking_uri,
@@ -503,7 +513,10 @@ def evaluate(
 @command()
 def predict(
     model: str = typer.Option(
-        ..., "--model", help="models:/NAME@ALIAS, models:/NAME/VERSION or a checkpoint path."
+        ...,
+        "--model",
+        help="models:/NAME@ALIAS, models:/NAME/VERSION, a checkpoint path, or a baseline (persistence, "
+        "optical-flow, extrapolation, sprog, steps:members=20,seed=1).",
     ),
     out_dir: Path = typer.Option(Path("forecast"), help="Folder for the forecast frames and GIF."),
     store: Path | None = typer.Option(None, help="Take the input frames from this store..."),
@@ -522,6 +535,14 @@ def predict(
     overwrite: bool = typer.Option(
         False, "--overwrite", help="Replace the files of an earlier forecast in --out-dir."
     ),
+    probabilities: str | None = typer.Option(
+        None,
+        help="Also write P(rain >= t) per lead time for these thresholds in mm/h (e.g. 1,5,10) into the "
+        "zarr or netcdf output.",
+    ),
+    neighbourhood: int | None = typer.Option(
+        None, help="Neighbourhood (pixels) of a deterministic forecast's probabilities (default: 25)."
+    ),
     device: str = typer.Option("auto", help="cpu | cuda | auto (a GPU when one is visible)."),
     fast_path: bool = typer.Option(
         True,
@@ -536,9 +557,12 @@ def predict(
     """
     from pipeline.predict import PredictConfig
     from pipeline.predict import predict as run_predict
+    from pipeline.probabilities import parse_thresholds
 
     cfg = _run(
         PredictConfig,
+        probabilities_mm_h=None if probabilities is None else _run(parse_thresholds, probabilities),
+        **({} if neighbourhood is None else {"neighbourhood_px": neighbourhood}),
         model_uri=model,
         out_dir=out_dir,
         store=store,

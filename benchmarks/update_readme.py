@@ -21,6 +21,7 @@ RESULTS = REPO / "benchmarks" / "results"
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from bench_skill import markdown_table, plot  # noqa: E402
+from bench_verify import markdown_table as verify_table  # noqa: E402
 
 #: The GPU runs of the old skill_sweep.py loop shown in the full table and plot (TrajGRU and ConvGRU as
 #: long as the deadline allowed, then the three cells at equal steps).
@@ -238,6 +239,37 @@ def serving() -> str | None:
     return "\n".join(rows)
 
 
+def verify() -> str | None:
+    """bench_verify.py's table: models against the pysteps yardsticks, what ran it and on which clips."""
+    results = _load("verify.json")
+    if results is None:
+        return None
+    m = results["machine"]
+    rows = results["rows"]
+    n_clips = next(iter(rows.values()))["n_clips"]
+    subset = (
+        "the whole test split"
+        if results["clip_stride"] == 1
+        else f"every {results['clip_stride']}th sequential clip of the test split (evenly spaced; "
+        "`--clip-stride 1` scores all 844)"
+    )
+    models = ", ".join(
+        f"{label}: `{row['model_uri']}`" for label, row in rows.items() if "/" in row["model_uri"]
+    )
+    return "\n".join(
+        [
+            f"`{results['command'].strip()}` — {n_clips} clips, {subset}; {m['cpu_cores']} CPU cores "
+            f"({m['cpu']}) shared with other jobs, torch {m['torch']}. Means over the 20 lead times; "
+            "BSS: Brier skill score against the sample climatology; reliability: the Brier score's "
+            "reliability term (0 is perfect); deterministic rows' probabilities are neighbourhood "
+            "probabilities; s / clip: "
+            f"`nowcast evaluate` in one process, forecast and scoring. Models: {models or 'none'}.",
+            "",
+            verify_table(results),
+        ]
+    )
+
+
 def service_latency() -> str | None:
     """bench_service.py --part latency: median and p95 per case, split into its parts."""
     results = _load("service_latency.json")
@@ -266,6 +298,7 @@ def service_latency() -> str | None:
 
 
 BLOCKS = {
+    "verify": verify,
     "demo": demo,
     "skill-pipeline": skill_pipeline,
     "skill-gpu-full": skill_gpu_full,

@@ -11,6 +11,11 @@ Protocol
 * Scores: :class:`trajgru.metrics.SkillScores` pooled over every clip (contingency counts summed
   before any ratio), CSI/HSS/POD/FAR/GSS per lead time and threshold (0.5, 2, 5, 10, 30 mm/h),
   MSE/MAE/B-MSE/B-MAE per lead time.
+* Verification (:class:`pipeline.verification.Verification`, in rain rate through the store's Z–R):
+  FSS per lead time, threshold and neighbourhood; CRPS, Brier score and skill, reliability, ROC AUC of
+  the exceedance probabilities (ensembles: member fractions, with a rank histogram; deterministic
+  forecasts: neighbourhood probabilities, :mod:`pipeline.probabilities`). An ensemble's deterministic
+  scores (HKO-7 and FSS) are those of its mean in rain rate.
 * Data-parallel: ``workers=N > 0`` splits the clips with ``pipeline.dataset.rank_slice`` over N Ray
   tasks; each loads the forecaster, scores its slice, and the accumulators are merged (pooled
   counts are exactly those of the in-process run).
@@ -39,12 +44,15 @@ from rich.console import Console
 from rich.table import Table
 
 from pipeline import files, tracking, viz
+from pipeline.baselines_pysteps import Radar, store_radar
 from pipeline.dataset import rank_slice
 from pipeline.errors import NowcastError, Validated, check
 from pipeline.forecasters import Forecaster, absolute_uri, baseline_name, load_forecaster
+from pipeline.probabilities import DEFAULT_NEIGHBOURHOOD_PX
 from pipeline.raycluster import connect_ray
 from pipeline.scoring import score_clips
 from pipeline.store import Store
+from pipeline.verification import Verification, plot_verification, verification_metrics
 from trajgru.metrics import DEFAULT_THRESHOLDS_MM_H, SkillScores, champion_score, nanmean
 
 PROTOCOL = "sequent"
@@ -55,13 +63,17 @@ class EvaluateConfig(Validated):
     """What to evaluate and how.
 
     store : Zarr store written by ``nowcast ingest``.
-    model_uri : ``models:/NAME@ALIAS``, ``models:/NAME/VERSION``, a checkpoint path,
-        ``persistence`` or ``optical-flow``.
+    model_uri : ``models:/NAME@ALIAS``, ``models:/NAME/VERSION``, a checkpoint path, or a baseline
+        (``pipeline.forecasters.BASELINES``: ``persistence``, ``optical-flow``, ``extrapolation``, ``sprog``,
+        ``steps[:members=M,seed=S]``).
     split : catalog split to score (train | valid | test).
     workers : 0 scores in this process; N > 0 on N Ray tasks (``ray_address`` / env
         ``RAY_ADDRESS`` joins a cluster, else a local Ray is started and shut down again).
     batch_size : clips per forward pass.
     max_clips : score only the first N sequential clips (quick checks); None = all.
+    clip_stride : score every Nth sequential clip (an evenly spaced subset, applied before ``max_clips``);
+        1 = all.
+    neighbourhood_px : the neighbourhood (pixels) of a deterministic forecast's exceedance probabilities.
     out_json : where to write the scores as JSON; None = ``<model>-<split>.json`` in the folder
         ``<store>.evaluations`` beside the store (:func:`default_out_dir`; never the current directory).
         A skill-versus-lead-time plot is written beside it (``*_skill.png``).
@@ -90,11 +102,15 @@ class EvaluateConfig(Validated):
     experiment: str = "nowcast-evaluate"
     thresholds_mm_h: tuple[float, ...] = DEFAULT_THRESHOLDS_MM_H
     interval_s: int | None = None  # None: the store's interval (HKO-7: 360 s)
+    clip_stride: int = 1
+    neighbourhood_px: int = DEFAULT_NEIGHBOURHOOD_PX
 
     def rules(self):
         yield self.workers >= 0, f"workers must be >= 0, got {self.workers}"
         yield self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"
         yield self.max_clips is None or self.max_clips >= 1, f"max_clips must be >= 1, got {self.max_clips}"
+        yield self.clip_stride >= 1, f"clip_stride must be >= 1, got {self.clip_stride}"
+        yield self.neighbourhood_px >= 1, f"neighbourhood_px must be >= 1, got {self.neighbourhood_px}"
 
 
 @dataclass
@@ -119,6 +135,7 @@ class EvaluateResult:
     mlflow_run_id: str | None = None
     seconds: float = 0.0
     skill: object = field(default=None, repr=False)  # the merged SkillScores (None when reused)
+    verification: dict | None = None  # Verification.result() (None when reused from an older record)
     notes: list[str] = field(default_factory=list)  # what the user should know (e.g. not logged)
     reused: bool = False  # scores read back from an earlier JSON record
     interval_s: int = 360  # the cadence the lead times are counted in
@@ -141,6 +158,7 @@ def _load(
     in_len: int | None,
     out_len: int | None,
     fast_path: bool = True,
+    radar: Radar | None = None,
 ) -> Forecaster:
     return load_forecaster(
         model_uri,
@@ -149,6 +167,7 @@ def _load(
         in_len=in_len,
         out_len=out_len,
         fast_path=fast_path,
+        radar=radar,
     )
 
 
@@ -171,12 +190,17 @@ def _lengths(forecaster: Forecaster, in_len: int | None, out_len: int | None) ->
     return n_in, n_out
 
 
-def _protocol_clips(store: Store, split: str, max_clips: int | None = None) -> np.ndarray:
-    """The HKO-7 sequential clip starts (int64 epoch s) of ``split``, the first ``max_clips`` of them.
+def _protocol_clips(
+    store: Store, split: str, max_clips: int | None = None, clip_stride: int = 1
+) -> np.ndarray:
+    """The HKO-7 sequential clip starts (int64 epoch s) of ``split``: every ``clip_stride``-th one, the first
+    ``max_clips`` of those.
 
     Raises NowcastError when the split has no clips.
     """
-    starts = store.clip_starts(split, PROTOCOL)[: None if max_clips is None else int(max_clips)]
+    starts = store.clip_starts(split, PROTOCOL)[:: int(clip_stride)][
+        : None if max_clips is None else int(max_clips)
+    ]
     if starts.size == 0:
         raise NowcastError(
             f"the {split!r} split of {store.path} has no evaluation clips (25 frames with at most 2 "
@@ -199,11 +223,25 @@ def _score_slice(
     batch_size: int,
     thresholds_mm_h: tuple,
     fast_path: bool,
-) -> SkillScores:
-    """One Ray task: load the forecaster and score a slice of clips -> SkillScores."""
+    neighbourhood_px: int = DEFAULT_NEIGHBOURHOOD_PX,
+) -> tuple[SkillScores, Verification]:
+    """One Ray task: load the forecaster and score a slice of clips -> (SkillScores, Verification)."""
     torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1") or 1)))
-    forecaster = _load(model_uri, tracking_uri, device, in_len, out_len, fast_path)
-    return score_clips(forecaster, store, starts_s, in_len, out_len, batch_size, thresholds_mm_h)
+    radar = store_radar(store)
+    forecaster = _load(model_uri, tracking_uri, device, in_len, out_len, fast_path, radar)
+    verification = Verification(out_len, forecaster.members, neighbourhood_px)
+    skill = score_clips(
+        forecaster,
+        store,
+        starts_s,
+        in_len,
+        out_len,
+        batch_size,
+        thresholds_mm_h,
+        verification=verification,
+        radar=radar,
+    )
+    return skill, verification
 
 
 def score_clips_ray(
@@ -219,8 +257,11 @@ def score_clips_ray(
     thresholds_mm_h: Sequence[float] = DEFAULT_THRESHOLDS_MM_H,
     ray_address: str | None = None,
     fast_path: bool = True,
-) -> SkillScores:
-    """Score on ``workers`` Ray tasks, each a disjoint slice (``pipeline.dataset.rank_slice``); merged.
+    neighbourhood_px: int = DEFAULT_NEIGHBOURHOOD_PX,
+    members: int = 1,
+) -> tuple[SkillScores, Verification]:
+    """Score on ``workers`` Ray tasks, each a disjoint slice (``pipeline.dataset.rank_slice``); merged
+    (SkillScores, Verification) (``members``: the forecaster's ensemble size).
 
     The store travels as its absolute path, checkpoint paths and the tracking URI are made absolute;
     a Ray started here ships this source tree to the tasks (``raycluster.connect_ray``) and is shut
@@ -248,12 +289,15 @@ def score_clips_ray(
                         batch_size,
                         tuple(thresholds_mm_h),
                         fast_path,
+                        neighbourhood_px,
                     )
                 )
         merged = SkillScores(out_len, thresholds_mm_h)
-        for part_scores in ray.get(refs):
+        verification = Verification(out_len, members, neighbourhood_px)
+        for part_scores, part_verification in ray.get(refs):
             merged.merge(part_scores)
-        return merged
+            verification.merge(part_verification)
+        return merged, verification
     finally:
         if started:
             ray.shutdown()
@@ -307,8 +351,10 @@ def evaluation_record(
     store: Store,
     workers: int,
     seconds: float,
+    verification: Verification | None = None,
 ) -> dict:
-    """The JSON document written by :func:`evaluate` (scores + what was scored)."""
+    """The JSON document written by :func:`evaluate` (scores + what was scored; ``verification``: the
+    spatial and probabilistic scores, under the key ``verification``)."""
     result = skill.result()
     try:
         champ = champion_score(result)
@@ -331,6 +377,7 @@ def evaluation_record(
         "seconds": round(float(seconds), 3),
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "scores": skill.to_json_dict(),
+        "verification": None if verification is None else verification.to_json_dict(),
     }
 
 
@@ -360,9 +407,11 @@ def log_evaluation_to_mlflow(
     interval_s: int,
     n_clips: int,
     files: Sequence[Path],
+    verified: dict | None = None,
 ) -> str:
-    """Log :func:`tracking.skill_metrics` (step 0), :func:`tracking.skill_curves`, tags and ``files``
-    (artifacts under ``evaluation/<split>``).
+    """Log :func:`tracking.skill_metrics` (step 0), :func:`tracking.skill_curves`,
+    :func:`pipeline.verification.verification_metrics` of ``verified`` (FSS, CRPS, Brier skill, ...), tags
+    and ``files`` (artifacts under ``evaluation/<split>``).
 
     Under ``run_id`` when given (the model's training run), else a new run ``evaluate-<model>``
     in ``experiment``. Returns the run id.
@@ -374,7 +423,9 @@ def log_evaluation_to_mlflow(
         experiment=experiment,
         run_name=f"evaluate-{short_name(model_name)}",
         new_run_tags={"nowcast.stage": "evaluate"},
-        metrics=[(k, v, 0) for k, v in summary.items()] + tracking.skill_curves(result, split, interval_s),
+        metrics=[(k, v, 0) for k, v in summary.items()]
+        + tracking.skill_curves(result, split, interval_s)
+        + ([] if verified is None else verification_metrics(verified, split)),
         tags={f"eval.{split}.n_clips": str(n_clips), f"eval.{split}.model": model_name},
         files=files,
         artifact_path=f"evaluation/{split}",
@@ -389,6 +440,7 @@ def _log(
     n_clips: int,
     paths: Sequence[Path],
     notes: list[str],
+    verified: dict | None = None,
 ) -> str | None:
     """Log an evaluation where :class:`EvaluateConfig` says; returns the run id (None when not logged,
     with the reason appended to ``notes``)."""
@@ -416,6 +468,7 @@ def _log(
         interval_s=interval_s,
         n_clips=n_clips,
         files=paths,
+        verified=verified,
     )
 
 
@@ -434,7 +487,7 @@ def _evaluate_loaded(
     interval_s = int(cfg.interval_s or store.interval_s)
     t0 = time.perf_counter()
     if int(cfg.workers) > 0:
-        skill = score_clips_ray(
+        skill, verification = score_clips_ray(
             cfg.model_uri,
             store,
             starts_s,
@@ -447,10 +500,22 @@ def _evaluate_loaded(
             cfg.thresholds_mm_h,
             cfg.ray_address,
             cfg.fast_path,
+            cfg.neighbourhood_px,
+            forecaster.members,
         )
     else:
+        verification = Verification(out_len, forecaster.members, cfg.neighbourhood_px)
         skill = score_clips(
-            forecaster, store, starts_s, in_len, out_len, cfg.batch_size, cfg.thresholds_mm_h, progress=True
+            forecaster,
+            store,
+            starts_s,
+            in_len,
+            out_len,
+            cfg.batch_size,
+            cfg.thresholds_mm_h,
+            progress=True,
+            verification=verification,
+            radar=store_radar(store),
         )
     seconds = time.perf_counter() - t0
     result = skill.result()
@@ -470,22 +535,29 @@ def _evaluate_loaded(
         store=store,
         workers=cfg.workers,
         seconds=seconds,
+        verification=verification,
     )
+    verified = verification.result()
     notes: list[str] = []
     run_id = None
     with tempfile.TemporaryDirectory() as tmp:
         json_path = Path(out_json) if out_json else Path(tmp) / json_name(forecaster.name, cfg.split)
         plot_path = json_path.with_name(json_path.stem + "_skill.png")
+        verification_plot = json_path.with_name(json_path.stem + "_verification.png")
         if out_json or cfg.log_to_mlflow:
-            files.write_json(json_path, record)
+            files.write_json(json_path, record)  # (creates the folder)
             viz.plot_skill_vs_lead(
                 result,
                 plot_path,
                 interval_min=interval_s / 60.0,
                 title=f"{forecaster.name}, {cfg.split} split, {len(starts_s)} clips",
             )
+            plot_verification(
+                verified, verification_plot, f"{forecaster.name}, {cfg.split} split", interval_s
+            )
         if cfg.log_to_mlflow:
-            run_id = _log(cfg, forecaster, result, interval_s, len(starts_s), [json_path, plot_path], notes)
+            paths = [json_path, plot_path, verification_plot]
+            run_id = _log(cfg, forecaster, result, interval_s, len(starts_s), paths, notes, verified)
     if not out_json:
         json_path = plot_path = None
     return EvaluateResult(
@@ -502,7 +574,8 @@ def _evaluate_loaded(
         run_id,
         seconds,
         skill,
-        notes,
+        verification=verified,
+        notes=notes,
         interval_s=interval_s,
     )
 
@@ -511,7 +584,15 @@ def _prepare(cfg: EvaluateConfig) -> tuple[Store, Forecaster, int, int]:
     """Open the store, load the forecaster and check one against the other
     -> (store, forecaster, in_len, out_len)."""
     store = Store.of(cfg.store)  # NowcastError if the store is missing
-    forecaster = _load(cfg.model_uri, cfg.tracking_uri, cfg.device, cfg.in_len, cfg.out_len, cfg.fast_path)
+    forecaster = _load(
+        cfg.model_uri,
+        cfg.tracking_uri,
+        cfg.device,
+        cfg.in_len,
+        cfg.out_len,
+        cfg.fast_path,
+        store_radar(store),
+    )
     in_len, out_len = _lengths(forecaster, cfg.in_len, cfg.out_len)
     forecaster.check_frame_size(store.frame_size, f"the store {cfg.store}")
     return store, forecaster, in_len, out_len
@@ -525,7 +606,7 @@ def evaluate(cfg: EvaluateConfig) -> EvaluateResult:
     whose frame size differs from the store's, or an unknown model URI.
     """
     store, forecaster, in_len, out_len = _prepare(cfg)
-    starts = _protocol_clips(store, cfg.split, cfg.max_clips)
+    starts = _protocol_clips(store, cfg.split, cfg.max_clips, cfg.clip_stride)
     out_json = Path(cfg.out_json or default_out_dir(cfg.store) / json_name(forecaster.name, cfg.split))
     return _evaluate_loaded(cfg, store, forecaster, starts, in_len, out_len, out_json)
 
@@ -638,11 +719,12 @@ def compare_models(
     uris = [str(u).strip() for u in model_uris]
     trained = [u for u in uris if baseline_name(u) is None]
     lead = trained[0] if trained else uris[0]
-    loaded = {lead: _load(lead, tracking_uri, device, None, None, fast_path)}
+    radar = store_radar(handle)
+    loaded = {lead: _load(lead, tracking_uri, device, None, None, fast_path, radar)}
     in_len, out_len = loaded[lead].in_len, loaded[lead].out_len
     for uri in uris:
         if uri not in loaded:
-            loaded[uri] = _load(uri, tracking_uri, device, in_len, out_len, fast_path)
+            loaded[uri] = _load(uri, tracking_uri, device, in_len, out_len, fast_path, radar)
         _lengths(loaded[uri], in_len, out_len)
         loaded[uri].check_frame_size(handle.frame_size, f"the store {store}")
     starts = _protocol_clips(handle, split, max_clips)

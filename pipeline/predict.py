@@ -12,6 +12,11 @@ grid, from ODIM_H5 or CF-NetCDF stores only), plus ``forecast.gif`` (the observe
 forecast beside the observation when the store holds it). Pixels outside the radar's coverage (where
 the last input frame's mask is false) are 0, or missing where the format can say so.
 
+With ``probabilities_mm_h`` (zarr and netcdf), P(rain >= t) per lead time and threshold goes beside the
+forecast as the CF variable ``probability_of_rainfall_rate_above_threshold`` (:mod:`pipeline.probabilities`):
+an ensemble's (``steps``) member fractions, a deterministic forecast's neighbourhood probabilities; missing
+outside the last input's radar coverage.
+
 Outputs are written in a private staging folder inside ``out_dir`` and renamed into place
 (``pipeline.files``): nothing is written through a symlink, an existing output is replaced only with
 ``overwrite``, and a folder ``forecast.zarr`` is replaced only when ``nowcast`` wrote it.
@@ -25,10 +30,11 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import files, outputs
+from pipeline import files, outputs, probabilities
+from pipeline.baselines_pysteps import Radar, pixel_to_rain, rain_to_pixel, store_radar
 from pipeline.catalog import INTERVAL_S
 from pipeline.errors import NowcastError, Validated
-from pipeline.forecasters import load_forecaster
+from pipeline.forecasters import Forecaster, load_forecaster
 from pipeline.outputs import FORMATS, Forecast
 from pipeline.sources import FrameDecodeError, get_source
 from pipeline.store import Store
@@ -47,6 +53,8 @@ class PredictConfig(Validated):
     input_pngs : or: ``in_len`` HKO-7 PNG paths, oldest first.
     format : "png", "zarr" or "netcdf" (store inputs from an ODIM_H5 or CF-NetCDF archive only).
     gif : also write ``forecast.gif``.
+    probabilities_mm_h : thresholds (mm/h) of exceedance probabilities to write (zarr, netcdf); None: none.
+    neighbourhood_px : the neighbourhood of a deterministic forecast's probabilities.
     overwrite : replace outputs of an earlier forecast (files, symlinks, a ``forecast.zarr`` that
         ``predict`` wrote); without it an existing output is an error and nothing is written.
     """
@@ -62,9 +70,16 @@ class PredictConfig(Validated):
     fast_path: bool = True  # trajgru.fast.enable_fast_path for trained models
     gif: bool = True
     overwrite: bool = False
+    probabilities_mm_h: tuple[float, ...] | None = None
+    neighbourhood_px: int = probabilities.DEFAULT_NEIGHBOURHOOD_PX
 
     def rules(self):
         yield self.format in FORMATS, f"unknown format {self.format!r}: use {', '.join(FORMATS)}"
+        yield (
+            not self.probabilities_mm_h or self.format != "png",
+            "--probabilities are written into --format zarr or netcdf; PNG frames cannot hold them",
+        )
+        yield int(self.neighbourhood_px) >= 1, f"neighbourhood_px must be >= 1, got {self.neighbourhood_px}"
         yield (
             self.format != "netcdf" or self.store is not None,
             "--format netcdf writes the forecast on the radar grid a store records: give the inputs as "
@@ -96,6 +111,7 @@ class PredictResult:
     forecast_times_s: list[int] | None
     input_times_s: list[int] | None = None
     forecast: np.ndarray | None = field(default=None, repr=False)  # (out_len, H, W) float pixel
+    probabilities: np.ndarray | None = field(default=None, repr=False)  # (out_len, n_thresholds, H, W)
 
 
 @dataclass
@@ -216,6 +232,28 @@ def _inputs_from_pngs(paths: Sequence[str | Path], in_len: int) -> _Inputs:
     return _Inputs(np.stack(frames), int(times[-1]), interval_s, input_times_s=[int(t) for t in times])
 
 
+# --------------------------------------------------------------------------- forecast
+def _run_forecaster(
+    forecaster: Forecaster, inputs: _Inputs, radar: Radar, cfg: PredictConfig
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """-> (forecast float pixels (out_len, H, W) clamped to [0, 1], exceedance probabilities (out_len,
+    n_thresholds, H, W) or None when not asked for). An ensemble runs once: its forecast is the members'
+    mean in rain rate."""
+    if not cfg.probabilities_mm_h and forecaster.members == 1:
+        return forecaster.forecast_frames(inputs.frames_u8, inputs.input_masks), None
+    members = forecaster.ensemble_frames(inputs.frames_u8, inputs.input_masks)
+    members_mm_h = pixel_to_rain(members, None, radar.zr)  # (M, out_len, H, W)
+    if inputs.input_masks is not None:  # no rain outside the radar's coverage (as in the forecast written)
+        members_mm_h = np.where(inputs.input_masks[-1], members_mm_h, 0.0)
+    forecast = members[0] if forecaster.members == 1 else rain_to_pixel(members_mm_h.mean(axis=0), radar.zr)
+    if not cfg.probabilities_mm_h:
+        return forecast, None
+    exceedance = probabilities.exceedance_probabilities(
+        members_mm_h, cfg.probabilities_mm_h, cfg.neighbourhood_px
+    )
+    return forecast, exceedance
+
+
 def predict(cfg: PredictConfig) -> PredictResult:
     """Forecast ``out_len`` frames after the inputs and write them (see the module doc).
 
@@ -229,8 +267,9 @@ def predict(cfg: PredictConfig) -> PredictResult:
         store = Store.of(cfg.store)
         _check_time_in_store(store, cfg.time)  # before the model loads (seconds)
     output.check(store)
+    radar = store_radar(store) if store is not None else Radar()
     forecaster = load_forecaster(
-        cfg.model_uri, tracking_uri=cfg.tracking_uri, device=cfg.device, fast_path=cfg.fast_path
+        cfg.model_uri, tracking_uri=cfg.tracking_uri, device=cfg.device, fast_path=cfg.fast_path, radar=radar
     )
     in_len, out_len = int(forecaster.in_len), int(forecaster.out_len)
     if store is not None:
@@ -240,8 +279,9 @@ def predict(cfg: PredictConfig) -> PredictResult:
         inputs = _inputs_from_pngs(cfg.input_pngs, in_len)
         where = "the input PNGs"
     forecaster.check_frame_size(inputs.frames_u8.shape[1:], where)
+    values, exceedance = _run_forecaster(forecaster, inputs, radar, cfg)
     forecast = Forecast(
-        forecast=forecaster.forecast_frames(inputs.frames_u8),
+        forecast=values,
         interval_s=inputs.interval_s,
         last_time_s=inputs.last_time_s,
         model_uri=str(cfg.model_uri),
@@ -252,6 +292,8 @@ def predict(cfg: PredictConfig) -> PredictResult:
         input_masks=inputs.input_masks,
         truth_u8=inputs.truth_u8,
         truth_masks=inputs.truth_masks,
+        probabilities=exceedance,
+        thresholds_mm_h=tuple(cfg.probabilities_mm_h or ()),
     )
     out_dir = Path(cfg.out_dir)
     names = outputs.file_names(output, forecast, cfg.gif)
@@ -262,8 +304,9 @@ def predict(cfg: PredictConfig) -> PredictResult:
             files.publish(tmp / name, out_dir / name, cfg.overwrite, output.replaceable) for name in names
         ]
     gif_path = written.pop() if cfg.gif else None
+    masked = forecast.masked()
     return PredictResult(
-        written, gif_path, forecast.times_s, inputs.input_times_s, forecast.masked().forecast
+        written, gif_path, forecast.times_s, inputs.input_times_s, masked.forecast, masked.probabilities
     )
 
 

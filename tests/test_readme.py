@@ -149,3 +149,31 @@ def test_baseline_scores_reused_only_from_the_same_store(
     )
     assert bench_skill._scored_on(scored, store) is expected
     assert bench_skill._scored_on(tmp_path / "missing.json", store) is False
+
+
+def test_verify_block_renders_bench_verify_results(tmp_path, monkeypatch):
+    """The verify block names the command, the clip subset and the models; undefined scores show as "–"."""
+    row = {
+        "csi_5": 0.25,
+        "hss_5": 0.3,
+        "b_mse": 500.0,
+        "fss_5mm_h_5px": 0.5,
+        "crps_mm_h": 0.9,
+        "brier_skill_5mm_h": 0.12,
+        "brier_skill_10mm_h": None,
+        "reliability_5mm_h": 0.002,
+        "roc_auc_5mm_h": 0.8,
+        "seconds_per_clip": 4.2,
+        "n_clips": 106,
+    }
+    results = {
+        "command": "python benchmarks/bench_verify.py --store s.zarr",
+        "clip_stride": 8,
+        "machine": {"cpu_cores": 2, "cpu": "x86", "torch": "2.13"},
+        "rows": {"TrajGRU": row | {"model_uri": "models:/t/1"}, "S-PROG": row | {"model_uri": "sprog"}},
+    }
+    (tmp_path / "verify.json").write_text(json.dumps(results))
+    monkeypatch.setattr(update_readme, "RESULTS", tmp_path)
+    out = update_readme.render("<!-- BEGIN verify -->\n<!-- END verify -->")
+    assert "106 clips, every 8th sequential clip" in out and "TrajGRU: `models:/t/1`" in out
+    assert "| S-PROG | 0.250 | 0.300 | 500.0 | 0.500 | 0.900 | 0.120 | – | 0.0020 | 0.800 | 4.20 |" in out

@@ -37,6 +37,8 @@ class Forecast:
     store : the store the inputs came from (its grid and Z-R relation), or None for PNG inputs.
     inputs_u8, truth_u8, truth_masks, input_masks : the observed frames for the GIF (uint8 (S, H, W)
         and bool masks), truth over the forecast period when the store holds it.
+    probabilities, thresholds_mm_h : exceedance probabilities P(rain >= t) float (out_len, n, H, W) for the
+        thresholds (mm/h), or None (formats that can hold them write them, :mod:`pipeline.probabilities`).
     """
 
     forecast: np.ndarray
@@ -50,6 +52,8 @@ class Forecast:
     input_masks: np.ndarray | None = field(default=None, repr=False)
     truth_u8: np.ndarray | None = field(default=None, repr=False)
     truth_masks: np.ndarray | None = field(default=None, repr=False)
+    probabilities: np.ndarray | None = field(default=None, repr=False)
+    thresholds_mm_h: tuple[float, ...] = ()
 
     @property
     def out_len(self) -> int:
@@ -68,11 +72,15 @@ class Forecast:
         return self.interval_s * np.arange(1, self.out_len + 1, dtype=np.int64)
 
     def masked(self) -> Forecast:
-        """This forecast with 0 where the last input frame's mask is false."""
+        """This forecast with 0 (probabilities: NaN) where the last input frame's mask is false."""
         if self.input_mask is None:
             return self
         values = np.where(self.input_mask, self.forecast, 0.0).astype(self.forecast.dtype)
-        return replace(self, forecast=values)
+        if self.probabilities is None:
+            return replace(self, forecast=values)
+        return replace(
+            self, forecast=values, probabilities=np.where(self.input_mask, self.probabilities, np.nan)
+        )
 
     def attrs(self) -> dict:
         """Metadata every format records (JSON-able)."""

@@ -3,15 +3,19 @@ with time, forecast reference time and lead time (``pipeline.sources.netcdf.writ
 
 Pixels go to mm/h through the store's Z-R relation; pixel 0 (-10 dBZ or less) is 0 mm/h, and pixels
 outside the last input's radar coverage are missing. Needs a store ingested from an ODIM_H5 or
-CF-NetCDF archive (they record the grid).
+CF-NetCDF archive (they record the grid). With exceedance probabilities, also the CF variable
+``probability_of_rainfall_rate_above_threshold`` (time, threshold, y, x) and its ``threshold`` coordinate
+(mm/h), on the same grid mapping.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import netCDF4
 import numpy as np
 
+from pipeline import probabilities
 from pipeline.errors import NowcastError
 from pipeline.outputs.base import Forecast, OutputFormat
 from pipeline.sources import get_source
@@ -64,4 +68,26 @@ class NetcdfOutput(OutputFormat):
             mask=forecast.input_mask,
             attrs={"source": f"nowcast {forecast.model_name}", "input_store": str(store.path)},
         )
+        if forecast.probabilities is not None:
+            _add_probabilities(path, forecast.probabilities, forecast.thresholds_mm_h)
         return [path]
+
+
+def _add_probabilities(path: Path, values: np.ndarray, thresholds_mm_h) -> None:
+    """Add the exceedance probabilities float (L, n, H, W) (NaN = missing, stored as the fill value) and
+    their threshold coordinate to the forecast file ``cf.write_forecast`` wrote at ``path``."""
+    with netCDF4.Dataset(path, "a") as nc:
+        nc.createDimension(probabilities.THRESHOLD_VAR, len(thresholds_mm_h))
+        threshold = nc.createVariable(probabilities.THRESHOLD_VAR, "f4", (probabilities.THRESHOLD_VAR,))
+        threshold.setncatts(probabilities.THRESHOLD_ATTRS)
+        threshold[:] = np.asarray(thresholds_mm_h, dtype=np.float32)
+        var = nc.createVariable(
+            probabilities.PROBABILITY_VAR,
+            "f4",
+            ("time", probabilities.THRESHOLD_VAR, "y", "x"),
+            zlib=True,
+            fill_value=np.float32(cf.FILL_VALUE),
+        )
+        grid_mapping = nc.variables["precip_intensity"].getncattr("grid_mapping")
+        var.setncatts({**probabilities.PROBABILITY_ATTRS, "grid_mapping": grid_mapping})
+        var[:] = np.where(np.isfinite(values), values, cf.FILL_VALUE).astype(np.float32)

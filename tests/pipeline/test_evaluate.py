@@ -229,7 +229,14 @@ def test_logs_to_mlflow_new_run_and_model_run(store, tmp_path):
     history = client.get_metric_history(res.mlflow_run_id, "test_csi_0.5mm_h_by_lead")
     assert sorted(h.step for h in history) == [6 * (k + 1) for k in range(20)]
     arts = {a.path for a in client.list_artifacts(res.mlflow_run_id, "evaluation/test")}
-    assert arts == {f"evaluation/test/{res.json_path.name}", f"evaluation/test/{res.plot_path.name}"}
+    verification_plot = res.json_path.with_name(res.json_path.stem + "_verification.png").name
+    assert arts == {
+        f"evaluation/test/{res.json_path.name}",
+        f"evaluation/test/{res.plot_path.name}",
+        f"evaluation/test/{verification_plot}",
+    }
+    assert m["test_crps"] == pytest.approx(float(np.nanmean(res.verification["crps"])))
+    assert "test_fss_1mm_h_17px" in m and "test_brier_skill_1mm_h" in m
 
     # a checkpoint that names its training run: the evaluation is logged there
     exp = client.create_experiment("train", artifact_location=(tmp_path / "train-artifacts").as_uri())
@@ -271,6 +278,8 @@ def test_ray_workers_equal_in_process(store, tmp_path):
             ray.shutdown()
     assert par.n_clips == local.n_clips
     _assert_same_scores(par.scores, local.scores)
+    for key in ("fss", "crps", "brier", "brier_skill", "roc_auc"):  # the verification merges across workers
+        np.testing.assert_allclose(par.verification[key], local.verification[key], rtol=1e-9, err_msg=key)
     if started_here:
         assert not ray.is_initialized()  # evaluate shuts down the Ray it started
 
@@ -400,3 +409,34 @@ def test_cli_no_log(store, tmp_path, monkeypatch):
         not mlflow_db.exists() and "logged to MLflow" not in result.output and (tmp_path / "p.json").exists()
     )
     assert "evaluate persistence: 1/1" in result.output  # plain progress lines without a terminal
+
+
+def test_ensemble_is_scored_on_its_mean_with_probabilistic_scores(store, tmp_path):
+    """STEPS (3 members, seeded): the HKO-7 scores are those of the members' mean in rain rate, computed here
+    clip by clip from clips read with zarr; the JSON holds the probabilistic scores and a rank histogram of
+    M + 1 bins; a deterministic baseline gets no rank histogram but neighbourhood-probability scores."""
+    from pipeline.baselines_pysteps import pixel_to_rain, rain_to_pixel, store_radar
+    from pipeline.evaluate import evaluate
+    from pipeline.forecasters import load_forecaster
+    from pipeline.sources.grid import ZR
+    from pipeline.store import Store
+
+    res = evaluate(_cfg(store, "steps:members=3,seed=4", tmp_path, max_clips=2, out_json=tmp_path / "s.json"))
+    _, clips = _reference_clips(store)
+    radar = store_radar(Store.open(store))  # the store's pixel size (512 km / 48 px) and cadence
+    assert radar.km_per_px == pytest.approx(512.0 / SIZE)
+    forecaster = load_forecaster("steps:members=3,seed=4", radar=radar)
+    ref = SkillScores(20)
+    for fr, mk in clips[:2]:
+        inputs = torch.from_numpy(fr[:5])[:, None, None]
+        members = forecaster.ensemble(inputs, torch.from_numpy(mk[:5])[:, None, None])[:, :, 0, 0].numpy()
+        mean = rain_to_pixel(pixel_to_rain(members, None, ZR()).mean(axis=0), ZR())
+        ref.update(mean[:, None, None], fr[5:][:, None, None], mk[5:][:, None, None])
+    _assert_same_scores(res.scores, ref.result())
+    doc = json.loads(res.json_path.read_text())["verification"]
+    assert doc["members"] == 3 and len(doc["rank_histogram"]) == 4
+    assert doc["crps"][0] is not None and len(doc["fss"]) == 20
+    assert res.json_path.with_name("s_verification.png").is_file()
+    det = evaluate(_cfg(store, "persistence", tmp_path, max_clips=2, out_json=tmp_path / "p.json"))
+    assert det.verification["rank_histogram"] is None and det.verification["neighbourhood_px"] >= 1
+    assert np.isfinite(det.verification["brier"]).any()

@@ -55,7 +55,7 @@ def test_checkpoint_dir_round_trip(tmp_path):
 
 
 def test_baseline_names_and_absolute_uris(tmp_path, monkeypatch):
-    assert BASELINES == ("persistence", "optical-flow")
+    assert BASELINES == ("persistence", "optical-flow", "extrapolation", "sprog", "steps")
     assert baseline_name("optical_flow") == baseline_name(" optical-flow ") == "optical-flow"
     assert (
         baseline_name("models:/x@champion") is None and load_forecaster("optical_flow").name == "optical-flow"
@@ -63,7 +63,7 @@ def test_baseline_names_and_absolute_uris(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "ck").mkdir()
     assert absolute_uri("ck") == str(tmp_path.resolve() / "ck")
-    for uri in ("persistence", "models:/a/1", "http://x/y", "missing-dir"):
+    for uri in ("persistence", "steps:members=3", "models:/a/1", "http://x/y", "missing-dir"):
         assert absolute_uri(uri) == uri
 
 

@@ -41,6 +41,7 @@ def test_predict_netcdf_writes_rain_rate_on_the_store_grid(tmp_path):
             time=last,
             format="netcdf",
             gif=False,
+            probabilities_mm_h=(1.0, 5.0),
         )
     )
     path = tmp_path / "out" / "forecast.nc"
@@ -66,6 +67,13 @@ def test_predict_netcdf_writes_rain_rate_on_the_store_grid(tmp_path):
                 np.where(masks[0], precip[k], 0.0), np.where(masks[0], rain, 0.0), rtol=1e-6
             )
             assert np.isnan(precip[k][~masks[0]]).all()
+        # exceedance probabilities: a CF variable on the same grid, missing where the rain rate is missing
+        prob = ds["probability_of_rainfall_rate_above_threshold"]
+        assert prob.dims == ("time", "threshold", "y", "x") and prob.attrs["grid_mapping"]
+        np.testing.assert_array_equal(ds["threshold"].values, [1.0, 5.0])
+        assert ds["threshold"].attrs["units"] == "mm h-1"
+        assert np.array_equal(np.isnan(prob.values[:, 0]), np.isnan(precip))
+        assert np.nanmin(prob.values) >= 0.0 and np.nanmax(prob.values) <= 1.0
     frames_back = netcdf.read_file(path, zr=ZR(200.0, 1.6))  # our own reader places it on the same grid
     assert len(frames_back) == 20 and frames_back[0].grid.matches(grid)
 

@@ -337,3 +337,53 @@ def test_time_is_checked_before_the_model_loads(store, tmp_path, monkeypatch):
     assert exc.value.exit_code == 2
     with pytest.raises(NowcastError, match="outside the store"):
         pred.predict(_cfg("models:/m@champion", out_dir=tmp_path, store=store, time="2016-01-01T00:00"))
+
+
+def _naive_neighbourhood_probability(rain_mm_h: np.ndarray, threshold: float, size: int):
+    """Fraction of pixels >= threshold in the size x size square around each pixel, inside the frame."""
+    h, w = rain_mm_h.shape
+    half = size // 2
+    out = np.zeros((h, w))
+    for y in range(h):
+        for x in range(w):
+            box = rain_mm_h[max(0, y - half) : y + half + 1, max(0, x - half) : x + half + 1]
+            out[y, x] = np.mean(box >= threshold)
+    return out
+
+
+def test_predict_writes_exceedance_probabilities_into_zarr(store, tmp_path):
+    """--probabilities 1,5 with persistence: the Zarr holds P(rain >= t) per lead time as a CF variable that
+    xarray reads, equal to a naive-loop neighbourhood probability of the last input frame (HKO-7 Z-R), and
+    missing outside the last input's radar coverage; PNG output cannot hold probabilities."""
+    import xarray as xr
+
+    from pipeline.predict import predict
+    from trajgru import units
+
+    res = predict(
+        _cfg(
+            store=store,
+            out_dir=tmp_path / "z",
+            format="zarr",
+            probabilities_mm_h=(1.0, 5.0),
+            neighbourhood_px=5,
+        )
+    )
+    import zarr
+
+    g = zarr.open_group(str(store), mode="r")
+    frames, masks = g["frames"][-1] / 255.0, np.asarray(g["masks"][-1], bool)
+    rain = np.where(frames == 0, 0.0, units.pixel_to_rainfall(np.where(masks, frames, 0.0)))
+    with xr.open_zarr(res.paths[0], consolidated=False, decode_times=False) as ds:
+        prob = ds["probability_of_rainfall_rate_above_threshold"]
+        assert prob.dims == ("time", "threshold", "y", "x") and prob.shape == (20, 2, SIZE, SIZE)
+        assert prob.attrs["units"] == "1"
+        assert ds["threshold"].attrs["spp__relative_to_threshold"] == "greater_than_or_equal_to"
+        np.testing.assert_array_equal(ds["threshold"].values, [1.0, 5.0])
+        values = prob.values
+    for k, threshold in enumerate((1.0, 5.0)):
+        expected = _naive_neighbourhood_probability(rain, threshold, 5)
+        np.testing.assert_allclose(values[7, k][masks], expected[masks], atol=1e-6)
+        assert np.isnan(values[7, k][~masks]).all()
+    with pytest.raises(NowcastError, match="PNG frames cannot hold them"):
+        _cfg(store=store, out_dir=tmp_path / "p", format="png", probabilities_mm_h=(1.0,))
