@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The recipe sweep as run on one lent GPU (see skill_sweep.py); results land in $OUT/sweep.tgz.
-# Usage (repo root): OUT=/some/dir bash benchmarks/skill_sweep_gpu.sh [extra skill_sweep.py options]
+# Usage (repo root): OUT=/some/dir bash benchmarks/gpu/skill_sweep.sh [extra skill_sweep.py options]
 set -u
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
