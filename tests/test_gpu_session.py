@@ -171,6 +171,13 @@ def test_carried_baselines_name_the_gpu_runs_store():
         scored = json.loads(f.read_text())
         assert scored["split"] == "test"
         assert scored["store"]["path"] == str(session.GPU_WORKDIR / "skill" / "store.zarr")
+        # the same benchmark store as the CPU run of bench_skill.py: the same scores, row for row (up to
+        # float summation order: optical flow's threads, B-MSE sums over 844 clips)
+        cpu_row = json.loads((REPO / "benchmarks/results/skill.json").read_text())["rows"][f.stem]
+        row = bench_skill.summary_row(scored)
+        assert row["n_clips"] == cpu_row["n_clips"] == 844
+        assert row["csi"] == pytest.approx(cpu_row["csi"], abs=1e-5)
+        assert row["b_mse"] == pytest.approx(cpu_row["b_mse"], rel=1e-6)
 
 
 def _skill_row(csi5: float, b_mse: float) -> dict:
