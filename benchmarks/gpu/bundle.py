@@ -86,6 +86,8 @@ DEVICE_PROVIDED = frozenset(
         "sympy",
         "mpmath",
         "networkx",
+        "xarray",
+        "pygments",
     }
 )
 
@@ -98,7 +100,8 @@ PRUNE = (
     "ray/serve/_private/benchmarks",
     "bin",  # console scripts written for this machine's interpreter
 )
-#: Ray's native programs, stripped of their symbol tables (they stay executable).
+#: Ray's native programs, stripped of their symbol tables (they stay executable); Python extension
+#: modules (``*.so`` outside the ``*.libs`` folders of auditwheel's vendored libraries) are stripped too.
 STRIP = ("ray/_raylet.so", "ray/core/src/ray/gcs/gcs_server", "ray/core/src/ray/raylet/raylet")
 #: Modules the bundle must make importable on the device (with the image's packages).
 MUST_IMPORT = (
@@ -212,13 +215,18 @@ def strip_binaries(site: Path) -> dict[str, float]:
     if shutil.which("strip") is None:
         return {}
     saved = {}
-    for rel in STRIP:
+    extensions = [
+        p.relative_to(site).as_posix()
+        for p in site.rglob("*.so")
+        if p.is_file() and not p.is_symlink() and not any(part.endswith(".libs") for part in p.parts)
+    ]
+    for rel in dict.fromkeys([*STRIP, *extensions]):
         path = site / rel
         if path.is_file():
             before = path.stat().st_size
             subprocess.run(["strip", "--strip-unneeded", str(path)], check=True)
             saved[rel] = round((before - path.stat().st_size) / 2**20, 2)
-    return saved
+    return {k: v for k, v in saved.items() if v >= 0.1}
 
 
 def pack(site: Path, archive: Path) -> None:
