@@ -351,9 +351,7 @@ def train(
         None, help="Stop after N validations without a better score (0: never)."
     ),
     run_name: str | None = typer.Option(None, help="Ray run name; re-running the same name resumes it."),
-    storage_path: Path | None = typer.Option(
-        None, help="Ray storage for checkpoints (shared on a cluster)."
-    ),
+    storage_path: Path | None = typer.Option(None, help="Ray storage for checkpoints (shared on a cluster)."),
     config: Path | None = typer.Option(None, help="YAML/JSON file of TrainConfig overrides."),
     register_as: str | None = typer.Option(
         None, help="Register the model under this name in the MLflow registry."
@@ -533,6 +531,55 @@ def predict(
 
 
 @command()
+def watch(
+    archive: Path = typer.Argument(..., help="The radar archive new files land in (any supported format)."),
+    store: Path = typer.Argument(..., help="The Zarr store they are appended to (created when missing)."),
+    model: str = typer.Option(
+        ..., help="models:/NAME@champion (looked up before every cycle), a checkpoint, ..."
+    ),
+    out_dir: Path = typer.Option(..., help="Folder for <cycle>/ forecasts, latest, cycles.jsonl, state."),
+    fmt: str = typer.Option("png", "--format", help="png | zarr | netcdf (stores of ODIM/NetCDF archives)."),
+    keep: int = typer.Option(24, help="Cycle folders kept (the newest)."),
+    poll_s: float = typer.Option(2.0, "--poll-s", help="Seconds between looks at the archive."),
+    wait_missing_s: float | None = typer.Option(
+        None,
+        "--wait-missing-s",
+        help="Seconds a newer frame waits for a late earlier one (default: one interval).",
+    ),
+    max_cycles: int | None = typer.Option(None, help="Stop after N cycles (default: run until SIGTERM)."),
+    gif: bool = typer.Option(False, "--gif/--no-gif", help="Also write forecast.gif per cycle."),
+    threads: int | None = typer.Option(None, help="CPU threads of the model (1 on a shared node)."),
+    device: str = typer.Option("auto", help="cpu | cuda | auto (a GPU when one is visible)."),
+    tracking_uri: str | None = typer.Option(None, envvar="MLFLOW_TRACKING_URI", help=TRACKING_HELP),
+) -> None:
+    """Turn every new radar frame into a forecast: a long-running service (SIGTERM ends it).
+
+    Example: nowcast watch archive/ store.zarr --model models:/nowcast-tiny@champion --out-dir forecasts/
+    """
+    from pipeline.watch import WatchConfig
+    from pipeline.watch import watch as run_watch
+
+    cfg = _run(
+        WatchConfig,
+        archive=archive,
+        store=store,
+        model_uri=model,
+        out_dir=out_dir,
+        format=fmt,
+        keep=keep,
+        poll_s=poll_s,
+        wait_missing_s=wait_missing_s,
+        max_cycles=max_cycles,
+        gif=gif,
+        tracking_uri=tracking_uri,
+        device=device,
+        threads=threads,
+    )
+    n = _run(run_watch, cfg, echo=lambda line: typer.echo(line))
+    typer.echo(f"stopped after {n} cycle(s)")
+
+
+@command()
 def promote(
     name: str = typer.Argument(..., help="Registered model name."),
     model_version: str = typer.Argument(..., metavar="VERSION", help="Version number to point the alias at."),
@@ -563,13 +610,19 @@ def demo(
     workers: int = typer.Option(2, help="Ray Train workers."),
     tracking_uri: str | None = typer.Option(None, envvar="MLFLOW_TRACKING_URI", help=TRACKING_HELP),
     ray_address: str | None = typer.Option(None, envvar="RAY_ADDRESS", help=RAY_HELP),
+    watch: bool = typer.Option(
+        False, "--watch", help="Then replay test frames into a live archive and watch forecasts appear."
+    ),
+    watch_cycles: int = typer.Option(5, help="With --watch: frames replayed (cycles)."),
+    watch_every_s: float = typer.Option(3.0, "--watch-every-s", help="With --watch: seconds between frames."),
 ) -> None:
     """Run the whole pipeline on a small synthetic archive: synth, ingest, train (Ray), evaluate vs baselines,
-    register as champion (MLflow), forecast GIF. Safe to re-run.
+    register as champion (MLflow), forecast GIF. Safe to re-run. With --watch (after a demo run, or
+    running one first): new frames land every few seconds and `nowcast watch` forecasts each one.
 
-    Example: nowcast demo --workdir nowcast-demo
+    Example: nowcast demo --workdir nowcast-demo; nowcast demo --workdir nowcast-demo --watch
     """
-    from pipeline.demo import DemoConfig, run_demo
+    from pipeline.demo import DemoConfig, replay_watch, run_demo
 
     overrides = {"steps": steps} if steps is not None else {}
     cfg = _run(
@@ -580,6 +633,9 @@ def demo(
         ray_address=ray_address,
         **overrides,
     )
+    if watch:
+        _run(replay_watch, cfg, watch_cycles, watch_every_s, echo=lambda line: typer.echo(line))
+        return
     result = _run(run_demo, cfg)
     typer.echo(result.summary)
 

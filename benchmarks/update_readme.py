@@ -176,6 +176,33 @@ def gpu_bench() -> str | None:
     return "\n".join(rows)
 
 
+def service_latency() -> str | None:
+    """bench_service.py --part latency: median and p95 per case, split into its parts."""
+    results = _load("service_latency.json")
+    if results is None:
+        return None
+    m = results["machine"]
+    rows = [
+        f"`{results['command']}` on {m['cpu_cores']} CPU cores (torch {m['torch']}; 1-min load average "
+        f"{m['load_average_1min_at_end']:.0f} at the end: the machine was shared). Seconds, median (p95):",
+        "",
+        "| case | archive → output | cycles | total | notice (poll) | ingest | forecast | write "
+        "| target (median) |",
+        "|" + "---|" * 9,
+    ]
+    for c in results["cases"].values():
+        parts = " | ".join(
+            f"{c[k]['median']:.2f} ({c[k]['p95']:.2f})"
+            for k in ("total_s", "notice_s", "ingest_s", "forecast_s", "write_s")
+        )
+        met = "met" if c["total_s"]["median"] <= c["target_median_s"] else "**not met**"
+        rows.append(
+            f"| `{c['preset']}` {c['size']}² | {c['archive_format']} → {c['output_format']} | "
+            f"{c['cycles']} | {parts} | ≤ {c['target_median_s']:.0f} s: {met} |"
+        )
+    return "\n".join(rows)
+
+
 BLOCKS = {
     "demo": demo,
     "skill-pipeline": skill_pipeline,
@@ -183,6 +210,7 @@ BLOCKS = {
     "skill-gpu": skill_gpu,
     "skill-sweep1": skill_sweep1,
     "gpu-bench": gpu_bench,
+    "service-latency": service_latency,
 }
 
 

@@ -1,7 +1,9 @@
 """`nowcast demo`: every stage of the pipeline on a small synthetic archive, in one working directory.
 
 synth -> ingest (Dask) -> train the `tiny` TrajGRU (Ray Train, 2 CPU workers) with MLflow tracking and
-registration -> evaluate model vs persistence vs optical flow on the test split -> champion alias -> forecast GIF.
+registration -> evaluate model vs persistence vs optical flow on the test split -> champion alias ->
+forecast GIF. ``--watch`` (:func:`replay_watch`) then replays test frames into a live archive for
+``nowcast watch``.
 Safe to re-run: the archive is kept when its settings match, ingest is idempotent, each run trains a fresh
 MLflow run and the new version takes the `champion` alias only if it beats the current one; the baselines'
 test scores are computed once per store (``evaluation/``) and reused.
@@ -15,19 +17,28 @@ from which the README's demo table is generated.
 from __future__ import annotations
 
 import dataclasses
+import os
+import shutil
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from pipeline import files
 from pipeline.errors import NowcastError, check, check_name, check_types
 from pipeline.evaluate import compare_models, table_row
+from pipeline.forecasters import load_forecaster
 from pipeline.ingest import IngestConfig, ingest
 from pipeline.predict import PredictConfig, predict
+from pipeline.sources import hko7
 from pipeline.store import Store
 from pipeline.synth import SynthConfig, archive_matches, synth_archive
-from pipeline.tracking import resolve_tracking_uri
+from pipeline.tracking import champion_version, resolve_tracking_uri
 from pipeline.train import TrainConfig, train
+from pipeline.watch import WatchConfig, read_records, watch
 
 
 @dataclass
@@ -213,7 +224,8 @@ def _summary(
             compared.table,
             *(
                 [
-                    f"(scores of {', '.join(reused)} reused from an earlier demo run on the same store and clips)"
+                    f"(scores of {', '.join(reused)} reused from an earlier demo run on the same store "
+                    "and clips)"
                 ]
                 if reused
                 else []
@@ -228,3 +240,86 @@ def _summary(
             f"  MLflow UI:  mlflow ui --backend-store-uri {tracking_uri}",
         ]
     )
+
+
+# ------------------------------------------------------------------------------------------ --watch
+def _land_copy(src: Path, dst: Path) -> None:
+    """Copy ``src`` to ``dst`` under a hidden name, then rename it into place (as a radar feed does)."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.part")
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+def _land_frame(archive: Path, live: Path, time_s: int) -> None:
+    """Copy one HKO-7 frame of the demo archive into the live archive: its mask first, then the frame."""
+    for path_of in (hko7.mask_path, hko7.frame_path):
+        src = path_of(archive, time_s)
+        if src.is_file():
+            _land_copy(src, path_of(live, time_s))
+
+
+def replay_watch(
+    cfg: DemoConfig, cycles: int = 5, every_s: float = 3.0, echo: Callable[[str], None] = print
+) -> Path:
+    """Replay the demo's first test frames into a fresh live archive, one every ``every_s`` seconds
+    (an accelerated cadence), while ``nowcast watch`` turns each into a forecast with the champion
+    (trained by :func:`run_demo` first when the work folder has none). -> the forecasts folder
+    (``cycles.jsonl`` holds each cycle's latency)."""
+    check(cycles >= 1, f"--watch-cycles must be >= 1, got {cycles}")
+    check(every_s > 0, f"--watch-every-s must be > 0 seconds, got {every_s}")
+    workdir = Path(cfg.workdir).resolve()
+    tracking_uri = cfg.tracking_uri or resolve_tracking_uri(f"sqlite:///{workdir / 'mlflow.db'}")
+    model_uri = f"models:/{cfg.model_name}@champion"
+    if (
+        not (workdir / "mlflow.db").exists()
+        or champion_version(cfg.model_name, tracking_uri=tracking_uri) is None
+    ):
+        echo(f"[demo] no champion in {workdir} yet: running the demo first")
+        run_demo(cfg)
+    store = Store.open(workdir / "store.zarr")
+    in_len = load_forecaster(model_uri, tracking_uri=tracking_uri, device="cpu").in_len
+    start = int(store.clip_starts("test", "sequent")[0])
+    times = store.time_s[store.time_s >= start][: in_len + cycles].tolist()
+    live = workdir / f"watch-{time.strftime('%Y%m%d-%H%M%S')}"
+    for t in times[:in_len]:
+        _land_frame(workdir / "archive", live / "archive", t)
+    echo(
+        f"[demo] replaying {len(times) - in_len} test frames into {live / 'archive'}, one every "
+        f"{every_s:g} s (instead of every {store.interval_s // 60} min)"
+    )
+    stop = threading.Event()
+
+    def feed() -> None:
+        for t in times[in_len:]:
+            if stop.wait(every_s):
+                return
+            _land_frame(workdir / "archive", live / "archive", t)
+
+    feeder = threading.Thread(target=feed, daemon=True)
+    watch_cfg = WatchConfig(
+        archive=live / "archive",
+        store=live / "store.zarr",
+        model_uri=model_uri,
+        out_dir=live / "forecasts",
+        format="png",
+        poll_s=0.2,
+        wait_missing_s=every_s,
+        max_cycles=len(times) - in_len + 1,  # the last history frame is the first cycle
+        tracking_uri=tracking_uri,
+        device="cpu",
+    )
+    feeder.start()
+    try:
+        watch(watch_cfg, echo)
+    finally:
+        stop.set()
+        feeder.join()
+    latencies = [r["latency_s"] for r in read_records(live / "forecasts") if r.get("latency_s") is not None]
+    if latencies:
+        echo(
+            f"[demo] {len(latencies)} forecasts, latency median {np.median(latencies):.2f} s, "
+            f"max {max(latencies):.2f} s; forecasts in {live / 'forecasts'} "
+            f"(latest: {live / 'forecasts' / 'latest'})"
+        )
+    return live / "forecasts"

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from pipeline import checkpoints
@@ -69,6 +70,11 @@ class Forecaster:
             raise NowcastError(f"{self.name} needs {self.in_len} input frames, got {inputs.shape[0]}")
         with torch.no_grad():
             return self.fn(inputs.to(self.device))
+
+    def forecast_frames(self, frames_u8: np.ndarray) -> np.ndarray:
+        """(in_len, H, W) uint8 stored pixels -> (out_len, H, W) float pixel values clamped to [0, 1]."""
+        x = torch.from_numpy(frames_u8.astype(np.float32) / 255.0)[:, None, None]  # (in_len, 1, 1, H, W)
+        return self(x)[:, 0, 0].float().clamp(0.0, 1.0).cpu().numpy()
 
     @property
     def frame_size(self) -> tuple[int, int] | None:

@@ -17,9 +17,9 @@ How it runs
    to include them). The axis is cut into *units* = whole shards (or whole chunks when unsharded),
    so no two tasks ever write the same shard/chunk file.
 3. One Dask task per unit reads that unit's frames and masks (``Source.read_frames``) and writes the
-   whole region ``frames[i0:i1]``, ``masks[i0:i1]`` directly; then it writes a done marker (an empty Zarr group
-   ``_ingest/units/u<N>`` whose attributes list the unit's bad files). A bad frame or mask makes the
-   whole slot zeros / mask False (never a half-written frame).
+   whole region ``frames[i0:i1]``, ``masks[i0:i1]`` directly; then it writes a done marker (an empty
+   Zarr group ``_ingest/units/u<N>`` whose attributes list the unit's bad files). A bad frame or mask
+   makes the whole slot zeros / mask False (never a half-written frame).
    The store's cadence (``interval_s``) is derived from the listed frame times when the store is
    created (``store.infer_interval_s``).
 4. Finalise in the driver: ``present``, the bad-file report (attrs + a JSON report file), the clip
@@ -105,6 +105,7 @@ class IngestConfig:
     block: int | None = None
     zr: str | tuple | None = None
     variable: str | None = None
+    until_s: int | None = None
 
     def __post_init__(self):
         check(
@@ -113,8 +114,9 @@ class IngestConfig:
         )
         check(
             self.workers is None or not self.scheduler,
-            f"--workers {self.workers} and --scheduler {self.scheduler} do not go together: --workers sizes the "
-            "local cluster (0: no cluster), a scheduler's cluster has its own workers; give one of them",
+            f"--workers {self.workers} and --scheduler {self.scheduler} do not go together: --workers "
+            "sizes the local cluster (0: no cluster), a scheduler's cluster has its own workers; "
+            "give one of them",
         )
         check(
             self.source is None or self.source in SOURCES,
@@ -632,6 +634,10 @@ def _ingest_locked(
     listing = source.list_frames(root)
     source = source.configure(**listing.settled)
     listing, interval_s = _on_cadence(listing, group)
+    if cfg.until_s is not None:
+        listing = Listing(
+            [f for f in listing.frames if f.time_s <= cfg.until_s], listing.bad, listing.settled
+        )
     if not listing.frames:
         if listing.bad:
             first = listing.bad[0]

@@ -6,23 +6,15 @@ Inputs, either
 * ``in_len`` PNG frames in HKO-7 encoding (8-bit grayscale, ``pixel = round(255 * (dBZ + 10) / 70)``),
   oldest first. When their names are HKO-7 names (``RADyymmddHHMM00.png``) the forecast times are known.
 
-Outputs in ``out_dir`` (pixels outside the radar's coverage, where the last input frame's mask is
-false, are 0 in every format):
-* ``format="png"``: ``out_len`` frames in HKO-7 encoding, named ``RADyymmddHHMM00.png`` by forecast
-  time (``forecast_01.png`` ... when the time is unknown);
-* ``format="zarr"``: a Zarr v3 group ``forecast.zarr`` with ``forecast`` uint8 (out_len, H, W),
-  ``lead_time_s`` int64 (out_len,) and, when known, ``time`` int64 (out_len,) epoch seconds;
-* ``format="netcdf"`` (store inputs from an ODIM_H5 or CF-NetCDF archive): ``forecast.nc``, CF-1.8
-  rain rate in mm/h on the store's grid and projection, with time, forecast reference time and lead
-  time (``pipeline.sources.netcdf.write_forecast``); pixels go to mm/h through the store's Z-R
-  relation, pixel 0 (-10 dBZ or less) is 0 mm/h, and pixels outside the last input's radar coverage
-  are missing;
-* all: ``forecast.gif``, the observed frames then the forecast (beside the observation when the
-  store holds it), colour scale in mm/h.
+Outputs in ``out_dir``, in one format of the registry ``pipeline.outputs`` (``png``: HKO-7 frames
+named by forecast time, ``zarr``: ``forecast.zarr``, ``netcdf``: CF-1.8 ``forecast.nc`` on the store's
+grid, from ODIM_H5 or CF-NetCDF stores only), plus ``forecast.gif`` (the observed frames, then the
+forecast beside the observation when the store holds it). Pixels outside the radar's coverage (where
+the last input frame's mask is false) are 0, or missing where the format can say so.
 
 Outputs are written in a private staging folder inside ``out_dir`` and renamed into place
 (``pipeline.files``): nothing is written through a symlink, an existing output is replaced only with
-``overwrite``, and a folder ``forecast.zarr`` is replaced only when ``predict`` wrote it.
+``overwrite``, and a folder ``forecast.zarr`` is replaced only when ``nowcast`` wrote it.
 """
 
 from __future__ import annotations
@@ -32,26 +24,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
-import zarr
 
-from pipeline import files, viz
+from pipeline import files, outputs
 from pipeline.catalog import INTERVAL_S
 from pipeline.errors import NowcastError, check
-from pipeline.forecasters import Forecaster, load_forecaster
-from pipeline.sources import PIXEL_ENCODING, hko7, netcdf
-from pipeline.sources.grid import Grid
-from pipeline.sources.gridded import parse_zr
+from pipeline.forecasters import load_forecaster
+from pipeline.outputs import FORMATS, Forecast
+from pipeline.sources import hko7
 from pipeline.store import Store
 from pipeline.times import iso_utc, parse_time_s
-from trajgru import units
-
-FORMATS = ("png", "zarr", "netcdf")
-ZARR_NAME = "forecast.zarr"
-NETCDF_NAME = "forecast.nc"
-GIF_NAME = "forecast.gif"
-#: Attribute that marks a Zarr group as a forecast written by ``predict`` (only such a folder is replaced).
-_ZARR_MARK = "nowcast_forecast"
 
 
 @dataclass
@@ -83,10 +64,11 @@ class PredictConfig:
     overwrite: bool = False
 
     def __post_init__(self):
-        check(self.format in FORMATS, f"unknown format {self.format!r}: use png, zarr or netcdf")
+        check(self.format in FORMATS, f"unknown format {self.format!r}: use {', '.join(FORMATS)}")
         check(
             self.format != "netcdf" or self.store is not None,
-            "--format netcdf writes the forecast on the radar grid a store records: give the inputs as --store",
+            "--format netcdf writes the forecast on the radar grid a store records: "
+            "give the inputs as --store",
         )
         check(
             (self.store is None) != (not self.input_pngs),
@@ -213,90 +195,6 @@ def _inputs_from_pngs(paths: Sequence[str | Path], in_len: int) -> _Inputs:
     return _Inputs(np.stack(frames), int(times[-1]), interval_s, input_times_s=[int(t) for t in times])
 
 
-# --------------------------------------------------------------------------- outputs
-def _store_grid(store: Store) -> Grid:
-    """The grid of the store's frames, for CF-NetCDF output (NowcastError when it records none)."""
-    grid = store.source_settings.get("grid")
-    if not grid:
-        kind = dict(store.attrs.get("source", {})).get("format", "an unknown")
-        raise NowcastError(
-            f"--format netcdf needs the radar grid, and {store.path} (ingested from {kind} data) "
-            "records none: only stores of ODIM_H5 or CF-NetCDF archives do; use --format png or zarr"
-        )
-    return Grid.from_attrs(grid)
-
-
-def _write_netcdf(
-    out_dir: Path, forecast: np.ndarray, store: Store, inputs: _Inputs, model_name: str
-) -> Path:
-    """``forecast.nc``: forecast pixels (out_len, H, W) in [0, 1] as rain rate (mm/h) on the store's grid."""
-    rain_mm_h = parse_zr(store.source_settings.get("zr")).dbz_to_rain(units.pixel_to_dbz(forecast))
-    rain_mm_h[np.rint(forecast * 255.0) == 0] = 0.0  # pixel 0: -10 dBZ or less, no rain
-    lead_times_s = inputs.interval_s * np.arange(1, forecast.shape[0] + 1, dtype=np.int64)
-    mask = inputs.input_masks[-1] if inputs.input_masks is not None else None
-    return netcdf.write_forecast(
-        out_dir / NETCDF_NAME,
-        rain_mm_h,
-        _store_grid(store),
-        inputs.last_time_s,
-        lead_times_s,
-        mask=mask,
-        attrs={"source": f"nowcast {model_name}", "input_store": str(store.path)},
-    )
-
-
-def _write_zarr(
-    out_dir: Path, forecast_u8: np.ndarray, times_s: list[int] | None, interval_s: int, attrs: dict
-) -> Path:
-    """A Zarr v3 group with ``forecast`` (out_len, H, W) uint8, ``lead_time_s`` and (when known) ``time``."""
-    path = out_dir / ZARR_NAME
-    group = zarr.open_group(str(path), mode="w-", zarr_format=3)
-    n, h, w = forecast_u8.shape
-    arr = group.create_array("forecast", shape=(n, h, w), dtype="uint8", chunks=(1, h, w))
-    arr[:] = forecast_u8
-    lead = group.create_array("lead_time_s", shape=(n,), dtype="int64")
-    lead[:] = interval_s * np.arange(1, n + 1, dtype=np.int64)
-    if times_s is not None:
-        tarr = group.create_array("time", shape=(n,), dtype="int64")
-        tarr[:] = np.asarray(times_s, dtype=np.int64)
-    group.attrs.update({**attrs, _ZARR_MARK: True})
-    return path
-
-
-def _is_forecast_zarr(path: Path) -> bool:
-    """True when ``path`` is a Zarr group that :func:`_write_zarr` wrote (the only folder ``predict`` replaces)."""
-    try:
-        return bool(zarr.open_group(str(path), mode="r").attrs.get(_ZARR_MARK))
-    except Exception:  # noqa: BLE001 (not a zarr group at all)
-        return False
-
-
-def _gif_mask(inputs: _Inputs) -> np.ndarray | None:
-    """Valid-pixel mask for the GIF: per frame when the truth is shown, else the last input's."""
-    if inputs.input_masks is None:
-        return None
-    if inputs.truth_masks is not None:
-        return np.concatenate([inputs.input_masks, inputs.truth_masks])
-    return inputs.input_masks[-1]
-
-
-def _run_forecaster(forecaster: Forecaster, frames_u8: np.ndarray) -> np.ndarray:
-    """(in_len, H, W) uint8 -> (out_len, H, W) float pixel values clamped to [0, 1]."""
-    x = torch.from_numpy(frames_u8.astype(np.float32) / 255.0)[:, None, None]  # (in_len, 1, 1, H, W)
-    with torch.no_grad():
-        y = forecaster(x)
-    return y[:, 0, 0].float().clamp(0.0, 1.0).cpu().numpy()
-
-
-def _output_names(cfg: PredictConfig, out_len: int, times: list[int] | None) -> list[str]:
-    names = {
-        "png": viz.png_names(out_len, times) if cfg.format == "png" else [],
-        "zarr": [ZARR_NAME],
-        "netcdf": [NETCDF_NAME],
-    }[cfg.format]
-    return names + ([GIF_NAME] if cfg.gif else [])
-
-
 def predict(cfg: PredictConfig) -> PredictResult:
     """Forecast ``out_len`` frames after the inputs and write them (see the module doc).
 
@@ -305,11 +203,11 @@ def predict(cfg: PredictConfig) -> PredictResult:
     exist already (without ``overwrite``).
     """
     store = None
+    output = outputs.get_output(cfg.format)
     if cfg.store is not None:
         store = Store.open(cfg.store)
         _check_time_in_store(store, cfg.time)  # before the model loads (seconds)
-        if cfg.format == "netcdf":
-            _store_grid(store)
+    output.check(store)
     forecaster = load_forecaster(
         cfg.model_uri, tracking_uri=cfg.tracking_uri, device=cfg.device, fast_path=cfg.fast_path
     )
@@ -321,47 +219,31 @@ def predict(cfg: PredictConfig) -> PredictResult:
         inputs = _inputs_from_pngs(cfg.input_pngs, in_len)
         where = "the input PNGs"
     forecaster.check_frame_size(inputs.frames_u8.shape[1:], where)
-    times = None
-    if inputs.last_time_s is not None:
-        times = [int(inputs.last_time_s + inputs.interval_s * (k + 1)) for k in range(out_len)]
+    forecast = Forecast(
+        forecast=forecaster.forecast_frames(inputs.frames_u8),
+        interval_s=inputs.interval_s,
+        last_time_s=inputs.last_time_s,
+        model_uri=str(cfg.model_uri),
+        model_name=forecaster.name,
+        input_mask=None if inputs.input_masks is None else inputs.input_masks[-1],
+        store=store,
+        inputs_u8=inputs.frames_u8,
+        input_masks=inputs.input_masks,
+        truth_u8=inputs.truth_u8,
+        truth_masks=inputs.truth_masks,
+    )
     out_dir = Path(cfg.out_dir)
-    names = _output_names(cfg, out_len, times)
-    files.check_free([out_dir / name for name in names], cfg.overwrite, _is_forecast_zarr)
-
-    forecast = _run_forecaster(forecaster, inputs.frames_u8)
-    if inputs.input_masks is not None:
-        forecast = np.where(inputs.input_masks[-1], forecast, 0.0).astype(forecast.dtype)
+    names = outputs.file_names(output, forecast, cfg.gif)
+    files.check_free([out_dir / name for name in names], cfg.overwrite, output.replaceable)
     with files.staging_dir(out_dir) as tmp:
-        if cfg.format == "png":
-            viz.save_frames_png(forecast, tmp, times_s=times)
-        elif cfg.format == "netcdf":
-            _write_netcdf(tmp, forecast, store, inputs, forecaster.name)
-        else:
-            attrs = {
-                "model_uri": str(cfg.model_uri),
-                "model_name": forecaster.name,
-                "interval_s": inputs.interval_s,
-                "pixel_encoding": PIXEL_ENCODING,
-                "issued_after_s": inputs.last_time_s,
-            }
-            _write_zarr(tmp, viz.pixel_to_u8(forecast), times, inputs.interval_s, attrs)
-        if cfg.gif:
-            truth = None if inputs.truth_u8 is None else inputs.truth_u8.astype(np.float32) / 255.0
-            when = f" after {iso_utc(inputs.last_time_s)}" if inputs.last_time_s is not None else ""
-            viz.forecast_gif(
-                inputs.frames_u8.astype(np.float32) / 255.0,
-                truth,
-                forecast,
-                tmp / GIF_NAME,
-                interval_min=inputs.interval_s / 60.0,
-                title=f"{forecaster.name}{when}",
-                mask=_gif_mask(inputs),
-            )
+        outputs.write_forecast(tmp, output, forecast, cfg.gif)
         written = [
-            files.publish(tmp / name, out_dir / name, cfg.overwrite, _is_forecast_zarr) for name in names
+            files.publish(tmp / name, out_dir / name, cfg.overwrite, output.replaceable) for name in names
         ]
     gif_path = written.pop() if cfg.gif else None
-    return PredictResult(written, gif_path, times, inputs.input_times_s, forecast)
+    return PredictResult(
+        written, gif_path, forecast.times_s, inputs.input_times_s, forecast.masked().forecast
+    )
 
 
 __all__ = ["PredictConfig", "PredictResult", "predict"]

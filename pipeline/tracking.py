@@ -513,6 +513,20 @@ def champion_version(name: str, alias: str = CHAMPION_ALIAS, tracking_uri: str |
         return None
 
 
+def model_version_label(uri: str, tracking_uri: str | None = None) -> str | None:
+    """``NAME/VERSION`` that a ``models:/`` URI points at now (an alias is looked up each call, so a
+    moved alias shows), or None for other URIs. NowcastError when the name or alias is unknown."""
+    if not str(uri).startswith("models:/"):
+        return None
+    name, version, alias = parse_models_uri(uri)
+    if version is not None:
+        return f"{name}/{version}"
+    mv = champion_version(name, alias, tracking_uri)
+    if mv is None:
+        raise NowcastError(f"no version of {name} holds the alias {alias!r} (at {mlflow.get_tracking_uri()})")
+    return f"{name}/{mv.version}"
+
+
 def tag_version_score(
     name: str, version: int | str, score: float, step: int | None, tracking_uri: str | None = None
 ) -> None:

@@ -36,9 +36,11 @@ def _compose() -> dict:
 def test_compose_services_and_volumes():
     compose = _compose()
     services = compose["services"]
-    assert {"mlflow", "ray-head", "ray-worker", "dask-scheduler", "dask-worker", "pipeline"} <= set(services)
+    assert {"mlflow", "ray-head", "ray-worker", "dask-scheduler", "dask-worker", "pipeline", "watch"} <= set(
+        services
+    )
     assert {"nowcast-data", "mlflow-data"} <= set(compose["volumes"])
-    for name in ("ray-head", "ray-worker", "dask-worker", "pipeline"):
+    for name in ("ray-head", "ray-worker", "dask-worker", "pipeline", "watch"):
         assert any(v.startswith("nowcast-data:") for v in services[name]["volumes"]), name
     assert "--allowed-hosts mlflow" in services["mlflow"]["command"]
     for name in ("ray-head", "ray-worker"):
@@ -82,7 +84,23 @@ def test_every_cli_command_the_containers_run_exists():
         for option in options:
             assert option in help_text, f"`nowcast {args[0]}` has no option {option}"
     programs = {c[0] for c in _compose_commands()}
-    assert programs <= {"mlflow", "ray", "dask", "bash"}, programs
+    assert programs <= {"mlflow", "ray", "dask", "bash", "nowcast"}, programs
+    for args in (c[1:] for c in _compose_commands() if c[0] == "nowcast"):
+        help_text = runner.invoke(cli.app, [args[0], "--help"], terminal_width=200).output
+        for option in (a for a in args if a.startswith("--")):
+            assert option in help_text, f"`nowcast {args[0]}` has no option {option}"
+
+
+def test_watch_service_follows_the_champion_and_stops_cleanly():
+    """The watch service starts once the pipeline registered a champion, reads it from the MLflow
+    server, shares the data volume, and gets SIGTERM with time to finish its cycle."""
+    watch = _compose()["services"]["watch"]
+    args = shlex.split(watch["command"])
+    assert args[:2] == ["nowcast", "watch"]
+    assert args[args.index("--model") + 1].endswith("@champion")
+    assert watch["environment"]["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+    assert watch["depends_on"]["pipeline"]["condition"] == "service_completed_successfully"
+    assert watch["stop_signal"] == "SIGTERM" and watch["restart"] == "unless-stopped"
 
 
 @pytest.mark.slow

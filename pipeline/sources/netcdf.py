@@ -212,9 +212,7 @@ def decode_times_s(values: np.ndarray, units: str, calendar: str = "standard") -
         if calendar in REAL_CALENDARS:
             date = date.change_calendar("proleptic_gregorian")
         try:
-            when = datetime(
-                date.year, date.month, date.day, date.hour, date.minute, date.second, tzinfo=UTC
-            )
+            when = datetime(date.year, date.month, date.day, date.hour, date.minute, date.second, tzinfo=UTC)
         except ValueError:
             raise ValueError(
                 f"time {date} ({calendar} calendar) is not a date of the Gregorian calendar"
