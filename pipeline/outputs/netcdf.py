@@ -86,8 +86,8 @@ def _add_probabilities(path: Path, values: np.ndarray, thresholds_mm_h) -> None:
             "f4",
             ("time", probabilities.THRESHOLD_VAR, "y", "x"),
             zlib=True,
-            fill_value=np.float32(cf.FILL_VALUE),
+            fill_value=np.float32(get_source("netcdf").fill_value),
         )
         grid_mapping = nc.variables["precip_intensity"].getncattr("grid_mapping")
         var.setncatts({**probabilities.PROBABILITY_ATTRS, "grid_mapping": grid_mapping})
-        var[:] = np.where(np.isfinite(values), values, cf.FILL_VALUE).astype(np.float32)
+        var[:] = np.where(np.isfinite(values), values, get_source("netcdf").fill_value).astype(np.float32)

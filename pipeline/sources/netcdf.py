@@ -850,6 +850,7 @@ class NetcdfSource(GridSource):
     title = "CF-NetCDF"
     hint = "a CF-NetCDF archive (NetCDF files with a reflectivity or rain-rate variable)"
     write_forecast = staticmethod(write_forecast)  # predict's CF-NetCDF output, through the registry
+    fill_value = FILL_VALUE  # what write_forecast stores where a value is missing
 
     def claims(self, root: Path, rel: str) -> bool:
         return is_netcdf(Path(root) / rel)

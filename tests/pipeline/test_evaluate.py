@@ -318,7 +318,7 @@ def test_checkpoint_from_another_directory_and_tracking_store(store, tmp_path, m
 
     from pipeline.evaluate import evaluate
 
-    ckpt = _checkpoint(tmp_path / "elsewhere", SIZE, run_id="0123456789abcdef0123456789abcdef")
+    _checkpoint(tmp_path / "elsewhere", SIZE, run_id="0123456789abcdef0123456789abcdef")
     here = tmp_path / "here"
     here.mkdir()
     monkeypatch.chdir(here)
