@@ -16,7 +16,8 @@ import typer
 
 app = typer.Typer(
     name="nowcast",
-    help="Precipitation nowcasting at scale: radar archive -> Zarr (Dask) -> TrajGRU (Ray Train) -> MLflow registry.\n\n"
+    help="Precipitation nowcasting at scale: radar archive -> Zarr (Dask) -> TrajGRU (Ray Train) -> "
+    "MLflow registry.\n\n"
     "Start with `nowcast demo`, which runs every stage on a small synthetic archive.",
     no_args_is_help=True,
     add_completion=False,

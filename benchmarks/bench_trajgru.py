@@ -681,7 +681,8 @@ def numerics(args, device: torch.device) -> dict:
 
 def print_numerics(r: dict) -> None:
     print(
-        f"numerics: tiny {r['size']}x{r['size']}, batch {r['batch']}, {r['steps']} steps, moving blobs, on {r['device']}"
+        f"numerics: tiny {r['size']}x{r['size']}, batch {r['batch']}, {r['steps']} steps, moving blobs, "
+        f"on {r['device']}"
     )
     print(f"  loss at step 1: plain fp32 {r['first_loss'][0]:.5f}, fast {r['first_loss'][1]:.5f}")
     print(

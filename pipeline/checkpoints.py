@@ -11,8 +11,8 @@ A checkpoint is a directory::
 
 The two model files alone are a *model directory*: the logged MLflow model carries them as
 ``extra_files``. Whoever serves a checkpoint (``nowcast evaluate/predict PATH``, the registry) uses its
-``best/`` weights: :func:`find` resolves a checkpoint to them. Every ``.pt`` file is loaded with ``torch.load(weights_only=True)``: reading a
-checkpoint never unpickles code, whoever wrote it.
+``best/`` weights: :func:`find` resolves a checkpoint to them. Every ``.pt`` file is loaded with
+``torch.load(weights_only=True)``: reading a checkpoint never unpickles code, whoever wrote it.
 """
 
 from __future__ import annotations

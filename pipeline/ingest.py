@@ -25,8 +25,8 @@ How it runs
 3. One Dask task per unit reads that unit's frames and masks (``Source.read_frames``) and writes the
    whole region ``frames[i0:i1]``, ``masks[i0:i1]`` directly; then it writes a done marker (an empty
    Zarr group ``_ingest/units/u<N>`` whose attributes list the unit's bad files and the size, mtime and
-   digest of each file it read, and the digests of the shard files it wrote). A bad frame or mask makes the whole slot zeros / mask False (never a
-   half-written frame).
+   digest of each file it read, and the digests of the shard files it wrote). A bad frame or mask makes
+   the whole slot zeros / mask False (never a half-written frame).
    The store's cadence (``interval_s``) is derived from the listed frame times when the store is
    created (``store.infer_interval_s``).
 4. Finalise in the driver: ``present``, the bad-file report (attrs + a JSON report file), the clip
