@@ -276,9 +276,13 @@ def service_latency() -> str | None:
     if results is None:
         return None
     m = results["machine"]
+    # a load above the core count means other jobs shared the cores while it ran
+    shared = (
+        ": the machine was shared" if m["load_average_1min_at_end"] > m["cpu_cores"] else ", idle otherwise"
+    )
     rows = [
         f"`{results['command']}` on {m['cpu_cores']} CPU cores (torch {m['torch']}; 1-min load average "
-        f"{m['load_average_1min_at_end']:.0f} at the end: the machine was shared). Seconds, median (p95):",
+        f"{m['load_average_1min_at_end']:.0f} at the end{shared}). Seconds, median (p95):",
         "",
         "| case | archive → output | cycles | total | notice (poll) | ingest | forecast | write "
         "| target (median) |",
