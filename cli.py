@@ -459,6 +459,9 @@ def evaluate(
         None,
         help="Neighbourhood (pixels) of a deterministic forecast's exceedance probabilities (default: 25).",
     ),
+    calibration: Path | None = typer.Option(
+        None, help="Score calibrated probabilities from this file (`nowcast calibrate`) instead."
+    ),
     out_json: Path | None = typer.Option(
         None,
         help="Write the scores as JSON here (and a skill plot beside it). Default: <store>.evaluations/.",
@@ -495,6 +498,7 @@ def evaluate(
         max_clips=max_clips,
         clip_stride=clip_stride,
         **({} if neighbourhood is None else {"neighbourhood_px": neighbourhood}),
+        calibration=calibration,
         out_json=out_json,
         log_to_mlflow=not no_log,
         tracking_uri=tracking_uri,
@@ -509,6 +513,48 @@ def evaluate(
         typer.echo(f"logged to MLflow run {result.mlflow_run_id}")
     for note in result.notes:
         typer.echo(f"note: {note}")
+
+
+@command()
+def calibrate(
+    store: Path = typer.Argument(..., help="Zarr store written by `nowcast ingest`."),
+    model: str = typer.Option(
+        ..., "--model", help="A deterministic model or baseline: models:/NAME@ALIAS, a checkpoint, sprog, ..."
+    ),
+    out: Path = typer.Option(..., "--out", help="The calibration file (JSON) to write."),
+    split: str = typer.Option("valid", help="Split to fit on (keep the test split unseen)."),
+    clip_stride: int = typer.Option(1, help="Fit on every Nth sequential clip of the split."),
+    max_clips: int | None = typer.Option(None, help="At most N clips (quick checks)."),
+    thresholds: str = typer.Option("1,5,10", help="Thresholds t of P(rain >= t), mm/h."),
+    tracking_uri: str | None = typer.Option(None, envvar="MLFLOW_TRACKING_URI", help=TRACKING_HELP),
+    device: str = typer.Option("auto", help="cpu | cuda | auto (a GPU when one is visible)."),
+) -> None:
+    """Fit calibrated exceedance probabilities P(rain >= t) for a deterministic model, on the validation split.
+
+    Example: nowcast calibrate data/store.zarr --model models:/nowcast-tiny@champion --out calibration.json
+    """
+    from pipeline.calibrate import CalibrateConfig
+    from pipeline.calibrate import calibrate as run_calibrate
+    from pipeline.probabilities import parse_thresholds
+
+    cfg = _run(
+        CalibrateConfig,
+        store=store,
+        model_uri=model,
+        out=out,
+        split=split,
+        clip_stride=clip_stride,
+        max_clips=max_clips,
+        thresholds_mm_h=_run(parse_thresholds, thresholds),
+        tracking_uri=tracking_uri,
+        device=device,
+    )
+    result = _run(run_calibrate, cfg)
+    rows = [("clips", f"{result.n_clips} of the {split} split"), ("seconds", f"{result.seconds:.1f}")]
+    for t, skill in result.brier_skill_calibrated.items():
+        before = result.brier_skill_neighbourhood[t]
+        rows.append((f"Brier skill >= {t} mm/h", f"{skill:.3f} (25 px neighbourhood: {before:.3f})"))
+    _print_table(rows, title=f"calibration written to {result.path}")
 
 
 @command()
@@ -544,6 +590,9 @@ def predict(
     neighbourhood: int | None = typer.Option(
         None, help="Neighbourhood (pixels) of a deterministic forecast's probabilities (default: 25)."
     ),
+    calibration: Path | None = typer.Option(
+        None, help="Write calibrated probabilities from this file (`nowcast calibrate`) instead."
+    ),
     device: str = typer.Option("auto", help="cpu | cuda | auto (a GPU when one is visible)."),
     fast_path: bool = typer.Option(
         True,
@@ -564,6 +613,7 @@ def predict(
         PredictConfig,
         probabilities_mm_h=None if probabilities is None else _run(parse_thresholds, probabilities),
         **({} if neighbourhood is None else {"neighbourhood_px": neighbourhood}),
+        calibration=calibration,
         model_uri=model,
         out_dir=out_dir,
         store=store,

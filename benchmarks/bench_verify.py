@@ -3,12 +3,16 @@ probabilistic.
 
 Rows: the trained models given with ``--model LABEL=URI`` (e.g. TrajGRU and ConvGRU registered by
 ``nowcast train``), persistence, our DIS optical flow, pysteps' extrapolation, S-PROG and STEPS
-(``--members`` members). Every row is one ``nowcast evaluate`` on the **test** split of the benchmark
-store, the same clips for all: every ``--clip-stride``-th sequential clip (``--clip-stride 1``: the whole
-split). Scores (means over the 20 lead times): CSI and HSS at 5 mm/h, B-MSE, FSS at 5 mm/h over 5 px
-(HKO-7 and FSS of an ensemble: its mean), CRPS (mm/h), Brier skill against the sample climatology and the
-reliability term at 5 mm/h (deterministic rows: neighbourhood probabilities), seconds per clip of
-``nowcast evaluate`` in one process (forecast and scoring).
+(``--members`` members). The trained models' exceedance probabilities are calibrated first: ``nowcast
+calibrate`` on the **validation** split (the same clip stride), then ``nowcast evaluate --calibration``
+(``--no-calibrate``: their neighbourhood probabilities).
+
+Every row is one ``nowcast evaluate`` on the **test** split of the benchmark store, the same clips for all:
+every ``--clip-stride``-th sequential clip (``--clip-stride 1``: the whole split). Scores, means over the
+20 lead times: CSI and HSS at 5 mm/h, B-MSE, FSS at 5 mm/h over 5 px (HKO-7 and FSS of an ensemble: its
+mean), CRPS (mm/h), Brier skill against the sample climatology and the reliability term at 5 mm/h (the
+column "P from" says how each row's probabilities are made), seconds per clip of ``nowcast evaluate`` in
+one process (forecast and scoring).
 
 Writes ``OUT/verify.json`` (every row's summary, the command, the machine) and ``OUT/verify.md``;
 ``python benchmarks/update_readme.py`` copies the table into the README. An existing evaluation JSON of the
@@ -46,8 +50,42 @@ BASELINE_ROWS = {
 DEFAULT_CLIP_STRIDE = 8
 
 
-def evaluate(store: Path, uri: str, out_json: Path, args, env: dict, log: Path) -> float:
-    """One ``nowcast evaluate`` on the test split -> seconds; SystemExit with the log tail if it fails."""
+def nowcast(cmd: list[str], env: dict, log: Path) -> float:
+    """Run ``nowcast CMD...`` with its output appended to ``log`` -> seconds; SystemExit with the log tail
+    if it fails."""
+    print(f"$ nowcast {' '.join(cmd)}", flush=True)
+    t0 = time.perf_counter()
+    with open(log, "a") as out:
+        out.write(f"\n$ nowcast {' '.join(cmd)}\n")
+        out.flush()
+        proc = subprocess.run([sys.executable, "-m", "cli", *cmd], cwd=REPO, env=env, stdout=out, stderr=out)
+    if proc.returncode:
+        tail = "".join(log.read_text().splitlines(keepends=True)[-20:])
+        raise SystemExit(f"`nowcast {cmd[0]}` failed; last lines of {log}:\n{tail}")
+    return time.perf_counter() - t0
+
+
+def calibrate(store: Path, uri: str, out: Path, args, env: dict, log: Path) -> float:
+    """``nowcast calibrate`` of a trained model on the validation split (the test run's clip stride)."""
+    cmd = [
+        "calibrate",
+        str(store),
+        "--model",
+        uri,
+        "--split",
+        "valid",
+        "--clip-stride",
+        str(args.clip_stride),
+    ]
+    if args.max_clips:
+        cmd += ["--max-clips", str(args.max_clips)]
+    return nowcast([*cmd, "--out", str(out)], env, log)
+
+
+def evaluate(
+    store: Path, uri: str, out_json: Path, args, env: dict, log: Path, calibration: Path | None
+) -> float:
+    """One ``nowcast evaluate`` on the test split -> seconds."""
     cmd = [
         "evaluate",
         str(store),
@@ -64,16 +102,9 @@ def evaluate(store: Path, uri: str, out_json: Path, args, env: dict, log: Path) 
     ]
     if args.max_clips:
         cmd += ["--max-clips", str(args.max_clips)]
-    print(f"$ nowcast {' '.join(cmd)}", flush=True)
-    t0 = time.perf_counter()
-    with open(log, "a") as out:
-        out.write(f"\n$ nowcast {' '.join(cmd)}\n")
-        out.flush()
-        proc = subprocess.run([sys.executable, "-m", "cli", *cmd], cwd=REPO, env=env, stdout=out, stderr=out)
-    if proc.returncode:
-        tail = "".join(log.read_text().splitlines(keepends=True)[-20:])
-        raise SystemExit(f"`nowcast evaluate --model {uri}` failed; last lines of {log}:\n{tail}")
-    return time.perf_counter() - t0
+    if calibration is not None:
+        cmd += ["--calibration", str(calibration)]
+    return nowcast(cmd, env, log)
 
 
 def summary_row(record: dict) -> dict:
@@ -106,7 +137,18 @@ def summary_row(record: dict) -> dict:
         "members": record["verification"]["members"],
         "neighbourhood_px": record["verification"]["neighbourhood_px"],
         "model_name": record["model_name"],
+        "probabilities": probability_source(record["verification"]),
     }
+
+
+def probability_source(verified: dict) -> str:
+    """The table's short word for how a row's probabilities were made."""
+    method = verified.get("probability_method") or ""
+    if method.startswith("calibrated"):
+        return "calibrated"
+    if verified["members"] > 1:
+        return f"{verified['members']} members"
+    return f"{verified['neighbourhood_px']} px nbhd"
 
 
 def markdown_table(results: dict) -> str:
@@ -123,6 +165,7 @@ def markdown_table(results: dict) -> str:
         "reliability ≥5",
         "ROC AUC ≥5",
         "s / clip",
+        "P from",
     ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
@@ -145,6 +188,7 @@ def markdown_table(results: dict) -> str:
                     cell(row["reliability_5mm_h"], 4),
                     cell(row["roc_auc_5mm_h"]),
                     cell(row["seconds_per_clip"], 2),
+                    row.get("probabilities", "–"),
                 ]
             )
             + " |"
@@ -169,6 +213,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-clips", type=int, default=None, help="at most N clips (quick checks)")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     p.add_argument("--rescore", action="store_true", help="score again even where an evaluation JSON exists")
+    p.add_argument(
+        "--no-calibrate",
+        action="store_true",
+        help="trained models: neighbourhood probabilities, no calibration",
+    )
     return p.parse_args(argv)
 
 
@@ -179,8 +228,8 @@ def main(argv=None) -> None:
     work.mkdir(exist_ok=True)
     args.out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    rows = dict(item.split("=", 1) for item in args.model)
-    rows |= BASELINE_ROWS
+    trained = dict(item.split("=", 1) for item in args.model)
+    rows = trained | BASELINE_ROWS
     rows[f"STEPS ({args.members} members)"] = f"steps:members={args.members},seed={args.seed}"
     results = {
         "command": "python benchmarks/bench_verify.py "
@@ -190,10 +239,18 @@ def main(argv=None) -> None:
         "machine": machine(),
         "rows": {},
     }
+    log = work / "bench_verify.log"
     for label, uri in rows.items():
-        out_json = work / f"{label.replace(' ', '_').replace('(', '').replace(')', '')}.json"
+        slug = label.replace(" ", "_").replace("(", "").replace(")", "")
+        out_json = work / f"{slug}.json"
         if args.rescore or not out_json.is_file() or not _same_clips(out_json, store, args):
-            evaluate(store, uri, out_json, args, env, work / "bench_verify.log")
+            calibration = None
+            if label in trained and not args.no_calibrate:
+                calibration = work / f"{slug}.calibration.json"
+                results.setdefault("calibrate_seconds", {})[label] = calibrate(
+                    store, uri, calibration, args, env, log
+                )
+            evaluate(store, uri, out_json, args, env, log, calibration)
         results["rows"][label] = summary_row(json.loads(out_json.read_text())) | {"model_uri": uri}
         (args.out / "verify.json").write_text(json.dumps(results, indent=1) + "\n")
         (args.out / "verify.md").write_text(markdown_table(results) + "\n")

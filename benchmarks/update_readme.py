@@ -259,10 +259,11 @@ def verify() -> str | None:
     return "\n".join(
         [
             f"`{results['command'].strip()}` — {n_clips} clips, {subset}; {m['cpu_cores']} CPU cores "
-            f"({m['cpu']}) shared with other jobs, torch {m['torch']}. Means over the 20 lead times; "
+            f"({m['cpu']}), torch {m['torch']}. Means over the 20 lead times; "
             "BSS: Brier skill score against the sample climatology; reliability: the Brier score's "
-            "reliability term (0 is perfect); deterministic rows' probabilities are neighbourhood "
-            "probabilities; s / clip: "
+            "reliability term (0 is perfect); P from: how a row's probabilities P(rain ≥ t) are made "
+            "(calibrated: `nowcast calibrate` on the validation split; px nbhd: the neighbourhood fraction "
+            "of the deterministic forecast; members: the ensemble's member fraction); s / clip: "
             f"`nowcast evaluate` in one process, forecast and scoring. Models: {models or 'none'}.",
             "",
             verify_table(results),

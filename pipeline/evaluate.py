@@ -48,7 +48,7 @@ from pipeline.baselines_pysteps import Radar, store_radar
 from pipeline.dataset import rank_slice
 from pipeline.errors import NowcastError, Validated, check
 from pipeline.forecasters import Forecaster, absolute_uri, baseline_name, load_forecaster
-from pipeline.probabilities import DEFAULT_NEIGHBOURHOOD_PX
+from pipeline.probabilities import DEFAULT_NEIGHBOURHOOD_PX, CalibratedProbabilities, load_calibration
 from pipeline.raycluster import connect_ray
 from pipeline.scoring import score_clips
 from pipeline.store import Store
@@ -74,6 +74,8 @@ class EvaluateConfig(Validated):
     clip_stride : score every Nth sequential clip (an evenly spaced subset, applied before ``max_clips``);
         1 = all.
     neighbourhood_px : the neighbourhood (pixels) of a deterministic forecast's exceedance probabilities.
+    calibration : a calibration file written by ``nowcast calibrate`` for this model: its calibrated
+        probabilities are scored instead of neighbourhood ones (:mod:`pipeline.probabilities`); None: none.
     out_json : where to write the scores as JSON; None = ``<model>-<split>.json`` in the folder
         ``<store>.evaluations`` beside the store (:func:`default_out_dir`; never the current directory).
         A skill-versus-lead-time plot is written beside it (``*_skill.png``).
@@ -104,6 +106,7 @@ class EvaluateConfig(Validated):
     interval_s: int | None = None  # None: the store's interval (HKO-7: 360 s)
     clip_stride: int = 1
     neighbourhood_px: int = DEFAULT_NEIGHBOURHOOD_PX
+    calibration: str | Path | None = None
 
     def rules(self):
         yield self.workers >= 0, f"workers must be >= 0, got {self.workers}"
@@ -224,12 +227,13 @@ def _score_slice(
     thresholds_mm_h: tuple,
     fast_path: bool,
     neighbourhood_px: int = DEFAULT_NEIGHBOURHOOD_PX,
+    calibration: CalibratedProbabilities | None = None,
 ) -> tuple[SkillScores, Verification]:
     """One Ray task: load the forecaster and score a slice of clips -> (SkillScores, Verification)."""
     torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1") or 1)))
     radar = store_radar(store)
     forecaster = _load(model_uri, tracking_uri, device, in_len, out_len, fast_path, radar)
-    verification = Verification(out_len, forecaster.members, neighbourhood_px)
+    verification = Verification(out_len, forecaster.members, neighbourhood_px, calibration=calibration)
     skill = score_clips(
         forecaster,
         store,
@@ -259,9 +263,11 @@ def score_clips_ray(
     fast_path: bool = True,
     neighbourhood_px: int = DEFAULT_NEIGHBOURHOOD_PX,
     members: int = 1,
+    calibration: CalibratedProbabilities | None = None,
 ) -> tuple[SkillScores, Verification]:
     """Score on ``workers`` Ray tasks, each a disjoint slice (``pipeline.dataset.rank_slice``); merged
-    (SkillScores, Verification) (``members``: the forecaster's ensemble size).
+    (SkillScores, Verification) (``members``: the forecaster's ensemble size; ``calibration``: its
+    calibrated probabilities, or None).
 
     The store travels as its absolute path, checkpoint paths and the tracking URI are made absolute;
     a Ray started here ships this source tree to the tasks (``raycluster.connect_ray``) and is shut
@@ -290,10 +296,11 @@ def score_clips_ray(
                         tuple(thresholds_mm_h),
                         fast_path,
                         neighbourhood_px,
+                        calibration,
                     )
                 )
         merged = SkillScores(out_len, thresholds_mm_h)
-        verification = Verification(out_len, members, neighbourhood_px)
+        verification = Verification(out_len, members, neighbourhood_px, calibration=calibration)
         for part_scores, part_verification in ray.get(refs):
             merged.merge(part_scores)
             verification.merge(part_verification)
@@ -485,6 +492,7 @@ def _evaluate_loaded(
     """Score an already loaded forecaster on given clips, write the JSON + skill plot to ``out_json``
     (None: nowhere), and log both to MLflow when asked."""
     interval_s = int(cfg.interval_s or store.interval_s)
+    calibration = load_calibration(cfg.calibration, forecaster, out_len)
     t0 = time.perf_counter()
     if int(cfg.workers) > 0:
         skill, verification = score_clips_ray(
@@ -502,9 +510,12 @@ def _evaluate_loaded(
             cfg.fast_path,
             cfg.neighbourhood_px,
             forecaster.members,
+            calibration,
         )
     else:
-        verification = Verification(out_len, forecaster.members, cfg.neighbourhood_px)
+        verification = Verification(
+            out_len, forecaster.members, cfg.neighbourhood_px, calibration=calibration
+        )
         skill = score_clips(
             forecaster,
             store,

@@ -19,6 +19,7 @@ registered models are found through ``pipeline.tracking``.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,6 +106,18 @@ class Forecaster:
         """Like :meth:`forecast_frames`, the members: (M, out_len, H, W) float pixel values in [0, 1]."""
         members = self.ensemble(*_one_sequence(frames_u8, masks))
         return members[:, :, 0, 0].float().clamp(0.0, 1.0).cpu().numpy()
+
+    @property
+    def digest(self) -> str:
+        """What identifies this forecaster's forecasts: the SHA-256 of a trained model's parameters and buffers
+        (in state-dict order), or ``baseline:<name>`` for a baseline."""
+        if self.module is None:
+            return f"baseline:{self.name}"
+        sha = hashlib.sha256()
+        for key, tensor in self.module.state_dict().items():
+            sha.update(key.encode())
+            sha.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        return sha.hexdigest()
 
     @property
     def frame_size(self) -> tuple[int, int] | None:

@@ -55,6 +55,8 @@ class PredictConfig(Validated):
     gif : also write ``forecast.gif``.
     probabilities_mm_h : thresholds (mm/h) of exceedance probabilities to write (zarr, netcdf); None: none.
     neighbourhood_px : the neighbourhood of a deterministic forecast's probabilities.
+    calibration : a calibration file (``nowcast calibrate``) for this model: its calibrated probabilities are
+        written instead of neighbourhood ones; None: none.
     overwrite : replace outputs of an earlier forecast (files, symlinks, a ``forecast.zarr`` that
         ``predict`` wrote); without it an existing output is an error and nothing is written.
     """
@@ -72,6 +74,7 @@ class PredictConfig(Validated):
     overwrite: bool = False
     probabilities_mm_h: tuple[float, ...] | None = None
     neighbourhood_px: int = probabilities.DEFAULT_NEIGHBOURHOOD_PX
+    calibration: str | Path | None = None
 
     def rules(self):
         yield self.format in FORMATS, f"unknown format {self.format!r}: use {', '.join(FORMATS)}"
@@ -80,6 +83,10 @@ class PredictConfig(Validated):
             "--probabilities are written into --format zarr or netcdf; PNG frames cannot hold them",
         )
         yield int(self.neighbourhood_px) >= 1, f"neighbourhood_px must be >= 1, got {self.neighbourhood_px}"
+        yield (
+            self.calibration is None or bool(self.probabilities_mm_h),
+            "--calibration makes calibrated --probabilities: ask for some, e.g. --probabilities 1,5,10",
+        )
         yield (
             self.format != "netcdf" or self.store is not None,
             "--format netcdf writes the forecast on the radar grid a store records: give the inputs as "
@@ -248,6 +255,13 @@ def _run_forecaster(
     forecast = members[0] if forecaster.members == 1 else rain_to_pixel(members_mm_h.mean(axis=0), radar.zr)
     if not cfg.probabilities_mm_h:
         return forecast, None
+    calibration = probabilities.load_calibration(
+        cfg.calibration, forecaster, forecaster.out_len, cfg.probabilities_mm_h
+    )
+    if calibration is not None:
+        masks = None if inputs.input_masks is None else inputs.input_masks[-1:]
+        last_observed_mm_h = pixel_to_rain(inputs.frames_u8[-1:] / 255.0, masks, radar.zr)
+        return forecast, calibration.probabilities(members_mm_h[0][:, None], last_observed_mm_h)[:, 0]
     exceedance = probabilities.exceedance_probabilities(
         members_mm_h, cfg.probabilities_mm_h, cfg.neighbourhood_px
     )

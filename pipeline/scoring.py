@@ -10,6 +10,8 @@ be stored, and pooled into a :class:`trajgru.metrics.SkillScores`.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -40,6 +42,76 @@ def clip_batches(
         yield frames.transpose(0, 1), masks.transpose(0, 1)
 
 
+@dataclass
+class ForecastBatch:
+    """One batch of clips with its forecast. Pixel tensors are CPU float (S, B, 1, H, W); the rain-rate
+    views (mm/h, computed on first use through the Z–R relation ``zr``) drop the channel axis."""
+
+    inputs: torch.Tensor  # (in_len, B, 1, H, W)
+    input_masks: torch.Tensor  # (in_len, B, 1, H, W), 1 = observed
+    truth: torch.Tensor  # (out_len, B, 1, H, W)
+    truth_masks: torch.Tensor  # (out_len, B, 1, H, W)
+    forecast: torch.Tensor  # (out_len, B, 1, H, W), clamped to [0, 1]; an ensemble's mean
+    raw_members_mm_h: np.ndarray = field(repr=False)  # (M, out_len, B, H, W)
+    zr: object = field(repr=False)
+
+    @cached_property
+    def members_mm_h(self) -> np.ndarray:
+        """(M, out_len, B, H, W) mm/h; 0 outside the last input's coverage (as predict writes it)."""
+        return np.where(self.input_masks[-1, :, 0].numpy() > 0, self.raw_members_mm_h, 0.0)
+
+    @cached_property
+    def truth_mm_h(self) -> np.ndarray:
+        """(out_len, B, H, W) mm/h, NaN where the truth is not observed (not scored)."""
+        return pixel_to_rain(self.truth[:, :, 0].numpy(), self.truth_masks[:, :, 0].numpy() > 0, self.zr)
+
+    @cached_property
+    def last_observed_mm_h(self) -> np.ndarray:
+        """(B, H, W) mm/h of the last input frame, NaN outside its coverage."""
+        return pixel_to_rain(self.inputs[-1, :, 0].numpy(), self.input_masks[-1, :, 0].numpy() > 0, self.zr)
+
+
+def forecast_clips(
+    forecaster: Forecaster,
+    store: Store,
+    starts_s: np.ndarray,
+    in_len: int,
+    out_len: int,
+    batch_size: int = 4,
+    radar: Radar | None = None,
+    progress: bool = False,
+    label: str = "evaluate",
+) -> Iterator[ForecastBatch]:
+    """Forecast the clips starting at ``starts_s`` (int64 epoch s), in order, a batch at a time, under
+    ``torch.no_grad`` (``radar.zr``: the store's Z–R, :func:`pipeline.baselines_pysteps.store_radar`; None:
+    HKO-7's). ``progress`` shows a bar headed ``label``. NowcastError when the forecaster returns the wrong
+    shape."""
+    zr = (radar or Radar()).zr
+    if len(starts_s) == 0:
+        return
+    n_batches = -(-len(starts_s) // max(1, int(batch_size)))
+    batches = track(
+        clip_batches(store, starts_s, in_len + out_len, batch_size),
+        f"{label} {forecaster.name}",
+        total=n_batches,
+        enabled=progress,
+        transient=True,
+    )
+    with torch.no_grad():
+        for frames, masks in batches:
+            inputs, input_masks = frames[:in_len], masks[:in_len]
+            pred, members_mm_h = _forecast(forecaster, inputs, input_masks, out_len, zr)
+            yield ForecastBatch(
+                inputs,
+                input_masks,
+                frames[in_len : in_len + out_len].contiguous(),
+                masks[in_len : in_len + out_len].contiguous(),
+                pred,
+                members_mm_h,
+                zr,
+            )
+
+
 def score_clips(
     forecaster: Forecaster,
     store: Store,
@@ -62,29 +134,12 @@ def score_clips(
     :func:`pipeline.baselines_pysteps.store_radar`; None: HKO-7's). An ensemble is scored on its mean.
     """
     skill = SkillScores(out_len, thresholds_mm_h)
-    zr = (radar or Radar()).zr
-    if len(starts_s) == 0:
-        return skill
-    n_batches = -(-len(starts_s) // max(1, int(batch_size)))
-    batches = track(
-        clip_batches(store, starts_s, in_len + out_len, batch_size),
-        f"evaluate {forecaster.name}",
-        total=n_batches,
-        enabled=progress,
-        transient=True,
-    )
-    with torch.no_grad():
-        for frames, masks in batches:
-            inputs = frames[:in_len]
-            pred, members_mm_h = _forecast(forecaster, inputs, masks[:in_len], out_len, zr)
-            truth, truth_masks = frames[in_len : in_len + out_len], masks[in_len : in_len + out_len]
-            skill.update(pred, truth.contiguous(), truth_masks.contiguous())
-            if on_batch is not None:
-                on_batch(inputs, truth, pred)
-            if verification is not None:  # forecast rain outside the last input's coverage: none (as predict)
-                members_mm_h = np.where(masks[in_len - 1, :, 0].numpy() > 0, members_mm_h, 0.0)
-                truth_mm_h = pixel_to_rain(truth[:, :, 0].numpy(), truth_masks[:, :, 0].numpy() > 0, zr)
-                verification.update(members_mm_h, truth_mm_h)
+    for batch in forecast_clips(forecaster, store, starts_s, in_len, out_len, batch_size, radar, progress):
+        skill.update(batch.forecast, batch.truth, batch.truth_masks)
+        if on_batch is not None:
+            on_batch(batch.inputs, batch.truth, batch.forecast)
+        if verification is not None:
+            verification.update(batch.members_mm_h, batch.truth_mm_h, batch.last_observed_mm_h)
     return skill
 
 

@@ -29,7 +29,11 @@ import math
 
 import numpy as np
 
-from pipeline.probabilities import PROBABILITY_THRESHOLDS_MM_H, exceedance_probabilities
+from pipeline.probabilities import (
+    PROBABILITY_THRESHOLDS_MM_H,
+    CalibratedProbabilities,
+    exceedance_probabilities,
+)
 
 with contextlib.redirect_stdout(io.StringIO()):  # pysteps announces its configuration file when imported
     from pysteps.verification import ensscores, probscores, spatialscores
@@ -56,6 +60,9 @@ class Verification:
     members : ensemble members M of every update (1 = deterministic).
     neighbourhood_px : for deterministic forecasts, the square neighbourhood (pixels) whose fraction of
         pixels >= t is the probability P(rain >= t) (:func:`pipeline.probabilities.exceedance_probabilities`).
+    calibration : for deterministic forecasts, calibrated probabilities instead of neighbourhood ones
+        (:class:`pipeline.probabilities.CalibratedProbabilities`; its thresholds are the probability
+        thresholds, and :meth:`update` needs the last observed frame).
     """
 
     def __init__(
@@ -66,8 +73,14 @@ class Verification:
         fss_thresholds_mm_h=FSS_THRESHOLDS_MM_H,
         fss_scales_px=FSS_SCALES_PX,
         prob_thresholds_mm_h=PROBABILITY_THRESHOLDS_MM_H,
+        calibration: CalibratedProbabilities | None = None,
     ):
         self.seq_len, self.members, self.neighbourhood_px = int(seq_len), int(members), int(neighbourhood_px)
+        if calibration is not None:
+            if self.members > 1:
+                raise ValueError("calibrated probabilities are for deterministic forecasts, not ensembles")
+            prob_thresholds_mm_h = calibration.thresholds_mm_h
+        self.calibration = calibration
         self.fss_thresholds_mm_h = tuple(float(t) for t in fss_thresholds_mm_h)
         self.fss_scales_px = tuple(int(s) for s in fss_scales_px)
         self.prob_thresholds_mm_h = tuple(float(t) for t in prob_thresholds_mm_h)
@@ -85,8 +98,11 @@ class Verification:
         self.rankhist = ensscores.rankhist_init(self.members, RANK_FLOOR_MM_H) if self.members > 1 else None
 
     # ------------------------------------------------------------------ accumulate
-    def update(self, members_mm_h: np.ndarray, truth_mm_h: np.ndarray) -> Verification:
-        """Add a batch: members (M, T, B, H, W) mm/h, truth (T, B, H, W) mm/h with NaN = not scored.
+    def update(
+        self, members_mm_h: np.ndarray, truth_mm_h: np.ndarray, last_observed_mm_h: np.ndarray | None = None
+    ) -> Verification:
+        """Add a batch: members (M, T, B, H, W) mm/h, truth (T, B, H, W) mm/h with NaN = not scored, and
+        (needed with a calibration) the last observed frame (B, H, W) mm/h.
 
         The deterministic field for FSS is the single member, or the ensemble mean (in rain rate).
         Returns ``self``."""
@@ -100,7 +116,14 @@ class Verification:
         members = np.nan_to_num(members, nan=0.0)  # no value (advected in from outside): no rain
         unscored = ~np.isfinite(truth)
         deterministic = members.mean(axis=0) if self.members > 1 else members[0]
-        probabilities = exceedance_probabilities(members, self.prob_thresholds_mm_h, self.neighbourhood_px)
+        if self.calibration is None:
+            probabilities = exceedance_probabilities(
+                members, self.prob_thresholds_mm_h, self.neighbourhood_px
+            )
+        elif last_observed_mm_h is None:
+            raise ValueError("calibrated probabilities need the last observed frame")
+        else:
+            probabilities = self.calibration.probabilities(deterministic, last_observed_mm_h)
         for lead in range(self.seq_len):
             self._update_fss(lead, np.where(unscored[lead], np.nan, deterministic[lead]), truth[lead])
             probscores.CRPS_accum(self.crps[lead], members[:, lead], truth[lead])
@@ -158,7 +181,21 @@ class Verification:
             self.fss_thresholds_mm_h,
             self.fss_scales_px,
             self.prob_thresholds_mm_h,
+            self.probability_method,
         )
+
+    @property
+    def probability_method(self) -> str:
+        """How the exceedance probabilities are made, in words (recorded with the scores)."""
+        if self.members > 1:
+            return f"fraction of {self.members} members"
+        if self.calibration is not None:
+            fitted = self.calibration.fitted_on
+            return (
+                f"calibrated: logistic regression on neighbourhood fractions, fitted on the "
+                f"{fitted.get('split', '?')} split ({fitted.get('n_clips', '?')} clips)"
+            )
+        return f"neighbourhood fraction over {self.neighbourhood_px} px"
 
     # ------------------------------------------------------------------ report
     def result(self) -> dict:
@@ -208,7 +245,10 @@ class Verification:
             "reliability_diagram": diagram,
             "rank_histogram": rank,
             "members": self.members,
-            "neighbourhood_px": self.neighbourhood_px if self.members == 1 else None,
+            "neighbourhood_px": self.neighbourhood_px
+            if self.members == 1 and self.calibration is None
+            else None,
+            "probability_method": self.probability_method,
         }
 
     def to_json_dict(self) -> dict:

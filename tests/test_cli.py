@@ -12,7 +12,19 @@ from typer.testing import CliRunner
 import cli
 
 runner = CliRunner()
-COMMANDS = ["synth", "ingest", "info", "train", "evaluate", "predict", "watch", "serve", "promote", "demo"]
+COMMANDS = [
+    "synth",
+    "ingest",
+    "info",
+    "train",
+    "evaluate",
+    "calibrate",
+    "predict",
+    "watch",
+    "serve",
+    "promote",
+    "demo",
+]
 
 
 def test_help_lists_every_command():

@@ -9,7 +9,14 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = {"pipeline.train", "pipeline.evaluate", "pipeline.predict", "pipeline.ingest", "pipeline.watch"}
+STAGES = {
+    "pipeline.train",
+    "pipeline.evaluate",
+    "pipeline.calibrate",
+    "pipeline.predict",
+    "pipeline.ingest",
+    "pipeline.watch",
+}
 
 
 def _modules(package: str):

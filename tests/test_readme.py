@@ -165,6 +165,7 @@ def test_verify_block_renders_bench_verify_results(tmp_path, monkeypatch):
         "roc_auc_5mm_h": 0.8,
         "seconds_per_clip": 4.2,
         "n_clips": 106,
+        "probabilities": "25 px nbhd",
     }
     results = {
         "command": "python benchmarks/bench_verify.py --store s.zarr",
@@ -176,4 +177,7 @@ def test_verify_block_renders_bench_verify_results(tmp_path, monkeypatch):
     monkeypatch.setattr(update_readme, "RESULTS", tmp_path)
     out = update_readme.render("<!-- BEGIN verify -->\n<!-- END verify -->")
     assert "106 clips, every 8th sequential clip" in out and "TrajGRU: `models:/t/1`" in out
-    assert "| S-PROG | 0.250 | 0.300 | 500.0 | 0.500 | 0.900 | 0.120 | – | 0.0020 | 0.800 | 4.20 |" in out
+    assert (
+        "| S-PROG | 0.250 | 0.300 | 500.0 | 0.500 | 0.900 | 0.120 | – | 0.0020 | 0.800 | 4.20 | 25 px nbhd |"
+        in out
+    )
